@@ -1,0 +1,132 @@
+//! What a customer decided, and the evidence that they did.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use super::phone::PhoneNumber;
+
+/// A (business, customer) pair: the unit consent is given for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pair {
+    pub business: PhoneNumber,
+    pub customer: PhoneNumber,
+}
+
+impl Pair {
+    pub fn new(business: PhoneNumber, customer: PhoneNumber) -> Self {
+        Pair { business, customer }
+    }
+}
+
+/// The button the customer pressed, as callgate understands it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// "Always Allow".
+    GrantPermanent,
+    /// "Allow for 7 Days": allowed until `expires_at` (exclusive).
+    GrantTemporary { expires_at: DateTime<Utc> },
+    /// "Don't Allow", or the platform revoking permission.
+    Deny,
+}
+
+impl Choice {
+    pub fn is_grant(&self) -> bool {
+        !matches!(self, Choice::Deny)
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Choice::GrantTemporary { expires_at } => Some(*expires_at),
+            _ => None,
+        }
+    }
+
+    /// Short stable name, used in logs and digests.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Choice::GrantPermanent => "grant_permanent",
+            Choice::GrantTemporary { .. } => "grant_temporary",
+            Choice::Deny => "deny",
+        }
+    }
+}
+
+/// Which ingestion route a decision came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    DoubleTick,
+    WhatsApp,
+}
+
+impl Source {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Source::DoubleTick => "doubletick",
+            Source::WhatsApp => "whatsapp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "doubletick" => Some(Source::DoubleTick),
+            "whatsapp" => Some(Source::WhatsApp),
+            _ => None,
+        }
+    }
+}
+
+/// What the compliance team needs to show where a decision came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    pub source: Source,
+    pub message_id: String,
+    pub paired_message_id: String,
+    pub response_source: String,
+    pub sender_customer_id: String,
+    /// Hex SHA-256 of the raw request body.
+    pub body_sha256: String,
+}
+
+/// One customer decision, normalised and validated. Times have millisecond precision, the
+/// precision every store keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub pair: Pair,
+    pub choice: Choice,
+    /// When the customer pressed the button (the event's own time, not when it reached us).
+    pub decided_at: DateTime<Utc>,
+    pub evidence: Evidence,
+}
+
+impl Decision {
+    /// Identity of this decision for de-duplication: two deliveries of the same webhook have the
+    /// same id. It covers what the decision *says*, not how it was delivered (a retried body may
+    /// differ in whitespace), so the body hash is deliberately left out.
+    pub fn dedup_id(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.pair.business.digits(),
+            self.pair.customer.digits(),
+            self.evidence.source.as_str(),
+            self.evidence.message_id.as_str(),
+            self.choice.name(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        h.update(self.decided_at.timestamp_millis().to_be_bytes());
+        h.update(
+            self.choice
+                .expires_at()
+                .map_or(i64::MIN, |t| t.timestamp_millis())
+                .to_be_bytes(),
+        );
+        let digest = h.finalize();
+        hex::encode(&digest[..16])
+    }
+}
+
+/// Truncates a time to the millisecond precision callgate stores.
+pub fn to_millis_precision(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}

@@ -1,0 +1,14 @@
+//! callgate: the consent authority for outbound calls. See ARCHITECTURE.md for the map.
+
+pub mod domain;
+pub mod ingest;
+pub mod store;
+
+/// Code generated from `proto/callgate/v1/callgate.proto`.
+pub mod pb {
+    tonic::include_proto!("callgate.v1");
+
+    /// Descriptor set for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("callgate_descriptor");
+}

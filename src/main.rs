@@ -1,0 +1,4 @@
+pub mod pb {
+    tonic::include_proto!("callgate.v1");
+}
+fn main() {}

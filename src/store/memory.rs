@@ -1,0 +1,291 @@
+//! The embedded store: everything in process memory, the same semantics as Redis.
+//!
+//! Used when no Redis URL is configured, so callgate runs on a fresh machine with no set-up.
+//! **Nothing survives a restart**, and replicas do not share it; `main` says so at startup.
+//!
+//! One lock guards all state, so a decision is recorded (dedup, arbitration, history, event) as
+//! one step, just as the Redis store does it in one Lua script. Readers take the lock shared.
+//! The event log is a single shard.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{
+    ConsentStore, Cursor, CursorError, DEDUP_RETENTION, LoggedEvent, RecordOutcome, StoreError,
+    StreamId,
+};
+use crate::domain::{
+    Arbitration, Choice, ConsentEvent, Decision, EventKind, HistoryEntry, HistoryOutcome, Pair,
+    arbitrate,
+};
+
+/// Limits of the in-memory event log.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    /// Events older than this are trimmed (a cursor before them is out of range).
+    pub event_retention: Duration,
+    /// Hard cap on logged events, so memory stays bounded whatever the rate.
+    pub max_events: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            event_retention: Duration::from_secs(7 * 24 * 3600),
+            max_events: 1_000_000,
+        }
+    }
+}
+
+pub struct MemoryStore {
+    config: MemoryConfig,
+    state: RwLock<State>,
+    /// The id of the newest event; readers waiting for events watch it.
+    head: watch::Sender<StreamId>,
+}
+
+#[derive(Default)]
+struct State {
+    current: HashMap<Pair, Decision>,
+    history: HashMap<Pair, Vec<HistoryEntry>>,
+    /// Decision ids seen, with when; purged after [`DEDUP_RETENTION`] in arrival order.
+    dedup: HashMap<String, DateTime<Utc>>,
+    dedup_order: VecDeque<(DateTime<Utc>, String)>,
+    /// The event log (one shard), oldest first.
+    log: VecDeque<LoggedEvent>,
+    last_id: StreamId,
+    /// Newest id trimmed from the log: cursors before it are out of range.
+    max_deleted: StreamId,
+    /// Current temporary grants by expiry instant (ms), for the expiry sweep.
+    due: BTreeSet<(i64, Pair)>,
+}
+
+impl MemoryStore {
+    pub fn new(config: MemoryConfig) -> Self {
+        MemoryStore {
+            config,
+            state: RwLock::new(State::default()),
+            head: watch::channel(StreamId::ZERO).0,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave half a decision: every mutation below
+        // is done after all fallible work. So a poisoned lock is still consistent.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn append(&mut self, event: ConsentEvent, now: DateTime<Utc>, config: &MemoryConfig) {
+        let ms = now.timestamp_millis().max(0) as u64;
+        let id = if ms > self.last_id.ms {
+            StreamId::new(ms, 0)
+        } else {
+            StreamId::new(self.last_id.ms, self.last_id.seq + 1)
+        };
+        self.last_id = id;
+        self.log.push_back(LoggedEvent {
+            shard: 0,
+            id,
+            event,
+        });
+        let min_ms = ms.saturating_sub(config.event_retention.as_millis() as u64);
+        while let Some(front) = self.log.front() {
+            if front.id.ms < min_ms || self.log.len() > config.max_events {
+                self.max_deleted = front.id;
+                self.log.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn purge_dedup(&mut self, now: DateTime<Utc>) {
+        let horizon = now - chrono::Duration::from_std(DEDUP_RETENTION).unwrap_or_default();
+        while let Some((at, _)) = self.dedup_order.front() {
+            if *at >= horizon {
+                break;
+            }
+            if let Some((_, id)) = self.dedup_order.pop_front() {
+                self.dedup.remove(&id);
+            }
+        }
+    }
+
+    fn record_one(
+        &mut self,
+        decision: &Decision,
+        received_at: DateTime<Utc>,
+        config: &MemoryConfig,
+    ) -> RecordOutcome {
+        let id = decision.dedup_id();
+        if self.dedup.contains_key(&id) {
+            return RecordOutcome::Duplicate;
+        }
+        let pair = &decision.pair;
+        let outcome = match arbitrate(self.current.get(pair), decision) {
+            Arbitration::Duplicate => return RecordOutcome::Duplicate,
+            Arbitration::Stale => RecordOutcome::Stale,
+            Arbitration::Apply => RecordOutcome::Applied,
+        };
+        self.dedup.insert(id.clone(), received_at);
+        self.dedup_order.push_back((received_at, id));
+        self.history
+            .entry(pair.clone())
+            .or_default()
+            .push(HistoryEntry {
+                decision: decision.clone(),
+                outcome: match outcome {
+                    RecordOutcome::Applied => HistoryOutcome::Applied,
+                    _ => HistoryOutcome::Stale,
+                },
+                received_at,
+            });
+        if outcome == RecordOutcome::Applied {
+            if let Some(Choice::GrantTemporary { expires_at }) =
+                self.current.get(pair).map(|d| d.choice)
+            {
+                self.due
+                    .remove(&(expires_at.timestamp_millis(), pair.clone()));
+            }
+            if let Choice::GrantTemporary { expires_at } = decision.choice {
+                self.due
+                    .insert((expires_at.timestamp_millis(), pair.clone()));
+            }
+            self.current.insert(pair.clone(), decision.clone());
+            if let Some(event) = ConsentEvent::for_applied(decision, received_at) {
+                self.append(event, received_at, config);
+            }
+        }
+        outcome
+    }
+}
+
+#[async_trait]
+impl ConsentStore for MemoryStore {
+    async fn record(
+        &self,
+        decisions: &[Decision],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        let (outcomes, head) = {
+            let mut state = self.write();
+            state.purge_dedup(received_at);
+            let outcomes = decisions
+                .iter()
+                .map(|d| state.record_one(d, received_at, &self.config))
+                .collect();
+            (outcomes, state.last_id)
+        };
+        self.head
+            .send_if_modified(|h| std::mem::replace(h, head) != head);
+        Ok(outcomes)
+    }
+
+    async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
+        Ok(self.read().current.get(pair).cloned())
+    }
+
+    async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError> {
+        let state = self.read();
+        Ok(pairs
+            .iter()
+            .map(|p| state.current.get(p).cloned())
+            .collect())
+    }
+
+    async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
+        Ok(self.read().history.get(pair).cloned().unwrap_or_default())
+    }
+
+    fn shards(&self) -> usize {
+        1
+    }
+
+    async fn read_events(
+        &self,
+        after: &Cursor,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        if after.shards() != 1 {
+            return Err(CursorError::WrongShardCount {
+                got: after.shards(),
+                want: 1,
+            }
+            .into());
+        }
+        let mut head = self.head.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            {
+                let state = self.read();
+                let from = after.get(0);
+                if from < state.max_deleted {
+                    return Err(CursorError::OutOfRange { shard: 0 }.into());
+                }
+                // The log is ordered by id: skip to the first event after the cursor.
+                let start = state.log.partition_point(|e| e.id <= from);
+                let events: Vec<_> = state.log.range(start..).take(limit).cloned().collect();
+                if !events.is_empty() {
+                    return Ok(events);
+                }
+            }
+            match tokio::time::timeout_at(deadline, head.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out (or the store is being dropped): no events.
+                _ => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn head(&self) -> Result<Cursor, StoreError> {
+        Ok(Cursor::uniform(1, self.read().last_id))
+    }
+
+    async fn claim_expired(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let now_ms = now.timestamp_millis();
+        let (claimed, head) = {
+            let mut state = self.write();
+            let mut claimed = 0;
+            while let Some((at, _)) = state.due.first() {
+                if *at > now_ms {
+                    break;
+                }
+                let Some((_, pair)) = state.due.pop_first() else {
+                    break;
+                };
+                // Only a grant that is still current lapses; the index is kept in step with
+                // `current`, so this holds, but check rather than announce a wrong expiry.
+                if let Some(d) = state.current.get(&pair).cloned()
+                    && matches!(d.choice, Choice::GrantTemporary { .. })
+                {
+                    let event = ConsentEvent {
+                        kind: EventKind::Expired,
+                        decision: d,
+                    };
+                    state.append(event, now, &self.config);
+                    claimed += 1;
+                }
+            }
+            (claimed, state.last_id)
+        };
+        self.head
+            .send_if_modified(|h| std::mem::replace(h, head) != head);
+        Ok(claimed)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
