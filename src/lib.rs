@@ -1,11 +1,18 @@
 //! callgate: the consent authority for outbound calls. See ARCHITECTURE.md for the map.
 
+pub mod app;
+pub mod cli;
+pub mod config;
 pub mod domain;
+pub mod fanout;
+pub mod grpc_api;
+pub mod http_port;
 pub mod ingest;
 pub mod store;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.
 pub mod pb {
+    #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("callgate.v1");
 
     /// Descriptor set for gRPC reflection.

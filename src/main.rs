@@ -1,4 +1,178 @@
-pub mod pb {
-    tonic::include_proto!("callgate.v1");
+//! The `callgate` binary: telemetry, config, build the store, run until a signal.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use callgate::config::{self, Config, Flags, LogFormat};
+use callgate::store::ConsentStore;
+use callgate::store::memory::{MemoryConfig, MemoryStore};
+use callgate::{app, cli, pb};
+
+#[derive(Parser)]
+#[command(version, about = "callgate: the consent authority for outbound calls")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
 }
-fn main() {}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve(ServeArgs),
+    /// Ask CheckCallPermission and print the answer (exit code 0 if allowed, 3 if not).
+    Check {
+        business: String,
+        customer: String,
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+    },
+    /// Print StreamGrants events as they come.
+    Watch {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// Only these business numbers (repeatable).
+        #[arg(long = "business")]
+        businesses: Vec<String>,
+        #[arg(long)]
+        include_denials: bool,
+        #[arg(long)]
+        include_expiries: bool,
+        /// Resume after this cursor.
+        #[arg(long)]
+        resume_after: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// HTTP (webhook) listen address [env: CALLGATE_HTTP_ADDR] [default: 0.0.0.0:8080]
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// gRPC listen address [env: CALLGATE_GRPC_ADDR] [default: 0.0.0.0:50051]
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// Redis URL; unset: embedded in-memory store [env: CALLGATE_REDIS_URL]
+    #[arg(long)]
+    redis_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse()
+        .command
+        .unwrap_or(Command::Serve(ServeArgs::default()))
+    {
+        Command::Serve(args) => serve(args).await,
+        Command::Check {
+            business,
+            customer,
+            addr,
+        } => {
+            let allowed = cli::check(&addr, &business, &customer).await?;
+            std::process::exit(if allowed { 0 } else { 3 });
+        }
+        Command::Watch {
+            addr,
+            businesses,
+            include_denials,
+            include_expiries,
+            resume_after,
+        } => {
+            let request = pb::StreamGrantsRequest {
+                business_numbers: businesses,
+                include_denials,
+                include_expiries,
+                resume_after: resume_after.unwrap_or_default(),
+                since: None,
+            };
+            Ok(cli::watch(&addr, request).await?)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let flags = Flags {
+        http_addr: args.http_addr,
+        grpc_addr: args.grpc_addr,
+        redis_url: args.redis_url,
+    };
+    let config = Config::resolve(&flags, |k| std::env::var(k).ok())?;
+    init_tracing(config.log_format);
+
+    let store: Arc<dyn ConsentStore> = match &config.redis_url {
+        None => {
+            tracing::warn!(
+                "no {} set: using the embedded in-memory store; NOTHING survives a restart and \
+                 replicas do not share state",
+                config::ENV_REDIS_URL
+            );
+            Arc::new(MemoryStore::new(MemoryConfig {
+                event_retention: config.event_retention,
+                ..MemoryConfig::default()
+            }))
+        }
+        Some(_) => anyhow::bail!("the Redis store is not built yet"),
+    };
+
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP port {}", config.http_addr))?;
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC port {}", config.grpc_addr))?;
+    tracing::info!(
+        http = %http.local_addr()?,
+        grpc = %grpc.local_addr()?,
+        version = env!("CARGO_PKG_VERSION"),
+        "callgate listening"
+    );
+    app::run(
+        config,
+        store,
+        app::Listeners { http, grpc },
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

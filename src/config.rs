@@ -1,0 +1,247 @@
+//! Configuration: one typed struct, every environment variable a named constant.
+//!
+//! Each setting comes from its command-line flag, else its environment variable, else its
+//! default. [`Config::resolve`] takes the environment as a lookup function, so parsing is tested
+//! without touching the process environment. Secrets are wrapped in [`Secret`] and never printed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub const ENV_HTTP_ADDR: &str = "CALLGATE_HTTP_ADDR";
+pub const ENV_GRPC_ADDR: &str = "CALLGATE_GRPC_ADDR";
+pub const ENV_REDIS_URL: &str = "CALLGATE_REDIS_URL";
+pub const ENV_REDIS_PREFIX: &str = "CALLGATE_REDIS_PREFIX";
+pub const ENV_REDIS_TIMEOUT_MS: &str = "CALLGATE_REDIS_TIMEOUT_MS";
+pub const ENV_TEMPORARY_GRANT_SECS: &str = "CALLGATE_TEMPORARY_GRANT_SECS";
+pub const ENV_EVENT_RETENTION_SECS: &str = "CALLGATE_EVENT_RETENTION_SECS";
+pub const ENV_CHECKPOINT_SECS: &str = "CALLGATE_CHECKPOINT_SECS";
+pub const ENV_EXPIRY_SWEEP_MS: &str = "CALLGATE_EXPIRY_SWEEP_MS";
+pub const ENV_SHUTDOWN_GRACE_SECS: &str = "CALLGATE_SHUTDOWN_GRACE_SECS";
+pub const ENV_LOG_FORMAT: &str = "CALLGATE_LOG_FORMAT";
+
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
+pub const DEFAULT_REDIS_PREFIX: &str = "callgate";
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// "Allow for 7 Days".
+pub const DEFAULT_TEMPORARY_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_CHECKPOINT: Duration = Duration::from_secs(5);
+pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_millis(250);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A value that must never reach a log: prints as `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Call only where it is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be text or json".into()),
+        }
+    }
+}
+
+/// Everything `callgate serve` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// Unset: the embedded in-memory store.
+    pub redis_url: Option<Secret>,
+    pub redis_prefix: String,
+    /// A Redis call slower than this fails (closed).
+    pub redis_timeout: Duration,
+    /// Length of a temporary grant when the sender gives no expiry.
+    pub temporary_grant: Duration,
+    /// How long the event log keeps events for resuming subscribers.
+    pub event_retention: Duration,
+    /// An idle StreamGrants stream gets a checkpoint this often.
+    pub checkpoint_interval: Duration,
+    /// How often lapsed temporary grants are turned into `EXPIRED` events.
+    pub expiry_sweep_interval: Duration,
+    /// How long in-flight requests get to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+/// Command-line values; `None` falls back to the environment, then the default.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    pub http_addr: Option<String>,
+    pub grpc_addr: Option<String>,
+    pub redis_url: Option<String>,
+}
+
+/// A setting that could not be parsed; names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {problem} (got {value:?})")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl Config {
+    /// Resolves every setting from `flags`, then `env`, then the default.
+    pub fn resolve(
+        flags: &Flags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw = |flag: &Option<String>, name: &'static str| -> Option<(String, &'static str)> {
+            flag.clone()
+                .or_else(|| env(name))
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (v, name))
+        };
+        let parsed = |flag: &Option<String>, name: &'static str, default: &str| {
+            let (value, name) = raw(flag, name).unwrap_or((default.to_owned(), name));
+            value.trim().parse::<SocketAddr>().map_err(|e| ConfigError {
+                name,
+                value: value.clone(),
+                problem: e.to_string(),
+            })
+        };
+        let secs = |name: &'static str, default: Duration| duration(raw(&None, name), default, 1.0);
+        let millis =
+            |name: &'static str, default: Duration| duration(raw(&None, name), default, 0.001);
+        let log_format = match raw(&None, ENV_LOG_FORMAT) {
+            None => LogFormat::Text,
+            Some((value, name)) => value.parse().map_err(|problem| ConfigError {
+                name,
+                value,
+                problem,
+            })?,
+        };
+        Ok(Config {
+            http_addr: parsed(&flags.http_addr, ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR)?,
+            grpc_addr: parsed(&flags.grpc_addr, ENV_GRPC_ADDR, DEFAULT_GRPC_ADDR)?,
+            redis_url: raw(&flags.redis_url, ENV_REDIS_URL).map(|(v, _)| Secret::new(v)),
+            redis_prefix: raw(&None, ENV_REDIS_PREFIX)
+                .map_or_else(|| DEFAULT_REDIS_PREFIX.to_owned(), |(v, _)| v),
+            redis_timeout: millis(ENV_REDIS_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT)?,
+            temporary_grant: secs(ENV_TEMPORARY_GRANT_SECS, DEFAULT_TEMPORARY_GRANT)?,
+            event_retention: secs(ENV_EVENT_RETENTION_SECS, DEFAULT_EVENT_RETENTION)?,
+            checkpoint_interval: secs(ENV_CHECKPOINT_SECS, DEFAULT_CHECKPOINT)?,
+            expiry_sweep_interval: millis(ENV_EXPIRY_SWEEP_MS, DEFAULT_EXPIRY_SWEEP)?,
+            shutdown_grace: secs(ENV_SHUTDOWN_GRACE_SECS, DEFAULT_SHUTDOWN_GRACE)?,
+            log_format,
+        })
+    }
+}
+
+/// A positive number of `unit`-seconds (fractions allowed: `0.5`).
+fn duration(
+    raw: Option<(String, &'static str)>,
+    default: Duration,
+    unit: f64,
+) -> Result<Duration, ConfigError> {
+    let Some((value, name)) = raw else {
+        return Ok(default);
+    };
+    let err = |problem: &str| ConfigError {
+        name,
+        value: value.clone(),
+        problem: problem.to_owned(),
+    };
+    let n: f64 = value.trim().parse().map_err(|_| err("must be a number"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(err("must be greater than zero"));
+    }
+    Duration::try_from_secs_f64(n * unit).map_err(|_| err("is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_apply_with_an_empty_environment() {
+        let c = Config::resolve(&Flags::default(), env(&[])).unwrap();
+        assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.temporary_grant, Duration::from_secs(604_800));
+        assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn environment_overrides_defaults_and_flags_override_environment() {
+        let e = env(&[
+            (ENV_HTTP_ADDR, "127.0.0.1:1000"),
+            (ENV_GRPC_ADDR, "127.0.0.1:2000"),
+            (ENV_REDIS_URL, "redis://:pw@localhost:6379"),
+            (ENV_TEMPORARY_GRANT_SECS, "1.5"),
+            (ENV_REDIS_TIMEOUT_MS, "100"),
+            (ENV_LOG_FORMAT, "json"),
+        ]);
+        let flags = Flags {
+            http_addr: Some("127.0.0.1:3000".into()),
+            ..Flags::default()
+        };
+        let c = Config::resolve(&flags, e).unwrap();
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:2000");
+        assert_eq!(c.temporary_grant, Duration::from_millis(1500));
+        assert_eq!(c.redis_timeout, Duration::from_millis(100));
+        assert_eq!(c.log_format, LogFormat::Json);
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("pw"), "secret leaked: {printed}");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            (ENV_HTTP_ADDR, "localhost"),
+            (ENV_TEMPORARY_GRANT_SECS, "a week"),
+            (ENV_TEMPORARY_GRANT_SECS, "0"),
+            (ENV_TEMPORARY_GRANT_SECS, "-5"),
+            (ENV_REDIS_TIMEOUT_MS, "NaN"),
+            (ENV_LOG_FORMAT, "xml"),
+        ];
+        for (name, value) in cases {
+            let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();
+            assert_eq!(err.name, name, "{value}");
+        }
+    }
+}

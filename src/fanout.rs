@@ -1,0 +1,312 @@
+//! StreamGrants fan-out: each replica reads the store's event log once and hands every event to
+//! all of its subscribers.
+//!
+//! ```text
+//!   store event log ──(one tailer task)──► broadcast ring (bounded) ──► Subscription ──► client
+//!                  ◄──────────── catch-up reads at the subscriber's own cursor ───┘
+//! ```
+//!
+//! - The **tailer** follows the log with blocking reads and publishes into a bounded broadcast
+//!   ring, then advances the hub's head. It never waits for subscribers.
+//! - A **[`Subscription`]** has a cursor: everything up to it was delivered (or filtered out).
+//!   It first replays from the store after its cursor, then follows the ring, skipping what it
+//!   already has. If it falls behind by more than the ring holds (a slow client), it goes back to
+//!   replaying from the store at its cursor: a slow subscriber costs store reads, never memory,
+//!   and never blocks the others.
+//! - A cursor the store has trimmed past ends the stream with an explicit out-of-range error.
+//! - An idle subscription gets a checkpoint carrying the latest cursor every `checkpoint` period.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{EventKind, PhoneNumber};
+use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError};
+
+/// How many events the ring keeps for subscribers that are a little behind.
+pub const RING_CAPACITY: usize = 4096;
+/// Events fetched per store read.
+const READ_BATCH: usize = 512;
+/// How long one blocking read of the tailer waits before it checks for shutdown.
+const TAIL_WAIT: Duration = Duration::from_secs(1);
+/// Pause after a failed store read before the tailer retries.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// What the tailer puts in the ring.
+#[derive(Debug, Clone)]
+enum Published {
+    Event(Arc<LoggedEvent>),
+    /// The tailer lost its place in the log: live subscribers must re-read from the store.
+    Gap,
+}
+
+/// The per-replica fan-out point. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    store: Arc<dyn ConsentStore>,
+    ring: broadcast::Sender<Published>,
+    /// Position just after the newest event the tailer has published.
+    head: watch::Receiver<Option<Cursor>>,
+    shutdown: CancellationToken,
+    checkpoint: Duration,
+}
+
+impl Hub {
+    /// Starts the tailer task; it stops when `shutdown` is cancelled.
+    pub fn start(
+        store: Arc<dyn ConsentStore>,
+        checkpoint: Duration,
+        shutdown: CancellationToken,
+    ) -> Hub {
+        let (ring, _) = broadcast::channel(RING_CAPACITY);
+        let (head_tx, head) = watch::channel(None);
+        tokio::spawn(tail(store.clone(), ring.clone(), head_tx, shutdown.clone()));
+        Hub {
+            store,
+            ring,
+            head,
+            shutdown,
+            checkpoint,
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.store.shards()
+    }
+
+    /// Opens a subscription starting after `start` (or at the current head when `None`).
+    ///
+    /// The subscription is registered before this returns, so every event recorded after the
+    /// call returns is delivered.
+    pub async fn subscribe(
+        &self,
+        start: Option<Cursor>,
+        filter: Filter,
+    ) -> Result<Subscription, StoreError> {
+        let ring = self.ring.subscribe();
+        let cursor = match start {
+            Some(c) => c,
+            None => self.store.head().await?,
+        };
+        Ok(Subscription {
+            hub: self.clone(),
+            ring,
+            cursor,
+            filter,
+            pending: VecDeque::new(),
+            replaying: true,
+            next_checkpoint: Instant::now() + self.checkpoint,
+        })
+    }
+
+    /// Number of live subscriptions on this replica.
+    pub fn subscribers(&self) -> usize {
+        self.ring.receiver_count()
+    }
+}
+
+async fn tail(
+    store: Arc<dyn ConsentStore>,
+    ring: broadcast::Sender<Published>,
+    head: watch::Sender<Option<Cursor>>,
+    shutdown: CancellationToken,
+) {
+    let mut cursor = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = store.head() => match r {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event tailer cannot read the log head; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    };
+    head.send_replace(Some(cursor.clone()));
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = store.read_events(&cursor, READ_BATCH, TAIL_WAIT) => r,
+        };
+        match read {
+            Ok(events) => {
+                if events.is_empty() {
+                    continue;
+                }
+                for e in events {
+                    cursor.advance(e.shard, e.id);
+                    // No receivers is fine: nobody is subscribed.
+                    let _ = ring.send(Published::Event(Arc::new(e)));
+                }
+                // Published after the events: a subscriber that sees this head has them queued.
+                head.send_replace(Some(cursor.clone()));
+            }
+            Err(StoreError::Cursor(CursorError::OutOfRange { shard })) => {
+                tracing::error!(
+                    shard,
+                    "event tailer fell behind the retained log; skipping ahead"
+                );
+                let _ = ring.send(Published::Gap);
+                if let Ok(c) = store.head().await {
+                    cursor = c;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "event tailer read failed; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Which events a subscriber wants.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Empty: every business.
+    pub businesses: HashSet<PhoneNumber>,
+    pub include_denials: bool,
+    pub include_expiries: bool,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &LoggedEvent) -> bool {
+        let kind_ok = match e.event.kind {
+            EventKind::Granted => true,
+            EventKind::Denied => self.include_denials,
+            EventKind::Expired => self.include_expiries,
+        };
+        kind_ok
+            && (self.businesses.is_empty()
+                || self.businesses.contains(&e.event.decision.pair.business))
+    }
+}
+
+/// One thing delivered to a subscriber.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// An event, and the cursor to resume after it.
+    Event(Arc<LoggedEvent>, Cursor),
+    /// Nothing new that matches: the latest cursor.
+    Checkpoint(Cursor),
+}
+
+/// Why a subscription ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("server is shutting down; resume from your last cursor")]
+    ShuttingDown,
+}
+
+/// One subscriber's position and filter. Pull items with [`Subscription::next`].
+pub struct Subscription {
+    hub: Hub,
+    ring: broadcast::Receiver<Published>,
+    cursor: Cursor,
+    filter: Filter,
+    pending: VecDeque<Item>,
+    /// Reading from the store (at start, and after falling behind the ring).
+    replaying: bool,
+    next_checkpoint: Instant,
+}
+
+impl Subscription {
+    pub fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// The next event or checkpoint. Errors end the subscription.
+    pub async fn next(&mut self) -> Result<Item, SubscriptionError> {
+        loop {
+            if self.hub.shutdown.is_cancelled() {
+                return Err(SubscriptionError::ShuttingDown);
+            }
+            if let Some(item) = self.pending.pop_front() {
+                self.next_checkpoint = Instant::now() + self.hub.checkpoint;
+                return Ok(item);
+            }
+            if self.replaying {
+                self.replay_batch().await?;
+                continue;
+            }
+            let received = tokio::select! {
+                _ = self.hub.shutdown.cancelled() => return Err(SubscriptionError::ShuttingDown),
+                r = tokio::time::timeout_at(self.next_checkpoint, self.ring.recv()) => r,
+            };
+            match received {
+                Ok(Ok(published)) => self.take(published),
+                Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                    tracing::debug!(
+                        missed,
+                        "subscriber fell behind the ring; replaying from store"
+                    );
+                    self.replaying = true;
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(SubscriptionError::ShuttingDown);
+                }
+                Err(_idle) => self.checkpoint(),
+            }
+        }
+    }
+
+    /// Reads one batch from the store after the cursor; leaves replay mode when caught up.
+    async fn replay_batch(&mut self) -> Result<(), SubscriptionError> {
+        let events = tokio::select! {
+            _ = self.hub.shutdown.cancelled() => return Err(SubscriptionError::ShuttingDown),
+            r = self.hub.store.read_events(&self.cursor, READ_BATCH, Duration::ZERO) => r?,
+        };
+        if events.is_empty() {
+            self.replaying = false;
+        }
+        for e in events {
+            self.take(Published::Event(Arc::new(e)));
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, published: Published) {
+        match published {
+            Published::Gap => self.replaying = true,
+            Published::Event(e) => {
+                if !self.cursor.is_before(e.shard, e.id) {
+                    return; // already delivered (replay and ring overlap)
+                }
+                self.cursor.advance(e.shard, e.id);
+                if self.filter.matches(&e) {
+                    self.pending.push_back(Item::Event(e, self.cursor.clone()));
+                }
+            }
+        }
+    }
+
+    /// Idle: announce the latest position. The head is read *before* draining the ring, and
+    /// the tailer publishes events before it moves the head, so every event up to that head is
+    /// already in the ring and is taken (or skipped) here; nothing is jumped over.
+    fn checkpoint(&mut self) {
+        let head = self.hub.head.borrow().clone();
+        loop {
+            match self.ring.try_recv() {
+                Ok(published) => self.take(published),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.replaying = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !self.replaying
+            && let Some(head) = head
+        {
+            self.cursor.advance_to(&head);
+        }
+        self.pending
+            .push_back(Item::Checkpoint(self.cursor.clone()));
+    }
+}

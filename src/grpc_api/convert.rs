@@ -1,0 +1,103 @@
+//! Domain values → protobuf messages. The only place that knows both.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
+    Verdict,
+};
+use crate::pb;
+use crate::store::{Cursor, LoggedEvent};
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn from_timestamp(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+fn evidence(e: &Evidence) -> pb::Evidence {
+    pb::Evidence {
+        message_id: e.message_id.clone(),
+        paired_message_id: e.paired_message_id.clone(),
+        source: e.source.as_str().to_owned(),
+        response_source: e.response_source.clone(),
+        sender_customer_id: e.sender_customer_id.clone(),
+        body_sha256: e.body_sha256.clone(),
+    }
+}
+
+fn state(s: ConsentState) -> pb::ConsentState {
+    match s {
+        ConsentState::NoConsent => pb::ConsentState::NoConsent,
+        ConsentState::GrantedPermanent => pb::ConsentState::GrantedPermanent,
+        ConsentState::GrantedTemporary => pb::ConsentState::GrantedTemporary,
+        ConsentState::Denied => pb::ConsentState::Denied,
+        ConsentState::Expired => pb::ConsentState::Expired,
+    }
+}
+
+pub fn check_response(pair: &Pair, verdict: &Verdict) -> pb::CheckCallPermissionResponse {
+    let d = verdict.decision.as_ref();
+    pb::CheckCallPermissionResponse {
+        allowed: verdict.allowed(),
+        state: state(verdict.state) as i32,
+        expires_at: d.and_then(|d| d.choice.expires_at()).map(timestamp),
+        decided_at: d.map(|d| timestamp(d.decided_at)),
+        evidence: d.map(|d| evidence(&d.evidence)),
+        business_number: pair.business.to_string(),
+        customer_number: pair.customer.to_string(),
+    }
+}
+
+fn decision_kind(c: &Choice) -> pb::DecisionKind {
+    match c {
+        Choice::GrantPermanent => pb::DecisionKind::GrantPermanent,
+        Choice::GrantTemporary { .. } => pb::DecisionKind::GrantTemporary,
+        Choice::Deny => pb::DecisionKind::Deny,
+    }
+}
+
+pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
+    pb::HistoryEntry {
+        kind: decision_kind(&h.decision.choice) as i32,
+        outcome: match h.outcome {
+            HistoryOutcome::Applied => pb::HistoryOutcome::Applied,
+            HistoryOutcome::Stale => pb::HistoryOutcome::Stale,
+        } as i32,
+        decided_at: Some(timestamp(h.decision.decided_at)),
+        expires_at: h.decision.choice.expires_at().map(timestamp),
+        received_at: Some(timestamp(h.received_at)),
+        evidence: Some(evidence(&h.decision.evidence)),
+    }
+}
+
+pub fn event(e: &LoggedEvent, cursor: &Cursor) -> pb::ConsentEvent {
+    let d: &Decision = &e.event.decision;
+    pb::ConsentEvent {
+        cursor: cursor.to_string(),
+        kind: match e.event.kind {
+            EventKind::Granted => pb::EventKind::Granted,
+            EventKind::Denied => pb::EventKind::Denied,
+            EventKind::Expired => pb::EventKind::Expired,
+        } as i32,
+        business_number: d.pair.business.to_string(),
+        customer_number: d.pair.customer.to_string(),
+        permanent: matches!(d.choice, Choice::GrantPermanent),
+        expires_at: d.choice.expires_at().map(timestamp),
+        decided_at: Some(timestamp(d.decided_at)),
+        evidence: Some(evidence(&d.evidence)),
+    }
+}
+
+pub fn checkpoint(cursor: &Cursor) -> pb::ConsentEvent {
+    pb::ConsentEvent {
+        cursor: cursor.to_string(),
+        kind: pb::EventKind::Checkpoint as i32,
+        ..Default::default()
+    }
+}

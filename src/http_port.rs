@@ -1,0 +1,288 @@
+//! The HTTP port: webhooks in, health out.
+//!
+//! Routes:
+//! - `POST /webhooks/doubletick`: DoubleTick's Call Permission Reply Received webhook.
+//! - `GET /healthz`: the process is alive. `GET /readyz`: the store answers (503 otherwise).
+//!
+//! A webhook is answered 200 only after its decision is stored; a refused request stores
+//! nothing. Every refusal is a JSON body `{"error": CODE, "message": ..., "field": ...}`; the
+//! mapping from error to status lives in one `match` ([`WebhookError::status`]).
+//!
+//! Defences for a port facing the internet: the body is capped at [`MAX_BODY`] (checked against
+//! `Content-Length` before reading, and while reading), headers and body must arrive within a
+//! deadline, and the number of open connections is capped.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::Decision;
+use crate::ingest::{IngestContext, PayloadError, doubletick};
+use crate::store::{ConsentStore, RecordOutcome, StoreError};
+
+/// Largest webhook body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Time a client has to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to send its whole body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A readiness probe waits at most this long for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything a webhook can be refused for.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("body is larger than {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("body was not received in time")]
+    BodyTimeout,
+    #[error("could not read the body: {0}")]
+    BodyRead(String),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("decision not stored, retry later: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl WebhookError {
+    /// The one place an error becomes an HTTP status and a stable error code.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            WebhookError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            WebhookError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            WebhookError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            WebhookError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            WebhookError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            WebhookError::BodyRead(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            WebhookError::Payload(PayloadError::InvalidJson(_) | PayloadError::NotAnObject) => {
+                (StatusCode::BAD_REQUEST, "invalid_json")
+            }
+            WebhookError::Payload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            WebhookError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status();
+        let field = match &self {
+            WebhookError::Payload(p) => p.field().map(str::to_owned),
+            _ => None,
+        };
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), code, error = %self, "webhook not stored");
+        } else {
+            tracing::info!(status = status.as_u16(), code, error = %self, "request refused");
+        }
+        let mut body = json!({ "error": code, "message": self.to_string() });
+        if let Some(field) = field {
+            body["field"] = field.into();
+        }
+        json_response(status, &body)
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Shared state of the HTTP port.
+pub struct HttpState {
+    pub store: Arc<dyn ConsentStore>,
+    pub ingest: IngestContext,
+}
+
+/// Serves the HTTP port on `listener` until `shutdown` is cancelled, then lets in-flight
+/// requests finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(&state, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "http connections still open after the grace period; closing"
+        );
+    }
+}
+
+async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let result = match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => Ok(ready(state).await),
+        (&Method::POST, "/webhooks/doubletick") => doubletick_webhook(state, req).await,
+        (_, "/healthz" | "/readyz" | "/webhooks/doubletick") => Err(WebhookError::MethodNotAllowed),
+        _ => Err(WebhookError::NotFound(path)),
+    };
+    result.unwrap_or_else(WebhookError::into_response)
+}
+
+async fn ready(state: &HttpState) -> Response<Full<Bytes>> {
+    let answer = tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await;
+    match answer {
+        Ok(Ok(())) => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready");
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not_ready", "reason": e.to_string()}),
+            )
+        }
+        Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "reason": "store did not answer in time"}),
+        ),
+    }
+}
+
+/// Checks the content type and reads the body within the size and time limits.
+async fn read_json_body(req: Request<Incoming>) -> Result<Bytes, WebhookError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(WebhookError::TooLarge);
+    }
+    if !is_json {
+        return Err(WebhookError::UnsupportedMediaType);
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+        Err(_) => Err(WebhookError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(WebhookError::TooLarge),
+        Ok(Err(e)) => Err(WebhookError::BodyRead(e.to_string())),
+    }
+}
+
+async fn doubletick_webhook(
+    state: &HttpState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, WebhookError> {
+    let body = read_json_body(req).await?;
+    let decision = doubletick::parse(&body, &state.ingest)?;
+    store_decisions(state, vec![decision]).await
+}
+
+/// Stores decisions, then (and only then) answers 200 with what happened to each.
+async fn store_decisions(
+    state: &HttpState,
+    decisions: Vec<Decision>,
+) -> Result<Response<Full<Bytes>>, WebhookError> {
+    let outcomes = state.store.record(&decisions, Utc::now()).await?;
+    let results: Vec<_> = decisions
+        .iter()
+        .zip(&outcomes)
+        .map(|(d, outcome)| {
+            let outcome = match outcome {
+                RecordOutcome::Applied => "applied",
+                RecordOutcome::Stale => "stale",
+                RecordOutcome::Duplicate => "duplicate",
+            };
+            tracing::info!(
+                source = d.evidence.source.as_str(),
+                choice = d.choice.name(),
+                message_id = %d.evidence.message_id,
+                outcome,
+                "decision recorded"
+            );
+            json!({
+                "outcome": outcome,
+                "business_number": d.pair.business.to_string(),
+                "customer_number": d.pair.customer.to_string(),
+                "choice": d.choice.name(),
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "status": "stored", "decisions": results }),
+    ))
+}
