@@ -12,7 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::fanout::Hub;
+use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::Api;
 use crate::http_port::{self, HttpState};
 use crate::ingest::IngestContext;
@@ -49,7 +49,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let stop = CancellationToken::new();
-    let hub = Hub::start(store.clone(), config.checkpoint_interval, stop.clone());
+    let hub = Hub::start(
+        store.clone(),
+        HubConfig {
+            checkpoint: config.checkpoint_interval,
+            ring_capacity: RING_CAPACITY,
+        },
+        stop.clone(),
+    );
     tokio::spawn(sweep_expiries(
         store.clone(),
         config.expiry_sweep_interval,

@@ -18,6 +18,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{EventKind, PhoneNumber};
 use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError};
 
-/// How many events the ring keeps for subscribers that are a little behind.
+/// How many events the ring keeps for subscribers that are a little behind, by default.
 pub const RING_CAPACITY: usize = 4096;
 /// Events fetched per store read.
 const READ_BATCH: usize = 512;
@@ -53,16 +54,27 @@ pub struct Hub {
     head: watch::Receiver<Option<Cursor>>,
     shutdown: CancellationToken,
     checkpoint: Duration,
+    /// Times a subscriber fell out of the ring and went back to reading the store.
+    catch_ups: Arc<AtomicU64>,
+}
+
+/// Settings of a [`Hub`].
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// An idle subscription gets a checkpoint this often.
+    pub checkpoint: Duration,
+    /// Events kept in the ring (the fan-out's whole memory, shared by all subscribers).
+    pub ring_capacity: usize,
 }
 
 impl Hub {
     /// Starts the tailer task; it stops when `shutdown` is cancelled.
     pub fn start(
         store: Arc<dyn ConsentStore>,
-        checkpoint: Duration,
+        config: HubConfig,
         shutdown: CancellationToken,
     ) -> Hub {
-        let (ring, _) = broadcast::channel(RING_CAPACITY);
+        let (ring, _) = broadcast::channel(config.ring_capacity.max(1));
         let (head_tx, head) = watch::channel(None);
         tokio::spawn(tail(store.clone(), ring.clone(), head_tx, shutdown.clone()));
         Hub {
@@ -70,7 +82,8 @@ impl Hub {
             ring,
             head,
             shutdown,
-            checkpoint,
+            checkpoint: config.checkpoint,
+            catch_ups: Arc::default(),
         }
     }
 
@@ -89,7 +102,11 @@ impl Hub {
     ) -> Result<Subscription, StoreError> {
         let ring = self.ring.subscribe();
         let cursor = match start {
-            Some(c) => c,
+            Some(c) => {
+                // Fail the call itself, not the first message, for a cursor past retention.
+                self.store.read_events(&c, 1, Duration::ZERO).await?;
+                c
+            }
             None => self.store.head().await?,
         };
         Ok(Subscription {
@@ -106,6 +123,11 @@ impl Hub {
     /// Number of live subscriptions on this replica.
     pub fn subscribers(&self) -> usize {
         self.ring.receiver_count()
+    }
+
+    /// How many times a subscriber fell behind the ring and caught up from the store.
+    pub fn catch_ups(&self) -> u64 {
+        self.catch_ups.load(Ordering::Relaxed)
     }
 }
 
@@ -246,6 +268,7 @@ impl Subscription {
                         missed,
                         "subscriber fell behind the ring; replaying from store"
                     );
+                    self.hub.catch_ups.fetch_add(1, Ordering::Relaxed);
                     self.replaying = true;
                 }
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
@@ -295,6 +318,7 @@ impl Subscription {
             match self.ring.try_recv() {
                 Ok(published) => self.take(published),
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.hub.catch_ups.fetch_add(1, Ordering::Relaxed);
                     self.replaying = true;
                     break;
                 }

@@ -1,0 +1,205 @@
+//! `spawn_app()`: the real service on port 0, plus small HTTP and gRPC clients.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use callgate::config::{Config, Flags};
+use callgate::pb::{self, consent_authority_client::ConsentAuthorityClient};
+use callgate::store::ConsentStore;
+use callgate::store::memory::{MemoryConfig, MemoryStore};
+use callgate::{app, pb::ConsentState};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub const BUSINESS: &str = "+919000000000";
+pub const CUSTOMER: &str = "+919876543210";
+
+pub fn fixture(path: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// A config for tests: loopback ports chosen by the caller, quick sweeps and checkpoints.
+pub fn test_config() -> Config {
+    let mut c = Config::resolve(&Flags::default(), |_| None).unwrap();
+    c.expiry_sweep_interval = Duration::from_millis(50);
+    c.checkpoint_interval = Duration::from_millis(300);
+    c.shutdown_grace = Duration::from_secs(2);
+    c
+}
+
+pub struct TestApp {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub store: Arc<dyn ConsentStore>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_config(), memory_store()).await
+}
+
+pub fn memory_store() -> Arc<dyn ConsentStore> {
+    Arc::new(MemoryStore::new(MemoryConfig::default()))
+}
+
+pub async fn spawn_app_with(config: Config, store: Arc<dyn ConsentStore>) -> TestApp {
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let store = store.clone();
+        async move {
+            app::run(config, store, app::Listeners { http, grpc }, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        }
+    });
+    TestApp {
+        http: http_addr,
+        grpc: grpc_addr,
+        store,
+        stop: Some(stop),
+        task: Some(task),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    }
+}
+
+/// An HTTP answer: status and parsed JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl TestApp {
+    pub async fn grpc(&self) -> ConsentAuthorityClient<Channel> {
+        ConsentAuthorityClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Answer {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.http));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = self
+            .client
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Answer { status, body }
+    }
+
+    pub async fn post_doubletick(&self, body: impl Into<Bytes>) -> Answer {
+        self.request(
+            "POST",
+            "/webhooks/doubletick",
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+    }
+
+    pub async fn check(&self, business: &str, customer: &str) -> pb::CheckCallPermissionResponse {
+        self.grpc()
+            .await
+            .check_call_permission(pb::CheckCallPermissionRequest {
+                business_number: business.into(),
+                customer_number: customer.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn state(&self, business: &str, customer: &str) -> ConsentState {
+        ConsentState::try_from(self.check(business, customer).await.state).unwrap()
+    }
+
+    pub async fn history(&self, business: &str, customer: &str) -> Vec<pb::HistoryEntry> {
+        self.grpc()
+            .await
+            .get_consent_history(pb::GetConsentHistoryRequest {
+                business_number: business.into(),
+                customer_number: customer.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+    }
+
+    /// Stops the service and waits until it has drained.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("service did not stop within 10 s")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A DoubleTick body with the given fields; times are RFC 3339.
+pub fn doubletick(
+    business: &str,
+    customer: &str,
+    message_id: &str,
+    received_at: chrono::DateTime<chrono::Utc>,
+    response: &str,
+    permanent: Option<bool>,
+) -> String {
+    let mut v = serde_json::json!({
+        "from": customer,
+        "to": business,
+        "receivedAt": received_at.to_rfc3339(),
+        "messageId": message_id,
+        "pairedMessageId": format!("paired-{message_id}"),
+        "response": response,
+        "responseSource": "user_initiated",
+        "dtCustomerId": "customer_test",
+    });
+    if let Some(p) = permanent {
+        v["isPermanent"] = p.into();
+    }
+    v.to_string()
+}

@@ -1,0 +1,8 @@
+//! All integration tests, in one binary: the real service on free loopback ports, driven over
+//! real sockets (HTTP in, gRPC out), against the in-memory store and a real `redis-server`.
+
+mod helpers;
+
+mod check;
+mod ingest;
+mod stream;
