@@ -16,6 +16,7 @@ use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::Api;
 use crate::http_port::{self, HttpState};
 use crate::ingest::IngestContext;
+use crate::metrics::{Metrics, StoreOp};
 use crate::pb;
 use crate::store::ConsentStore;
 
@@ -49,6 +50,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let stop = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
     let hub = Hub::start(
         store.clone(),
         HubConfig {
@@ -59,6 +61,7 @@ pub async fn run(
     );
     tokio::spawn(sweep_expiries(
         store.clone(),
+        metrics.clone(),
         config.expiry_sweep_interval,
         stop.clone(),
     ));
@@ -74,6 +77,8 @@ pub async fn run(
         ingest: IngestContext {
             temporary_grant: config.temporary_grant,
         },
+        metrics: metrics.clone(),
+        hub: hub.clone(),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,
@@ -89,7 +94,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(Api::new(store.clone(), hub).into_server())
+        .add_service(Api::new(store.clone(), hub, metrics).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
             grpc_stop.cancelled().await
         });
@@ -114,7 +119,12 @@ pub async fn run(
 }
 
 /// Turns lapsed temporary grants into `EXPIRED` events, on every replica (claims are atomic).
-async fn sweep_expiries(store: Arc<dyn ConsentStore>, every: Duration, stop: CancellationToken) {
+async fn sweep_expiries(
+    store: Arc<dyn ConsentStore>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,8 +134,14 @@ async fn sweep_expiries(store: Arc<dyn ConsentStore>, every: Duration, stop: Can
         }
         match store.claim_expired(Utc::now()).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "temporary grants lapsed"),
-            Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will retry"),
+            Ok(n) => {
+                metrics.expired(n);
+                tracing::info!(expired = n, "temporary grants lapsed");
+            }
+            Err(e) => {
+                metrics.store_error(StoreOp::Sweep);
+                tracing::warn!(error = %e, "expiry sweep failed; will retry");
+            }
         }
     }
 }

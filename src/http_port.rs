@@ -3,6 +3,7 @@
 //! Routes:
 //! - `POST /webhooks/doubletick`: DoubleTick's Call Permission Reply Received webhook.
 //! - `GET /healthz`: the process is alive. `GET /readyz`: the store answers (503 otherwise).
+//! - `GET /metrics`: Prometheus text format.
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing. Every refusal is a JSON body `{"error": CODE, "message": ..., "field": ...}`; the
@@ -30,7 +31,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::Decision;
+use crate::fanout::Hub;
 use crate::ingest::{IngestContext, PayloadError, doubletick};
+use crate::metrics::{Metrics, Route, StoreOp};
 use crate::store::{ConsentStore, RecordOutcome, StoreError};
 
 /// Largest webhook body accepted.
@@ -120,6 +123,8 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
 pub struct HttpState {
     pub store: Arc<dyn ConsentStore>,
     pub ingest: IngestContext,
+    pub metrics: Arc<Metrics>,
+    pub hub: Hub,
 }
 
 /// Serves the HTTP port on `listener` until `shutdown` is cancelled, then lets in-flight
@@ -185,15 +190,48 @@ pub async fn serve(
 }
 
 async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
     let path = req.uri().path().to_owned();
+    let webhook = match path.as_str() {
+        "/webhooks/doubletick" => Some(Route::DoubleTick),
+        "/webhooks/whatsapp" => Some(Route::WhatsApp),
+        p if p.starts_with("/webhooks/") => Some(Route::Other),
+        _ => None,
+    };
     let result = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (&Method::GET, "/readyz") => Ok(ready(state).await),
+        (&Method::GET, "/metrics") => Ok(metrics(state)),
         (&Method::POST, "/webhooks/doubletick") => doubletick_webhook(state, req).await,
-        (_, "/healthz" | "/readyz" | "/webhooks/doubletick") => Err(WebhookError::MethodNotAllowed),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/webhooks/doubletick") => {
+            Err(WebhookError::MethodNotAllowed)
+        }
         _ => Err(WebhookError::NotFound(path)),
     };
+    let outcome = match &result {
+        Ok(_) => "stored",
+        Err(e) => {
+            if matches!(e, WebhookError::Store(_)) {
+                state.metrics.store_error(StoreOp::Record);
+            }
+            e.status().1
+        }
+    };
+    if let Some(route) = webhook {
+        state.metrics.webhook(route, outcome, started.elapsed());
+    }
     result.unwrap_or_else(WebhookError::into_response)
+}
+
+fn metrics(state: &HttpState) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(
+        state.metrics.render(state.hub.catch_ups()),
+    )));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
 }
 
 async fn ready(state: &HttpState) -> Response<Full<Bytes>> {
@@ -201,6 +239,7 @@ async fn ready(state: &HttpState) -> Response<Full<Bytes>> {
     match answer {
         Ok(Ok(())) => json_response(StatusCode::OK, &json!({"status": "ready"})),
         Ok(Err(e)) => {
+            state.metrics.store_error(StoreOp::Ping);
             tracing::warn!(error = %e, "not ready");
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,

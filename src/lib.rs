@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod grpc_api;
 pub mod http_port;
 pub mod ingest;
+pub mod metrics;
 pub mod store;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.

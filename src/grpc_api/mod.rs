@@ -8,6 +8,7 @@ mod convert;
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
@@ -19,6 +20,7 @@ pub use convert::{from_timestamp, timestamp};
 
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
 use crate::fanout::{Filter, Hub, Item, SubscriptionError};
+use crate::metrics::{CheckAnswer, CheckRpc, Metrics, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
 use crate::store::{ConsentStore, Cursor, CursorError, StoreError, cursor_at};
 
@@ -39,6 +41,16 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn check_answer(&self) -> CheckAnswer {
+        match self {
+            ApiError::Store(StoreError::Cursor(_)) => CheckAnswer::InvalidArgument,
+            ApiError::Store(_) => CheckAnswer::Unavailable,
+            _ => CheckAnswer::InvalidArgument,
+        }
+    }
 }
 
 impl From<ApiError> for Status {
@@ -74,11 +86,92 @@ fn pair(business: &str, customer: &str) -> Result<Pair, ApiError> {
 pub struct Api {
     store: Arc<dyn ConsentStore>,
     hub: Hub,
+    metrics: Arc<Metrics>,
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn ConsentStore>, hub: Hub) -> Self {
-        Api { store, hub }
+    pub fn new(store: Arc<dyn ConsentStore>, hub: Hub, metrics: Arc<Metrics>) -> Self {
+        Api {
+            store,
+            hub,
+            metrics,
+        }
+    }
+
+    /// Counts a store failure of `op` and passes the error on.
+    fn store_failed(&self, op: StoreOp) -> impl Fn(StoreError) -> ApiError + '_ {
+        move |e| {
+            if !matches!(e, StoreError::Cursor(_)) {
+                self.metrics.store_error(op);
+            }
+            ApiError::Store(e)
+        }
+    }
+
+    async fn check_one(
+        &self,
+        req: &pb::CheckCallPermissionRequest,
+    ) -> Result<pb::CheckCallPermissionResponse, ApiError> {
+        let pair = pair(&req.business_number, &req.customer_number)?;
+        let current = self
+            .store
+            .current(&pair)
+            .await
+            .map_err(self.store_failed(StoreOp::Check))?;
+        let verdict = evaluate(current, Utc::now());
+        self.metrics.check(CheckAnswer::State(verdict.state));
+        Ok(convert::check_response(&pair, &verdict))
+    }
+
+    async fn check_many(
+        &self,
+        checks: &[pb::CheckCallPermissionRequest],
+    ) -> Result<pb::CheckCallPermissionsResponse, ApiError> {
+        if checks.len() > MAX_BATCH {
+            return Err(ApiError::InvalidArgument(format!(
+                "checks: {} pairs; at most {MAX_BATCH} per call",
+                checks.len()
+            )));
+        }
+        let parsed: Vec<Result<Pair, ApiError>> = checks
+            .iter()
+            .map(|c| pair(&c.business_number, &c.customer_number))
+            .collect();
+        let valid: Vec<Pair> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .cloned()
+            .collect();
+        let mut currents = self
+            .store
+            .current_many(&valid)
+            .await
+            .map_err(self.store_failed(StoreOp::Check))?
+            .into_iter();
+        let now = Utc::now();
+        let results = parsed
+            .into_iter()
+            .map(|p| {
+                let result = match p {
+                    Ok(pair) => {
+                        let verdict = evaluate(currents.next().flatten(), now);
+                        self.metrics.check(CheckAnswer::State(verdict.state));
+                        pb::check_result::Result::Answer(convert::check_response(&pair, &verdict))
+                    }
+                    Err(e) => {
+                        self.metrics.check(CheckAnswer::InvalidArgument);
+                        pb::check_result::Result::Error(pb::CheckError {
+                            code: tonic::Code::InvalidArgument as i32,
+                            message: e.to_string(),
+                        })
+                    }
+                };
+                pb::CheckResult {
+                    result: Some(result),
+                }
+            })
+            .collect();
+        Ok(pb::CheckCallPermissionsResponse { results })
     }
 
     pub fn into_server(self) -> pb::consent_authority_server::ConsentAuthorityServer<Api> {
@@ -110,60 +203,28 @@ impl ConsentAuthority for Api {
         &self,
         request: Request<pb::CheckCallPermissionRequest>,
     ) -> Result<Response<pb::CheckCallPermissionResponse>, Status> {
-        let req = request.get_ref();
-        let pair = pair(&req.business_number, &req.customer_number)?;
-        let current = self.store.current(&pair).await.map_err(ApiError::from)?;
-        let verdict = evaluate(current, Utc::now());
-        Ok(Response::new(convert::check_response(&pair, &verdict)))
+        let started = Instant::now();
+        let answer = self.check_one(request.get_ref()).await;
+        if let Err(e) = &answer {
+            self.metrics.check(e.check_answer());
+        }
+        self.metrics
+            .check_latency(CheckRpc::Single, started.elapsed());
+        Ok(Response::new(answer?))
     }
 
     async fn check_call_permissions(
         &self,
         request: Request<pb::CheckCallPermissionsRequest>,
     ) -> Result<Response<pb::CheckCallPermissionsResponse>, Status> {
-        let checks = &request.get_ref().checks;
-        if checks.len() > MAX_BATCH {
-            return Err(ApiError::InvalidArgument(format!(
-                "checks: {} pairs; at most {MAX_BATCH} per call",
-                checks.len()
-            ))
-            .into());
+        let started = Instant::now();
+        let answer = self.check_many(&request.get_ref().checks).await;
+        if let Err(e) = &answer {
+            self.metrics.check(e.check_answer());
         }
-        let parsed: Vec<Result<Pair, ApiError>> = checks
-            .iter()
-            .map(|c| pair(&c.business_number, &c.customer_number))
-            .collect();
-        let valid: Vec<Pair> = parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .cloned()
-            .collect();
-        let mut currents = self
-            .store
-            .current_many(&valid)
-            .await
-            .map_err(ApiError::from)?
-            .into_iter();
-        let now = Utc::now();
-        let results = parsed
-            .into_iter()
-            .map(|p| {
-                let result = match p {
-                    Ok(pair) => {
-                        let verdict = evaluate(currents.next().flatten(), now);
-                        pb::check_result::Result::Answer(convert::check_response(&pair, &verdict))
-                    }
-                    Err(e) => pb::check_result::Result::Error(pb::CheckError {
-                        code: tonic::Code::InvalidArgument as i32,
-                        message: e.to_string(),
-                    }),
-                };
-                pb::CheckResult {
-                    result: Some(result),
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::CheckCallPermissionsResponse { results }))
+        self.metrics
+            .check_latency(CheckRpc::Batch, started.elapsed());
+        Ok(Response::new(answer?))
     }
 
     type StreamGrantsStream = EventStream;
@@ -188,9 +249,12 @@ impl ConsentAuthority for Api {
             .hub
             .subscribe(start, filter)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(self.store_failed(StoreOp::Events))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            metrics.stream_opened();
+            let _open = scopeguard(|| metrics.stream_closed());
             loop {
                 let next = tokio::select! {
                     // The client went away: stop reading for it.
@@ -198,13 +262,21 @@ impl ConsentAuthority for Api {
                     n = sub.next() => n,
                 };
                 let msg = match next {
-                    Ok(Item::Event(e, cursor)) => Ok(convert::event(&e, &cursor)),
+                    Ok(Item::Event(e, cursor)) => {
+                        metrics.stream_event();
+                        Ok(convert::event(&e, &cursor))
+                    }
                     Ok(Item::Checkpoint(cursor)) => Ok(convert::checkpoint(&cursor)),
                     Err(SubscriptionError::ShuttingDown) => Err(Status::unavailable(format!(
                         "server shutting down; resume with resume_after = {}",
                         sub.cursor()
                     ))),
-                    Err(SubscriptionError::Store(e)) => Err(Status::from(ApiError::Store(e))),
+                    Err(SubscriptionError::Store(e)) => {
+                        if !matches!(e, StoreError::Cursor(_)) {
+                            metrics.store_error(StoreOp::Events);
+                        }
+                        Err(Status::from(ApiError::Store(e)))
+                    }
                 };
                 let end = msg.is_err();
                 if tx.send(msg).await.is_err() || end {
@@ -221,7 +293,11 @@ impl ConsentAuthority for Api {
     ) -> Result<Response<pb::GetConsentHistoryResponse>, Status> {
         let req = request.get_ref();
         let pair = pair(&req.business_number, &req.customer_number)?;
-        let mut entries = self.store.history(&pair).await.map_err(ApiError::from)?;
+        let mut entries = self
+            .store
+            .history(&pair)
+            .await
+            .map_err(self.store_failed(StoreOp::History))?;
         // Oldest decision first; decisions made at the same instant in arrival order.
         entries.sort_by_key(|h| h.decision.decided_at);
         Ok(Response::new(pb::GetConsentHistoryResponse {
@@ -230,4 +306,17 @@ impl ConsentAuthority for Api {
             entries: entries.iter().map(convert::history_entry).collect(),
         }))
     }
+}
+
+/// Runs `f` when dropped: keeps the open-streams gauge right however the pump task ends.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -5,4 +5,5 @@ mod helpers;
 
 mod check;
 mod ingest;
+mod metrics;
 mod stream;

@@ -1,0 +1,366 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+//!
+//! Hand-rolled on atomics rather than a registry crate: the hot path (a check) pays two clock
+//! reads and three relaxed atomic adds, with no locks and no allocation. Every label set is fixed
+//! at compile time (enums), so no label can ever carry a phone number or other request data.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::domain::ConsentState;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    /// Per-bucket counts (not cumulative); the last slot is `+Inf`.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let slot = BUCKETS.partition_point(|b| *b < secs);
+        self.counts[slot].fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.counts[BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+/// How a check was answered: a consent state, or an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckAnswer {
+    State(ConsentState),
+    InvalidArgument,
+    Unavailable,
+}
+
+impl CheckAnswer {
+    const ALL: [CheckAnswer; 7] = [
+        CheckAnswer::State(ConsentState::NoConsent),
+        CheckAnswer::State(ConsentState::GrantedPermanent),
+        CheckAnswer::State(ConsentState::GrantedTemporary),
+        CheckAnswer::State(ConsentState::Denied),
+        CheckAnswer::State(ConsentState::Expired),
+        CheckAnswer::InvalidArgument,
+        CheckAnswer::Unavailable,
+    ];
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|a| *a == self).unwrap_or(0)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            CheckAnswer::State(ConsentState::NoConsent) => "no_consent",
+            CheckAnswer::State(ConsentState::GrantedPermanent) => "granted_permanent",
+            CheckAnswer::State(ConsentState::GrantedTemporary) => "granted_temporary",
+            CheckAnswer::State(ConsentState::Denied) => "denied",
+            CheckAnswer::State(ConsentState::Expired) => "expired",
+            CheckAnswer::InvalidArgument => "invalid_argument",
+            CheckAnswer::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Which gRPC check call.
+#[derive(Debug, Clone, Copy)]
+pub enum CheckRpc {
+    Single = 0,
+    Batch = 1,
+}
+
+/// The webhook routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    DoubleTick = 0,
+    WhatsApp = 1,
+    Other = 2,
+}
+
+impl Route {
+    const LABELS: [&'static str; 3] = ["doubletick", "whatsapp", "other"];
+}
+
+/// What happened to a webhook request. Refusals use the stable error codes of the HTTP port.
+pub const WEBHOOK_OUTCOMES: [&str; 16] = [
+    "stored",
+    "ignored",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "unsupported_media_type",
+    "body_too_large",
+    "body_timeout",
+    "body_unreadable",
+    "invalid_json",
+    "invalid_field",
+    "store_unavailable",
+    "bad_request",
+    "too_many_connections",
+    "other",
+];
+
+/// Store operations, for the error counter.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreOp {
+    Check = 0,
+    Record = 1,
+    History = 2,
+    Events = 3,
+    Sweep = 4,
+    Ping = 5,
+}
+
+impl StoreOp {
+    const LABELS: [&'static str; 6] = ["check", "record", "history", "events", "sweep", "ping"];
+}
+
+/// All of callgate's metrics. One instance per running service.
+#[derive(Default)]
+pub struct Metrics {
+    checks: [AtomicU64; 7],
+    check_latency: [Histogram; 2],
+    webhooks: [[AtomicU64; WEBHOOK_OUTCOMES.len()]; 3],
+    webhook_latency: [Histogram; 3],
+    store_errors: [AtomicU64; 6],
+    open_streams: AtomicI64,
+    stream_events: AtomicU64,
+    expired: AtomicU64,
+}
+
+impl Metrics {
+    pub fn check(&self, answer: CheckAnswer) {
+        self.checks[answer.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn check_latency(&self, rpc: CheckRpc, d: Duration) {
+        self.check_latency[rpc as usize].observe(d);
+    }
+
+    pub fn checks_answered(&self, answer: CheckAnswer) -> u64 {
+        self.checks[answer.index()].load(Relaxed)
+    }
+
+    /// Counts a webhook with its outcome (one of [`WEBHOOK_OUTCOMES`]).
+    pub fn webhook(&self, route: Route, outcome: &str, d: Duration) {
+        let i = WEBHOOK_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(WEBHOOK_OUTCOMES.len() - 1);
+        self.webhooks[route as usize][i].fetch_add(1, Relaxed);
+        self.webhook_latency[route as usize].observe(d);
+    }
+
+    pub fn store_error(&self, op: StoreOp) {
+        self.store_errors[op as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn stream_opened(&self) {
+        self.open_streams.fetch_add(1, Relaxed);
+    }
+
+    pub fn stream_closed(&self) {
+        self.open_streams.fetch_sub(1, Relaxed);
+    }
+
+    pub fn stream_event(&self) {
+        self.stream_events.fetch_add(1, Relaxed);
+    }
+
+    pub fn expired(&self, n: usize) {
+        self.expired.fetch_add(n as u64, Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4). `stream_catch_ups` comes from the hub.
+    pub fn render(&self, stream_catch_ups: u64) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let _ = writeln!(out, "# HELP callgate_build_info Build information.");
+        let _ = writeln!(out, "# TYPE callgate_build_info gauge");
+        let _ = writeln!(
+            out,
+            "callgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_checks_total Consent checks answered, by answer."
+        );
+        let _ = writeln!(out, "# TYPE callgate_checks_total counter");
+        for a in CheckAnswer::ALL {
+            let n = self.checks[a.index()].load(Relaxed);
+            let _ = writeln!(out, "callgate_checks_total{{answer=\"{}\"}} {n}", a.label());
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_check_duration_seconds Time to answer a check RPC."
+        );
+        let _ = writeln!(out, "# TYPE callgate_check_duration_seconds histogram");
+        for (rpc, h) in ["single", "batch"].iter().zip(&self.check_latency) {
+            h.render(
+                &mut out,
+                "callgate_check_duration_seconds",
+                &format!("rpc=\"{rpc}\""),
+            );
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_webhooks_total Webhook requests, by route and outcome."
+        );
+        let _ = writeln!(out, "# TYPE callgate_webhooks_total counter");
+        for (r, route) in Route::LABELS.iter().enumerate() {
+            for (o, outcome) in WEBHOOK_OUTCOMES.iter().enumerate() {
+                let n = self.webhooks[r][o].load(Relaxed);
+                if n > 0 || *outcome == "stored" {
+                    let _ = writeln!(
+                        out,
+                        "callgate_webhooks_total{{route=\"{route}\",outcome=\"{outcome}\"}} {n}"
+                    );
+                }
+            }
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_webhook_duration_seconds Time to answer a webhook request."
+        );
+        let _ = writeln!(out, "# TYPE callgate_webhook_duration_seconds histogram");
+        for (route, h) in Route::LABELS.iter().zip(&self.webhook_latency) {
+            h.render(
+                &mut out,
+                "callgate_webhook_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_store_errors_total Store calls that failed."
+        );
+        let _ = writeln!(out, "# TYPE callgate_store_errors_total counter");
+        for (i, op) in StoreOp::LABELS.iter().enumerate() {
+            let n = self.store_errors[i].load(Relaxed);
+            let _ = writeln!(out, "callgate_store_errors_total{{op=\"{op}\"}} {n}");
+        }
+
+        let gauges: [(&str, &str, &str, i64); 4] = [
+            (
+                "callgate_open_streams",
+                "gauge",
+                "Open StreamGrants streams.",
+                self.open_streams.load(Relaxed),
+            ),
+            (
+                "callgate_stream_events_total",
+                "counter",
+                "Events sent to StreamGrants subscribers.",
+                self.stream_events.load(Relaxed) as i64,
+            ),
+            (
+                "callgate_stream_catch_ups_total",
+                "counter",
+                "Times a slow subscriber fell out of the fan-out ring and read from the store.",
+                stream_catch_ups as i64,
+            ),
+            (
+                "callgate_grants_expired_total",
+                "counter",
+                "Temporary grants this replica announced as expired.",
+                self.expired.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_everything() {
+        let h = Histogram::default();
+        for micros in [10, 60, 60, 700, 20_000_000] {
+            h.observe(Duration::from_micros(micros));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "");
+        assert!(out.contains("x_bucket{le=\"0.00005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.0001\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.001\"} 4\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 4\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 5\n"), "{out}");
+        assert!(out.contains("x_count 5\n"), "{out}");
+        assert_eq!(h.count(), 5);
+    }
+
+    #[test]
+    fn render_has_every_family_and_only_fixed_labels() {
+        let m = Metrics::default();
+        m.check(CheckAnswer::State(ConsentState::Denied));
+        m.webhook(Route::DoubleTick, "invalid_field", Duration::from_millis(1));
+        m.webhook(
+            Route::DoubleTick,
+            "not-a-known-outcome",
+            Duration::from_millis(1),
+        );
+        m.store_error(StoreOp::Check);
+        let out = m.render(2);
+        for needle in [
+            "callgate_build_info{version=",
+            "callgate_checks_total{answer=\"denied\"} 1",
+            "callgate_webhooks_total{route=\"doubletick\",outcome=\"invalid_field\"} 1",
+            "callgate_webhooks_total{route=\"doubletick\",outcome=\"other\"} 1",
+            "callgate_store_errors_total{op=\"check\"} 1",
+            "callgate_stream_catch_ups_total 2",
+            "callgate_check_duration_seconds_bucket{rpc=\"single\",le=\"+Inf\"} 0",
+        ] {
+            assert!(out.contains(needle), "missing {needle}:\n{out}");
+        }
+    }
+}
