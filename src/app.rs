@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::Api;
-use crate::http_port::{self, HttpState};
+use crate::http_port::{self, HttpLimits, HttpState};
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
 use crate::pb;
@@ -73,6 +73,11 @@ pub async fn run(
         .build_v1()?;
 
     let http_state = Arc::new(HttpState {
+        limits: HttpLimits {
+            header_timeout: config.http_header_timeout,
+            body_timeout: config.http_body_timeout,
+            max_connections: config.http_max_connections,
+        },
         store: store.clone(),
         ingest: IngestContext {
             temporary_grant: config.temporary_grant,

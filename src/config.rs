@@ -20,6 +20,9 @@ pub const ENV_CHECKPOINT_SECS: &str = "CALLGATE_CHECKPOINT_SECS";
 pub const ENV_EXPIRY_SWEEP_MS: &str = "CALLGATE_EXPIRY_SWEEP_MS";
 pub const ENV_SHUTDOWN_GRACE_SECS: &str = "CALLGATE_SHUTDOWN_GRACE_SECS";
 pub const ENV_LOG_FORMAT: &str = "CALLGATE_LOG_FORMAT";
+pub const ENV_HTTP_HEADER_TIMEOUT_MS: &str = "CALLGATE_HTTP_HEADER_TIMEOUT_MS";
+pub const ENV_HTTP_BODY_TIMEOUT_MS: &str = "CALLGATE_HTTP_BODY_TIMEOUT_MS";
+pub const ENV_HTTP_MAX_CONNECTIONS: &str = "CALLGATE_HTTP_MAX_CONNECTIONS";
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
@@ -31,6 +34,9 @@ pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600)
 pub const DEFAULT_CHECKPOINT: Duration = Duration::from_secs(5);
 pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_millis(250);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
 
 /// A value that must never reach a log: prints as `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -92,6 +98,12 @@ pub struct Config {
     /// How long in-flight requests get to finish after a shutdown signal.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    /// A client must send its request headers within this time.
+    pub http_header_timeout: Duration,
+    /// A client must send its whole body within this time.
+    pub http_body_timeout: Duration,
+    /// Most HTTP connections served at once; more wait in the listen backlog.
+    pub http_max_connections: usize,
 }
 
 /// Command-line values; `None` falls back to the environment, then the default.
@@ -134,6 +146,19 @@ impl Config {
         let secs = |name: &'static str, default: Duration| duration(raw(&None, name), default, 1.0);
         let millis =
             |name: &'static str, default: Duration| duration(raw(&None, name), default, 0.001);
+        let http_max_connections = match raw(&None, ENV_HTTP_MAX_CONNECTIONS) {
+            None => DEFAULT_HTTP_MAX_CONNECTIONS,
+            Some((value, name)) => match value.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError {
+                        name,
+                        value,
+                        problem: "must be a whole number greater than zero".into(),
+                    });
+                }
+            },
+        };
         let log_format = match raw(&None, ENV_LOG_FORMAT) {
             None => LogFormat::Text,
             Some((value, name)) => value.parse().map_err(|problem| ConfigError {
@@ -155,6 +180,9 @@ impl Config {
             expiry_sweep_interval: millis(ENV_EXPIRY_SWEEP_MS, DEFAULT_EXPIRY_SWEEP)?,
             shutdown_grace: secs(ENV_SHUTDOWN_GRACE_SECS, DEFAULT_SHUTDOWN_GRACE)?,
             log_format,
+            http_header_timeout: millis(ENV_HTTP_HEADER_TIMEOUT_MS, DEFAULT_HTTP_HEADER_TIMEOUT)?,
+            http_body_timeout: millis(ENV_HTTP_BODY_TIMEOUT_MS, DEFAULT_HTTP_BODY_TIMEOUT)?,
+            http_max_connections,
         })
     }
 }
@@ -238,6 +266,8 @@ mod tests {
             (ENV_TEMPORARY_GRANT_SECS, "-5"),
             (ENV_REDIS_TIMEOUT_MS, "NaN"),
             (ENV_LOG_FORMAT, "xml"),
+            (ENV_HTTP_MAX_CONNECTIONS, "0"),
+            (ENV_HTTP_MAX_CONNECTIONS, "many"),
         ];
         for (name, value) in cases {
             let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();

@@ -38,12 +38,6 @@ use crate::store::{ConsentStore, RecordOutcome, StoreError};
 
 /// Largest webhook body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Time a client has to send its request headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has to send its whole body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
 /// A readiness probe waits at most this long for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -121,10 +115,19 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
 
 /// Shared state of the HTTP port.
 pub struct HttpState {
+    pub limits: HttpLimits,
     pub store: Arc<dyn ConsentStore>,
     pub ingest: IngestContext,
     pub metrics: Arc<Metrics>,
     pub hub: Hub,
+}
+
+/// Slow-client and connection limits of the port.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// Serves the HTTP port on `listener` until `shutdown` is cancelled, then lets in-flight
@@ -139,9 +142,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(state.limits.header_timeout);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -203,6 +206,7 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes
         (&Method::GET, "/readyz") => Ok(ready(state).await),
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (&Method::POST, "/webhooks/doubletick") => doubletick_webhook(state, req).await,
+
         (_, "/healthz" | "/readyz" | "/metrics" | "/webhooks/doubletick") => {
             Err(WebhookError::MethodNotAllowed)
         }
@@ -254,7 +258,10 @@ async fn ready(state: &HttpState) -> Response<Full<Bytes>> {
 }
 
 /// Checks the content type and reads the body within the size and time limits.
-async fn read_json_body(req: Request<Incoming>) -> Result<Bytes, WebhookError> {
+async fn read_json_body(
+    req: Request<Incoming>,
+    limits: &HttpLimits,
+) -> Result<Bytes, WebhookError> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -273,7 +280,7 @@ async fn read_json_body(req: Request<Incoming>) -> Result<Bytes, WebhookError> {
         return Err(WebhookError::UnsupportedMediaType);
     }
     let body = Limited::new(req.into_body(), MAX_BODY);
-    match tokio::time::timeout(BODY_TIMEOUT, body.collect()).await {
+    match tokio::time::timeout(limits.body_timeout, body.collect()).await {
         Err(_) => Err(WebhookError::BodyTimeout),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(WebhookError::TooLarge),
@@ -285,7 +292,7 @@ async fn doubletick_webhook(
     state: &HttpState,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, WebhookError> {
-    let body = read_json_body(req).await?;
+    let body = read_json_body(req, &state.limits).await?;
     let decision = doubletick::parse(&body, &state.ingest)?;
     store_decisions(state, vec![decision]).await
 }

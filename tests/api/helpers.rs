@@ -157,11 +157,16 @@ impl TestApp {
             .entries
     }
 
-    /// Stops the service and waits until it has drained.
-    pub async fn stop(mut self) {
+    /// Sends the shutdown signal without waiting.
+    pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Stops the service and waits until it has drained.
+    pub async fn stop(mut self) {
+        self.begin_stop();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(10), task)
                 .await

@@ -5,5 +5,6 @@ mod helpers;
 
 mod check;
 mod ingest;
+mod lifecycle;
 mod metrics;
 mod stream;
