@@ -38,13 +38,25 @@ pub fn test_config() -> Config {
     c
 }
 
-pub struct TestApp {
+/// Clients for one running callgate (in this process or another).
+pub struct Endpoints {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+pub struct TestApp {
+    pub endpoints: Endpoints,
     pub store: Arc<dyn ConsentStore>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Endpoints;
+    fn deref(&self) -> &Endpoints {
+        &self.endpoints
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -71,12 +83,10 @@ pub async fn spawn_app_with(config: Config, store: Arc<dyn ConsentStore>) -> Tes
         }
     });
     TestApp {
-        http: http_addr,
-        grpc: grpc_addr,
+        endpoints: Endpoints::new(http_addr, grpc_addr),
         store,
         stop: Some(stop),
         task: Some(task),
-        client: Client::builder(TokioExecutor::new()).build_http(),
     }
 }
 
@@ -87,7 +97,15 @@ pub struct Answer {
     pub body: serde_json::Value,
 }
 
-impl TestApp {
+impl Endpoints {
+    pub fn new(http: SocketAddr, grpc: SocketAddr) -> Self {
+        Endpoints {
+            http,
+            grpc,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
     pub async fn grpc(&self) -> ConsentAuthorityClient<Channel> {
         ConsentAuthorityClient::connect(format!("http://{}", self.grpc))
             .await
@@ -156,7 +174,9 @@ impl TestApp {
             .into_inner()
             .entries
     }
+}
 
+impl TestApp {
     /// Sends the shutdown signal without waiting.
     pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {

@@ -156,3 +156,23 @@ async fn connections_over_the_cap_wait_until_one_is_freed() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(held_b);
 }
+
+#[tokio::test]
+async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
+    let process = crate::process::CallgateProcess::start(&[]).unwrap();
+    let api = Endpoints::new(process.http, process.grpc);
+    let body = doubletick(BUSINESS, CUSTOMER, "p1", Utc::now(), "accept", Some(true));
+    assert_eq!(api.post_doubletick(body).await.status, 200);
+    assert!(api.check(BUSINESS, CUSTOMER).await.allowed);
+    let log = process.log_text();
+    assert!(log.contains("NOTHING survives a restart"), "{log}");
+    assert!(
+        !log.contains("9876543210"),
+        "a phone number was logged:\n{log}"
+    );
+    assert!(
+        tokio::task::spawn_blocking(move || process.terminate())
+            .await
+            .unwrap()
+    );
+}

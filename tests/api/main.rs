@@ -2,6 +2,7 @@
 //! real sockets (HTTP in, gRPC out), against the in-memory store and a real `redis-server`.
 
 mod helpers;
+mod process;
 
 mod check;
 mod ingest;
