@@ -112,12 +112,23 @@ pub async fn run(
         signal_stop.cancel();
     });
 
-    let grpc_result = grpc.await;
+    let mut grpc = grpc;
+    let grace = config.shutdown_grace;
+    // The gRPC server ends by itself once every RPC has finished; a stream whose client stopped
+    // reading may not, so the grace period bounds the wait.
+    let grpc_result = tokio::select! {
+        r = &mut grpc => Some(r),
+        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => None,
+    };
     stop.cancel();
-    let _ = tokio::time::timeout(config.shutdown_grace, http).await;
+    let _ = tokio::time::timeout(grace, http).await;
     match grpc_result {
-        Ok(r) => r?,
-        Err(join) => tracing::error!(error = %join, "gRPC server task failed"),
+        Some(Ok(r)) => r?,
+        Some(Err(join)) => tracing::error!(error = %join, "gRPC server task failed"),
+        None => {
+            tracing::warn!(?grace, "gRPC calls still open after the grace period; closing");
+            grpc.abort();
+        }
     }
     tracing::info!("stopped");
     Ok(())
