@@ -348,7 +348,7 @@ pub async fn temporary_grant_reads_as_expired_after_its_expiry(b: &dyn Backend) 
     let store = b.store();
     let p = pair(1);
     let t = now();
-    let expires = t + ms(300);
+    let expires = t + ms(500);
     let d = decision(&p, temporary(expires), t, "temp");
     store.record(std::slice::from_ref(&d), t).await.unwrap();
     let current = store.current(&p).await.unwrap();

@@ -23,6 +23,8 @@ pub struct RedisOptions {
     pub aof: bool,
     /// `--maxmemory-policy <policy>` (Redis's default is `noeviction`).
     pub maxmemory_policy: Option<String>,
+    /// Any further `--option value` arguments.
+    pub extra_args: Vec<String>,
 }
 
 impl RedisOptions {
@@ -109,6 +111,7 @@ impl RedisServer {
         if let Some(policy) = &self.options.maxmemory_policy {
             cmd.args(["--maxmemory-policy", policy]);
         }
+        cmd.args(&self.options.extra_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -243,6 +243,23 @@ async fn a_dead_server_is_an_error_and_the_store_recovers_when_it_returns() {
         .await
         .unwrap();
     assert_eq!(events.len(), 1);
+
+    // A restart while nobody reads: the idle blocking-read connection is dead, and the next
+    // read still succeeds on a fresh one.
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.ping().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = store
+        .read_events(&zero, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(events.is_empty(), "the restarted server has no data");
 }
 
 #[tokio::test]
@@ -273,6 +290,23 @@ async fn eviction_policies_other_than_noeviction_are_refused() {
         .unwrap();
     match store.ping().await {
         Err(StoreError::Misconfigured(msg)) => assert!(msg.contains("volatile-lru"), "{msg}"),
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_redis_without_config_get_is_refused_as_unverifiable() {
+    let server = RedisServer::start_with(RedisOptions {
+        extra_args: vec!["--rename-command".into(), "CONFIG".into(), String::new()],
+        ..Default::default()
+    });
+    match RedisStore::connect(RedisConfig::new(server.url())).await {
+        Err(StoreError::Misconfigured(msg)) => {
+            assert!(
+                msg.contains("cannot verify maxmemory-policy") && msg.contains("noeviction"),
+                "{msg}"
+            )
+        }
         other => panic!("expected Misconfigured, got {other:?}"),
     }
 }

@@ -37,6 +37,16 @@
 //! the script is the claim, so every replica may sweep at once and each lapse still yields
 //! exactly one EXPIRED event.
 //!
+//! # The event log
+//!
+//! One stream per shard; event ids are the Redis stream ids (`<ms>-<seq>`, server time), so
+//! [`cursor_at`](crate::store::cursor_at) works. Every `XADD` trims exactly (`MINID =`, not `~`)
+//! to [`RedisConfig::event_retention`]. A cursor is out of range when it is older than an event
+//! that was trimmed away. Redis 7.0 does not record that (`XINFO STREAM`'s
+//! `max-deleted-entry-id` only follows `XDEL`, not trimming), so the scripts keep the newest
+//! trimmed id per shard in a `trimmed` key, and [`read_events`](RedisStore::read_events)
+//! pipelines one `MGET` of those with its `XREAD`: the check costs no extra round trip.
+//!
 //! # Cluster notes
 //!
 //! Per-decision scripts and the per-shard sweep are single-slot and work on Cluster as is. What
@@ -56,7 +66,7 @@
 //! failure. When Redis comes back, the manager reconnects on its own; no restart is needed.
 //!
 //! Blocking `XREAD`s would stall every check queued behind them on a multiplexed connection,
-//! so they use dedicated connections from a small pool ([`BlockingPool`]); a connection that
+//! so they use dedicated connections from a small pool (`BlockingPool`); a connection that
 //! failed or timed out is dropped, and the next read opens a fresh one.
 //!
 //! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into
@@ -177,10 +187,11 @@ struct BlockingPool {
 }
 
 impl BlockingPool {
-    async fn take(&self) -> Result<MultiplexedConnection, StoreError> {
+    /// An idle connection (`reused` = true), or a new one.
+    async fn take(&self) -> Result<(MultiplexedConnection, bool), StoreError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(conn) = idle {
-            return Ok(conn);
+            return Ok((conn, true));
         }
         // No response timeout: the caller bounds each blocking read by its own block time
         // plus the store timeout, which a fixed per-connection timeout could not express.
@@ -194,7 +205,7 @@ impl BlockingPool {
         )
         .await
         {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok(conn)) => Ok((conn, false)),
             Ok(Err(e)) => Err(map_error(e, self.connect_timeout)),
             Err(_) => Err(StoreError::Timeout(self.connect_timeout)),
         }
@@ -326,6 +337,40 @@ impl RedisStore {
             Ok(result) => result.map_err(|e| map_error(e, self.config.timeout)),
             Err(_) => Err(StoreError::Timeout(self.config.timeout)),
         }
+    }
+
+    /// Runs a read-only command. Reads are idempotent, so a connection found dead (Redis
+    /// restarted or failed over since the last call) is retried once on the connection the
+    /// manager re-establishes; both attempts share the one store timeout. Writes are not
+    /// retried: a lost reply would turn "applied" into "duplicate".
+    async fn read_cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.within(async move {
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// [`read_cmd`](Self::read_cmd) for a pipeline of reads.
+    async fn read_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.within(async move {
+            match pipe.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    pipe.query_async::<T>(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     /// Loads every script into Redis's script cache (done at connect, and again after a
@@ -480,14 +525,8 @@ impl ConsentStore for RedisStore {
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
         let k = self.keys.pair(pair);
-        let mut conn = self.conn.clone();
         let values: Vec<Option<Vec<u8>>> = self
-            .within(
-                redis::cmd("MGET")
-                    .arg(&k.consent)
-                    .arg(&k.lapse)
-                    .query_async(&mut conn),
-            )
+            .read_cmd(redis::cmd("MGET").arg(&k.consent).arg(&k.lapse))
             .await?;
         // The consent key wins; the lapse record stands in once it has expired.
         values
@@ -507,8 +546,7 @@ impl ConsentStore for RedisStore {
             let k = self.keys.pair(pair);
             pipe.cmd("MGET").arg(&k.consent).arg(&k.lapse);
         }
-        let mut conn = self.conn.clone();
-        let rows: Vec<Vec<Option<Vec<u8>>>> = self.within(pipe.query_async(&mut conn)).await?;
+        let rows: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(&pipe).await?;
         if rows.len() != pairs.len() {
             return Err(corrupt_reply("MGET"));
         }
@@ -525,15 +563,8 @@ impl ConsentStore for RedisStore {
 
     async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
         let k = self.keys.pair(pair);
-        let mut conn = self.conn.clone();
         let entries: Vec<Vec<u8>> = self
-            .within(
-                redis::cmd("LRANGE")
-                    .arg(&k.history)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut conn),
-            )
+            .read_cmd(redis::cmd("LRANGE").arg(&k.history).arg(0).arg(-1))
             .await?;
         entries.iter().map(|e| codec::decode_history(e)).collect()
     }
@@ -575,20 +606,25 @@ impl ConsentStore for RedisStore {
         pipe.cmd("MGET").arg(&self.trimmed).add_command(xread);
 
         let bound = wait + self.config.timeout;
-        let mut conn = self.blocking.take().await?;
-        let (trimmed, reply) = match tokio::time::timeout(
-            bound,
-            pipe.query_async::<(Vec<Option<String>>, Value)>(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok(v)) => {
-                self.blocking.give_back(conn);
-                v
+        let (trimmed, reply) = loop {
+            let (mut conn, reused) = self.blocking.take().await?;
+            match tokio::time::timeout(
+                bound,
+                pipe.query_async::<(Vec<Option<String>>, Value)>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(v)) => {
+                    self.blocking.give_back(conn);
+                    break v;
+                }
+                // An idle connection may have died with a Redis restart: the read is
+                // idempotent, so try once more on a fresh connection.
+                Ok(Err(e)) if reused && (e.is_io_error() || e.is_connection_dropped()) => {}
+                Ok(Err(e)) => return Err(map_error(e, self.config.timeout)),
+                // The connection still owes the reply: it is dropped, not reused.
+                Err(_) => return Err(StoreError::Timeout(bound)),
             }
-            Ok(Err(e)) => return Err(map_error(e, self.config.timeout)),
-            // The connection still owes the reply: it is dropped, not reused.
-            Err(_) => return Err(StoreError::Timeout(bound)),
         };
 
         if trimmed.len() != SHARDS {
@@ -647,8 +683,7 @@ impl ConsentStore for RedisStore {
                 .arg("COUNT")
                 .arg(1);
         }
-        let mut conn = self.conn.clone();
-        let replies: Vec<Value> = self.within(pipe.query_async(&mut conn)).await?;
+        let replies: Vec<Value> = self.read_pipe(&pipe).await?;
         if replies.len() != SHARDS {
             return Err(corrupt_reply("XREVRANGE"));
         }
@@ -701,10 +736,8 @@ impl ConsentStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.read_cmd(&redis::cmd("PING")).await?;
         let mut conn = self.conn.clone();
-        let pong: String = self
-            .within(redis::cmd("PING").query_async(&mut conn))
-            .await?;
         if pong != "PONG" {
             return Err(corrupt_reply("PING"));
         }
