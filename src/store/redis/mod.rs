@@ -25,13 +25,16 @@
 //!
 //! # Atomicity
 //!
-//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (`SET NX`-style
-//! marker kept [`DEDUP_RETENTION`]), arbitration (the twin of
+//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (a marker per
+//! decision id, `SET … PX` [`DEDUP_RETENTION`]; checked first, set only once the decision is
+//! kept, exactly as the memory store does), arbitration (the twin of
 //! [`precedence`](crate::domain::rules::precedence)), history, current decision, due index
 //! and event (`XADD` with exact `MINID` trimming). No reader ever sees half a decision.
 //! Several decisions given to one [`record`](RedisStore::record) call are sent as `EVALSHA`s
 //! inside `MULTI`/`EXEC`, so on a standalone Redis they are applied together or (on a
-//! connection error before `EXEC`) not at all.
+//! connection error before `EXEC`) not at all. `EXEC` does not roll back: if one script fails
+//! inside it (say Redis hits `maxmemory`), the call is an error and the sender's retry records
+//! the rest, the ones already stored being recognised as duplicates.
 //!
 //! The expiry sweep (`claim_expired.lua`) runs per shard: `ZREM` of a due-index member inside
 //! the script is the claim, so every replica may sweep at once and each lapse still yields
