@@ -3,9 +3,12 @@
 
 mod helpers;
 mod process;
+mod redis_harness;
 
 mod check;
+mod conformance;
 mod ingest;
 mod lifecycle;
 mod metrics;
+mod redis_store;
 mod stream;

@@ -1,1 +1,817 @@
-//! placeholder
+//! The production store: consent state in Redis, shared by every callgate replica.
+//!
+//! All Redis knowledge lives in this module: key names in [`keys`], value formats in [`codec`],
+//! and the Lua scripts next to this file. It behaves exactly like
+//! [`MemoryStore`](crate::store::memory::MemoryStore); the conformance suite in `tests/api`
+//! runs the same tests against both.
+//!
+//! # Key layout: sharded, cluster-ready
+//!
+//! Pairs are spread over [`SHARDS`] shards by a stable hash ([`keys::shard_of`]). Every key of
+//! a shard carries the shard's hash tag (`{callgate:s07}`), so every key one script touches is
+//! in one Cluster slot, and the shards spread over the cluster's nodes. Each shard has its own
+//! event stream and due-time index; a subscriber's cursor is one stream id per shard. See
+//! [`keys`] for the full list.
+//!
+//! # Native expiry plus a lapse record
+//!
+//! A temporary grant's consent key (`c:`) carries Redis's own expiry at the grant's expiry
+//! instant (`PXAT` from the decision, not from arrival), so Redis reclaims it without callgate
+//! doing anything. But a check after the expiry must answer EXPIRED, not NO_CONSENT, so the
+//! grant is also written to a lapse record (`x:`, no TTL) that is deleted as soon as a
+//! permanent grant or denial wins. [`current`](RedisStore::current) is one `MGET c: x:`: the
+//! consent key wins if present, else the lapse record is the (lapsed) current decision. A grant
+//! that is already expired on arrival gets no `c:` at all, only `x:`.
+//!
+//! # Atomicity
+//!
+//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (a marker per
+//! decision id, `SET … PX` [`DEDUP_RETENTION`]; checked first, set only once the decision is
+//! kept, exactly as the memory store does), arbitration (the twin of
+//! [`precedence`](crate::domain::rules::precedence)), history, current decision, due index
+//! and event (`XADD` with exact `MINID` trimming). No reader ever sees half a decision.
+//! Several decisions given to one [`record`](RedisStore::record) call are sent as `EVALSHA`s
+//! inside `MULTI`/`EXEC`, so on a standalone Redis they are applied together or (on a
+//! connection error before `EXEC`) not at all. `EXEC` does not roll back: if one script fails
+//! inside it (say Redis hits `maxmemory`), the call is an error and the sender's retry records
+//! the rest, the ones already stored being recognised as duplicates.
+//!
+//! The expiry sweep (`claim_expired.lua`) runs per shard: `ZREM` of a due-index member inside
+//! the script is the claim, so every replica may sweep at once and each lapse still yields
+//! exactly one EXPIRED event.
+//!
+//! # The event log
+//!
+//! One stream per shard; event ids are the Redis stream ids (`<ms>-<seq>`, server time), so
+//! [`cursor_at`](crate::store::cursor_at) works. Every `XADD` trims exactly (`MINID =`, not `~`)
+//! to [`RedisConfig::event_retention`]. A cursor is out of range when it is older than an event
+//! that was trimmed away. Redis 7.0 does not record that (`XINFO STREAM`'s
+//! `max-deleted-entry-id` only follows `XDEL`, not trimming), so the scripts keep the newest
+//! trimmed id per shard in a `trimmed` key, and [`read_events`](RedisStore::read_events)
+//! pipelines one `MGET` of those with its `XREAD`: the check costs no extra round trip.
+//!
+//! # Cluster notes
+//!
+//! Per-decision scripts and the per-shard sweep are single-slot and work on Cluster as is. What
+//! does not: `MULTI`/`EXEC` across shards (on Cluster each decision is atomic by itself; a
+//! failed multi-decision call is retried by the sender, and retries are idempotent thanks to
+//! de-duplication), and [`read_events`](RedisStore::read_events), which reads all shard streams
+//! with one `XREAD` (on Cluster it would need one `XREAD` per node). The connection used here is
+//! a standalone [`ConnectionManager`].
+//!
+//! # Failure behaviour
+//!
+//! Checks and writes share one multiplexed [`ConnectionManager`] (auto-reconnect, `TCP_NODELAY`
+//! on). Every call is bounded by [`RedisConfig::timeout`] (the redis-rs response timeout and a
+//! `tokio` timeout around it, which also bounds waiting for a reconnect). A connection error is
+//! [`StoreError::Unavailable`], a slow answer [`StoreError::Timeout`], an unreadable one
+//! [`StoreError::Corrupt`]: never a default value, so a check can never read "allowed" from a
+//! failure. When Redis comes back, the manager reconnects on its own; no restart is needed.
+//!
+//! Blocking `XREAD`s would stall every check queued behind them on a multiplexed connection,
+//! so they use dedicated connections from a small pool (`BlockingPool`); a connection that
+//! failed or timed out is dropped, and the next read opens a fresh one.
+//!
+//! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into
+//! "no consent", and evicting a dedup marker would re-apply an old decision.
+//! [`RedisStore::connect`] and [`ping`](RedisStore::ping) refuse any other policy. If
+//! `CONFIG GET` is disabled or renamed, the policy cannot be verified and that is also refused
+//! as misconfigured (the error says so): callgate does not run on an unverified policy.
+
+pub mod codec;
+pub mod keys;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::io::tcp::TcpSettings;
+use redis::{
+    AsyncConnectionConfig, Client, ErrorKind, IntoConnectionInfo, RedisError, Script,
+    ServerErrorKind, Value,
+};
+
+use super::{
+    ConsentStore, Cursor, CursorError, DEDUP_RETENTION, LoggedEvent, RecordOutcome, StoreError,
+    StreamId,
+};
+use crate::domain::{ConsentEvent, Decision, HistoryEntry, Pair};
+use keys::Keys;
+
+pub use keys::SHARDS;
+
+const RECORD_LUA: &str = include_str!("record.lua");
+const CLAIM_EXPIRED_LUA: &str = include_str!("claim_expired.lua");
+
+/// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
+const CLAIM_BATCH: usize = 500;
+/// Bound on claim rounds per [`RedisStore::claim_expired`] call; the sweep runs again soon.
+const CLAIM_MAX_ROUNDS: usize = 20;
+/// Idle blocking-read connections kept for reuse.
+const BLOCKING_POOL_IDLE: usize = 8;
+
+/// Where and how to reach Redis.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`. May hold a password: never printed by `Debug`.
+    pub url: String,
+    /// Start of every key name, so several deployments can share one Redis.
+    pub prefix: String,
+    /// Bound on every call (and on connecting). A check that cannot be answered in time fails.
+    pub timeout: Duration,
+    /// Events older than this are trimmed from the log.
+    pub event_retention: Duration,
+}
+
+impl RedisConfig {
+    pub const DEFAULT_PREFIX: &'static str = "callgate";
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+    pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// A config with every default but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            prefix: Self::DEFAULT_PREFIX.to_owned(),
+            timeout: Self::DEFAULT_TIMEOUT,
+            event_retention: Self::DEFAULT_EVENT_RETENTION,
+        }
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("event_retention", &self.event_retention)
+            .finish()
+    }
+}
+
+/// Masks the password of `scheme://user:password@host…` (keeps the user name).
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let masked = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            // `redis://secret@host`: a lone userinfo is a password for Redis.
+            None if !userinfo.is_empty() => format!("***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{masked}{tail}"),
+        None => format!("{masked}{tail}"),
+    }
+}
+
+/// Dedicated connections for blocking reads, so a waiting `XREAD` never delays a check.
+struct BlockingPool {
+    client: Client,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<MultiplexedConnection>>,
+}
+
+impl BlockingPool {
+    /// An idle connection (`reused` = true), or a new one.
+    async fn take(&self) -> Result<(MultiplexedConnection, bool), StoreError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(conn) = idle {
+            return Ok((conn, true));
+        }
+        // No response timeout: the caller bounds each blocking read by its own block time
+        // plus the store timeout, which a fixed per-connection timeout could not express.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None);
+        match tokio::time::timeout(
+            self.connect_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => Ok((conn, false)),
+            Ok(Err(e)) => Err(map_error(e, self.connect_timeout)),
+            Err(_) => Err(StoreError::Timeout(self.connect_timeout)),
+        }
+    }
+
+    /// Returns a connection that answered cleanly. Failed ones are simply dropped.
+    fn give_back(&self, conn: MultiplexedConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < BLOCKING_POOL_IDLE {
+            idle.push(conn);
+        }
+    }
+}
+
+/// The Redis consent store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct RedisStore {
+    config: RedisConfig,
+    keys: Keys,
+    conn: ConnectionManager,
+    blocking: BlockingPool,
+    record_script: Script,
+    claim_script: Script,
+    /// Stream keys in shard order, for XREAD.
+    streams: Vec<String>,
+    /// Trimmed-id marks in shard order, for the range check of `read_events`.
+    trimmed: Vec<String>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a redis-rs error to a store error. Never to a value.
+fn map_error(e: RedisError, timeout: Duration) -> StoreError {
+    if e.is_timeout() {
+        return StoreError::Timeout(timeout);
+    }
+    // The scripts answer `CORRUPT …` when a stored value has no readable header.
+    if has_code(&e, "CORRUPT") {
+        return StoreError::Corrupt(e.to_string());
+    }
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::Corrupt(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// True if the error, or any command's error in a failed pipeline or transaction, has `code`.
+fn has_code(e: &RedisError, code: &str) -> bool {
+    e.code() == Some(code)
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, err)| err.code() == code))
+}
+
+/// Redis lost the scripts (it restarted, or `SCRIPT FLUSH`): load them and try again.
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || has_code(e, "NOSCRIPT")
+}
+
+impl RedisStore {
+    /// Connects, checks that Redis is usable (see [`ping`](ConsentStore::ping): refuses a
+    /// `maxmemory-policy` other than `noeviction`), and loads the scripts.
+    pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
+        let bad_url = |e: RedisError| {
+            StoreError::Misconfigured(format!(
+                "cannot use Redis URL {}: {e}",
+                config.redacted_url()
+            ))
+        };
+        // redis-rs leaves TCP_NODELAY off; a check is one small request and must not wait
+        // for Nagle's algorithm.
+        let info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(bad_url)?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).map_err(bad_url)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.timeout))
+            .set_connection_timeout(Some(config.timeout))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = match tokio::time::timeout(
+            config.timeout * 4,
+            ConnectionManager::new_with_config(client.clone(), manager_config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(map_error(e, config.timeout)),
+            Err(_) => return Err(StoreError::Timeout(config.timeout * 4)),
+        };
+        let keys = Keys::new(&config.prefix);
+        let store = RedisStore {
+            streams: (0..SHARDS).map(|s| keys.stream(s)).collect(),
+            trimmed: (0..SHARDS).map(|s| keys.trimmed(s)).collect(),
+            keys,
+            conn,
+            blocking: BlockingPool {
+                client,
+                connect_timeout: config.timeout,
+                idle: Mutex::new(Vec::new()),
+            },
+            record_script: Script::new(RECORD_LUA),
+            claim_script: Script::new(CLAIM_EXPIRED_LUA),
+            config,
+        };
+        store.ping().await?;
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Runs one Redis call within the store timeout.
+    async fn within<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.config.timeout, call).await {
+            Ok(result) => result.map_err(|e| map_error(e, self.config.timeout)),
+            Err(_) => Err(StoreError::Timeout(self.config.timeout)),
+        }
+    }
+
+    /// Runs a read-only command. Reads are idempotent, so a connection found dead (Redis
+    /// restarted or failed over since the last call) is retried once on the connection the
+    /// manager re-establishes; both attempts share the one store timeout. Writes are not
+    /// retried: a lost reply would turn "applied" into "duplicate".
+    async fn read_cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.within(async move {
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// [`read_cmd`](Self::read_cmd) for a pipeline of reads.
+    async fn read_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.within(async move {
+            match pipe.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    pipe.query_async::<T>(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Loads every script into Redis's script cache (done at connect, and again after a
+    /// `NOSCRIPT`, e.g. when Redis restarted).
+    async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.record_script)
+            .load_script(&self.claim_script);
+        let mut conn = self.conn.clone();
+        self.within(pipe.query_async::<Vec<String>>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// Runs a pipeline of script calls, reloading the scripts once if Redis lost them.
+    async fn query_scripts<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        let first = tokio::time::timeout(self.config.timeout, pipe.query_async::<T>(&mut conn))
+            .await
+            .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        match first {
+            Ok(v) => Ok(v),
+            Err(e) if is_noscript(&e) => {
+                self.load_scripts().await?;
+                self.within(pipe.query_async::<T>(&mut conn)).await
+            }
+            Err(e) => Err(map_error(e, self.config.timeout)),
+        }
+    }
+
+    fn outcome(code: i64) -> Result<RecordOutcome, StoreError> {
+        match code {
+            0 => Ok(RecordOutcome::Applied),
+            1 => Ok(RecordOutcome::Stale),
+            2 => Ok(RecordOutcome::Duplicate),
+            other => Err(StoreError::Corrupt(format!(
+                "record script answered {other}"
+            ))),
+        }
+    }
+}
+
+fn bytes_of(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn corrupt_reply(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("unexpected reply to {what}"))
+}
+
+fn stream_id_of(v: &Value, what: &str) -> Result<StreamId, StoreError> {
+    bytes_of(v)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(StreamId::parse)
+        .ok_or_else(|| corrupt_reply(what))
+}
+
+/// Pairs of a RESP2 flat array or a RESP3 map.
+fn pairs_of(v: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match v {
+        Value::Map(m) => Some(m.iter().map(|(k, v)| (k, v)).collect()),
+        Value::Array(a) if a.len() % 2 == 0 => {
+            Some(a.chunks(2).map(|kv| (&kv[0], &kv[1])).collect())
+        }
+        _ => None,
+    }
+}
+
+/// Decodes one stream entry `[id, [field, value, ...]]`.
+fn decode_entry(shard: usize, entry: &Value) -> Result<LoggedEvent, StoreError> {
+    let Value::Array(parts) = entry else {
+        return Err(corrupt_reply("stream entry"));
+    };
+    let [id, fields] = parts.as_slice() else {
+        return Err(corrupt_reply("stream entry"));
+    };
+    let id = stream_id_of(id, "stream entry id")?;
+    let (mut kind, mut decision) = (None, None);
+    for (k, v) in pairs_of(fields).ok_or_else(|| corrupt_reply("stream entry fields"))? {
+        match bytes_of(k) {
+            Some(b"k") => kind = bytes_of(v),
+            Some(b"d") => decision = bytes_of(v),
+            _ => {}
+        }
+    }
+    let (Some(kind), Some(decision)) = (kind, decision) else {
+        return Err(StoreError::Corrupt(format!(
+            "event {id} in shard {shard} lacks fields"
+        )));
+    };
+    Ok(LoggedEvent {
+        shard,
+        id,
+        event: codec::decode_event(kind, decision)?,
+    })
+}
+
+#[async_trait]
+impl ConsentStore for RedisStore {
+    async fn record(
+        &self,
+        decisions: &[Decision],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        if decisions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let received_ms = received_at.timestamp_millis();
+        let mut pipe = redis::pipe();
+        // Standalone Redis: all decisions in one MULTI/EXEC. (On Cluster each decision would be
+        // atomic on its own, and a retry of the whole call is idempotent; see module docs.)
+        if decisions.len() > 1 {
+            pipe.atomic();
+        }
+        for decision in decisions {
+            let k = self.keys.pair(&decision.pair);
+            let dedup_id = decision.dedup_id();
+            let event = ConsentEvent::for_applied(decision, received_at)
+                .map(|e| codec::event_kind_code(e.kind))
+                .unwrap_or("");
+            let mut invocation = self.record_script.prepare_invoke();
+            invocation
+                .key(&k.consent)
+                .key(&k.lapse)
+                .key(&k.history)
+                .key(self.keys.dedup(k.shard, &dedup_id))
+                .key(&k.stream)
+                .key(&k.due)
+                .key(&k.trimmed)
+                .arg(codec::encode_consent(decision))
+                .arg(received_ms)
+                .arg(DEDUP_RETENTION.as_millis() as u64)
+                .arg(event)
+                .arg(self.config.event_retention.as_millis() as u64)
+                .arg(&k.member);
+            pipe.invoke_script(&invocation);
+        }
+        let codes: Vec<i64> = self.query_scripts(&pipe).await?;
+        if codes.len() != decisions.len() {
+            return Err(corrupt_reply("record"));
+        }
+        codes.into_iter().map(Self::outcome).collect()
+    }
+
+    async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
+        let k = self.keys.pair(pair);
+        let values: Vec<Option<Vec<u8>>> = self
+            .read_cmd(redis::cmd("MGET").arg(&k.consent).arg(&k.lapse))
+            .await?;
+        // The consent key wins; the lapse record stands in once it has expired.
+        values
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|v| codec::decode_consent(&v))
+            .transpose()
+    }
+
+    async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for pair in pairs {
+            let k = self.keys.pair(pair);
+            pipe.cmd("MGET").arg(&k.consent).arg(&k.lapse);
+        }
+        let rows: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(&pipe).await?;
+        if rows.len() != pairs.len() {
+            return Err(corrupt_reply("MGET"));
+        }
+        rows.into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .flatten()
+                    .next()
+                    .map(|v| codec::decode_consent(&v))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
+        let k = self.keys.pair(pair);
+        let entries: Vec<Vec<u8>> = self
+            .read_cmd(redis::cmd("LRANGE").arg(&k.history).arg(0).arg(-1))
+            .await?;
+        entries.iter().map(|e| codec::decode_history(e)).collect()
+    }
+
+    fn shards(&self) -> usize {
+        SHARDS
+    }
+
+    async fn read_events(
+        &self,
+        after: &Cursor,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        if after.shards() != SHARDS {
+            return Err(CursorError::WrongShardCount {
+                got: after.shards(),
+                want: SHARDS,
+            }
+            .into());
+        }
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One round trip: the range check (the newest trimmed id of every shard), then the
+        // read, blocking if asked to. If the cursor is out of range, retained events follow
+        // it (a trim never removes the entry just added), so the XREAD returns at once.
+        let mut xread = redis::cmd("XREAD");
+        xread.arg("COUNT").arg(limit);
+        let block_ms = wait.as_millis().min(u128::from(u32::MAX)) as u64;
+        if block_ms > 0 {
+            xread.arg("BLOCK").arg(block_ms);
+        }
+        xread.arg("STREAMS").arg(&self.streams);
+        for id in after.ids() {
+            xread.arg(id.to_string());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(&self.trimmed).add_command(xread);
+
+        let bound = wait + self.config.timeout;
+        let (trimmed, reply) = loop {
+            let (mut conn, reused) = self.blocking.take().await?;
+            match tokio::time::timeout(
+                bound,
+                pipe.query_async::<(Vec<Option<String>>, Value)>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(v)) => {
+                    self.blocking.give_back(conn);
+                    break v;
+                }
+                // An idle connection may have died with a Redis restart: the read is
+                // idempotent, so try once more on a fresh connection.
+                Ok(Err(e)) if reused && (e.is_io_error() || e.is_connection_dropped()) => {}
+                Ok(Err(e)) => return Err(map_error(e, self.config.timeout)),
+                // The connection still owes the reply: it is dropped, not reused.
+                Err(_) => return Err(StoreError::Timeout(bound)),
+            }
+        };
+
+        if trimmed.len() != SHARDS {
+            return Err(corrupt_reply("MGET trimmed"));
+        }
+        for (shard, id) in trimmed.iter().enumerate() {
+            let Some(id) = id else { continue };
+            let id = StreamId::parse(id)
+                .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}")))?;
+            if after.get(shard) < id {
+                return Err(CursorError::OutOfRange { shard }.into());
+            }
+        }
+
+        let mut events = Vec::new();
+        let streams: Vec<(&Value, &Value)> = match &reply {
+            Value::Nil => Vec::new(),
+            // RESP3: a map of key to entries.
+            Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+            // RESP2: an array of [key, entries] arrays.
+            Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Array(kv) if kv.len() == 2 => Some((&kv[0], &kv[1])),
+                    _ => None,
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| corrupt_reply("XREAD"))?,
+            _ => return Err(corrupt_reply("XREAD")),
+        };
+        for (key, entries) in streams {
+            let shard = bytes_of(key)
+                .and_then(|k| self.streams.iter().position(|s| s.as_bytes() == k))
+                .ok_or_else(|| corrupt_reply("XREAD stream key"))?;
+            let Value::Array(entries) = entries else {
+                return Err(corrupt_reply("XREAD entries"));
+            };
+            for entry in entries {
+                events.push(decode_entry(shard, entry)?);
+            }
+        }
+        // COUNT applies per stream. Keeping the first `limit` in (id, shard) order keeps a
+        // prefix of every shard's events, so a cursor advanced over them misses nothing.
+        events.sort_by_key(|e| (e.id, e.shard));
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    async fn head(&self) -> Result<Cursor, StoreError> {
+        let mut pipe = redis::pipe();
+        for key in &self.streams {
+            pipe.cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<Value> = self.read_pipe(&pipe).await?;
+        if replies.len() != SHARDS {
+            return Err(corrupt_reply("XREVRANGE"));
+        }
+        let ids = replies
+            .iter()
+            .map(|reply| match reply {
+                Value::Array(entries) => match entries.first() {
+                    None => Ok(StreamId::ZERO),
+                    Some(Value::Array(entry)) => entry
+                        .first()
+                        .map(|id| stream_id_of(id, "XREVRANGE id"))
+                        .unwrap_or_else(|| Err(corrupt_reply("XREVRANGE"))),
+                    Some(_) => Err(corrupt_reply("XREVRANGE")),
+                },
+                _ => Err(corrupt_reply("XREVRANGE")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Cursor::from_ids(ids))
+    }
+
+    async fn claim_expired(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let now_ms = now.timestamp_millis();
+        let retention = self.config.event_retention.as_millis() as u64;
+        let prefixes: Vec<String> = (0..SHARDS).map(|s| self.keys.shard_prefix(s)).collect();
+        let dues: Vec<String> = (0..SHARDS).map(|s| self.keys.due(s)).collect();
+        let mut published = 0;
+        for _ in 0..CLAIM_MAX_ROUNDS {
+            // One script per shard, all in one pipeline (not a transaction: each shard's
+            // claim is atomic by itself).
+            let mut pipe = redis::pipe();
+            for shard in 0..SHARDS {
+                let mut invocation = self.claim_script.prepare_invoke();
+                invocation
+                    .key(&dues[shard])
+                    .key(&self.streams[shard])
+                    .key(&self.trimmed[shard])
+                    .arg(now_ms)
+                    .arg(CLAIM_BATCH)
+                    .arg(&prefixes[shard])
+                    .arg(retention);
+                pipe.invoke_script(&invocation);
+            }
+            let replies: Vec<(usize, usize)> = self.query_scripts(&pipe).await?;
+            published += replies.iter().map(|(p, _)| p).sum::<usize>();
+            if replies.iter().all(|(_, claimed)| *claimed < CLAIM_BATCH) {
+                break;
+            }
+        }
+        Ok(published)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.read_cmd(&redis::cmd("PING")).await?;
+        let mut conn = self.conn.clone();
+        if pong != "PONG" {
+            return Err(corrupt_reply("PING"));
+        }
+        let reply = tokio::time::timeout(
+            self.config.timeout,
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async::<Value>(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        let reply = match reply {
+            Ok(v) => v,
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                return Err(map_error(e, self.config.timeout));
+            }
+            // CONFIG disabled or renamed (some managed Redis offerings): the policy cannot be
+            // verified, and callgate refuses to run on an unverified one.
+            Err(e) => {
+                return Err(StoreError::Misconfigured(format!(
+                    "cannot verify maxmemory-policy (CONFIG GET failed: {e}); callgate needs \
+                     noeviction, because an evicted denial would read as no consent"
+                )));
+            }
+        };
+        let policy = pairs_of(&reply)
+            .and_then(|pairs| {
+                pairs
+                    .into_iter()
+                    .find(|(k, _)| bytes_of(k) == Some(b"maxmemory-policy"))
+                    .and_then(|(_, v)| bytes_of(v))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        if policy != "noeviction" {
+            return Err(StoreError::Misconfigured(format!(
+                "maxmemory-policy is {policy}; callgate needs noeviction, because an evicted \
+                 denial would read as no consent (set `maxmemory-policy noeviction`)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_a_password() {
+        let cases = [
+            ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+            ("redis://user:secret@host", "redis://user:***@host"),
+            ("rediss://secret@host/1", "rediss://***@host/1"),
+            ("redis://host:6379", "redis://host:6379"),
+            ("redis://:p@ss@host", "redis://:***@host"),
+        ];
+        for (url, want) in cases {
+            let config = RedisConfig::new(url);
+            let debug = format!("{config:?}");
+            assert!(!debug.contains("secret"), "{debug}");
+            assert_eq!(config.redacted_url(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = RedisConfig::new("redis://localhost");
+        assert_eq!(c.prefix, "callgate");
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.event_retention, Duration::from_secs(7 * 24 * 3600));
+    }
+}

@@ -1,0 +1,146 @@
+//! Every Redis key name callgate uses, and the shard a pair belongs to.
+//!
+//! Keys are grouped by shard, and every key of one shard carries the same hash tag
+//! (`{<prefix>:sNN}`), so on Redis Cluster a whole shard lives in one slot and a script may touch
+//! any key of its shard. A pair's shard is a stable hash of the pair, so all keys one decision
+//! touches (consent, lapse record, history, dedup, event stream, due index) are in one slot, and
+//! different pairs spread over [`SHARDS`] slots (and so over cluster nodes).
+//!
+//! ```text
+//! {callgate:s07}:c:<business>:<customer>   current decision (STRING; PEXPIREAT for temp grants)
+//! {callgate:s07}:x:<business>:<customer>   lapse record of a temporary grant (STRING, no TTL)
+//! {callgate:s07}:h:<business>:<customer>   history (LIST, arrival order)
+//! {callgate:s07}:d:<dedup id>              de-duplication marker (STRING, PX DEDUP_RETENTION)
+//! {callgate:s07}:e                         the shard's event log (STREAM)
+//! {callgate:s07}:due                       temporary grants by expiry ms (ZSET, member = pair)
+//! {callgate:s07}:trimmed                   newest event id trimmed from `e` (STRING)
+//! ```
+//!
+//! Changing [`SHARDS`] or [`shard_of`] moves every pair to another key: it is a data migration,
+//! and it changes the shape of every cursor subscribers hold.
+
+use crate::domain::Pair;
+
+/// Number of shards. Fixed: cursors carry one position per shard.
+pub const SHARDS: usize = 16;
+
+/// 32-bit FNV-1a. Stable across builds and platforms (unlike `std`'s hasher), which is what a
+/// key layout needs.
+pub fn fnv1a(bytes: &[u8]) -> u32 {
+    const OFFSET: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u32::from(*b)).wrapping_mul(PRIME))
+}
+
+/// The member that names a pair inside its shard: `<business>:<customer>` (digits only).
+pub fn member(pair: &Pair) -> String {
+    format!("{}:{}", pair.business.digits(), pair.customer.digits())
+}
+
+/// The shard a pair's keys and events live in.
+pub fn shard_of(pair: &Pair) -> usize {
+    (fnv1a(member(pair).as_bytes()) as usize) % SHARDS
+}
+
+/// Builds key names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The keys one decision for one pair touches.
+#[derive(Debug, Clone)]
+pub struct PairKeys {
+    pub shard: usize,
+    pub member: String,
+    pub consent: String,
+    pub lapse: String,
+    pub history: String,
+    pub stream: String,
+    pub due: String,
+    pub trimmed: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// `{prefix:sNN}:`: the start of every key of a shard; the braces are the hash tag.
+    pub fn shard_prefix(&self, shard: usize) -> String {
+        format!("{{{}:s{:02}}}:", self.prefix, shard)
+    }
+
+    pub fn stream(&self, shard: usize) -> String {
+        format!("{}e", self.shard_prefix(shard))
+    }
+
+    pub fn due(&self, shard: usize) -> String {
+        format!("{}due", self.shard_prefix(shard))
+    }
+
+    /// Newest event id trimmed from the shard's stream. Redis 7.0 keeps no such record for
+    /// trimming (`max-deleted-entry-id` only follows `XDEL`), so the scripts keep it.
+    pub fn trimmed(&self, shard: usize) -> String {
+        format!("{}trimmed", self.shard_prefix(shard))
+    }
+
+    pub fn dedup(&self, shard: usize, dedup_id: &str) -> String {
+        format!("{}d:{dedup_id}", self.shard_prefix(shard))
+    }
+
+    pub fn pair(&self, pair: &Pair) -> PairKeys {
+        let shard = shard_of(pair);
+        let member = member(pair);
+        let base = self.shard_prefix(shard);
+        PairKeys {
+            shard,
+            consent: format!("{base}c:{member}"),
+            lapse: format!("{base}x:{member}"),
+            history: format!("{base}h:{member}"),
+            stream: self.stream(shard),
+            due: self.due(shard),
+            trimmed: self.trimmed(shard),
+            member,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PhoneNumber;
+
+    fn pair(b: &str, c: &str) -> Pair {
+        Pair::new(
+            PhoneNumber::parse(b).unwrap(),
+            PhoneNumber::parse(c).unwrap(),
+        )
+    }
+
+    #[test]
+    fn fnv1a_matches_reference_vectors() {
+        // Published FNV-1a 32-bit test vectors.
+        assert_eq!(fnv1a(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a(b"foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn all_keys_of_a_pair_share_one_hash_tag() {
+        let keys = Keys::new("callgate");
+        let k = keys.pair(&pair("+919000000000", "+919876543210"));
+        let tag = format!("{{callgate:s{:02}}}:", k.shard);
+        for key in [
+            &k.consent, &k.lapse, &k.history, &k.stream, &k.due, &k.trimmed,
+        ] {
+            assert!(key.starts_with(&tag), "{key} lacks {tag}");
+        }
+        assert_eq!(k.member, "919000000000:919876543210");
+        assert_eq!(k.consent, format!("{tag}c:919000000000:919876543210"));
+    }
+}

@@ -1,0 +1,772 @@
+//! The store conformance suite: one set of test functions, run against every store.
+//!
+//! Each `async fn` below takes a [`Backend`] and checks one promise of the
+//! [`ConsentStore`] trait. The `conformance!` macro at the bottom runs each of them against the
+//! [`MemoryStore`] and against a [`RedisStore`] on a real `redis-server`, so the two stores can
+//! never drift apart unnoticed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use callgate::domain::{
+    Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
+    PhoneNumber, Source, evaluate, to_millis_precision,
+};
+use callgate::store::memory::{MemoryConfig, MemoryStore};
+use callgate::store::redis::{RedisConfig, RedisStore};
+use callgate::store::{
+    ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId, cursor_at,
+};
+
+use crate::redis_harness::RedisServer;
+
+/// A store implementation under test.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The store under test (the same one every time).
+    fn store(&self) -> Arc<dyn ConsentStore>;
+    /// Another handle on the same data, as a second replica would hold.
+    async fn replica(&self) -> Arc<dyn ConsentStore>;
+    /// A new, empty store whose event log keeps only `retention`.
+    async fn with_retention(&self, retention: Duration) -> Arc<dyn ConsentStore>;
+}
+
+pub struct MemoryBackend {
+    store: Arc<MemoryStore>,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        MemoryBackend {
+            store: Arc::new(MemoryStore::new(MemoryConfig::default())),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn store(&self) -> Arc<dyn ConsentStore> {
+        self.store.clone()
+    }
+
+    async fn replica(&self) -> Arc<dyn ConsentStore> {
+        self.store.clone()
+    }
+
+    async fn with_retention(&self, retention: Duration) -> Arc<dyn ConsentStore> {
+        Arc::new(MemoryStore::new(MemoryConfig {
+            event_retention: retention,
+            ..MemoryConfig::default()
+        }))
+    }
+}
+
+pub struct RedisBackend {
+    server: RedisServer,
+    store: Arc<RedisStore>,
+}
+
+static NEXT_PREFIX: AtomicUsize = AtomicUsize::new(0);
+
+impl RedisBackend {
+    pub async fn start() -> Self {
+        let server = RedisServer::start();
+        let store = Arc::new(
+            RedisStore::connect(RedisConfig::new(server.url()))
+                .await
+                .expect("connect to the test redis-server"),
+        );
+        RedisBackend { server, store }
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn store(&self) -> Arc<dyn ConsentStore> {
+        self.store.clone()
+    }
+
+    async fn replica(&self) -> Arc<dyn ConsentStore> {
+        Arc::new(
+            RedisStore::connect(self.store.config().clone())
+                .await
+                .expect("connect a replica"),
+        )
+    }
+
+    async fn with_retention(&self, retention: Duration) -> Arc<dyn ConsentStore> {
+        let mut config = RedisConfig::new(self.server.url());
+        config.prefix = format!("retention{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
+        config.event_retention = retention;
+        Arc::new(RedisStore::connect(config).await.expect("connect"))
+    }
+}
+
+// ---- helpers ----------------------------------------------------------------------------
+
+fn phone(s: &str) -> PhoneNumber {
+    PhoneNumber::parse(s).expect("valid test number")
+}
+
+fn pair(n: u32) -> Pair {
+    Pair::new(phone("+919000000000"), phone(&format!("+91987{n:07}")))
+}
+
+fn now() -> DateTime<Utc> {
+    to_millis_precision(Utc::now())
+}
+
+fn ms(n: i64) -> chrono::Duration {
+    chrono::Duration::milliseconds(n)
+}
+
+fn evidence(msg: &str) -> Evidence {
+    Evidence {
+        source: Source::DoubleTick,
+        message_id: msg.to_owned(),
+        paired_message_id: format!("paired-{msg}"),
+        response_source: "user_initiated".to_owned(),
+        sender_customer_id: "cust-42".to_owned(),
+        body_sha256: "ab".repeat(32),
+    }
+}
+
+fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -> Decision {
+    Decision {
+        pair: pair.clone(),
+        choice,
+        decided_at,
+        evidence: evidence(msg),
+    }
+}
+
+fn temporary(expires_at: DateTime<Utc>) -> Choice {
+    Choice::GrantTemporary { expires_at }
+}
+
+fn zero(store: &dyn ConsentStore) -> Cursor {
+    Cursor::uniform(store.shards(), StreamId::ZERO)
+}
+
+/// Every event after `after`, reading until the log has no more (bounded).
+async fn events_after(store: &dyn ConsentStore, after: &Cursor) -> Vec<LoggedEvent> {
+    let mut cursor = after.clone();
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        let batch = store
+            .read_events(&cursor, 3, Duration::ZERO)
+            .await
+            .expect("read_events");
+        if batch.is_empty() {
+            return all;
+        }
+        for e in &batch {
+            assert!(cursor.is_before(e.shard, e.id), "event at or before cursor");
+            cursor.advance(e.shard, e.id);
+        }
+        all.extend(batch);
+    }
+    panic!("event log did not run dry");
+}
+
+async fn all_events(store: &dyn ConsentStore) -> Vec<LoggedEvent> {
+    events_after(store, &zero(store)).await
+}
+
+fn kinds(events: &[LoggedEvent]) -> Vec<(EventKind, Decision)> {
+    events
+        .iter()
+        .map(|e| (e.event.kind, e.event.decision.clone()))
+        .collect()
+}
+
+// ---- the promises -----------------------------------------------------------------------
+
+pub async fn first_decision_applies(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    assert_eq!(store.current(&p).await.unwrap(), None);
+    let d = decision(&p, Choice::GrantPermanent, now(), "m1");
+    let received = now();
+    assert_eq!(
+        store
+            .record(std::slice::from_ref(&d), received)
+            .await
+            .unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    assert_eq!(store.current(&p).await.unwrap(), Some(d.clone()));
+    assert_eq!(
+        store.history(&p).await.unwrap(),
+        vec![HistoryEntry {
+            decision: d.clone(),
+            outcome: HistoryOutcome::Applied,
+            received_at: received,
+        }]
+    );
+    assert_eq!(
+        kinds(&all_events(&*store).await),
+        vec![(EventKind::Granted, d)]
+    );
+}
+
+pub async fn newer_decision_wins_whatever_the_arrival_order(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    for (n, in_order) in [(1, true), (2, false)] {
+        let p = pair(n);
+        let grant = decision(&p, Choice::GrantPermanent, t, "grant");
+        let deny = decision(&p, Choice::Deny, t + ms(1000), "deny");
+        let (first, second) = if in_order {
+            (&grant, &deny)
+        } else {
+            (&deny, &grant)
+        };
+        assert_eq!(
+            store
+                .record(std::slice::from_ref(first), now())
+                .await
+                .unwrap(),
+            vec![RecordOutcome::Applied]
+        );
+        let want = if in_order {
+            RecordOutcome::Applied
+        } else {
+            RecordOutcome::Stale
+        };
+        assert_eq!(
+            store
+                .record(std::slice::from_ref(second), now())
+                .await
+                .unwrap(),
+            vec![want]
+        );
+        assert_eq!(
+            store.current(&p).await.unwrap(),
+            Some(deny),
+            "in order: {in_order}"
+        );
+    }
+}
+
+pub async fn ties_go_to_denial_then_permanent_grant(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let cases = [
+        (Choice::GrantPermanent, Choice::Deny, Choice::Deny),
+        (Choice::Deny, Choice::GrantPermanent, Choice::Deny),
+        (
+            temporary(t + ms(60_000)),
+            Choice::GrantPermanent,
+            Choice::GrantPermanent,
+        ),
+        (
+            Choice::GrantPermanent,
+            temporary(t + ms(60_000)),
+            Choice::GrantPermanent,
+        ),
+    ];
+    for (n, (first, second, winner)) in cases.into_iter().enumerate() {
+        let p = pair(n as u32);
+        let a = decision(&p, first, t, "a");
+        let c = decision(&p, second, t, "b");
+        store.record(&[a, c], now()).await.unwrap();
+        assert_eq!(
+            store.current(&p).await.unwrap().map(|d| d.choice),
+            Some(winner),
+            "case {n}"
+        );
+    }
+}
+
+pub async fn duplicate_delivery_changes_nothing(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let d = decision(&p, Choice::Deny, now(), "m1");
+    assert_eq!(
+        store.record(std::slice::from_ref(&d), now()).await.unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    // A retry with a different body (hash) is the same decision.
+    let mut retry = d.clone();
+    retry.evidence.body_sha256 = "cd".repeat(32);
+    assert_eq!(
+        store.record(&[retry], now()).await.unwrap(),
+        vec![RecordOutcome::Duplicate]
+    );
+    // Twice in one call: the second is a duplicate of the first.
+    let q = pair(2);
+    let e = decision(&q, Choice::GrantPermanent, now(), "m2");
+    assert_eq!(
+        store.record(&[e.clone(), e.clone()], now()).await.unwrap(),
+        vec![RecordOutcome::Applied, RecordOutcome::Duplicate]
+    );
+    assert_eq!(store.current(&p).await.unwrap(), Some(d));
+    assert_eq!(store.history(&p).await.unwrap().len(), 1);
+    assert_eq!(store.history(&q).await.unwrap().len(), 1);
+    assert_eq!(all_events(&*store).await.len(), 2);
+}
+
+pub async fn stale_decision_goes_to_history_only(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let t = now();
+    let newer = decision(&p, Choice::Deny, t, "newer");
+    let older = decision(&p, Choice::GrantPermanent, t - ms(5_000), "older");
+    store.record(std::slice::from_ref(&newer), t).await.unwrap();
+    let later = t + ms(1);
+    assert_eq!(
+        store
+            .record(std::slice::from_ref(&older), later)
+            .await
+            .unwrap(),
+        vec![RecordOutcome::Stale]
+    );
+    assert_eq!(store.current(&p).await.unwrap(), Some(newer.clone()));
+    let history = store.history(&p).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| (h.decision.clone(), h.outcome, h.received_at))
+            .collect::<Vec<_>>(),
+        vec![
+            (newer.clone(), HistoryOutcome::Applied, t),
+            (older, HistoryOutcome::Stale, later),
+        ]
+    );
+    assert_eq!(
+        kinds(&all_events(&*store).await),
+        vec![(EventKind::Denied, newer)]
+    );
+}
+
+pub async fn temporary_grant_reads_as_expired_after_its_expiry(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let t = now();
+    let expires = t + ms(500);
+    let d = decision(&p, temporary(expires), t, "temp");
+    store.record(std::slice::from_ref(&d), t).await.unwrap();
+    let current = store.current(&p).await.unwrap();
+    assert_eq!(current, Some(d.clone()));
+    assert_eq!(
+        evaluate(current, now()).state,
+        ConsentState::GrantedTemporary
+    );
+    tokio::time::sleep(
+        (expires + ms(150) - Utc::now())
+            .to_std()
+            .unwrap_or_default(),
+    )
+    .await;
+    let current = store.current(&p).await.unwrap();
+    assert_eq!(current, Some(d.clone()), "a lapsed grant is still current");
+    assert_eq!(evaluate(current, now()).state, ConsentState::Expired);
+    assert_eq!(
+        store.current_many(std::slice::from_ref(&p)).await.unwrap(),
+        vec![Some(d)]
+    );
+}
+
+pub async fn grant_expired_on_arrival_publishes_only_expired(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let t = now();
+    let d = decision(&p, temporary(t - ms(1_000)), t - ms(2_000), "late");
+    assert_eq!(
+        store.record(std::slice::from_ref(&d), t).await.unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    assert!(all_events(&*store).await.is_empty(), "no GRANTED event");
+    assert_eq!(store.current(&p).await.unwrap(), Some(d.clone()));
+    assert_eq!(
+        evaluate(store.current(&p).await.unwrap(), t).state,
+        ConsentState::Expired
+    );
+    assert_eq!(store.claim_expired(now()).await.unwrap(), 1);
+    assert_eq!(store.claim_expired(now()).await.unwrap(), 0);
+    assert_eq!(
+        kinds(&all_events(&*store).await),
+        vec![(EventKind::Expired, d)]
+    );
+}
+
+pub async fn each_lapse_is_claimed_exactly_once(b: &dyn Backend) {
+    let store = b.store();
+    let other = b.replica().await;
+    let t = now();
+    let expires = t + ms(200);
+    let grants: Vec<Decision> = (0..6)
+        .map(|n| decision(&pair(n), temporary(expires), t, "temp"))
+        .collect();
+    store.record(&grants, t).await.unwrap();
+    // Not yet due: nothing to claim.
+    assert_eq!(store.claim_expired(t).await.unwrap(), 0);
+    tokio::time::sleep((expires + ms(50) - Utc::now()).to_std().unwrap_or_default()).await;
+    let at = now();
+    let (a, c) = tokio::join!(store.claim_expired(at), other.claim_expired(at));
+    assert_eq!(a.unwrap() + c.unwrap(), grants.len());
+    assert_eq!(store.claim_expired(now()).await.unwrap(), 0);
+    assert_eq!(other.claim_expired(now()).await.unwrap(), 0);
+    let mut expired: Vec<Decision> = all_events(&*store)
+        .await
+        .into_iter()
+        .filter(|e| e.event.kind == EventKind::Expired)
+        .map(|e| e.event.decision)
+        .collect();
+    expired.sort_by(|x, y| x.pair.cmp(&y.pair));
+    assert_eq!(expired, grants);
+}
+
+pub async fn superseded_grant_does_not_expire(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let expires = t + ms(200);
+    // Superseded by a denial.
+    let p = pair(1);
+    let grant = decision(&p, temporary(expires), t, "temp");
+    let deny = decision(&p, Choice::Deny, t + ms(1), "deny");
+    // Superseded by a longer temporary grant.
+    let q = pair(2);
+    let short = decision(&q, temporary(expires), t, "short");
+    let long = decision(&q, temporary(t + ms(600_000)), t + ms(1), "long");
+    store
+        .record(
+            &[grant.clone(), deny.clone(), short.clone(), long.clone()],
+            t,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep((expires + ms(50) - Utc::now()).to_std().unwrap_or_default()).await;
+    assert_eq!(store.claim_expired(now()).await.unwrap(), 0);
+    assert_eq!(store.current(&p).await.unwrap(), Some(deny.clone()));
+    let events = all_events(&*store).await;
+    assert!(
+        events.iter().all(|e| e.event.kind != EventKind::Expired),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 4);
+}
+
+pub async fn current_many_answers_in_order(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let d1 = decision(&pair(1), Choice::GrantPermanent, t, "a");
+    let d3 = decision(&pair(3), Choice::Deny, t, "b");
+    store.record(&[d1.clone(), d3.clone()], t).await.unwrap();
+    let asked = [pair(3), pair(2), pair(1), pair(3)];
+    assert_eq!(
+        store.current_many(&asked).await.unwrap(),
+        vec![Some(d3.clone()), None, Some(d1), Some(d3)]
+    );
+    assert_eq!(store.current_many(&[]).await.unwrap(), vec![]);
+}
+
+pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let t = now();
+    let odd = Evidence {
+        source: Source::WhatsApp,
+        message_id: "wamid.HBg|x\"y\\z|€".to_owned(),
+        paired_message_id: "ctx|1".to_owned(),
+        response_source: "automatic".to_owned(),
+        sender_customer_id: "ñ-7".to_owned(),
+        body_sha256: "0f".repeat(32),
+    };
+    let empty = Evidence {
+        source: Source::DoubleTick,
+        message_id: "bare".to_owned(),
+        paired_message_id: String::new(),
+        response_source: String::new(),
+        sender_customer_id: String::new(),
+        body_sha256: String::new(),
+    };
+    let decisions = [
+        (Choice::Deny, t + ms(30), odd.clone()),
+        (temporary(t + ms(86_400_000)), t + ms(10), empty.clone()),
+        (Choice::GrantPermanent, t + ms(40), odd),
+        (Choice::Deny, t + ms(20), empty),
+    ];
+    let mut want = Vec::new();
+    for (i, (choice, decided_at, evidence)) in decisions.into_iter().enumerate() {
+        let d = Decision {
+            pair: p.clone(),
+            choice,
+            decided_at,
+            evidence,
+        };
+        let received = t + ms(i as i64 * 7);
+        let outcome = store
+            .record(std::slice::from_ref(&d), received)
+            .await
+            .unwrap()[0];
+        want.push(HistoryEntry {
+            decision: d,
+            outcome: match outcome {
+                RecordOutcome::Applied => HistoryOutcome::Applied,
+                RecordOutcome::Stale => HistoryOutcome::Stale,
+                RecordOutcome::Duplicate => panic!("not a duplicate"),
+            },
+            received_at: received,
+        });
+    }
+    let outcomes: Vec<_> = want.iter().map(|h| h.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            HistoryOutcome::Applied,
+            HistoryOutcome::Stale,
+            HistoryOutcome::Applied,
+            HistoryOutcome::Stale
+        ]
+    );
+    assert_eq!(store.history(&p).await.unwrap(), want);
+    assert_eq!(store.history(&pair(2)).await.unwrap(), vec![]);
+}
+
+pub async fn read_events_after_a_cursor_returns_exactly_the_later_ones(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let mut recorded = Vec::new();
+    for n in 0..5u32 {
+        let d = decision(&pair(n), Choice::GrantPermanent, t, "m");
+        store.record(std::slice::from_ref(&d), now()).await.unwrap();
+        recorded.push(d);
+        // Distinct milliseconds, so log order across shards is arrival order.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let events = all_events(&*store).await;
+    let decisions: Vec<Decision> = events.iter().map(|e| e.event.decision.clone()).collect();
+    assert_eq!(decisions, recorded);
+    let mut cursor = zero(&*store);
+    for e in &events[..2] {
+        cursor.advance(e.shard, e.id);
+    }
+    assert_eq!(events_after(&*store, &cursor).await, events[2..].to_vec());
+    // `limit` is honoured.
+    assert_eq!(
+        store
+            .read_events(&zero(&*store), 2, Duration::ZERO)
+            .await
+            .unwrap(),
+        events[..2].to_vec()
+    );
+    // A cursor with the wrong shape is refused.
+    let wrong = Cursor::uniform(store.shards() + 1, StreamId::ZERO);
+    assert!(matches!(
+        store.read_events(&wrong, 10, Duration::ZERO).await,
+        Err(StoreError::Cursor(CursorError::WrongShardCount { .. }))
+    ));
+}
+
+pub async fn head_is_past_every_event(b: &dyn Backend) {
+    let store = b.store();
+    assert_eq!(store.head().await.unwrap(), zero(&*store));
+    let t = now();
+    let ds: Vec<Decision> = (0..4)
+        .map(|n| decision(&pair(n), Choice::Deny, t, "m"))
+        .collect();
+    store.record(&ds, t).await.unwrap();
+    let head = store.head().await.unwrap();
+    assert_eq!(head.shards(), store.shards());
+    assert!(
+        store
+            .read_events(&head, 100, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut past = zero(&*store);
+    for e in all_events(&*store).await {
+        past.advance(e.shard, e.id);
+    }
+    assert_eq!(head, past);
+}
+
+pub async fn waiting_read_wakes_up_on_a_new_event(b: &dyn Backend) {
+    let store = b.store();
+    let head = store.head().await.unwrap();
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let events = store
+                .read_events(&head, 10, Duration::from_secs(10))
+                .await
+                .unwrap();
+            (events, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let d = decision(&pair(1), Choice::GrantPermanent, now(), "m");
+    store.record(std::slice::from_ref(&d), now()).await.unwrap();
+    let (events, waited) = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the waiting read must wake up")
+        .unwrap();
+    assert_eq!(kinds(&events), vec![(EventKind::Granted, d)]);
+    assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // And an empty wait ends after its time.
+    let head = store.head().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let none = store
+        .read_events(&head, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(90));
+}
+
+pub async fn events_of_a_pair_stay_in_order(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(7);
+    let t = now();
+    let mut want = Vec::new();
+    for i in 0..12 {
+        let (choice, kind) = if i % 2 == 0 {
+            (Choice::GrantPermanent, EventKind::Granted)
+        } else {
+            (Choice::Deny, EventKind::Denied)
+        };
+        let d = decision(&p, choice, t + ms(i), &format!("m{i}"));
+        store.record(std::slice::from_ref(&d), now()).await.unwrap();
+        want.push((kind, d));
+    }
+    let events = all_events(&*store).await;
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(kinds(&events), want);
+}
+
+pub async fn cursor_before_trimmed_events_is_out_of_range(b: &dyn Backend) {
+    let store = b.with_retention(Duration::from_millis(300)).await;
+    let p = pair(1);
+    let first = decision(&p, Choice::GrantPermanent, now(), "first");
+    store.record(&[first], now()).await.unwrap();
+    let after_first = store.head().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let second = decision(&p, Choice::Deny, now(), "second");
+    store
+        .record(std::slice::from_ref(&second), now())
+        .await
+        .unwrap();
+    let err = store
+        .read_events(&zero(&*store), 10, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Cursor(CursorError::OutOfRange { .. })),
+        "{err:?}"
+    );
+    // Also when asked to wait: the error is immediate.
+    assert!(matches!(
+        store
+            .read_events(&zero(&*store), 10, Duration::from_secs(5))
+            .await,
+        Err(StoreError::Cursor(CursorError::OutOfRange { .. }))
+    ));
+    // A cursor past the trimmed event is still fine.
+    assert_eq!(
+        kinds(&events_after(&*store, &after_first).await),
+        vec![(EventKind::Denied, second)]
+    );
+}
+
+pub async fn cursor_at_starts_at_the_first_event_since(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let before = decision(&pair(1), Choice::Deny, t, "before");
+    store.record(&[before], now()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let since = Utc::now();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let after: Vec<Decision> = (2..5)
+        .map(|n| decision(&pair(n), Choice::GrantPermanent, t, "after"))
+        .collect();
+    for d in &after {
+        store.record(std::slice::from_ref(d), now()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let events = events_after(&*store, &cursor_at(store.shards(), since)).await;
+    let got: Vec<Decision> = events.into_iter().map(|e| e.event.decision).collect();
+    assert_eq!(got, after);
+}
+
+pub async fn several_decisions_in_one_call_are_all_recorded(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let a1 = decision(&pair(1), Choice::GrantPermanent, t, "a1");
+    let b1 = decision(&pair(2), temporary(t + ms(60_000)), t, "b1");
+    let a2 = decision(&pair(1), Choice::Deny, t + ms(5), "a2");
+    assert_eq!(
+        store
+            .record(&[a1.clone(), b1.clone(), a2.clone()], t)
+            .await
+            .unwrap(),
+        vec![RecordOutcome::Applied; 3]
+    );
+    assert_eq!(
+        store.current_many(&[pair(1), pair(2)]).await.unwrap(),
+        vec![Some(a2.clone()), Some(b1.clone())]
+    );
+    assert_eq!(store.history(&pair(1)).await.unwrap().len(), 2);
+    let mut got = kinds(&all_events(&*store).await);
+    got.sort_by_key(|(_, d)| (d.pair.clone(), d.decided_at));
+    assert_eq!(
+        got,
+        vec![
+            (EventKind::Granted, a1),
+            (EventKind::Denied, a2),
+            (EventKind::Granted, b1)
+        ]
+    );
+    assert_eq!(store.record(&[], t).await.unwrap(), vec![]);
+}
+
+/// Runs every listed test function against both stores.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&super::MemoryBackend::new()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&super::RedisBackend::start().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    first_decision_applies,
+    newer_decision_wins_whatever_the_arrival_order,
+    ties_go_to_denial_then_permanent_grant,
+    duplicate_delivery_changes_nothing,
+    stale_decision_goes_to_history_only,
+    temporary_grant_reads_as_expired_after_its_expiry,
+    grant_expired_on_arrival_publishes_only_expired,
+    each_lapse_is_claimed_exactly_once,
+    superseded_grant_does_not_expire,
+    current_many_answers_in_order,
+    history_keeps_arrival_order_and_all_evidence,
+    read_events_after_a_cursor_returns_exactly_the_later_ones,
+    head_is_past_every_event,
+    waiting_read_wakes_up_on_a_new_event,
+    events_of_a_pair_stay_in_order,
+    cursor_before_trimmed_events_is_out_of_range,
+    cursor_at_starts_at_the_first_event_since,
+    several_decisions_in_one_call_are_all_recorded,
+);

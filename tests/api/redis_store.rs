@@ -1,0 +1,419 @@
+//! What only the Redis store promises: native expiry, durability, failure behaviour,
+//! configuration checks and the key layout. Everything both stores share is in `conformance`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+
+use callgate::domain::{
+    Choice, Decision, EventKind, Evidence, Pair, PhoneNumber, Source, to_millis_precision,
+};
+use callgate::store::redis::keys::Keys;
+use callgate::store::redis::{RedisConfig, RedisStore};
+use callgate::store::{ConsentStore, Cursor, RecordOutcome, StoreError, StreamId};
+
+use crate::redis_harness::{RedisOptions, RedisServer};
+
+fn pair(n: u32) -> Pair {
+    Pair::new(
+        PhoneNumber::parse("+14155550000").unwrap(),
+        PhoneNumber::parse(&format!("+4479{n:08}")).unwrap(),
+    )
+}
+
+fn now() -> DateTime<Utc> {
+    to_millis_precision(Utc::now())
+}
+
+fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -> Decision {
+    Decision {
+        pair: pair.clone(),
+        choice,
+        decided_at,
+        evidence: Evidence {
+            source: Source::WhatsApp,
+            message_id: msg.to_owned(),
+            paired_message_id: String::new(),
+            response_source: "user_initiated".to_owned(),
+            sender_customer_id: String::new(),
+            body_sha256: "ee".repeat(32),
+        },
+    }
+}
+
+async fn connect(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(RedisConfig::new(server.url()))
+        .await
+        .expect("connect")
+}
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn all_keys(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    conn.keys("*").await.unwrap()
+}
+
+/// The hash tag of a key: the text between its first `{` and the next `}`.
+fn hash_tag(key: &str) -> &str {
+    let start = key.find('{').expect("key has a hash tag") + 1;
+    let end = start + key[start..].find('}').expect("hash tag closes");
+    &key[start..end]
+}
+
+#[tokio::test]
+async fn temporary_grant_key_expires_natively_at_the_grant_expiry() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let p = pair(1);
+    let keys = Keys::new("callgate").pair(&p);
+    let t = now();
+    let expires = t + chrono::Duration::seconds(3600);
+    // Decided a minute ago and arriving now: the expiry is the grant's own, not arrival + TTL.
+    let grant = decision(
+        &p,
+        Choice::GrantTemporary {
+            expires_at: expires,
+        },
+        t - chrono::Duration::seconds(60),
+        "temp",
+    );
+    store.record(&[grant], t).await.unwrap();
+    let expire_time: i64 = redis::cmd("PEXPIRETIME")
+        .arg(&keys.consent)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(expire_time, expires.timestamp_millis());
+    let lapse_ttl: i64 = conn.pttl(&keys.lapse).await.unwrap();
+    assert_eq!(lapse_ttl, -1, "the lapse record never expires");
+    let due: Option<f64> = conn.zscore(&keys.due, &keys.member).await.unwrap();
+    assert_eq!(due, Some(expires.timestamp_millis() as f64));
+
+    // A denial wins: no expiry, no lapse record, no due entry.
+    let deny = decision(&p, Choice::Deny, t, "deny");
+    store.record(&[deny], t).await.unwrap();
+    let consent_ttl: i64 = conn.pttl(&keys.consent).await.unwrap();
+    assert_eq!(consent_ttl, -1);
+    let lapse_exists: bool = conn.exists(&keys.lapse).await.unwrap();
+    assert!(!lapse_exists);
+    let due: Option<f64> = conn.zscore(&keys.due, &keys.member).await.unwrap();
+    assert_eq!(due, None);
+}
+
+#[tokio::test]
+async fn grant_expired_on_arrival_has_no_consent_key_but_a_lapse_record() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let p = pair(2);
+    let keys = Keys::new("callgate").pair(&p);
+    let t = now();
+    let late = decision(
+        &p,
+        Choice::GrantTemporary {
+            expires_at: t - chrono::Duration::seconds(1),
+        },
+        t - chrono::Duration::seconds(10),
+        "late",
+    );
+    store.record(std::slice::from_ref(&late), t).await.unwrap();
+    let consent_exists: bool = conn.exists(&keys.consent).await.unwrap();
+    assert!(!consent_exists);
+    assert_eq!(store.current(&p).await.unwrap(), Some(late));
+}
+
+#[tokio::test]
+async fn data_survives_a_new_store_and_a_server_crash_with_aof() {
+    let mut server = RedisServer::start_with(RedisOptions::aof());
+    let p = pair(3);
+    let t = now();
+    let grant = decision(&p, Choice::GrantPermanent, t, "g");
+    let deny = decision(&p, Choice::Deny, t + chrono::Duration::seconds(1), "d");
+    {
+        let store = connect(&server).await;
+        store
+            .record(&[grant.clone(), deny.clone()], t)
+            .await
+            .unwrap();
+    }
+    let store = connect(&server).await;
+    assert_eq!(store.current(&p).await.unwrap(), Some(deny.clone()));
+    let history = store.history(&p).await.unwrap();
+
+    server.stop();
+    server.restart();
+    let store = connect(&server).await;
+    assert_eq!(store.current(&p).await.unwrap(), Some(deny.clone()));
+    assert_eq!(store.history(&p).await.unwrap(), history);
+    let zero = Cursor::uniform(store.shards(), StreamId::ZERO);
+    let events = store.read_events(&zero, 10, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.event.kind).collect::<Vec<_>>(),
+        vec![EventKind::Granted, EventKind::Denied]
+    );
+    // The dedup memory survived too (and the scripts, gone with the restart, are reloaded).
+    assert_eq!(
+        store.record(&[grant, deny], now()).await.unwrap(),
+        vec![RecordOutcome::Duplicate; 2]
+    );
+}
+
+#[tokio::test]
+async fn a_dead_server_is_an_error_and_the_store_recovers_when_it_returns() {
+    let mut server = RedisServer::start();
+    let store = connect(&server).await;
+    let p = pair(4);
+    let d = decision(&p, Choice::GrantPermanent, now(), "g");
+    store.record(std::slice::from_ref(&d), now()).await.unwrap();
+    let zero = Cursor::uniform(store.shards(), StreamId::ZERO);
+    assert_eq!(
+        store
+            .read_events(&zero, 10, Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    server.stop();
+    for _ in 0..3 {
+        let started = tokio::time::Instant::now();
+        let current = store.current(&p).await;
+        assert!(
+            matches!(
+                current,
+                Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+            ),
+            "{current:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let recorded = store.record(std::slice::from_ref(&d), now()).await;
+        assert!(
+            matches!(
+                recorded,
+                Err(StoreError::Unavailable(_) | StoreError::Timeout(_))
+            ),
+            "{recorded:?}"
+        );
+        assert!(store.current_many(std::slice::from_ref(&p)).await.is_err());
+        assert!(store.ping().await.is_err());
+        assert!(store.claim_expired(now()).await.is_err());
+        assert!(
+            store
+                .read_events(&zero, 10, Duration::from_millis(50))
+                .await
+                .is_err()
+        );
+    }
+
+    // Data is gone (no persistence), but the same store instance works again.
+    let port = server.port();
+    server.restart();
+    assert_eq!(server.port(), port, "restarted on the same port");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.current(&p).await {
+            Ok(current) => {
+                assert_eq!(current, None);
+                break;
+            }
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "store did not recover: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        store.record(std::slice::from_ref(&d), now()).await.unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    store.ping().await.unwrap();
+    let events = store
+        .read_events(&zero, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+
+    // A restart while nobody reads: the idle blocking-read connection is dead, and the next
+    // read still succeeds on a fresh one.
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.ping().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = store
+        .read_events(&zero, 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(events.is_empty(), "the restarted server has no data");
+}
+
+#[tokio::test]
+async fn eviction_policies_other_than_noeviction_are_refused() {
+    let server = RedisServer::start_with(RedisOptions::maxmemory_policy("allkeys-lru"));
+    let err = RedisStore::connect(RedisConfig::new(server.url()))
+        .await
+        .unwrap_err();
+    let StoreError::Misconfigured(msg) = &err else {
+        panic!("expected Misconfigured, got {err:?}");
+    };
+    assert!(
+        msg.contains("allkeys-lru") && msg.contains("noeviction"),
+        "{msg}"
+    );
+
+    // A policy changed while running is caught by the readiness check.
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    store.ping().await.unwrap();
+    let mut conn = raw(&server).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("volatile-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    match store.ping().await {
+        Err(StoreError::Misconfigured(msg)) => assert!(msg.contains("volatile-lru"), "{msg}"),
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_redis_without_config_get_is_refused_as_unverifiable() {
+    let server = RedisServer::start_with(RedisOptions {
+        extra_args: vec!["--rename-command".into(), "CONFIG".into(), String::new()],
+        ..Default::default()
+    });
+    match RedisStore::connect(RedisConfig::new(server.url())).await {
+        Err(StoreError::Misconfigured(msg)) => {
+            assert!(
+                msg.contains("cannot verify maxmemory-policy") && msg.contains("noeviction"),
+                "{msg}"
+            )
+        }
+        other => panic!("expected Misconfigured, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unreadable_values_are_corrupt_never_no_consent() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let p = pair(5);
+    let keys = Keys::new("callgate").pair(&p);
+    let _: () = conn.set(&keys.consent, "garbage").await.unwrap();
+    assert!(matches!(
+        store.current(&p).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        store.current_many(&[pair(6), p.clone()]).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // The record script refuses to arbitrate against it rather than overwrite it.
+    let d = decision(&p, Choice::Deny, now(), "d");
+    assert!(matches!(
+        store.record(&[d], now()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn keys_of_one_decision_share_a_hash_tag_and_pairs_spread_over_shards() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let t = now();
+    let temp = decision(
+        &pair(0),
+        Choice::GrantTemporary {
+            expires_at: t + chrono::Duration::seconds(600),
+        },
+        t,
+        "temp",
+    );
+    store.record(&[temp], t).await.unwrap();
+    let keys = all_keys(&mut conn).await;
+    // consent, lapse, history, dedup, stream, due index.
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    let tags: BTreeSet<&str> = keys.iter().map(|k| hash_tag(k)).collect();
+    assert_eq!(tags.len(), 1, "{keys:?}");
+    assert!(tags.iter().all(|t| t.starts_with("callgate:s")), "{tags:?}");
+
+    let many: Vec<Decision> = (1..=200)
+        .map(|n| decision(&pair(n), Choice::GrantPermanent, t, "p"))
+        .collect();
+    store.record(&many, t).await.unwrap();
+    let keys = all_keys(&mut conn).await;
+    let tags: BTreeSet<&str> = keys.iter().map(|k| hash_tag(k)).collect();
+    assert!(tags.len() >= 12, "200 pairs landed on only {tags:?}");
+    assert!(tags.len() <= callgate::store::redis::SHARDS);
+
+    // The prefix is configurable and keeps deployments apart.
+    let mut config = RedisConfig::new(server.url());
+    config.prefix = "other".to_owned();
+    let other = RedisStore::connect(config).await.unwrap();
+    assert_eq!(other.current(&pair(1)).await.unwrap(), None);
+    other
+        .record(&[decision(&pair(1), Choice::Deny, t, "d")], t)
+        .await
+        .unwrap();
+    let other_keys: Vec<String> = conn.keys("{other:*").await.unwrap();
+    assert!(!other_keys.is_empty());
+    assert_eq!(
+        store.current(&pair(1)).await.unwrap().map(|d| d.choice),
+        Some(Choice::GrantPermanent)
+    );
+}
+
+#[tokio::test]
+async fn events_are_trimmed_exactly_by_retention() {
+    let server = RedisServer::start();
+    let mut config = RedisConfig::new(server.url());
+    config.event_retention = Duration::from_millis(200);
+    let store = RedisStore::connect(config).await.unwrap();
+    let mut conn = raw(&server).await;
+    let p = pair(9);
+    let stream = Keys::new("callgate").pair(&p).stream;
+    let t = now();
+    for i in 0..5 {
+        store
+            .record(
+                &[decision(
+                    &p,
+                    Choice::Deny,
+                    t + chrono::Duration::milliseconds(i),
+                    "d",
+                )],
+                now(),
+            )
+            .await
+            .unwrap();
+    }
+    let len: usize = conn.xlen(&stream).await.unwrap();
+    assert_eq!(len, 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store
+        .record(&[decision(&p, Choice::GrantPermanent, now(), "g")], now())
+        .await
+        .unwrap();
+    let len: usize = conn.xlen(&stream).await.unwrap();
+    assert_eq!(len, 1, "exact MINID trimming leaves only the new event");
+}
