@@ -126,7 +126,10 @@ pub async fn run(
         Some(Ok(r)) => r?,
         Some(Err(join)) => tracing::error!(error = %join, "gRPC server task failed"),
         None => {
-            tracing::warn!(?grace, "gRPC calls still open after the grace period; closing");
+            tracing::warn!(
+                ?grace,
+                "gRPC calls still open after the grace period; closing"
+            );
             grpc.abort();
         }
     }

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use callgate::config::{self, Config, Flags, LogFormat};
 use callgate::store::ConsentStore;
 use callgate::store::memory::{MemoryConfig, MemoryStore};
+use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::{app, cli, pb};
 
 #[derive(Parser)]
@@ -114,7 +115,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 ..MemoryConfig::default()
             }))
         }
-        Some(_) => anyhow::bail!("the Redis store is not built yet"),
+        Some(url) => {
+            let redis = RedisConfig {
+                url: url.expose().to_owned(),
+                prefix: config.redis_prefix.clone(),
+                timeout: config.redis_timeout,
+                event_retention: config.event_retention,
+            };
+            let target = redis.redacted_url();
+            let store = RedisStore::connect(redis).await.map_err(|e| {
+                tracing::error!(redis = %target, error = %e, "cannot use this Redis");
+                anyhow::anyhow!("cannot use Redis at {target}: {e}")
+            })?;
+            tracing::info!(redis = %target, prefix = %config.redis_prefix, "using the Redis store");
+            Arc::new(store)
+        }
     };
 
     let http = TcpListener::bind(config.http_addr)

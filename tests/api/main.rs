@@ -11,4 +11,5 @@ mod ingest;
 mod lifecycle;
 mod metrics;
 mod redis_store;
+mod replicas;
 mod stream;
