@@ -5,6 +5,10 @@
 //!   after that the decision id breaks the tie, so every replica and store agrees.
 //! - When a temporary grant ends: at its explicit expiry, or `decided_at + window`.
 //! - What "allowed" means: the current decision is a grant and, if temporary, `now < expires_at`.
+//!
+//! The Redis store must apply the same order inside its atomic script; `record.lua` in
+//! `store/redis/` is the one twin of [`precedence`], and the store conformance suite runs the
+//! same cases against both.
 
 use std::cmp::Ordering;
 use std::time::Duration;
