@@ -6,6 +6,7 @@ pub mod store;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.
 pub mod pb {
+    #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("callgate.v1");
 
     /// Descriptor set for gRPC reflection.
