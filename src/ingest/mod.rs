@@ -1,8 +1,13 @@
 //! Ingestion: webhook bodies in, domain decisions out. Only this module knows the senders'
-//! wire formats.
+//! wire formats (`doubletick`, `whatsapp`) and how senders prove who they are (`auth`).
+//!
+//! Everything here is pure: bytes and headers in, values or errors out. The HTTP layer
+//! authenticates with [`auth`], then hands the raw body to a parser.
 
+pub mod auth;
 pub mod doubletick;
 pub mod payload;
+pub mod whatsapp;
 
 use std::time::Duration;
 

@@ -94,6 +94,49 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A nested object, or `None` when absent.
+    pub fn opt_object(&self, key: &str) -> Result<Option<Fields<'a>>, PayloadError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Fields::new(map, self.name(key)))),
+            Some(_) => Err(PayloadError::invalid(&self.name(key), "must be an object")),
+        }
+    }
+
+    pub fn object(&self, key: &str) -> Result<Fields<'a>, PayloadError> {
+        self.opt_object(key)?
+            .ok_or_else(|| PayloadError::Missing(self.name(key)))
+    }
+
+    /// The objects of an array, each named `key[i]`; an absent array is empty.
+    pub fn opt_objects(&self, key: &str) -> Result<Vec<Fields<'a>>, PayloadError> {
+        let items = match self.get(key) {
+            None => return Ok(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(PayloadError::invalid(&self.name(key), "must be an array")),
+        };
+        let name = self.name(key);
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::Object(map) => Ok(Fields::new(map, format!("{name}[{i}]"))),
+                _ => Err(PayloadError::invalid(
+                    &format!("{name}[{i}]"),
+                    "must be an object",
+                )),
+            })
+            .collect()
+    }
+
+    /// Like [`Fields::opt_objects`], but the array must be present.
+    pub fn objects(&self, key: &str) -> Result<Vec<Fields<'a>>, PayloadError> {
+        if self.get(key).is_none() {
+            return Err(PayloadError::Missing(self.name(key)));
+        }
+        self.opt_objects(key)
+    }
+
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, PayloadError> {
         match self.get(key) {
             None => Ok(None),
