@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::Api;
-use crate::http_port::{self, HttpLimits, HttpState};
+use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
 use crate::pb;
@@ -33,6 +33,8 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("could not build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("webhook authentication settings: {0}")]
+    Auth(#[from] crate::ingest::auth::AuthConfigError),
 }
 
 /// The sockets callgate serves on.
@@ -72,7 +74,9 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let security = WebhookSecurity::from_config(&config)?;
     let http_state = Arc::new(HttpState {
+        security,
         limits: HttpLimits {
             header_timeout: config.http_header_timeout,
             body_timeout: config.http_body_timeout,

@@ -4,10 +4,11 @@
 //! default. [`Config::resolve`] takes the environment as a lookup function, so parsing is tested
 //! without touching the process environment. Secrets are wrapped in [`Secret`] and never printed.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
+
+pub use crate::secret::Secret;
 
 pub const ENV_HTTP_ADDR: &str = "CALLGATE_HTTP_ADDR";
 pub const ENV_GRPC_ADDR: &str = "CALLGATE_GRPC_ADDR";
@@ -23,6 +24,10 @@ pub const ENV_LOG_FORMAT: &str = "CALLGATE_LOG_FORMAT";
 pub const ENV_HTTP_HEADER_TIMEOUT_MS: &str = "CALLGATE_HTTP_HEADER_TIMEOUT_MS";
 pub const ENV_HTTP_BODY_TIMEOUT_MS: &str = "CALLGATE_HTTP_BODY_TIMEOUT_MS";
 pub const ENV_HTTP_MAX_CONNECTIONS: &str = "CALLGATE_HTTP_MAX_CONNECTIONS";
+pub const ENV_WEBHOOK_TOKENS: &str = "CALLGATE_WEBHOOK_TOKENS";
+pub const ENV_WEBHOOK_AUTH_HEADER: &str = "CALLGATE_WEBHOOK_AUTH_HEADER";
+pub const ENV_WHATSAPP_VERIFY_TOKEN: &str = "CALLGATE_WHATSAPP_VERIFY_TOKEN";
+pub const ENV_WHATSAPP_APP_SECRET: &str = "CALLGATE_WHATSAPP_APP_SECRET";
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
@@ -37,27 +42,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
-
-/// A value that must never reach a log: prints as `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself. Call only where it is used, never to log.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +88,16 @@ pub struct Config {
     pub http_body_timeout: Duration,
     /// Most HTTP connections served at once; more wait in the listen backlog.
     pub http_max_connections: usize,
+    /// Shared secrets accepted on `/webhooks/doubletick` (several, so they can rotate).
+    pub webhook_tokens: Vec<Secret>,
+    /// A header that may carry a webhook secret, besides `Authorization`.
+    pub webhook_auth_header: Option<String>,
+    /// Meta's GET handshake token for `/webhooks/whatsapp`.
+    pub whatsapp_verify_token: Option<Secret>,
+    /// Meta app secret: `X-Hub-Signature-256` is checked with it.
+    pub whatsapp_app_secret: Option<Secret>,
+    /// Serve the webhook routes without authentication (local demos only; logged loudly).
+    pub insecure_no_auth: bool,
 }
 
 /// Command-line values; `None` falls back to the environment, then the default.
@@ -112,6 +106,8 @@ pub struct Flags {
     pub http_addr: Option<String>,
     pub grpc_addr: Option<String>,
     pub redis_url: Option<String>,
+    /// `--insecure-no-auth`.
+    pub insecure_no_auth: bool,
 }
 
 /// A setting that could not be parsed; names the variable.
@@ -183,6 +179,15 @@ impl Config {
             http_header_timeout: millis(ENV_HTTP_HEADER_TIMEOUT_MS, DEFAULT_HTTP_HEADER_TIMEOUT)?,
             http_body_timeout: millis(ENV_HTTP_BODY_TIMEOUT_MS, DEFAULT_HTTP_BODY_TIMEOUT)?,
             http_max_connections,
+            webhook_tokens: raw(&None, ENV_WEBHOOK_TOKENS)
+                .map(|(v, _)| Secret::parse_list(&v))
+                .unwrap_or_default(),
+            webhook_auth_header: raw(&None, ENV_WEBHOOK_AUTH_HEADER)
+                .map(|(v, _)| v.trim().to_owned()),
+            whatsapp_verify_token: raw(&None, ENV_WHATSAPP_VERIFY_TOKEN)
+                .map(|(v, _)| Secret::new(v)),
+            whatsapp_app_secret: raw(&None, ENV_WHATSAPP_APP_SECRET).map(|(v, _)| Secret::new(v)),
+            insecure_no_auth: flags.insecure_no_auth,
         })
     }
 }
@@ -242,6 +247,8 @@ mod tests {
             (ENV_TEMPORARY_GRANT_SECS, "1.5"),
             (ENV_REDIS_TIMEOUT_MS, "100"),
             (ENV_LOG_FORMAT, "json"),
+            (ENV_WEBHOOK_TOKENS, "old-token, new-token,"),
+            (ENV_WHATSAPP_APP_SECRET, "app-secret"),
         ]);
         let flags = Flags {
             http_addr: Some("127.0.0.1:3000".into()),
@@ -253,8 +260,12 @@ mod tests {
         assert_eq!(c.temporary_grant, Duration::from_millis(1500));
         assert_eq!(c.redis_timeout, Duration::from_millis(100));
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.webhook_tokens.len(), 2);
+        assert_eq!(c.webhook_tokens[1].expose(), "new-token");
         let printed = format!("{c:?}");
-        assert!(!printed.contains("pw"), "secret leaked: {printed}");
+        for secret in ["pw", "old-token", "new-token", "app-secret"] {
+            assert!(!printed.contains(secret), "secret leaked: {printed}");
+        }
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The HTTP port: webhooks in, health out.
 //!
 //! Routes:
-//! - `POST /webhooks/doubletick`: DoubleTick's Call Permission Reply Received webhook.
+//! - `POST /webhooks/doubletick`: DoubleTick's Call Permission Reply Received webhook,
+//!   authenticated by a shared secret (Bearer, Basic password, or a configured header).
+//! - `GET /webhooks/whatsapp`: Meta's subscription handshake (echoes `hub.challenge`).
+//! - `POST /webhooks/whatsapp`: Meta Cloud API webhooks, authenticated by `X-Hub-Signature-256`
+//!   over the raw body; every call permission reply in it is stored, or none is.
 //! - `GET /healthz`: the process is alive. `GET /readyz`: the store answers (503 otherwise).
 //! - `GET /metrics`: Prometheus text format.
 //!
@@ -30,9 +34,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, ENV_WEBHOOK_TOKENS, ENV_WHATSAPP_APP_SECRET};
 use crate::domain::Decision;
 use crate::fanout::Hub;
-use crate::ingest::{IngestContext, PayloadError, doubletick};
+use crate::ingest::auth::{
+    AuthConfigError, AuthError, META_SIGNATURE_HEADER, Secret, WebhookAuth, verify_meta_signature,
+    verify_subscription,
+};
+use crate::ingest::{IngestContext, PayloadError, doubletick, whatsapp};
 use crate::metrics::{Metrics, Route, StoreOp};
 use crate::store::{ConsentStore, RecordOutcome, StoreError};
 
@@ -44,6 +53,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Everything a webhook can be refused for.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
+    #[error("not authenticated: {0}")]
+    Unauthorized(AuthError),
+    #[error("verification refused: {0}")]
+    Forbidden(AuthError),
+    #[error("{0}")]
+    NotConfigured(&'static str),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -66,6 +81,9 @@ impl WebhookError {
     /// The one place an error becomes an HTTP status and a stable error code.
     pub fn status(&self) -> (StatusCode, &'static str) {
         match self {
+            WebhookError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            WebhookError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            WebhookError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             WebhookError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             WebhookError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
@@ -116,10 +134,61 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
 /// Shared state of the HTTP port.
 pub struct HttpState {
     pub limits: HttpLimits,
+    pub security: WebhookSecurity,
     pub store: Arc<dyn ConsentStore>,
     pub ingest: IngestContext,
     pub metrics: Arc<Metrics>,
     pub hub: Hub,
+}
+
+/// How the webhook routes authenticate their senders.
+pub struct WebhookSecurity {
+    /// Secrets for `/webhooks/doubletick`; `None`: none configured.
+    pub doubletick: Option<WebhookAuth>,
+    /// Meta app secret for `X-Hub-Signature-256`.
+    pub whatsapp_app_secret: Option<Secret>,
+    /// Token for Meta's subscription handshake.
+    pub whatsapp_verify_token: Option<Secret>,
+    /// Accept unauthenticated webhooks (local demos only).
+    pub insecure_no_auth: bool,
+}
+
+impl WebhookSecurity {
+    /// Builds the settings from the config and logs which routes are open, and how.
+    pub fn from_config(config: &Config) -> Result<Self, AuthConfigError> {
+        let doubletick = if config.webhook_tokens.is_empty() {
+            None
+        } else {
+            Some(WebhookAuth::new(
+                config.webhook_tokens.iter().cloned(),
+                config.webhook_auth_header.as_deref(),
+            )?)
+        };
+        let security = WebhookSecurity {
+            doubletick,
+            whatsapp_app_secret: config.whatsapp_app_secret.clone(),
+            whatsapp_verify_token: config.whatsapp_verify_token.clone(),
+            insecure_no_auth: config.insecure_no_auth,
+        };
+        if security.insecure_no_auth {
+            tracing::warn!(
+                "--insecure-no-auth: webhooks are accepted WITHOUT authentication; anyone who can \
+                 reach the HTTP port can write consent. Never use this in production"
+            );
+        }
+        if security.doubletick.is_none() && !security.insecure_no_auth {
+            tracing::error!(
+                "/webhooks/doubletick is disabled (answers 503): set {ENV_WEBHOOK_TOKENS}, or \
+                 pass --insecure-no-auth for a local demo"
+            );
+        }
+        if security.whatsapp_app_secret.is_none() && !security.insecure_no_auth {
+            tracing::warn!(
+                "POST /webhooks/whatsapp is disabled (answers 503): set {ENV_WHATSAPP_APP_SECRET}"
+            );
+        }
+        Ok(security)
+    }
 }
 
 /// Slow-client and connection limits of the port.
@@ -206,14 +275,16 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes
         (&Method::GET, "/readyz") => Ok(ready(state).await),
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (&Method::POST, "/webhooks/doubletick") => doubletick_webhook(state, req).await,
-
-        (_, "/healthz" | "/readyz" | "/metrics" | "/webhooks/doubletick") => {
-            Err(WebhookError::MethodNotAllowed)
-        }
+        (&Method::POST, "/webhooks/whatsapp") => whatsapp_webhook(state, req).await,
+        (&Method::GET, "/webhooks/whatsapp") => whatsapp_subscription(state, &req),
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/webhooks/doubletick" | "/webhooks/whatsapp",
+        ) => Err(WebhookError::MethodNotAllowed),
         _ => Err(WebhookError::NotFound(path)),
     };
     let outcome = match &result {
-        Ok(_) => "stored",
+        Ok(res) => res.extensions().get::<Outcome>().map_or("stored", |o| o.0),
         Err(e) => {
             if matches!(e, WebhookError::Store(_)) {
                 state.metrics.store_error(StoreOp::Record);
@@ -292,10 +363,78 @@ async fn doubletick_webhook(
     state: &HttpState,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, WebhookError> {
+    let security = &state.security;
+    match &security.doubletick {
+        Some(auth) => auth
+            .verify(req.headers())
+            .map_err(WebhookError::Unauthorized)?,
+        None if security.insecure_no_auth => {}
+        None => {
+            return Err(WebhookError::NotConfigured(
+                "webhook authentication is not configured on this server",
+            ));
+        }
+    }
     let body = read_json_body(req, &state.limits).await?;
     let decision = doubletick::parse(&body, &state.ingest)?;
     store_decisions(state, vec![decision]).await
 }
+
+/// Meta's webhook: signature over the raw bytes first, then parse, then store all or nothing.
+async fn whatsapp_webhook(
+    state: &HttpState,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, WebhookError> {
+    let signature = req
+        .headers()
+        .get(META_SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let security = &state.security;
+    if security.whatsapp_app_secret.is_none() && !security.insecure_no_auth {
+        return Err(WebhookError::NotConfigured(
+            "the WhatsApp app secret is not configured on this server",
+        ));
+    }
+    let body = read_json_body(req, &state.limits).await?;
+    if let Some(secret) = &security.whatsapp_app_secret {
+        verify_meta_signature(secret, &body, signature.as_deref())
+            .map_err(WebhookError::Unauthorized)?;
+    }
+    let decisions = whatsapp::parse(&body, &state.ingest)?;
+    if decisions.is_empty() {
+        let mut res = json_response(
+            StatusCode::OK,
+            &json!({ "status": "ignored", "decisions": [] }),
+        );
+        res.extensions_mut().insert(Outcome("ignored"));
+        return Ok(res);
+    }
+    store_decisions(state, decisions).await
+}
+
+/// Meta's subscription handshake: echo `hub.challenge` if the verify token matches.
+fn whatsapp_subscription(
+    state: &HttpState,
+    req: &Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, WebhookError> {
+    let Some(token) = &state.security.whatsapp_verify_token else {
+        return Err(WebhookError::Forbidden(AuthError::VerifyTokenMismatch));
+    };
+    let challenge = verify_subscription(req.uri().query().unwrap_or(""), token)
+        .map_err(WebhookError::Forbidden)?;
+    let mut res = Response::new(Full::new(Bytes::from(challenge)));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    res.extensions_mut().insert(Outcome("verified"));
+    Ok(res)
+}
+
+/// The metrics outcome of a successful request, when it is not "stored".
+#[derive(Clone, Copy)]
+struct Outcome(&'static str);
 
 /// Stores decisions, then (and only then) answers 200 with what happened to each.
 async fn store_decisions(

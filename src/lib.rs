@@ -9,6 +9,7 @@ pub mod grpc_api;
 pub mod http_port;
 pub mod ingest;
 pub mod metrics;
+pub mod secret;
 pub mod store;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.

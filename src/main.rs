@@ -58,6 +58,9 @@ struct ServeArgs {
     /// Redis URL; unset: embedded in-memory store [env: CALLGATE_REDIS_URL]
     #[arg(long)]
     redis_url: Option<String>,
+    /// Serve the webhook routes WITHOUT authentication (local demos only)
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[tokio::main]
@@ -99,6 +102,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http_addr: args.http_addr,
         grpc_addr: args.grpc_addr,
         redis_url: args.redis_url,
+        insecure_no_auth: args.insecure_no_auth,
     };
     let config = Config::resolve(&flags, |k| std::env::var(k).ok())?;
     init_tracing(config.log_format);

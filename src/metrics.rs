@@ -119,9 +119,11 @@ impl Route {
 }
 
 /// What happened to a webhook request. Refusals use the stable error codes of the HTTP port.
-pub const WEBHOOK_OUTCOMES: [&str; 16] = [
+pub const WEBHOOK_OUTCOMES: [&str; 18] = [
     "stored",
     "ignored",
+    "verified",
+    "not_configured",
     "unauthorized",
     "forbidden",
     "not_found",

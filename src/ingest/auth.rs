@@ -29,60 +29,14 @@ use http::header::{AUTHORIZATION, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
+pub use crate::secret::Secret;
+
 /// The header Meta puts the body signature in.
 pub const META_SIGNATURE_HEADER: &str = "x-hub-signature-256";
 /// The only `hub.mode` Meta's verification handshake uses.
 pub const SUBSCRIBE_MODE: &str = "subscribe";
 /// Longest `hub.challenge` echoed back (Meta sends a short integer).
 pub const MAX_CHALLENGE_LEN: usize = 256;
-
-/// A secret string (webhook token, app secret, verify token). Prints as `[redacted]`, and
-/// deliberately has no `PartialEq`: compare through the functions of this module.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Secret(secret.into())
-    }
-
-    /// The secret itself. Call only to use it, never to log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Splits a comma-separated list (as in `CALLGATE_WEBHOOK_TOKENS`), trimming each secret and
-    /// dropping empty ones, so `"a, b,"` is two secrets.
-    pub fn parse_list(raw: &str) -> Vec<Secret> {
-        raw.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(Secret::new)
-            .collect()
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Self {
-        Secret(s)
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 /// Why a request was not authenticated. Never holds a secret or a presented credential, so it
 /// can be logged and returned as is.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use callgate::config::{Config, Flags};
+use callgate::config::{Config, Flags, Secret};
 use callgate::pb::{self, consent_authority_client::ConsentAuthorityClient};
 use callgate::store::ConsentStore;
 use callgate::store::memory::{MemoryConfig, MemoryStore};
@@ -20,6 +20,13 @@ use tonic::transport::Channel;
 
 pub const BUSINESS: &str = "+919000000000";
 pub const CUSTOMER: &str = "+919876543210";
+/// The webhook secret every test service accepts.
+pub const TOKEN: &str = "test-token-3f9a";
+pub const AUTH: (&str, &str) = ("authorization", "Bearer test-token-3f9a");
+pub const JSON: (&str, &str) = ("content-type", "application/json");
+/// Meta app secret and verify token of test services.
+pub const APP_SECRET: &str = "meta-app-secret-77";
+pub const VERIFY_TOKEN: &str = "meta-verify-token-12";
 
 pub fn fixture(path: &str) -> String {
     std::fs::read_to_string(format!(
@@ -35,6 +42,9 @@ pub fn test_config() -> Config {
     c.expiry_sweep_interval = Duration::from_millis(50);
     c.checkpoint_interval = Duration::from_millis(300);
     c.shutdown_grace = Duration::from_secs(2);
+    c.webhook_tokens = vec![Secret::new(TOKEN)];
+    c.whatsapp_app_secret = Some(Secret::new(APP_SECRET));
+    c.whatsapp_verify_token = Some(Secret::new(VERIFY_TOKEN));
     c
 }
 
@@ -137,13 +147,8 @@ impl Endpoints {
     }
 
     pub async fn post_doubletick(&self, body: impl Into<Bytes>) -> Answer {
-        self.request(
-            "POST",
-            "/webhooks/doubletick",
-            &[("content-type", "application/json")],
-            body,
-        )
-        .await
+        self.request("POST", "/webhooks/doubletick", &[JSON, AUTH], body)
+            .await
     }
 
     pub async fn check(&self, business: &str, customer: &str) -> pb::CheckCallPermissionResponse {

@@ -233,13 +233,13 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         v[key] = value;
         v.to_string()
     };
-    let json = ("content-type", "application/json");
+    let json = JSON;
     let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(70 * 1024));
     let cases: Vec<BadCase> = vec![
         (
             "invalid json",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             "{not json".into(),
             400,
             "invalid_json",
@@ -248,7 +248,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "not an object",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             "[]".into(),
             400,
             "invalid_json",
@@ -257,7 +257,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "missing from",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             without("from"),
             422,
             "invalid_field",
@@ -266,7 +266,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "missing to",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             without("to"),
             422,
             "invalid_field",
@@ -275,7 +275,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "missing receivedAt",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             without("receivedAt"),
             422,
             "invalid_field",
@@ -284,7 +284,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "missing messageId",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             without("messageId"),
             422,
             "invalid_field",
@@ -293,7 +293,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "missing response",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             without("response"),
             422,
             "invalid_field",
@@ -302,7 +302,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "bad phone",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             with("from", "12-ab".into()),
             422,
             "invalid_field",
@@ -311,7 +311,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "short phone",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             with("to", "12345".into()),
             422,
             "invalid_field",
@@ -320,7 +320,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "bad time",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             with("receivedAt", "noon".into()),
             422,
             "invalid_field",
@@ -329,7 +329,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "bad response",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             with("response", "maybe".into()),
             422,
             "invalid_field",
@@ -338,7 +338,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "bad isPermanent",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             with("isPermanent", "yes".into()),
             422,
             "invalid_field",
@@ -347,7 +347,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "bad expiry",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             with("expirationTimestamp", "soon".into()),
             422,
             "invalid_field",
@@ -356,7 +356,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "wrong content type",
             "/webhooks/doubletick",
-            vec![("content-type", "text/plain")],
+            vec![("content-type", "text/plain"), AUTH],
             good.clone(),
             415,
             "unsupported_media_type",
@@ -365,7 +365,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "no content type",
             "/webhooks/doubletick",
-            vec![],
+            vec![AUTH],
             good.clone(),
             415,
             "unsupported_media_type",
@@ -374,7 +374,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "too large",
             "/webhooks/doubletick",
-            vec![json],
+            vec![json, AUTH],
             huge,
             413,
             "body_too_large",
@@ -383,7 +383,7 @@ async fn every_kind_of_bad_input_is_refused_with_a_clear_error_and_nothing_is_st
         (
             "unknown route",
             "/webhooks/other",
-            vec![json],
+            vec![json, AUTH],
             good.clone(),
             404,
             "not_found",

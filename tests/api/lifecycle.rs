@@ -23,7 +23,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<St
 fn request_head(body_len: usize) -> String {
     format!(
         "POST /webhooks/doubletick HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-         Content-Length: {body_len}\r\n\r\n"
+         Authorization: Bearer {TOKEN}\r\nContent-Length: {body_len}\r\n\r\n"
     )
 }
 
@@ -159,7 +159,8 @@ async fn connections_over_the_cap_wait_until_one_is_freed() {
 
 #[tokio::test]
 async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
-    let process = crate::process::CallgateProcess::start(&[]).unwrap();
+    let process =
+        crate::process::CallgateProcess::start(&[("CALLGATE_WEBHOOK_TOKENS", TOKEN)]).unwrap();
     let api = Endpoints::new(process.http, process.grpc);
     let body = doubletick(BUSINESS, CUSTOMER, "p1", Utc::now(), "accept", Some(true));
     assert_eq!(api.post_doubletick(body).await.status, 200);

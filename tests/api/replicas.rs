@@ -18,6 +18,7 @@ fn replica(redis: &RedisServer, extra: &[(&str, &str)]) -> (CallgateProcess, End
         ("CALLGATE_REDIS_URL", url.as_str()),
         ("CALLGATE_EXPIRY_SWEEP_MS", "50"),
         ("CALLGATE_CHECKPOINT_SECS", "0.3"),
+        ("CALLGATE_WEBHOOK_TOKENS", TOKEN),
     ];
     env.extend_from_slice(extra);
     let process = CallgateProcess::start(&env).unwrap();
