@@ -212,8 +212,21 @@ impl Response {
             "reject" | "rejected" => Ok(Response::Reject),
             _ => Err(PayloadError::invalid(
                 field,
-                format!("must be accept/accepted or reject/rejected, not {raw:?}"),
+                format!(
+                    "must be accept/accepted or reject/rejected, not {:?}",
+                    excerpt(raw)
+                ),
             )),
         }
+    }
+}
+
+/// At most 32 characters of a sender's value, for error messages and logs: enough to see the
+/// mistake, never a whole body.
+pub fn excerpt(raw: &str) -> String {
+    const MAX: usize = 32;
+    match raw.char_indices().nth(MAX) {
+        None => raw.to_owned(),
+        Some((cut, _)) => format!("{}…", &raw[..cut]),
     }
 }

@@ -12,4 +12,5 @@ mod lifecycle;
 mod metrics;
 mod redis_store;
 mod replicas;
+mod security;
 mod stream;

@@ -4,7 +4,7 @@ use chrono::Utc;
 
 use crate::helpers::*;
 
-async fn scrape(app: &TestApp) -> String {
+pub async fn scrape(app: &Endpoints) -> String {
     let url = format!("http://{}/metrics", app.http);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
