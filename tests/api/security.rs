@@ -322,7 +322,8 @@ async fn hostile_meta_bodies_are_refused_with_the_right_status_and_store_nothing
         vec![reply("wamid.p", "12ab", "accept", true, "user_action")],
         false,
     );
-    let cases: Vec<(&str, String, Vec<(&str, String)>, u16)> = vec![
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, u16);
+    let cases: Vec<Case> = vec![
         (
             "too large",
             huge.clone(),
