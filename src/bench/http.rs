@@ -73,13 +73,7 @@ impl WebhookClient {
             req.headers_mut()
                 .insert(header::AUTHORIZATION, auth.clone());
         }
-        let res = self.client.request(req).await.map_err(|e| {
-            use std::error::Error;
-            match e.source() {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
-            }
-        })?;
+        let res = self.client.request(req).await.map_err(|e| chain(&e))?;
         let status = res.status();
         // Read the whole body so the connection goes back to the pool.
         let body = res
@@ -95,6 +89,17 @@ impl WebhookClient {
         }
         Ok(())
     }
+}
+
+/// An error and its causes, `outer: inner: root`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    text
 }
 
 fn label(kind: Kind) -> &'static str {

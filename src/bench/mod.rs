@@ -158,6 +158,9 @@ pub struct CheckArgs {
     /// Also run the same load against this floor server and print the ratio.
     #[arg(long)]
     pub floor_addr: Option<String>,
+    /// Runs against each target, alternating with the floor; the figures sum all rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
     /// Seed of the pair choice (same seed, same pairs).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -177,6 +180,9 @@ pub struct BatchArgs {
     /// Also run the same load against this floor server and print the ratio.
     #[arg(long)]
     pub floor_addr: Option<String>,
+    /// Runs against each target, alternating with the floor; the figures sum all rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
     /// Seed of the pair choice (same seed, same pairs).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -340,43 +346,66 @@ async fn preload(a: PreloadArgs, remote: bool, out: &Output) -> Result<u64, Benc
     }))
 }
 
-/// Runs a gRPC scenario against `addr` and, if given, the same load against a floor.
-async fn against_floor<W: Worker>(
-    scenario: &str,
-    grpc: &GrpcArgs,
-    floor_addr: Option<&str>,
+/// What a gRPC scenario runs against, and how long.
+struct GrpcPlan<'a> {
+    scenario: &'a str,
+    grpc: &'a GrpcArgs,
+    floor_addr: Option<&'a str>,
+    rounds: u32,
     bounds: Bounds,
+}
+
+/// Runs a gRPC scenario against `addr` and, if given, the same load against a floor: `rounds`
+/// times each, alternating (target, floor, target, floor, ...), so drift in the machine's load
+/// hits both alike. Each run gets the full budgets and its own warm-up; the rounds are summed.
+async fn against_floor<W: Worker>(
+    plan: GrpcPlan<'_>,
     remote: bool,
     out: &Output,
     make: impl Fn(grpc::Connections, u64) -> W,
 ) -> Result<u64, BenchError> {
+    let GrpcPlan {
+        scenario,
+        grpc,
+        floor_addr,
+        rounds,
+        bounds,
+    } = plan;
     let mut targets = vec![(scenario.to_owned(), grpc.addr.as_str())];
     if let Some(f) = floor_addr {
         targets.push((format!("{scenario}@floor"), f));
     }
-    let mut reports = Vec::new();
+    let mut runs = Vec::new();
     for (name, addr) in targets {
         let addr = target::resolve(addr, remote).await?;
         let connections = grpc::Connections::new(grpc::connect(addr, grpc.connections).await?);
-        let workers = (0..bounds.concurrency as u64)
-            .map(|w| make(connections.clone(), w))
-            .collect();
-        let measured = runner::run(bounds, workers).await;
-        let report = Report {
-            scenario: name,
-            target: addr.to_string(),
-            concurrency: bounds.concurrency,
-            connections: Some(grpc.connections.max(1)),
-            measured,
-        };
-        out.report(&report);
-        reports.push(report);
+        runs.push((
+            connections,
+            Report {
+                scenario: name,
+                target: addr.to_string(),
+                concurrency: bounds.concurrency,
+                connections: Some(grpc.connections.max(1)),
+                measured: runner::Measured::default(),
+            },
+        ));
     }
-    if let [target, floor] = &reports[..] {
+    for _ in 0..rounds.max(1) {
+        for (connections, report) in &mut runs {
+            let workers = (0..bounds.concurrency as u64)
+                .map(|w| make(connections.clone(), w))
+                .collect();
+            report.measured.add(runner::run(bounds, workers).await);
+        }
+    }
+    for (_, report) in &runs {
+        out.report(report);
+    }
+    if let [(_, target), (_, floor)] = &runs[..] {
         out.ratio(&Ratio { target, floor });
     }
     // Only the target's errors count: the floor's answers are not checked.
-    Ok(reports[0].errors())
+    Ok(runs[0].1.errors())
 }
 
 async fn check(a: CheckArgs, remote: bool, out: &Output) -> Result<u64, BenchError> {
@@ -387,19 +416,18 @@ async fn check(a: CheckArgs, remote: bool, out: &Output) -> Result<u64, BenchErr
         duration: 10.0,
     })?;
     let seed = a.seed;
-    against_floor(
-        "check",
-        &a.grpc,
-        a.floor_addr.as_deref(),
+    let plan = GrpcPlan {
+        scenario: "check",
+        grpc: &a.grpc,
+        floor_addr: a.floor_addr.as_deref(),
+        rounds: a.rounds,
         bounds,
-        remote,
-        out,
-        |connections, w| grpc::CheckWorker {
-            connections,
-            rng: population::Rng::new(seed, w),
-            population: n,
-        },
-    )
+    };
+    against_floor(plan, remote, out, |connections, w| grpc::CheckWorker {
+        connections,
+        rng: population::Rng::new(seed, w),
+        population: n,
+    })
     .await
 }
 
@@ -416,20 +444,19 @@ async fn batch(a: BatchArgs, remote: bool, out: &Output) -> Result<u64, BenchErr
         duration: 10.0,
     })?;
     let (seed, size) = (a.seed, a.batch_size);
-    against_floor(
-        "batch",
-        &a.grpc,
-        a.floor_addr.as_deref(),
+    let plan = GrpcPlan {
+        scenario: "batch",
+        grpc: &a.grpc,
+        floor_addr: a.floor_addr.as_deref(),
+        rounds: a.rounds,
         bounds,
-        remote,
-        out,
-        |connections, w| grpc::BatchWorker {
-            connections,
-            rng: population::Rng::new(seed, w),
-            population: n,
-            size,
-        },
-    )
+    };
+    against_floor(plan, remote, out, |connections, w| grpc::BatchWorker {
+        connections,
+        rng: population::Rng::new(seed, w),
+        population: n,
+        size,
+    })
     .await
 }
 
@@ -501,7 +528,7 @@ mod tests {
     fn the_cli_parses_every_scenario() {
         for args in [
             "callgate-bench preload --population 10000 --concurrency 8 --token t",
-            "callgate-bench check --connections 4 --floor-addr 127.0.0.1:50061 --duration 2",
+            "callgate-bench check --connections 4 --floor-addr 127.0.0.1:50061 --rounds 3 --duration 2",
             "callgate-bench --json batch --batch-size 500 --requests 100",
             "callgate-bench ingest --http-addr 127.0.0.1:9 --concurrency 16 --json",
             "callgate-bench propagation --requests 100 --allow-remote",

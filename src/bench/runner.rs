@@ -54,6 +54,15 @@ pub struct Measured {
     pub elapsed: Duration,
 }
 
+impl Measured {
+    /// Adds another run of the same scenario (rounds): latencies, counts and measured time.
+    pub fn add(&mut self, other: Measured) {
+        self.latency.merge(&other.latency);
+        self.tally.merge(other.tally);
+        self.elapsed += other.elapsed;
+    }
+}
+
 /// Runs `workers` (one per unit of concurrency) within `bounds`.
 pub async fn run<W: Worker>(bounds: Bounds, workers: Vec<W>) -> Measured {
     let start = Instant::now();
@@ -164,6 +173,19 @@ mod tests {
         let workers = (0..4).map(|_| Sleeper { left: Some(5) }).collect();
         let m = run(bounds(u64::MAX, 60_000), workers).await;
         assert_eq!(m.latency.count(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_add_up() {
+        let mut total = Measured::default();
+        for _ in 0..3 {
+            let workers = (0..4).map(|_| Sleeper { left: None }).collect();
+            total.add(run(bounds(40, 60_000), workers).await);
+        }
+        assert_eq!(total.latency.count(), 120);
+        assert_eq!(total.tally.get("ok"), 120);
+        // 40 requests over 4 workers at 1 ms each: 10 ms a round.
+        assert_eq!(total.elapsed, Duration::from_millis(30));
     }
 
     #[tokio::test(start_paused = true)]
