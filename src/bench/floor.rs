@@ -12,7 +12,7 @@ use std::pin::Pin;
 
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
@@ -92,17 +92,22 @@ impl ConsentAuthority for Floor {
     }
 }
 
-/// Serves the floor on `listener` until `shutdown` completes. The transport settings that
-/// matter for latency (`TCP_NODELAY`) are callgate's own.
+/// Serves the floor on `listener` until `shutdown` completes.
+///
+/// `TCP_NODELAY` is set on each accepted socket by [`TcpIncoming`]: `Server::tcp_nodelay` is
+/// ignored by `serve_with_incoming*`, and without it Nagle's algorithm meets the client's
+/// delayed ACKs and stalls a connection for about 40 ms now and then.
 pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(pb::consent_authority_server::ConsentAuthorityServer::new(
             Floor::default(),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
