@@ -1,6 +1,7 @@
 //! callgate: the consent authority for outbound calls. See ARCHITECTURE.md for the map.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;
