@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
@@ -97,16 +97,16 @@ pub async fn run(
     ));
 
     let grpc_stop = stop.clone();
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(Api::new(store.clone(), hub, metrics).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async move {
-            grpc_stop.cancelled().await
-        });
+        // `Server::tcp_nodelay` does not reach sockets of an incoming stream we hand over, so
+        // they get TCP_NODELAY here; without it, Nagle's algorithm stalls answers by ~40 ms.
+        .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await });
     let grpc = tokio::spawn(grpc);
 
     let signal_stop = stop.clone();
