@@ -14,7 +14,7 @@ use super::report::Tally;
 use super::runner::{Step, Worker};
 use crate::pb::{self, ConsentState, consent_authority_client::ConsentAuthorityClient};
 
-type Client = ConsentAuthorityClient<Channel>;
+pub type Client = ConsentAuthorityClient<Channel>;
 
 /// Opens `n` HTTP/2 connections to `addr`, each its own channel.
 pub async fn connect(addr: SocketAddr, n: usize) -> Result<Vec<Client>, BenchError> {

@@ -6,6 +6,7 @@
 //! - `runner`: the closed loop (workers, warm-up, request and time budgets);
 //! - `histogram`: the latency histogram; `report`: one line (or JSON object) per scenario;
 //! - `grpc`, `http`, `propagation`: the scenarios' workers; `floor`: the floor server;
+//! - `subscribers`: many open StreamGrants streams and the service's memory with them;
 //! - `target`: loopback-only address resolution.
 //!
 //! Every scenario is bounded by `--requests` and `--duration`, whichever comes first, and aims
@@ -19,6 +20,7 @@ pub mod population;
 pub mod propagation;
 pub mod report;
 pub mod runner;
+pub mod subscribers;
 pub mod target;
 
 use std::future::Future;
@@ -87,6 +89,32 @@ pub enum Command {
     Propagation(PropagationArgs),
     /// Serve a do-nothing ConsentAuthority (the floor) until Ctrl-C.
     Floor(FloorArgs),
+    /// Hold many StreamGrants subscribers, fan events out to all, read the service's memory.
+    Subscribers(SubscribersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SubscribersArgs {
+    /// callgate's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Subscriptions to open.
+    #[arg(long, default_value_t = 1000)]
+    pub count: usize,
+    /// HTTP/2 connections the subscriptions are spread over (servers cap streams per connection).
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Grants to post once every subscription is open; each must reach every subscriber.
+    #[arg(long, default_value_t = 100)]
+    pub events: u64,
+    /// The service's process id, to read its memory from /proc (Linux).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Longest wait for every delivery, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
 }
 
 /// Budgets of a closed-loop run. Unset values take the scenario's default.
@@ -273,6 +301,7 @@ pub async fn run(
         Command::Batch(a) => batch(a, remote, &out).await,
         Command::Ingest(a) => ingest(a, remote, &out).await,
         Command::Propagation(a) => propagate(a, remote, &out).await,
+        Command::Subscribers(a) => hold_subscribers(a, remote, &out).await,
         Command::Floor(a) => {
             let addr = target::resolve(&a.addr, remote).await?;
             let listener = tokio::net::TcpListener::bind(addr)
@@ -611,4 +640,65 @@ mod tests {
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
+}
+
+async fn hold_subscribers(
+    a: SubscribersArgs,
+    remote: bool,
+    out: &Output,
+) -> Result<u64, BenchError> {
+    if a.count == 0 || !(a.duration.is_finite() && a.duration > 0.0) {
+        return Err(BenchError::Invalid(
+            "--count and --duration must be positive".into(),
+        ));
+    }
+    let http_addr = target::resolve(&a.http.http_addr, remote).await?;
+    let grpc_addr = target::resolve(&a.addr, remote).await?;
+    let webhooks = http::WebhookClient::new(http_addr, a.http.token.as_deref(), 1)?;
+    let clients = grpc::connect(grpc_addr, a.connections.max(1)).await?;
+    let o = subscribers::run(
+        clients,
+        webhooks,
+        a.count,
+        a.events,
+        a.pid,
+        Duration::from_secs_f64(a.duration),
+    )
+    .await?;
+    let want = o.subscribers as u64 * o.events;
+    let mib = |m: Option<subscribers::Memory>, f: fn(&subscribers::Memory) -> u64| {
+        m.map(|m| f(&m) as f64 / 1024.0)
+    };
+    let (rss_before, rss_after, hwm) = (
+        mib(o.before, |m| m.rss_kib),
+        mib(o.after, |m| m.rss_kib),
+        mib(o.after, |m| m.hwm_kib),
+    );
+    if out.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "subscribers", "target": grpc_addr.to_string(),
+                "subscribers": o.subscribers, "events": o.events,
+                "delivered": o.delivered, "expected": want,
+                "fan_out_ms": o.fan_out.as_secs_f64() * 1e3,
+                "rss_before_mib": rss_before, "rss_after_mib": rss_after, "hwm_mib": hwm,
+            })
+        );
+    } else {
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
+        println!(
+            "subscribers  {grpc_addr}  {} streams, {} events: delivered {}/{} in {:.1} ms; \
+             service RSS before {} after {} (peak {})",
+            o.subscribers,
+            o.events,
+            o.delivered,
+            want,
+            o.fan_out.as_secs_f64() * 1e3,
+            show(rss_before),
+            show(rss_after),
+            show(hwm),
+        );
+    }
+    Ok(want.saturating_sub(o.delivered))
 }
