@@ -549,6 +549,67 @@ async fn propagate(a: PropagationArgs, remote: bool, out: &Output) -> Result<u64
     }))
 }
 
+async fn hold_subscribers(
+    a: SubscribersArgs,
+    remote: bool,
+    out: &Output,
+) -> Result<u64, BenchError> {
+    if a.count == 0 || !(a.duration.is_finite() && a.duration > 0.0) {
+        return Err(BenchError::Invalid(
+            "--count and --duration must be positive".into(),
+        ));
+    }
+    let http_addr = target::resolve(&a.http.http_addr, remote).await?;
+    let grpc_addr = target::resolve(&a.addr, remote).await?;
+    let webhooks = http::WebhookClient::new(http_addr, a.http.token.as_deref(), 1)?;
+    let clients = grpc::connect(grpc_addr, a.connections.max(1)).await?;
+    let o = subscribers::run(
+        clients,
+        webhooks,
+        a.count,
+        a.events,
+        a.pid,
+        Duration::from_secs_f64(a.duration),
+    )
+    .await?;
+    let want = o.subscribers as u64 * o.events;
+    let mib = |m: Option<subscribers::Memory>, f: fn(&subscribers::Memory) -> u64| {
+        m.map(|m| f(&m) as f64 / 1024.0)
+    };
+    let (rss_before, rss_after, hwm) = (
+        mib(o.before, |m| m.rss_kib),
+        mib(o.after, |m| m.rss_kib),
+        mib(o.after, |m| m.hwm_kib),
+    );
+    if out.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "subscribers", "target": grpc_addr.to_string(),
+                "subscribers": o.subscribers, "events": o.events,
+                "delivered": o.delivered, "expected": want,
+                "fan_out_ms": o.fan_out.as_secs_f64() * 1e3,
+                "rss_before_mib": rss_before, "rss_after_mib": rss_after, "hwm_mib": hwm,
+            })
+        );
+    } else {
+        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
+        println!(
+            "subscribers  {grpc_addr}  {} streams, {} events: delivered {}/{} in {:.1} ms; \
+             service RSS before {} after {} (peak {})",
+            o.subscribers,
+            o.events,
+            o.delivered,
+            want,
+            o.fan_out.as_secs_f64() * 1e3,
+            show(rss_before),
+            show(rss_after),
+            show(hwm),
+        );
+    }
+    Ok(want.saturating_sub(o.delivered))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,65 +701,4 @@ mod tests {
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
-}
-
-async fn hold_subscribers(
-    a: SubscribersArgs,
-    remote: bool,
-    out: &Output,
-) -> Result<u64, BenchError> {
-    if a.count == 0 || !(a.duration.is_finite() && a.duration > 0.0) {
-        return Err(BenchError::Invalid(
-            "--count and --duration must be positive".into(),
-        ));
-    }
-    let http_addr = target::resolve(&a.http.http_addr, remote).await?;
-    let grpc_addr = target::resolve(&a.addr, remote).await?;
-    let webhooks = http::WebhookClient::new(http_addr, a.http.token.as_deref(), 1)?;
-    let clients = grpc::connect(grpc_addr, a.connections.max(1)).await?;
-    let o = subscribers::run(
-        clients,
-        webhooks,
-        a.count,
-        a.events,
-        a.pid,
-        Duration::from_secs_f64(a.duration),
-    )
-    .await?;
-    let want = o.subscribers as u64 * o.events;
-    let mib = |m: Option<subscribers::Memory>, f: fn(&subscribers::Memory) -> u64| {
-        m.map(|m| f(&m) as f64 / 1024.0)
-    };
-    let (rss_before, rss_after, hwm) = (
-        mib(o.before, |m| m.rss_kib),
-        mib(o.after, |m| m.rss_kib),
-        mib(o.after, |m| m.hwm_kib),
-    );
-    if out.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "subscribers", "target": grpc_addr.to_string(),
-                "subscribers": o.subscribers, "events": o.events,
-                "delivered": o.delivered, "expected": want,
-                "fan_out_ms": o.fan_out.as_secs_f64() * 1e3,
-                "rss_before_mib": rss_before, "rss_after_mib": rss_after, "hwm_mib": hwm,
-            })
-        );
-    } else {
-        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
-        println!(
-            "subscribers  {grpc_addr}  {} streams, {} events: delivered {}/{} in {:.1} ms; \
-             service RSS before {} after {} (peak {})",
-            o.subscribers,
-            o.events,
-            o.delivered,
-            want,
-            o.fan_out.as_secs_f64() * 1e3,
-            show(rss_before),
-            show(rss_after),
-            show(hwm),
-        );
-    }
-    Ok(want.saturating_sub(o.delivered))
 }
