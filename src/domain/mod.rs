@@ -11,4 +11,6 @@ pub mod rules;
 pub use decision::{Choice, Decision, Evidence, Pair, Source, to_millis_precision};
 pub use event::{ConsentEvent, EventKind, HistoryEntry, HistoryOutcome};
 pub use phone::{PhoneError, PhoneNumber};
-pub use rules::{Arbitration, ConsentState, Verdict, arbitrate, evaluate, temporary_expiry};
+pub use rules::{
+    Arbitration, ConsentState, Verdict, arbitrate, choice_for_reply, evaluate, temporary_expiry,
+};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::decision::{Choice, Decision};
+use super::decision::{Choice, Decision, to_millis_precision};
 
 /// How a newly arrived decision relates to the pair's current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +70,25 @@ pub fn temporary_expiry(
             .checked_add_signed(window)
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     })
+}
+
+/// What a sender's reply means: "reject" denies; "accept" is a permanent grant only when the
+/// sender says so explicitly (`is_permanent: true`), otherwise the narrower temporary grant,
+/// ending at the sender's expiry or `decided_at + window`. Times keep millisecond precision.
+pub fn choice_for_reply(
+    accepted: bool,
+    is_permanent: Option<bool>,
+    explicit_expiry: Option<DateTime<Utc>>,
+    decided_at: DateTime<Utc>,
+    window: Duration,
+) -> Choice {
+    match (accepted, is_permanent) {
+        (false, _) => Choice::Deny,
+        (true, Some(true)) => Choice::GrantPermanent,
+        (true, _) => Choice::GrantTemporary {
+            expires_at: to_millis_precision(temporary_expiry(decided_at, explicit_expiry, window)),
+        },
+    }
 }
 
 /// The state of consent for a pair at one instant.
@@ -287,6 +306,57 @@ mod tests {
             let v = evaluate(current, at(now));
             assert_eq!(v.state, state, "{name}");
             assert_eq!(v.allowed(), allowed, "{name}");
+        }
+    }
+
+    #[test]
+    fn reply_choice_table() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let temp = |t| Choice::GrantTemporary { expires_at: t };
+        let cases = [
+            ("reject", false, None, None, Choice::Deny),
+            (
+                "reject ignores is_permanent",
+                false,
+                Some(true),
+                None,
+                Choice::Deny,
+            ),
+            (
+                "accept, permanent",
+                true,
+                Some(true),
+                None,
+                Choice::GrantPermanent,
+            ),
+            (
+                "accept, not permanent",
+                true,
+                Some(false),
+                None,
+                temp(at(7 * 24 * 3600)),
+            ),
+            (
+                "accept, permanence unsaid: narrower grant",
+                true,
+                None,
+                None,
+                temp(at(7 * 24 * 3600)),
+            ),
+            (
+                "accept with explicit expiry",
+                true,
+                Some(false),
+                Some(at(60)),
+                temp(at(60)),
+            ),
+        ];
+        for (name, accepted, permanent, explicit, want) in cases {
+            assert_eq!(
+                choice_for_reply(accepted, permanent, explicit, at(0), week),
+                want,
+                "{name}"
+            );
         }
     }
 

@@ -11,9 +11,7 @@
 
 use super::payload::{Fields, PayloadError, Response, object};
 use super::{IngestContext, body_sha256};
-use crate::domain::{
-    Choice, Decision, Evidence, Pair, Source, temporary_expiry, to_millis_precision,
-};
+use crate::domain::{Decision, Evidence, Pair, Source, choice_for_reply, to_millis_precision};
 
 /// Parses one DoubleTick webhook body.
 pub fn parse(body: &[u8], ctx: &IngestContext) -> Result<Decision, PayloadError> {
@@ -31,17 +29,13 @@ pub fn parse(body: &[u8], ctx: &IngestContext) -> Result<Decision, PayloadError>
     let is_permanent = f.opt_bool("isPermanent")?;
     let explicit_expiry = f.opt_unix_seconds("expirationTimestamp")?;
 
-    let choice = match response {
-        Response::Reject => Choice::Deny,
-        Response::Accept if is_permanent == Some(true) => Choice::GrantPermanent,
-        Response::Accept => Choice::GrantTemporary {
-            expires_at: to_millis_precision(temporary_expiry(
-                decided_at,
-                explicit_expiry,
-                ctx.temporary_grant,
-            )),
-        },
-    };
+    let choice = choice_for_reply(
+        response == Response::Accept,
+        is_permanent,
+        explicit_expiry,
+        decided_at,
+        ctx.temporary_grant,
+    );
     Ok(Decision {
         pair: Pair::new(business, customer),
         choice,
@@ -62,6 +56,8 @@ mod tests {
     use std::time::Duration;
 
     use chrono::DateTime;
+
+    use crate::domain::Choice;
 
     use super::*;
 

@@ -33,7 +33,7 @@
 use super::payload::{Fields, PayloadError, Response, object};
 use super::{IngestContext, body_sha256};
 use crate::domain::{
-    Choice, Decision, Evidence, Pair, PhoneNumber, Source, temporary_expiry, to_millis_precision,
+    Decision, Evidence, Pair, PhoneNumber, Source, choice_for_reply, to_millis_precision,
 };
 
 /// The message `type` of every interactive reply.
@@ -110,17 +110,13 @@ fn decision(
         .unwrap_or_default()
         .to_owned();
 
-    let choice = match response {
-        Response::Reject => Choice::Deny,
-        Response::Accept if is_permanent == Some(true) => Choice::GrantPermanent,
-        Response::Accept => Choice::GrantTemporary {
-            expires_at: to_millis_precision(temporary_expiry(
-                decided_at,
-                explicit_expiry,
-                ctx.temporary_grant,
-            )),
-        },
-    };
+    let choice = choice_for_reply(
+        response == Response::Accept,
+        is_permanent,
+        explicit_expiry,
+        decided_at,
+        ctx.temporary_grant,
+    );
     Ok(Decision {
         pair: Pair::new(business, customer),
         choice,
@@ -165,6 +161,8 @@ mod tests {
     use std::time::Duration;
 
     use chrono::{DateTime, Utc};
+
+    use crate::domain::Choice;
     use serde_json::{Value, json};
 
     use super::*;
