@@ -6,7 +6,9 @@
 //! - `runner`: the closed loop (workers, warm-up, request and time budgets);
 //! - `histogram`: the latency histogram; `report`: one line (or JSON object) per scenario;
 //! - `grpc`, `http`, `propagation`: the scenarios' workers; `floor`: the floor server;
-//! - `target`: loopback-only address resolution.
+//! - `target`: loopback-only address resolution;
+//! - `redis_memory`: not a load test: fills an empty Redis through the Redis store and reports
+//!   bytes of Redis memory per stored consent, by key kind.
 //!
 //! Every scenario is bounded by `--requests` and `--duration`, whichever comes first, and aims
 //! at loopback addresses only unless `--allow-remote` is given. See BENCHMARKS.md.
@@ -17,6 +19,7 @@ pub mod histogram;
 pub mod http;
 pub mod population;
 pub mod propagation;
+pub mod redis_memory;
 pub mod report;
 pub mod runner;
 pub mod target;
@@ -87,6 +90,8 @@ pub enum Command {
     Propagation(PropagationArgs),
     /// Serve a do-nothing ConsentAuthority (the floor) until Ctrl-C.
     Floor(FloorArgs),
+    /// Fill an empty Redis through the Redis store and report its memory per stored consent.
+    RedisMemory(redis_memory::RedisMemoryArgs),
 }
 
 /// Budgets of a closed-loop run. Unset values take the scenario's default.
@@ -273,6 +278,7 @@ pub async fn run(
         Command::Batch(a) => batch(a, remote, &out).await,
         Command::Ingest(a) => ingest(a, remote, &out).await,
         Command::Propagation(a) => propagate(a, remote, &out).await,
+        Command::RedisMemory(a) => redis_memory::run(a, remote, out.json).await,
         Command::Floor(a) => {
             let addr = target::resolve(&a.addr, remote).await?;
             let listener = tokio::net::TcpListener::bind(addr)
@@ -533,6 +539,7 @@ mod tests {
             "callgate-bench ingest --http-addr 127.0.0.1:9 --concurrency 16 --json",
             "callgate-bench propagation --requests 100 --allow-remote",
             "callgate-bench floor --addr 127.0.0.1:0",
+            "callgate-bench redis-memory --redis-url redis://127.0.0.1:6390 --consents 1000",
         ] {
             Cli::try_parse_from(args.split(' ')).unwrap_or_else(|e| panic!("{args}: {e}"));
         }
