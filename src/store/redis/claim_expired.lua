@@ -58,6 +58,19 @@ local function current(prefix, member)
   return h
 end
 
+-- The newest event id that trimming `stream` to MINID `min`-0 removes, or nil. Looks at the
+-- oldest entry first: with nothing older than MINID, Redis 7.0's `XREVRANGE (minid - COUNT 1`
+-- walks the whole stream backwards (its seek finds no node and restarts from the end), which
+-- made every XADD cost O(events retained). Twin in record.lua.
+local function trimmed_by(stream, min, minid)
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if not oldest[1] or tonumber(string.match(oldest[1][1], '^(%d+)%-')) >= min then
+    return nil
+  end
+  local gone = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+  return gone[1] and gone[1][1]
+end
+
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 local t = redis.call('TIME')
 local min = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
@@ -76,9 +89,9 @@ for i = 1, #due, 2 do
     -- Only the grant the index entry was made for lapses; record.lua keeps them in step.
     if cur.r == 0 and cur.e == tonumber(score) then
       -- As in record.lua: remember the newest id the trim removes.
-      local gone = redis.call('XREVRANGE', KEYS[2], '(' .. minid, '-', 'COUNT', 1)
-      if gone[1] then
-        redis.call('SET', KEYS[3], gone[1][1])
+      local gone = trimmed_by(KEYS[2], min, minid)
+      if gone then
+        redis.call('SET', KEYS[3], gone)
       end
       redis.call('XADD', KEYS[2], 'MINID', '=', minid, '*', 'k', 'e', 'd',
         member .. ':' .. cur.body)

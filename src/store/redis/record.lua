@@ -70,6 +70,19 @@ local function precedence(a, b)
   return cmp_bytes(a.id, b.id)
 end
 
+-- The newest event id that trimming `stream` to MINID `min`-0 removes, or nil. Looks at the
+-- oldest entry first: with nothing older than MINID, Redis 7.0's `XREVRANGE (minid - COUNT 1`
+-- walks the whole stream backwards (its seek finds no node and restarts from the end), which
+-- made every XADD cost O(events retained). Twin in claim_expired.lua.
+local function trimmed_by(stream, min, minid)
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if not oldest[1] or tonumber(string.match(oldest[1][1], '^(%d+)%-')) >= min then
+    return nil
+  end
+  local gone = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+  return gone[1] and gone[1][1]
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -155,9 +168,9 @@ if ARGV[4] ~= '' then
   local minid = string.format('%.0f', min) .. '-0'
   -- Redis 7.0 does not record trimmed ids (max-deleted-entry-id only follows XDEL), so keep
   -- the newest id this XADD is about to trim: read_events reports cursors before it.
-  local gone = redis.call('XREVRANGE', KEYS[3], '(' .. minid, '-', 'COUNT', 1)
-  if gone[1] then
-    redis.call('SET', KEYS[5], gone[1][1])
+  local gone = trimmed_by(KEYS[3], min, minid)
+  if gone then
+    redis.call('SET', KEYS[5], gone)
   end
   redis.call('XADD', KEYS[3], 'MINID', '=', minid, '*', 'k', ARGV[4], 'd',
     ARGV[6] .. ':' .. ARGV[1])
