@@ -7,7 +7,9 @@
 //! - `histogram`: the latency histogram; `report`: one line (or JSON object) per scenario;
 //! - `grpc`, `http`, `propagation`: the scenarios' workers; `floor`: the floor server;
 //! - `subscribers`: many open StreamGrants streams and the service's memory with them;
-//! - `target`: loopback-only address resolution.
+//! - `target`: loopback-only address resolution;
+//! - `redis_memory`: not a load test: fills an empty Redis through the Redis store and reports
+//!   bytes of Redis memory per stored consent, by key kind.
 //!
 //! Every scenario is bounded by `--requests` and `--duration`, whichever comes first, and aims
 //! at loopback addresses only unless `--allow-remote` is given. See BENCHMARKS.md.
@@ -18,6 +20,7 @@ pub mod histogram;
 pub mod http;
 pub mod population;
 pub mod propagation;
+pub mod redis_memory;
 pub mod report;
 pub mod runner;
 pub mod subscribers;
@@ -91,6 +94,8 @@ pub enum Command {
     Floor(FloorArgs),
     /// Hold many StreamGrants subscribers, fan events out to all, read the service's memory.
     Subscribers(SubscribersArgs),
+    /// Fill an empty Redis through the Redis store and report its memory per stored consent.
+    RedisMemory(redis_memory::RedisMemoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +307,7 @@ pub async fn run(
         Command::Ingest(a) => ingest(a, remote, &out).await,
         Command::Propagation(a) => propagate(a, remote, &out).await,
         Command::Subscribers(a) => hold_subscribers(a, remote, &out).await,
+        Command::RedisMemory(a) => redis_memory::run(a, remote, out.json).await,
         Command::Floor(a) => {
             let addr = target::resolve(&a.addr, remote).await?;
             let listener = tokio::net::TcpListener::bind(addr)
@@ -623,6 +629,7 @@ mod tests {
             "callgate-bench ingest --http-addr 127.0.0.1:9 --concurrency 16 --json",
             "callgate-bench propagation --requests 100 --allow-remote",
             "callgate-bench floor --addr 127.0.0.1:0",
+            "callgate-bench redis-memory --redis-url redis://127.0.0.1:6390 --consents 1000",
         ] {
             Cli::try_parse_from(args.split(' ')).unwrap_or_else(|e| panic!("{args}: {e}"));
         }

@@ -12,7 +12,7 @@ use callgate::domain::{
 };
 use callgate::store::redis::keys::Keys;
 use callgate::store::redis::{RedisConfig, RedisStore};
-use callgate::store::{ConsentStore, Cursor, RecordOutcome, StoreError, StreamId};
+use callgate::store::{ConsentStore, Cursor, DEDUP_RETENTION, RecordOutcome, StoreError, StreamId};
 
 use crate::redis_harness::{RedisOptions, RedisServer};
 
@@ -93,24 +93,25 @@ async fn temporary_grant_key_expires_natively_at_the_grant_expiry() {
         .await
         .unwrap();
     assert_eq!(expire_time, expires.timestamp_millis());
-    let lapse_ttl: i64 = conn.pttl(&keys.lapse).await.unwrap();
-    assert_eq!(lapse_ttl, -1, "the lapse record never expires");
+    let history_ttl: i64 = conn.pttl(&keys.history).await.unwrap();
+    assert_eq!(
+        history_ttl, -1,
+        "the history (which outlives the grant) never expires"
+    );
     let due: Option<f64> = conn.zscore(&keys.due, &keys.member).await.unwrap();
     assert_eq!(due, Some(expires.timestamp_millis() as f64));
 
-    // A denial wins: no expiry, no lapse record, no due entry.
+    // A denial wins: no expiry, no due entry.
     let deny = decision(&p, Choice::Deny, t, "deny");
     store.record(&[deny], t).await.unwrap();
     let consent_ttl: i64 = conn.pttl(&keys.consent).await.unwrap();
     assert_eq!(consent_ttl, -1);
-    let lapse_exists: bool = conn.exists(&keys.lapse).await.unwrap();
-    assert!(!lapse_exists);
     let due: Option<f64> = conn.zscore(&keys.due, &keys.member).await.unwrap();
     assert_eq!(due, None);
 }
 
 #[tokio::test]
-async fn grant_expired_on_arrival_has_no_consent_key_but_a_lapse_record() {
+async fn grant_expired_on_arrival_has_no_consent_key_and_is_read_from_the_history() {
     let server = RedisServer::start();
     let store = connect(&server).await;
     let mut conn = raw(&server).await;
@@ -129,6 +130,43 @@ async fn grant_expired_on_arrival_has_no_consent_key_but_a_lapse_record() {
     let consent_exists: bool = conn.exists(&keys.consent).await.unwrap();
     assert!(!consent_exists);
     assert_eq!(store.current(&p).await.unwrap(), Some(late));
+}
+
+#[tokio::test]
+async fn a_retry_long_after_the_dedup_horizon_is_still_a_duplicate() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let p = pair(7);
+    let t = now();
+    let then = t - chrono::Duration::from_std(DEDUP_RETENTION).unwrap() - chrono::Duration::days(1);
+    let first = decision(&p, Choice::GrantPermanent, then, "first");
+    let newer = decision(
+        &p,
+        Choice::Deny,
+        then + chrono::Duration::seconds(1),
+        "newer",
+    );
+    assert_eq!(
+        store
+            .record(&[first.clone(), newer.clone()], then)
+            .await
+            .unwrap(),
+        vec![RecordOutcome::Applied; 2]
+    );
+    // The history is the de-duplication memory, and nothing of it expires.
+    for key in all_keys(&mut conn).await {
+        let ttl: i64 = conn.pttl(&key).await.unwrap();
+        assert_eq!(ttl, -1, "{key} expires");
+    }
+    // Nine days later the sender retries both. The first one lost arbitration, so only the
+    // de-duplication memory can tell it from a new stale decision.
+    assert_eq!(
+        store.record(&[first, newer.clone()], t).await.unwrap(),
+        vec![RecordOutcome::Duplicate; 2]
+    );
+    assert_eq!(store.history(&p).await.unwrap().len(), 2);
+    assert_eq!(store.current(&p).await.unwrap(), Some(newer));
 }
 
 #[tokio::test]
@@ -351,8 +389,8 @@ async fn keys_of_one_decision_share_a_hash_tag_and_pairs_spread_over_shards() {
     );
     store.record(&[temp], t).await.unwrap();
     let keys = all_keys(&mut conn).await;
-    // consent, lapse, history, dedup, stream, due index.
-    assert_eq!(keys.len(), 6, "{keys:?}");
+    // consent, history, stream, due index.
+    assert_eq!(keys.len(), 4, "{keys:?}");
     let tags: BTreeSet<&str> = keys.iter().map(|k| hash_tag(k)).collect();
     assert_eq!(tags.len(), 1, "{keys:?}");
     assert!(tags.iter().all(|t| t.starts_with("callgate:s")), "{tags:?}");

@@ -17,11 +17,58 @@
 -- ARGV[4] event retention (ms)
 -- Returns { events published, members claimed }.
 
--- Header of a consent value (twin in record.lua and codec::encode_consent).
-local function parse(v)
-  local t, r, e, id, json = string.match(v, '^(%-?%d+)|([012])|(%-?%d*)|(%x+)|(.*)$')
-  if not t then return nil end
-  return { t = tonumber(t), r = tonumber(r), e = e, id = id, json = json }
+-- Base-36 milliseconds and the header of a decision body: twins in record.lua (see there).
+local function b36(s)
+  if string.sub(s, 1, 1) == '-' then return -tonumber(string.sub(s, 2), 36) end
+  return tonumber(s, 36)
+end
+
+local function header(v, at)
+  local head, r, t, e = string.match(v, '^(([012])(%-?[0-9a-z]+),(%-?[0-9a-z]*)),', at)
+  if not head then return nil end
+  return { r = tonumber(r), t = b36(t), e = (e ~= '' and b36(e) or nil), head = head }
+end
+
+-- The pair's current decision as { r, e, body = the decision body D }, or nil if it has none.
+-- The consent key points at its history entry; without a consent key (a temporary grant
+-- that expired natively), it is the history's last applied entry. Twin of current.lua.
+local function current(prefix, member)
+  local history = prefix .. 'h:' .. member
+  local v
+  local c = redis.call('GET', prefix .. 'c:' .. member)
+  local head, idx
+  if c then
+    head, idx = string.match(c, '^([012]%-?[0-9a-z]+,%-?[0-9a-z]*),(%d+)$')
+    v = head and redis.call('LINDEX', history, tonumber(idx))
+    if not v then return false end
+  else
+    local entries = redis.call('LRANGE', history, 0, -1)
+    for i = #entries, 1, -1 do
+      if string.sub(entries[i], 1, 1) == 'a' then
+        v = entries[i]
+        break
+      end
+    end
+    if not v then return nil end
+  end
+  local body = string.match(v, '^a' .. string.rep('.', 16) .. '%-?[0-9a-z]+,()')
+  local h = body and header(v, body)
+  if not h or (head and h.head ~= head) then return false end
+  h.body = string.sub(v, body)
+  return h
+end
+
+-- The newest event id that trimming `stream` to MINID `min`-0 removes, or nil. Looks at the
+-- oldest entry first: with nothing older than MINID, Redis 7.0's `XREVRANGE (minid - COUNT 1`
+-- walks the whole stream backwards (its seek finds no node and restarts from the end), which
+-- made every XADD cost O(events retained). Twin in record.lua.
+local function trimmed_by(stream, min, minid)
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if not oldest[1] or tonumber(string.match(oldest[1][1], '^(%d+)%-')) >= min then
+    return nil
+  end
+  local gone = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+  return gone[1] and gone[1][1]
 end
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
@@ -34,23 +81,20 @@ local published = 0
 for i = 1, #due, 2 do
   local member, score = due[i], due[i + 1]
   redis.call('ZREM', KEYS[1], member)
-  local v = redis.call('GET', ARGV[3] .. 'c:' .. member)
-  if not v then
-    v = redis.call('GET', ARGV[3] .. 'x:' .. member)
+  local cur = current(ARGV[3], member)
+  if cur == false then
+    return redis.error_reply('CORRUPT unreadable current decision of ' .. member)
   end
-  if v then
-    local cur = parse(v)
-    if not cur then
-      return redis.error_reply('CORRUPT unreadable consent value of ' .. member)
-    end
+  if cur then
     -- Only the grant the index entry was made for lapses; record.lua keeps them in step.
-    if cur.r == 0 and tonumber(cur.e) == tonumber(score) then
+    if cur.r == 0 and cur.e == tonumber(score) then
       -- As in record.lua: remember the newest id the trim removes.
-      local gone = redis.call('XREVRANGE', KEYS[2], '(' .. minid, '-', 'COUNT', 1)
-      if gone[1] then
-        redis.call('SET', KEYS[3], gone[1][1])
+      local gone = trimmed_by(KEYS[2], min, minid)
+      if gone then
+        redis.call('SET', KEYS[3], gone)
       end
-      redis.call('XADD', KEYS[2], 'MINID', '=', minid, '*', 'k', 'e', 'd', cur.json)
+      redis.call('XADD', KEYS[2], 'MINID', '=', minid, '*', 'k', 'e', 'd',
+        member .. ':' .. cur.body)
       published = published + 1
     end
   end

@@ -1,21 +1,39 @@
 //! How decisions, history entries and events are spelled inside Redis.
 //!
-//! Only this file and the Lua scripts next to it know these formats.
+//! Only this file and the Lua scripts next to it know these formats. They are compact and
+//! positional rather than self-describing, because Redis memory is the cost of a stored
+//! consent (see `callgate-bench redis-memory`). A pair's phone numbers are in its key names, so
+//! values about one pair never repeat them.
 //!
-//! - A **decision** is compact JSON with one- or two-letter keys; empty evidence strings are
-//!   left out. Phone numbers are digits only.
-//! - A **consent value** (`c:` and `x:` keys) is `<decided ms>|<rank>|<expires ms or empty>|
-//!   <dedup id>|<decision JSON>`. The header is what the Lua scripts need to arbitrate and to
-//!   check a lapse without a JSON parser; Rust reads only the JSON part.
-//! - A **history entry** is `a|<received ms>|<decision JSON>` (applied) or `s|…` (stale).
+//! - A **decision body** `D` is a text header the scripts read, then binary evidence only Rust
+//!   reads:
+//!
+//!   ```text
+//!   <rank><decided>,<expires>,<source><message id><paired id><response source><sender id><hash>
+//!   ```
+//!
+//!   `rank` is one digit (`0` temporary grant, `1` permanent grant, `2` denial: the tie rank of
+//!   [`tie_rank`]); times are milliseconds since the epoch in lower-case base 36 with an
+//!   optional `-`; `expires` is empty unless the grant is temporary. `source` is one byte (`w`
+//!   WhatsApp, `d` DoubleTick). Each evidence string is a LEB128 length and its UTF-8 bytes, so
+//!   any text (`|`, `,`, unicode, empty) round-trips without escaping. The body hash is `x` and
+//!   32 raw bytes when it is 64 lower-case hex digits (what ingestion produces), else `s` and a
+//!   length-prefixed string.
+//! - A **history entry** (`h:` list, one per kept decision) is
+//!   `<outcome><dedup id><received>,<D>`: `a` applied or `s` stale, the 16 raw bytes of
+//!   [`Decision::dedup_id`], the arrival time in base 36. The history is also the
+//!   de-duplication memory: `record.lua` looks for the id in the pair's entries, so a retried
+//!   delivery is recognised for as long as the history is kept.
+//! - A **consent value** (`c:`) is `<rank><decided>,<expires>,<index>`: the header of the
+//!   current decision and the index of its history entry. A check reads the entry through it.
 //! - An **event** is a stream entry with fields `k` (`g` granted, `d` denied, `e` expired) and
-//!   `d` (the decision JSON).
+//!   `d` = `<business digits>:<customer digits>:<D>`.
 //!
 //! Anything that does not decode is [`StoreError::Corrupt`]: a store that cannot read a consent
-//! must not answer as if there were none.
+//! must not answer as if there were none. Decoding checks that the stored dedup id is the
+//! decision's own, so a damaged entry cannot pass for another decision.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::domain::rules::tie_rank;
 use crate::domain::{
@@ -24,32 +42,8 @@ use crate::domain::{
 };
 use crate::store::StoreError;
 
-#[derive(Serialize, Deserialize)]
-struct DecisionRepr {
-    /// Business number (digits).
-    b: String,
-    /// Customer number (digits).
-    c: String,
-    /// Choice: `p` permanent grant, `t` temporary grant, `d` deny.
-    k: String,
-    /// Expiry of a temporary grant (ms since the epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    e: Option<i64>,
-    /// Decided at (ms since the epoch).
-    t: i64,
-    /// Source: `dt` DoubleTick, `wa` WhatsApp.
-    s: String,
-    /// Message id.
-    m: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pm: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    rs: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    sc: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    h: String,
-}
+/// Length of the raw dedup id in a history entry.
+pub const DEDUP_ID_LEN: usize = 16;
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
@@ -59,119 +53,253 @@ fn millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt(format!("time {ms} out of range")))
 }
 
-/// The decision as compact JSON.
-pub fn encode_decision(d: &Decision) -> String {
-    let (k, e) = match d.choice {
-        Choice::GrantPermanent => ("p", None),
-        Choice::GrantTemporary { expires_at } => ("t", Some(expires_at.timestamp_millis())),
-        Choice::Deny => ("d", None),
-    };
-    let repr = DecisionRepr {
-        b: d.pair.business.digits().to_owned(),
-        c: d.pair.customer.digits().to_owned(),
-        k: k.to_owned(),
-        e,
-        t: d.decided_at.timestamp_millis(),
-        s: match d.evidence.source {
-            Source::DoubleTick => "dt",
-            Source::WhatsApp => "wa",
+/// `n` in lower-case base 36, with a leading `-` if negative (Lua: `tonumber(s, 36)`).
+pub fn base36(n: i64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut v = n.unsigned_abs();
+    let mut out = Vec::with_capacity(14);
+    loop {
+        out.push(DIGITS[(v % 36) as usize]);
+        v /= 36;
+        if v == 0 {
+            break;
         }
-        .to_owned(),
-        m: d.evidence.message_id.clone(),
-        pm: d.evidence.paired_message_id.clone(),
-        rs: d.evidence.response_source.clone(),
-        sc: d.evidence.sender_customer_id.clone(),
-        h: d.evidence.body_sha256.clone(),
-    };
-    // Serialising plain strings and integers cannot fail.
-    serde_json::to_string(&repr).unwrap_or_default()
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
-pub fn decode_decision(bytes: &[u8]) -> Result<Decision, StoreError> {
-    let r: DecisionRepr =
-        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("decision: {e}")))?;
-    let phone = |digits: &str| {
-        PhoneNumber::from_digits(digits).map_err(|e| corrupt(format!("phone {digits:?}: {e}")))
+fn parse_base36(s: &[u8]) -> Option<i64> {
+    let (negative, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
     };
-    let choice = match (r.k.as_str(), r.e) {
-        ("p", None) => Choice::GrantPermanent,
-        ("d", None) => Choice::Deny,
-        ("t", Some(e)) => Choice::GrantTemporary {
-            expires_at: millis(e)?,
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for b in digits {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'z' => b - b'a' + 10,
+            _ => return None,
+        };
+        v = v.checked_mul(36)?.checked_sub(i64::from(d))?;
+    }
+    // Accumulated negatively, so i64::MIN round-trips too.
+    if negative { Some(v) } else { v.checked_neg() }
+}
+
+/// The raw 16 bytes of the decision's dedup id (its 32 hex digits, decoded).
+pub fn dedup_bytes(d: &Decision) -> Vec<u8> {
+    // `dedup_id` is always 32 lower-case hex digits.
+    hex::decode(d.dedup_id()).unwrap_or_default()
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len();
+    loop {
+        let low = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(low);
+            break;
+        }
+        out.push(low | 0x80);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn is_lower_hex_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The decision body `D` (everything but the pair).
+pub fn encode_body(d: &Decision) -> Vec<u8> {
+    let e = &d.evidence;
+    let mut out = Vec::with_capacity(64 + e.message_id.len() + e.paired_message_id.len());
+    out.push(b'0' + tie_rank(&d.choice));
+    out.extend_from_slice(base36(d.decided_at.timestamp_millis()).as_bytes());
+    out.push(b',');
+    if let Some(expires) = d.choice.expires_at() {
+        out.extend_from_slice(base36(expires.timestamp_millis()).as_bytes());
+    }
+    out.push(b',');
+    out.push(match e.source {
+        Source::WhatsApp => b'w',
+        Source::DoubleTick => b'd',
+    });
+    for s in [
+        &e.message_id,
+        &e.paired_message_id,
+        &e.response_source,
+        &e.sender_customer_id,
+    ] {
+        put_str(&mut out, s);
+    }
+    if is_lower_hex_sha256(&e.body_sha256) {
+        out.push(b'x');
+        out.extend_from_slice(&hex::decode(&e.body_sha256).unwrap_or_default());
+    } else {
+        out.push(b's');
+        put_str(&mut out, &e.body_sha256);
+    }
+    out
+}
+
+/// Reads a value front to back; every read that runs out or finds the wrong thing is corrupt.
+struct Reader<'a> {
+    rest: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn fail(&self, why: &str) -> StoreError {
+        corrupt(format!("{}: {why}", self.what))
+    }
+
+    fn byte(&mut self) -> Result<u8, StoreError> {
+        let (b, rest) = self
+            .rest
+            .split_first()
+            .ok_or_else(|| self.fail("truncated"))?;
+        self.rest = rest;
+        Ok(*b)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.rest.len() < n {
+            return Err(self.fail("truncated"));
+        }
+        let (taken, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    /// Bytes up to (not including) the next `sep`, which is consumed.
+    fn until(&mut self, sep: u8) -> Result<&'a [u8], StoreError> {
+        let at = self
+            .rest
+            .iter()
+            .position(|b| *b == sep)
+            .ok_or_else(|| self.fail("missing separator"))?;
+        let field = &self.rest[..at];
+        self.rest = &self.rest[at + 1..];
+        Ok(field)
+    }
+
+    fn time(&mut self, sep: u8) -> Result<i64, StoreError> {
+        let field = self.until(sep)?;
+        parse_base36(field).ok_or_else(|| self.fail("unreadable time"))
+    }
+
+    fn string(&mut self) -> Result<String, StoreError> {
+        let mut len: usize = 0;
+        for shift in (0..).step_by(7).take(5) {
+            let b = self.byte()?;
+            len |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                let bytes = self.take(len)?;
+                return String::from_utf8(bytes.to_vec()).map_err(|_| self.fail("not UTF-8"));
+            }
+        }
+        Err(self.fail("length too long"))
+    }
+
+    fn end(&self) -> Result<(), StoreError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.fail("trailing bytes"))
+        }
+    }
+}
+
+fn decode_body(pair: Pair, r: &mut Reader<'_>) -> Result<Decision, StoreError> {
+    let rank = r.byte()?;
+    let decided_at = millis(r.time(b',')?)?;
+    let expires = r.until(b',')?;
+    let choice = match (rank, expires.is_empty()) {
+        (b'1', true) => Choice::GrantPermanent,
+        (b'2', true) => Choice::Deny,
+        (b'0', false) => Choice::GrantTemporary {
+            expires_at: millis(parse_base36(expires).ok_or_else(|| r.fail("unreadable expiry"))?)?,
         },
-        (k, e) => return Err(corrupt(format!("choice {k:?} with expiry {e:?}"))),
+        _ => return Err(r.fail("unknown choice")),
     };
-    let source = match r.s.as_str() {
-        "dt" => Source::DoubleTick,
-        "wa" => Source::WhatsApp,
-        other => return Err(corrupt(format!("source {other:?}"))),
+    let source = match r.byte()? {
+        b'w' => Source::WhatsApp,
+        b'd' => Source::DoubleTick,
+        _ => return Err(r.fail("unknown source")),
     };
+    let message_id = r.string()?;
+    let paired_message_id = r.string()?;
+    let response_source = r.string()?;
+    let sender_customer_id = r.string()?;
+    let body_sha256 = match r.byte()? {
+        b'x' => hex::encode(r.take(32)?),
+        b's' => r.string()?,
+        _ => return Err(r.fail("unknown body hash form")),
+    };
+    r.end()?;
     Ok(Decision {
-        pair: Pair::new(phone(&r.b)?, phone(&r.c)?),
+        pair,
         choice,
-        decided_at: millis(r.t)?,
+        decided_at,
         evidence: Evidence {
             source,
-            message_id: r.m,
-            paired_message_id: r.pm,
-            response_source: r.rs,
-            sender_customer_id: r.sc,
-            body_sha256: r.h,
+            message_id,
+            paired_message_id,
+            response_source,
+            sender_customer_id,
+            body_sha256,
         },
     })
 }
 
-/// The value of a consent (`c:`) or lapse (`x:`) key. The header layout is parsed by `parse()` in
-/// `record.lua` and `claim_expired.lua`.
-pub fn encode_consent(d: &Decision) -> String {
-    format!(
-        "{}|{}|{}|{}|{}",
-        d.decided_at.timestamp_millis(),
-        tie_rank(&d.choice),
-        d.choice
-            .expires_at()
-            .map(|t| t.timestamp_millis().to_string())
-            .unwrap_or_default(),
-        d.dedup_id(),
-        encode_decision(d)
-    )
+/// A history entry as `record.lua` writes it (for tests and tools; the script builds its own).
+pub fn encode_history(
+    d: &Decision,
+    outcome: HistoryOutcome,
+    received_at: DateTime<Utc>,
+) -> Vec<u8> {
+    let mut out = vec![match outcome {
+        HistoryOutcome::Applied => b'a',
+        HistoryOutcome::Stale => b's',
+    }];
+    out.extend_from_slice(&dedup_bytes(d));
+    out.extend_from_slice(base36(received_at.timestamp_millis()).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(&encode_body(d));
+    out
 }
 
-/// Splits off `n` `|`-separated header fields and returns the rest.
-fn after_fields(bytes: &[u8], n: usize) -> Option<&[u8]> {
-    let mut rest = bytes;
-    for _ in 0..n {
-        let at = rest.iter().position(|b| *b == b'|')?;
-        rest = &rest[at + 1..];
-    }
-    Some(rest)
-}
-
-pub fn decode_consent(bytes: &[u8]) -> Result<Decision, StoreError> {
-    let json = after_fields(bytes, 4).ok_or_else(|| corrupt("consent value without header"))?;
-    decode_decision(json)
-}
-
-pub fn decode_history(bytes: &[u8]) -> Result<HistoryEntry, StoreError> {
-    let outcome = match bytes.first() {
-        Some(b'a') => HistoryOutcome::Applied,
-        Some(b's') => HistoryOutcome::Stale,
-        _ => return Err(corrupt("history entry with unknown outcome")),
+/// Decodes one history entry of `pair` (also what a check reads for the current decision).
+pub fn decode_history(pair: &Pair, bytes: &[u8]) -> Result<HistoryEntry, StoreError> {
+    let mut r = Reader {
+        rest: bytes,
+        what: "history entry",
     };
-    let received =
-        after_fields(bytes, 1).ok_or_else(|| corrupt("history entry without received time"))?;
-    let at = received
-        .iter()
-        .position(|b| *b == b'|')
-        .ok_or_else(|| corrupt("history entry without decision"))?;
-    let ms = std::str::from_utf8(&received[..at])
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| corrupt("history entry with unreadable received time"))?;
+    let outcome = match r.byte()? {
+        b'a' => HistoryOutcome::Applied,
+        b's' => HistoryOutcome::Stale,
+        _ => return Err(r.fail("unknown outcome")),
+    };
+    let id = r.take(DEDUP_ID_LEN)?;
+    let received_at = millis(r.time(b',')?)?;
+    let decision = decode_body(pair.clone(), &mut r)?;
+    if dedup_bytes(&decision) != id {
+        return Err(corrupt(
+            "history entry: dedup id does not match the decision",
+        ));
+    }
     Ok(HistoryEntry {
-        decision: decode_decision(&received[at + 1..])?,
+        decision,
         outcome,
-        received_at: millis(ms)?,
+        received_at,
     })
 }
 
@@ -182,6 +310,14 @@ pub fn event_kind_code(kind: EventKind) -> &'static str {
         EventKind::Denied => "d",
         EventKind::Expired => "e",
     }
+}
+
+/// The stream field `d` of an event: the pair, then the decision body (as the scripts write it).
+pub fn encode_event_decision(d: &Decision) -> Vec<u8> {
+    let mut out =
+        format!("{}:{}:", d.pair.business.digits(), d.pair.customer.digits()).into_bytes();
+    out.extend_from_slice(&encode_body(d));
+    out
 }
 
 /// Rebuilds an event from its stream fields `k` and `d`.
@@ -197,9 +333,26 @@ pub fn decode_event(kind: &[u8], decision: &[u8]) -> Result<ConsentEvent, StoreE
             )));
         }
     };
+    let mut r = Reader {
+        rest: decision,
+        what: "event",
+    };
+    let phone = |digits: &[u8]| {
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| PhoneNumber::from_digits(d).ok())
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "event: phone {:?}",
+                    String::from_utf8_lossy(digits)
+                ))
+            })
+    };
+    let business = phone(r.until(b':')?)?;
+    let customer = phone(r.until(b':')?)?;
     Ok(ConsentEvent {
         kind,
-        decision: decode_decision(decision)?,
+        decision: decode_body(Pair::new(business, customer), &mut r)?,
     })
 }
 
@@ -207,79 +360,191 @@ pub fn decode_event(kind: &[u8], decision: &[u8]) -> Result<ConsentEvent, StoreE
 mod tests {
     use super::*;
 
-    fn decision(choice: Choice, evidence_empty: bool) -> Decision {
-        let s = |v: &str| {
-            if evidence_empty {
-                String::new()
-            } else {
-                v.to_owned()
-            }
-        };
+    fn pair() -> Pair {
+        Pair::new(
+            PhoneNumber::parse("+919000000000").unwrap(),
+            PhoneNumber::parse("+919876543210").unwrap(),
+        )
+    }
+
+    fn decision(choice: Choice, evidence: Evidence) -> Decision {
         Decision {
-            pair: Pair::new(
-                PhoneNumber::parse("+919000000000").unwrap(),
-                PhoneNumber::parse("+919876543210").unwrap(),
-            ),
+            pair: pair(),
             choice,
             decided_at: DateTime::from_timestamp_millis(1_767_000_000_123).unwrap(),
-            evidence: Evidence {
-                source: Source::WhatsApp,
-                message_id: "wamid.X|Y\"z".into(),
-                paired_message_id: s("p1"),
-                response_source: s("user_initiated"),
-                sender_customer_id: s("cust-1"),
-                body_sha256: s(&"ab".repeat(32)),
+            evidence,
+        }
+    }
+
+    fn evidences() -> Vec<Evidence> {
+        let full = Evidence {
+            source: Source::WhatsApp,
+            message_id: "wamid.HBgLMTIzNDU2Nzg5MBUCABIYFjNFQjBD".into(),
+            paired_message_id: "wamid.template|1,2:3".into(),
+            response_source: "user_initiated".into(),
+            sender_customer_id: "US.13491208655302741918".into(),
+            body_sha256: "ab".repeat(32),
+        };
+        let mut out = vec![full.clone()];
+        // Separators, escapes and unicode in every string; empty strings; a long id.
+        out.push(Evidence {
+            source: Source::DoubleTick,
+            message_id: "m|x,y:z\\|\u{0}é✓🙂".into(),
+            paired_message_id: String::new(),
+            response_source: "|".into(),
+            sender_customer_id: ",".into(),
+            body_sha256: String::new(),
+        });
+        out.push(Evidence {
+            message_id: "x".repeat(300),
+            paired_message_id: "ünïcödé".into(),
+            response_source: String::new(),
+            sender_customer_id: String::new(),
+            ..full.clone()
+        });
+        // Hash forms that are not 64 lower-case hex digits are kept verbatim.
+        for hash in [
+            "AB".repeat(32),
+            "ab".repeat(31),
+            "zz".repeat(32),
+            "ab".repeat(33),
+        ] {
+            out.push(Evidence {
+                body_sha256: hash,
+                ..full.clone()
+            });
+        }
+        out
+    }
+
+    fn choices() -> Vec<Choice> {
+        vec![
+            Choice::GrantPermanent,
+            Choice::Deny,
+            Choice::GrantTemporary {
+                expires_at: DateTime::from_timestamp_millis(1_767_600_000_456).unwrap(),
             },
+            Choice::GrantTemporary {
+                expires_at: DateTime::from_timestamp_millis(-5).unwrap(),
+            },
+        ]
+    }
+
+    #[test]
+    fn base36_round_trips() {
+        for n in [0, 1, 35, 36, -1, -36, 1_767_000_000_123, i64::MAX, i64::MIN] {
+            assert_eq!(parse_base36(base36(n).as_bytes()), Some(n), "{n}");
+        }
+        assert_eq!(base36(1_767_000_000_123), "mjqy6e0r");
+        assert_eq!(base36(-71), "-1z");
+        for bad in ["", "-", "A", "1 ", "+1", "zzzzzzzzzzzzzzz"] {
+            assert_eq!(parse_base36(bad.as_bytes()), None, "{bad:?}");
         }
     }
 
     #[test]
-    fn consent_values_round_trip_for_every_choice() {
-        let exp = DateTime::from_timestamp_millis(1_767_600_000_456).unwrap();
-        for choice in [
-            Choice::GrantPermanent,
-            Choice::Deny,
-            Choice::GrantTemporary { expires_at: exp },
-        ] {
-            for empty in [false, true] {
-                let d = decision(choice, empty);
-                assert_eq!(decode_consent(encode_consent(&d).as_bytes()).unwrap(), d);
+    fn history_entries_round_trip_every_field_and_variant() {
+        let received = DateTime::from_timestamp_millis(1_767_000_000_999).unwrap();
+        for choice in choices() {
+            for evidence in evidences() {
+                for outcome in [HistoryOutcome::Applied, HistoryOutcome::Stale] {
+                    let d = decision(choice, evidence.clone());
+                    let raw = encode_history(&d, outcome, received);
+                    let e = decode_history(&pair(), &raw).unwrap();
+                    assert_eq!(
+                        e,
+                        HistoryEntry {
+                            decision: d,
+                            outcome,
+                            received_at: received
+                        }
+                    );
+                }
             }
         }
     }
 
     #[test]
-    fn history_entries_round_trip() {
-        let d = decision(Choice::Deny, false);
-        let raw = format!("s|1767000000999|{}", encode_decision(&d));
-        let e = decode_history(raw.as_bytes()).unwrap();
-        assert_eq!(e.outcome, HistoryOutcome::Stale);
-        assert_eq!(e.received_at.timestamp_millis(), 1_767_000_000_999);
-        assert_eq!(e.decision, d);
+    fn events_round_trip() {
+        for choice in choices() {
+            for evidence in evidences() {
+                let d = decision(choice, evidence);
+                for kind in [EventKind::Granted, EventKind::Denied, EventKind::Expired] {
+                    let e =
+                        decode_event(event_kind_code(kind).as_bytes(), &encode_event_decision(&d))
+                            .unwrap();
+                    assert_eq!(
+                        e,
+                        ConsentEvent {
+                            kind,
+                            decision: d.clone()
+                        }
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_typical_entry_is_small() {
+        let d = decision(choices()[0], evidences()[0].clone());
+        let raw = encode_history(&d, HistoryOutcome::Applied, d.decided_at);
+        // 1 + 16 + 9 + header 11 + source 1 + evidence (38 + 21 + 14 + 23 + 4 length bytes)
+        // + hash 33.
+        assert!(raw.len() <= 200, "{}", raw.len());
     }
 
     #[test]
     fn unreadable_values_are_corrupt_not_defaults() {
-        let bad: &[&[u8]] = &[
-            b"",
-            b"1|2|3",
-            b"1|2||id|{}",
-            b"1|2||id|{\"b\":\"1\",\"c\":\"2\",\"k\":\"p\",\"t\":1,\"s\":\"dt\",\"m\":\"\"}",
-            b"1|2||id|{\"b\":\"919000000000\",\"c\":\"919876543210\",\"k\":\"t\",\"t\":1,\"s\":\"dt\",\"m\":\"\"}",
+        let p = pair();
+        let good = encode_history(
+            &decision(choices()[2], evidences()[0].clone()),
+            HistoryOutcome::Applied,
+            DateTime::from_timestamp_millis(1).unwrap(),
+        );
+        let mut bad: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"a".to_vec(),
+            b"x0123456789abcdef1,1a,,w".to_vec(),
+            // Every truncation of a good entry.
+            good[..good.len() - 1].to_vec(),
+            good[..20].to_vec(),
+            // Trailing garbage.
+            [good.as_slice(), b"!"].concat(),
         ];
-        for raw in bad {
+        // Another decision's id.
+        let mut wrong_id = good.clone();
+        wrong_id[1] ^= 1;
+        bad.push(wrong_id);
+        // A temporary grant without expiry, a permanent one with one.
+        let at = 1 + DEDUP_ID_LEN;
+        let body_at = at + good[at..].iter().position(|b| *b == b',').unwrap() + 1;
+        let mut no_rank = good.clone();
+        no_rank[body_at] = b'7';
+        bad.push(no_rank);
+        let mut permanent_with_expiry = good.clone();
+        permanent_with_expiry[body_at] = b'1';
+        bad.push(permanent_with_expiry);
+        for raw in &bad {
             assert!(
-                matches!(decode_consent(raw), Err(StoreError::Corrupt(_))),
+                matches!(decode_history(&p, raw), Err(StoreError::Corrupt(_))),
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );
         }
+        for cut in 0..good.len() {
+            assert!(decode_history(&p, &good[..cut]).is_err(), "cut at {cut}");
+        }
+        let event = encode_event_decision(&decision(choices()[0], evidences()[0].clone()));
+        for cut in 0..event.len() {
+            assert!(decode_event(b"g", &event[..cut]).is_err(), "cut at {cut}");
+        }
         assert!(matches!(
-            decode_history(b"x|1|{}"),
+            decode_event(b"z", &event),
             Err(StoreError::Corrupt(_))
         ));
         assert!(matches!(
-            decode_event(b"z", b"{}"),
+            decode_event(b"g", b"12:34:1a,,w"),
             Err(StoreError::Corrupt(_))
         ));
     }

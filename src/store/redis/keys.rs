@@ -3,14 +3,13 @@
 //! Keys are grouped by shard, and every key of one shard carries the same hash tag
 //! (`{<prefix>:sNN}`), so on Redis Cluster a whole shard lives in one slot and a script may touch
 //! any key of its shard. A pair's shard is a stable hash of the pair, so all keys one decision
-//! touches (consent, lapse record, history, dedup, event stream, due index) are in one slot, and
+//! touches (consent, history, event stream, due index) are in one slot, and
 //! different pairs spread over [`SHARDS`] slots (and so over cluster nodes).
 //!
 //! ```text
-//! {callgate:s07}:c:<business>:<customer>   current decision (STRING; PEXPIREAT for temp grants)
-//! {callgate:s07}:x:<business>:<customer>   lapse record of a temporary grant (STRING, no TTL)
-//! {callgate:s07}:h:<business>:<customer>   history (LIST, arrival order)
-//! {callgate:s07}:d:<dedup id>              de-duplication marker (STRING, PX DEDUP_RETENTION)
+//! {callgate:s07}:c:<business>:<customer>   current decision: header + history index (STRING;
+//!                                          PEXPIREAT for temporary grants)
+//! {callgate:s07}:h:<business>:<customer>   history, also the dedup memory (LIST, arrival order)
 //! {callgate:s07}:e                         the shard's event log (STREAM)
 //! {callgate:s07}:due                       temporary grants by expiry ms (ZSET, member = pair)
 //! {callgate:s07}:trimmed                   newest event id trimmed from `e` (STRING)
@@ -56,7 +55,6 @@ pub struct PairKeys {
     pub shard: usize,
     pub member: String,
     pub consent: String,
-    pub lapse: String,
     pub history: String,
     pub stream: String,
     pub due: String,
@@ -89,10 +87,6 @@ impl Keys {
         format!("{}trimmed", self.shard_prefix(shard))
     }
 
-    pub fn dedup(&self, shard: usize, dedup_id: &str) -> String {
-        format!("{}d:{dedup_id}", self.shard_prefix(shard))
-    }
-
     pub fn pair(&self, pair: &Pair) -> PairKeys {
         let shard = shard_of(pair);
         let member = member(pair);
@@ -100,7 +94,6 @@ impl Keys {
         PairKeys {
             shard,
             consent: format!("{base}c:{member}"),
-            lapse: format!("{base}x:{member}"),
             history: format!("{base}h:{member}"),
             stream: self.stream(shard),
             due: self.due(shard),
@@ -135,9 +128,7 @@ mod tests {
         let keys = Keys::new("callgate");
         let k = keys.pair(&pair("+919000000000", "+919876543210"));
         let tag = format!("{{callgate:s{:02}}}:", k.shard);
-        for key in [
-            &k.consent, &k.lapse, &k.history, &k.stream, &k.due, &k.trimmed,
-        ] {
+        for key in [&k.consent, &k.history, &k.stream, &k.due, &k.trimmed] {
             assert!(key.starts_with(&tag), "{key} lacks {tag}");
         }
         assert_eq!(k.member, "919000000000:919876543210");

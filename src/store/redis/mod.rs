@@ -13,21 +13,29 @@
 //! event stream and due-time index; a subscriber's cursor is one stream id per shard. See
 //! [`keys`] for the full list.
 //!
-//! # Native expiry plus a lapse record
+//! # The history is the record; the consent key points into it
 //!
-//! A temporary grant's consent key (`c:`) carries Redis's own expiry at the grant's expiry
-//! instant (`PXAT` from the decision, not from arrival), so Redis reclaims it without callgate
-//! doing anything. But a check after the expiry must answer EXPIRED, not NO_CONSENT, so the
-//! grant is also written to a lapse record (`x:`, no TTL) that is deleted as soon as a
-//! permanent grant or denial wins. [`current`](RedisStore::current) is one `MGET c: x:`: the
-//! consent key wins if present, else the lapse record is the (lapsed) current decision. A grant
-//! that is already expired on arrival gets no `c:` at all, only `x:`.
+//! Each pair has two keys. Its history (`h:`, a list) holds every decision ever kept, with
+//! its full evidence and its dedup id, once. Its consent key (`c:`) holds only the current
+//! decision's header (rank, decided at, expiry) and the index of its history entry, a value
+//! small enough for Redis's compact `embstr` encoding. A check
+//! ([`current`](RedisStore::current)) is one call of the read-only `current.lua`: `GET c:` then
+//! `LINDEX h:`, so it answers with the complete evidence in one round trip;
+//! [`current_many`](RedisStore::current_many) pipelines those calls.
+//!
+//! A temporary grant's consent key carries Redis's own expiry at the grant's expiry instant
+//! (`PXAT` from the decision, not from arrival), so Redis reclaims it without callgate doing
+//! anything. A check after the expiry must answer EXPIRED, not NO_CONSENT: with no consent key,
+//! the current decision is the history's last applied entry (a consent key is written for
+//! every applied decision but a temporary grant, which only loses it by expiring; a grant that
+//! is already expired on arrival gets none). So no separate lapse record is needed.
 //!
 //! # Atomicity
 //!
-//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (a marker per
-//! decision id, `SET … PX` [`DEDUP_RETENTION`]; checked first, set only once the decision is
-//! kept, exactly as the memory store does), arbitration (the twin of
+//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (a scan of the
+//! pair's history for the decision's id: the history never expires, so a retry is recognised
+//! however late, which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION);
+//! histories are a few entries per pair, so the scan is short), arbitration (the twin of
 //! [`precedence`](crate::domain::rules::precedence)), history, current decision, due index
 //! and event (`XADD` with exact `MINID` trimming). No reader ever sees half a decision.
 //! Several decisions given to one [`record`](RedisStore::record) call are sent as `EVALSHA`s
@@ -52,7 +60,7 @@
 //!
 //! # Cluster notes
 //!
-//! Per-decision scripts and the per-shard sweep are single-slot and work on Cluster as is. What
+//! Per-decision scripts, the check script and the per-shard sweep are single-slot and work on Cluster as is. What
 //! does not: `MULTI`/`EXEC` across shards (on Cluster each decision is atomic by itself; a
 //! failed multi-decision call is retried by the sender, and retries are idempotent thanks to
 //! de-duplication), and [`read_events`](RedisStore::read_events), which reads all shard streams
@@ -73,7 +81,7 @@
 //! failed or timed out is dropped, and the next read opens a fresh one.
 //!
 //! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into
-//! "no consent", and evicting a dedup marker would re-apply an old decision.
+//! "no consent", and evicting a history would forget decisions and their de-duplication.
 //! [`RedisStore::connect`] and [`ping`](RedisStore::ping) refuse any other policy. If
 //! `CONFIG GET` is disabled or renamed, the policy cannot be verified and that is also refused
 //! as misconfigured (the error says so): callgate does not run on an unverified policy.
@@ -95,17 +103,15 @@ use redis::{
     ServerErrorKind, Value,
 };
 
-use super::{
-    ConsentStore, Cursor, CursorError, DEDUP_RETENTION, LoggedEvent, RecordOutcome, StoreError,
-    StreamId,
-};
-use crate::domain::{ConsentEvent, Decision, HistoryEntry, Pair};
+use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId};
+use crate::domain::{ConsentEvent, Decision, HistoryEntry, HistoryOutcome, Pair};
 use keys::Keys;
 
 pub use keys::SHARDS;
 
 const RECORD_LUA: &str = include_str!("record.lua");
 const CLAIM_EXPIRED_LUA: &str = include_str!("claim_expired.lua");
+const CURRENT_LUA: &str = include_str!("current.lua");
 
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
 const CLAIM_BATCH: usize = 500;
@@ -231,6 +237,7 @@ pub struct RedisStore {
     blocking: BlockingPool,
     record_script: Script,
     claim_script: Script,
+    current_script: Script,
     /// Stream keys in shard order, for XREAD.
     streams: Vec<String>,
     /// Trimmed-id marks in shard order, for the range check of `read_events`.
@@ -320,6 +327,7 @@ impl RedisStore {
             },
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
+            current_script: Script::new(CURRENT_LUA),
             config,
         };
         store.ping().await?;
@@ -381,7 +389,8 @@ impl RedisStore {
     async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.record_script)
-            .load_script(&self.claim_script);
+            .load_script(&self.claim_script)
+            .load_script(&self.current_script);
         let mut conn = self.conn.clone();
         self.within(pipe.query_async::<Vec<String>>(&mut conn))
             .await
@@ -405,6 +414,56 @@ impl RedisStore {
             }
             Err(e) => Err(map_error(e, self.config.timeout)),
         }
+    }
+
+    /// Runs a pipeline of read-only script calls: retried once on a dead connection like
+    /// [`read_cmd`](Self::read_cmd), and once more after reloading the scripts if Redis lost
+    /// them.
+    async fn read_scripts<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        let first = tokio::time::timeout(self.config.timeout, async {
+            match pipe.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    pipe.query_async::<T>(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await
+        .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        match first {
+            Ok(v) => Ok(v),
+            Err(e) if is_noscript(&e) => {
+                self.load_scripts().await?;
+                self.within(pipe.query_async::<T>(&mut conn)).await
+            }
+            Err(e) => Err(map_error(e, self.config.timeout)),
+        }
+    }
+
+    /// Adds a `current.lua` call for `pair` to `pipe`.
+    fn invoke_current(&self, pipe: &mut redis::Pipeline, pair: &Pair) {
+        let k = self.keys.pair(pair);
+        let mut invocation = self.current_script.prepare_invoke();
+        invocation.key(&k.consent).key(&k.history);
+        pipe.invoke_script(&invocation);
+    }
+
+    /// Decodes what `current.lua` answered: the current decision's (applied) history entry.
+    fn decode_current(pair: &Pair, entry: Option<Vec<u8>>) -> Result<Option<Decision>, StoreError> {
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        let entry = codec::decode_history(pair, &entry)?;
+        if entry.outcome != HistoryOutcome::Applied {
+            return Err(StoreError::Corrupt(
+                "current decision is a stale history entry".into(),
+            ));
+        }
+        Ok(Some(entry.decision))
     }
 
     fn outcome(code: i64) -> Result<RecordOutcome, StoreError> {
@@ -496,24 +555,22 @@ impl ConsentStore for RedisStore {
         if decisions.len() > 1 {
             pipe.atomic();
         }
+        let received = codec::base36(received_ms);
         for decision in decisions {
             let k = self.keys.pair(&decision.pair);
-            let dedup_id = decision.dedup_id();
             let event = ConsentEvent::for_applied(decision, received_at)
                 .map(|e| codec::event_kind_code(e.kind))
                 .unwrap_or("");
             let mut invocation = self.record_script.prepare_invoke();
             invocation
                 .key(&k.consent)
-                .key(&k.lapse)
                 .key(&k.history)
-                .key(self.keys.dedup(k.shard, &dedup_id))
                 .key(&k.stream)
                 .key(&k.due)
                 .key(&k.trimmed)
-                .arg(codec::encode_consent(decision))
-                .arg(received_ms)
-                .arg(DEDUP_RETENTION.as_millis() as u64)
+                .arg(codec::encode_body(decision))
+                .arg(codec::dedup_bytes(decision))
+                .arg(&received)
                 .arg(event)
                 .arg(self.config.event_retention.as_millis() as u64)
                 .arg(&k.member);
@@ -527,17 +584,13 @@ impl ConsentStore for RedisStore {
     }
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
-        let k = self.keys.pair(pair);
-        let values: Vec<Option<Vec<u8>>> = self
-            .read_cmd(redis::cmd("MGET").arg(&k.consent).arg(&k.lapse))
-            .await?;
-        // The consent key wins; the lapse record stands in once it has expired.
-        values
-            .into_iter()
-            .flatten()
-            .next()
-            .map(|v| codec::decode_consent(&v))
-            .transpose()
+        let mut pipe = redis::pipe();
+        self.invoke_current(&mut pipe, pair);
+        let mut entries: Vec<Option<Vec<u8>>> = self.read_scripts(&pipe).await?;
+        match (entries.pop(), entries.is_empty()) {
+            (Some(entry), true) => Self::decode_current(pair, entry),
+            _ => Err(corrupt_reply("current")),
+        }
     }
 
     async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError> {
@@ -546,21 +599,16 @@ impl ConsentStore for RedisStore {
         }
         let mut pipe = redis::pipe();
         for pair in pairs {
-            let k = self.keys.pair(pair);
-            pipe.cmd("MGET").arg(&k.consent).arg(&k.lapse);
+            self.invoke_current(&mut pipe, pair);
         }
-        let rows: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(&pipe).await?;
-        if rows.len() != pairs.len() {
-            return Err(corrupt_reply("MGET"));
+        let entries: Vec<Option<Vec<u8>>> = self.read_scripts(&pipe).await?;
+        if entries.len() != pairs.len() {
+            return Err(corrupt_reply("current"));
         }
-        rows.into_iter()
-            .map(|row| {
-                row.into_iter()
-                    .flatten()
-                    .next()
-                    .map(|v| codec::decode_consent(&v))
-                    .transpose()
-            })
+        pairs
+            .iter()
+            .zip(entries)
+            .map(|(pair, entry)| Self::decode_current(pair, entry))
             .collect()
     }
 
@@ -569,7 +617,10 @@ impl ConsentStore for RedisStore {
         let entries: Vec<Vec<u8>> = self
             .read_cmd(redis::cmd("LRANGE").arg(&k.history).arg(0).arg(-1))
             .await?;
-        entries.iter().map(|e| codec::decode_history(e)).collect()
+        entries
+            .iter()
+            .map(|e| codec::decode_history(pair, e))
+            .collect()
     }
 
     fn shards(&self) -> usize {

@@ -1,29 +1,47 @@
 #!lua
 -- Records ONE decision for ONE pair, atomically: de-duplicate, arbitrate, append to the
 -- history, update the current decision and the due index, and publish the event.
--- Called by `RedisStore::record` (mod.rs); formats are described in codec.rs.
+-- Called by `RedisStore::record` (mod.rs); the formats are described in codec.rs.
 -- All keys are declared and share the pair's shard hash tag (one cluster slot).
 --
--- KEYS[1] consent      {p:sNN}:c:<pair>  current decision; PEXPIREAT for temporary grants
--- KEYS[2] lapse        {p:sNN}:x:<pair>  the temporary grant, kept after KEYS[1] expires
--- KEYS[3] history      {p:sNN}:h:<pair>
--- KEYS[4] dedup        {p:sNN}:d:<dedup id>
--- KEYS[5] event stream {p:sNN}:e
--- KEYS[6] due index    {p:sNN}:due
--- KEYS[7] trimmed mark {p:sNN}:trimmed  newest event id trimmed from the stream
--- ARGV[1] the new consent value "<decided ms>|<rank>|<expires ms>|<dedup id>|<json>"
--- ARGV[2] received at (ms)
--- ARGV[3] dedup retention (ms)
+-- KEYS[1] consent      {p:sNN}:c:<pair>  "<rank><decided>,<expires>,<history index>" of the
+--                                        current decision; PEXPIREAT for temporary grants
+-- KEYS[2] history      {p:sNN}:h:<pair>  every kept decision "<a|s><dedup id><received>,<D>";
+--                                        also the de-duplication memory
+-- KEYS[3] event stream {p:sNN}:e
+-- KEYS[4] due index    {p:sNN}:due
+-- KEYS[5] trimmed mark {p:sNN}:trimmed  newest event id trimmed from the stream
+-- ARGV[1] the decision body D "<rank><decided>,<expires>,<evidence...>" (times in base 36)
+-- ARGV[2] the decision's dedup id (16 raw bytes)
+-- ARGV[3] received at (base 36 ms)
 -- ARGV[4] event kind to publish if applied ("g", "d", or "" for none)
 -- ARGV[5] event retention (ms)
 -- ARGV[6] the pair as due-index member "<business>:<customer>"
 -- Returns 0 applied, 1 stale, 2 duplicate.
 
--- Header of a consent value (twin in claim_expired.lua and codec::encode_consent).
-local function parse(v)
-  local t, r, e, id, json = string.match(v, '^(%-?%d+)|([012])|(%-?%d*)|(%x+)|(.*)$')
-  if not t then return nil end
-  return { t = tonumber(t), r = tonumber(r), e = e, id = id, json = json }
+-- Base-36 milliseconds (codec::base36). Times stay below 2^53, so Lua numbers hold them.
+local function b36(s)
+  if string.sub(s, 1, 1) == '-' then return -tonumber(string.sub(s, 2), 36) end
+  return tonumber(s, 36)
+end
+
+-- The header of a decision body from position `at` of `v`; twin in claim_expired.lua and
+-- current.lua. Returns { r, t, e (nil unless temporary), head (the header text), ... }.
+local function header(v, at)
+  local head, r, t, e = string.match(v, '^(([012])(%-?[0-9a-z]+),(%-?[0-9a-z]*)),', at)
+  if not head then return nil end
+  return { r = tonumber(r), t = b36(t), e = (e ~= '' and b36(e) or nil), head = head }
+end
+
+-- A history entry "<a|s><16-byte id><received>,<D>": its outcome, id and decision header.
+local function entry(v)
+  local o = string.sub(v, 1, 1)
+  local body = string.match(v, '^%-?[0-9a-z]+,()', 18)
+  if (o ~= 'a' and o ~= 's') or not body then return nil end
+  local h = header(v, body)
+  if not h then return nil end
+  h.o, h.id, h.body = o, string.sub(v, 2, 17), body
+  return h
 end
 
 -- Byte-wise string order, like Rust's `str::cmp` (Lua's `<` on strings follows the locale).
@@ -42,7 +60,7 @@ end
 -- (src/domain/rules.rs); change both together.
 --   1. the later decided_at (ms) wins;
 --   2. on a tie, the higher rank: deny 2 > permanent grant 1 > temporary grant 0;
---   3. on a tie, the larger dedup id (byte order);
+--   3. on a tie, the larger dedup id (byte order; the raw bytes order as their hex does);
 --   4. all equal: the same decision (a duplicate).
 -- decided_at values are integers below 2^53, so Lua numbers hold them exactly.
 -- =====================================================================================
@@ -52,60 +70,96 @@ local function precedence(a, b)
   return cmp_bytes(a.id, b.id)
 end
 
+-- The newest event id that trimming `stream` to MINID `min`-0 removes, or nil. Looks at the
+-- oldest entry first: with nothing older than MINID, Redis 7.0's `XREVRANGE (minid - COUNT 1`
+-- walks the whole stream backwards (its seek finds no node and restarts from the end), which
+-- made every XADD cost O(events retained). Twin in claim_expired.lua.
+local function trimmed_by(stream, min, minid)
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+  if not oldest[1] or tonumber(string.match(oldest[1][1], '^(%d+)%-')) >= min then
+    return nil
+  end
+  local gone = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
+  return gone[1] and gone[1][1]
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local new = parse(ARGV[1])
-if not new then
-  return redis.error_reply('CORRUPT new consent value has no header')
+local new = header(ARGV[1], 1)
+if not new or #ARGV[2] ~= 16 then
+  return redis.error_reply('CORRUPT new decision has no header')
+end
+new.id = ARGV[2]
+
+-- De-duplication: the history holds every decision ever kept for the pair, with its id. It
+-- is short (a few entries per pair), so a scan is cheap, and it never forgets.
+local entries = redis.call('LRANGE', KEYS[2], 0, -1)
+for i = 1, #entries do
+  local o = string.sub(entries[i], 1, 1)
+  if #entries[i] < 17 or (o ~= 'a' and o ~= 's') then
+    return redis.error_reply('CORRUPT unreadable history entry at ' .. KEYS[2])
+  end
+  if string.sub(entries[i], 2, 17) == new.id then
+    return 2
+  end
 end
 
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  return 2
-end
-
-local current = redis.call('GET', KEYS[1])
-if not current then
-  current = redis.call('GET', KEYS[2])
-end
-local applied = true
-if current then
-  local cur = parse(current)
-  if not cur then
+-- The current decision: the history entry the consent key points at; without a consent key
+-- (none yet, or a temporary grant that lapsed and expired natively), the last applied entry.
+local current
+local c = redis.call('GET', KEYS[1])
+if c then
+  local head, idx = string.match(c, '^([012]%-?[0-9a-z]+,%-?[0-9a-z]*),(%d+)$')
+  local e = head and entries[tonumber(idx) + 1]
+  current = e and entry(e)
+  if not current or current.o ~= 'a' or current.head ~= head then
     return redis.error_reply('CORRUPT unreadable consent value at ' .. KEYS[1])
   end
-  local p = precedence(new, cur)
+else
+  for i = #entries, 1, -1 do
+    if string.sub(entries[i], 1, 1) == 'a' then
+      current = entry(entries[i])
+      if not current then
+        return redis.error_reply('CORRUPT unreadable history entry at ' .. KEYS[2])
+      end
+      break
+    end
+  end
+end
+
+local applied = true
+if current then
+  local p = precedence(new, current)
   if p == 0 then
     return 2
   end
   applied = p > 0
 end
 
-redis.call('SET', KEYS[4], '1', 'PX', ARGV[3])
-
 if not applied then
-  redis.call('RPUSH', KEYS[3], 's|' .. ARGV[2] .. '|' .. new.json)
+  redis.call('RPUSH', KEYS[2], 's' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
   return 1
 end
-redis.call('RPUSH', KEYS[3], 'a|' .. ARGV[2] .. '|' .. new.json)
+redis.call('RPUSH', KEYS[2], 'a' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
+local value = new.head .. ',' .. #entries
 
 local now = now_ms()
 if new.r == 0 then
-  -- Temporary grant: the consent key expires natively at the grant's own expiry; the lapse
-  -- record keeps it so a check after the expiry still answers EXPIRED.
-  redis.call('SET', KEYS[2], ARGV[1])
-  if tonumber(new.e) > now then
-    redis.call('SET', KEYS[1], ARGV[1], 'PXAT', new.e)
+  -- Temporary grant: the consent key expires natively at the grant's own expiry. Once it is
+  -- gone, the history's last applied entry is still the (lapsed) current decision, so a check
+  -- answers EXPIRED, not NO_CONSENT.
+  if new.e > now then
+    redis.call('SET', KEYS[1], value, 'PXAT', string.format('%.0f', new.e))
   else
     redis.call('DEL', KEYS[1])
   end
-  redis.call('ZADD', KEYS[6], new.e, ARGV[6])
+  redis.call('ZADD', KEYS[4], new.e, ARGV[6])
 else
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[6], ARGV[6])
+  redis.call('SET', KEYS[1], value)
+  redis.call('ZREM', KEYS[4], ARGV[6])
 end
 
 if ARGV[4] ~= '' then
@@ -114,10 +168,11 @@ if ARGV[4] ~= '' then
   local minid = string.format('%.0f', min) .. '-0'
   -- Redis 7.0 does not record trimmed ids (max-deleted-entry-id only follows XDEL), so keep
   -- the newest id this XADD is about to trim: read_events reports cursors before it.
-  local gone = redis.call('XREVRANGE', KEYS[5], '(' .. minid, '-', 'COUNT', 1)
-  if gone[1] then
-    redis.call('SET', KEYS[7], gone[1][1])
+  local gone = trimmed_by(KEYS[3], min, minid)
+  if gone then
+    redis.call('SET', KEYS[5], gone)
   end
-  redis.call('XADD', KEYS[5], 'MINID', '=', minid, '*', 'k', ARGV[4], 'd', new.json)
+  redis.call('XADD', KEYS[3], 'MINID', '=', minid, '*', 'k', ARGV[4], 'd',
+    ARGV[6] .. ':' .. ARGV[1])
 end
 return 0

@@ -1,0 +1,608 @@
+//! `callgate-bench redis-memory`: how many bytes of Redis memory one stored consent costs.
+//!
+//! It records `--consents` decisions through [`ConsentStore::record`] of a real [`RedisStore`]
+//! (so the figure is what production writes, scripts and all), reads `used_memory` before and
+//! after, and divides. Then it walks the keyspace once (`SCAN`), counts keys by kind (the text
+//! after the hash tag: `c`, `x`, `h`, `e`, `due`, …), and measures a random sample of each kind
+//! with `MEMORY USAGE … SAMPLES 0`, so the total can be split by kind.
+//!
+//! Safety: the target must be loopback unless `--allow-remote`, and its database must be empty
+//! (`DBSIZE` 0): the tool refuses to write into a database that holds anything, so it can never
+//! pollute real data. Run it against a throwaway server:
+//! `redis-server --port 6390 --save '' --appendonly no`.
+//!
+//! The decisions are a deterministic mix (by `--seed`) shaped like the benchmark population:
+//! 50% permanent grants, 20% temporary grants expiring in 7 days, 20% denials, and 10% a second,
+//! later decision for a pair that already has one. Evidence is realistic in size: WhatsApp-style
+//! message ids (`wamid.` + 29 characters), a paired message id, a response source, a sender id
+//! and a 64-hex body hash.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use redis::aio::MultiplexedConnection;
+use redis::{ConnectionAddr, IntoConnectionInfo};
+use serde_json::json;
+
+use super::population::{self, Rng, mix};
+use super::{BenchError, seconds, target};
+use crate::domain::{Choice, Decision, Evidence, Pair, PhoneNumber, Source};
+use crate::store::redis::{RedisConfig, RedisStore};
+use crate::store::{ConsentStore, RecordOutcome};
+
+#[derive(Debug, Args)]
+pub struct RedisMemoryArgs {
+    /// The Redis to fill. Its database must be empty; loopback only unless --allow-remote.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Consents (decisions) to record.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub consents: u64,
+    /// Decisions per `record` call.
+    #[arg(long, default_value_t = 200)]
+    pub batch_size: usize,
+    /// `record` calls in flight.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Keys measured with MEMORY USAGE per key kind.
+    #[arg(long, default_value_t = 1000)]
+    pub sample: usize,
+    /// Give up recording after this many seconds (the figure is then over what was recorded).
+    #[arg(long, default_value_t = 1800.0)]
+    pub duration: f64,
+    /// Key prefix (as `CALLGATE_REDIS_PREFIX`).
+    #[arg(long, default_value = RedisConfig::DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// Seed of the decision mix and of the sample.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Share of consents (out of 100) that are a second decision for an existing pair.
+const SECOND_DECISION_FROM: u64 = 90;
+/// Keys asked per SCAN call, and commands per MEMORY USAGE pipeline.
+const SCAN_COUNT: usize = 1000;
+const PIPELINE: usize = 500;
+
+/// What one kind of key costs.
+#[derive(Debug, Default)]
+struct KindStats {
+    keys: u64,
+    sample: Vec<String>,
+    measured: u64,
+    sampled_bytes: u64,
+    encodings: BTreeMap<String, u64>,
+}
+
+impl KindStats {
+    fn mean(&self) -> f64 {
+        if self.measured == 0 {
+            0.0
+        } else {
+            self.sampled_bytes as f64 / self.measured as f64
+        }
+    }
+
+    fn estimated_total(&self) -> f64 {
+        self.mean() * self.keys as f64
+    }
+
+    fn encoding(&self) -> String {
+        self.encodings
+            .iter()
+            .map(|(e, n)| format!("{e}:{n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The kind of a key: what follows its hash tag, up to the next `:` (`c`, `h`, `e`, `due`, …).
+pub fn key_kind(key: &str) -> String {
+    let rest = match key.find('}') {
+        Some(at) => &key[at + 1..],
+        None => return "untagged".to_owned(),
+    };
+    let rest = rest.strip_prefix(':').unwrap_or(rest);
+    rest.split(':').next().unwrap_or(rest).to_owned()
+}
+
+/// Deterministic printable characters (base64url alphabet) from a hash of `(seed, i, salt)`.
+fn token(seed: u64, i: u64, salt: u64, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = Rng::new(seed ^ salt, i);
+    let mut out = String::with_capacity(len);
+    let mut bits = 0u64;
+    let mut left = 0;
+    for _ in 0..len {
+        if left < 6 {
+            bits = rng.next_u64();
+            left = 64;
+        }
+        out.push(ALPHABET[(bits & 63) as usize] as char);
+        bits >>= 6;
+        left -= 6;
+    }
+    out
+}
+
+fn digits(seed: u64, i: u64, salt: u64, len: usize) -> String {
+    let mut rng = Rng::new(seed ^ salt, i);
+    (0..len)
+        .map(|_| char::from(b'0' + (rng.below(10) as u8)))
+        .collect()
+}
+
+/// The decision mix: consent `i` of a run starting at `start`.
+pub struct Mix {
+    pub seed: u64,
+    pub start: DateTime<Utc>,
+}
+
+impl Mix {
+    fn roll(&self, i: u64) -> u64 {
+        mix(self.seed ^ mix(i)) % 100
+    }
+
+    fn pair(&self, i: u64) -> Pair {
+        let phone = |s: String| PhoneNumber::parse(&s).expect("population numbers are valid");
+        Pair::new(
+            phone(population::business(i)),
+            phone(population::customer(i)),
+        )
+    }
+
+    /// The pair consent `i` is about, and its roll (`0..90`: the kind).
+    fn pair_index(&self, i: u64) -> (u64, u64) {
+        let roll = self.roll(i);
+        if roll >= SECOND_DECISION_FROM && i > 0 {
+            // An earlier consent that was a first decision (at most a few steps back).
+            let mut j = mix(self.seed ^ i.rotate_left(17)) % i;
+            while j > 0 && self.roll(j) >= SECOND_DECISION_FROM {
+                j -= 1;
+            }
+            // The kind of the second decision follows the same 50/20/20 shares.
+            (j, mix(i ^ 0x5eed) % SECOND_DECISION_FROM)
+        } else {
+            (i, roll % SECOND_DECISION_FROM)
+        }
+    }
+
+    /// Consent `i`: a first decision for pair `i`, or (10%) a later one for an earlier pair.
+    pub fn decision(&self, i: u64) -> Decision {
+        let (pair_index, roll) = self.pair_index(i);
+        // Decisions are spaced 10 ms apart in index order, so a second decision is later than
+        // the first one for its pair.
+        let decided_at =
+            self.start - chrono::Duration::days(1) + chrono::Duration::milliseconds(i as i64 * 10);
+        let choice = match roll {
+            0..50 => Choice::GrantPermanent,
+            50..70 => Choice::GrantTemporary {
+                expires_at: self.start + chrono::Duration::days(7),
+            },
+            _ => Choice::Deny,
+        };
+        let source = if mix(i ^ 0xd7).is_multiple_of(4) {
+            Source::DoubleTick
+        } else {
+            Source::WhatsApp
+        };
+        let sender = match source {
+            Source::WhatsApp => format!("US.{}", digits(self.seed, i, 3, 20)),
+            Source::DoubleTick => format!("dtc_{}", token(self.seed, i, 3, 16)),
+        };
+        Decision {
+            pair: self.pair(pair_index),
+            choice,
+            decided_at,
+            evidence: Evidence {
+                source,
+                message_id: format!("wamid.{}", token(self.seed, i, 1, 29)),
+                paired_message_id: format!("wamid.{}", token(self.seed, i, 2, 29)),
+                response_source: "user_initiated".to_owned(),
+                sender_customer_id: sender,
+                body_sha256: hex::encode(
+                    (0..4)
+                        .flat_map(|k| Rng::new(self.seed ^ 4, i * 4 + k).next_u64().to_be_bytes())
+                        .collect::<Vec<u8>>(),
+                ),
+            },
+        }
+    }
+}
+
+fn redis_error(what: &str) -> impl Fn(redis::RedisError) -> BenchError + '_ {
+    move |e| BenchError::Invalid(format!("{what}: {e}"))
+}
+
+async fn used_memory(conn: &mut MultiplexedConnection) -> Result<u64, BenchError> {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .map_err(redis_error("INFO memory"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| BenchError::Invalid("INFO memory has no used_memory".into()))
+}
+
+async fn info_field(conn: &mut MultiplexedConnection, section: &str, field: &str) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
+}
+
+async fn config_value(conn: &mut MultiplexedConnection, name: &str) -> String {
+    let v: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    v.get(1).cloned().unwrap_or_else(|| "?".into())
+}
+
+/// Refuses a non-loopback target (unless allowed) and a non-empty database.
+async fn guarded_connection(
+    url: &str,
+    allow_remote: bool,
+) -> Result<MultiplexedConnection, BenchError> {
+    let bad = |reason: String| BenchError::Address {
+        addr: url.to_owned(),
+        reason,
+    };
+    let info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
+    match info.addr() {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            // Brackets for IPv6 literals, so `host:port` resolves.
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            target::resolve(&format!("{host}:{port}"), allow_remote).await?;
+        }
+        ConnectionAddr::Unix(_) => {}
+        _ => return Err(bad("unsupported address kind".into())),
+    }
+    let client = redis::Client::open(info).map_err(|e| bad(e.to_string()))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let size: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_error("DBSIZE"))?;
+    if size != 0 {
+        return Err(BenchError::Invalid(format!(
+            "refusing to run: the database at {} holds {size} keys (DBSIZE must be 0; use a \
+             throwaway server, e.g. `redis-server --port 6390 --save '' --appendonly no`)",
+            RedisConfig::new(url).redacted_url()
+        )));
+    }
+    Ok(conn)
+}
+
+/// Walks the keyspace, counts keys by kind and keeps a reservoir sample of each kind.
+async fn scan_kinds(
+    conn: &mut MultiplexedConnection,
+    sample: usize,
+    seed: u64,
+) -> Result<BTreeMap<String, KindStats>, BenchError> {
+    let mut kinds: BTreeMap<String, KindStats> = BTreeMap::new();
+    let mut rng = Rng::new(seed, 0x5ca9);
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(conn)
+            .await
+            .map_err(redis_error("SCAN"))?;
+        for key in keys {
+            let stats = kinds.entry(key_kind(&key)).or_default();
+            stats.keys += 1;
+            if stats.sample.len() < sample {
+                stats.sample.push(key);
+            } else {
+                let at = rng.below(stats.keys) as usize;
+                if at < sample {
+                    stats.sample[at] = key;
+                }
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for stats in kinds.values_mut() {
+        for chunk in stats.sample.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0);
+                pipe.cmd("OBJECT").arg("ENCODING").arg(key);
+            }
+            let replies: Vec<(Option<u64>, Option<String>)> = pipe
+                .query_async(conn)
+                .await
+                .map_err(redis_error("MEMORY USAGE"))?;
+            for (bytes, encoding) in replies {
+                if let Some(b) = bytes {
+                    stats.measured += 1;
+                    stats.sampled_bytes += b;
+                }
+                *stats
+                    .encodings
+                    .entry(encoding.unwrap_or_else(|| "gone".into()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    Ok(kinds)
+}
+
+/// Runs the measurement and prints it. Returns the number of failed `record` calls (0: a
+/// failure stops the run with an error instead).
+pub async fn run(
+    a: RedisMemoryArgs,
+    allow_remote: bool,
+    json_out: bool,
+) -> Result<u64, BenchError> {
+    if a.consents == 0 || a.batch_size == 0 || a.concurrency == 0 {
+        return Err(BenchError::Invalid(
+            "--consents, --batch-size and --concurrency must be at least 1".into(),
+        ));
+    }
+    let budget = seconds("--duration", a.duration)?;
+    let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut conn = guarded_connection(&a.redis_url, allow_remote).await?;
+
+    let mut config = RedisConfig::new(a.redis_url.clone());
+    config.prefix = a.prefix.clone();
+    config.timeout = Duration::from_secs(10);
+    let store = Arc::new(
+        RedisStore::connect(config)
+            .await
+            .map_err(|e| BenchError::Invalid(format!("cannot connect the store: {e}")))?,
+    );
+    // After connecting: the store's scripts are loaded and count as "before".
+    let before = used_memory(&mut conn).await?;
+
+    let started = Instant::now();
+    let deadline = started + budget;
+    let mix = Arc::new(Mix {
+        seed: a.seed,
+        start: crate::domain::to_millis_precision(Utc::now()),
+    });
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..a.concurrency {
+        let (store, mix, next) = (store.clone(), mix.clone(), next.clone());
+        let (n, size) = (a.consents, a.batch_size as u64);
+        tasks.spawn(async move {
+            let mut tally = [0u64; 3];
+            loop {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let from = next.fetch_add(size, Ordering::Relaxed);
+                if from >= n {
+                    break;
+                }
+                let batch: Vec<Decision> = (from..(from + size).min(n))
+                    .map(|i| mix.decision(i))
+                    .collect();
+                let outcomes = store.record(&batch, Utc::now()).await?;
+                for o in outcomes {
+                    tally[match o {
+                        RecordOutcome::Applied => 0,
+                        RecordOutcome::Stale => 1,
+                        RecordOutcome::Duplicate => 2,
+                    }] += 1;
+                }
+            }
+            Ok::<_, crate::store::StoreError>(tally)
+        });
+    }
+    let mut tally = [0u64; 3];
+    while let Some(joined) = tasks.join_next().await {
+        let t = joined
+            .map_err(|e| BenchError::Invalid(format!("worker failed: {e}")))?
+            .map_err(|e| BenchError::Invalid(format!("record failed: {e}")))?;
+        for (sum, v) in tally.iter_mut().zip(t) {
+            *sum += v;
+        }
+    }
+    let recorded: u64 = tally.iter().sum();
+    let elapsed = started.elapsed();
+    if recorded == 0 {
+        return Err(BenchError::Invalid("no consent was recorded".into()));
+    }
+
+    let after = used_memory(&mut conn).await?;
+    let kinds = scan_kinds(&mut conn, a.sample, a.seed).await?;
+    let keys: u64 = kinds.values().map(|k| k.keys).sum();
+    let delta = after.saturating_sub(before);
+    let per_consent = delta as f64 / recorded as f64;
+    let streams = kinds.get("e").map_or(0.0, KindStats::estimated_total);
+    let attributed: f64 = kinds.values().map(KindStats::estimated_total).sum();
+    let version = info_field(&mut conn, "server", "redis_version").await;
+    let list_size = config_value(&mut conn, "list-max-listpack-size").await;
+    let hash_value = config_value(&mut conn, "hash-max-listpack-value").await;
+
+    if json_out {
+        let by_kind: serde_json::Map<String, serde_json::Value> = kinds
+            .iter()
+            .map(|(kind, s)| {
+                (
+                    kind.clone(),
+                    json!({
+                        "keys": s.keys,
+                        "sampled": s.measured,
+                        "mean_bytes": s.mean(),
+                        "encodings": s.encoding(),
+                        "estimated_bytes": s.estimated_total(),
+                        "bytes_per_consent": s.estimated_total() / recorded as f64,
+                    }),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "scenario": "redis-memory",
+                "command": command_line,
+                "redis_version": version,
+                "list_max_listpack_size": list_size,
+                "hash_max_listpack_value": hash_value,
+                "prefix": a.prefix,
+                "consents": recorded,
+                "requested": a.consents,
+                "applied": tally[0],
+                "stale": tally[1],
+                "duplicate": tally[2],
+                "seconds": elapsed.as_secs_f64(),
+                "keys": keys,
+                "used_memory_before": before,
+                "used_memory_after": after,
+                "delta_bytes": delta,
+                "bytes_per_consent": per_consent,
+                "bytes_per_consent_without_events": (delta as f64 - streams) / recorded as f64,
+                "by_kind": by_kind,
+            })
+        );
+        return Ok(0);
+    }
+
+    println!("command:   {command_line}");
+    println!(
+        "redis:     {version} at {} (prefix {:?}; list-max-listpack-size {list_size}, \
+         hash-max-listpack-value {hash_value})",
+        RedisConfig::new(a.redis_url.clone()).redacted_url(),
+        a.prefix
+    );
+    let cut_short = if recorded < a.consents {
+        format!(" (of {} asked: stopped by --duration)", a.consents)
+    } else {
+        String::new()
+    };
+    println!(
+        "recorded:  {recorded} consents{cut_short} in {:.1} s: {} applied, {} stale, {} \
+         duplicate; {keys} keys",
+        elapsed.as_secs_f64(),
+        tally[0],
+        tally[1],
+        tally[2]
+    );
+    println!("used_memory before {before} B, after {after} B, delta {delta} B");
+    println!(
+        "bytes per consent: {per_consent:.1} (without the event log: {:.1})",
+        (delta as f64 - streams) / recorded as f64
+    );
+    println!(
+        "by key kind (MEMORY USAGE SAMPLES 0 over a random sample of up to {} keys per kind):",
+        a.sample
+    );
+    println!(
+        "  {:<8} {:>9} {:>8} {:>9} {:>14} {:>10}  encodings",
+        "kind", "keys", "sampled", "mean B", "est. total B", "B/consent"
+    );
+    for (kind, s) in &kinds {
+        println!(
+            "  {:<8} {:>9} {:>8} {:>9.1} {:>14.0} {:>10.1}  {}",
+            kind,
+            s.keys,
+            s.measured,
+            s.mean(),
+            s.estimated_total(),
+            s.estimated_total() / recorded as f64,
+            s.encoding()
+        );
+    }
+    println!(
+        "  {:<8} {:>9} {:>8} {:>9} {:>14.0} {:>10.1}  (main dict tables, expires dict, allocator)",
+        "other",
+        "",
+        "",
+        "",
+        delta as f64 - attributed,
+        (delta as f64 - attributed) / recorded as f64
+    );
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_kinds_are_the_text_after_the_hash_tag() {
+        for (key, kind) in [
+            ("{callgate:s07}:c:919000000000:919800000001", "c"),
+            ("{callgate:s07}:d:0123abcd", "d"),
+            ("{callgate:s07}:e", "e"),
+            ("{callgate:s07}:due", "due"),
+            ("{cg:s07}h:1:2", "h"),
+            ("plain", "untagged"),
+        ] {
+            assert_eq!(key_kind(key), kind, "{key}");
+        }
+    }
+
+    #[test]
+    fn the_mix_is_deterministic_realistic_and_has_the_shares() {
+        let m = Mix {
+            seed: 1,
+            start: DateTime::from_timestamp_millis(1_767_000_000_000).unwrap(),
+        };
+        let n = 20_000;
+        let (mut perm, mut temp, mut deny, mut second) = (0, 0, 0, 0);
+        for i in 0..n {
+            let d = m.decision(i);
+            assert_eq!(d, m.decision(i));
+            assert_eq!(d.evidence.message_id.len(), 35);
+            assert_eq!(d.evidence.body_sha256.len(), 64);
+            let (first, _) = m.pair_index(i);
+            if first != i {
+                second += 1;
+                assert_eq!(m.decision(first).pair, d.pair);
+                assert!(m.decision(first).decided_at < d.decided_at);
+                continue;
+            }
+            match d.choice {
+                Choice::GrantPermanent => perm += 1,
+                Choice::GrantTemporary { expires_at } => {
+                    assert!(expires_at > m.start);
+                    temp += 1
+                }
+                Choice::Deny => deny += 1,
+            }
+        }
+        let share = |c: u64| c as f64 / n as f64;
+        for (got, want) in [(perm, 0.5), (temp, 0.2), (deny, 0.2), (second, 0.1)] {
+            assert!(
+                (share(got) - want).abs() < 0.02,
+                "{perm} {temp} {deny} {second}"
+            );
+        }
+    }
+}
