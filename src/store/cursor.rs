@@ -114,13 +114,21 @@ impl Cursor {
             .split('.')
             .map(|part| StreamId::parse(part).ok_or(CursorError::Malformed))
             .collect::<Result<Vec<_>, _>>()?;
-        if ids.len() != shards {
-            return Err(CursorError::WrongShardCount {
-                got: ids.len(),
+        let cursor = Cursor(ids);
+        cursor.expect_shards(shards)?;
+        Ok(cursor)
+    }
+
+    /// Checks that the cursor has one position per shard of a store with `shards` shards.
+    pub fn expect_shards(&self, shards: usize) -> Result<(), CursorError> {
+        if self.0.len() == shards {
+            Ok(())
+        } else {
+            Err(CursorError::WrongShardCount {
+                got: self.0.len(),
                 want: shards,
-            });
+            })
         }
-        Ok(Cursor(ids))
     }
 }
 

@@ -218,13 +218,7 @@ impl ConsentStore for MemoryStore {
         limit: usize,
         wait: Duration,
     ) -> Result<Vec<LoggedEvent>, StoreError> {
-        if after.shards() != 1 {
-            return Err(CursorError::WrongShardCount {
-                got: after.shards(),
-                want: 1,
-            }
-            .into());
-        }
+        after.expect_shards(1)?;
         let mut head = self.head.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {

@@ -633,13 +633,7 @@ impl ConsentStore for RedisStore {
         limit: usize,
         wait: Duration,
     ) -> Result<Vec<LoggedEvent>, StoreError> {
-        if after.shards() != SHARDS {
-            return Err(CursorError::WrongShardCount {
-                got: after.shards(),
-                want: SHARDS,
-            }
-            .into());
-        }
+        after.expect_shards(SHARDS)?;
         if limit == 0 {
             return Ok(Vec::new());
         }
