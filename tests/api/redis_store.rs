@@ -100,18 +100,71 @@ async fn temporary_grant_key_expires_natively_at_the_grant_expiry() {
     );
     let due: Option<f64> = conn.zscore(&keys.due, &keys.member).await.unwrap();
     assert_eq!(due, Some(expires.timestamp_millis() as f64));
+    // The lapse record holds the same grant, with no TTL: it answers EXPIRED once `c:` is gone.
+    let consent: Vec<u8> = conn.get(&keys.consent).await.unwrap();
+    let lapse: Vec<u8> = conn.get(&keys.lapse).await.unwrap();
+    assert_eq!(lapse, consent);
+    let lapse_ttl: i64 = conn.pttl(&keys.lapse).await.unwrap();
+    assert_eq!(lapse_ttl, -1);
 
-    // A denial wins: no expiry, no due entry.
+    // A denial wins: no expiry, no due entry, no lapse record.
     let deny = decision(&p, Choice::Deny, t, "deny");
-    store.record(&[deny], t).await.unwrap();
+    store.record(std::slice::from_ref(&deny), t).await.unwrap();
     let consent_ttl: i64 = conn.pttl(&keys.consent).await.unwrap();
     assert_eq!(consent_ttl, -1);
     let due: Option<f64> = conn.zscore(&keys.due, &keys.member).await.unwrap();
     assert_eq!(due, None);
+    let lapse_exists: bool = conn.exists(&keys.lapse).await.unwrap();
+    assert!(!lapse_exists, "a denial that wins removes the lapse record");
+    assert_eq!(store.current(&p).await.unwrap(), Some(deny));
 }
 
 #[tokio::test]
-async fn grant_expired_on_arrival_has_no_consent_key_and_is_read_from_the_history() {
+async fn a_grant_whose_consent_key_expired_is_read_from_the_lapse_record() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let p = pair(8);
+    let keys = Keys::new("callgate").pair(&p);
+    let t = now();
+    let grant = decision(
+        &p,
+        Choice::GrantTemporary {
+            expires_at: t + chrono::Duration::milliseconds(300),
+        },
+        t,
+        "short",
+    );
+    store.record(std::slice::from_ref(&grant), t).await.unwrap();
+    assert_eq!(store.current(&p).await.unwrap(), Some(grant.clone()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let consent_exists: bool = conn.exists(&keys.consent).await.unwrap();
+    assert!(!consent_exists, "Redis expired the consent key natively");
+    assert_eq!(store.current(&p).await.unwrap(), Some(grant.clone()));
+    assert_eq!(
+        store.current_many(&[pair(9), p.clone()]).await.unwrap(),
+        vec![None, Some(grant.clone())]
+    );
+    // The sweep claims it once and leaves the lapse record.
+    assert_eq!(store.claim_expired(now()).await.unwrap(), 1);
+    assert_eq!(store.claim_expired(now()).await.unwrap(), 0);
+    assert_eq!(store.current(&p).await.unwrap(), Some(grant));
+    // A permanent grant arbitrates against the lapsed grant and removes its lapse record.
+    let permanent = decision(&p, Choice::GrantPermanent, now(), "perm");
+    assert_eq!(
+        store
+            .record(std::slice::from_ref(&permanent), now())
+            .await
+            .unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    let lapse_exists: bool = conn.exists(&keys.lapse).await.unwrap();
+    assert!(!lapse_exists);
+    assert_eq!(store.current(&p).await.unwrap(), Some(permanent));
+}
+
+#[tokio::test]
+async fn grant_expired_on_arrival_has_no_consent_key_and_is_read_from_the_lapse_record() {
     let server = RedisServer::start();
     let store = connect(&server).await;
     let mut conn = raw(&server).await;
@@ -129,6 +182,8 @@ async fn grant_expired_on_arrival_has_no_consent_key_and_is_read_from_the_histor
     store.record(std::slice::from_ref(&late), t).await.unwrap();
     let consent_exists: bool = conn.exists(&keys.consent).await.unwrap();
     assert!(!consent_exists);
+    let lapse_exists: bool = conn.exists(&keys.lapse).await.unwrap();
+    assert!(lapse_exists);
     assert_eq!(store.current(&p).await.unwrap(), Some(late));
 }
 
@@ -356,6 +411,21 @@ async fn unreadable_values_are_corrupt_never_no_consent() {
     let mut conn = raw(&server).await;
     let p = pair(5);
     let keys = Keys::new("callgate").pair(&p);
+    // A lapse record beside a permanent grant: the two keys disagree.
+    store
+        .record(
+            &[decision(&p, Choice::GrantPermanent, now(), "perm")],
+            now(),
+        )
+        .await
+        .unwrap();
+    let stray: Vec<u8> = conn.get(&keys.consent).await.unwrap();
+    let _: () = conn.set(&keys.lapse, stray).await.unwrap();
+    assert!(matches!(
+        store.current(&p).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let _: () = conn.del(&keys.lapse).await.unwrap();
     let _: () = conn.set(&keys.consent, "garbage").await.unwrap();
     assert!(matches!(
         store.current(&p).await,
@@ -371,6 +441,61 @@ async fn unreadable_values_are_corrupt_never_no_consent() {
         store.record(&[d], now()).await,
         Err(StoreError::Corrupt(_))
     ));
+    // The same for an unreadable lapse record without a consent key.
+    let _: () = conn.del(&keys.consent).await.unwrap();
+    let _: () = conn.set(&keys.lapse, "garbage").await.unwrap();
+    assert!(matches!(
+        store.current(&p).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let d = decision(&p, Choice::Deny, now(), "d2");
+    assert!(matches!(
+        store.record(&[d], now()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_batch_check_spanning_every_shard_answers_in_request_order() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let t = now();
+    // 300 pairs (every shard), a mix of all kinds, one lapse record only; 50 pairs unknown.
+    let decisions: Vec<Decision> = (0..300)
+        .map(|n| {
+            let choice = match n % 4 {
+                0 => Choice::GrantPermanent,
+                1 => Choice::Deny,
+                2 => Choice::GrantTemporary {
+                    expires_at: t + chrono::Duration::seconds(600),
+                },
+                _ => Choice::GrantTemporary {
+                    expires_at: t - chrono::Duration::seconds(1),
+                },
+            };
+            decision(&pair(n), choice, t - chrono::Duration::seconds(5), "m")
+        })
+        .collect();
+    store.record(&decisions, t).await.unwrap();
+    // Reversed, interleaved with unknown pairs, some asked twice.
+    let asked: Vec<Pair> = (0..350u32)
+        .rev()
+        .flat_map(|n| {
+            if n % 7 == 0 {
+                vec![pair(n), pair(n)]
+            } else {
+                vec![pair(n)]
+            }
+        })
+        .collect();
+    let want: Vec<Option<Decision>> = asked
+        .iter()
+        .map(|p| decisions.iter().find(|d| &d.pair == p).cloned())
+        .collect();
+    assert_eq!(store.current_many(&asked).await.unwrap(), want);
+    for (p, want) in asked.iter().zip(&want) {
+        assert_eq!(&store.current(p).await.unwrap(), want);
+    }
 }
 
 #[tokio::test]
@@ -389,8 +514,8 @@ async fn keys_of_one_decision_share_a_hash_tag_and_pairs_spread_over_shards() {
     );
     store.record(&[temp], t).await.unwrap();
     let keys = all_keys(&mut conn).await;
-    // consent, history, stream, due index.
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    // consent, lapse record, history, stream, due index.
+    assert_eq!(keys.len(), 5, "{keys:?}");
     let tags: BTreeSet<&str> = keys.iter().map(|k| hash_tag(k)).collect();
     assert_eq!(tags.len(), 1, "{keys:?}");
     assert!(tags.iter().all(|t| t.starts_with("callgate:s")), "{tags:?}");

@@ -3,6 +3,9 @@
 --
 -- Exactly once across replicas: the ZREM of a due-index member inside this script IS the
 -- claim. Whichever replica runs first removes it and publishes; the others no longer see it.
+-- The claim publishes only if the pair's current decision (c:, else the lapse record x:) is
+-- still the temporary grant with the expiry the index entry was made for. It deletes nothing
+-- else: the lapse record stays, so a check keeps answering EXPIRED with the grant's evidence.
 --
 -- No shebang on purpose: the pair keys (KEYS-less, built from ARGV[3] + the member) are only
 -- known after reading the index. They share the shard's hash tag, so on Cluster they are in
@@ -29,32 +32,20 @@ local function header(v, at)
   return { r = tonumber(r), t = b36(t), e = (e ~= '' and b36(e) or nil), head = head }
 end
 
--- The pair's current decision as { r, e, body = the decision body D }, or nil if it has none.
--- The consent key points at its history entry; without a consent key (a temporary grant
--- that expired natively), it is the history's last applied entry. Twin of current.lua.
+-- The pair's current decision as { r, e, body = the decision body D }, nil if it has none,
+-- false if unreadable. It is the consent key `c:`; without one (a temporary grant that expired
+-- natively), the lapse record `x:`, which only ever holds a temporary grant. Same reading as
+-- record.lua and RedisStore::current (mod.rs).
 local function current(prefix, member)
-  local history = prefix .. 'h:' .. member
-  local v
   local c = redis.call('GET', prefix .. 'c:' .. member)
-  local head, idx
-  if c then
-    head, idx = string.match(c, '^([012]%-?[0-9a-z]+,%-?[0-9a-z]*),(%d+)$')
-    v = head and redis.call('LINDEX', history, tonumber(idx))
-    if not v then return false end
-  else
-    local entries = redis.call('LRANGE', history, 0, -1)
-    for i = #entries, 1, -1 do
-      if string.sub(entries[i], 1, 1) == 'a' then
-        v = entries[i]
-        break
-      end
-    end
-    if not v then return nil end
+  local lapse = not c
+  if lapse then
+    c = redis.call('GET', prefix .. 'x:' .. member)
+    if not c then return nil end
   end
-  local body = string.match(v, '^a' .. string.rep('.', 16) .. '%-?[0-9a-z]+,()')
-  local h = body and header(v, body)
-  if not h or (head and h.head ~= head) then return false end
-  h.body = string.sub(v, body)
+  local h = #c > 16 and header(c, 17)
+  if not h or (lapse and h.r ~= 0) then return false end
+  h.body = string.sub(c, 17)
   return h
 end
 

@@ -24,8 +24,12 @@
 //!   [`Decision::dedup_id`], the arrival time in base 36. The history is also the
 //!   de-duplication memory: `record.lua` looks for the id in the pair's entries, so a retried
 //!   delivery is recognised for as long as the history is kept.
-//! - A **consent value** (`c:`) is `<rank><decided>,<expires>,<index>`: the header of the
-//!   current decision and the index of its history entry. A check reads the entry through it.
+//! - A **consent value** (`c:`, and `x:` for a temporary grant) is `<dedup id><D>`: the 16 raw
+//!   bytes of [`Decision::dedup_id`] (the scripts' arbitration tie-break, and a check that the
+//!   value is whole), then the whole current decision. A check decodes it as is, with no
+//!   second read: this repeats the current decision's body that the history also holds (about
+//!   150 bytes per pair, twice more for a live temporary grant's lapse record), memory spent
+//!   on purpose so that the hot path is a plain `MGET`.
 //! - An **event** is a stream entry with fields `k` (`g` granted, `d` denied, `e` expired) and
 //!   `d` = `<business digits>:<customer digits>:<D>`.
 //!
@@ -277,7 +281,7 @@ pub fn encode_history(
     out
 }
 
-/// Decodes one history entry of `pair` (also what a check reads for the current decision).
+/// Decodes one history entry of `pair`.
 pub fn decode_history(pair: &Pair, bytes: &[u8]) -> Result<HistoryEntry, StoreError> {
     let mut r = Reader {
         rest: bytes,
@@ -301,6 +305,30 @@ pub fn decode_history(pair: &Pair, bytes: &[u8]) -> Result<HistoryEntry, StoreEr
         outcome,
         received_at,
     })
+}
+
+/// A consent value `<dedup id><D>` as `record.lua` writes it to `c:` and `x:` (for tests and
+/// tools; the script builds its own).
+pub fn encode_consent(d: &Decision) -> Vec<u8> {
+    let mut out = dedup_bytes(d);
+    out.extend_from_slice(&encode_body(d));
+    out
+}
+
+/// Decodes a consent value (`c:` or `x:`) of `pair`: what a check reads.
+pub fn decode_consent(pair: &Pair, bytes: &[u8]) -> Result<Decision, StoreError> {
+    let mut r = Reader {
+        rest: bytes,
+        what: "consent value",
+    };
+    let id = r.take(DEDUP_ID_LEN)?;
+    let decision = decode_body(pair.clone(), &mut r)?;
+    if dedup_bytes(&decision) != id {
+        return Err(corrupt(
+            "consent value: dedup id does not match the decision",
+        ));
+    }
+    Ok(decision)
 }
 
 /// The stream field `k` for an event kind.
@@ -461,6 +489,50 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn consent_values_round_trip_every_field_and_variant() {
+        for choice in choices() {
+            for evidence in evidences() {
+                let d = decision(choice, evidence);
+                let raw = encode_consent(&d);
+                assert_eq!(&raw[..DEDUP_ID_LEN], dedup_bytes(&d).as_slice());
+                assert_eq!(&raw[DEDUP_ID_LEN..], encode_body(&d).as_slice());
+                assert_eq!(decode_consent(&pair(), &raw).unwrap(), d);
+            }
+        }
+    }
+
+    #[test]
+    fn unreadable_consent_values_are_corrupt() {
+        let p = pair();
+        let good = encode_consent(&decision(choices()[2], evidences()[0].clone()));
+        for cut in 0..good.len() {
+            assert!(
+                matches!(
+                    decode_consent(&p, &good[..cut]),
+                    Err(StoreError::Corrupt(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut wrong_id = good.clone();
+        wrong_id[0] ^= 1;
+        let trailing = [good.as_slice(), b"!"].concat();
+        // A history entry or the old pointer format is not a consent value.
+        let entry = encode_history(
+            &decision(choices()[2], evidences()[0].clone()),
+            HistoryOutcome::Applied,
+            DateTime::from_timestamp_millis(1).unwrap(),
+        );
+        for raw in [wrong_id, trailing, entry, b"0mjqy6e0r,mk1,3".to_vec()] {
+            assert!(
+                matches!(decode_consent(&p, &raw), Err(StoreError::Corrupt(_))),
+                "{:?}",
+                String::from_utf8_lossy(&raw)
+            );
         }
     }
 

@@ -3,12 +3,16 @@
 //! Keys are grouped by shard, and every key of one shard carries the same hash tag
 //! (`{<prefix>:sNN}`), so on Redis Cluster a whole shard lives in one slot and a script may touch
 //! any key of its shard. A pair's shard is a stable hash of the pair, so all keys one decision
-//! touches (consent, history, event stream, due index) are in one slot, and
-//! different pairs spread over [`SHARDS`] slots (and so over cluster nodes).
+//! touches (consent, lapse record, history, event stream, due index) are in one slot, and
+//! different pairs spread over [`SHARDS`] slots (and so over cluster nodes). A check's
+//! `MGET c: x:` is one slot for the same reason, and so is a batch check's `MGET` of every
+//! `c:`/`x:` key of one shard.
 //!
 //! ```text
-//! {callgate:s07}:c:<business>:<customer>   current decision: header + history index (STRING;
-//!                                          PEXPIREAT for temporary grants)
+//! {callgate:s07}:c:<business>:<customer>   the whole current decision (STRING; PEXPIREAT at a
+//!                                          temporary grant's expiry)
+//! {callgate:s07}:x:<business>:<customer>   lapse record: the current temporary grant, no TTL
+//!                                          (STRING; absent unless the current decision is one)
 //! {callgate:s07}:h:<business>:<customer>   history, also the dedup memory (LIST, arrival order)
 //! {callgate:s07}:e                         the shard's event log (STREAM)
 //! {callgate:s07}:due                       temporary grants by expiry ms (ZSET, member = pair)
@@ -55,6 +59,7 @@ pub struct PairKeys {
     pub shard: usize,
     pub member: String,
     pub consent: String,
+    pub lapse: String,
     pub history: String,
     pub stream: String,
     pub due: String,
@@ -87,6 +92,19 @@ impl Keys {
         format!("{}trimmed", self.shard_prefix(shard))
     }
 
+    /// The shard of `pair` and the two keys a check reads: consent (`c:`) and lapse (`x:`).
+    /// Cheaper than [`pair`](Self::pair) on the read path: two key names, not six.
+    pub fn current(&self, pair: &Pair) -> (usize, String, String) {
+        let shard = shard_of(pair);
+        let member = member(pair);
+        let base = self.shard_prefix(shard);
+        (
+            shard,
+            format!("{base}c:{member}"),
+            format!("{base}x:{member}"),
+        )
+    }
+
     pub fn pair(&self, pair: &Pair) -> PairKeys {
         let shard = shard_of(pair);
         let member = member(pair);
@@ -94,6 +112,7 @@ impl Keys {
         PairKeys {
             shard,
             consent: format!("{base}c:{member}"),
+            lapse: format!("{base}x:{member}"),
             history: format!("{base}h:{member}"),
             stream: self.stream(shard),
             due: self.due(shard),
@@ -128,10 +147,15 @@ mod tests {
         let keys = Keys::new("callgate");
         let k = keys.pair(&pair("+919000000000", "+919876543210"));
         let tag = format!("{{callgate:s{:02}}}:", k.shard);
-        for key in [&k.consent, &k.history, &k.stream, &k.due, &k.trimmed] {
+        for key in [
+            &k.consent, &k.lapse, &k.history, &k.stream, &k.due, &k.trimmed,
+        ] {
             assert!(key.starts_with(&tag), "{key} lacks {tag}");
         }
         assert_eq!(k.member, "919000000000:919876543210");
         assert_eq!(k.consent, format!("{tag}c:919000000000:919876543210"));
+        assert_eq!(k.lapse, format!("{tag}x:919000000000:919876543210"));
+        let (shard, consent, lapse) = keys.current(&pair("+919000000000", "+919876543210"));
+        assert_eq!((shard, consent, lapse), (k.shard, k.consent, k.lapse));
     }
 }

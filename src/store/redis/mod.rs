@@ -13,22 +13,33 @@
 //! event stream and due-time index; a subscriber's cursor is one stream id per shard. See
 //! [`keys`] for the full list.
 //!
-//! # The history is the record; the consent key points into it
+//! # The consent key holds the current decision: a check is a plain `MGET`
 //!
-//! Each pair has two keys. Its history (`h:`, a list) holds every decision ever kept, with
-//! its full evidence and its dedup id, once. Its consent key (`c:`) holds only the current
-//! decision's header (rank, decided at, expiry) and the index of its history entry, a value
-//! small enough for Redis's compact `embstr` encoding. A check
-//! ([`current`](RedisStore::current)) is one call of the read-only `current.lua`: `GET c:` then
-//! `LINDEX h:`, so it answers with the complete evidence in one round trip;
-//! [`current_many`](RedisStore::current_many) pipelines those calls.
+//! Each pair has up to three keys. Its history (`h:`, a list) holds every decision ever kept,
+//! with its full evidence and its dedup id. Its consent key (`c:`) holds the **whole** current
+//! decision (its dedup id and body, see [`codec`]). While the current decision is a temporary
+//! grant, its lapse record (`x:`) holds the same value without a TTL.
 //!
 //! A temporary grant's consent key carries Redis's own expiry at the grant's expiry instant
 //! (`PXAT` from the decision, not from arrival), so Redis reclaims it without callgate doing
-//! anything. A check after the expiry must answer EXPIRED, not NO_CONSENT: with no consent key,
-//! the current decision is the history's last applied entry (a consent key is written for
-//! every applied decision but a temporary grant, which only loses it by expiring; a grant that
-//! is already expired on arrival gets none). So no separate lapse record is needed.
+//! anything. A check after the expiry must answer EXPIRED, with the grant's evidence, not
+//! NO_CONSENT: that is what the lapse record is for. A grant already expired on arrival gets
+//! only the lapse record; a permanent grant or a denial that wins deletes it.
+//!
+//! So a check ([`current`](RedisStore::current)) is one `MGET c: x:` (both keys share the
+//! shard's hash tag): `c:` when present, else `x:`, else no decision. No script runs on the
+//! read path. A batch check ([`current_many`](RedisStore::current_many)) groups its pairs by
+//! shard and sends one `MGET` per shard with all of that shard's `c:`/`x:` keys (one Cluster
+//! slot each), all of them in one pipeline: at most [`SHARDS`] commands and one round trip for
+//! any batch size.
+//!
+//! The trade-off: the current decision's body is stored twice (in `c:` and in the history),
+//! three times for a live temporary grant, and `c:` is no longer small enough for Redis's
+//! `embstr` encoding. That costs Redis memory per consent (see BENCHMARKS.md and
+//! `callgate-bench redis-memory`); a pointer into the history would save it, but following a
+//! pointer in one round trip needs a Lua script, and the check is the hot path: an `EVALSHA`
+//! costs Redis several times the CPU of an `MGET`, and Redis shares the machine's cores with
+//! callgate.
 //!
 //! # Atomicity
 //!
@@ -60,7 +71,8 @@
 //!
 //! # Cluster notes
 //!
-//! Per-decision scripts, the check script and the per-shard sweep are single-slot and work on Cluster as is. What
+//! Per-decision scripts, the check's `MGET`s (one per shard) and the per-shard sweep are
+//! single-slot and work on Cluster as is. What
 //! does not: `MULTI`/`EXEC` across shards (on Cluster each decision is atomic by itself; a
 //! failed multi-decision call is retried by the sender, and retries are idempotent thanks to
 //! de-duplication), and [`read_events`](RedisStore::read_events), which reads all shard streams
@@ -104,14 +116,13 @@ use redis::{
 };
 
 use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId};
-use crate::domain::{ConsentEvent, Decision, HistoryEntry, HistoryOutcome, Pair};
+use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
 use keys::Keys;
 
 pub use keys::SHARDS;
 
 const RECORD_LUA: &str = include_str!("record.lua");
 const CLAIM_EXPIRED_LUA: &str = include_str!("claim_expired.lua");
-const CURRENT_LUA: &str = include_str!("current.lua");
 
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
 const CLAIM_BATCH: usize = 500;
@@ -237,7 +248,6 @@ pub struct RedisStore {
     blocking: BlockingPool,
     record_script: Script,
     claim_script: Script,
-    current_script: Script,
     /// Stream keys in shard order, for XREAD.
     streams: Vec<String>,
     /// Trimmed-id marks in shard order, for the range check of `read_events`.
@@ -327,7 +337,6 @@ impl RedisStore {
             },
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
-            current_script: Script::new(CURRENT_LUA),
             config,
         };
         store.ping().await?;
@@ -389,8 +398,7 @@ impl RedisStore {
     async fn load_scripts(&self) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.record_script)
-            .load_script(&self.claim_script)
-            .load_script(&self.current_script);
+            .load_script(&self.claim_script);
         let mut conn = self.conn.clone();
         self.within(pipe.query_async::<Vec<String>>(&mut conn))
             .await
@@ -416,54 +424,35 @@ impl RedisStore {
         }
     }
 
-    /// Runs a pipeline of read-only script calls: retried once on a dead connection like
-    /// [`read_cmd`](Self::read_cmd), and once more after reloading the scripts if Redis lost
-    /// them.
-    async fn read_scripts<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        let first = tokio::time::timeout(self.config.timeout, async {
-            match pipe.query_async::<T>(&mut conn).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    pipe.query_async::<T>(&mut conn).await
-                }
-                other => other,
-            }
-        })
-        .await
-        .map_err(|_| StoreError::Timeout(self.config.timeout))?;
-        match first {
-            Ok(v) => Ok(v),
-            Err(e) if is_noscript(&e) => {
-                self.load_scripts().await?;
-                self.within(pipe.query_async::<T>(&mut conn)).await
-            }
-            Err(e) => Err(map_error(e, self.config.timeout)),
-        }
-    }
-
-    /// Adds a `current.lua` call for `pair` to `pipe`.
-    fn invoke_current(&self, pipe: &mut redis::Pipeline, pair: &Pair) {
-        let k = self.keys.pair(pair);
-        let mut invocation = self.current_script.prepare_invoke();
-        invocation.key(&k.consent).key(&k.history);
-        pipe.invoke_script(&invocation);
-    }
-
-    /// Decodes what `current.lua` answered: the current decision's (applied) history entry.
-    fn decode_current(pair: &Pair, entry: Option<Vec<u8>>) -> Result<Option<Decision>, StoreError> {
-        let Some(entry) = entry else {
-            return Ok(None);
+    /// Decodes a check's `MGET c: x:` of `pair`: the consent key when present, else the lapse
+    /// record (a temporary grant whose consent key expired natively), else no decision. The two
+    /// must agree (the lapse record exists exactly while the current decision is a temporary
+    /// grant, and then holds the same value); anything else is corrupt, never a default.
+    fn decode_current(
+        pair: &Pair,
+        consent: Option<Vec<u8>>,
+        lapse: Option<Vec<u8>>,
+    ) -> Result<Option<Decision>, StoreError> {
+        let (value, from_lapse) = match (&consent, &lapse) {
+            (Some(c), _) => (c, false),
+            (None, Some(x)) => (x, true),
+            (None, None) => return Ok(None),
         };
-        let entry = codec::decode_history(pair, &entry)?;
-        if entry.outcome != HistoryOutcome::Applied {
+        let decision = codec::decode_consent(pair, value)?;
+        let temporary = matches!(decision.choice, Choice::GrantTemporary { .. });
+        let consistent = if from_lapse {
+            temporary
+        } else if temporary {
+            lapse.as_deref() == Some(value.as_slice())
+        } else {
+            lapse.is_none()
+        };
+        if !consistent {
             return Err(StoreError::Corrupt(
-                "current decision is a stale history entry".into(),
+                "consent key and lapse record disagree".into(),
             ));
         }
-        Ok(Some(entry.decision))
+        Ok(Some(decision))
     }
 
     fn outcome(code: i64) -> Result<RecordOutcome, StoreError> {
@@ -564,6 +553,7 @@ impl ConsentStore for RedisStore {
             let mut invocation = self.record_script.prepare_invoke();
             invocation
                 .key(&k.consent)
+                .key(&k.lapse)
                 .key(&k.history)
                 .key(&k.stream)
                 .key(&k.due)
@@ -584,12 +574,13 @@ impl ConsentStore for RedisStore {
     }
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
-        let mut pipe = redis::pipe();
-        self.invoke_current(&mut pipe, pair);
-        let mut entries: Vec<Option<Vec<u8>>> = self.read_scripts(&pipe).await?;
-        match (entries.pop(), entries.is_empty()) {
-            (Some(entry), true) => Self::decode_current(pair, entry),
-            _ => Err(corrupt_reply("current")),
+        let (_, consent, lapse) = self.keys.current(pair);
+        let mut values: Vec<Option<Vec<u8>>> = self
+            .read_cmd(redis::cmd("MGET").arg(consent).arg(lapse))
+            .await?;
+        match (values.pop(), values.pop(), values.is_empty()) {
+            (Some(lapse), Some(consent), true) => Self::decode_current(pair, consent, lapse),
+            _ => Err(corrupt_reply("MGET current")),
         }
     }
 
@@ -597,19 +588,39 @@ impl ConsentStore for RedisStore {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
+        // One MGET per shard with every c:/x: key of that shard's pairs (one slot each), all
+        // in one pipeline; `asked[s]` remembers which requests shard `s`'s MGET answers.
+        let mut mgets: Vec<Option<redis::Cmd>> = vec![None; SHARDS];
+        let mut asked: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, pair) in pairs.iter().enumerate() {
+            let (shard, consent, lapse) = self.keys.current(pair);
+            mgets[shard]
+                .get_or_insert_with(|| redis::cmd("MGET"))
+                .arg(consent)
+                .arg(lapse);
+            asked[shard].push(i);
+        }
         let mut pipe = redis::pipe();
-        for pair in pairs {
-            self.invoke_current(&mut pipe, pair);
+        for cmd in mgets.into_iter().flatten() {
+            pipe.add_command(cmd);
         }
-        let entries: Vec<Option<Vec<u8>>> = self.read_scripts(&pipe).await?;
-        if entries.len() != pairs.len() {
-            return Err(corrupt_reply("current"));
+        let replies: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(&pipe).await?;
+        let asked: Vec<Vec<usize>> = asked.into_iter().filter(|a| !a.is_empty()).collect();
+        if replies.len() != asked.len() {
+            return Err(corrupt_reply("MGET current"));
         }
-        pairs
-            .iter()
-            .zip(entries)
-            .map(|(pair, entry)| Self::decode_current(pair, entry))
-            .collect()
+        let mut out: Vec<Option<Decision>> = vec![None; pairs.len()];
+        for (indices, values) in asked.iter().zip(replies) {
+            if values.len() != 2 * indices.len() {
+                return Err(corrupt_reply("MGET current"));
+            }
+            let mut values = values.into_iter();
+            for &i in indices {
+                let (consent, lapse) = (values.next().flatten(), values.next().flatten());
+                out[i] = Self::decode_current(&pairs[i], consent, lapse)?;
+            }
+        }
+        Ok(out)
     }
 
     async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {

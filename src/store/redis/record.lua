@@ -4,13 +4,16 @@
 -- Called by `RedisStore::record` (mod.rs); the formats are described in codec.rs.
 -- All keys are declared and share the pair's shard hash tag (one cluster slot).
 --
--- KEYS[1] consent      {p:sNN}:c:<pair>  "<rank><decided>,<expires>,<history index>" of the
---                                        current decision; PEXPIREAT for temporary grants
--- KEYS[2] history      {p:sNN}:h:<pair>  every kept decision "<a|s><dedup id><received>,<D>";
+-- KEYS[1] consent      {p:sNN}:c:<pair>  "<dedup id><D>": the whole current decision;
+--                                        PEXPIREAT at a temporary grant's expiry
+-- KEYS[2] lapse        {p:sNN}:x:<pair>  the same value while the current decision is a
+--                                        temporary grant, no TTL (answers EXPIRED once c: is
+--                                        gone); absent otherwise
+-- KEYS[3] history      {p:sNN}:h:<pair>  every kept decision "<a|s><dedup id><received>,<D>";
 --                                        also the de-duplication memory
--- KEYS[3] event stream {p:sNN}:e
--- KEYS[4] due index    {p:sNN}:due
--- KEYS[5] trimmed mark {p:sNN}:trimmed  newest event id trimmed from the stream
+-- KEYS[4] event stream {p:sNN}:e
+-- KEYS[5] due index    {p:sNN}:due
+-- KEYS[6] trimmed mark {p:sNN}:trimmed  newest event id trimmed from the stream
 -- ARGV[1] the decision body D "<rank><decided>,<expires>,<evidence...>" (times in base 36)
 -- ARGV[2] the decision's dedup id (16 raw bytes)
 -- ARGV[3] received at (base 36 ms)
@@ -25,23 +28,12 @@ local function b36(s)
   return tonumber(s, 36)
 end
 
--- The header of a decision body from position `at` of `v`; twin in claim_expired.lua and
--- current.lua. Returns { r, t, e (nil unless temporary), head (the header text), ... }.
+-- The header of a decision body from position `at` of `v`; twin in claim_expired.lua.
+-- Returns { r, t, e (nil unless temporary), head (the header text) }.
 local function header(v, at)
   local head, r, t, e = string.match(v, '^(([012])(%-?[0-9a-z]+),(%-?[0-9a-z]*)),', at)
   if not head then return nil end
   return { r = tonumber(r), t = b36(t), e = (e ~= '' and b36(e) or nil), head = head }
-end
-
--- A history entry "<a|s><16-byte id><received>,<D>": its outcome, id and decision header.
-local function entry(v)
-  local o = string.sub(v, 1, 1)
-  local body = string.match(v, '^%-?[0-9a-z]+,()', 18)
-  if (o ~= 'a' and o ~= 's') or not body then return nil end
-  local h = header(v, body)
-  if not h then return nil end
-  h.o, h.id, h.body = o, string.sub(v, 2, 17), body
-  return h
 end
 
 -- Byte-wise string order, like Rust's `str::cmp` (Lua's `<` on strings follows the locale).
@@ -96,38 +88,33 @@ new.id = ARGV[2]
 
 -- De-duplication: the history holds every decision ever kept for the pair, with its id. It
 -- is short (a few entries per pair), so a scan is cheap, and it never forgets.
-local entries = redis.call('LRANGE', KEYS[2], 0, -1)
+local entries = redis.call('LRANGE', KEYS[3], 0, -1)
 for i = 1, #entries do
   local o = string.sub(entries[i], 1, 1)
   if #entries[i] < 17 or (o ~= 'a' and o ~= 's') then
-    return redis.error_reply('CORRUPT unreadable history entry at ' .. KEYS[2])
+    return redis.error_reply('CORRUPT unreadable history entry at ' .. KEYS[3])
   end
   if string.sub(entries[i], 2, 17) == new.id then
     return 2
   end
 end
 
--- The current decision: the history entry the consent key points at; without a consent key
--- (none yet, or a temporary grant that lapsed and expired natively), the last applied entry.
+-- The current decision: the consent key; without one (none yet, or a temporary grant that
+-- lapsed and expired natively), the lapse record, which only ever holds a temporary grant.
+-- Same reading as RedisStore::current (mod.rs) and claim_expired.lua.
 local current
 local c = redis.call('GET', KEYS[1])
+local from = KEYS[1]
+if not c then
+  c = redis.call('GET', KEYS[2])
+  from = KEYS[2]
+end
 if c then
-  local head, idx = string.match(c, '^([012]%-?[0-9a-z]+,%-?[0-9a-z]*),(%d+)$')
-  local e = head and entries[tonumber(idx) + 1]
-  current = e and entry(e)
-  if not current or current.o ~= 'a' or current.head ~= head then
-    return redis.error_reply('CORRUPT unreadable consent value at ' .. KEYS[1])
+  current = #c > 16 and header(c, 17)
+  if not current or (from == KEYS[2] and current.r ~= 0) then
+    return redis.error_reply('CORRUPT unreadable consent value at ' .. from)
   end
-else
-  for i = #entries, 1, -1 do
-    if string.sub(entries[i], 1, 1) == 'a' then
-      current = entry(entries[i])
-      if not current then
-        return redis.error_reply('CORRUPT unreadable history entry at ' .. KEYS[2])
-      end
-      break
-    end
-  end
+  current.id = string.sub(c, 1, 16)
 end
 
 local applied = true
@@ -140,26 +127,28 @@ if current then
 end
 
 if not applied then
-  redis.call('RPUSH', KEYS[2], 's' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
+  redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
   return 1
 end
-redis.call('RPUSH', KEYS[2], 'a' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
-local value = new.head .. ',' .. #entries
+redis.call('RPUSH', KEYS[3], 'a' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
+local value = new.id .. ARGV[1]
 
 local now = now_ms()
 if new.r == 0 then
-  -- Temporary grant: the consent key expires natively at the grant's own expiry. Once it is
-  -- gone, the history's last applied entry is still the (lapsed) current decision, so a check
-  -- answers EXPIRED, not NO_CONSENT.
+  -- Temporary grant: the consent key expires natively at the grant's own expiry; the lapse
+  -- record stays, so a check after it answers EXPIRED (with the grant's evidence), not
+  -- NO_CONSENT. A grant already expired on arrival gets the lapse record only.
   if new.e > now then
     redis.call('SET', KEYS[1], value, 'PXAT', string.format('%.0f', new.e))
   else
     redis.call('DEL', KEYS[1])
   end
-  redis.call('ZADD', KEYS[4], new.e, ARGV[6])
+  redis.call('SET', KEYS[2], value)
+  redis.call('ZADD', KEYS[5], new.e, ARGV[6])
 else
   redis.call('SET', KEYS[1], value)
-  redis.call('ZREM', KEYS[4], ARGV[6])
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[5], ARGV[6])
 end
 
 if ARGV[4] ~= '' then
@@ -168,11 +157,11 @@ if ARGV[4] ~= '' then
   local minid = string.format('%.0f', min) .. '-0'
   -- Redis 7.0 does not record trimmed ids (max-deleted-entry-id only follows XDEL), so keep
   -- the newest id this XADD is about to trim: read_events reports cursors before it.
-  local gone = trimmed_by(KEYS[3], min, minid)
+  local gone = trimmed_by(KEYS[4], min, minid)
   if gone then
-    redis.call('SET', KEYS[5], gone)
+    redis.call('SET', KEYS[6], gone)
   end
-  redis.call('XADD', KEYS[3], 'MINID', '=', minid, '*', 'k', ARGV[4], 'd',
+  redis.call('XADD', KEYS[4], 'MINID', '=', minid, '*', 'k', ARGV[4], 'd',
     ARGV[6] .. ':' .. ARGV[1])
 end
 return 0
