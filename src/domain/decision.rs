@@ -103,6 +103,11 @@ impl Decision {
     /// same id. It covers what the decision *says*, not how it was delivered (a retried body may
     /// differ in whitespace), so the body hash is deliberately left out.
     pub fn dedup_id(&self) -> String {
+        to_hex(&self.dedup_digest())
+    }
+
+    /// The raw 16 bytes behind [`dedup_id`](Self::dedup_id).
+    pub fn dedup_digest(&self) -> [u8; 16] {
         let mut h = Sha256::new();
         for part in [
             self.pair.business.digits(),
@@ -122,11 +127,42 @@ impl Decision {
                 .to_be_bytes(),
         );
         let digest = h.finalize();
-        hex::encode(&digest[..16])
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        id
     }
+}
+
+/// Lower-case hex of `bytes`. (A table lookup: this runs on every check, for the evidence hash.)
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
+    }
+    // Only ASCII digits and letters were pushed.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Truncates a time to the millisecond precision callgate stores.
 pub fn to_millis_precision(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_hex;
+
+    #[test]
+    fn hex_is_lower_case_and_two_digits_per_byte() {
+        let cases: [(&[u8], &str); 3] = [
+            (b"", ""),
+            (&[0x00, 0x0f, 0xa5, 0xff], "000fa5ff"),
+            (b"A", "41"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(to_hex(bytes), want);
+        }
+    }
 }

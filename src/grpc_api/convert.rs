@@ -41,16 +41,34 @@ fn state(s: ConsentState) -> pb::ConsentState {
     }
 }
 
-pub fn check_response(pair: &Pair, verdict: &Verdict) -> pb::CheckCallPermissionResponse {
-    let d = verdict.decision.as_ref();
+/// The answer to a check. Takes the verdict by value: the hot path moves the evidence strings
+/// into the response instead of copying them.
+pub fn check_response(pair: &Pair, verdict: Verdict) -> pb::CheckCallPermissionResponse {
+    let allowed = verdict.allowed();
+    let state = state(verdict.state) as i32;
+    let d = verdict.decision;
     pb::CheckCallPermissionResponse {
-        allowed: verdict.allowed(),
-        state: state(verdict.state) as i32,
-        expires_at: d.and_then(|d| d.choice.expires_at()).map(timestamp),
-        decided_at: d.map(|d| timestamp(d.decided_at)),
-        evidence: d.map(|d| evidence(&d.evidence)),
+        allowed,
+        state,
+        expires_at: d
+            .as_ref()
+            .and_then(|d| d.choice.expires_at())
+            .map(timestamp),
+        decided_at: d.as_ref().map(|d| timestamp(d.decided_at)),
+        evidence: d.map(|d| owned_evidence(d.evidence)),
         business_number: pair.business.to_string(),
         customer_number: pair.customer.to_string(),
+    }
+}
+
+fn owned_evidence(e: Evidence) -> pb::Evidence {
+    pb::Evidence {
+        message_id: e.message_id,
+        paired_message_id: e.paired_message_id,
+        source: e.source.as_str().to_owned(),
+        response_source: e.response_source,
+        sender_customer_id: e.sender_customer_id,
+        body_sha256: e.body_sha256,
     }
 }
 

@@ -120,7 +120,7 @@ impl Api {
             .map_err(self.store_failed(StoreOp::Check))?;
         let verdict = evaluate(current, Utc::now());
         self.metrics.check(CheckAnswer::State(verdict.state));
-        Ok(convert::check_response(&pair, &verdict))
+        Ok(convert::check_response(&pair, verdict))
     }
 
     async fn check_many(
@@ -156,7 +156,7 @@ impl Api {
                     Ok(pair) => {
                         let verdict = evaluate(currents.next().flatten(), now);
                         self.metrics.check(CheckAnswer::State(verdict.state));
-                        pb::check_result::Result::Answer(convert::check_response(&pair, &verdict))
+                        pb::check_result::Result::Answer(convert::check_response(&pair, verdict))
                     }
                     Err(e) => {
                         self.metrics.check(CheckAnswer::InvalidArgument);

@@ -24,5 +24,5 @@ pub struct IngestContext {
 
 /// Hex SHA-256 of a raw body, kept with each decision as evidence.
 pub fn body_sha256(body: &[u8]) -> String {
-    hex::encode(Sha256::digest(body))
+    crate::domain::to_hex(&Sha256::digest(body))
 }

@@ -42,7 +42,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::rules::tie_rank;
 use crate::domain::{
     Choice, ConsentEvent, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
-    PhoneNumber, Source,
+    PhoneNumber, Source, to_hex,
 };
 use crate::store::StoreError;
 
@@ -99,8 +99,7 @@ fn parse_base36(s: &[u8]) -> Option<i64> {
 
 /// The raw 16 bytes of the decision's dedup id (its 32 hex digits, decoded).
 pub fn dedup_bytes(d: &Decision) -> Vec<u8> {
-    // `dedup_id` is always 32 lower-case hex digits.
-    hex::decode(d.dedup_id()).unwrap_or_default()
+    d.dedup_digest().to_vec()
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -244,7 +243,7 @@ fn decode_body(pair: Pair, r: &mut Reader<'_>) -> Result<Decision, StoreError> {
     let response_source = r.string()?;
     let sender_customer_id = r.string()?;
     let body_sha256 = match r.byte()? {
-        b'x' => hex::encode(r.take(32)?),
+        b'x' => to_hex(r.take(32)?),
         b's' => r.string()?,
         _ => return Err(r.fail("unknown body hash form")),
     };
