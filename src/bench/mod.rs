@@ -188,6 +188,13 @@ pub struct CheckArgs {
     pub population: PopulationArgs,
     #[command(flatten)]
     pub load: LoadArgs,
+    #[command(flatten)]
+    pub compare: CompareArgs,
+}
+
+/// Options shared by the gRPC scenarios that can be compared with the floor.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
     /// Also run the same load against this floor server and print the ratio.
     #[arg(long)]
     pub floor_addr: Option<String>,
@@ -210,15 +217,8 @@ pub struct BatchArgs {
     /// Pairs per call (callgate accepts at most 1,000).
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
-    /// Also run the same load against this floor server and print the ratio.
-    #[arg(long)]
-    pub floor_addr: Option<String>,
-    /// Runs against each target, alternating with the floor; the figures sum all rounds.
-    #[arg(long, default_value_t = 1)]
-    pub rounds: u32,
-    /// Seed of the pair choice (same seed, same pairs).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub compare: CompareArgs,
 }
 
 #[derive(Debug, Args)]
@@ -450,12 +450,12 @@ async fn check(a: CheckArgs, remote: bool, out: &Output) -> Result<u64, BenchErr
         requests: 10_000_000,
         duration: 10.0,
     })?;
-    let seed = a.seed;
+    let seed = a.compare.seed;
     let plan = GrpcPlan {
         scenario: "check",
         grpc: &a.grpc,
-        floor_addr: a.floor_addr.as_deref(),
-        rounds: a.rounds,
+        floor_addr: a.compare.floor_addr.as_deref(),
+        rounds: a.compare.rounds,
         bounds,
     };
     against_floor(plan, remote, out, |connections, w| grpc::CheckWorker {
@@ -478,12 +478,12 @@ async fn batch(a: BatchArgs, remote: bool, out: &Output) -> Result<u64, BenchErr
         requests: 10_000_000,
         duration: 10.0,
     })?;
-    let (seed, size) = (a.seed, a.batch_size);
+    let (seed, size) = (a.compare.seed, a.batch_size);
     let plan = GrpcPlan {
         scenario: "batch",
         grpc: &a.grpc,
-        floor_addr: a.floor_addr.as_deref(),
-        rounds: a.rounds,
+        floor_addr: a.compare.floor_addr.as_deref(),
+        rounds: a.compare.rounds,
         bounds,
     };
     against_floor(plan, remote, out, |connections, w| grpc::BatchWorker {
