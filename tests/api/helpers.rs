@@ -151,6 +151,16 @@ impl Endpoints {
             .await
     }
 
+    /// Opens a StreamGrants subscription (registered once this returns).
+    pub async fn stream(&self, req: pb::StreamGrantsRequest) -> tonic::Streaming<pb::ConsentEvent> {
+        self.grpc()
+            .await
+            .stream_grants(req)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn check(&self, business: &str, customer: &str) -> pb::CheckCallPermissionResponse {
         self.grpc()
             .await

@@ -30,13 +30,7 @@ fn request_head(body_len: usize) -> String {
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_webhook_finish_and_ends_streams_with_their_cursor() {
     let mut app = spawn_app().await;
-    let mut stream = app
-        .grpc()
-        .await
-        .stream_grants(pb::StreamGrantsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = app.stream(pb::StreamGrantsRequest::default()).await;
 
     // A webhook whose body is half sent when shutdown begins.
     let body = doubletick(

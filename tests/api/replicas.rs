@@ -214,13 +214,7 @@ async fn a_stream_killed_on_one_replica_resumes_on_the_other_without_a_gap() {
     let redis = RedisServer::start();
     let (_a, api_a) = replica(&redis, &[]);
     let (_b, api_b) = replica(&redis, &[]);
-    let mut on_b = api_b
-        .grpc()
-        .await
-        .stream_grants(pb::StreamGrantsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut on_b = api_b.stream(pb::StreamGrantsRequest::default()).await;
     post(&api_a, "+919800000001", "e1", "accept", Some(true)).await;
     post(&api_a, "+919800000002", "e2", "accept", Some(true)).await;
     let got = collect(&mut on_b, 1).await;
@@ -245,15 +239,11 @@ async fn a_stream_killed_on_one_replica_resumes_on_the_other_without_a_gap() {
         .await;
     }
     let mut on_a = api_a
-        .grpc()
-        .await
-        .stream_grants(pb::StreamGrantsRequest {
+        .stream(pb::StreamGrantsRequest {
             resume_after: cursor,
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     let resumed = collect(&mut on_a, 1).await;
     assert_eq!(
         summary(&resumed)
@@ -275,20 +265,8 @@ async fn two_replicas_announce_a_lapsed_grant_exactly_once_and_a_superseded_one_
         include_expiries: true,
         ..Default::default()
     };
-    let mut on_a = api_a
-        .grpc()
-        .await
-        .stream_grants(all.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut on_b = api_b
-        .grpc()
-        .await
-        .stream_grants(all)
-        .await
-        .unwrap()
-        .into_inner();
+    let mut on_a = api_a.stream(all.clone()).await;
+    let mut on_b = api_b.stream(all).await;
 
     post(&api_a, "+919800000001", "lapses", "accept", Some(false)).await;
     post(&api_b, "+919800000002", "replaced", "accept", Some(false)).await;

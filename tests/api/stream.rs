@@ -19,15 +19,6 @@ fn request() -> pb::StreamGrantsRequest {
     pb::StreamGrantsRequest::default()
 }
 
-async fn subscribe(app: &TestApp, req: pb::StreamGrantsRequest) -> Streaming<pb::ConsentEvent> {
-    app.grpc()
-        .await
-        .stream_grants(req)
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// The next non-checkpoint event, within [`WAIT`].
 async fn next_event(s: &mut Streaming<pb::ConsentEvent>) -> pb::ConsentEvent {
     tokio::time::timeout(WAIT, async {
@@ -76,7 +67,7 @@ fn ids(events: &[pb::ConsentEvent]) -> Vec<String> {
 #[tokio::test]
 async fn a_subscriber_receives_a_grant_posted_after_it_subscribed() {
     let app = spawn_app().await;
-    let mut s = subscribe(&app, request()).await;
+    let mut s = app.stream(request()).await;
     post(&app, CUSTOMER, "g1", "accept", Some(true)).await;
     let e = next_event(&mut s).await;
     assert_eq!(e.kind, EventKind::Granted as i32);
@@ -93,24 +84,20 @@ async fn a_subscriber_receives_a_grant_posted_after_it_subscribed() {
 async fn filters_select_businesses_and_kinds() {
     let app = spawn_app().await;
     let other_business = "+14155550100";
-    let mut grants_only = subscribe(&app, request()).await;
-    let mut with_denials = subscribe(
-        &app,
-        pb::StreamGrantsRequest {
+    let mut grants_only = app.stream(request()).await;
+    let mut with_denials = app
+        .stream(pb::StreamGrantsRequest {
             include_denials: true,
             ..request()
-        },
-    )
-    .await;
-    let mut other_only = subscribe(
-        &app,
-        pb::StreamGrantsRequest {
+        })
+        .await;
+    let mut other_only = app
+        .stream(pb::StreamGrantsRequest {
             business_numbers: vec!["1 415 555 0100".into()],
             include_denials: true,
             ..request()
-        },
-    )
-    .await;
+        })
+        .await;
 
     post(&app, "+919800000001", "deny-1", "reject", None).await;
     post(&app, "+919800000002", "grant-2", "accept", Some(true)).await;
@@ -165,7 +152,7 @@ async fn invalid_stream_requests_are_refused() {
 #[tokio::test]
 async fn reconnecting_with_the_last_cursor_delivers_exactly_the_missed_events() {
     let app = spawn_app().await;
-    let mut s = subscribe(&app, request()).await;
+    let mut s = app.stream(request()).await;
     post(&app, "+919800000001", "e1", "accept", Some(true)).await;
     let first = next_event(&mut s).await;
     drop(s); // disconnect mid-stream
@@ -176,14 +163,12 @@ async fn reconnecting_with_the_last_cursor_delivers_exactly_the_missed_events() 
     {
         post(&app, c, &format!("e{}", i + 2), "accept", Some(true)).await;
     }
-    let mut resumed = subscribe(
-        &app,
-        pb::StreamGrantsRequest {
+    let mut resumed = app
+        .stream(pb::StreamGrantsRequest {
             resume_after: first.cursor.clone(),
             ..request()
-        },
-    )
-    .await;
+        })
+        .await;
     let (events, _) = events_until_checkpoint(&mut resumed).await;
     assert_eq!(ids(&events), vec!["e2", "e3", "e4"]);
 }
@@ -197,14 +182,12 @@ async fn since_replays_the_retained_events_from_a_point_in_time() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     post(&app, "+919800000002", "after-1", "accept", Some(true)).await;
     post(&app, "+919800000003", "after-2", "accept", Some(true)).await;
-    let mut s = subscribe(
-        &app,
-        pb::StreamGrantsRequest {
+    let mut s = app
+        .stream(pb::StreamGrantsRequest {
             since: Some(callgate::grpc_api::timestamp(since)),
             ..request()
-        },
-    )
-    .await;
+        })
+        .await;
     let (events, _) = events_until_checkpoint(&mut s).await;
     assert_eq!(ids(&events), vec!["after-1", "after-2"]);
 }
@@ -212,7 +195,7 @@ async fn since_replays_the_retained_events_from_a_point_in_time() {
 #[tokio::test]
 async fn an_idle_stream_gets_checkpoints_whose_cursor_advances_past_filtered_events() {
     let app = spawn_app().await;
-    let mut s = subscribe(&app, request()).await;
+    let mut s = app.stream(request()).await;
     let (none, first) = events_until_checkpoint(&mut s).await;
     assert!(none.is_empty());
     // A denial is filtered out of this stream, but the checkpoint cursor moves past it.
@@ -222,14 +205,12 @@ async fn an_idle_stream_gets_checkpoints_whose_cursor_advances_past_filtered_eve
     assert_ne!(first, second);
     // Resuming from the second checkpoint replays nothing.
     post(&app, "+919800000009", "g", "accept", Some(true)).await;
-    let mut resumed = subscribe(
-        &app,
-        pb::StreamGrantsRequest {
+    let mut resumed = app
+        .stream(pb::StreamGrantsRequest {
             resume_after: second,
             ..request()
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(ids(&[next_event(&mut resumed).await]), vec!["g"]);
 }
 
@@ -240,7 +221,7 @@ async fn a_cursor_older_than_retention_is_out_of_range() {
         ..MemoryConfig::default()
     }));
     let app = spawn_app_with(test_config(), store).await;
-    let mut s = subscribe(&app, request()).await;
+    let mut s = app.stream(request()).await;
     post(&app, "+919800000001", "e1", "accept", Some(true)).await;
     let first = next_event(&mut s).await;
     for i in 2..=6 {
@@ -271,15 +252,13 @@ async fn a_lapsed_temporary_grant_emits_one_expiry_and_a_superseded_one_none() {
     let mut config = test_config();
     config.temporary_grant = Duration::from_millis(400);
     let app = spawn_app_with(config, memory_store()).await;
-    let mut s = subscribe(
-        &app,
-        pb::StreamGrantsRequest {
+    let mut s = app
+        .stream(pb::StreamGrantsRequest {
             include_expiries: true,
             include_denials: true,
             ..request()
-        },
-    )
-    .await;
+        })
+        .await;
     post(&app, "+919800000001", "lapses", "accept", Some(false)).await;
     post(&app, "+919800000002", "replaced", "accept", Some(false)).await;
     post(&app, "+919800000002", "deny", "reject", None).await;
@@ -309,8 +288,8 @@ async fn a_lapsed_temporary_grant_emits_one_expiry_and_a_superseded_one_none() {
 async fn a_subscriber_that_never_reads_does_not_hold_back_a_fast_one() {
     const EVENTS: usize = 6000; // more than the ring, the stream buffer and the HTTP/2 window
     let app = spawn_app().await;
-    let slow = subscribe(&app, request()).await; // never read until the end
-    let mut fast = subscribe(&app, request()).await;
+    let slow = app.stream(request()).await; // never read until the end
+    let mut fast = app.stream(request()).await;
     let t = Utc::now();
     let decisions: Vec<_> = (0..EVENTS).map(|i| grant(i, t)).collect();
     for chunk in decisions.chunks(500) {
