@@ -178,13 +178,9 @@ async fn history_lists_every_decision_with_its_evidence() {
 }
 
 #[tokio::test]
-async fn grpc_health_and_reflection_are_served() {
+async fn grpc_health_reports_serving() {
     let app = spawn_app().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     // The store is checked once a second; wait (bounded) for the first report.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -215,11 +211,7 @@ async fn grpc_reflection_lists_the_consent_authority() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let app = spawn_app().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = app.channel().await;
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),

@@ -100,6 +100,14 @@ pub async fn spawn_app_with(config: Config, store: Arc<dyn ConsentStore>) -> Tes
     }
 }
 
+/// An HTTP answer as bytes.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
 /// An HTTP answer: status and parsed JSON body.
 #[derive(Debug)]
 pub struct Answer {
@@ -129,6 +137,26 @@ impl Endpoints {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Answer {
+        let raw = self.request_raw(method, path, headers, body).await;
+        let body = serde_json::from_slice(&raw.body).unwrap_or(serde_json::Value::Null);
+        Answer {
+            status: raw.status,
+            body,
+        }
+    }
+
+    /// A GET whose answer is not JSON (metrics, Meta's challenge).
+    pub async fn get_raw(&self, path: &str) -> RawAnswer {
+        self.request_raw("GET", path, &[], Bytes::new()).await
+    }
+
+    pub async fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> RawAnswer {
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.http));
@@ -141,9 +169,27 @@ impl Endpoints {
             .await
             .unwrap();
         let status = res.status().as_u16();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Answer { status, body }
+        let content_type = res
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        RawAnswer {
+            status,
+            content_type,
+            body,
+        }
+    }
+
+    /// A gRPC channel to the service, for clients other than ConsentAuthority.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub async fn post_doubletick(&self, body: impl Into<Bytes>) -> Answer {

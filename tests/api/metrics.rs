@@ -5,19 +5,10 @@ use chrono::Utc;
 use crate::helpers::*;
 
 pub async fn scrape(app: &Endpoints) -> String {
-    let url = format!("http://{}/metrics", app.http);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let res = client.get(url.parse().unwrap()).await.unwrap();
-    assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    use http_body_util::BodyExt;
-    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    let res = app.get_raw("/metrics").await;
+    assert_eq!(res.status, 200);
+    assert!(res.content_type.starts_with("text/plain"));
+    String::from_utf8(res.body.to_vec()).unwrap()
 }
 
 fn value(text: &str, series: &str) -> f64 {

@@ -154,14 +154,9 @@ async fn meta_subscription_handshake_echoes_the_challenge_only_for_the_right_tok
     let ok = format!(
         "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=1158201444"
     );
-    let url = format!("http://{}{ok}", app.http);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let res = client.get(url.parse().unwrap()).await.unwrap();
-    assert_eq!(res.status(), 200);
-    use http_body_util::BodyExt;
-    let text = res.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&text[..], b"1158201444");
+    let res = app.get_raw(&ok).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(&res.body[..], b"1158201444");
 
     for query in [
         "hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1".to_owned(),
