@@ -1,11 +1,13 @@
 //! All integration tests, in one binary: the real service on free loopback ports, driven over
 //! real sockets (HTTP in, gRPC out), against the in-memory store and a real `redis-server`.
 
+mod cluster_harness;
 mod helpers;
 mod process;
 mod redis_harness;
 
 mod check;
+mod cluster;
 mod conformance;
 mod ingest;
 mod lifecycle;
