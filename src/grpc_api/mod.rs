@@ -59,9 +59,9 @@ impl From<ApiError> for Status {
             ApiError::Phone { .. } | ApiError::InvalidArgument(_) => {
                 Status::invalid_argument(e.to_string())
             }
-            ApiError::Store(StoreError::Cursor(CursorError::OutOfRange { .. })) => {
-                Status::out_of_range(e.to_string())
-            }
+            ApiError::Store(StoreError::Cursor(
+                CursorError::OutOfRange { .. } | CursorError::Outdated,
+            )) => Status::out_of_range(e.to_string()),
             ApiError::Store(StoreError::Cursor(_)) => Status::invalid_argument(e.to_string()),
             ApiError::Store(_) => {
                 tracing::warn!(error = %e, "store error answered as UNAVAILABLE");

@@ -69,7 +69,14 @@ impl Node {
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let child = Command::new(server_binary())
-            .args(["--port", &port, "--bind", "127.0.0.1", "--protected-mode", "no"])
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "no",
+            ])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
             .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
@@ -129,6 +136,14 @@ impl Node {
             let _ = child.kill(); // SIGKILL: like a crash.
             let _ = child.wait();
         }
+    }
+}
+
+impl RedisCluster {
+    /// One inline command sent to node `i`; its raw RESP reply.
+    pub fn command(&self, i: usize, command: &str) -> String {
+        raw_command(self.nodes[i].port, command)
+            .unwrap_or_else(|| panic!("node {i} did not answer {command:?}"))
     }
 }
 
@@ -286,7 +301,10 @@ impl RedisCluster {
     pub fn wait_until(&self, what: &str, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + WAIT_LIMIT;
         while !f() {
-            assert!(Instant::now() < deadline, "{what}: not within {WAIT_LIMIT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {WAIT_LIMIT:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -8,7 +8,7 @@
 //! # Key layout: sharded, cluster-ready
 //!
 //! Pairs are spread over [`SHARDS`] shards by a stable hash ([`keys::shard_of`]). Every key of
-//! a shard carries the shard's hash tag (`{callgate:s07}`), so every key one script touches is
+//! a shard carries the shard's hash tag (`{callgate:s07-3}`), so every key one script touches is
 //! in one Cluster slot, and the shards spread over the cluster's nodes. Each shard has its own
 //! event stream and due-time index; a subscriber's cursor is one stream id per shard. See
 //! [`keys`] for the full list.
