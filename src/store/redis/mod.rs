@@ -98,6 +98,7 @@
 //! `CONFIG GET` is disabled or renamed, the policy cannot be verified and that is also refused
 //! as misconfigured (the error says so): callgate does not run on an unverified policy.
 
+pub mod cluster;
 pub mod codec;
 pub mod keys;
 
@@ -115,6 +116,8 @@ use redis::{
     ServerErrorKind, Value,
 };
 
+use cluster::Conn;
+
 use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId};
 use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
 use keys::Keys;
@@ -130,12 +133,21 @@ const CLAIM_BATCH: usize = 500;
 const CLAIM_MAX_ROUNDS: usize = 20;
 /// Idle blocking-read connections kept for reuse.
 const BLOCKING_POOL_IDLE: usize = 8;
+/// On a cluster, how often a waiting event-log read looks again (see `read_events`).
+const CLUSTER_POLL: Duration = Duration::from_millis(20);
 
 /// Where and how to reach Redis.
 #[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]`. May hold a password: never printed by `Debug`.
+    /// `redis://[:password@]host:port[/db]`; for a cluster, any of its nodes' URLs, separated
+    /// by commas. May hold passwords: never printed by `Debug`.
     pub url: String,
+    /// `url` names nodes of a Redis Cluster (`CALLGATE_REDIS_CLUSTER_NODES`).
+    pub cluster: bool,
+    /// A decision is acknowledged only once this many replicas hold it (`WAIT`, on the write's
+    /// own connection); fewer within the store timeout is an error (HTTP 503). 0: once the
+    /// master holds it.
+    pub replica_acks: u32,
     /// Start of every key name, so several deployments can share one Redis.
     pub prefix: String,
     /// Bound on every call (and on connecting). A check that cannot be answered in time fails.
@@ -153,15 +165,30 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
+            cluster: false,
+            replica_acks: 0,
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             timeout: Self::DEFAULT_TIMEOUT,
             event_retention: Self::DEFAULT_EVENT_RETENTION,
         }
     }
 
-    /// The URL with any password replaced by `***`.
+    /// A config for a Redis Cluster reached through `nodes` (comma-separated URLs of any of
+    /// its nodes), with every other default.
+    pub fn cluster(nodes: impl Into<String>) -> Self {
+        RedisConfig {
+            cluster: true,
+            ..Self::new(nodes)
+        }
+    }
+
+    /// The URL (each URL of a node list) with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
+        self.url
+            .split(',')
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -169,6 +196,8 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &self.redacted_url())
+            .field("cluster", &self.cluster)
+            .field("replica_acks", &self.replica_acks)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("event_retention", &self.event_retention)
@@ -244,8 +273,14 @@ impl BlockingPool {
 pub struct RedisStore {
     config: RedisConfig,
     keys: Keys,
-    conn: ConnectionManager,
-    blocking: BlockingPool,
+    /// Checks, reads, and writes when no replica acknowledgement is asked for.
+    conn: Conn,
+    /// Writes. With `replica_acks > 0` a connection of its own: `WAIT` holds its connection
+    /// until the replicas answer, and checks must never queue behind it.
+    writer: Conn,
+    /// Dedicated connections for blocking reads (standalone only: on a cluster, waiting reads
+    /// poll, see [`read_events`](RedisStore::read_events)).
+    blocking: Option<BlockingPool>,
     record_script: Script,
     claim_script: Script,
     /// Stream keys in shard order, for XREAD.
@@ -294,35 +329,10 @@ impl RedisStore {
     /// Connects, checks that Redis is usable (see [`ping`](ConsentStore::ping): refuses a
     /// `maxmemory-policy` other than `noeviction`), and loads the scripts.
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
-        let bad_url = |e: RedisError| {
-            StoreError::Misconfigured(format!(
-                "cannot use Redis URL {}: {e}",
-                config.redacted_url()
-            ))
-        };
-        // redis-rs leaves TCP_NODELAY off; a check is one small request and must not wait
-        // for Nagle's algorithm.
-        let info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(bad_url)?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info).map_err(bad_url)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout))
-            .set_connection_timeout(Some(config.timeout))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = match tokio::time::timeout(
-            config.timeout * 4,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(map_error(e, config.timeout)),
-            Err(_) => return Err(StoreError::Timeout(config.timeout * 4)),
+        let (conn, writer, blocking) = if config.cluster {
+            Self::connect_cluster(&config).await?
+        } else {
+            Self::connect_single(&config).await?
         };
         let keys = Keys::new(&config.prefix);
         let store = RedisStore {
@@ -330,11 +340,8 @@ impl RedisStore {
             trimmed: (0..SHARDS).map(|s| keys.trimmed(s)).collect(),
             keys,
             conn,
-            blocking: BlockingPool {
-                client,
-                connect_timeout: config.timeout,
-                idle: Mutex::new(Vec::new()),
-            },
+            writer,
+            blocking,
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
             config,
@@ -342,6 +349,88 @@ impl RedisStore {
         store.ping().await?;
         store.load_scripts().await?;
         Ok(store)
+    }
+
+    fn bad_url(config: &RedisConfig) -> impl Fn(RedisError) -> StoreError + '_ {
+        move |e| {
+            StoreError::Misconfigured(format!(
+                "cannot use Redis URL {}: {e}",
+                config.redacted_url()
+            ))
+        }
+    }
+
+    /// One Redis: a connection manager for checks (and a second one for writes when replica
+    /// acknowledgements are asked for), and the pool for blocking reads.
+    async fn connect_single(
+        config: &RedisConfig,
+    ) -> Result<(Conn, Conn, Option<BlockingPool>), StoreError> {
+        // redis-rs leaves TCP_NODELAY off; a check is one small request and must not wait
+        // for Nagle's algorithm.
+        let info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(Self::bad_url(config))?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info).map_err(Self::bad_url(config))?;
+        let manager = || async {
+            let manager_config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(config.timeout))
+                .set_connection_timeout(Some(config.timeout))
+                .set_number_of_retries(3)
+                .set_max_delay(Duration::from_millis(500));
+            match tokio::time::timeout(
+                config.timeout * 4,
+                ConnectionManager::new_with_config(client.clone(), manager_config),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => Ok(Conn::Single(conn)),
+                Ok(Err(e)) => Err(map_error(e, config.timeout)),
+                Err(_) => Err(StoreError::Timeout(config.timeout * 4)),
+            }
+        };
+        let conn = manager().await?;
+        let writer = if config.replica_acks > 0 {
+            manager().await?
+        } else {
+            conn.clone()
+        };
+        let blocking = BlockingPool {
+            client: client.clone(),
+            connect_timeout: config.timeout,
+            idle: Mutex::new(Vec::new()),
+        };
+        Ok((conn, writer, Some(blocking)))
+    }
+
+    /// A Redis Cluster: a cluster connection for checks (and a second one for writes when
+    /// replica acknowledgements are asked for). See [`cluster`].
+    async fn connect_cluster(
+        config: &RedisConfig,
+    ) -> Result<(Conn, Conn, Option<BlockingPool>), StoreError> {
+        let nodes = cluster::node_list(&config.url);
+        if nodes.is_empty() {
+            return Err(StoreError::Misconfigured(
+                "no Redis Cluster node given (CALLGATE_REDIS_CLUSTER_NODES is empty)".into(),
+            ));
+        }
+        let client = cluster::client(&nodes, config.timeout).map_err(Self::bad_url(config))?;
+        let connect = || async {
+            match tokio::time::timeout(config.timeout * 4, client.get_async_connection()).await {
+                Ok(Ok(conn)) => Ok(Conn::Cluster(conn)),
+                Ok(Err(e)) => Err(map_error(e, config.timeout)),
+                Err(_) => Err(StoreError::Timeout(config.timeout * 4)),
+            }
+        };
+        let conn = connect().await?;
+        let writer = if config.replica_acks > 0 {
+            connect().await?
+        } else {
+            conn.clone()
+        };
+        Ok((conn, writer, None))
     }
 
     pub fn config(&self) -> &RedisConfig {
@@ -395,22 +484,35 @@ impl RedisStore {
 
     /// Loads every script into Redis's script cache (done at connect, and again after a
     /// `NOSCRIPT`, e.g. when Redis restarted).
+    /// On a cluster each `SCRIPT LOAD` goes alone, so redis-rs sends it to every master (a
+    /// keyless pipeline would reach one node only); a replica promoted later answers
+    /// `NOSCRIPT` and gets them then.
     async fn load_scripts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        if conn.is_cluster() {
+            for source in [RECORD_LUA, CLAIM_EXPIRED_LUA] {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(source);
+                self.within(load.query_async::<String>(&mut conn)).await?;
+            }
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         pipe.load_script(&self.record_script)
             .load_script(&self.claim_script);
-        let mut conn = self.conn.clone();
         self.within(pipe.query_async::<Vec<String>>(&mut conn))
             .await
             .map(drop)
     }
 
-    /// Runs a pipeline of script calls, reloading the scripts once if Redis lost them.
+    /// Runs a pipeline of script calls on `conn`, reloading the scripts once if Redis lost
+    /// them (a restart, or a replica promoted on a cluster).
     async fn query_scripts<T: redis::FromRedisValue>(
         &self,
+        conn: &Conn,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = conn.clone();
         let first = tokio::time::timeout(self.config.timeout, pipe.query_async::<T>(&mut conn))
             .await
             .map_err(|_| StoreError::Timeout(self.config.timeout))?;
@@ -527,25 +629,46 @@ fn decode_entry(shard: usize, entry: &Value) -> Result<LoggedEvent, StoreError> 
     })
 }
 
-#[async_trait]
-impl ConsentStore for RedisStore {
-    async fn record(
+/// Runs `f` for every item concurrently and collects the results in order.
+async fn all<I, F, Fut, T>(items: I, f: F) -> Vec<T>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future<Output = T>,
+{
+    futures_util::future::join_all(items.into_iter().map(f)).await
+}
+
+impl RedisStore {
+    /// True when the store runs on a Redis Cluster.
+    fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// The `WAIT` timeout: a part of the store timeout, so the write before it fits too.
+    fn wait_ms(&self) -> u64 {
+        (self.config.timeout.as_millis() as u64 * 3 / 4).max(1)
+    }
+
+    /// Records `decisions` (given by index into `all`) with one pipeline on the write
+    /// connection: one `record.lua` call each, inside `MULTI`/`EXEC` when `atomic`, then
+    /// `WAIT replica_acks` when asked for. `WAIT` must follow `EXEC` (inside a transaction it
+    /// does not block) and share the connection of the writes: it waits for this connection's
+    /// writes. Returns one outcome per index, in order.
+    async fn record_group(
         &self,
-        decisions: &[Decision],
+        all: &[Decision],
+        indices: &[usize],
         received_at: DateTime<Utc>,
+        atomic: bool,
     ) -> Result<Vec<RecordOutcome>, StoreError> {
-        if decisions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let received_ms = received_at.timestamp_millis();
+        let received = codec::base36(received_at.timestamp_millis());
         let mut pipe = redis::pipe();
-        // Standalone Redis: all decisions in one MULTI/EXEC. (On Cluster each decision would be
-        // atomic on its own, and a retry of the whole call is idempotent; see module docs.)
-        if decisions.len() > 1 {
-            pipe.atomic();
+        if atomic {
+            pipe.cmd("MULTI").ignore();
         }
-        let received = codec::base36(received_ms);
-        for decision in decisions {
+        for &i in indices {
+            let decision = &all[i];
             let k = self.keys.pair(&decision.pair);
             let event = ConsentEvent::for_applied(decision, received_at)
                 .map(|e| codec::event_kind_code(e.kind))
@@ -565,12 +688,343 @@ impl ConsentStore for RedisStore {
                 .arg(self.config.event_retention.as_millis() as u64)
                 .arg(&k.member);
             pipe.invoke_script(&invocation);
+            if atomic {
+                pipe.ignore(); // `QUEUED`; the results come with EXEC.
+            }
         }
-        let codes: Vec<i64> = self.query_scripts(&pipe).await?;
-        if codes.len() != decisions.len() {
+        if atomic {
+            pipe.cmd("EXEC");
+        }
+        let acks = self.config.replica_acks;
+        if acks > 0 {
+            pipe.cmd("WAIT").arg(acks).arg(self.wait_ms());
+        }
+        let mut replies: Vec<Value> = self.query_scripts(&self.writer, &pipe).await?;
+        if acks > 0 {
+            let acked: i64 = replies
+                .pop()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .ok_or_else(|| corrupt_reply("WAIT"))?;
+            if acked < i64::from(acks) {
+                return Err(StoreError::Unavailable(format!(
+                    "the write reached {acked} of the {acks} replicas required \
+                     (CALLGATE_REDIS_REPLICA_ACKS) within {} ms; not acknowledged, the sender \
+                     will retry",
+                    self.wait_ms()
+                )));
+            }
+        }
+        let codes: Vec<i64> = if atomic {
+            match replies.pop() {
+                Some(exec) if replies.is_empty() => {
+                    redis::from_redis_value(exec).map_err(|_| corrupt_reply("EXEC"))?
+                }
+                _ => return Err(corrupt_reply("EXEC")),
+            }
+        } else {
+            replies
+                .into_iter()
+                .map(|v| redis::from_redis_value(v).map_err(|_| corrupt_reply("record")))
+                .collect::<Result<_, _>>()?
+        };
+        if codes.len() != indices.len() {
             return Err(corrupt_reply("record"));
         }
         codes.into_iter().map(Self::outcome).collect()
+    }
+
+    /// Reads shard `shard`'s events after `after` (without blocking) and its trimmed mark, in
+    /// one single-slot pipeline; fails with `OutOfRange` if events after `after` were trimmed.
+    async fn read_shard(
+        &self,
+        shard: usize,
+        after: StreamId,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&self.trimmed[shard]);
+        pipe.cmd("XREAD")
+            .arg("COUNT")
+            .arg(limit)
+            .arg("STREAMS")
+            .arg(&self.streams[shard])
+            .arg(after.to_string());
+        let (trimmed, reply): (Option<String>, Value) = self.read_pipe(&pipe).await?;
+        if let Some(id) = trimmed {
+            let id = StreamId::parse(&id)
+                .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}")))?;
+            if after < id {
+                return Err(CursorError::OutOfRange { shard }.into());
+            }
+        }
+        let mut events = Vec::new();
+        self.decode_xread(&reply, &mut events)?;
+        Ok(events)
+    }
+
+    /// Appends the events of an `XREAD` reply (RESP2 or RESP3) to `events`.
+    fn decode_xread(&self, reply: &Value, events: &mut Vec<LoggedEvent>) -> Result<(), StoreError> {
+        let streams: Vec<(&Value, &Value)> = match reply {
+            Value::Nil => Vec::new(),
+            // RESP3: a map of key to entries.
+            Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+            // RESP2: an array of [key, entries] arrays.
+            Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Array(kv) if kv.len() == 2 => Some((&kv[0], &kv[1])),
+                    _ => None,
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| corrupt_reply("XREAD"))?,
+            _ => return Err(corrupt_reply("XREAD")),
+        };
+        for (key, entries) in streams {
+            let shard = bytes_of(key)
+                .and_then(|k| self.streams.iter().position(|s| s.as_bytes() == k))
+                .ok_or_else(|| corrupt_reply("XREAD stream key"))?;
+            let Value::Array(entries) = entries else {
+                return Err(corrupt_reply("XREAD entries"));
+            };
+            for entry in entries {
+                events.push(decode_entry(shard, entry)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Standalone: every shard in one `XREAD` (blocking if asked to) on a dedicated
+    /// connection, pipelined after one `MGET` of every shard's trimmed mark.
+    async fn read_events_single(
+        &self,
+        blocking: &BlockingPool,
+        after: &Cursor,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        // One round trip: the range check (the newest trimmed id of every shard), then the
+        // read, blocking if asked to. If the cursor is out of range, retained events follow
+        // it (a trim never removes the entry just added), so the XREAD returns at once.
+        let mut xread = redis::cmd("XREAD");
+        xread.arg("COUNT").arg(limit);
+        let block_ms = wait.as_millis().min(u128::from(u32::MAX)) as u64;
+        if block_ms > 0 {
+            xread.arg("BLOCK").arg(block_ms);
+        }
+        xread.arg("STREAMS").arg(&self.streams);
+        for id in after.ids() {
+            xread.arg(id.to_string());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(&self.trimmed).add_command(xread);
+
+        let bound = wait + self.config.timeout;
+        let (trimmed, reply) = loop {
+            let (mut conn, reused) = blocking.take().await?;
+            match tokio::time::timeout(
+                bound,
+                pipe.query_async::<(Vec<Option<String>>, Value)>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(v)) => {
+                    blocking.give_back(conn);
+                    break v;
+                }
+                // An idle connection may have died with a Redis restart: the read is
+                // idempotent, so try once more on a fresh connection.
+                Ok(Err(e)) if reused && (e.is_io_error() || e.is_connection_dropped()) => {}
+                Ok(Err(e)) => return Err(map_error(e, self.config.timeout)),
+                // The connection still owes the reply: it is dropped, not reused.
+                Err(_) => return Err(StoreError::Timeout(bound)),
+            }
+        };
+
+        if trimmed.len() != SHARDS {
+            return Err(corrupt_reply("MGET trimmed"));
+        }
+        for (shard, id) in trimmed.iter().enumerate() {
+            let Some(id) = id else { continue };
+            let id = StreamId::parse(id)
+                .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}")))?;
+            if after.get(shard) < id {
+                return Err(CursorError::OutOfRange { shard }.into());
+            }
+        }
+        let mut events = Vec::new();
+        self.decode_xread(&reply, &mut events)?;
+        Ok(events)
+    }
+
+    /// Cluster: an `XREAD` cannot span slots, so each shard is read by itself (one
+    /// single-slot pipeline per shard, all at once, none blocking: a blocking read would hold
+    /// its node's shared connection, and every check to that node would queue behind it).
+    /// To wait for a new event the read is repeated every [`CLUSTER_POLL`] until `wait` ends.
+    async fn read_events_cluster(
+        &self,
+        after: &Cursor,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut events = Vec::new();
+            for shard in all(0..SHARDS, |s| self.read_shard(s, after.get(s), limit)).await {
+                events.extend(shard?);
+            }
+            let now = tokio::time::Instant::now();
+            if !events.is_empty() || now >= deadline {
+                return Ok(events);
+            }
+            tokio::time::sleep(CLUSTER_POLL.min(deadline - now)).await;
+        }
+    }
+
+    /// Claims lapsed grants of one shard, in rounds of at most [`CLAIM_BATCH`].
+    async fn claim_shard(&self, shard: usize, now_ms: i64) -> Result<usize, StoreError> {
+        let prefix = self.keys.shard_prefix(shard);
+        let due = self.keys.due(shard);
+        let retention = self.config.event_retention.as_millis() as u64;
+        let mut published = 0;
+        for _ in 0..CLAIM_MAX_ROUNDS {
+            let mut invocation = self.claim_script.prepare_invoke();
+            invocation
+                .key(&due)
+                .key(&self.streams[shard])
+                .key(&self.trimmed[shard])
+                .arg(now_ms)
+                .arg(CLAIM_BATCH)
+                .arg(&prefix)
+                .arg(retention);
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&invocation);
+            let (p, claimed): (usize, usize) = self
+                .query_scripts::<Vec<(usize, usize)>>(&self.conn, &pipe)
+                .await?
+                .pop()
+                .ok_or_else(|| corrupt_reply("claim"))?;
+            published += p;
+            if claimed < CLAIM_BATCH {
+                break;
+            }
+        }
+        Ok(published)
+    }
+
+    /// The newest id of shard `shard`'s stream (zero if empty).
+    async fn head_of(&self, shard: usize) -> Result<StreamId, StoreError> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(&self.streams[shard])
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let reply: Value = self.read_cmd(&cmd).await?;
+        newest_id(&reply)
+    }
+
+    /// [`ConsentStore::current_each`] on a cluster: one single-slot `MGET` per shard, all at
+    /// once, each bounded by the store timeout. A shard that fails (its master died and its
+    /// replica is not yet promoted) fails only its own pairs.
+    async fn current_each_cluster(
+        &self,
+        pairs: &[Pair],
+    ) -> Vec<Result<Option<Decision>, StoreError>> {
+        let mut mgets: Vec<Option<redis::Cmd>> = vec![None; SHARDS];
+        let mut asked: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, pair) in pairs.iter().enumerate() {
+            let (shard, consent, lapse) = self.keys.current(pair);
+            mgets[shard]
+                .get_or_insert_with(|| redis::cmd("MGET"))
+                .arg(consent)
+                .arg(lapse);
+            asked[shard].push(i);
+        }
+        let groups: Vec<(Vec<usize>, redis::Cmd)> = asked
+            .into_iter()
+            .zip(mgets)
+            .filter_map(|(indices, cmd)| cmd.map(|c| (indices, c)))
+            .collect();
+        let replies = all(&groups, |(_, cmd)| {
+            self.read_cmd::<Vec<Option<Vec<u8>>>>(cmd)
+        })
+        .await;
+        let mut out: Vec<Result<Option<Decision>, StoreError>> =
+            (0..pairs.len()).map(|_| Ok(None)).collect();
+        for ((indices, _), reply) in groups.iter().zip(replies) {
+            match reply {
+                Ok(values) if values.len() == 2 * indices.len() => {
+                    let mut values = values.into_iter();
+                    for &i in indices {
+                        let (consent, lapse) = (values.next().flatten(), values.next().flatten());
+                        out[i] = Self::decode_current(&pairs[i], consent, lapse);
+                    }
+                }
+                Ok(_) => indices
+                    .iter()
+                    .for_each(|&i| out[i] = Err(corrupt_reply("MGET current"))),
+                Err(e) => indices.iter().for_each(|&i| out[i] = Err(e.clone())),
+            }
+        }
+        out
+    }
+}
+
+/// The id of the one entry of an `XREVRANGE … COUNT 1` reply, zero for an empty stream.
+fn newest_id(reply: &Value) -> Result<StreamId, StoreError> {
+    match reply {
+        Value::Array(entries) => match entries.first() {
+            None => Ok(StreamId::ZERO),
+            Some(Value::Array(entry)) => entry
+                .first()
+                .map(|id| stream_id_of(id, "XREVRANGE id"))
+                .unwrap_or_else(|| Err(corrupt_reply("XREVRANGE"))),
+            Some(_) => Err(corrupt_reply("XREVRANGE")),
+        },
+        _ => Err(corrupt_reply("XREVRANGE")),
+    }
+}
+
+#[async_trait]
+impl ConsentStore for RedisStore {
+    async fn record(
+        &self,
+        decisions: &[Decision],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        if decisions.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.is_cluster() {
+            // Standalone Redis: all decisions in one MULTI/EXEC, applied together or (on a
+            // connection error before EXEC) not at all.
+            let indices: Vec<usize> = (0..decisions.len()).collect();
+            return self
+                .record_group(decisions, &indices, received_at, decisions.len() > 1)
+                .await;
+        }
+        // Cluster: a transaction cannot span slots. Each shard's decisions go in one
+        // single-slot pipeline (in order, so a pair's decisions keep their order), the shards
+        // at once. Each decision is atomic by itself; the call is acknowledged only if every
+        // shard's were stored (and replicated, with replica acks). If one shard fails, the
+        // call fails, the sender retries it, and the decisions already stored are recognised
+        // as duplicates: all or none acknowledged, not all or none stored.
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, d) in decisions.iter().enumerate() {
+            by_shard[keys::shard_of(&d.pair)].push(i);
+        }
+        let groups: Vec<Vec<usize>> = by_shard.into_iter().filter(|g| !g.is_empty()).collect();
+        let results = all(&groups, |g| {
+            self.record_group(decisions, g, received_at, false)
+        })
+        .await;
+        let mut out = vec![RecordOutcome::Duplicate; decisions.len()];
+        for (group, result) in groups.iter().zip(results) {
+            for (&i, outcome) in group.iter().zip(result?) {
+                out[i] = outcome;
+            }
+        }
+        Ok(out)
     }
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
@@ -587,6 +1041,9 @@ impl ConsentStore for RedisStore {
     async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            return self.current_each_cluster(pairs).await.into_iter().collect();
         }
         // One MGET per shard with every c:/x: key of that shard's pairs (one slot each), all
         // in one pipeline; `asked[s]` remembers which requests shard `s`'s MGET answers.
@@ -623,6 +1080,17 @@ impl ConsentStore for RedisStore {
         Ok(out)
     }
 
+    async fn current_each(&self, pairs: &[Pair]) -> Vec<Result<Option<Decision>, StoreError>> {
+        if self.is_cluster() {
+            return self.current_each_cluster(pairs).await;
+        }
+        // One Redis: one pipeline, so it answers for all pairs or fails for all.
+        match self.current_many(pairs).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(e) => pairs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
         let k = self.keys.pair(pair);
         let entries: Vec<Vec<u8>> = self
@@ -648,83 +1116,13 @@ impl ConsentStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // One round trip: the range check (the newest trimmed id of every shard), then the
-        // read, blocking if asked to. If the cursor is out of range, retained events follow
-        // it (a trim never removes the entry just added), so the XREAD returns at once.
-        let mut xread = redis::cmd("XREAD");
-        xread.arg("COUNT").arg(limit);
-        let block_ms = wait.as_millis().min(u128::from(u32::MAX)) as u64;
-        if block_ms > 0 {
-            xread.arg("BLOCK").arg(block_ms);
-        }
-        xread.arg("STREAMS").arg(&self.streams);
-        for id in after.ids() {
-            xread.arg(id.to_string());
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(&self.trimmed).add_command(xread);
-
-        let bound = wait + self.config.timeout;
-        let (trimmed, reply) = loop {
-            let (mut conn, reused) = self.blocking.take().await?;
-            match tokio::time::timeout(
-                bound,
-                pipe.query_async::<(Vec<Option<String>>, Value)>(&mut conn),
-            )
-            .await
-            {
-                Ok(Ok(v)) => {
-                    self.blocking.give_back(conn);
-                    break v;
-                }
-                // An idle connection may have died with a Redis restart: the read is
-                // idempotent, so try once more on a fresh connection.
-                Ok(Err(e)) if reused && (e.is_io_error() || e.is_connection_dropped()) => {}
-                Ok(Err(e)) => return Err(map_error(e, self.config.timeout)),
-                // The connection still owes the reply: it is dropped, not reused.
-                Err(_) => return Err(StoreError::Timeout(bound)),
+        let mut events = match &self.blocking {
+            Some(blocking) => {
+                self.read_events_single(blocking, after, limit, wait)
+                    .await?
             }
+            None => self.read_events_cluster(after, limit, wait).await?,
         };
-
-        if trimmed.len() != SHARDS {
-            return Err(corrupt_reply("MGET trimmed"));
-        }
-        for (shard, id) in trimmed.iter().enumerate() {
-            let Some(id) = id else { continue };
-            let id = StreamId::parse(id)
-                .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}")))?;
-            if after.get(shard) < id {
-                return Err(CursorError::OutOfRange { shard }.into());
-            }
-        }
-
-        let mut events = Vec::new();
-        let streams: Vec<(&Value, &Value)> = match &reply {
-            Value::Nil => Vec::new(),
-            // RESP3: a map of key to entries.
-            Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
-            // RESP2: an array of [key, entries] arrays.
-            Value::Array(items) => items
-                .iter()
-                .map(|item| match item {
-                    Value::Array(kv) if kv.len() == 2 => Some((&kv[0], &kv[1])),
-                    _ => None,
-                })
-                .collect::<Option<_>>()
-                .ok_or_else(|| corrupt_reply("XREAD"))?,
-            _ => return Err(corrupt_reply("XREAD")),
-        };
-        for (key, entries) in streams {
-            let shard = bytes_of(key)
-                .and_then(|k| self.streams.iter().position(|s| s.as_bytes() == k))
-                .ok_or_else(|| corrupt_reply("XREAD stream key"))?;
-            let Value::Array(entries) = entries else {
-                return Err(corrupt_reply("XREAD entries"));
-            };
-            for entry in entries {
-                events.push(decode_entry(shard, entry)?);
-            }
-        }
         // COUNT applies per stream. Keeping the first `limit` in (id, shard) order keeps a
         // prefix of every shard's events, so a cursor advanced over them misses nothing.
         events.sort_by_key(|e| (e.id, e.shard));
@@ -733,6 +1131,13 @@ impl ConsentStore for RedisStore {
     }
 
     async fn head(&self) -> Result<Cursor, StoreError> {
+        if self.is_cluster() {
+            let ids = all(0..SHARDS, |s| self.head_of(s))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Cursor::from_ids(ids));
+        }
         let mut pipe = redis::pipe();
         for key in &self.streams {
             pipe.cmd("XREVRANGE")
@@ -748,23 +1153,30 @@ impl ConsentStore for RedisStore {
         }
         let ids = replies
             .iter()
-            .map(|reply| match reply {
-                Value::Array(entries) => match entries.first() {
-                    None => Ok(StreamId::ZERO),
-                    Some(Value::Array(entry)) => entry
-                        .first()
-                        .map(|id| stream_id_of(id, "XREVRANGE id"))
-                        .unwrap_or_else(|| Err(corrupt_reply("XREVRANGE"))),
-                    Some(_) => Err(corrupt_reply("XREVRANGE")),
-                },
-                _ => Err(corrupt_reply("XREVRANGE")),
-            })
+            .map(newest_id)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Cursor::from_ids(ids))
     }
 
     async fn claim_expired(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let now_ms = now.timestamp_millis();
+        if self.is_cluster() {
+            // Each shard by itself (one slot each): a shard whose master is failing over
+            // does not hold back the others' expiries; its lapses are claimed by a later
+            // sweep.
+            let mut published = 0;
+            let mut failed = None;
+            for result in all(0..SHARDS, |s| self.claim_shard(s, now_ms)).await {
+                match result {
+                    Ok(n) => published += n,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            return match failed {
+                Some(e) => Err(e),
+                None => Ok(published),
+            };
+        }
         let retention = self.config.event_retention.as_millis() as u64;
         let prefixes: Vec<String> = (0..SHARDS).map(|s| self.keys.shard_prefix(s)).collect();
         let dues: Vec<String> = (0..SHARDS).map(|s| self.keys.due(s)).collect();
@@ -785,7 +1197,7 @@ impl ConsentStore for RedisStore {
                     .arg(retention);
                 pipe.invoke_script(&invocation);
             }
-            let replies: Vec<(usize, usize)> = self.query_scripts(&pipe).await?;
+            let replies: Vec<(usize, usize)> = self.query_scripts(&self.conn, &pipe).await?;
             published += replies.iter().map(|(p, _)| p).sum::<usize>();
             if replies.iter().all(|(_, claimed)| *claimed < CLAIM_BATCH) {
                 break;
@@ -796,20 +1208,17 @@ impl ConsentStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let pong: String = self.read_cmd(&redis::cmd("PING")).await?;
-        let mut conn = self.conn.clone();
         if pong != "PONG" {
             return Err(corrupt_reply("PING"));
         }
-        let reply = tokio::time::timeout(
-            self.config.timeout,
-            redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async::<Value>(&mut conn),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.config.timeout))?;
-        let reply = match reply {
+        // Every master (on a cluster) must refuse to evict.
+        let mut conn = self.conn.clone();
+        let mut get = redis::cmd("CONFIG");
+        get.arg("GET").arg("maxmemory-policy");
+        let replies = tokio::time::timeout(self.config.timeout, conn.on_every_master(&get))
+            .await
+            .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        let replies = match replies {
             Ok(v) => v,
             Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 return Err(map_error(e, self.config.timeout));
@@ -823,20 +1232,33 @@ impl ConsentStore for RedisStore {
                 )));
             }
         };
-        let policy = pairs_of(&reply)
-            .and_then(|pairs| {
-                pairs
-                    .into_iter()
-                    .find(|(k, _)| bytes_of(k) == Some(b"maxmemory-policy"))
-                    .and_then(|(_, v)| bytes_of(v))
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            })
-            .unwrap_or_else(|| "unknown".to_owned());
-        if policy != "noeviction" {
-            return Err(StoreError::Misconfigured(format!(
-                "maxmemory-policy is {policy}; callgate needs noeviction, because an evicted \
-                 denial would read as no consent (set `maxmemory-policy noeviction`)"
-            )));
+        for (node, reply) in &replies {
+            let policy = pairs_of(reply)
+                .and_then(|pairs| {
+                    pairs
+                        .into_iter()
+                        .find(|(k, _)| bytes_of(k) == Some(b"maxmemory-policy"))
+                        .and_then(|(_, v)| bytes_of(v))
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
+                .unwrap_or_else(|| "unknown".to_owned());
+            if policy != "noeviction" {
+                let on = if self.is_cluster() {
+                    format!(" on master {node}")
+                } else {
+                    String::new()
+                };
+                return Err(StoreError::Misconfigured(format!(
+                    "maxmemory-policy is {policy}{on}; callgate needs noeviction, because an \
+                     evicted denial would read as no consent (set `maxmemory-policy \
+                     noeviction`{})",
+                    if self.is_cluster() {
+                        " on every master"
+                    } else {
+                        ""
+                    }
+                )));
+            }
         }
         Ok(())
     }
