@@ -3,6 +3,9 @@
 //! `conformance.rs`. Each test starts its own cluster (2–4 s), so there are few of them.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use callgate::domain::{Pair, PhoneNumber};
 use callgate::pb::{self, ConsentState};
@@ -173,6 +176,474 @@ async fn two_callgates_on_one_cluster_agree_and_see_each_others_denials_at_once(
         assert_eq!(after.state, ConsentState::Denied as i32, "shard {i}");
         assert!(!after.allowed);
     }
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
+
+// ---- failover under load -----------------------------------------------------------------
+
+/// The last lines of a log, for failure messages.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// What one check (or one batch item) answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// The pair's known state (granted permanent).
+    Right,
+    /// Any other state: a wrong answer.
+    Wrong,
+    /// UNAVAILABLE, as a store failure must be.
+    Unavailable,
+    /// Any other error (or no answer within 5 s).
+    OtherError,
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    shard: usize,
+    at: Instant,
+    seen: Seen,
+    /// The error, if any: which call, and what it said.
+    error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Write {
+    customer: String,
+    id: String,
+    at: Instant,
+    status: u16,
+    replica_acks: bool,
+}
+
+fn seen_of(answer: &pb::CheckCallPermissionResponse) -> Seen {
+    if answer.state == ConsentState::GrantedPermanent as i32 && answer.allowed {
+        Seen::Right
+    } else {
+        Seen::Wrong
+    }
+}
+
+fn seen_of_status(status: &tonic::Status) -> Seen {
+    if status.code() == tonic::Code::Unavailable {
+        Seen::Unavailable
+    } else {
+        Seen::OtherError
+    }
+}
+
+/// Events (not checkpoints) until `checkpoints` checkpoints passed with no event between them,
+/// or the stream ended; with the last cursor seen.
+async fn drain(
+    s: &mut tonic::Streaming<pb::ConsentEvent>,
+    checkpoints: usize,
+    events: &mut Vec<pb::ConsentEvent>,
+    cursor: &mut String,
+) {
+    let mut quiet = 0;
+    while quiet < checkpoints {
+        let next = tokio::time::timeout(Duration::from_secs(10), s.message()).await;
+        let Ok(Ok(Some(e))) = next else { return };
+        cursor.clone_from(&e.cursor);
+        if e.kind == pb::EventKind::Checkpoint as i32 {
+            quiet += 1;
+        } else {
+            quiet = 0;
+            events.push(e);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_loses_no_replica_acked_decision()
+ {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let (process_a, api_a) = callgate_on(&cluster, &[]);
+    let (process_b, api_b) = callgate_on(&cluster, &[("CALLGATE_REDIS_REPLICA_ACKS", "1")]);
+    let (api_a, api_b) = (Arc::new(api_a), Arc::new(api_b));
+    let keys = Keys::new("callgate");
+    let victim_slot = keys.slot(0);
+    let victim = cluster.master_of_slot(victim_slot);
+    let dead: Vec<bool> = (0..SHARDS)
+        .map(|s| cluster.master_of_slot(keys.slot(s)) == victim)
+        .collect();
+    assert_eq!(dead.iter().filter(|d| **d).count(), SHARDS / 3);
+
+    // Known state: one permanently granted pair per shard.
+    let known: Vec<String> = (0..SHARDS)
+        .map(|s| customer_in_shard(s, 0, 9_600_000_000))
+        .collect();
+    for (i, c) in known.iter().enumerate() {
+        assert_eq!(post(&api_b, c, &format!("k{i}"), "accept").await, 200);
+    }
+
+    // A StreamGrants subscriber on A, from here.
+    let mut on_a = api_a.stream(pb::StreamGrantsRequest::default()).await;
+    let (mut before_kill, mut cursor) = (Vec::new(), String::new());
+    drain(&mut on_a, 1, &mut before_kill, &mut cursor).await;
+    assert!(before_kill.is_empty() && !cursor.is_empty());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut checkers = Vec::new();
+    // One checker per shard, half on each process: single checks, sequential, bounded.
+    for (shard, customer) in known.iter().cloned().enumerate() {
+        let api = if shard % 2 == 0 {
+            api_a.clone()
+        } else {
+            api_b.clone()
+        };
+        let stop = stop.clone();
+        checkers.push(tokio::spawn(async move {
+            let mut client = api.grpc().await;
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) && samples.len() < 20_000 {
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.check_call_permission(single(&customer)),
+                )
+                .await;
+                let (seen, error) = match answer {
+                    Ok(Ok(a)) => (seen_of(a.get_ref()), None),
+                    Ok(Err(status)) => (
+                        seen_of_status(&status),
+                        Some(format!("single: {}", status.message())),
+                    ),
+                    Err(_) => (Seen::OtherError, Some("single: no answer".into())),
+                };
+                samples.push(Sample {
+                    shard,
+                    at: Instant::now(),
+                    seen,
+                    error,
+                });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            samples
+        }));
+    }
+    // Batch checks of every known pair: per-pair results.
+    {
+        let (api, stop, known) = (api_a.clone(), stop.clone(), known.clone());
+        checkers.push(tokio::spawn(async move {
+            let mut client = api.grpc().await;
+            let mut samples = Vec::new();
+            let request = pb::CheckCallPermissionsRequest {
+                checks: known.iter().map(|c| single(c)).collect(),
+            };
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) && rounds < 5_000 {
+                rounds += 1;
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.check_call_permissions(request.clone()),
+                )
+                .await;
+                let at = Instant::now();
+                match answer {
+                    Ok(Ok(a)) => {
+                        for (shard, r) in a.into_inner().results.iter().enumerate() {
+                            let (seen, error) = match &r.result {
+                                Some(pb::check_result::Result::Answer(a)) => (seen_of(a), None),
+                                Some(pb::check_result::Result::Error(e))
+                                    if e.code == tonic::Code::Unavailable as i32 =>
+                                {
+                                    (
+                                        Seen::Unavailable,
+                                        Some(format!("batch item: {}", e.message)),
+                                    )
+                                }
+                                other => (Seen::OtherError, Some(format!("batch item: {other:?}"))),
+                            };
+                            samples.push(Sample {
+                                shard,
+                                at,
+                                seen,
+                                error,
+                            });
+                        }
+                    }
+                    // The whole call failed: every pair failed.
+                    Ok(Err(status)) => samples.extend((0..SHARDS).map(|shard| Sample {
+                        shard,
+                        at,
+                        seen: seen_of_status(&status),
+                        error: Some(format!("batch: {}", status.message())),
+                    })),
+                    Err(_) => samples.extend((0..SHARDS).map(|shard| Sample {
+                        shard,
+                        at,
+                        seen: Seen::OtherError,
+                        error: Some("batch: no answer".into()),
+                    })),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            samples
+        }));
+    }
+    // Two writers: fresh customers granted through A (no replica acks) and B (1 replica ack).
+    let mut writers = Vec::new();
+    for (n, api) in [api_a.clone(), api_b.clone()].into_iter().enumerate() {
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut writes = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                let customer = format!("+9195{:08}", i * 2 + n as u64);
+                let id = format!("w{n}-{i}");
+                let status = post(&api, &customer, &id, "accept").await;
+                writes.push(Write {
+                    customer,
+                    id,
+                    at: Instant::now(),
+                    status,
+                    replica_acks: n == 1,
+                });
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            writes
+        }));
+    }
+
+    // The subscriber on A follows until just after the kill, then leaves with its cursor.
+    let follow_until = Arc::new(Mutex::new(None::<Instant>));
+    let follower = {
+        let follow_until = follow_until.clone();
+        tokio::spawn(async move {
+            let mut events = Vec::new();
+            let mut cursor = cursor;
+            loop {
+                let until = *follow_until.lock().unwrap();
+                if until.is_some_and(|u| Instant::now() >= u) {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_millis(100), on_a.message()).await {
+                    Ok(Ok(Some(e))) => {
+                        cursor.clone_from(&e.cursor);
+                        if e.kind != pb::EventKind::Checkpoint as i32 {
+                            events.push(e);
+                        }
+                    }
+                    Ok(_) => break, // the stream ended (an error during the failover)
+                    Err(_) => {}
+                }
+            }
+            (events, cursor)
+        })
+    };
+
+    // Steady load for a second; then one decision acknowledged by each process on the
+    // victim's shards, and at once kill -9 of the victim.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last_words: Vec<(String, bool)> = vec![
+        (customer_in_shard(0, 0, 9_500_000_000), false),
+        (customer_in_shard(0, 1, 9_500_000_000), true),
+    ];
+    for (i, (c, acks)) in last_words.iter().enumerate() {
+        let api = if *acks { &api_b } else { &api_a };
+        assert_eq!(post(api, c, &format!("last{i}"), "accept").await, 200);
+    }
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    *follow_until.lock().unwrap() = Some(killed_at + Duration::from_millis(300));
+    let promoted = tokio::task::block_in_place(|| cluster.wait_promoted(victim_slot));
+    let promoted_after = killed_at.elapsed();
+    assert_ne!(promoted, victim);
+    // Until the dead shards answer again through callgate (bounded), then one more second.
+    let mut probe = api_a.grpc().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut failures = Vec::new();
+        for c in known
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| dead[*s])
+            .map(|(_, c)| c)
+        {
+            match probe.check_call_permission(single(c)).await {
+                Ok(a) if seen_of(a.get_ref()) == Seen::Right => {}
+                other => failures.push(format!("{other:?}")),
+            }
+        }
+        if failures.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead shards never answered again: {failures:?}; A:\n{}\nB:\n{}",
+            tail(&process_a.log_text()),
+            tail(&process_b.log_text())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut samples = Vec::new();
+    for c in checkers {
+        samples.extend(c.await.unwrap());
+    }
+    let mut writes = Vec::new();
+    for w in writers {
+        writes.extend(w.await.unwrap());
+    }
+    let (streamed_on_a, resume_cursor) = follower.await.unwrap();
+
+    // Checks.
+    let wrong = samples.iter().filter(|s| s.seen == Seen::Wrong).count();
+    let other_errors = samples
+        .iter()
+        .filter(|s| s.seen == Seen::OtherError)
+        .count();
+    let unaffected_failed: Vec<String> = samples
+        .iter()
+        .filter(|s| !dead[s.shard] && s.seen != Seen::Right)
+        .map(|s| {
+            format!(
+                "{:?} after the kill, shard {}: {:?}",
+                s.at.checked_duration_since(killed_at),
+                s.shard,
+                s.error
+            )
+        })
+        .collect();
+    let unaffected_errors = unaffected_failed.len();
+    let dead_errors: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| dead[s.shard] && s.seen != Seen::Right)
+        .collect();
+    let answered_again_after = dead_errors
+        .iter()
+        .map(|s| s.at.saturating_duration_since(killed_at))
+        .max()
+        .unwrap_or_default();
+    let unaffected_checks = samples.iter().filter(|s| !dead[s.shard]).count();
+
+    // Writes: every acknowledged decision must still be there.
+    let mut grpc = api_b.grpc().await;
+    let acked: Vec<&Write> = writes.iter().filter(|w| w.status == 200).collect();
+    let mut lost = [0usize; 2];
+    let mut present_ids = Vec::new();
+    for chunk in acked.chunks(500) {
+        let answer = grpc
+            .check_call_permissions(pb::CheckCallPermissionsRequest {
+                checks: chunk.iter().map(|w| single(&w.customer)).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for (w, r) in chunk.iter().zip(&answer.results) {
+            match &r.result {
+                Some(pb::check_result::Result::Answer(a)) if seen_of(a) == Seen::Right => {
+                    present_ids.push(w.id.clone());
+                }
+                Some(pb::check_result::Result::Answer(_)) => lost[usize::from(w.replica_acks)] += 1,
+                other => panic!("check after recovery failed: {other:?}"),
+            }
+        }
+    }
+    // The two decisions acknowledged just before the kill.
+    let mut last_lost = [0usize; 2];
+    for (c, acks) in &last_words {
+        let answer = grpc
+            .check_call_permission(single(c))
+            .await
+            .unwrap()
+            .into_inner();
+        if seen_of(&answer) != Seen::Right {
+            last_lost[usize::from(*acks)] += 1;
+        }
+    }
+    let refused_on_unaffected = writes
+        .iter()
+        .filter(|w| w.status != 200 && !dead[shard_of_customer(&w.customer)])
+        .count();
+    let refused_on_dead = writes.iter().filter(|w| w.status != 200).count() - refused_on_unaffected;
+
+    // StreamGrants: resume on B with the cursor A's stream last gave.
+    let mut on_b = api_b
+        .stream(pb::StreamGrantsRequest {
+            resume_after: resume_cursor,
+            ..Default::default()
+        })
+        .await;
+    let (mut streamed_on_b, mut last) = (Vec::new(), String::new());
+    drain(&mut on_b, 2, &mut streamed_on_b, &mut last).await;
+    let mut streamed: Vec<String> = streamed_on_a
+        .iter()
+        .chain(&streamed_on_b)
+        .map(|e| e.evidence.as_ref().unwrap().message_id.clone())
+        .collect();
+    let streamed_total = streamed.len();
+    streamed.sort();
+    streamed.dedup();
+    let duplicates = streamed_total - streamed.len();
+    let missing: Vec<&String> = present_ids
+        .iter()
+        .filter(|id| streamed.binary_search(id).is_err())
+        .collect();
+
+    println!(
+        "== cluster failover (kill -9 of 1 of 3 masters, {SHARDS} shards, {} on it)",
+        SHARDS / 3
+    );
+    println!(
+        "load ran {:?}; replica promoted {promoted_after:?} after the kill",
+        started.elapsed()
+    );
+    println!(
+        "checks: {} samples; unaffected shards: {unaffected_checks} answered, {unaffected_errors} \
+         errors; wrong answers: {wrong}; other errors: {other_errors}",
+        samples.len()
+    );
+    println!(
+        "dead shards: {} UNAVAILABLE answers; answering again {answered_again_after:?} after the \
+         kill",
+        dead_errors.len()
+    );
+    println!(
+        "webhooks: {} posted, {} acknowledged; refused (503) on the dead shards: \
+         {refused_on_dead}, on the others: {refused_on_unaffected}",
+        writes.len(),
+        acked.len()
+    );
+    println!(
+        "acknowledged decisions lost: {} without replica acks, {} with \
+         CALLGATE_REDIS_REPLICA_ACKS=1; of the two acknowledged on the dead master right before \
+         the kill: {} lost without, {} with",
+        lost[0], lost[1], last_lost[0], last_lost[1]
+    );
+    println!(
+        "StreamGrants: {} events on A before leaving, {} on B after resuming; duplicates \
+         {duplicates}, acknowledged-and-present decisions missing {}",
+        streamed_on_a.len(),
+        streamed_on_b.len(),
+        missing.len()
+    );
+
+    assert_eq!(wrong, 0, "wrong answers");
+    assert_eq!(
+        unaffected_errors, 0,
+        "errors on the shards of live masters: {unaffected_failed:#?}"
+    );
+    assert_eq!(other_errors, 0, "errors other than UNAVAILABLE");
+    assert!(unaffected_checks > 100, "too little load to show anything");
+    assert_eq!(refused_on_unaffected, 0, "webhooks refused on live masters");
+    assert_eq!(lost[1], 0, "a replica-acknowledged decision was lost");
+    assert_eq!(
+        last_lost[1], 0,
+        "the replica-acknowledged decision made just before the kill was lost"
+    );
+    assert_eq!(duplicates, 0, "StreamGrants delivered an event twice");
+    assert!(missing.is_empty(), "StreamGrants gap: {missing:?}");
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .unwrap();

@@ -116,7 +116,7 @@ use redis::{
     ServerErrorKind, Value,
 };
 
-use cluster::Conn;
+use cluster::{Conn, Lanes};
 
 use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId};
 use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
@@ -274,10 +274,10 @@ pub struct RedisStore {
     config: RedisConfig,
     keys: Keys,
     /// Checks, reads, and writes when no replica acknowledgement is asked for.
-    conn: Conn,
-    /// Writes. With `replica_acks > 0` a connection of its own: `WAIT` holds its connection
+    conn: Lanes,
+    /// Writes. With `replica_acks > 0` connections of their own: `WAIT` holds its connection
     /// until the replicas answer, and checks must never queue behind it.
-    writer: Conn,
+    writer: Lanes,
     /// Dedicated connections for blocking reads (standalone only: on a cluster, waiting reads
     /// poll, see [`read_events`](RedisStore::read_events)).
     blocking: Option<BlockingPool>,
@@ -364,7 +364,7 @@ impl RedisStore {
     /// acknowledgements are asked for), and the pool for blocking reads.
     async fn connect_single(
         config: &RedisConfig,
-    ) -> Result<(Conn, Conn, Option<BlockingPool>), StoreError> {
+    ) -> Result<(Lanes, Lanes, Option<BlockingPool>), StoreError> {
         // redis-rs leaves TCP_NODELAY off; a check is one small request and must not wait
         // for Nagle's algorithm.
         let info = config
@@ -402,14 +402,14 @@ impl RedisStore {
             connect_timeout: config.timeout,
             idle: Mutex::new(Vec::new()),
         };
-        Ok((conn, writer, Some(blocking)))
+        Ok((Lanes::single(conn), Lanes::single(writer), Some(blocking)))
     }
 
     /// A Redis Cluster: a cluster connection for checks (and a second one for writes when
     /// replica acknowledgements are asked for). See [`cluster`].
     async fn connect_cluster(
         config: &RedisConfig,
-    ) -> Result<(Conn, Conn, Option<BlockingPool>), StoreError> {
+    ) -> Result<(Lanes, Lanes, Option<BlockingPool>), StoreError> {
         let nodes = cluster::node_list(&config.url);
         if nodes.is_empty() {
             return Err(StoreError::Misconfigured(
@@ -418,43 +418,69 @@ impl RedisStore {
         }
         let client = cluster::client(&nodes, config.timeout).map_err(Self::bad_url(config))?;
         let connect = || async {
-            match tokio::time::timeout(config.timeout * 4, client.get_async_connection()).await {
-                Ok(Ok(conn)) => Ok(Conn::Cluster(conn)),
-                Ok(Err(e)) => Err(map_error(e, config.timeout)),
-                Err(_) => Err(StoreError::Timeout(config.timeout * 4)),
+            match cluster::ClusterHandle::connect(client.clone(), config.timeout * 4).await {
+                Ok(handle) => Ok(Conn::Cluster(handle)),
+                Err(cluster::ConnectError::Redis(e)) => Err(map_error(e, config.timeout)),
+                Err(cluster::ConnectError::Timeout) => Err(StoreError::Timeout(config.timeout * 4)),
             }
         };
-        let conn = connect().await?;
+        let mut by_third = Vec::new();
+        for _ in 0..3 {
+            by_third.push(connect().await?);
+        }
+        let keyless = connect().await?;
         let writer = if config.replica_acks > 0 {
-            connect().await?
+            let mut writers = Vec::new();
+            for _ in 0..3 {
+                writers.push(connect().await?);
+            }
+            Lanes::cluster(writers, keyless.clone(), SHARDS)
         } else {
-            conn.clone()
+            Lanes::cluster(by_third.clone(), keyless.clone(), SHARDS)
         };
-        Ok((conn, writer, None))
+        Ok((Lanes::cluster(by_third, keyless, SHARDS), writer, None))
     }
 
     pub fn config(&self) -> &RedisConfig {
         &self.config
     }
 
-    /// Runs one Redis call within the store timeout.
+    /// Runs one Redis call on the keyless connection within the store timeout.
     async fn within<T>(
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.config.timeout, call).await {
+        self.within_on(self.conn.keyless(), call).await
+    }
+
+    /// Runs one Redis call on `conn` within the store timeout. A connection that fails or
+    /// is too slow is reported to it ([`Conn::suspect`]).
+    async fn within_on<T>(
+        &self,
+        conn: &Conn,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let result = match tokio::time::timeout(self.config.timeout, call).await {
             Ok(result) => result.map_err(|e| map_error(e, self.config.timeout)),
             Err(_) => Err(StoreError::Timeout(self.config.timeout)),
+        };
+        if let Err(StoreError::Timeout(_) | StoreError::Unavailable(_)) = &result {
+            conn.suspect();
         }
+        result
     }
 
     /// Runs a read-only command. Reads are idempotent, so a connection found dead (Redis
     /// restarted or failed over since the last call) is retried once on the connection the
     /// manager re-establishes; both attempts share the one store timeout. Writes are not
     /// retried: a lost reply would turn "applied" into "duplicate".
-    async fn read_cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.within(async move {
+    async fn read_cmd<T: redis::FromRedisValue>(
+        &self,
+        on: &Conn,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = on.clone();
+        self.within_on(on, async move {
             match cmd.query_async::<T>(&mut conn).await {
                 Err(e) if e.is_io_error() || e.is_connection_dropped() => {
                     cmd.query_async::<T>(&mut conn).await
@@ -468,10 +494,11 @@ impl RedisStore {
     /// [`read_cmd`](Self::read_cmd) for a pipeline of reads.
     async fn read_pipe<T: redis::FromRedisValue>(
         &self,
+        on: &Conn,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.within(async move {
+        let mut conn = on.clone();
+        self.within_on(on, async move {
             match pipe.query_async::<T>(&mut conn).await {
                 Err(e) if e.is_io_error() || e.is_connection_dropped() => {
                     pipe.query_async::<T>(&mut conn).await
@@ -488,7 +515,7 @@ impl RedisStore {
     /// keyless pipeline would reach one node only); a replica promoted later answers
     /// `NOSCRIPT` and gets them then.
     async fn load_scripts(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.keyless().clone();
         if conn.is_cluster() {
             for source in [RECORD_LUA, CLAIM_EXPIRED_LUA] {
                 let mut load = redis::cmd("SCRIPT");
@@ -512,17 +539,30 @@ impl RedisStore {
         conn: &Conn,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
+        let on = conn;
         let mut conn = conn.clone();
-        let first = tokio::time::timeout(self.config.timeout, pipe.query_async::<T>(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        let first =
+            match tokio::time::timeout(self.config.timeout, pipe.query_async::<T>(&mut conn)).await
+            {
+                Ok(first) => first,
+                Err(_) => {
+                    on.suspect();
+                    return Err(StoreError::Timeout(self.config.timeout));
+                }
+            };
         match first {
             Ok(v) => Ok(v),
             Err(e) if is_noscript(&e) => {
                 self.load_scripts().await?;
-                self.within(pipe.query_async::<T>(&mut conn)).await
+                self.within_on(on, pipe.query_async::<T>(&mut conn)).await
             }
-            Err(e) => Err(map_error(e, self.config.timeout)),
+            Err(e) => {
+                let e = map_error(e, self.config.timeout);
+                if matches!(e, StoreError::Unavailable(_)) {
+                    on.suspect();
+                }
+                Err(e)
+            }
         }
     }
 
@@ -699,7 +739,8 @@ impl RedisStore {
         if acks > 0 {
             pipe.cmd("WAIT").arg(acks).arg(self.wait_ms());
         }
-        let mut replies: Vec<Value> = self.query_scripts(&self.writer, &pipe).await?;
+        let shard = keys::shard_of(&all[indices[0]].pair);
+        let mut replies: Vec<Value> = self.query_scripts(self.writer.shard(shard), &pipe).await?;
         if acks > 0 {
             let acked: i64 = replies
                 .pop()
@@ -749,7 +790,8 @@ impl RedisStore {
             .arg("STREAMS")
             .arg(&self.streams[shard])
             .arg(after.to_string());
-        let (trimmed, reply): (Option<String>, Value) = self.read_pipe(&pipe).await?;
+        let (trimmed, reply): (Option<String>, Value) =
+            self.read_pipe(self.conn.shard(shard), &pipe).await?;
         if let Some(id) = trimmed {
             let id = StreamId::parse(&id)
                 .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}")))?;
@@ -899,7 +941,7 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             pipe.invoke_script(&invocation);
             let (p, claimed): (usize, usize) = self
-                .query_scripts::<Vec<(usize, usize)>>(&self.conn, &pipe)
+                .query_scripts::<Vec<(usize, usize)>>(self.conn.shard(shard), &pipe)
                 .await?
                 .pop()
                 .ok_or_else(|| corrupt_reply("claim"))?;
@@ -919,7 +961,7 @@ impl RedisStore {
             .arg("-")
             .arg("COUNT")
             .arg(1);
-        let reply: Value = self.read_cmd(&cmd).await?;
+        let reply: Value = self.read_cmd(self.conn.shard(shard), &cmd).await?;
         newest_id(&reply)
     }
 
@@ -940,18 +982,19 @@ impl RedisStore {
                 .arg(lapse);
             asked[shard].push(i);
         }
-        let groups: Vec<(Vec<usize>, redis::Cmd)> = asked
+        let groups: Vec<(usize, Vec<usize>, redis::Cmd)> = asked
             .into_iter()
             .zip(mgets)
-            .filter_map(|(indices, cmd)| cmd.map(|c| (indices, c)))
+            .enumerate()
+            .filter_map(|(shard, (indices, cmd))| cmd.map(|c| (shard, indices, c)))
             .collect();
-        let replies = all(&groups, |(_, cmd)| {
-            self.read_cmd::<Vec<Option<Vec<u8>>>>(cmd)
+        let replies = all(&groups, |(shard, _, cmd)| {
+            self.read_cmd::<Vec<Option<Vec<u8>>>>(self.conn.shard(*shard), cmd)
         })
         .await;
         let mut out: Vec<Result<Option<Decision>, StoreError>> =
             (0..pairs.len()).map(|_| Ok(None)).collect();
-        for ((indices, _), reply) in groups.iter().zip(replies) {
+        for ((_, indices, _), reply) in groups.iter().zip(replies) {
             match reply {
                 Ok(values) if values.len() == 2 * indices.len() => {
                     let mut values = values.into_iter();
@@ -1028,9 +1071,12 @@ impl ConsentStore for RedisStore {
     }
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
-        let (_, consent, lapse) = self.keys.current(pair);
+        let (shard, consent, lapse) = self.keys.current(pair);
         let mut values: Vec<Option<Vec<u8>>> = self
-            .read_cmd(redis::cmd("MGET").arg(consent).arg(lapse))
+            .read_cmd(
+                self.conn.shard(shard),
+                redis::cmd("MGET").arg(consent).arg(lapse),
+            )
             .await?;
         match (values.pop(), values.pop(), values.is_empty()) {
             (Some(lapse), Some(consent), true) => Self::decode_current(pair, consent, lapse),
@@ -1061,7 +1107,7 @@ impl ConsentStore for RedisStore {
         for cmd in mgets.into_iter().flatten() {
             pipe.add_command(cmd);
         }
-        let replies: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(&pipe).await?;
+        let replies: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(self.conn.keyless(), &pipe).await?;
         let asked: Vec<Vec<usize>> = asked.into_iter().filter(|a| !a.is_empty()).collect();
         if replies.len() != asked.len() {
             return Err(corrupt_reply("MGET current"));
@@ -1094,7 +1140,10 @@ impl ConsentStore for RedisStore {
     async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
         let k = self.keys.pair(pair);
         let entries: Vec<Vec<u8>> = self
-            .read_cmd(redis::cmd("LRANGE").arg(&k.history).arg(0).arg(-1))
+            .read_cmd(
+                self.conn.shard(k.shard),
+                redis::cmd("LRANGE").arg(&k.history).arg(0).arg(-1),
+            )
             .await?;
         entries
             .iter()
@@ -1147,7 +1196,7 @@ impl ConsentStore for RedisStore {
                 .arg("COUNT")
                 .arg(1);
         }
-        let replies: Vec<Value> = self.read_pipe(&pipe).await?;
+        let replies: Vec<Value> = self.read_pipe(self.conn.keyless(), &pipe).await?;
         if replies.len() != SHARDS {
             return Err(corrupt_reply("XREVRANGE"));
         }
@@ -1197,7 +1246,8 @@ impl ConsentStore for RedisStore {
                     .arg(retention);
                 pipe.invoke_script(&invocation);
             }
-            let replies: Vec<(usize, usize)> = self.query_scripts(&self.conn, &pipe).await?;
+            let replies: Vec<(usize, usize)> =
+                self.query_scripts(self.conn.keyless(), &pipe).await?;
             published += replies.iter().map(|(p, _)| p).sum::<usize>();
             if replies.iter().all(|(_, claimed)| *claimed < CLAIM_BATCH) {
                 break;
@@ -1207,12 +1257,14 @@ impl ConsentStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self.read_cmd(&redis::cmd("PING")).await?;
+        let pong: String = self
+            .read_cmd(self.conn.keyless(), &redis::cmd("PING"))
+            .await?;
         if pong != "PONG" {
             return Err(corrupt_reply("PING"));
         }
         // Every master (on a cluster) must refuse to evict.
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.keyless().clone();
         let mut get = redis::cmd("CONFIG");
         get.arg("GET").arg("maxmemory-policy");
         let replies = tokio::time::timeout(self.config.timeout, conn.on_every_master(&get))
