@@ -454,6 +454,9 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
     let killed_at = Instant::now();
     cluster.kill(victim);
     *follow_until.lock().unwrap() = Some(killed_at + Duration::from_millis(300));
+    // Still ready: two masters of three serve their shards.
+    let ready_during_failover = api_a.request("GET", "/readyz", &[], "").await;
+    let ready_checked_after = killed_at.elapsed();
     let promoted = tokio::task::block_in_place(|| cluster.wait_promoted(victim_slot));
     let promoted_after = killed_at.elapsed();
     assert_ne!(promoted, victim);
@@ -629,6 +632,15 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
         missing.len()
     );
 
+    println!(
+        "/readyz {ready_checked_after:?} after the kill: {}",
+        ready_during_failover.status
+    );
+    assert_eq!(
+        ready_during_failover.status, 200,
+        "{:?}",
+        ready_during_failover.body
+    );
     assert_eq!(wrong, 0, "wrong answers");
     assert_eq!(
         unaffected_errors, 0,

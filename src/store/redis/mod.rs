@@ -322,6 +322,15 @@ fn has_code(e: &RedisError, code: &str) -> bool {
             .is_some_and(|errors| errors.iter().any(|(_, err)| err.code() == code))
 }
 
+/// True for an error the server answered (`ERR …`, `NOPERM …`), as opposed to a connection
+/// failure, a timeout or a cluster redirection.
+fn is_reply_error(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+    )
+}
+
 /// Redis lost the scripts (it restarted, or `SCRIPT FLUSH`): load them and try again.
 fn is_noscript(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || has_code(e, "NOSCRIPT")
@@ -1015,6 +1024,29 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Readiness of a degraded cluster: `Ok` if the first shard of any lane (any master of a
+    /// default cluster) answers a read, else `failure`.
+    async fn any_shard_answers(&self, failure: StoreError) -> Result<(), StoreError> {
+        let per_lane = SHARDS / 3;
+        let answers = all((0..3).map(|lane| lane * per_lane), |shard| {
+            let mut get = redis::cmd("GET");
+            get.arg(&self.trimmed[shard]);
+            async move {
+                self.read_cmd::<Option<String>>(self.conn.shard(shard), &get)
+                    .await
+            }
+        })
+        .await;
+        if answers.iter().any(Result::is_ok) {
+            tracing::warn!(error = %failure, "a Redis Cluster master is unreachable; serving the others");
+            Ok(())
+        } else {
+            Err(failure)
+        }
+    }
+}
+
 /// The id of the one entry of an `XREVRANGE … COUNT 1` reply, zero for an empty stream.
 fn newest_id(reply: &Value) -> Result<StreamId, StoreError> {
     match reply {
@@ -1259,27 +1291,41 @@ impl ConsentStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self
-            .read_cmd(self.conn.keyless(), &redis::cmd("PING"))
-            .await?;
-        if pong != "PONG" {
-            return Err(corrupt_reply("PING"));
+        if !self.is_cluster() {
+            let pong: String = self
+                .read_cmd(self.conn.keyless(), &redis::cmd("PING"))
+                .await?;
+            if pong != "PONG" {
+                return Err(corrupt_reply("PING"));
+            }
         }
         // Every master (on a cluster) must refuse to evict.
         let mut conn = self.conn.keyless().clone();
         let mut get = redis::cmd("CONFIG");
         get.arg("GET").arg("maxmemory-policy");
-        let replies = tokio::time::timeout(self.config.timeout, conn.on_every_master(&get))
-            .await
-            .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        let replies = tokio::time::timeout(self.config.timeout, conn.on_every_master(&get)).await;
         let replies = match replies {
-            Ok(v) => v,
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+            Ok(Ok(v)) => v,
+            // A cluster with a master down (or failing over) still serves the other masters'
+            // shards: it is ready if any shard answers. The dead master's policy is checked
+            // again once it (or its promoted replica) answers.
+            Ok(Err(e)) if self.is_cluster() && !is_reply_error(&e) => {
+                return self
+                    .any_shard_answers(map_error(e, self.config.timeout))
+                    .await;
+            }
+            Err(_) if self.is_cluster() => {
+                return self
+                    .any_shard_answers(StoreError::Timeout(self.config.timeout))
+                    .await;
+            }
+            Err(_) => return Err(StoreError::Timeout(self.config.timeout)),
+            Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 return Err(map_error(e, self.config.timeout));
             }
             // CONFIG disabled or renamed (some managed Redis offerings): the policy cannot be
             // verified, and callgate refuses to run on an unverified one.
-            Err(e) => {
+            Ok(Err(e)) => {
                 return Err(StoreError::Misconfigured(format!(
                     "cannot verify maxmemory-policy (CONFIG GET failed: {e}); callgate needs \
                      noeviction, because an evicted denial would read as no consent"
