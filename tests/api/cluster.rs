@@ -660,3 +660,100 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
         .await
         .unwrap();
 }
+
+/// Replication is asynchronous: with its replica unable to keep up, a master acknowledges a
+/// write the replica never gets, and a promotion loses it. With `CALLGATE_REDIS_REPLICA_ACKS=1`
+/// the same write is answered 503 instead (the sender retries), never 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_replica_acks_a_promotion_can_lose_an_acknowledged_decision_with_them_it_is_refused()
+ {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let (_a, api_a) = callgate_on(&cluster, &[]);
+    let (_b, api_b) = callgate_on(&cluster, &[("CALLGATE_REDIS_REPLICA_ACKS", "1")]);
+    let keys = Keys::new("callgate");
+    let slot = keys.slot(0);
+    let victim = cluster.master_of_slot(slot);
+    let replica = cluster.replica_of(victim);
+    let (unacked, acked) = (
+        customer_in_shard(0, 0, 9_400_000_000),
+        customer_in_shard(0, 1, 9_400_000_000),
+    );
+
+    // The replica freezes (as if far behind) and its replication link is cut, so nothing
+    // written from now on reaches it; the master still takes writes.
+    cluster.pause(replica);
+    cluster.cut_replication(victim);
+    let without_acks = post(&api_a, &unacked, "no-acks", "accept").await;
+    let with_acks = post(&api_b, &acked, "acks", "accept").await;
+    // The master dies before the replica got either write; then the replica wakes up and is
+    // promoted with what it has.
+    cluster.kill(victim);
+    cluster.resume(replica);
+    let promoted = tokio::task::block_in_place(|| cluster.wait_promoted(slot));
+    assert_eq!(promoted, replica);
+
+    // Through callgate, once the shard answers again.
+    let mut grpc = api_b.grpc().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let state_of_unacked = loop {
+        match grpc.check_call_permission(single(&unacked)).await {
+            Ok(a) => break a.into_inner().state,
+            Err(e) => assert!(Instant::now() < deadline, "shard never answered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The promoted master has no replica of its own until the dead node comes back as one:
+    // until then, under replica acks, the shard's webhooks are 503 and the sender retries.
+    let refused_without_replica = post(&api_b, &acked, "acks", "accept").await;
+    cluster.restart(victim);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut retried, mut retries) = (0, 0);
+    while retried != 200 {
+        assert!(Instant::now() < deadline, "retries never succeeded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        retried = post(&api_b, &acked, "acks", "accept").await;
+        retries += 1;
+    }
+    let kept = grpc
+        .check_call_permission(single(&acked))
+        .await
+        .unwrap()
+        .into_inner();
+    println!(
+        "== replica acks: replica frozen, one write through each callgate, master kill -9, \
+         replica promoted"
+    );
+    println!(
+        "CALLGATE_REDIS_REPLICA_ACKS=0: answered {without_acks}; after the promotion the \
+         decision is {}",
+        if state_of_unacked == ConsentState::GrantedPermanent as i32 {
+            "kept"
+        } else {
+            "LOST"
+        }
+    );
+    println!(
+        "CALLGATE_REDIS_REPLICA_ACKS=1: answered {with_acks}; a retry after the promotion \
+         {refused_without_replica} (the new master has no replica yet); after the old master \
+         rejoined as its replica, retry {retries} answered {retried}, and the decision is {}",
+        if kept.state == ConsentState::GrantedPermanent as i32 {
+            "kept"
+        } else {
+            "LOST"
+        }
+    );
+    assert_eq!(without_acks, 200);
+    assert_eq!(
+        state_of_unacked,
+        ConsentState::NoConsent as i32,
+        "the promoted replica had the write after all: the test showed nothing"
+    );
+    assert_eq!(with_acks, 503, "acknowledged without a replica holding it");
+    assert_eq!(refused_without_replica, 503);
+    assert_eq!(kept.state, ConsentState::GrantedPermanent as i32);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}

@@ -319,10 +319,6 @@ impl RedisCluster {
             .join(",")
     }
 
-    pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(Node::url).collect()
-    }
-
     /// The index of the running master serving `slot`.
     pub fn master_of_slot(&self, slot: u16) -> usize {
         self.nodes
@@ -342,6 +338,57 @@ impl RedisCluster {
     /// Kills node `i` with SIGKILL, as a crash would.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
+    }
+
+    /// Starts killed node `i` again, on its port and with its directory (its `nodes.conf` and
+    /// AOF): it rejoins the cluster, as a replica if its master role was taken over.
+    pub fn restart(&mut self, i: usize) {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        while let Err(e) = self.nodes[i].spawn() {
+            assert!(Instant::now() < deadline, "node {i} did not restart: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Closes every replication link of master `i` (`CLIENT KILL TYPE replica`): what its
+    /// replicas did not receive yet, they will not get from this connection.
+    pub fn cut_replication(&self, i: usize) {
+        let reply = self.command(i, "CLIENT KILL TYPE replica");
+        assert!(reply.starts_with(':'), "{reply}");
+    }
+
+    /// Freezes node `i` (SIGSTOP): it holds its connections but answers nothing.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i]
+            .child
+            .as_ref()
+            .expect("node is running")
+            .id()
+            .to_string();
+        let status = Command::new("kill").args([signal, &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+    }
+
+    /// The index of the replica of master `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let port = format!("master_port:{}", self.nodes[master].port);
+        self.nodes
+            .iter()
+            .position(|n| {
+                n.is_running()
+                    && raw_command(n.port, "INFO replication")
+                        .is_some_and(|i| i.contains("role:slave") && i.contains(&port))
+            })
+            .unwrap_or_else(|| panic!("master {master} has no replica"))
     }
 
     /// Waits until `slot` is served by a running master other than a killed one.
