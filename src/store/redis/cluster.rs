@@ -12,7 +12,7 @@
 //!
 //! redis-rs's cluster defaults are not callgate's: 16 retries, a 1 s connection timeout and no
 //! response timeout. Here every bound derives from `CALLGATE_REDIS_TIMEOUT_MS` (see
-//! [`connect`]); a `TRYAGAIN`/`CLUSTERDOWN` retry sleeps at least 1.28 s in redis-rs, longer than
+//! [`client`]); a `TRYAGAIN`/`CLUSTERDOWN` retry sleeps at least 1.28 s in redis-rs, longer than
 //! any check may wait, so the store's own `tokio` timeout ends such a call and answers
 //! `UNAVAILABLE` itself.
 //!

@@ -69,28 +69,65 @@
 //! trimmed id per shard in a `trimmed` key, and [`read_events`](RedisStore::read_events)
 //! pipelines one `MGET` of those with its `XREAD`: the check costs no extra round trip.
 //!
-//! # Cluster notes
+//! # Redis Cluster
 //!
-//! Per-decision scripts, the check's `MGET`s (one per shard) and the per-shard sweep are
-//! single-slot and work on Cluster as is. What
-//! does not: `MULTI`/`EXEC` across shards (on Cluster each decision is atomic by itself; a
-//! failed multi-decision call is retried by the sender, and retries are idempotent thanks to
-//! de-duplication), and [`read_events`](RedisStore::read_events), which reads all shard streams
-//! with one `XREAD` (on Cluster it would need one `XREAD` per node). The connection used here is
-//! a standalone [`ConnectionManager`].
+//! With [`RedisConfig::cluster`] (`CALLGATE_REDIS_CLUSTER_NODES`) the same keys live on a Redis
+//! Cluster; the shard tags are chosen so a default 3-master cluster holds a third of the shards
+//! on each master ([`keys`]). A cluster refuses any command or transaction whose keys span
+//! slots (even on one node), and redis-rs refuses a pipeline that spans slots, so on a cluster:
+//!
+//! - a check is the same single-slot `MGET`; a batch check sends one `MGET` per shard, all at
+//!   once ([`current_each`](ConsentStore::current_each)), so a shard whose master is down fails
+//!   only its own pairs (`UNAVAILABLE` each) while the others are answered;
+//! - a multi-decision [`record`](RedisStore::record) sends one single-slot pipeline per shard
+//!   (a pair's decisions in order), the shards at once, with no `MULTI`: each decision is atomic
+//!   by itself. The call succeeds (HTTP 200) only if every decision was stored; if one shard
+//!   fails, the call fails (503), the sender retries the whole delivery, and the decisions
+//!   already stored are recognised as duplicates. All or none *acknowledged*, not all or none
+//!   *stored*: a reader may see some decisions of a failed call before its retry;
+//! - [`read_events`](RedisStore::read_events) reads each shard's stream by itself (with its
+//!   `trimmed` mark, one slot), none blocking; a waiting read repeats every `CLUSTER_POLL`
+//!   (20 ms) until its wait ends. A blocking `XREAD` holds its node's connection (a check to
+//!   that node waited 1.9 s behind `XREAD BLOCK 2000`), and one blocking read per shard would
+//!   need a dedicated connection per shard per process: polling costs one cheap `XREAD` per
+//!   shard per 20 ms per tailer instead, and up to 20 ms of extra StreamGrants latency;
+//! - the sweep claims per shard, each shard by itself, so a shard failing over does not hold
+//!   back the others' expiries;
+//! - `maxmemory-policy` is checked on every master (`CONFIG GET` to all of them).
+//!
+//! Connections: one redis-rs cluster connection per third of the shards, plus one for keyless
+//! commands (see [`cluster::Lanes`]: a refreshing cluster connection stalls every request it
+//! carries, and must not carry a healthy master's checks while another master fails over), each
+//! replaced if it keeps failing ([`cluster`]). Cross-shard order of events: stream ids come from
+//! each master's clock, so events of different masters are ordered by those clocks (as close
+//! as the masters' clocks agree); a pair's events are always in order (one stream).
+//!
+//! Failover: a master's death makes its shards answer `UNAVAILABLE` (never a default) until its
+//! replica is promoted (2–3 s with `cluster-node-timeout 1000`, measured in
+//! `tests/api/cluster.rs`), then they answer again with no restart; a promoted replica lacks
+//! the scripts, which are loaded again on the first `NOSCRIPT`. Replication is asynchronous:
+//! a promotion can lose the newest writes of the dead master. With
+//! [`RedisConfig::replica_acks`] = n, each write pipeline ends with `WAIT n` (after `EXEC`,
+//! on the writes' own connection, so it waits for exactly those writes), and fewer than n
+//! replicas within 3/4 of the store timeout fails the call (503, the sender retries): a 200
+//! then means n replicas hold the decision. (`WAITAOF` would also cover the replicas' disks;
+//! it needs Redis 7.2.) The expiry claim writes without `WAIT`: if a promotion loses a claim,
+//! the new master sweeps that lapse again, and a subscriber that read the first `EXPIRED`
+//! from the old master may see a second one (exactly once holds when no write is lost).
 //!
 //! # Failure behaviour
 //!
-//! Checks and writes share one multiplexed [`ConnectionManager`] (auto-reconnect, `TCP_NODELAY`
-//! on). Every call is bounded by [`RedisConfig::timeout`] (the redis-rs response timeout and a
+//! On a standalone Redis, checks and writes share one multiplexed [`ConnectionManager`]
+//! (auto-reconnect, `TCP_NODELAY` on; writes get their own when replica acks are asked for,
+//! since `WAIT` holds its connection). Every call is bounded by [`RedisConfig::timeout`] (the redis-rs response timeout and a
 //! `tokio` timeout around it, which also bounds waiting for a reconnect). A connection error is
 //! [`StoreError::Unavailable`], a slow answer [`StoreError::Timeout`], an unreadable one
 //! [`StoreError::Corrupt`]: never a default value, so a check can never read "allowed" from a
 //! failure. When Redis comes back, the manager reconnects on its own; no restart is needed.
 //!
 //! Blocking `XREAD`s would stall every check queued behind them on a multiplexed connection,
-//! so they use dedicated connections from a small pool (`BlockingPool`); a connection that
-//! failed or timed out is dropped, and the next read opens a fresh one.
+//! so (standalone) they use dedicated connections from a small pool (`BlockingPool`); a
+//! connection that failed or timed out is dropped, and the next read opens a fresh one.
 //!
 //! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into
 //! "no consent", and evicting a history would forget decisions and their de-duplication.
