@@ -215,7 +215,6 @@ struct Sample {
 struct Write {
     customer: String,
     id: String,
-    at: Instant,
     status: u16,
     replica_acks: bool,
 }
@@ -402,7 +401,6 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
                 writes.push(Write {
                     customer,
                     id,
-                    at: Instant::now(),
                     status,
                     replica_acks: n == 1,
                 });
