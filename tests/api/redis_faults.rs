@@ -137,7 +137,10 @@ async fn assert_recovers(rig: &mut Rig, fault: &str) -> Duration {
     let recovered = loop {
         match check(&rig.app, CUSTOMER).await {
             Ok(allowed) => {
-                assert!(allowed, "{fault}: the grant recorded before the fault is lost");
+                assert!(
+                    allowed,
+                    "{fault}: the grant recorded before the fault is lost"
+                );
                 break cleared.elapsed();
             }
             Err(code) => assert_eq!(code, Code::Unavailable, "{fault}"),

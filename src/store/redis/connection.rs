@@ -15,7 +15,7 @@
 //!   A Redis error reply (a script error, `NOSCRIPT`, `OOM`) says nothing against the
 //!   connection and keeps it. Reconnecting retries for ever, with a backoff from
 //!   [`RECONNECT_MIN_DELAY`] to [`RECONNECT_MAX_DELAY`], whatever the last attempt failed with,
-//!   so callgate works again within about a second of Redis being healthy.
+//!   so callgate works again within about half a second of Redis being healthy.
 //! - [`BlockingPool`]: dedicated connections for blocking `XREAD`s, which must not stall the
 //!   checks multiplexed on the shared connection. A connection that failed or timed out is
 //!   dropped; idle ones are dropped too when the shared connection was replaced since they
@@ -45,7 +45,7 @@ use crate::store::StoreError;
 pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 /// Longest pause between connection attempts: how late, at most, callgate notices that Redis
 /// is back (plus one connect).
-pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// Idle time before the kernel sends TCP keepalive probes, their interval and count.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -97,7 +97,9 @@ async fn connect(
     match tokio::time::timeout(settings.connect_timeout, attempt).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout(settings.connect_timeout)),
-        Ok(Err(e)) => Err(StoreError::Unavailable(format!("cannot connect to Redis: {e}"))),
+        Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+            "cannot connect to Redis: {e}"
+        ))),
         Err(_) => Err(StoreError::Timeout(settings.connect_timeout)),
     }
 }
@@ -223,12 +225,32 @@ impl SharedConnection {
     /// The current connection. While the first reconnect after a fault is under way, waits
     /// for it until `deadline`; when Redis cannot be reached, fails at once.
     pub async fn lease(&self, deadline: Instant) -> Result<Lease, StoreError> {
+        self.lease_other_than(None, deadline).await
+    }
+
+    /// [`lease`](Self::lease), but not the connection `broken` (reported broken by the caller):
+    /// waits for its replacement, within `deadline`.
+    pub async fn lease_replacing(
+        &self,
+        broken: &Lease,
+        deadline: Instant,
+    ) -> Result<Lease, StoreError> {
+        self.lease_other_than(Some(broken.generation), deadline)
+            .await
+    }
+
+    async fn lease_other_than(
+        &self,
+        broken: Option<u64>,
+        deadline: Instant,
+    ) -> Result<Lease, StoreError> {
         let mut slot = self.slot.clone();
-        let ready = tokio::time::timeout_at(
-            deadline,
-            slot.wait_for(|s| !matches!(s, Slot::Connecting)),
-        )
-        .await;
+        let settled = |s: &Slot| match s {
+            Slot::Up { generation, .. } => Some(*generation) != broken,
+            Slot::Connecting => false,
+            Slot::Down(_) => true,
+        };
+        let ready = tokio::time::timeout_at(deadline, slot.wait_for(settled)).await;
         let current = match ready {
             Ok(Ok(s)) => s.clone(),
             Ok(Err(_closed)) => Slot::Down("the Redis connection supervisor stopped".into()),
@@ -383,7 +405,9 @@ impl BlockingPool {
         }
         // No response timeout: the caller bounds each blocking read by its own block time
         // plus the store timeout, which a fixed per-connection timeout could not express.
-        connect(&self.settings, None).await.map(|conn| (conn, false))
+        connect(&self.settings, None)
+            .await
+            .map(|conn| (conn, false))
     }
 
     /// Returns a connection that answered cleanly. Failed ones are simply dropped.

@@ -76,21 +76,25 @@
 //! does not: `MULTI`/`EXEC` across shards (on Cluster each decision is atomic by itself; a
 //! failed multi-decision call is retried by the sender, and retries are idempotent thanks to
 //! de-duplication), and [`read_events`](RedisStore::read_events), which reads all shard streams
-//! with one `XREAD` (on Cluster it would need one `XREAD` per node). The connection used here is
-//! a standalone [`ConnectionManager`].
+//! with one `XREAD` (on Cluster it would need one `XREAD` per node). The connections used here
+//! ([`connection`]) reach one standalone node.
 //!
 //! # Failure behaviour
 //!
-//! Checks and writes share one multiplexed [`ConnectionManager`] (auto-reconnect, `TCP_NODELAY`
-//! on). Every call is bounded by [`RedisConfig::timeout`] (the redis-rs response timeout and a
-//! `tokio` timeout around it, which also bounds waiting for a reconnect). A connection error is
-//! [`StoreError::Unavailable`], a slow answer [`StoreError::Timeout`], an unreadable one
-//! [`StoreError::Corrupt`]: never a default value, so a check can never read "allowed" from a
-//! failure. When Redis comes back, the manager reconnects on its own; no restart is needed.
+//! Checks and writes share one multiplexed connection (`TCP_NODELAY`, TCP keepalive), owned by
+//! a supervisor task in [`connection`] that replaces it after **any** fault: an I/O error, an
+//! unreadable reply, a call with no reply in time that a `PING` then confirms, a failed health
+//! `PING` (every [`RedisConfig::health_interval`]), a failed reconnect of any kind (`AUTH`
+//! refused, handshake cut short, connect timed out), retried for ever with a short backoff.
+//! Every call is bounded by [`RedisConfig::timeout`] (a `tokio` timeout, which also bounds
+//! waiting for a reconnect). A connection error is [`StoreError::Unavailable`], a slow answer
+//! [`StoreError::Timeout`], an unreadable one [`StoreError::Corrupt`]: never a default value,
+//! so a check can never read "allowed" from a failure. No restart is ever needed.
 //!
 //! Blocking `XREAD`s would stall every check queued behind them on a multiplexed connection,
-//! so they use dedicated connections from a small pool (`BlockingPool`); a connection that
-//! failed or timed out is dropped, and the next read opens a fresh one.
+//! so they use dedicated connections from a small pool; a connection that failed or timed out
+//! is dropped, idle ones are dropped when the shared connection was replaced, and the next read
+//! opens a fresh one.
 //!
 //! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into
 //! "no consent", and evicting a history would forget decisions and their de-duplication.
@@ -115,10 +119,9 @@ use tokio::time::Instant;
 
 use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId};
 use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
-use connection::{BlockingPool, SharedConnection, Verdict};
+use connection::{BlockingPool, Lease, SharedConnection, Verdict};
 use keys::Keys;
 
-pub use connection::{RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY};
 pub use keys::SHARDS;
 
 const RECORD_LUA: &str = include_str!("record.lua");
@@ -303,14 +306,24 @@ impl RedisStore {
         call: Call<'_>,
         deadline: Instant,
     ) -> Result<RedisResult<T>, StoreError> {
-        let mut lease = self.conn.lease(deadline).await?;
+        let lease = self.conn.lease(deadline).await?;
+        self.attempt_on(lease, call, deadline).await.1
+    }
+
+    /// [`attempt`](Self::attempt) on a leased connection; gives the lease back too.
+    async fn attempt_on<T: FromRedisValue>(
+        &self,
+        mut lease: Lease,
+        call: Call<'_>,
+        deadline: Instant,
+    ) -> (Lease, Result<RedisResult<T>, StoreError>) {
         let query = async {
             match call {
                 Call::Cmd(cmd) => cmd.query_async::<T>(&mut lease.conn).await,
                 Call::Pipe(pipe) => pipe.query_async::<T>(&mut lease.conn).await,
             }
         };
-        match tokio::time::timeout_at(deadline, query).await {
+        let outcome = match tokio::time::timeout_at(deadline, query).await {
             Ok(result) => {
                 if let Err(e) = &result {
                     lease.report_error(e);
@@ -323,7 +336,8 @@ impl RedisStore {
                 });
                 Err(StoreError::Timeout(self.config.timeout))
             }
-        }
+        };
+        (lease, outcome)
     }
 
     /// Runs a read. Reads are idempotent, so a call whose connection broke (Redis restarted
@@ -332,11 +346,16 @@ impl RedisStore {
     /// a lost reply would turn "applied" into "duplicate".
     async fn read<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.config.timeout;
-        match self.attempt::<T>(call, deadline).await? {
-            Err(e) if Verdict::of(&e) == Verdict::Broken => self
-                .attempt::<T>(call, deadline)
-                .await?
-                .map_err(|e| map_error(e, self.config.timeout)),
+        let lease = self.conn.lease(deadline).await?;
+        let (lease, first) = self.attempt_on::<T>(lease, call, deadline).await;
+        match first? {
+            Err(e) if Verdict::of(&e) == Verdict::Broken => {
+                let fresh = self.conn.lease_replacing(&lease, deadline).await?;
+                self.attempt_on::<T>(fresh, call, deadline)
+                    .await
+                    .1?
+                    .map_err(|e| map_error(e, self.config.timeout))
+            }
             result => result.map_err(|e| map_error(e, self.config.timeout)),
         }
     }
@@ -768,10 +787,7 @@ impl ConsentStore for RedisStore {
         let mut config_get = redis::cmd("CONFIG");
         config_get.arg("GET").arg("maxmemory-policy");
         let reply = self
-            .attempt::<Value>(
-                Call::Cmd(&config_get),
-                Instant::now() + self.config.timeout,
-            )
+            .attempt::<Value>(Call::Cmd(&config_get), Instant::now() + self.config.timeout)
             .await?;
         let reply = match reply {
             Ok(v) => v,
