@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callgate::pb::{self, EventKind};
+use callgate::store::ConsentStore;
 use callgate::store::redis::{RedisConfig, RedisStore};
 use chrono::Utc;
 use tokio::time::Instant;
@@ -227,4 +228,44 @@ async fn issue9_4_recovers_after_silent_tcp_flow() {
     assert_fails_closed(&rig.app, &rig.proxy).await;
     rig.proxy.set(Fault::None);
     assert_recovers(&mut rig, "silent TCP flow").await;
+}
+
+#[tokio::test]
+async fn issue9_4_an_idle_wedged_connection_is_replaced_by_the_health_ping() {
+    // The store alone (no tailer, no sweep): nothing but the health ping uses the connection.
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(SocketAddr::from((Ipv4Addr::LOCALHOST, redis.port()))).await;
+    let mut config = RedisConfig::new(proxy.url(None));
+    config.health_interval = Duration::from_millis(200);
+    let store = RedisStore::connect(config).await.unwrap();
+    let pair = callgate::domain::Pair::new(
+        callgate::domain::PhoneNumber::parse(BUSINESS).unwrap(),
+        callgate::domain::PhoneNumber::parse(CUSTOMER).unwrap(),
+    );
+    assert_eq!(store.current(&pair).await.unwrap(), None);
+    let before = proxy.flows_opened();
+    proxy.set(Fault::Silent);
+    // No call is made: the supervisor's health ping finds the wedged flow and reconnects.
+    let deadline = Instant::now() + RECOVERY_LIMIT;
+    while proxy.flows_opened() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the wedged connection went unnoticed"
+        );
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+    eprintln!(
+        "issue 9.4 idle silent flow: reconnect attempt {:?} after the flow went silent",
+        (deadline - RECOVERY_LIMIT).elapsed()
+    );
+    proxy.set(Fault::None);
+    let cleared = Instant::now();
+    while store.current(&pair).await.is_err() {
+        assert!(cleared.elapsed() < RECOVERY_LIMIT, "no recovery");
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+    eprintln!(
+        "issue 9.4 idle silent flow: reads answer again {:?} after the fault cleared",
+        cleared.elapsed()
+    );
 }
