@@ -104,6 +104,7 @@
 
 pub mod codec;
 mod connection;
+mod inspect;
 pub mod keys;
 
 use std::fmt;
@@ -122,6 +123,7 @@ use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
 use connection::{BlockingPool, Lease, SharedConnection, Verdict};
 use keys::Keys;
 
+pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
 pub use keys::SHARDS;
 
 const RECORD_LUA: &str = include_str!("record.lua");
