@@ -1,10 +1,11 @@
 //! Connections to one standalone Redis that replace themselves after any fault.
 //!
-//! redis-rs's `ConnectionManager` reconnects only after an I/O error, and caches the result of
-//! its last reconnect: one failed `AUTH` or a cut-short handshake left it failing for good, and
-//! a connection whose TCP flow went silent (no data, no FIN, no RST) was never replaced,
-//! because a response timeout is not a reason to reconnect for it. This module does not trust
-//! a connection it cannot see answering:
+//! redis-rs's `ConnectionManager` (1.8) caches the outcome of its last reconnect and starts a
+//! new one only when that outcome is an I/O error: a reconnect that ended in a failed `AUTH` or
+//! an unreadable, cut-short handshake left it failing for good. And it does not count a
+//! response timeout as a reason to reconnect, so a connection whose TCP flow went silent (no
+//! data, no FIN, no RST) was never replaced. This module does not trust a connection it cannot
+//! see answering:
 //!
 //! - [`SharedConnection`]: one multiplexed connection for every non-blocking call, owned by a
 //!   **supervisor task**. Callers lease the current connection and report how their call
@@ -15,7 +16,7 @@
 //!   A Redis error reply (a script error, `NOSCRIPT`, `OOM`) says nothing against the
 //!   connection and keeps it. Reconnecting retries for ever, with a backoff from
 //!   [`RECONNECT_MIN_DELAY`] to [`RECONNECT_MAX_DELAY`], whatever the last attempt failed with,
-//!   so callgate works again within about half a second of Redis being healthy.
+//!   so callgate works again within that delay (plus one connect) of Redis being healthy.
 //! - [`BlockingPool`]: dedicated connections for blocking `XREAD`s, which must not stall the
 //!   checks multiplexed on the shared connection. A connection that failed or timed out is
 //!   dropped; idle ones are dropped too when the shared connection was replaced since they
@@ -24,9 +25,10 @@
 //! Every connection attempt is bounded by the connect timeout (TCP connect and the whole
 //! handshake: `HELLO`/`AUTH`/`SELECT`/`CLIENT SETINFO`), and every socket has `TCP_NODELAY`,
 //! TCP keepalive and `TCP_USER_TIMEOUT`, so even a connection no one pings is closed by the
-//! kernel once its peer is gone. While no connection is up, calls fail at once with
-//! [`StoreError::Unavailable`]; only while the first attempt after a fault is under way do they
-//! wait for it (within their own deadline), so a Redis restart costs callers no error.
+//! kernel once its peer is gone. While Redis cannot be reached, calls fail at once with
+//! [`StoreError::Unavailable`] (a check never waits out its timeout during an outage); only
+//! while the first attempt after a fault is under way do they wait for it, within their own
+//! deadline.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -77,12 +77,12 @@
 //! failed multi-decision call is retried by the sender, and retries are idempotent thanks to
 //! de-duplication), and [`read_events`](RedisStore::read_events), which reads all shard streams
 //! with one `XREAD` (on Cluster it would need one `XREAD` per node). The connections used here
-//! ([`connection`]) reach one standalone node.
+//! (`connection`) reach one standalone node.
 //!
 //! # Failure behaviour
 //!
 //! Checks and writes share one multiplexed connection (`TCP_NODELAY`, TCP keepalive), owned by
-//! a supervisor task in [`connection`] that replaces it after **any** fault: an I/O error, an
+//! a supervisor task in `connection` that replaces it after **any** fault: an I/O error, an
 //! unreadable reply, a call with no reply in time that a `PING` then confirms, a failed health
 //! `PING` (every [`RedisConfig::health_interval`]), a failed reconnect of any kind (`AUTH`
 //! refused, handshake cut short, connect timed out), retried for ever with a short backoff.
