@@ -172,13 +172,13 @@ impl Drop for SharedConnection {
 }
 
 /// A connection lent for one call, and where to report how the call went.
-pub struct Lease {
+pub struct Lease<'a> {
     pub conn: MultiplexedConnection,
     generation: u64,
-    reports: mpsc::Sender<Report>,
+    reports: &'a mpsc::Sender<Report>,
 }
 
-impl Lease {
+impl Lease<'_> {
     /// Tells the supervisor what a failed call says about this connection.
     pub fn report(&self, verdict: Verdict, reason: impl FnOnce() -> String) {
         if verdict == Verdict::Healthy {
@@ -226,7 +226,7 @@ impl SharedConnection {
 
     /// The current connection. While the first reconnect after a fault is under way, waits
     /// for it until `deadline`; when Redis cannot be reached, fails at once.
-    pub async fn lease(&self, deadline: Instant) -> Result<Lease, StoreError> {
+    pub async fn lease(&self, deadline: Instant) -> Result<Lease<'_>, StoreError> {
         self.lease_other_than(None, deadline).await
     }
 
@@ -234,9 +234,9 @@ impl SharedConnection {
     /// waits for its replacement, within `deadline`.
     pub async fn lease_replacing(
         &self,
-        broken: &Lease,
+        broken: &Lease<'_>,
         deadline: Instant,
-    ) -> Result<Lease, StoreError> {
+    ) -> Result<Lease<'_>, StoreError> {
         self.lease_other_than(Some(broken.generation), deadline)
             .await
     }
@@ -245,7 +245,7 @@ impl SharedConnection {
         &self,
         broken: Option<u64>,
         deadline: Instant,
-    ) -> Result<Lease, StoreError> {
+    ) -> Result<Lease<'_>, StoreError> {
         let mut slot = self.slot.clone();
         let settled = |s: &Slot| match s {
             Slot::Up { generation, .. } => Some(*generation) != broken,
@@ -262,7 +262,7 @@ impl SharedConnection {
             Slot::Up { generation, conn } => Ok(Lease {
                 conn,
                 generation,
-                reports: self.reports.clone(),
+                reports: &self.reports,
             }),
             Slot::Down(reason) => Err(StoreError::Unavailable(reason)),
             Slot::Connecting => unreachable!("waited for a settled slot"),

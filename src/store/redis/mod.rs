@@ -313,12 +313,12 @@ impl RedisStore {
     }
 
     /// [`attempt`](Self::attempt) on a leased connection; gives the lease back too.
-    async fn attempt_on<T: FromRedisValue>(
-        &self,
-        mut lease: Lease,
+    async fn attempt_on<'s, T: FromRedisValue>(
+        &'s self,
+        mut lease: Lease<'s>,
         call: Call<'_>,
         deadline: Instant,
-    ) -> (Lease, Result<RedisResult<T>, StoreError>) {
+    ) -> (Lease<'s>, Result<RedisResult<T>, StoreError>) {
         let query = async {
             match call {
                 Call::Cmd(cmd) => cmd.query_async::<T>(&mut lease.conn).await,
