@@ -78,6 +78,20 @@ impl CallgateProcess {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The log once `done` holds for it, or as it stands after `timeout`. The process writes a
+    /// line before it answers, but the reader threads may not have collected it yet: wait for
+    /// the line, never read the log once and hope.
+    pub async fn log_when(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if done(&log) || tokio::time::Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops with SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0.
     pub fn terminate(mut self) -> bool {
         let pid = self.child.id().to_string();
