@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::Api;
 use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
+use crate::domain::DateRules;
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
 use crate::pb;
@@ -84,7 +85,10 @@ pub async fn run(
         },
         store: store.clone(),
         ingest: IngestContext {
-            temporary_grant: config.temporary_grant,
+            dates: DateRules {
+                temporary_window: config.temporary_grant,
+                max_clock_skew: config.max_clock_skew,
+            },
         },
         metrics: metrics.clone(),
         hub: hub.clone(),

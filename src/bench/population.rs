@@ -215,12 +215,15 @@ mod tests {
     fn bodies_parse_to_the_intended_decision() {
         use crate::domain::Choice;
         let ctx = IngestContext {
-            temporary_grant: Duration::from_secs(60),
+            dates: crate::domain::DateRules {
+                temporary_window: Duration::from_secs(60),
+                max_clock_skew: Duration::from_secs(120),
+            },
         };
         let now = chrono::Utc::now();
         for k in [Kind::Permanent, Kind::Temporary, Kind::Denied] {
             let body = webhook_body(&business(5), &customer(5), "m-5", k, now);
-            let d = doubletick::parse(body.as_bytes(), &ctx).unwrap();
+            let d = doubletick::parse(body.as_bytes(), &ctx, now).unwrap();
             assert_eq!(d.pair.business.to_string(), business(5));
             assert_eq!(d.pair.customer.to_string(), customer(5));
             assert_eq!(d.evidence.message_id, "m-5");

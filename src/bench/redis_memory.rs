@@ -209,6 +209,8 @@ impl Mix {
                         .flat_map(|k| Rng::new(self.seed ^ 4, i * 4 + k).next_u64().to_be_bytes())
                         .collect::<Vec<u8>>(),
                 ),
+                stated_at: decided_at,
+                stated_expires_at: choice.expires_at(),
             },
         }
     }

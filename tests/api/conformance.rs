@@ -132,15 +132,22 @@ fn evidence(msg: &str) -> Evidence {
         response_source: "user_initiated".to_owned(),
         sender_customer_id: "cust-42".to_owned(),
         body_sha256: "ab".repeat(32),
+        stated_at: DateTime::UNIX_EPOCH,
+        stated_expires_at: None,
     }
 }
 
+/// A decision whose sender stated exactly `decided_at` (and the choice's expiry).
 fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -> Decision {
     Decision {
         pair: pair.clone(),
         choice,
         decided_at,
-        evidence: evidence(msg),
+        evidence: Evidence {
+            stated_at: decided_at,
+            stated_expires_at: choice.expires_at(),
+            ..evidence(msg)
+        },
     }
 }
 
@@ -477,6 +484,8 @@ pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
         response_source: "automatic".to_owned(),
         sender_customer_id: "ñ-7".to_owned(),
         body_sha256: "0f".repeat(32),
+        stated_at: t + ms(3_600_000),
+        stated_expires_at: None,
     };
     let empty = Evidence {
         source: Source::DoubleTick,
@@ -485,12 +494,18 @@ pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
         response_source: String::new(),
         sender_customer_id: String::new(),
         body_sha256: String::new(),
+        stated_at: t,
+        stated_expires_at: Some(DateTime::<Utc>::MAX_UTC),
+    };
+    let renamed = |e: &Evidence, id: &str| Evidence {
+        message_id: format!("{}{id}", e.message_id),
+        ..e.clone()
     };
     let decisions = [
         (Choice::Deny, t + ms(30), odd.clone()),
         (temporary(t + ms(86_400_000)), t + ms(10), empty.clone()),
-        (Choice::GrantPermanent, t + ms(40), odd),
-        (Choice::Deny, t + ms(20), empty),
+        (Choice::GrantPermanent, t + ms(40), renamed(&odd, "-2")),
+        (Choice::Deny, t + ms(20), renamed(&empty, "-2")),
     ];
     let mut want = Vec::new();
     for (i, (choice, decided_at, evidence)) in decisions.into_iter().enumerate() {

@@ -39,6 +39,8 @@ fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -
             response_source: "user_initiated".to_owned(),
             sender_customer_id: String::new(),
             body_sha256: "ee".repeat(32),
+            stated_at: decided_at,
+            stated_expires_at: choice.expires_at(),
         },
     }
 }
