@@ -495,7 +495,8 @@ pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
         sender_customer_id: String::new(),
         body_sha256: String::new(),
         stated_at: t,
-        stated_expires_at: Some(DateTime::<Utc>::MAX_UTC),
+        // Year 9999: what a sender said is kept, however unlikely.
+        stated_expires_at: DateTime::from_timestamp_millis(253_402_300_799_000),
     };
     let renamed = |e: &Evidence, id: &str| Evidence {
         message_id: format!("{}{id}", e.message_id),

@@ -516,8 +516,8 @@ async fn keys_of_one_decision_share_a_hash_tag_and_pairs_spread_over_shards() {
     );
     store.record(&[temp], t).await.unwrap();
     let keys = all_keys(&mut conn).await;
-    // consent, lapse record, history, stream, due index.
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    // consent, lapse record, history, dedup hash, stream, due index.
+    assert_eq!(keys.len(), 6, "{keys:?}");
     let tags: BTreeSet<&str> = keys.iter().map(|k| hash_tag(k)).collect();
     assert_eq!(tags.len(), 1, "{keys:?}");
     assert!(tags.iter().all(|t| t.starts_with("callgate:s")), "{tags:?}");
@@ -565,7 +565,7 @@ async fn events_are_trimmed_exactly_by_retention() {
                     &p,
                     Choice::Deny,
                     t + chrono::Duration::milliseconds(i),
-                    "d",
+                    &format!("d{i}"),
                 )],
                 now(),
             )
