@@ -582,3 +582,39 @@ async fn events_are_trimmed_exactly_by_retention() {
     let len: usize = conn.xlen(&stream).await.unwrap();
     assert_eq!(len, 1, "exact MINID trimming leaves only the new event");
 }
+
+/// Issue 9.6: recording costs the same however long the pair's history is: the record script
+/// looks up the delivery in the pair's dedup hash and never reads the history list.
+#[tokio::test]
+async fn issue9_6_recording_never_reads_the_history() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let p = pair(11);
+    let t = now();
+    for i in 0..300 {
+        let d = decision(
+            &p,
+            Choice::Deny,
+            t + chrono::Duration::milliseconds(i),
+            &format!("m{i}"),
+        );
+        store.record(&[d], now()).await.unwrap();
+    }
+    // A retry of an old delivery is still recognised.
+    let first = decision(&p, Choice::Deny, t, "m0");
+    assert_eq!(
+        store.record(&[first], now()).await.unwrap(),
+        vec![RecordOutcome::Duplicate]
+    );
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !stats.contains("cmdstat_lrange:"),
+        "a record read the history:\n{stats}"
+    );
+    assert!(stats.contains("cmdstat_hget:"), "{stats}");
+}
