@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
+use crate::domain::DateRules;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::Api;
 use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
-use crate::domain::DateRules;
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
 use crate::pb;

@@ -139,11 +139,8 @@ pub fn decide(
     received_at: DateTime<Utc>,
     rules: &DateRules,
 ) -> (DateTime<Utc>, Choice) {
-    let decided_at = to_millis_precision(ordering_time(
-        stated_at,
-        received_at,
-        rules.max_clock_skew,
-    ));
+    let decided_at =
+        to_millis_precision(ordering_time(stated_at, received_at, rules.max_clock_skew));
     let choice = match (accepted, is_permanent) {
         (false, _) => Choice::Deny,
         (true, Some(true)) => Choice::GrantPermanent,
@@ -419,7 +416,12 @@ mod tests {
             ("ahead within the skew: kept", 120, 0, 120),
             ("just past the skew: clamped to arrival", 121, 0, 0),
             ("ten minutes ahead: clamped to arrival", 600, 0, 0),
-            ("a century ahead: clamped to arrival", 100 * 365 * 86_400, 0, 0),
+            (
+                "a century ahead: clamped to arrival",
+                100 * 365 * 86_400,
+                0,
+                0,
+            ),
         ];
         for (name, stated, received, want) in cases {
             assert_eq!(
@@ -458,8 +460,20 @@ mod tests {
         let day = 86_400;
         let cases: Vec<(&str, Option<i64>, i64, Duration, i64)> = vec![
             // (name, stated expiry, received, window, want)
-            ("default window counts from the event", None, 5, WEEK, 7 * day),
-            ("short configured window", None, 5, Duration::from_secs(2), 2),
+            (
+                "default window counts from the event",
+                None,
+                5,
+                WEEK,
+                7 * day,
+            ),
+            (
+                "short configured window",
+                None,
+                5,
+                Duration::from_secs(2),
+                2,
+            ),
             ("stated expiry inside the window", Some(60), 5, WEEK, 60),
             (
                 "stated expiry within window + skew: kept",
@@ -533,7 +547,15 @@ mod tests {
         // (name, accepted, is_permanent, stated at, stated expiry, want time, want choice)
         let cases = [
             ("reject", false, None, 0, None, 0, Choice::Deny),
-            ("reject ignores is_permanent", false, Some(true), 0, None, 0, Choice::Deny),
+            (
+                "reject ignores is_permanent",
+                false,
+                Some(true),
+                0,
+                None,
+                0,
+                Choice::Deny,
+            ),
             (
                 "a future-dated denial is kept, ordered at arrival",
                 false,
@@ -543,7 +565,15 @@ mod tests {
                 10,
                 Choice::Deny,
             ),
-            ("accept, permanent", true, Some(true), 0, None, 0, Choice::GrantPermanent),
+            (
+                "accept, permanent",
+                true,
+                Some(true),
+                0,
+                None,
+                0,
+                Choice::GrantPermanent,
+            ),
             (
                 "accept, not permanent",
                 true,
@@ -562,7 +592,15 @@ mod tests {
                 0,
                 temp(7 * 86_400),
             ),
-            ("accept with explicit expiry", true, Some(false), 0, Some(60), 0, temp(60)),
+            (
+                "accept with explicit expiry",
+                true,
+                Some(false),
+                0,
+                Some(60),
+                0,
+                temp(60),
+            ),
             (
                 "future-dated temporary grant: window from arrival",
                 true,
@@ -575,7 +613,14 @@ mod tests {
         ];
         for (name, accepted, permanent, stated, expiry, want_at, want) in cases {
             assert_eq!(
-                decide(accepted, permanent, at(stated), expiry.map(at), at(10), &rules()),
+                decide(
+                    accepted,
+                    permanent,
+                    at(stated),
+                    expiry.map(at),
+                    at(10),
+                    &rules()
+                ),
                 (at(want_at), want),
                 "{name}"
             );
@@ -599,7 +644,9 @@ mod tests {
         let a = temp(0, 100, "m");
         let mut b = a.clone();
         // A replica with another window derives another expiry: the same delivery.
-        b.choice = Choice::GrantTemporary { expires_at: at(200) };
+        b.choice = Choice::GrantTemporary {
+            expires_at: at(200),
+        };
         b.decided_at = at(5);
         b.evidence.body_sha256 = "ff".repeat(32);
         assert_eq!(a.dedup_id(), b.dedup_id());

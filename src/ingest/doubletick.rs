@@ -142,7 +142,10 @@ mod tests {
             (with("messageId", "m\n{\"forged\":1}".into()), "messageId"),
             (with("messageId", "m\r".into()), "messageId"),
             (with("pairedMessageId", "p".repeat(257)), "pairedMessageId"),
-            (with("pairedMessageId", "p\u{1b}[31m".into()), "pairedMessageId"),
+            (
+                with("pairedMessageId", "p\u{1b}[31m".into()),
+                "pairedMessageId",
+            ),
             (with("dtCustomerId", "c".repeat(257)), "dtCustomerId"),
             (with("responseSource", "r".repeat(65)), "responseSource"),
             (with("responseSource", "user\tx".into()), "responseSource"),
@@ -152,7 +155,10 @@ mod tests {
             assert_eq!(err.field(), Some(field), "{err}");
         }
         let longest = with("messageId", "é".repeat(128));
-        assert!(parse(longest.as_bytes(), &ctx()).is_ok(), "256 bytes are fine");
+        assert!(
+            parse(longest.as_bytes(), &ctx()).is_ok(),
+            "256 bytes are fine"
+        );
     }
 
     #[test]

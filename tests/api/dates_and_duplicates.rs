@@ -115,7 +115,10 @@ async fn issue9_1_future_dated_grant_cannot_outrank_a_later_denial(b: Backend) {
     let grant = doubletick(BUSINESS, CUSTOMER, "g", ahead, "accept", Some(true));
     let answer = app.post_doubletick(grant).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    assert_eq!(app.state(BUSINESS, CUSTOMER).await, ConsentState::GrantedPermanent);
+    assert_eq!(
+        app.state(BUSINESS, CUSTOMER).await,
+        ConsentState::GrantedPermanent
+    );
 
     let deny = doubletick(BUSINESS, CUSTOMER, "d", now_ms(), "reject", None);
     let answer = app.post_doubletick(deny).await;
@@ -138,9 +141,15 @@ async fn issue9_1_future_dated_grant_cannot_outrank_a_later_denial(b: Backend) {
 async fn issue9_1_temporary_grant_stated_to_end_in_year_9999_ends_within_the_window(b: Backend) {
     let app = spawn_app_with(test_config(), b.store()).await;
     let t = now_ms();
-    let mut body: serde_json::Value =
-        serde_json::from_str(&doubletick(BUSINESS, CUSTOMER, "m", t, "accept", Some(false)))
-            .unwrap();
+    let mut body: serde_json::Value = serde_json::from_str(&doubletick(
+        BUSINESS,
+        CUSTOMER,
+        "m",
+        t,
+        "accept",
+        Some(false),
+    ))
+    .unwrap();
     body["expirationTimestamp"] = 253_402_300_799i64.into();
     let answer = app.post_doubletick(body.to_string()).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -182,8 +191,14 @@ async fn issue9_2_same_message_id_with_another_answer_is_409_and_stores_nothing(
     assert_eq!(answer.body["error"], "conflict");
     let message = answer.body["message"].as_str().unwrap();
     assert!(message.contains("wamid.same"), "{message}");
-    assert!(!message.contains("9876543210"), "no phone number: {message}");
-    assert_eq!(app.state(BUSINESS, CUSTOMER).await, ConsentState::GrantedPermanent);
+    assert!(
+        !message.contains("9876543210"),
+        "no phone number: {message}"
+    );
+    assert_eq!(
+        app.state(BUSINESS, CUSTOMER).await,
+        ConsentState::GrantedPermanent
+    );
     assert_eq!(app.history(BUSINESS, CUSTOMER).await.len(), 1);
     // The original is still a plain duplicate.
     let again = app.post_doubletick(grant).await;
@@ -243,13 +258,23 @@ async fn issue9_2_same_message_id_with_another_answer_is_409_and_stores_nothing(
 async fn issue9_6_oversized_or_control_character_fields_are_refused_naming_the_field(b: Backend) {
     let app = spawn_app_with(test_config(), b.store()).await;
     let base = || -> serde_json::Value {
-        serde_json::from_str(&doubletick(BUSINESS, CUSTOMER, "m", now_ms(), "accept", Some(true)))
-            .unwrap()
+        serde_json::from_str(&doubletick(
+            BUSINESS,
+            CUSTOMER,
+            "m",
+            now_ms(),
+            "accept",
+            Some(true),
+        ))
+        .unwrap()
     };
     let cases = [
         ("messageId", "x".repeat(60 * 1024)),
         ("messageId", "x".repeat(257)),
-        ("messageId", "m1\n{\"level\":\"INFO\",\"msg\":\"forged\"}".to_owned()),
+        (
+            "messageId",
+            "m1\n{\"level\":\"INFO\",\"msg\":\"forged\"}".to_owned(),
+        ),
         ("pairedMessageId", "p\r\n".to_owned()),
         ("dtCustomerId", "c".repeat(257)),
         ("responseSource", "r".repeat(65)),
@@ -268,8 +293,8 @@ async fn issue9_6_oversized_or_control_character_fields_are_refused_naming_the_f
     assert_eq!(app.post_doubletick(body.to_string()).await.status, 200);
 
     // Meta's message id, with its full path.
-    let mut wa: serde_json::Value = serde_json::from_str(&fixture("whatsapp/accept-temporary.json"))
-        .unwrap();
+    let mut wa: serde_json::Value =
+        serde_json::from_str(&fixture("whatsapp/accept-temporary.json")).unwrap();
     wa["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid.x\nforged".into();
     let wa = wa.to_string();
     let signature = meta_signature(&wa);
@@ -282,7 +307,10 @@ async fn issue9_6_oversized_or_control_character_fields_are_refused_naming_the_f
         )
         .await;
     assert_eq!(answer.status, 422, "{:?}", answer.body);
-    assert_eq!(answer.body["field"], "entry[0].changes[0].value.messages[0].id");
+    assert_eq!(
+        answer.body["field"],
+        "entry[0].changes[0].value.messages[0].id"
+    );
 }
 
 /// GetConsentHistory pages: default and maximum page size, tokens, arrival order.
@@ -317,7 +345,11 @@ async fn issue9_6_history_is_read_in_pages(b: Backend) {
     let mut token = String::new();
     for _ in 0..10 {
         let p = page(100, token).await.unwrap().into_inner();
-        seen.extend(p.entries.into_iter().map(|e| e.evidence.unwrap().message_id));
+        seen.extend(
+            p.entries
+                .into_iter()
+                .map(|e| e.evidence.unwrap().message_id),
+        );
         token = p.next_page_token; // new-api
         if token.is_empty() {
             break;
@@ -338,7 +370,7 @@ async fn issue9_6_history_is_read_in_pages(b: Backend) {
 
 fn decision(i: usize, t: DateTime<Utc>) -> callgate::domain::Decision {
     use callgate::domain::*;
-    let choice = if i % 2 == 0 {
+    let choice = if i.is_multiple_of(2) {
         Choice::GrantPermanent
     } else {
         Choice::Deny
