@@ -107,6 +107,7 @@
 //! as misconfigured (the error says so): callgate does not run on an unverified policy.
 
 pub mod codec;
+mod inspect;
 pub mod keys;
 
 use std::fmt;
@@ -130,6 +131,7 @@ use super::{
 use crate::domain::{Choice, ConsentEvent, Decision, Pair};
 use keys::Keys;
 
+pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
 pub use keys::SHARDS;
 
 const RECORD_LUA: &str = include_str!("record.lua");
