@@ -394,3 +394,39 @@ fn decision(i: usize, t: DateTime<Utc>) -> callgate::domain::Decision {
         },
     }
 }
+
+/// Issue 9.2: a conflict is logged once, with the sender and message id and no phone number.
+#[tokio::test]
+async fn issue9_2_a_conflict_is_logged_without_phone_numbers() {
+    let process =
+        crate::process::CallgateProcess::start(&[("CALLGATE_WEBHOOK_TOKENS", TOKEN)]).unwrap();
+    let api = Endpoints::new(process.http, process.grpc);
+    let t = now_ms();
+    let grant = doubletick(BUSINESS, CUSTOMER, "wamid.logged", t, "accept", Some(true));
+    assert_eq!(api.post_doubletick(grant).await.status, 200);
+    let deny = doubletick(BUSINESS, CUSTOMER, "wamid.logged", t, "reject", None);
+    assert_eq!(api.post_doubletick(deny).await.status, 409);
+    // The log arrives through a pipe: wait for the line (bounded), not a fixed time.
+    let mut lines = Vec::new();
+    for _ in 0..250 {
+        lines = process
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("another answer"))
+            .map(str::to_owned)
+            .collect();
+        if !lines.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 1, "{}", process.log_text());
+    let line = &lines[0];
+    assert!(
+        line.contains("wamid.logged") && line.contains("409"),
+        "{line}"
+    );
+    for digits in ["9876543210", "9000000000"] {
+        assert!(!line.contains(digits), "phone number in {line}");
+    }
+}
