@@ -336,7 +336,9 @@ fn page_start(token: &str) -> Result<usize, ApiError> {
     }
     token
         .strip_prefix("h1.")
-        .and_then(|n| n.parse::<usize>().ok())
+        // u32: no history is that long, and the position stays a valid Redis index.
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(|n| n as usize)
         .ok_or_else(|| ApiError::InvalidArgument("page_token: not a token this API gave".into()))
 }
 

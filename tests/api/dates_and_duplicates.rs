@@ -362,7 +362,11 @@ async fn issue9_6_history_is_read_in_pages(b: Backend) {
     assert_eq!(all.entries.len(), n);
     assert!(all.next_page_token.is_empty());
     // Bad requests are refused.
-    for (size, token) in [(-1, String::new()), (10, "bogus".to_owned())] {
+    for (size, token) in [
+        (-1, String::new()),
+        (10, "bogus".to_owned()),
+        (10, "h1.18446744073709551615".to_owned()),
+    ] {
         let err = page(size, token).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     }
