@@ -13,13 +13,13 @@
 -- KEYS[4] event stream {p:sNN}:e
 -- KEYS[5] due index    {p:sNN}:due
 -- KEYS[6] trimmed mark {p:sNN}:trimmed  newest event id trimmed from the stream
+-- KEYS[7] dedup        {p:sNN}:d:<pair>  HASH dedup id -> fingerprint of every kept decision
 -- ARGV[1] the decision body D "<rank><decided>,<expires>,<evidence...>" (times in base 36)
 -- ARGV[2] the decision's dedup id (16 raw bytes)
 -- ARGV[3] received at (base 36 ms)
 -- ARGV[4] event kind to publish if applied ("g", "d", or "" for none)
 -- ARGV[5] event retention (ms)
 -- ARGV[6] the pair as due-index member "<business>:<customer>"
--- KEYS[7] dedup        {p:sNN}:d:<pair>  HASH dedup id -> fingerprint of every kept decision
 -- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written).
