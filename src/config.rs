@@ -15,6 +15,7 @@ pub const ENV_GRPC_ADDR: &str = "CALLGATE_GRPC_ADDR";
 pub const ENV_REDIS_URL: &str = "CALLGATE_REDIS_URL";
 pub const ENV_REDIS_PREFIX: &str = "CALLGATE_REDIS_PREFIX";
 pub const ENV_REDIS_TIMEOUT_MS: &str = "CALLGATE_REDIS_TIMEOUT_MS";
+pub const ENV_REDIS_HEALTH_INTERVAL_MS: &str = "CALLGATE_REDIS_HEALTH_INTERVAL_MS";
 pub const ENV_TEMPORARY_GRANT_SECS: &str = "CALLGATE_TEMPORARY_GRANT_SECS";
 pub const ENV_MAX_CLOCK_SKEW_SECS: &str = "CALLGATE_MAX_CLOCK_SKEW_SECS";
 pub const ENV_EVENT_RETENTION_SECS: &str = "CALLGATE_EVENT_RETENTION_SECS";
@@ -34,6 +35,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
 pub const DEFAULT_REDIS_PREFIX: &str = "callgate";
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often the shared Redis connection is `PING`ed, so a wedged one is found while idle.
+pub const DEFAULT_REDIS_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// "Allow for 7 Days".
 pub const DEFAULT_TEMPORARY_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How far ahead of arrival a sender's event time may be before it is clamped to arrival.
@@ -74,6 +77,8 @@ pub struct Config {
     pub redis_prefix: String,
     /// A Redis call slower than this fails (closed).
     pub redis_timeout: Duration,
+    /// How often the shared Redis connection is health-`PING`ed (a wedged one is replaced).
+    pub redis_health_interval: Duration,
     /// Length of a temporary grant when the sender gives no expiry.
     pub temporary_grant: Duration,
     /// A sender's event time further ahead of arrival than this is ordered at arrival; also
@@ -176,6 +181,10 @@ impl Config {
             redis_prefix: raw(&None, ENV_REDIS_PREFIX)
                 .map_or_else(|| DEFAULT_REDIS_PREFIX.to_owned(), |(v, _)| v),
             redis_timeout: millis(ENV_REDIS_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT)?,
+            redis_health_interval: millis(
+                ENV_REDIS_HEALTH_INTERVAL_MS,
+                DEFAULT_REDIS_HEALTH_INTERVAL,
+            )?,
             temporary_grant: secs(ENV_TEMPORARY_GRANT_SECS, DEFAULT_TEMPORARY_GRANT)?,
             max_clock_skew: secs(ENV_MAX_CLOCK_SKEW_SECS, DEFAULT_MAX_CLOCK_SKEW)?,
             event_retention: secs(ENV_EVENT_RETENTION_SECS, DEFAULT_EVENT_RETENTION)?,
@@ -243,6 +252,7 @@ mod tests {
         assert_eq!(c.temporary_grant, Duration::from_secs(604_800));
         assert_eq!(c.max_clock_skew, Duration::from_secs(120));
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis_health_interval, Duration::from_secs(1));
         assert_eq!(c.log_format, LogFormat::Text);
     }
 
@@ -255,6 +265,7 @@ mod tests {
             (ENV_TEMPORARY_GRANT_SECS, "1.5"),
             (ENV_MAX_CLOCK_SKEW_SECS, "30"),
             (ENV_REDIS_TIMEOUT_MS, "100"),
+            (ENV_REDIS_HEALTH_INTERVAL_MS, "400"),
             (ENV_LOG_FORMAT, "json"),
             (ENV_WEBHOOK_TOKENS, "old-token, new-token,"),
             (ENV_WHATSAPP_APP_SECRET, "app-secret"),
@@ -269,6 +280,7 @@ mod tests {
         assert_eq!(c.temporary_grant, Duration::from_millis(1500));
         assert_eq!(c.max_clock_skew, Duration::from_secs(30));
         assert_eq!(c.redis_timeout, Duration::from_millis(100));
+        assert_eq!(c.redis_health_interval, Duration::from_millis(400));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.webhook_tokens.len(), 2);
         assert_eq!(c.webhook_tokens[1].expose(), "new-token");
@@ -287,6 +299,7 @@ mod tests {
             (ENV_TEMPORARY_GRANT_SECS, "-5"),
             (ENV_MAX_CLOCK_SKEW_SECS, "soon"),
             (ENV_REDIS_TIMEOUT_MS, "NaN"),
+            (ENV_REDIS_HEALTH_INTERVAL_MS, "0"),
             (ENV_LOG_FORMAT, "xml"),
             (ENV_HTTP_MAX_CONNECTIONS, "0"),
             (ENV_HTTP_MAX_CONNECTIONS, "many"),
