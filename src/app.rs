@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
+use crate::domain::DateRules;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::Api;
 use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
@@ -84,7 +85,10 @@ pub async fn run(
         },
         store: store.clone(),
         ingest: IngestContext {
-            temporary_grant: config.temporary_grant,
+            dates: DateRules {
+                temporary_window: config.temporary_grant,
+                max_clock_skew: config.max_clock_skew,
+            },
         },
         metrics: metrics.clone(),
         hub: hub.clone(),

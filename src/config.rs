@@ -17,6 +17,7 @@ pub const ENV_REDIS_PREFIX: &str = "CALLGATE_REDIS_PREFIX";
 pub const ENV_REDIS_TIMEOUT_MS: &str = "CALLGATE_REDIS_TIMEOUT_MS";
 pub const ENV_REDIS_HEALTH_INTERVAL_MS: &str = "CALLGATE_REDIS_HEALTH_INTERVAL_MS";
 pub const ENV_TEMPORARY_GRANT_SECS: &str = "CALLGATE_TEMPORARY_GRANT_SECS";
+pub const ENV_MAX_CLOCK_SKEW_SECS: &str = "CALLGATE_MAX_CLOCK_SKEW_SECS";
 pub const ENV_EVENT_RETENTION_SECS: &str = "CALLGATE_EVENT_RETENTION_SECS";
 pub const ENV_CHECKPOINT_SECS: &str = "CALLGATE_CHECKPOINT_SECS";
 pub const ENV_EXPIRY_SWEEP_MS: &str = "CALLGATE_EXPIRY_SWEEP_MS";
@@ -38,6 +39,8 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 pub const DEFAULT_REDIS_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// "Allow for 7 Days".
 pub const DEFAULT_TEMPORARY_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far ahead of arrival a sender's event time may be before it is clamped to arrival.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(120);
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_CHECKPOINT: Duration = Duration::from_secs(5);
 pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_millis(250);
@@ -78,6 +81,9 @@ pub struct Config {
     pub redis_health_interval: Duration,
     /// Length of a temporary grant when the sender gives no expiry.
     pub temporary_grant: Duration,
+    /// A sender's event time further ahead of arrival than this is ordered at arrival; also
+    /// the tolerance on a stated temporary expiry (see `domain::rules`).
+    pub max_clock_skew: Duration,
     /// How long the event log keeps events for resuming subscribers.
     pub event_retention: Duration,
     /// An idle StreamGrants stream gets a checkpoint this often.
@@ -180,6 +186,7 @@ impl Config {
                 DEFAULT_REDIS_HEALTH_INTERVAL,
             )?,
             temporary_grant: secs(ENV_TEMPORARY_GRANT_SECS, DEFAULT_TEMPORARY_GRANT)?,
+            max_clock_skew: secs(ENV_MAX_CLOCK_SKEW_SECS, DEFAULT_MAX_CLOCK_SKEW)?,
             event_retention: secs(ENV_EVENT_RETENTION_SECS, DEFAULT_EVENT_RETENTION)?,
             checkpoint_interval: secs(ENV_CHECKPOINT_SECS, DEFAULT_CHECKPOINT)?,
             expiry_sweep_interval: millis(ENV_EXPIRY_SWEEP_MS, DEFAULT_EXPIRY_SWEEP)?,
@@ -243,6 +250,7 @@ mod tests {
         assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
         assert!(c.redis_url.is_none());
         assert_eq!(c.temporary_grant, Duration::from_secs(604_800));
+        assert_eq!(c.max_clock_skew, Duration::from_secs(120));
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
         assert_eq!(c.redis_health_interval, Duration::from_secs(1));
         assert_eq!(c.log_format, LogFormat::Text);
@@ -255,6 +263,7 @@ mod tests {
             (ENV_GRPC_ADDR, "127.0.0.1:2000"),
             (ENV_REDIS_URL, "redis://:pw@localhost:6379"),
             (ENV_TEMPORARY_GRANT_SECS, "1.5"),
+            (ENV_MAX_CLOCK_SKEW_SECS, "30"),
             (ENV_REDIS_TIMEOUT_MS, "100"),
             (ENV_REDIS_HEALTH_INTERVAL_MS, "400"),
             (ENV_LOG_FORMAT, "json"),
@@ -269,6 +278,7 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:3000");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:2000");
         assert_eq!(c.temporary_grant, Duration::from_millis(1500));
+        assert_eq!(c.max_clock_skew, Duration::from_secs(30));
         assert_eq!(c.redis_timeout, Duration::from_millis(100));
         assert_eq!(c.redis_health_interval, Duration::from_millis(400));
         assert_eq!(c.log_format, LogFormat::Json);
@@ -287,6 +297,7 @@ mod tests {
             (ENV_TEMPORARY_GRANT_SECS, "a week"),
             (ENV_TEMPORARY_GRANT_SECS, "0"),
             (ENV_TEMPORARY_GRANT_SECS, "-5"),
+            (ENV_MAX_CLOCK_SKEW_SECS, "soon"),
             (ENV_REDIS_TIMEOUT_MS, "NaN"),
             (ENV_REDIS_HEALTH_INTERVAL_MS, "0"),
             (ENV_LOG_FORMAT, "xml"),

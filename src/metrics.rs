@@ -120,7 +120,7 @@ impl Route {
 }
 
 /// What happened to a webhook request. Refusals use the stable error codes of the HTTP port.
-pub const WEBHOOK_OUTCOMES: [&str; 18] = [
+pub const WEBHOOK_OUTCOMES: [&str; 19] = [
     "stored",
     "ignored",
     "verified",
@@ -135,6 +135,7 @@ pub const WEBHOOK_OUTCOMES: [&str; 18] = [
     "body_unreadable",
     "invalid_json",
     "invalid_field",
+    "conflict",
     "store_unavailable",
     "bad_request",
     "too_many_connections",

@@ -26,6 +26,11 @@ use crate::store::{ConsentStore, Cursor, CursorError, StoreError, cursor_at};
 
 /// Most pairs one CheckCallPermissions call may carry.
 pub const MAX_BATCH: usize = 1000;
+/// GetConsentHistory entries per page when the client asks for none.
+pub const DEFAULT_HISTORY_PAGE: usize = 100;
+/// Most GetConsentHistory entries per page (larger requests get this many). With every
+/// evidence field bounded at the edge, a full page stays far below gRPC's 4 MiB default.
+pub const MAX_HISTORY_PAGE: usize = 1000;
 /// Items buffered per StreamGrants client before its pump waits (memory bound per stream).
 const STREAM_BUFFER: usize = 64;
 
@@ -293,19 +298,48 @@ impl ConsentAuthority for Api {
     ) -> Result<Response<pb::GetConsentHistoryResponse>, Status> {
         let req = request.get_ref();
         let pair = pair(&req.business_number, &req.customer_number)?;
-        let mut entries = self
+        let size = match req.page_size {
+            0 => DEFAULT_HISTORY_PAGE,
+            n if n < 0 => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "page_size: {n}; must not be negative"
+                ))
+                .into());
+            }
+            n => (n as usize).min(MAX_HISTORY_PAGE),
+        };
+        let start = page_start(&req.page_token)?;
+        // Arrival order: pages stay stable while new decisions are appended.
+        let page = self
             .store
-            .history(&pair)
+            .history_page(&pair, start, size)
             .await
             .map_err(self.store_failed(StoreOp::History))?;
-        // Oldest decision first; decisions made at the same instant in arrival order.
-        entries.sort_by_key(|h| h.decision.decided_at);
         Ok(Response::new(pb::GetConsentHistoryResponse {
             business_number: pair.business.to_string(),
             customer_number: pair.customer.to_string(),
-            entries: entries.iter().map(convert::history_entry).collect(),
+            entries: page.entries.iter().map(convert::history_entry).collect(),
+            next_page_token: page.next.map(page_token).unwrap_or_default(),
         }))
     }
+}
+
+/// The opaque page token for history position `start`.
+fn page_token(start: usize) -> String {
+    format!("h1.{start}")
+}
+
+/// The history position a page token stands for (0 for none).
+fn page_start(token: &str) -> Result<usize, ApiError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix("h1.")
+        // u32: no history is that long, and the position stays a valid Redis index.
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(|n| n as usize)
+        .ok_or_else(|| ApiError::InvalidArgument("page_token: not a token this API gave".into()))
 }
 
 /// Runs `f` when dropped: keeps the open-streams gauge right however the pump task ends.

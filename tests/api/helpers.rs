@@ -229,6 +229,7 @@ impl Endpoints {
             .get_consent_history(pb::GetConsentHistoryRequest {
                 business_number: business.into(),
                 customer_number: customer.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

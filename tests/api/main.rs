@@ -8,6 +8,7 @@ mod redis_harness;
 
 mod check;
 mod conformance;
+mod dates_and_duplicates;
 mod ingest;
 mod lifecycle;
 mod metrics;

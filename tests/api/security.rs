@@ -210,7 +210,14 @@ async fn meta_webhooks_need_a_valid_signature_of_the_raw_body() {
         evidence.body_sha256,
         hex::encode(Sha256::digest(wa.as_bytes()))
     );
-    assert_eq!(check.expires_at.unwrap().seconds, 1_768_550_400);
+    // The sample states an end 16 days after the reply: bounded to the 7-day window, and the
+    // stated end kept as evidence.
+    assert_eq!(
+        check.expires_at.unwrap().seconds,
+        1_767_168_000 + 7 * 24 * 3600
+    );
+    assert_eq!(evidence.stated_expires_at.unwrap().seconds, 1_768_550_400);
+    assert_eq!(evidence.stated_decided_at.unwrap().seconds, 1_767_168_000);
 }
 
 fn reply(id: &str, from: &str, response: &str, permanent: bool, source: &str) -> serde_json::Value {

@@ -323,6 +323,8 @@ fn grant(i: usize, t: chrono::DateTime<Utc>) -> callgate::domain::Decision {
             response_source: String::new(),
             sender_customer_id: String::new(),
             body_sha256: String::new(),
+            stated_at: to_millis_precision(t),
+            stated_expires_at: None,
         },
     }
 }

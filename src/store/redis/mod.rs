@@ -15,8 +15,9 @@
 //!
 //! # The consent key holds the current decision: a check is a plain `MGET`
 //!
-//! Each pair has up to three keys. Its history (`h:`, a list) holds every decision ever kept,
-//! with its full evidence and its dedup id. Its consent key (`c:`) holds the **whole** current
+//! Each pair has up to four keys. Its history (`h:`, a list) holds every decision ever kept,
+//! with its full evidence and its dedup id; its dedup hash (`d:`) maps each kept delivery's id
+//! to the fingerprint of what it said. Its consent key (`c:`) holds the **whole** current
 //! decision (its dedup id and body, see [`codec`]). While the current decision is a temporary
 //! grant, its lapse record (`x:`) holds the same value without a TTL.
 //!
@@ -43,12 +44,19 @@
 //!
 //! # Atomicity
 //!
-//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (a scan of the
-//! pair's history for the decision's id: the history never expires, so a retry is recognised
-//! however late, which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION);
-//! histories are a few entries per pair, so the scan is short), arbitration (the twin of
+//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (one `HGET` of
+//! the delivery id in the pair's `d:` hash, the twin of
+//! [`redelivery`](crate::domain::rules::redelivery): same fingerprint = duplicate, another =
+//! conflict, nothing written; the hash never expires, so a retry is recognised however late,
+//! which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION), and the cost
+//! does not grow with the history), arbitration (the twin of
 //! [`precedence`](crate::domain::rules::precedence)), history, current decision, due index
 //! and event (`XADD` with exact `MINID` trimming). No reader ever sees half a decision.
+//! A call of several decisions is first checked for conflicts in one pipelined round trip of
+//! `HGET`s, so a conflict stores nothing; the one gap is a conflicting delivery of the same
+//! message id recorded by another replica between that check and the `EXEC`: then the other
+//! decisions of the call are stored, the call still answers the conflict, and a retry finds
+//! them as duplicates.
 //! Several decisions given to one [`record`](RedisStore::record) call are sent as `EVALSHA`s
 //! inside `MULTI`/`EXEC`, so on a standalone Redis they are applied together or (on a
 //! connection error before `EXEC`) not at all. `EXEC` does not roll back: if one script fails
@@ -118,8 +126,11 @@ use redis::{
 };
 use tokio::time::Instant;
 
-use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId};
-use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
+use super::{
+    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
+    StoreError, StreamId, check_deliveries,
+};
+use crate::domain::{Choice, ConsentEvent, Decision, Pair};
 use connection::{BlockingPool, Lease, SharedConnection, Verdict};
 use keys::Keys;
 
@@ -434,11 +445,37 @@ impl RedisStore {
         Ok(Some(decision))
     }
 
-    fn outcome(code: i64) -> Result<RecordOutcome, StoreError> {
+    /// For a call of several decisions: reads the fingerprint stored under each one's id (one
+    /// pipelined `HGET` each) and refuses the call before anything is written if one conflicts.
+    async fn precheck_deliveries(&self, decisions: &[Decision]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for d in decisions {
+            pipe.cmd("HGET")
+                .arg(self.keys.pair(&d.pair).dedup)
+                .arg(codec::dedup_bytes(d));
+        }
+        let seen: Vec<Option<Vec<u8>>> = self.read_pipe(&pipe).await?;
+        if seen.len() != decisions.len() {
+            return Err(corrupt_reply("HGET dedup"));
+        }
+        let seen = seen
+            .into_iter()
+            .map(|f| {
+                f.map(|f| <[u8; 8]>::try_from(f.as_slice()))
+                    .transpose()
+                    .map_err(|_| StoreError::Corrupt("dedup fingerprint".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        check_deliveries(decisions, &seen)?;
+        Ok(())
+    }
+
+    fn outcome(decisions: &[Decision], i: usize, code: i64) -> Result<RecordOutcome, StoreError> {
         match code {
             0 => Ok(RecordOutcome::Applied),
             1 => Ok(RecordOutcome::Stale),
             2 => Ok(RecordOutcome::Duplicate),
+            3 => Err(DeliveryConflict::of(decisions, i).into()),
             other => Err(StoreError::Corrupt(format!(
                 "record script answered {other}"
             ))),
@@ -523,6 +560,12 @@ impl ConsentStore for RedisStore {
         if decisions.is_empty() {
             return Ok(Vec::new());
         }
+        // A conflict anywhere in the call must store nothing. One decision is checked inside
+        // its script; several are checked first, in one round trip (see the module docs for
+        // the one race this leaves).
+        if decisions.len() > 1 {
+            self.precheck_deliveries(decisions).await?;
+        }
         let received_ms = received_at.timestamp_millis();
         let mut pipe = redis::pipe();
         // Standalone Redis: all decisions in one MULTI/EXEC. (On Cluster each decision would be
@@ -544,19 +587,26 @@ impl ConsentStore for RedisStore {
                 .key(&k.stream)
                 .key(&k.due)
                 .key(&k.trimmed)
+                .key(&k.dedup)
                 .arg(codec::encode_body(decision))
                 .arg(codec::dedup_bytes(decision))
                 .arg(&received)
                 .arg(event)
                 .arg(self.config.event_retention.as_millis() as u64)
-                .arg(&k.member);
+                .arg(&k.member)
+                .arg(decision.fingerprint().as_slice());
             pipe.invoke_script(&invocation);
         }
         let codes: Vec<i64> = self.query_scripts(&pipe).await?;
         if codes.len() != decisions.len() {
             return Err(corrupt_reply("record"));
         }
-        codes.into_iter().map(Self::outcome).collect()
+        let outcomes: Vec<RecordOutcome> = codes
+            .into_iter()
+            .enumerate()
+            .map(|(i, code)| Self::outcome(decisions, i, code))
+            .collect::<Result<_, _>>()?;
+        Ok(outcomes)
     }
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
@@ -609,15 +659,28 @@ impl ConsentStore for RedisStore {
         Ok(out)
     }
 
-    async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
+    async fn history_page(
+        &self,
+        pair: &Pair,
+        start: usize,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
         let k = self.keys.pair(pair);
-        let entries: Vec<Vec<u8>> = self
-            .read_cmd(redis::cmd("LRANGE").arg(&k.history).arg(0).arg(-1))
+        let limit = limit.max(1);
+        // One entry more than asked, to know whether another page follows.
+        let last = start.saturating_add(limit);
+        let mut entries: Vec<Vec<u8>> = self
+            .read_cmd(redis::cmd("LRANGE").arg(&k.history).arg(start).arg(last))
             .await?;
-        entries
-            .iter()
-            .map(|e| codec::decode_history(pair, e))
-            .collect()
+        let next = (entries.len() > limit).then_some(last);
+        entries.truncate(limit);
+        Ok(HistoryPage {
+            entries: entries
+                .iter()
+                .map(|e| codec::decode_history(pair, e))
+                .collect::<Result<_, _>>()?,
+            next,
+        })
     }
 
     fn shards(&self) -> usize {
