@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod secret;
 pub mod store;
+pub mod tls;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.
 pub mod pb {

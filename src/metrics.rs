@@ -155,9 +155,53 @@ impl StoreOp {
     const LABELS: [&'static str; 6] = ["check", "record", "history", "events", "sweep", "ping"];
 }
 
+/// Why the gRPC API refused a call (the `reason` label of `callgate_api_refusals_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// No `authorization` metadata.
+    MissingKey = 0,
+    /// `authorization` present but not `Bearer <key>`.
+    MalformedKey = 1,
+    /// A key no configured client has (including a rotated-out one).
+    UnknownKey = 2,
+    /// No API client is configured, so every call is refused.
+    NotConfigured = 3,
+    /// A known client without the scope the RPC needs.
+    MissingScope = 4,
+    /// A known client asked about a business it may not see.
+    OtherBusiness = 5,
+}
+
+impl RefusalReason {
+    const LABELS: [&'static str; 6] = [
+        "missing_key",
+        "malformed_key",
+        "unknown_key",
+        "not_configured",
+        "missing_scope",
+        "other_business",
+    ];
+
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self as usize]
+    }
+}
+
+/// The `client` label of a refusal made before any client was identified.
+pub const UNAUTHENTICATED_CLIENT: &str = "unauthenticated";
+
+/// API refusals per client and reason. The client names are the configured set, fixed at
+/// startup; slot 0 is [`UNAUTHENTICATED_CLIENT`]. Never a key, never a phone number.
+#[derive(Default)]
+struct Refusals {
+    clients: Vec<String>,
+    counts: Vec<[AtomicU64; RefusalReason::LABELS.len()]>,
+}
+
 /// All of callgate's metrics. One instance per running service.
 #[derive(Default)]
 pub struct Metrics {
+    api_refusals: Refusals,
     checks: [AtomicU64; 7],
     check_latency: [Histogram; 2],
     webhooks: [[AtomicU64; WEBHOOK_OUTCOMES.len()]; 3],
@@ -169,6 +213,26 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics whose API refusals are labelled with these client names (index `i` of `clients`
+    /// is client number `i + 1` in [`Metrics::api_refusal`]; 0 is an unidentified caller).
+    pub fn with_api_clients(clients: impl IntoIterator<Item = String>) -> Self {
+        let clients: Vec<String> = std::iter::once(UNAUTHENTICATED_CLIENT.to_owned())
+            .chain(clients)
+            .collect();
+        let counts = clients.iter().map(|_| Default::default()).collect();
+        Metrics {
+            api_refusals: Refusals { clients, counts },
+            ..Metrics::default()
+        }
+    }
+
+    /// Counts a refused API call of client number `client` (0: not identified).
+    pub fn api_refusal(&self, client: usize, reason: RefusalReason) {
+        if let Some(slot) = self.api_refusals.counts.get(client) {
+            slot[reason as usize].fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn check(&self, answer: CheckAnswer) {
         self.checks[answer.index()].fetch_add(1, Relaxed);
     }
@@ -277,6 +341,23 @@ impl Metrics {
 
         let _ = writeln!(
             out,
+            "# HELP callgate_api_refusals_total gRPC calls refused, by client and reason."
+        );
+        let _ = writeln!(out, "# TYPE callgate_api_refusals_total counter");
+        for (client, counts) in self.api_refusals.clients.iter().zip(&self.api_refusals.counts) {
+            for (reason, n) in RefusalReason::LABELS.iter().zip(counts) {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "callgate_api_refusals_total{{client=\"{client}\",reason=\"{reason}\"}} {n}"
+                    );
+                }
+            }
+        }
+
+        let _ = writeln!(
+            out,
             "# HELP callgate_store_errors_total Store calls that failed."
         );
         let _ = writeln!(out, "# TYPE callgate_store_errors_total counter");
@@ -353,6 +434,17 @@ mod tests {
         );
         m.store_error(StoreOp::Check);
         let out = m.render(2);
+        let m = Metrics::with_api_clients(["dialer-eu".to_owned()]);
+        m.api_refusal(0, RefusalReason::UnknownKey);
+        m.api_refusal(1, RefusalReason::MissingScope);
+        m.api_refusal(7, RefusalReason::MissingScope);
+        let refusals = m.render(0);
+        for needle in [
+            "callgate_api_refusals_total{client=\"unauthenticated\",reason=\"unknown_key\"} 1",
+            "callgate_api_refusals_total{client=\"dialer-eu\",reason=\"missing_scope\"} 1",
+        ] {
+            assert!(refusals.contains(needle), "missing {needle}:\n{refusals}");
+        }
         for needle in [
             "callgate_build_info{version=",
             "callgate_checks_total{answer=\"denied\"} 1",
