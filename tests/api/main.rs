@@ -5,6 +5,7 @@ mod helpers;
 mod process;
 mod redis_harness;
 
+mod api_auth;
 mod check;
 mod conformance;
 mod ingest;

@@ -29,6 +29,10 @@ impl CallgateProcess {
         .env_clear()
         .env("CALLGATE_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .env(
+            "CALLGATE_API_CLIENTS_FILE",
+            crate::helpers::api_clients_fixture(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         for (k, v) in env {
@@ -76,6 +80,18 @@ impl CallgateProcess {
     /// Everything logged so far, one line per entry.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits (at most 10 s) until the log satisfies `done`; returns the log then.
+    pub fn wait_for_log(&self, done: impl Fn(&str) -> bool) -> Option<String> {
+        for _ in 0..200 {
+            let log = self.log_text();
+            if done(&log) {
+                return Some(log);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Stops with SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0.

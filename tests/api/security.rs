@@ -387,7 +387,10 @@ async fn every_refusal_is_logged_once_with_its_reason_and_never_the_secret_or_bo
             .status,
         422
     );
-    let log = process.log_text();
+    // The reader threads may not have read the last lines yet: wait for them (bounded).
+    let log = process
+        .wait_for_log(|log| log.matches("request refused").count() >= 2)
+        .unwrap_or_else(|| process.log_text());
     let refusals: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("request refused"))
