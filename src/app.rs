@@ -148,7 +148,11 @@ pub async fn run(
     ));
 
     let grpc_stop = stop.clone();
-    let api = Guard::new(Api::new(store.clone(), hub, metrics.clone()).into_server(), auth, metrics);
+    let api = Guard::new(
+        Api::new(store.clone(), hub, metrics.clone()).into_server(),
+        auth,
+        metrics,
+    );
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))

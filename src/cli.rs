@@ -86,7 +86,11 @@ type Client = ConsentAuthorityClient<InterceptedService<Channel, BearerToken>>;
 
 async fn connect(args: &ConnectArgs) -> Result<Client, ClientError> {
     let addr = &args.addr;
-    let scheme = if args.tls_ca.is_some() { "https" } else { "http" };
+    let scheme = if args.tls_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = if addr.contains("://") {
         addr.to_owned()
     } else {

@@ -190,7 +190,11 @@ impl Config {
             })?,
         };
         let path = |name: &'static str| raw(&None, name).map(|(v, _)| PathBuf::from(v.trim()));
-        let tls = match (path(ENV_TLS_CERT), path(ENV_TLS_KEY), path(ENV_TLS_CLIENT_CA)) {
+        let tls = match (
+            path(ENV_TLS_CERT),
+            path(ENV_TLS_KEY),
+            path(ENV_TLS_CLIENT_CA),
+        ) {
             (Some(cert), Some(key), client_ca) => Some(TlsFiles {
                 cert,
                 key,

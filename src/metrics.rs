@@ -344,7 +344,12 @@ impl Metrics {
             "# HELP callgate_api_refusals_total gRPC calls refused, by client and reason."
         );
         let _ = writeln!(out, "# TYPE callgate_api_refusals_total counter");
-        for (client, counts) in self.api_refusals.clients.iter().zip(&self.api_refusals.counts) {
+        for (client, counts) in self
+            .api_refusals
+            .clients
+            .iter()
+            .zip(&self.api_refusals.counts)
+        {
             for (reason, n) in RefusalReason::LABELS.iter().zip(counts) {
                 let n = n.load(Relaxed);
                 if n > 0 {

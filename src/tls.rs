@@ -3,7 +3,7 @@
 //!
 //! Each port has a [`TlsPort`]: the rustls `ServerConfig` in force, behind a lock, rebuilt from
 //! the files by [`TlsPort::reload_if_changed`]. A background task ([`watch`]) checks the files'
-//! modification times and sizes every `CALLGATE_TLS_RELOAD_SECS`; when they changed it rebuilds
+//! contents every `CALLGATE_TLS_RELOAD_SECS`; when they changed it rebuilds
 //! the config, and every connection accepted after that uses the new certificate (connections
 //! already open keep theirs). A replacement that does not load (half written, key and
 //! certificate not matching) is logged and the previous certificate stays in force; the next
@@ -12,13 +12,14 @@
 //! Handshakes happen off the accept loop, each within a deadline, so a client that never
 //! finishes one holds nothing but its own task.
 
+use sha2::{Digest, Sha256};
 use std::fs;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -67,8 +68,10 @@ pub enum PortKind {
     Grpc,
 }
 
-/// The modification time and size of each file: a change means "reload".
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// The SHA-256 of each file's content (`None`: unreadable): a change means "reload". Content,
+/// not modification time, so a replacement within the file system's timestamp granularity
+/// is not missed; the files are a few KiB, read once per reload period.
+type Stamp = Vec<Option<[u8; 32]>>;
 
 /// The TLS settings of one port, reloadable.
 pub struct TlsPort {
@@ -152,10 +155,7 @@ fn files_of(kind: PortKind, files: &TlsFiles) -> Vec<&Path> {
 fn stamp(kind: PortKind, files: &TlsFiles) -> Stamp {
     files_of(kind, files)
         .into_iter()
-        .map(|p| {
-            let m = fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        })
+        .map(|p| fs::read(p).ok().map(|bytes| Sha256::digest(bytes).into()))
         .collect()
 }
 
@@ -203,8 +203,8 @@ fn server_config(kind: PortKind, files: &TlsFiles) -> Result<ServerConfig, TlsEr
             },
         }
     })?;
-    let builder =
-        ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let builder = match (kind, &files.client_ca) {
         (PortKind::Grpc, Some(ca)) => {
             let mut roots = RootCertStore::empty();
@@ -402,5 +402,78 @@ impl AsyncWrite for MaybeTls {
             MaybeTls::Plain(s) => s.is_write_vectored(),
             MaybeTls::Tls(s) => s.is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> TlsFiles {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client_ca: None,
+        };
+        fs::write(&files.cert, cert.pem()).unwrap();
+        fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    fn config_of(port: &TlsPort) -> Arc<ServerConfig> {
+        port.current.read().unwrap().clone()
+    }
+
+    #[test]
+    fn reloads_on_change_and_keeps_the_old_config_when_the_new_files_are_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_pair(dir.path(), "one.test");
+        let port = TlsPort::load(PortKind::Grpc, &files).unwrap();
+        assert_eq!(config_of(&port).alpn_protocols, vec![b"h2".to_vec()]);
+        let first = config_of(&port);
+        assert!(!port.reload_if_changed().unwrap(), "nothing changed");
+
+        // A certificate that does not parse: refused, the old config stays.
+        fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\nnope\n").unwrap();
+        assert!(port.reload_if_changed().is_err());
+        assert!(Arc::ptr_eq(&first, &config_of(&port)));
+        // A key that does not match the certificate: refused too.
+        let other = tempfile::tempdir().unwrap();
+        let other_files = write_pair(other.path(), "two.test");
+        fs::copy(&other_files.cert, &files.cert).unwrap();
+        let err = port.reload_if_changed().unwrap_err().to_string();
+        assert!(Arc::ptr_eq(&first, &config_of(&port)), "{err}");
+        assert!(!err.contains("PRIVATE KEY"), "{err}");
+
+        // The matching key arrives: reloaded.
+        fs::copy(&other_files.key, &files.key).unwrap();
+        assert!(port.reload_if_changed().unwrap());
+        assert!(!Arc::ptr_eq(&first, &config_of(&port)));
+    }
+
+    #[test]
+    fn missing_or_empty_files_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = write_pair(dir.path(), "one.test");
+        fs::write(&files.key, "").unwrap();
+        let err = TlsPort::load(PortKind::Http, &files)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("key.pem") && err.contains("private key"),
+            "{err}"
+        );
+        files.cert = dir.path().join("absent.pem");
+        let err = TlsPort::load(PortKind::Http, &files)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("absent.pem"), "{err}");
     }
 }

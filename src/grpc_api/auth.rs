@@ -72,7 +72,10 @@ pub const RPC_SCOPES: [(&str, Scope); 4] = [
 
 /// The scope the gRPC `path` (`/callgate.v1.ConsentAuthority/Method`) needs, if it is listed.
 pub fn scope_of(path: &str) -> Option<Scope> {
-    let method = path.strip_prefix('/')?.strip_prefix(SERVICE)?.strip_prefix('/')?;
+    let method = path
+        .strip_prefix('/')?
+        .strip_prefix(SERVICE)?
+        .strip_prefix('/')?;
     RPC_SCOPES
         .iter()
         .find(|(name, _)| *name == method)
@@ -308,7 +311,9 @@ impl Caller {
 
     /// Whether the caller may see `business`'s consent.
     pub fn may_see(&self, business: &PhoneNumber) -> bool {
-        self.businesses.as_ref().is_none_or(|b| b.contains(business))
+        self.businesses
+            .as_ref()
+            .is_none_or(|b| b.contains(business))
     }
 
     /// The businesses the caller is limited to; `None`: every business.
@@ -331,7 +336,10 @@ pub enum Refusal {
     )]
     NotConfigured,
     #[error("client {client:?} lacks the {scope:?} scope this call needs")]
-    MissingScope { client: Arc<str>, scope: &'static str },
+    MissingScope {
+        client: Arc<str>,
+        scope: &'static str,
+    },
     #[error("this RPC is not open to API clients")]
     UnlistedRpc,
     #[error("client {client:?} may not see business {business}")]
@@ -415,11 +423,7 @@ impl ApiAuth {
 
     /// Admits a call to `path` carrying `authorization` (each value of the header), or says
     /// why not, with the metric slot of the client it was identified as (0 if none).
-    pub fn admit(
-        &self,
-        path: &str,
-        authorization: &[&[u8]],
-    ) -> Result<Caller, (usize, Refusal)> {
+    pub fn admit(&self, path: &str, authorization: &[&[u8]]) -> Result<Caller, (usize, Refusal)> {
         let clients = match self {
             ApiAuth::Open => return Ok(Caller::unrestricted()),
             ApiAuth::Closed => return Err((0, Refusal::NotConfigured)),
@@ -588,9 +592,10 @@ mod tests {
 
     #[test]
     fn every_rpc_of_the_proto_has_a_scope() {
-        let descriptors =
-            <prost_types::FileDescriptorSet as prost::Message>::decode(crate::pb::FILE_DESCRIPTOR_SET)
-                .unwrap();
+        let descriptors = <prost_types::FileDescriptorSet as prost::Message>::decode(
+            crate::pb::FILE_DESCRIPTOR_SET,
+        )
+        .unwrap();
         let methods: Vec<String> = descriptors
             .file
             .iter()
@@ -615,7 +620,11 @@ mod tests {
         assert_eq!(dialer.name(), "dialer-eu");
         assert_eq!(dialer.metrics_index(), 1);
         // Both keys of a rotating client work; the scheme is case-insensitive.
-        let rotated = admit(&auth, "CheckCallPermissions", Some(&format!("bearer  {KEY_A2}")));
+        let rotated = admit(
+            &auth,
+            "CheckCallPermissions",
+            Some(&format!("bearer  {KEY_A2}")),
+        );
         assert_eq!(rotated.unwrap().name(), "dialer-eu");
         assert!(matches!(
             admit(&auth, "StreamGrants", Some(&bearer(KEY_A))),
@@ -650,7 +659,9 @@ mod tests {
         let two = [bearer(KEY_A), bearer(KEY_B)];
         let two: Vec<&[u8]> = two.iter().map(|s| s.as_bytes()).collect();
         assert_eq!(
-            auth.admit(&path("CheckCallPermission"), &two).unwrap_err().1,
+            auth.admit(&path("CheckCallPermission"), &two)
+                .unwrap_err()
+                .1,
             Refusal::MalformedKey
         );
     }
@@ -690,9 +701,12 @@ mod tests {
     fn bad_files_are_refused_with_the_client_and_field_named() {
         let d = key_digest("k");
         let cases = [
-            ("[[client]]\nname = \"a\"\nscopes = [\"check\"]".to_owned(), "key_sha256"),
             (
-                format!("[[client]]\nname = \"a\"\nkey_sha256 = [\"abc\"]\nscopes = [\"check\"]"),
+                "[[client]]\nname = \"a\"\nscopes = [\"check\"]".to_owned(),
+                "key_sha256",
+            ),
+            (
+                "[[client]]\nname = \"a\"\nkey_sha256 = [\"abc\"]\nscopes = [\"check\"]".to_owned(),
                 "key_sha256[0]",
             ),
             (

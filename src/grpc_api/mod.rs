@@ -26,9 +26,9 @@ pub use convert::{from_timestamp, timestamp};
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
 use crate::fanout::{Filter, Hub, Item, SubscriptionError};
 use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
-use auth::Caller;
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
 use crate::store::{ConsentStore, Cursor, CursorError, StoreError, cursor_at};
+use auth::Caller;
 
 /// Most pairs one CheckCallPermissions call may carry.
 pub const MAX_BATCH: usize = 1000;

@@ -99,8 +99,10 @@ async fn missing_unknown_and_retired_keys_are_unauthenticated_and_scopes_are_enf
     // A malformed header, sent by hand.
     let mut raw = pb::consent_authority_client::ConsentAuthorityClient::new(app.channel().await);
     let mut req = tonic::Request::new(check_req(BUSINESS));
-    req.metadata_mut()
-        .insert("authorization", format!("Basic {DIALER_KEY}").parse().unwrap());
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Basic {DIALER_KEY}").parse().unwrap(),
+    );
     let err = raw.check_call_permission(req).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
@@ -209,7 +211,14 @@ async fn a_client_limited_to_one_business_sees_nothing_of_another() {
         .into_inner();
     grant(&app, OTHER, CUSTOMER, "other-1").await;
     grant(&app, BUSINESS, CUSTOMER, "mine-1").await;
-    let deny = doubletick(OTHER, "+919800000009", "other-2", Utc::now(), "reject", None);
+    let deny = doubletick(
+        OTHER,
+        "+919800000009",
+        "other-2",
+        Utc::now(),
+        "reject",
+        None,
+    );
     assert_eq!(app.post_doubletick(deny).await.status, 200);
     grant(&app, BUSINESS, "+919800000008", "mine-2").await;
 
@@ -395,15 +404,29 @@ async fn a_run_with_keys_logs_refusals_but_never_a_key_or_a_digest() {
     let log = process
         .wait_for_log(|log| log.matches("api call refused").count() >= 4)
         .expect("four refusals logged");
-    for reason in ["unknown_key", "missing_key", "missing_scope", "other_business"] {
+    for reason in [
+        "unknown_key",
+        "missing_key",
+        "missing_scope",
+        "other_business",
+    ] {
         assert!(log.contains(reason), "{reason} not logged:\n{log}");
     }
-    assert!(log.contains("gRPC API: clients authenticated by key"), "{log}");
+    assert!(
+        log.contains("gRPC API: clients authenticated by key"),
+        "{log}"
+    );
     for key in [DIALER_OLD_KEY, DIALER_KEY, STREAMER_KEY, API_KEY, presented] {
         assert!(!log.contains(key), "a key reached the log:\n{log}");
         let digest = key_digest(key);
         assert!(!log.contains(&digest), "a digest reached the log:\n{log}");
-        assert!(!log.contains(&digest[..16]), "part of a digest reached the log:\n{log}");
+        assert!(
+            !log.contains(&digest[..16]),
+            "part of a digest reached the log:\n{log}"
+        );
     }
-    assert!(!log.contains("4155550100"), "a phone number reached the log:\n{log}");
+    assert!(
+        !log.contains("4155550100"),
+        "a phone number reached the log:\n{log}"
+    );
 }

@@ -38,7 +38,11 @@ pub type ApiClient = ConsentAuthorityClient<InterceptedService<Channel, BearerTo
 
 /// The clients file that declares [`API_KEY`].
 pub fn api_clients_fixture() -> std::path::PathBuf {
-    format!("{}/tests/fixtures/api/clients.toml", env!("CARGO_MANIFEST_DIR")).into()
+    format!(
+        "{}/tests/fixtures/api/clients.toml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+    .into()
 }
 
 pub fn fixture(path: &str) -> String {

@@ -15,3 +15,4 @@ mod redis_store;
 mod replicas;
 mod security;
 mod stream;
+mod tls;
