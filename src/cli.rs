@@ -47,7 +47,7 @@ pub enum ClientError {
     },
     #[error("--token must be printable ASCII without spaces")]
     BadToken,
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Rpc(#[from] tonic::Status),
 }
 

@@ -430,3 +430,82 @@ async fn a_run_with_keys_logs_refusals_but_never_a_key_or_a_digest() {
         "a phone number reached the log:\n{log}"
     );
 }
+
+/// Runs the `callgate` binary with `args` (and `env`); returns its exit code and output.
+fn callgate(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"));
+    cmd.args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn the_readme_demo_key_and_keygen_work_from_the_command_line() {
+    let demo = format!("{}/demo/api-clients.toml", env!("CARGO_MANIFEST_DIR"));
+    let process = crate::process::CallgateProcess::start(&[
+        ("CALLGATE_WEBHOOK_TOKENS", TOKEN),
+        ("CALLGATE_API_CLIENTS_FILE", demo.as_str()),
+    ])
+    .unwrap();
+    let api = Endpoints::new(process.http, process.grpc);
+    grant_over(&api).await;
+    let addr = process.grpc.to_string();
+    let check = ["check", "--addr", addr.as_str(), BUSINESS, CUSTOMER];
+
+    // The README's demo command: allowed (exit 0), by flag or by environment variable.
+    let with_flag: Vec<&str> = check
+        .iter()
+        .copied()
+        .chain(["--token", "demo-key"])
+        .collect();
+    let (code, out) = callgate(&with_flag, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("allowed=true"), "{out}");
+    let (code, out) = callgate(&check, &[("CALLGATE_TOKEN", "demo-key")]);
+    assert_eq!(code, 0, "{out}");
+    // No key, or a wrong one: an error naming the refusal, not an answer.
+    let (code, out) = callgate(&check, &[]);
+    assert!(code != 0 && code != 3, "{code}: {out}");
+    assert!(
+        out.contains("Unauthenticated") || out.contains("UNAUTHENTICATED"),
+        "{out}"
+    );
+    let (code, out) = callgate(&check, &[("CALLGATE_TOKEN", "not-the-demo-key")]);
+    assert!(code != 0 && code != 3, "{code}: {out}");
+
+    // keygen: a fresh key whose printed digest is its SHA-256, and the server accepts it once
+    // the digest is listed.
+    let (code, out) = callgate(&["keygen"], &[]);
+    assert_eq!(code, 0, "{out}");
+    let field = |name: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = \"")))
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_owned()
+    };
+    let (key, digest) = (field("key"), field("key_sha256"));
+    assert_eq!(digest, key_digest(&key));
+    let (_, again) = callgate(&["keygen"], &[]);
+    assert!(!again.contains(&key), "keygen repeated a key");
+}
+
+async fn grant_over(api: &Endpoints) {
+    let body = doubletick(
+        BUSINESS,
+        CUSTOMER,
+        "demo-1",
+        Utc::now(),
+        "accept",
+        Some(true),
+    );
+    assert_eq!(api.post_doubletick(body).await.status, 200);
+}
