@@ -1,16 +1,15 @@
 //! callgate: the consent authority for outbound calls. See ARCHITECTURE.md for the map.
 
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod grpc_api;
-pub mod http_port;
+pub(crate) mod http_port;
 pub mod ingest;
-pub mod metrics;
-pub mod secret;
+pub(crate) mod metrics;
+pub(crate) mod secret;
 pub mod store;
 pub mod tls;
 
