@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::Api;
-use crate::grpc_api::auth::{ApiAuth, ApiClients, ClientsError, Guard};
+use crate::grpc_api::auth::{self, AuthSource, ClientsError, Guard};
 use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
@@ -41,20 +41,6 @@ pub enum RunError {
     ApiClients(#[from] ClientsError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
-}
-
-/// How the gRPC API authenticates: the clients file if it declares any client, else open with
-/// `--insecure-no-auth`, else closed (every call refused).
-fn api_auth(config: &Config) -> Result<ApiAuth, ClientsError> {
-    let clients = match &config.api_clients_file {
-        Some(path) => Some(ApiClients::load(path)?).filter(|c| !c.is_empty()),
-        None => None,
-    };
-    Ok(match clients {
-        Some(c) => ApiAuth::Clients(c),
-        None if config.insecure_no_auth => ApiAuth::Open,
-        None => ApiAuth::Closed,
-    })
 }
 
 /// Loads the TLS files (if configured) and logs which ports are plaintext.
@@ -92,8 +78,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let stop = CancellationToken::new();
-    let auth = Arc::new(api_auth(&config)?);
-    auth.log_startup();
+    // The clients file if it declares any client, else open with `--insecure-no-auth`, else
+    // closed (every call refused).
+    let auth = Arc::new(AuthSource::load(
+        config.api_clients_file.as_deref(),
+        config.insecure_no_auth,
+    )?);
+    auth.current().log_startup();
+    tokio::spawn(auth::watch(
+        auth.clone(),
+        config.api_clients_reload_interval,
+        stop.clone(),
+    ));
     let tls = transport_security(&config)?;
     if let Some(tls) = &tls {
         tokio::spawn(tls::watch(
@@ -102,7 +98,7 @@ pub async fn run(
             stop.clone(),
         ));
     }
-    let metrics = Arc::new(Metrics::with_api_clients(auth.client_names()));
+    let metrics = Arc::new(Metrics::default());
     let hub = Hub::start(
         store.clone(),
         HubConfig {

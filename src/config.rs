@@ -30,6 +30,7 @@ pub const ENV_WEBHOOK_AUTH_HEADER: &str = "CALLGATE_WEBHOOK_AUTH_HEADER";
 pub const ENV_WHATSAPP_VERIFY_TOKEN: &str = "CALLGATE_WHATSAPP_VERIFY_TOKEN";
 pub const ENV_WHATSAPP_APP_SECRET: &str = "CALLGATE_WHATSAPP_APP_SECRET";
 pub const ENV_API_CLIENTS_FILE: &str = "CALLGATE_API_CLIENTS_FILE";
+pub const ENV_API_CLIENTS_RELOAD_SECS: &str = "CALLGATE_API_CLIENTS_RELOAD_SECS";
 pub const ENV_TLS_CERT: &str = "CALLGATE_TLS_CERT";
 pub const ENV_TLS_KEY: &str = "CALLGATE_TLS_KEY";
 pub const ENV_TLS_CLIENT_CA: &str = "CALLGATE_TLS_CLIENT_CA";
@@ -48,6 +49,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
+/// How often the API clients file is checked for a change.
+pub const DEFAULT_API_CLIENTS_RELOAD: Duration = Duration::from_secs(10);
 /// How often the TLS files are checked for a replacement.
 pub const DEFAULT_TLS_RELOAD: Duration = Duration::from_secs(10);
 
@@ -109,6 +112,8 @@ pub struct Config {
     pub insecure_no_auth: bool,
     /// The TOML file declaring the gRPC API clients; unset: no client (every call refused).
     pub api_clients_file: Option<PathBuf>,
+    /// How often the API clients file is checked for a change.
+    pub api_clients_reload_interval: Duration,
     /// Certificate and key for both ports; unset: plain TCP.
     pub tls: Option<TlsFiles>,
     /// How often the TLS files are checked for a replacement.
@@ -240,6 +245,10 @@ impl Config {
             whatsapp_app_secret: raw(&None, ENV_WHATSAPP_APP_SECRET).map(|(v, _)| Secret::new(v)),
             insecure_no_auth: flags.insecure_no_auth,
             api_clients_file: path(ENV_API_CLIENTS_FILE),
+            api_clients_reload_interval: secs(
+                ENV_API_CLIENTS_RELOAD_SECS,
+                DEFAULT_API_CLIENTS_RELOAD,
+            )?,
             tls,
             tls_reload_interval: secs(ENV_TLS_RELOAD_SECS, DEFAULT_TLS_RELOAD)?,
         })

@@ -2,9 +2,12 @@
 //!
 //! Hand-rolled on atomics rather than a registry crate: the hot path (a check) pays two clock
 //! reads and three relaxed atomic adds, with no locks and no allocation. Every label set is fixed
-//! at compile time (enums), so no label can ever carry a phone number or other request data.
+//! at compile time (enums), so no label can ever carry a phone number or other request data;
+//! the one exception, the `client` of API refusals, takes only names from the clients file.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -191,13 +194,11 @@ impl RefusalReason {
 /// The `client` label of a refusal made before any client was identified.
 pub const UNAUTHENTICATED_CLIENT: &str = "unauthenticated";
 
-/// API refusals per client and reason. The client names are the configured set, fixed at
-/// startup; slot 0 is [`UNAUTHENTICATED_CLIENT`]. Never a key, never a phone number.
+/// API refusals per client name and reason. The names are those of the clients file (or
+/// [`UNAUTHENTICATED_CLIENT`]), so the label set is the configured one: never a key, never a
+/// phone number. Only refusals touch the lock, never an admitted call.
 #[derive(Default)]
-struct Refusals {
-    clients: Vec<String>,
-    counts: Vec<[AtomicU64; RefusalReason::LABELS.len()]>,
-}
+struct Refusals(Mutex<BTreeMap<String, [u64; RefusalReason::LABELS.len()]>>);
 
 /// All of callgate's metrics. One instance per running service.
 #[derive(Default)]
@@ -214,23 +215,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics whose API refusals are labelled with these client names (index `i` of `clients`
-    /// is client number `i + 1` in [`Metrics::api_refusal`]; 0 is an unidentified caller).
-    pub fn with_api_clients(clients: impl IntoIterator<Item = String>) -> Self {
-        let clients: Vec<String> = std::iter::once(UNAUTHENTICATED_CLIENT.to_owned())
-            .chain(clients)
-            .collect();
-        let counts = clients.iter().map(|_| Default::default()).collect();
-        Metrics {
-            api_refusals: Refusals { clients, counts },
-            ..Metrics::default()
-        }
-    }
-
-    /// Counts a refused API call of client number `client` (0: not identified).
-    pub fn api_refusal(&self, client: usize, reason: RefusalReason) {
-        if let Some(slot) = self.api_refusals.counts.get(client) {
-            slot[reason as usize].fetch_add(1, Relaxed);
+    /// Counts a refused API call of the client named `client` (a configured name, or
+    /// [`UNAUTHENTICATED_CLIENT`]).
+    pub fn api_refusal(&self, client: &str, reason: RefusalReason) {
+        let mut counts = self
+            .api_refusals
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match counts.get_mut(client) {
+            Some(slot) => slot[reason as usize] += 1,
+            None => {
+                let mut slot = [0; RefusalReason::LABELS.len()];
+                slot[reason as usize] = 1;
+                counts.insert(client.to_owned(), slot);
+            }
         }
     }
 
@@ -345,15 +344,14 @@ impl Metrics {
             "# HELP callgate_api_refusals_total gRPC calls refused, by client and reason."
         );
         let _ = writeln!(out, "# TYPE callgate_api_refusals_total counter");
-        for (client, counts) in self
+        let refusals = self
             .api_refusals
-            .clients
-            .iter()
-            .zip(&self.api_refusals.counts)
-        {
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (client, counts) in refusals.iter() {
             for (reason, n) in RefusalReason::LABELS.iter().zip(counts) {
-                let n = n.load(Relaxed);
-                if n > 0 {
+                if *n > 0 {
                     let _ = writeln!(
                         out,
                         "callgate_api_refusals_total{{client=\"{client}\",reason=\"{reason}\"}} {n}"
@@ -361,6 +359,7 @@ impl Metrics {
                 }
             }
         }
+        drop(refusals);
 
         let _ = writeln!(
             out,
@@ -440,10 +439,9 @@ mod tests {
         );
         m.store_error(StoreOp::Check);
         let out = m.render(2);
-        let m = Metrics::with_api_clients(["dialer-eu".to_owned()]);
-        m.api_refusal(0, RefusalReason::UnknownKey);
-        m.api_refusal(1, RefusalReason::MissingScope);
-        m.api_refusal(7, RefusalReason::MissingScope);
+        let m = Metrics::default();
+        m.api_refusal(UNAUTHENTICATED_CLIENT, RefusalReason::UnknownKey);
+        m.api_refusal("dialer-eu", RefusalReason::MissingScope);
         let refusals = m.render(0);
         for needle in [
             "callgate_api_refusals_total{client=\"unauthenticated\",reason=\"unknown_key\"} 1",

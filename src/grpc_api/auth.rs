@@ -17,13 +17,15 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -31,7 +33,7 @@ use tonic::server::NamedService;
 
 use crate::config::ENV_API_CLIENTS_FILE;
 use crate::domain::PhoneNumber;
-use crate::metrics::{Metrics, RefusalReason};
+use crate::metrics::{Metrics, RefusalReason, UNAUTHENTICATED_CLIENT};
 
 /// What a client may do. Scopes are independent: `admin` does not imply the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -148,21 +150,36 @@ const MAX_NAME_LEN: usize = 64;
 impl ApiClients {
     /// Reads and validates the clients file at `path`.
     pub fn load(path: &Path) -> Result<Self, ClientsError> {
+        Ok(Self::load_with_digest(path)?.1)
+    }
+
+    /// Reads and validates the clients file at `path`; also returns the SHA-256 of the content
+    /// it parsed, to notice a change.
+    fn load_with_digest(path: &Path) -> Result<(KeyDigest, Self), ClientsError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ClientsError::Read {
+        let read_error = |source| ClientsError::Read {
             path: shown.clone(),
             source,
+        };
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let digest = Sha256::digest(&bytes).into();
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not UTF-8",
+            ))
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let clients = Self::parse(&text).map_err(|e| match e {
             ParseError::Toml(message) => ClientsError::Toml {
                 path: shown,
                 message,
             },
             ParseError::Invalid(problem) => ClientsError::Invalid {
-                path: shown,
+                path: shown.clone(),
                 problem,
             },
-        })
+        })?;
+        Ok((digest, clients))
     }
 
     /// Parses and validates the TOML text of a clients file.
@@ -283,8 +300,6 @@ fn parse_digest(hex_digest: &str) -> Option<KeyDigest> {
 /// The identity behind an admitted call.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    /// Index for metrics: 1 + the client's position in the file; 0 when auth is off.
-    index: usize,
     name: Arc<str>,
     /// `None`: every business.
     businesses: Option<Arc<HashSet<PhoneNumber>>>,
@@ -294,7 +309,6 @@ impl Caller {
     /// The caller when authentication is off (`--insecure-no-auth`): every business.
     pub fn unrestricted() -> Self {
         Caller {
-            index: 0,
             name: "insecure-no-auth".into(),
             businesses: None,
         }
@@ -302,11 +316,6 @@ impl Caller {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// Metric slot of this client (see [`Metrics::with_api_clients`]).
-    pub fn metrics_index(&self) -> usize {
-        self.index
     }
 
     /// Whether the caller may see `business`'s consent.
@@ -358,8 +367,9 @@ impl Refusal {
         }
     }
 
-    /// Counts the refusal and turns it into its `Status`: the one place this is decided.
-    pub fn status(self, client: usize, metrics: &Metrics) -> Status {
+    /// Counts the refusal (for `client`, a configured name or [`UNAUTHENTICATED_CLIENT`]) and
+    /// turns it into its `Status`: the one place this is decided.
+    pub fn status(self, client: &str, metrics: &Metrics) -> Status {
         metrics.api_refusal(client, self.reason());
         match self {
             Refusal::MissingKey
@@ -384,23 +394,7 @@ pub enum ApiAuth {
 }
 
 impl ApiAuth {
-    /// Client names for metric labels (index `i` is client `i + 1`).
-    pub fn client_names(&self) -> Vec<String> {
-        match self {
-            ApiAuth::Clients(c) => c.names().map(str::to_owned).collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// The name of the client in metric slot `slot` (0: not identified).
-    pub fn client_name(&self, slot: usize) -> &str {
-        match (self, slot.checked_sub(1)) {
-            (ApiAuth::Clients(c), Some(i)) => c.clients.get(i).map_or("", |c| &*c.name),
-            _ => crate::metrics::UNAUTHENTICATED_CLIENT,
-        }
-    }
-
-    /// Logs, once at startup, how the API is protected (names and counts, never digests).
+    /// Logs how the API is protected (names and counts, never digests).
     pub fn log_startup(&self) {
         match self {
             ApiAuth::Clients(c) => tracing::info!(
@@ -422,27 +416,30 @@ impl ApiAuth {
     }
 
     /// Admits a call to `path` carrying `authorization` (each value of the header), or says
-    /// why not, with the metric slot of the client it was identified as (0 if none).
-    pub fn admit(&self, path: &str, authorization: &[&[u8]]) -> Result<Caller, (usize, Refusal)> {
+    /// why not, with the name of the client it was identified as (if any).
+    pub fn admit(
+        &self,
+        path: &str,
+        authorization: &[&[u8]],
+    ) -> Result<Caller, (Option<Arc<str>>, Refusal)> {
         let clients = match self {
             ApiAuth::Open => return Ok(Caller::unrestricted()),
-            ApiAuth::Closed => return Err((0, Refusal::NotConfigured)),
+            ApiAuth::Closed => return Err((None, Refusal::NotConfigured)),
             ApiAuth::Clients(c) => c,
         };
         let key = match authorization {
-            [] => return Err((0, Refusal::MissingKey)),
-            [one] => bearer(one).ok_or((0, Refusal::MalformedKey))?,
-            _ => return Err((0, Refusal::MalformedKey)),
+            [] => return Err((None, Refusal::MissingKey)),
+            [one] => bearer(one).ok_or((None, Refusal::MalformedKey))?,
+            _ => return Err((None, Refusal::MalformedKey)),
         };
-        let index = clients.identify(key).ok_or((0, Refusal::UnknownKey))?;
+        let index = clients.identify(key).ok_or((None, Refusal::UnknownKey))?;
         let client = &clients.clients[index];
-        let slot = index + 1;
         let Some(scope) = scope_of(path) else {
-            return Err((slot, Refusal::UnlistedRpc));
+            return Err((Some(client.name.clone()), Refusal::UnlistedRpc));
         };
         if !client.scopes.contains(&scope) {
             return Err((
-                slot,
+                Some(client.name.clone()),
                 Refusal::MissingScope {
                     client: client.name.clone(),
                     scope: scope.as_str(),
@@ -450,7 +447,6 @@ impl ApiAuth {
             ));
         }
         Ok(Caller {
-            index: slot,
             name: client.name.clone(),
             businesses: client.businesses.clone(),
         })
@@ -486,17 +482,116 @@ pub fn key_digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// The API clients in force: read from the clients file at startup, and again whenever its
+/// content changes ([`watch`]), so keys rotate and clients come and go without a restart.
+pub struct AuthSource {
+    file: Option<PathBuf>,
+    insecure_no_auth: bool,
+    current: RwLock<Arc<ApiAuth>>,
+    /// SHA-256 of the file's content at the last load attempt.
+    seen: Mutex<Option<KeyDigest>>,
+}
+
+impl AuthSource {
+    /// Loads the clients `file` (if any); an error here stops startup. Without a client,
+    /// `insecure_no_auth` decides between open and closed.
+    pub fn load(file: Option<&Path>, insecure_no_auth: bool) -> Result<Self, ClientsError> {
+        let (seen, clients) = match file {
+            None => (None, None),
+            Some(path) => {
+                let (digest, clients) = ApiClients::load_with_digest(path)?;
+                (Some(digest), Some(clients))
+            }
+        };
+        Ok(AuthSource {
+            file: file.map(Path::to_owned),
+            insecure_no_auth,
+            current: RwLock::new(Arc::new(Self::decide(clients, insecure_no_auth))),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    fn decide(clients: Option<ApiClients>, insecure_no_auth: bool) -> ApiAuth {
+        match clients.filter(|c| !c.is_empty()) {
+            Some(c) => ApiAuth::Clients(c),
+            None if insecure_no_auth => ApiAuth::Open,
+            None => ApiAuth::Closed,
+        }
+    }
+
+    /// The clients in force now.
+    pub fn current(&self) -> Arc<ApiAuth> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Loads the file again if its content changed since the last attempt. `Ok(true)`: the
+    /// new clients are in force. On an error the previous clients stay in force.
+    pub fn reload_if_changed(&self) -> Result<bool, ClientsError> {
+        let Some(path) = &self.file else {
+            return Ok(false);
+        };
+        let now = std::fs::read(path).ok().map(|b| Sha256::digest(b).into());
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return Ok(false);
+            }
+            *seen = now;
+        }
+        let (digest, clients) = ApiClients::load_with_digest(path)?;
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+        let auth = Self::decide(Some(clients), self.insecure_no_auth);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(auth);
+        Ok(true)
+    }
+}
+
+/// Checks the clients file every `every` until `stop`, and puts a changed file in force.
+pub async fn watch(source: Arc<AuthSource>, every: Duration, stop: CancellationToken) {
+    if source.file.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = source.clone();
+        match tokio::task::spawn_blocking(move || s.reload_if_changed()).await {
+            Ok(Ok(true)) => {
+                tracing::info!("API clients file changed; reloaded");
+                source.current().log_startup();
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                "API clients file does not load; the previous clients stay in force"
+            ),
+            Err(e) => tracing::error!(error = %e, "API clients reload task failed"),
+        }
+    }
+}
+
 /// Wraps the `ConsentAuthority` server: every call is admitted by [`ApiAuth::admit`] before it
 /// reaches a handler, which finds the [`Caller`] in the request's extensions.
 #[derive(Clone)]
 pub struct Guard<S> {
     inner: S,
-    auth: Arc<ApiAuth>,
+    auth: Arc<AuthSource>,
     metrics: Arc<Metrics>,
 }
 
 impl<S> Guard<S> {
-    pub fn new(inner: S, auth: Arc<ApiAuth>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(inner: S, auth: Arc<AuthSource>, metrics: Arc<Metrics>) -> Self {
         Guard {
             inner,
             auth,
@@ -532,16 +627,17 @@ where
             .iter()
             .map(|v| v.as_bytes())
             .collect();
-        match self.auth.admit(req.uri().path(), &presented) {
+        match self.auth.current().admit(req.uri().path(), &presented) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(req))
             }
             Err((client, refusal)) => {
                 let rpc = req.uri().path().rsplit('/').next().unwrap_or_default();
+                let client = client.as_deref().unwrap_or(UNAUTHENTICATED_CLIENT);
                 tracing::info!(
                     rpc,
-                    client = self.auth.client_name(client),
+                    client,
                     reason = refusal.reason().label(),
                     "api call refused"
                 );
@@ -618,7 +714,6 @@ mod tests {
         let bearer = |k: &str| format!("Bearer {k}");
         let dialer = admit(&auth, "CheckCallPermission", Some(&bearer(KEY_A))).unwrap();
         assert_eq!(dialer.name(), "dialer-eu");
-        assert_eq!(dialer.metrics_index(), 1);
         // Both keys of a rotating client work; the scheme is case-insensitive.
         let rotated = admit(
             &auth,
@@ -631,7 +726,7 @@ mod tests {
             Err(Refusal::MissingScope { .. })
         ));
         let crm = admit(&auth, "StreamGrants", Some(&bearer(KEY_B))).unwrap();
-        assert_eq!(crm.metrics_index(), 2);
+        assert_eq!(crm.name(), "crm");
         assert!(crm.may_see(&PhoneNumber::parse("+919000000000").unwrap()));
         assert!(!crm.may_see(&PhoneNumber::parse("+919000000001").unwrap()));
         assert!(dialer.may_see(&PhoneNumber::parse("+919000000001").unwrap()));
@@ -693,7 +788,7 @@ mod tests {
             (Refusal::UnlistedRpc, tonic::Code::PermissionDenied),
         ];
         for (refusal, code) in cases {
-            assert_eq!(refusal.clone().status(0, &m).code(), code, "{refusal:?}");
+            assert_eq!(refusal.clone().status("x", &m).code(), code, "{refusal:?}");
         }
     }
 
@@ -768,5 +863,52 @@ mod tests {
         assert!(admit(&auth, "CheckCallPermission", Some(&format!("Bearer {b}"))).is_err());
         let printed = format!("{:?}", clients());
         assert!(!printed.contains(&key_digest(KEY_A)), "{printed}");
+    }
+
+    #[test]
+    fn the_source_reloads_a_changed_file_and_keeps_the_old_clients_when_it_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.toml");
+        let file = |key: &str| {
+            format!(
+                "[[client]]\nname = \"a\"\nkey_sha256 = [\"{}\"]\nscopes = [\"check\"]",
+                key_digest(key)
+            )
+        };
+        let admitted = |source: &AuthSource, key: &str| {
+            admit(
+                &source.current(),
+                "CheckCallPermission",
+                Some(&format!("Bearer {key}")),
+            )
+            .is_ok()
+        };
+        std::fs::write(&path, file(KEY_A)).unwrap();
+        let source = AuthSource::load(Some(&path), false).unwrap();
+        assert!(admitted(&source, KEY_A));
+        assert!(!source.reload_if_changed().unwrap(), "nothing changed");
+
+        std::fs::write(&path, file(KEY_B)).unwrap();
+        assert!(source.reload_if_changed().unwrap());
+        assert!(!admitted(&source, KEY_A) && admitted(&source, KEY_B));
+
+        // Broken or gone: refused, and the clients in force stay.
+        std::fs::write(&path, "[[client]]\nname = ").unwrap();
+        assert!(source.reload_if_changed().is_err());
+        assert!(admitted(&source, KEY_B));
+        std::fs::remove_file(&path).unwrap();
+        assert!(source.reload_if_changed().is_err());
+        assert!(admitted(&source, KEY_B));
+
+        // Emptied: no client, so closed (or open with --insecure-no-auth).
+        std::fs::write(&path, "").unwrap();
+        assert!(source.reload_if_changed().unwrap());
+        assert!(matches!(*source.current(), ApiAuth::Closed));
+        let open = AuthSource::load(Some(&path), true).unwrap();
+        assert!(matches!(*open.current(), ApiAuth::Open));
+        assert!(matches!(
+            *AuthSource::load(None, false).unwrap().current(),
+            ApiAuth::Closed
+        ));
     }
 }

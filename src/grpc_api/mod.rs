@@ -156,7 +156,7 @@ impl Api {
             return Ok(());
         }
         self.metrics
-            .api_refusal(caller.metrics_index(), RefusalReason::OtherBusiness);
+            .api_refusal(caller.name(), RefusalReason::OtherBusiness);
         tracing::info!(
             client = caller.name(),
             reason = RefusalReason::OtherBusiness.label(),
