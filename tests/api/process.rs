@@ -82,16 +82,18 @@ impl CallgateProcess {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Waits (at most 10 s) until the log satisfies `done`; returns the log then.
-    pub fn wait_for_log(&self, done: impl Fn(&str) -> bool) -> Option<String> {
-        for _ in 0..200 {
+    /// The log once `done` holds for it, or as it stands after `timeout`. The process writes a
+    /// line before it answers, but the reader threads may not have collected it yet: wait for
+    /// the line, never read the log once and hope.
+    pub async fn log_when(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
             let log = self.log_text();
-            if done(&log) {
-                return Some(log);
+            if done(&log) || tokio::time::Instant::now() >= deadline {
+                return log;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        None
     }
 
     /// Stops with SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0.

@@ -1,5 +1,7 @@
 //! The webhook port facing the internet: authentication, Meta's own webhook, hostile input.
 
+use std::time::Duration;
+
 use callgate::config::Secret;
 use callgate::pb::ConsentState;
 use chrono::Utc;
@@ -387,10 +389,11 @@ async fn every_refusal_is_logged_once_with_its_reason_and_never_the_secret_or_bo
             .status,
         422
     );
-    // The reader threads may not have read the last lines yet: wait for them (bounded).
     let log = process
-        .wait_for_log(|log| log.matches("request refused").count() >= 2)
-        .unwrap_or_else(|| process.log_text());
+        .log_when(Duration::from_secs(5), |log| {
+            log.matches("request refused").count() >= 2
+        })
+        .await;
     let refusals: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("request refused"))
