@@ -5,6 +5,7 @@
 //! without touching the process environment. Secrets are wrapped in [`Secret`] and never printed.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -30,6 +31,12 @@ pub const ENV_WEBHOOK_TOKENS: &str = "CALLGATE_WEBHOOK_TOKENS";
 pub const ENV_WEBHOOK_AUTH_HEADER: &str = "CALLGATE_WEBHOOK_AUTH_HEADER";
 pub const ENV_WHATSAPP_VERIFY_TOKEN: &str = "CALLGATE_WHATSAPP_VERIFY_TOKEN";
 pub const ENV_WHATSAPP_APP_SECRET: &str = "CALLGATE_WHATSAPP_APP_SECRET";
+pub const ENV_API_CLIENTS_FILE: &str = "CALLGATE_API_CLIENTS_FILE";
+pub const ENV_API_CLIENTS_RELOAD_SECS: &str = "CALLGATE_API_CLIENTS_RELOAD_SECS";
+pub const ENV_TLS_CERT: &str = "CALLGATE_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "CALLGATE_TLS_KEY";
+pub const ENV_TLS_CLIENT_CA: &str = "CALLGATE_TLS_CLIENT_CA";
+pub const ENV_TLS_RELOAD_SECS: &str = "CALLGATE_TLS_RELOAD_SECS";
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
@@ -48,6 +55,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
+/// How often the API clients file is checked for a change.
+pub const DEFAULT_API_CLIENTS_RELOAD: Duration = Duration::from_secs(10);
+/// How often the TLS files are checked for a replacement.
+pub const DEFAULT_TLS_RELOAD: Duration = Duration::from_secs(10);
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +118,28 @@ pub struct Config {
     pub whatsapp_verify_token: Option<Secret>,
     /// Meta app secret: `X-Hub-Signature-256` is checked with it.
     pub whatsapp_app_secret: Option<Secret>,
-    /// Serve the webhook routes without authentication (local demos only; logged loudly).
+    /// Serve the webhook routes and the gRPC API without authentication (local demos only;
+    /// logged loudly).
     pub insecure_no_auth: bool,
+    /// The TOML file declaring the gRPC API clients; unset: no client (every call refused).
+    pub api_clients_file: Option<PathBuf>,
+    /// How often the API clients file is checked for a change.
+    pub api_clients_reload_interval: Duration,
+    /// Certificate and key for both ports; unset: plain TCP.
+    pub tls: Option<TlsFiles>,
+    /// How often the TLS files are checked for a replacement.
+    pub tls_reload_interval: Duration,
+}
+
+/// PEM files for TLS on both ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates for mutual TLS on the gRPC port; unset: no client certificate asked.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Command-line values; `None` falls back to the environment, then the default.
@@ -174,6 +205,31 @@ impl Config {
                 problem,
             })?,
         };
+        let path = |name: &'static str| raw(&None, name).map(|(v, _)| PathBuf::from(v.trim()));
+        let tls = match (
+            path(ENV_TLS_CERT),
+            path(ENV_TLS_KEY),
+            path(ENV_TLS_CLIENT_CA),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (cert, key, _) => {
+                let (name, value) = match (cert, key) {
+                    (Some(c), None) => (ENV_TLS_CERT, c),
+                    (None, Some(k)) => (ENV_TLS_KEY, k),
+                    _ => (ENV_TLS_CLIENT_CA, PathBuf::new()),
+                };
+                return Err(ConfigError {
+                    name,
+                    value: value.display().to_string(),
+                    problem: format!("TLS needs both {ENV_TLS_CERT} and {ENV_TLS_KEY}"),
+                });
+            }
+        };
         Ok(Config {
             http_addr: parsed(&flags.http_addr, ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR)?,
             grpc_addr: parsed(&flags.grpc_addr, ENV_GRPC_ADDR, DEFAULT_GRPC_ADDR)?,
@@ -204,6 +260,13 @@ impl Config {
                 .map(|(v, _)| Secret::new(v)),
             whatsapp_app_secret: raw(&None, ENV_WHATSAPP_APP_SECRET).map(|(v, _)| Secret::new(v)),
             insecure_no_auth: flags.insecure_no_auth,
+            api_clients_file: path(ENV_API_CLIENTS_FILE),
+            api_clients_reload_interval: secs(
+                ENV_API_CLIENTS_RELOAD_SECS,
+                DEFAULT_API_CLIENTS_RELOAD,
+            )?,
+            tls,
+            tls_reload_interval: secs(ENV_TLS_RELOAD_SECS, DEFAULT_TLS_RELOAD)?,
         })
     }
 }
@@ -291,6 +354,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_api_clients_come_from_their_variables() {
+        let c = Config::resolve(&Flags::default(), env(&[])).unwrap();
+        assert_eq!((c.tls, c.api_clients_file), (None, None));
+        let c = Config::resolve(
+            &Flags::default(),
+            env(&[
+                (ENV_TLS_CERT, "/etc/callgate/cert.pem"),
+                (ENV_TLS_KEY, "/etc/callgate/key.pem"),
+                (ENV_TLS_CLIENT_CA, "/etc/callgate/ca.pem"),
+                (ENV_TLS_RELOAD_SECS, "2"),
+                (ENV_API_CLIENTS_FILE, "/etc/callgate/clients.toml"),
+            ]),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/callgate/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/callgate/key.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/callgate/ca.pem")));
+        assert_eq!(c.tls_reload_interval, Duration::from_secs(2));
+        assert_eq!(
+            c.api_clients_file,
+            Some(PathBuf::from("/etc/callgate/clients.toml"))
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let cases = [
             (ENV_HTTP_ADDR, "localhost"),
@@ -303,6 +392,10 @@ mod tests {
             (ENV_LOG_FORMAT, "xml"),
             (ENV_HTTP_MAX_CONNECTIONS, "0"),
             (ENV_HTTP_MAX_CONNECTIONS, "many"),
+            (ENV_TLS_CERT, "cert.pem"),
+            (ENV_TLS_KEY, "key.pem"),
+            (ENV_TLS_CLIENT_CA, "ca.pem"),
+            (ENV_TLS_RELOAD_SECS, "0"),
         ];
         for (name, value) in cases {
             let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();

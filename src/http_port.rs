@@ -44,6 +44,7 @@ use crate::ingest::auth::{
 use crate::ingest::{IngestContext, PayloadError, doubletick, whatsapp};
 use crate::metrics::{Metrics, Route, StoreOp};
 use crate::store::{ConsentStore, DeliveryConflict, RecordOutcome, StoreError};
+use crate::tls::{MaybeTls, TlsPort};
 
 /// Largest webhook body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -160,6 +161,8 @@ pub struct HttpState {
     pub ingest: IngestContext,
     pub metrics: Arc<Metrics>,
     pub hub: Hub,
+    /// TLS for this port; `None`: plain TCP.
+    pub tls: Option<Arc<TlsPort>>,
 }
 
 /// How the webhook routes authenticate their senders.
@@ -257,14 +260,26 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, req).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // The TLS handshake (if any) happens here, off the accept loop; it counts against
+            // the header deadline.
+            let tls = state.tls.clone();
+            let deadline = state.limits.header_timeout;
+            let io = match MaybeTls::accept(stream, tls.as_deref(), deadline).await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
             drop(permit);

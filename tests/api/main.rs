@@ -6,6 +6,7 @@ mod helpers;
 mod process;
 mod redis_harness;
 
+mod api_auth;
 mod check;
 mod conformance;
 mod dates_and_duplicates;
@@ -17,3 +18,4 @@ mod redis_store;
 mod replicas;
 mod security;
 mod stream;
+mod tls;

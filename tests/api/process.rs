@@ -29,6 +29,10 @@ impl CallgateProcess {
         .env_clear()
         .env("CALLGATE_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .env(
+            "CALLGATE_API_CLIENTS_FILE",
+            crate::helpers::api_clients_fixture(),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         for (k, v) in env {

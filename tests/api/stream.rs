@@ -35,7 +35,7 @@ async fn next_event(s: &mut Streaming<pb::ConsentEvent>) -> pb::ConsentEvent {
 
 /// Reads until a checkpoint arrives; returns the events seen before it (none expected to be
 /// missing: a checkpoint's cursor covers everything before it).
-async fn events_until_checkpoint(
+pub async fn events_until_checkpoint(
     s: &mut Streaming<pb::ConsentEvent>,
 ) -> (Vec<pb::ConsentEvent>, String) {
     tokio::time::timeout(WAIT, async {
