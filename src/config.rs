@@ -5,6 +5,7 @@
 //! without touching the process environment. Secrets are wrapped in [`Secret`] and never printed.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ pub const ENV_REDIS_PREFIX: &str = "CALLGATE_REDIS_PREFIX";
 pub const ENV_REDIS_TIMEOUT_MS: &str = "CALLGATE_REDIS_TIMEOUT_MS";
 pub const ENV_REDIS_CLUSTER_NODES: &str = "CALLGATE_REDIS_CLUSTER_NODES";
 pub const ENV_REDIS_REPLICA_ACKS: &str = "CALLGATE_REDIS_REPLICA_ACKS";
+pub const ENV_REDIS_HEALTH_INTERVAL_MS: &str = "CALLGATE_REDIS_HEALTH_INTERVAL_MS";
 pub const ENV_TEMPORARY_GRANT_SECS: &str = "CALLGATE_TEMPORARY_GRANT_SECS";
+pub const ENV_MAX_CLOCK_SKEW_SECS: &str = "CALLGATE_MAX_CLOCK_SKEW_SECS";
 pub const ENV_EVENT_RETENTION_SECS: &str = "CALLGATE_EVENT_RETENTION_SECS";
 pub const ENV_CHECKPOINT_SECS: &str = "CALLGATE_CHECKPOINT_SECS";
 pub const ENV_EXPIRY_SWEEP_MS: &str = "CALLGATE_EXPIRY_SWEEP_MS";
@@ -30,13 +33,23 @@ pub const ENV_WEBHOOK_TOKENS: &str = "CALLGATE_WEBHOOK_TOKENS";
 pub const ENV_WEBHOOK_AUTH_HEADER: &str = "CALLGATE_WEBHOOK_AUTH_HEADER";
 pub const ENV_WHATSAPP_VERIFY_TOKEN: &str = "CALLGATE_WHATSAPP_VERIFY_TOKEN";
 pub const ENV_WHATSAPP_APP_SECRET: &str = "CALLGATE_WHATSAPP_APP_SECRET";
+pub const ENV_API_CLIENTS_FILE: &str = "CALLGATE_API_CLIENTS_FILE";
+pub const ENV_API_CLIENTS_RELOAD_SECS: &str = "CALLGATE_API_CLIENTS_RELOAD_SECS";
+pub const ENV_TLS_CERT: &str = "CALLGATE_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "CALLGATE_TLS_KEY";
+pub const ENV_TLS_CLIENT_CA: &str = "CALLGATE_TLS_CLIENT_CA";
+pub const ENV_TLS_RELOAD_SECS: &str = "CALLGATE_TLS_RELOAD_SECS";
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
 pub const DEFAULT_REDIS_PREFIX: &str = "callgate";
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often the shared Redis connection is `PING`ed, so a wedged one is found while idle.
+pub const DEFAULT_REDIS_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// "Allow for 7 Days".
 pub const DEFAULT_TEMPORARY_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far ahead of arrival a sender's event time may be before it is clamped to arrival.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(120);
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_CHECKPOINT: Duration = Duration::from_secs(5);
 pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_millis(250);
@@ -44,6 +57,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
+/// How often the API clients file is checked for a change.
+pub const DEFAULT_API_CLIENTS_RELOAD: Duration = Duration::from_secs(10);
+/// How often the TLS files are checked for a replacement.
+pub const DEFAULT_TLS_RELOAD: Duration = Duration::from_secs(10);
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +96,13 @@ pub struct Config {
     /// A write is acknowledged only once this many replicas hold it (`WAIT`); 0: once the
     /// master does.
     pub redis_replica_acks: u32,
+    /// How often the shared Redis connection is health-`PING`ed (a wedged one is replaced).
+    pub redis_health_interval: Duration,
     /// Length of a temporary grant when the sender gives no expiry.
     pub temporary_grant: Duration,
+    /// A sender's event time further ahead of arrival than this is ordered at arrival; also
+    /// the tolerance on a stated temporary expiry (see `domain::rules`).
+    pub max_clock_skew: Duration,
     /// How long the event log keeps events for resuming subscribers.
     pub event_retention: Duration,
     /// An idle StreamGrants stream gets a checkpoint this often.
@@ -104,8 +126,28 @@ pub struct Config {
     pub whatsapp_verify_token: Option<Secret>,
     /// Meta app secret: `X-Hub-Signature-256` is checked with it.
     pub whatsapp_app_secret: Option<Secret>,
-    /// Serve the webhook routes without authentication (local demos only; logged loudly).
+    /// Serve the webhook routes and the gRPC API without authentication (local demos only;
+    /// logged loudly).
     pub insecure_no_auth: bool,
+    /// The TOML file declaring the gRPC API clients; unset: no client (every call refused).
+    pub api_clients_file: Option<PathBuf>,
+    /// How often the API clients file is checked for a change.
+    pub api_clients_reload_interval: Duration,
+    /// Certificate and key for both ports; unset: plain TCP.
+    pub tls: Option<TlsFiles>,
+    /// How often the TLS files are checked for a replacement.
+    pub tls_reload_interval: Duration,
+}
+
+/// PEM files for TLS on both ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates for mutual TLS on the gRPC port; unset: no client certificate asked.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Command-line values; `None` falls back to the environment, then the default.
@@ -190,6 +232,31 @@ impl Config {
                 problem,
             })?,
         };
+        let path = |name: &'static str| raw(&None, name).map(|(v, _)| PathBuf::from(v.trim()));
+        let tls = match (
+            path(ENV_TLS_CERT),
+            path(ENV_TLS_KEY),
+            path(ENV_TLS_CLIENT_CA),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (cert, key, _) => {
+                let (name, value) = match (cert, key) {
+                    (Some(c), None) => (ENV_TLS_CERT, c),
+                    (None, Some(k)) => (ENV_TLS_KEY, k),
+                    _ => (ENV_TLS_CLIENT_CA, PathBuf::new()),
+                };
+                return Err(ConfigError {
+                    name,
+                    value: value.display().to_string(),
+                    problem: format!("TLS needs both {ENV_TLS_CERT} and {ENV_TLS_KEY}"),
+                });
+            }
+        };
         Ok(Config {
             http_addr: parsed(&flags.http_addr, ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR)?,
             grpc_addr: parsed(&flags.grpc_addr, ENV_GRPC_ADDR, DEFAULT_GRPC_ADDR)?,
@@ -199,7 +266,12 @@ impl Config {
             redis_prefix: raw(&None, ENV_REDIS_PREFIX)
                 .map_or_else(|| DEFAULT_REDIS_PREFIX.to_owned(), |(v, _)| v),
             redis_timeout: millis(ENV_REDIS_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT)?,
+            redis_health_interval: millis(
+                ENV_REDIS_HEALTH_INTERVAL_MS,
+                DEFAULT_REDIS_HEALTH_INTERVAL,
+            )?,
             temporary_grant: secs(ENV_TEMPORARY_GRANT_SECS, DEFAULT_TEMPORARY_GRANT)?,
+            max_clock_skew: secs(ENV_MAX_CLOCK_SKEW_SECS, DEFAULT_MAX_CLOCK_SKEW)?,
             event_retention: secs(ENV_EVENT_RETENTION_SECS, DEFAULT_EVENT_RETENTION)?,
             checkpoint_interval: secs(ENV_CHECKPOINT_SECS, DEFAULT_CHECKPOINT)?,
             expiry_sweep_interval: millis(ENV_EXPIRY_SWEEP_MS, DEFAULT_EXPIRY_SWEEP)?,
@@ -217,6 +289,13 @@ impl Config {
                 .map(|(v, _)| Secret::new(v)),
             whatsapp_app_secret: raw(&None, ENV_WHATSAPP_APP_SECRET).map(|(v, _)| Secret::new(v)),
             insecure_no_auth: flags.insecure_no_auth,
+            api_clients_file: path(ENV_API_CLIENTS_FILE),
+            api_clients_reload_interval: secs(
+                ENV_API_CLIENTS_RELOAD_SECS,
+                DEFAULT_API_CLIENTS_RELOAD,
+            )?,
+            tls,
+            tls_reload_interval: secs(ENV_TLS_RELOAD_SECS, DEFAULT_TLS_RELOAD)?,
         })
     }
 }
@@ -263,7 +342,9 @@ mod tests {
         assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
         assert!(c.redis_url.is_none());
         assert_eq!(c.temporary_grant, Duration::from_secs(604_800));
+        assert_eq!(c.max_clock_skew, Duration::from_secs(120));
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis_health_interval, Duration::from_secs(1));
         assert_eq!(c.log_format, LogFormat::Text);
     }
 
@@ -274,7 +355,9 @@ mod tests {
             (ENV_GRPC_ADDR, "127.0.0.1:2000"),
             (ENV_REDIS_URL, "redis://:pw@localhost:6379"),
             (ENV_TEMPORARY_GRANT_SECS, "1.5"),
+            (ENV_MAX_CLOCK_SKEW_SECS, "30"),
             (ENV_REDIS_TIMEOUT_MS, "100"),
+            (ENV_REDIS_HEALTH_INTERVAL_MS, "400"),
             (ENV_LOG_FORMAT, "json"),
             (ENV_WEBHOOK_TOKENS, "old-token, new-token,"),
             (ENV_WHATSAPP_APP_SECRET, "app-secret"),
@@ -287,7 +370,9 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:3000");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:2000");
         assert_eq!(c.temporary_grant, Duration::from_millis(1500));
+        assert_eq!(c.max_clock_skew, Duration::from_secs(30));
         assert_eq!(c.redis_timeout, Duration::from_millis(100));
+        assert_eq!(c.redis_health_interval, Duration::from_millis(400));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.webhook_tokens.len(), 2);
         assert_eq!(c.webhook_tokens[1].expose(), "new-token");
@@ -298,18 +383,50 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_api_clients_come_from_their_variables() {
+        let c = Config::resolve(&Flags::default(), env(&[])).unwrap();
+        assert_eq!((c.tls, c.api_clients_file), (None, None));
+        let c = Config::resolve(
+            &Flags::default(),
+            env(&[
+                (ENV_TLS_CERT, "/etc/callgate/cert.pem"),
+                (ENV_TLS_KEY, "/etc/callgate/key.pem"),
+                (ENV_TLS_CLIENT_CA, "/etc/callgate/ca.pem"),
+                (ENV_TLS_RELOAD_SECS, "2"),
+                (ENV_API_CLIENTS_FILE, "/etc/callgate/clients.toml"),
+            ]),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/callgate/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/callgate/key.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/callgate/ca.pem")));
+        assert_eq!(c.tls_reload_interval, Duration::from_secs(2));
+        assert_eq!(
+            c.api_clients_file,
+            Some(PathBuf::from("/etc/callgate/clients.toml"))
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let cases = [
             (ENV_HTTP_ADDR, "localhost"),
             (ENV_TEMPORARY_GRANT_SECS, "a week"),
             (ENV_TEMPORARY_GRANT_SECS, "0"),
             (ENV_TEMPORARY_GRANT_SECS, "-5"),
+            (ENV_MAX_CLOCK_SKEW_SECS, "soon"),
             (ENV_REDIS_TIMEOUT_MS, "NaN"),
+            (ENV_REDIS_HEALTH_INTERVAL_MS, "0"),
             (ENV_LOG_FORMAT, "xml"),
             (ENV_HTTP_MAX_CONNECTIONS, "0"),
             (ENV_HTTP_MAX_CONNECTIONS, "many"),
             (ENV_REDIS_REPLICA_ACKS, "-1"),
             (ENV_REDIS_REPLICA_ACKS, "one"),
+            (ENV_TLS_CERT, "cert.pem"),
+            (ENV_TLS_KEY, "key.pem"),
+            (ENV_TLS_CLIENT_CA, "ca.pem"),
+            (ENV_TLS_RELOAD_SECS, "0"),
         ];
         for (name, value) in cases {
             let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();

@@ -11,6 +11,7 @@ pub mod ingest;
 pub(crate) mod metrics;
 pub(crate) mod secret;
 pub mod store;
+pub mod tls;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.
 pub mod pb {

@@ -27,13 +27,13 @@ enum Command {
     Check {
         business: String,
         customer: String,
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
     },
     /// Print StreamGrants events as they come.
     Watch {
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
         /// Only these business numbers (repeatable).
         #[arg(long = "business")]
         businesses: Vec<String>,
@@ -45,6 +45,8 @@ enum Command {
         #[arg(long)]
         resume_after: Option<String>,
     },
+    /// Print a new random API key and its SHA-256 for the API clients file.
+    Keygen,
 }
 
 #[derive(clap::Args, Default)]
@@ -58,7 +60,7 @@ struct ServeArgs {
     /// Redis URL; unset: embedded in-memory store [env: CALLGATE_REDIS_URL]
     #[arg(long)]
     redis_url: Option<String>,
-    /// Serve the webhook routes WITHOUT authentication (local demos only)
+    /// Serve the webhook routes and the gRPC API WITHOUT authentication (local demos only)
     #[arg(long)]
     insecure_no_auth: bool,
 }
@@ -73,13 +75,13 @@ async fn main() -> anyhow::Result<()> {
         Command::Check {
             business,
             customer,
-            addr,
+            conn,
         } => {
-            let allowed = cli::check(&addr, &business, &customer).await?;
+            let allowed = cli::check(&conn, &business, &customer).await?;
             std::process::exit(if allowed { 0 } else { 3 });
         }
         Command::Watch {
-            addr,
+            conn,
             businesses,
             include_denials,
             include_expiries,
@@ -92,7 +94,11 @@ async fn main() -> anyhow::Result<()> {
                 resume_after: resume_after.unwrap_or_default(),
                 since: None,
             };
-            Ok(cli::watch(&addr, request).await?)
+            Ok(cli::watch(&conn, request).await?)
+        }
+        Command::Keygen => {
+            print!("{}", cli::keygen()?);
+            Ok(())
         }
     }
 }
@@ -129,6 +135,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let redis = RedisConfig {
                 prefix: config.redis_prefix.clone(),
                 timeout: config.redis_timeout,
+                health_interval: config.redis_health_interval,
                 event_retention: config.event_retention,
                 replica_acks: config.redis_replica_acks,
                 ..redis

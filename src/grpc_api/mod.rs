@@ -2,7 +2,12 @@
 //!
 //! Errors map to a gRPC `Status` in one place ([`ApiError`]). A store failure is always
 //! `UNAVAILABLE`: a dialer can never read an error as "allowed".
+//!
+//! Every call has been admitted by [`auth::Guard`] (key and scope) before a handler runs; the
+//! handlers then keep a client limited to some businesses to those businesses
+//! ([`auth::Caller::may_see`]), before the store is read.
 
+pub mod auth;
 mod convert;
 
 use std::collections::HashSet;
@@ -20,12 +25,18 @@ pub use convert::{from_timestamp, timestamp};
 
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
 use crate::fanout::{Filter, Hub, Item, SubscriptionError};
-use crate::metrics::{CheckAnswer, CheckRpc, Metrics, StoreOp};
+use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
 use crate::store::{ConsentStore, Cursor, CursorError, StoreError, cursor_at};
+use auth::Caller;
 
 /// Most pairs one CheckCallPermissions call may carry.
 pub const MAX_BATCH: usize = 1000;
+/// GetConsentHistory entries per page when the client asks for none.
+pub const DEFAULT_HISTORY_PAGE: usize = 100;
+/// Most GetConsentHistory entries per page (larger requests get this many). With every
+/// evidence field bounded at the edge, a full page stays far below gRPC's 4 MiB default.
+pub const MAX_HISTORY_PAGE: usize = 1000;
 /// Items buffered per StreamGrants client before its pump waits (memory bound per stream).
 const STREAM_BUFFER: usize = 64;
 
@@ -41,14 +52,34 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The caller may not see this business's consent.
+    #[error("{field}: this client may not see business {business}")]
+    OtherBusiness {
+        field: &'static str,
+        business: PhoneNumber,
+    },
+    /// No admitted caller on the request (the guard did not run): refuse, never answer.
+    #[error("call not authenticated")]
+    NoCaller,
 }
 
 impl ApiError {
-    fn check_answer(&self) -> CheckAnswer {
+    /// How a failed check is counted in `callgate_checks_total` (a refusal is counted in
+    /// `callgate_api_refusals_total` instead).
+    fn check_answer(&self) -> Option<CheckAnswer> {
         match self {
-            ApiError::Store(StoreError::Cursor(_)) => CheckAnswer::InvalidArgument,
-            ApiError::Store(_) => CheckAnswer::Unavailable,
-            _ => CheckAnswer::InvalidArgument,
+            ApiError::Store(StoreError::Cursor(_)) => Some(CheckAnswer::InvalidArgument),
+            ApiError::Store(_) => Some(CheckAnswer::Unavailable),
+            ApiError::OtherBusiness { .. } | ApiError::NoCaller => None,
+            _ => Some(CheckAnswer::InvalidArgument),
+        }
+    }
+
+    fn code(&self) -> tonic::Code {
+        match self {
+            ApiError::OtherBusiness { .. } => tonic::Code::PermissionDenied,
+            ApiError::NoCaller => tonic::Code::Unauthenticated,
+            _ => tonic::Code::InvalidArgument,
         }
     }
 }
@@ -67,6 +98,8 @@ impl From<ApiError> for Status {
                 tracing::warn!(error = %e, "store error answered as UNAVAILABLE");
                 Status::unavailable(e.to_string())
             }
+            ApiError::OtherBusiness { .. } => Status::permission_denied(e.to_string()),
+            ApiError::NoCaller => Status::unauthenticated(e.to_string()),
         }
     }
 }
@@ -80,6 +113,15 @@ fn pair(business: &str, customer: &str) -> Result<Pair, ApiError> {
         phone("business_number", business)?,
         phone("customer_number", customer)?,
     ))
+}
+
+/// The caller the guard admitted.
+fn caller<T>(request: &Request<T>) -> Result<Caller, ApiError> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or(ApiError::NoCaller)
 }
 
 /// The `ConsentAuthority` service.
@@ -108,11 +150,36 @@ impl Api {
         }
     }
 
+    /// Refuses (and counts) a question about a business `caller` may not see.
+    fn scope(
+        &self,
+        caller: &Caller,
+        field: &'static str,
+        business: &PhoneNumber,
+    ) -> Result<(), ApiError> {
+        if caller.may_see(business) {
+            return Ok(());
+        }
+        self.metrics
+            .api_refusal(caller.name(), RefusalReason::OtherBusiness);
+        tracing::info!(
+            client = caller.name(),
+            reason = RefusalReason::OtherBusiness.label(),
+            "api call refused"
+        );
+        Err(ApiError::OtherBusiness {
+            field,
+            business: business.clone(),
+        })
+    }
+
     async fn check_one(
         &self,
+        caller: &Caller,
         req: &pb::CheckCallPermissionRequest,
     ) -> Result<pb::CheckCallPermissionResponse, ApiError> {
         let pair = pair(&req.business_number, &req.customer_number)?;
+        self.scope(caller, "business_number", &pair.business)?;
         let current = self
             .store
             .current(&pair)
@@ -125,6 +192,7 @@ impl Api {
 
     async fn check_many(
         &self,
+        caller: &Caller,
         checks: &[pb::CheckCallPermissionRequest],
     ) -> Result<pb::CheckCallPermissionsResponse, ApiError> {
         if checks.len() > MAX_BATCH {
@@ -135,7 +203,11 @@ impl Api {
         }
         let parsed: Vec<Result<Pair, ApiError>> = checks
             .iter()
-            .map(|c| pair(&c.business_number, &c.customer_number))
+            .map(|c| {
+                let pair = pair(&c.business_number, &c.customer_number)?;
+                self.scope(caller, "business_number", &pair.business)?;
+                Ok(pair)
+            })
             .collect();
         let valid: Vec<Pair> = parsed
             .iter()
@@ -182,9 +254,11 @@ impl Api {
                         }
                     },
                     Err(e) => {
-                        self.metrics.check(CheckAnswer::InvalidArgument);
+                        if let Some(answer) = e.check_answer() {
+                            self.metrics.check(answer);
+                        }
                         pb::check_result::Result::Error(pb::CheckError {
-                            code: tonic::Code::InvalidArgument as i32,
+                            code: e.code() as i32,
                             message: e.to_string(),
                         })
                     }
@@ -227,9 +301,10 @@ impl ConsentAuthority for Api {
         request: Request<pb::CheckCallPermissionRequest>,
     ) -> Result<Response<pb::CheckCallPermissionResponse>, Status> {
         let started = Instant::now();
-        let answer = self.check_one(request.get_ref()).await;
-        if let Err(e) = &answer {
-            self.metrics.check(e.check_answer());
+        let caller = caller(&request)?;
+        let answer = self.check_one(&caller, request.get_ref()).await;
+        if let Some(answer) = answer.as_ref().err().and_then(ApiError::check_answer) {
+            self.metrics.check(answer);
         }
         self.metrics
             .check_latency(CheckRpc::Single, started.elapsed());
@@ -241,9 +316,10 @@ impl ConsentAuthority for Api {
         request: Request<pb::CheckCallPermissionsRequest>,
     ) -> Result<Response<pb::CheckCallPermissionsResponse>, Status> {
         let started = Instant::now();
-        let answer = self.check_many(&request.get_ref().checks).await;
-        if let Err(e) = &answer {
-            self.metrics.check(e.check_answer());
+        let caller = caller(&request)?;
+        let answer = self.check_many(&caller, &request.get_ref().checks).await;
+        if let Some(answer) = answer.as_ref().err().and_then(ApiError::check_answer) {
+            self.metrics.check(answer);
         }
         self.metrics
             .check_latency(CheckRpc::Batch, started.elapsed());
@@ -256,12 +332,23 @@ impl ConsentAuthority for Api {
         &self,
         request: Request<pb::StreamGrantsRequest>,
     ) -> Result<Response<Self::StreamGrantsStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let businesses = req
+        let mut businesses = req
             .business_numbers
             .iter()
             .map(|b| phone("business_numbers", b))
             .collect::<Result<HashSet<_>, _>>()?;
+        // A client limited to some businesses asks for some of them or, with no filter, gets
+        // all of them: never an empty filter, which would mean every business.
+        if let Some(allowed) = caller.businesses() {
+            for b in &businesses {
+                self.scope(&caller, "business_numbers", b)?;
+            }
+            if businesses.is_empty() {
+                businesses = allowed.clone();
+            }
+        }
         let filter = Filter {
             businesses,
             include_denials: req.include_denials,
@@ -314,21 +401,52 @@ impl ConsentAuthority for Api {
         &self,
         request: Request<pb::GetConsentHistoryRequest>,
     ) -> Result<Response<pb::GetConsentHistoryResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.get_ref();
         let pair = pair(&req.business_number, &req.customer_number)?;
-        let mut entries = self
+        self.scope(&caller, "business_number", &pair.business)?;
+        let size = match req.page_size {
+            0 => DEFAULT_HISTORY_PAGE,
+            n if n < 0 => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "page_size: {n}; must not be negative"
+                ))
+                .into());
+            }
+            n => (n as usize).min(MAX_HISTORY_PAGE),
+        };
+        let start = page_start(&req.page_token)?;
+        // Arrival order: pages stay stable while new decisions are appended.
+        let page = self
             .store
-            .history(&pair)
+            .history_page(&pair, start, size)
             .await
             .map_err(self.store_failed(StoreOp::History))?;
-        // Oldest decision first; decisions made at the same instant in arrival order.
-        entries.sort_by_key(|h| h.decision.decided_at);
         Ok(Response::new(pb::GetConsentHistoryResponse {
             business_number: pair.business.to_string(),
             customer_number: pair.customer.to_string(),
-            entries: entries.iter().map(convert::history_entry).collect(),
+            entries: page.entries.iter().map(convert::history_entry).collect(),
+            next_page_token: page.next.map(page_token).unwrap_or_default(),
         }))
     }
+}
+
+/// The opaque page token for history position `start`.
+fn page_token(start: usize) -> String {
+    format!("h1.{start}")
+}
+
+/// The history position a page token stands for (0 for none).
+fn page_start(token: &str) -> Result<usize, ApiError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix("h1.")
+        // u32: no history is that long, and the position stays a valid Redis index.
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(|n| n as usize)
+        .ok_or_else(|| ApiError::InvalidArgument("page_token: not a token this API gave".into()))
 }
 
 /// Runs `f` when dropped: keeps the open-streams gauge right however the pump task ends.

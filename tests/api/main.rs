@@ -2,17 +2,22 @@
 //! real sockets (HTTP in, gRPC out), against the in-memory store and a real `redis-server`.
 
 mod cluster_harness;
+mod fault_proxy;
 mod helpers;
 mod process;
 mod redis_harness;
 
+mod api_auth;
 mod check;
 mod cluster;
 mod conformance;
+mod dates_and_duplicates;
 mod ingest;
 mod lifecycle;
 mod metrics;
+mod redis_faults;
 mod redis_store;
 mod replicas;
 mod security;
 mod stream;
+mod tls;

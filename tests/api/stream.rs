@@ -35,7 +35,7 @@ async fn next_event(s: &mut Streaming<pb::ConsentEvent>) -> pb::ConsentEvent {
 
 /// Reads until a checkpoint arrives; returns the events seen before it (none expected to be
 /// missing: a checkpoint's cursor covers everything before it).
-async fn events_until_checkpoint(
+pub async fn events_until_checkpoint(
     s: &mut Streaming<pb::ConsentEvent>,
 ) -> (Vec<pb::ConsentEvent>, String) {
     tokio::time::timeout(WAIT, async {
@@ -341,6 +341,8 @@ fn grant(i: usize, t: chrono::DateTime<Utc>) -> callgate::domain::Decision {
             response_source: String::new(),
             sender_customer_id: String::new(),
             body_sha256: String::new(),
+            stated_at: to_millis_precision(t),
+            stated_expires_at: None,
         },
     }
 }

@@ -13,7 +13,9 @@
 //!                                           a temporary grant's expiry)
 //! {callgate:s07-3}:x:<business>:<customer>  lapse record: the current temporary grant, no TTL
 //!                                           (STRING; absent unless the current decision is one)
-//! {callgate:s07-3}:h:<business>:<customer>  history, also the dedup memory (LIST, arrival order)
+//! {callgate:s07-3}:h:<business>:<customer>  history (LIST, arrival order, read in pages)
+//! {callgate:s07-3}:d:<business>:<customer>  de-duplication memory: delivery id → fingerprint
+//!                                           (HASH; one field per decision ever kept)
 //! {callgate:s07-3}:e                        the shard's event log (STREAM)
 //! {callgate:s07-3}:due                      temporary grants by expiry ms (ZSET, member = pair)
 //! {callgate:s07-3}:trimmed                  newest event id trimmed from `e` (STRING)
@@ -141,6 +143,7 @@ pub struct PairKeys {
     pub consent: String,
     pub lapse: String,
     pub history: String,
+    pub dedup: String,
     pub stream: String,
     pub due: String,
     pub trimmed: String,
@@ -209,6 +212,7 @@ impl Keys {
             consent: format!("{base}c:{member}"),
             lapse: format!("{base}x:{member}"),
             history: format!("{base}h:{member}"),
+            dedup: format!("{base}d:{member}"),
             stream: self.stream(shard),
             due: self.due(shard),
             trimmed: self.trimmed(shard),
@@ -274,7 +278,7 @@ mod tests {
             "{tag}"
         );
         for key in [
-            &k.consent, &k.lapse, &k.history, &k.stream, &k.due, &k.trimmed,
+            &k.consent, &k.lapse, &k.history, &k.dedup, &k.stream, &k.due, &k.trimmed,
         ] {
             assert!(key.starts_with(&tag), "{key} lacks {tag}");
         }
@@ -293,6 +297,7 @@ mod tests {
             (&k.consent, "c"),
             (&k.lapse, "x"),
             (&k.history, "h"),
+            (&k.dedup, "d"),
             (&k.stream, "e"),
             (&k.due, "due"),
             (&k.trimmed, "trimmed"),

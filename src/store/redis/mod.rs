@@ -15,8 +15,9 @@
 //!
 //! # The consent key holds the current decision: a check is a plain `MGET`
 //!
-//! Each pair has up to three keys. Its history (`h:`, a list) holds every decision ever kept,
-//! with its full evidence and its dedup id. Its consent key (`c:`) holds the **whole** current
+//! Each pair has up to four keys. Its history (`h:`, a list) holds every decision ever kept,
+//! with its full evidence and its dedup id; its dedup hash (`d:`) maps each kept delivery's id
+//! to the fingerprint of what it said. Its consent key (`c:`) holds the **whole** current
 //! decision (its dedup id and body, see [`codec`]). While the current decision is a temporary
 //! grant, its lapse record (`x:`) holds the same value without a TTL.
 //!
@@ -43,12 +44,19 @@
 //!
 //! # Atomicity
 //!
-//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (a scan of the
-//! pair's history for the decision's id: the history never expires, so a retry is recognised
-//! however late, which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION);
-//! histories are a few entries per pair, so the scan is short), arbitration (the twin of
+//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (one `HGET` of
+//! the delivery id in the pair's `d:` hash, the twin of
+//! [`redelivery`](crate::domain::rules::redelivery): same fingerprint = duplicate, another =
+//! conflict, nothing written; the hash never expires, so a retry is recognised however late,
+//! which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION), and the cost
+//! does not grow with the history), arbitration (the twin of
 //! [`precedence`](crate::domain::rules::precedence)), history, current decision, due index
 //! and event (`XADD` with exact `MINID` trimming). No reader ever sees half a decision.
+//! A call of several decisions is first checked for conflicts in one pipelined round trip of
+//! `HGET`s, so a conflict stores nothing; the one gap is a conflicting delivery of the same
+//! message id recorded by another replica between that check and the `EXEC`: then the other
+//! decisions of the call are stored, the call still answers the conflict, and a retry finds
+//! them as duplicates.
 //! Several decisions given to one [`record`](RedisStore::record) call are sent as `EVALSHA`s
 //! inside `MULTI`/`EXEC`, so on a standalone Redis they are applied together or (on a
 //! connection error before `EXEC`) not at all. `EXEC` does not roll back: if one script fails
@@ -109,7 +117,7 @@
 //! a promotion can lose the newest writes of the dead master. With
 //! [`RedisConfig::replica_acks`] = n, each write pipeline ends with `WAIT n` (after `EXEC`,
 //! on the writes' own connection, so it waits for exactly those writes), and fewer than n
-//! replicas within 3/4 of the store timeout fails the call (503, the sender retries): a 200
+//! replicas within half the store timeout fails the call (503, the sender retries): a 200
 //! then means n replicas hold the decision. (`WAITAOF` would also cover the replicas' disks;
 //! it needs Redis 7.2.) The expiry claim writes without `WAIT`: if a promotion loses a claim,
 //! the new master sweeps that lapse again, and a subscriber that read the first `EXPIRED`
@@ -117,17 +125,21 @@
 //!
 //! # Failure behaviour
 //!
-//! On a standalone Redis, checks and writes share one multiplexed [`ConnectionManager`]
-//! (auto-reconnect, `TCP_NODELAY` on; writes get their own when replica acks are asked for,
-//! since `WAIT` holds its connection). Every call is bounded by [`RedisConfig::timeout`] (the redis-rs response timeout and a
-//! `tokio` timeout around it, which also bounds waiting for a reconnect). A connection error is
-//! [`StoreError::Unavailable`], a slow answer [`StoreError::Timeout`], an unreadable one
-//! [`StoreError::Corrupt`]: never a default value, so a check can never read "allowed" from a
-//! failure. When Redis comes back, the manager reconnects on its own; no restart is needed.
+//! On a standalone Redis, checks and writes share one multiplexed connection (`TCP_NODELAY`,
+//! TCP keepalive; writes get their own when replica acks are asked for, since `WAIT` holds its
+//! connection), owned by a supervisor task in `connection` that replaces it after **any** fault: an I/O error, an
+//! unreadable reply, a call with no reply in time that a `PING` then confirms, a failed health
+//! `PING` (every [`RedisConfig::health_interval`]), a failed reconnect of any kind (`AUTH`
+//! refused, handshake cut short, connect timed out), retried for ever with a short backoff.
+//! Every call is bounded by [`RedisConfig::timeout`] (a `tokio` timeout, which also bounds
+//! waiting for a reconnect). A connection error is [`StoreError::Unavailable`], a slow answer
+//! [`StoreError::Timeout`], an unreadable one [`StoreError::Corrupt`]: never a default value,
+//! so a check can never read "allowed" from a failure. No restart is ever needed.
 //!
 //! Blocking `XREAD`s would stall every check queued behind them on a multiplexed connection,
-//! so (standalone) they use dedicated connections from a small pool (`BlockingPool`); a
-//! connection that failed or timed out is dropped, and the next read opens a fresh one.
+//! so (standalone) they use dedicated connections from a small pool; a connection that failed or timed out
+//! is dropped, idle ones are dropped when the shared connection was replaced, and the next read
+//! opens a fresh one.
 //!
 //! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into
 //! "no consent", and evicting a history would forget decisions and their de-duplication.
@@ -137,27 +149,28 @@
 
 pub mod cluster;
 pub mod codec;
+mod connection;
 mod inspect;
 pub mod keys;
 
 use std::fmt;
-use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::io::tcp::TcpSettings;
 use redis::{
-    AsyncConnectionConfig, Client, ErrorKind, IntoConnectionInfo, RedisError, Script,
+    Client, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult, Script,
     ServerErrorKind, Value,
 };
+use tokio::time::Instant;
 
+use super::{
+    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
+    StoreError, StreamId, check_deliveries,
+};
+use crate::domain::{Choice, ConsentEvent, Decision, Pair};
 use cluster::{Conn, Lanes};
-
-use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId};
-use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
+use connection::{BlockingPool, Lease, SharedConnection, Verdict};
 use keys::Keys;
 
 pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
@@ -170,8 +183,6 @@ const CLAIM_EXPIRED_LUA: &str = include_str!("claim_expired.lua");
 const CLAIM_BATCH: usize = 500;
 /// Bound on claim rounds per [`RedisStore::claim_expired`] call; the sweep runs again soon.
 const CLAIM_MAX_ROUNDS: usize = 20;
-/// Idle blocking-read connections kept for reuse.
-const BLOCKING_POOL_IDLE: usize = 8;
 /// On a cluster, how often a waiting event-log read looks again (see `read_events`).
 const CLUSTER_POLL: Duration = Duration::from_millis(20);
 
@@ -191,6 +202,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Bound on every call (and on connecting). A check that cannot be answered in time fails.
     pub timeout: Duration,
+    /// How often the shared connection is `PING`ed, so a wedged one is replaced even when idle.
+    pub health_interval: Duration,
     /// Events older than this are trimmed from the log.
     pub event_retention: Duration,
 }
@@ -198,6 +211,7 @@ pub struct RedisConfig {
 impl RedisConfig {
     pub const DEFAULT_PREFIX: &'static str = "callgate";
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+    pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
     /// A config with every default but the URL.
@@ -208,10 +222,12 @@ impl RedisConfig {
             replica_acks: 0,
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             timeout: Self::DEFAULT_TIMEOUT,
+            health_interval: Self::DEFAULT_HEALTH_INTERVAL,
             event_retention: Self::DEFAULT_EVENT_RETENTION,
         }
     }
 
+    /// The URL with any password replaced by `***`.
     /// A config for a Redis Cluster reached through `nodes` (comma-separated URLs of any of
     /// its nodes), with every other default.
     pub fn cluster(nodes: impl Into<String>) -> Self {
@@ -239,6 +255,7 @@ impl fmt::Debug for RedisConfig {
             .field("replica_acks", &self.replica_acks)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("health_interval", &self.health_interval)
             .field("event_retention", &self.event_retention)
             .finish()
     }
@@ -267,65 +284,50 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// Dedicated connections for blocking reads, so a waiting `XREAD` never delays a check.
-struct BlockingPool {
-    client: Client,
-    connect_timeout: Duration,
-    idle: Mutex<Vec<MultiplexedConnection>>,
-}
-
-impl BlockingPool {
-    /// An idle connection (`reused` = true), or a new one.
-    async fn take(&self) -> Result<(MultiplexedConnection, bool), StoreError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        if let Some(conn) = idle {
-            return Ok((conn, true));
-        }
-        // No response timeout: the caller bounds each blocking read by its own block time
-        // plus the store timeout, which a fixed per-connection timeout could not express.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(None);
-        match tokio::time::timeout(
-            self.connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => Ok((conn, false)),
-            Ok(Err(e)) => Err(map_error(e, self.connect_timeout)),
-            Err(_) => Err(StoreError::Timeout(self.connect_timeout)),
-        }
-    }
-
-    /// Returns a connection that answered cleanly. Failed ones are simply dropped.
-    fn give_back(&self, conn: MultiplexedConnection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < BLOCKING_POOL_IDLE {
-            idle.push(conn);
-        }
-    }
-}
-
 /// The Redis consent store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RedisStore {
     config: RedisConfig,
     keys: Keys,
-    /// Checks, reads, and writes when no replica acknowledgement is asked for.
-    conn: Lanes,
-    /// Writes. With `replica_acks > 0` connections of their own: `WAIT` holds its connection
-    /// until the replicas answer, and checks must never queue behind it.
-    writer: Lanes,
-    /// Dedicated connections for blocking reads (standalone only: on a cluster, waiting reads
-    /// poll, see [`read_events`](RedisStore::read_events)).
-    blocking: Option<BlockingPool>,
+    backend: Backend,
     record_script: Script,
     claim_script: Script,
     /// Stream keys in shard order, for XREAD.
     streams: Vec<String>,
     /// Trimmed-id marks in shard order, for the range check of `read_events`.
     trimmed: Vec<String>,
+}
+
+/// How the store reaches Redis.
+enum Backend {
+    /// One Redis (or a primary with replicas).
+    Single {
+        /// Checks, reads, and writes when no replica acknowledgement is asked for.
+        conn: SharedConnection,
+        /// Writes when replica acks are asked for: `WAIT` holds its connection until the
+        /// replicas answer, and checks must never queue behind it.
+        writer: Option<SharedConnection>,
+        /// Dedicated connections for blocking `XREAD`s.
+        blocking: Box<BlockingPool>,
+    },
+    /// A Redis Cluster: connections by shard (see [`Lanes`]), for checks and for writes.
+    Cluster { conn: Lanes, writer: Lanes },
+}
+
+/// Which connection a call needs: one shard's, or any (keyless commands, and on a standalone
+/// Redis everything).
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Shard(usize),
+    Keyless,
+}
+
+impl Route {
+    fn on(self, lanes: &Lanes) -> &Conn {
+        match self {
+            Route::Shard(s) => lanes.shard(s),
+            Route::Keyless => lanes.keyless(),
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -368,6 +370,15 @@ fn is_reply_error(e: &RedisError) -> bool {
     )
 }
 
+/// `CONFIG GET` refused (disabled or renamed, as on some managed Redis offerings): the policy
+/// cannot be verified, and callgate refuses to run on an unverified one.
+fn unverifiable_policy(e: &RedisError) -> StoreError {
+    StoreError::Misconfigured(format!(
+        "cannot verify maxmemory-policy (CONFIG GET failed: {e}); callgate needs noeviction, \
+         because an evicted denial would read as no consent"
+    ))
+}
+
 /// Redis lost the scripts (it restarted, or `SCRIPT FLUSH`): load them and try again.
 fn is_noscript(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || has_code(e, "NOSCRIPT")
@@ -377,7 +388,7 @@ impl RedisStore {
     /// Connects, checks that Redis is usable (see [`ping`](ConsentStore::ping): refuses a
     /// `maxmemory-policy` other than `noeviction`), and loads the scripts.
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
-        let (conn, writer, blocking) = if config.cluster {
+        let backend = if config.cluster {
             Self::connect_cluster(&config).await?
         } else {
             Self::connect_single(&config).await?
@@ -387,9 +398,7 @@ impl RedisStore {
             streams: (0..SHARDS).map(|s| keys.stream(s)).collect(),
             trimmed: (0..SHARDS).map(|s| keys.trimmed(s)).collect(),
             keys,
-            conn,
-            writer,
-            blocking,
+            backend,
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
             config,
@@ -408,56 +417,35 @@ impl RedisStore {
         }
     }
 
-    /// One Redis: a connection manager for checks (and a second one for writes when replica
-    /// acknowledgements are asked for), and the pool for blocking reads.
-    async fn connect_single(
-        config: &RedisConfig,
-    ) -> Result<(Lanes, Lanes, Option<BlockingPool>), StoreError> {
-        // redis-rs leaves TCP_NODELAY off; a check is one small request and must not wait
-        // for Nagle's algorithm.
+    async fn connect_single(config: &RedisConfig) -> Result<Backend, StoreError> {
         let info = config
             .url
             .as_str()
             .into_connection_info()
-            .map_err(Self::bad_url(config))?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info).map_err(Self::bad_url(config))?;
-        let manager = || async {
-            let manager_config = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(config.timeout))
-                .set_connection_timeout(Some(config.timeout))
-                .set_number_of_retries(3)
-                .set_max_delay(Duration::from_millis(500));
-            match tokio::time::timeout(
-                config.timeout * 4,
-                ConnectionManager::new_with_config(client.clone(), manager_config),
-            )
-            .await
-            {
-                Ok(Ok(conn)) => Ok(Conn::Single(conn)),
-                Ok(Err(e)) => Err(map_error(e, config.timeout)),
-                Err(_) => Err(StoreError::Timeout(config.timeout * 4)),
-            }
-        };
-        let conn = manager().await?;
-        let writer = if config.replica_acks > 0 {
-            manager().await?
-        } else {
-            conn.clone()
-        };
-        let blocking = BlockingPool {
-            client: client.clone(),
+            .map_err(Self::bad_url(config))?;
+        let client = Client::open(connection::tcp_settings(info)).map_err(Self::bad_url(config))?;
+        let settings = connection::Settings {
+            client,
             connect_timeout: config.timeout,
-            idle: Mutex::new(Vec::new()),
+            response_timeout: config.timeout,
+            health_interval: config.health_interval,
         };
-        Ok((Lanes::single(conn), Lanes::single(writer), Some(blocking)))
+        let conn = SharedConnection::start(settings.clone()).await?;
+        let writer = if config.replica_acks > 0 {
+            Some(SharedConnection::start(settings.clone()).await?)
+        } else {
+            None
+        };
+        Ok(Backend::Single {
+            conn,
+            writer,
+            blocking: Box::new(BlockingPool::new(settings)),
+        })
     }
 
-    /// A Redis Cluster: a cluster connection for checks (and a second one for writes when
-    /// replica acknowledgements are asked for). See [`cluster`].
-    async fn connect_cluster(
-        config: &RedisConfig,
-    ) -> Result<(Lanes, Lanes, Option<BlockingPool>), StoreError> {
+    /// A Redis Cluster: a cluster connection per third of the shards and one for keyless
+    /// commands (see [`Lanes`]); as many again for writes when replica acks are asked for.
+    async fn connect_cluster(config: &RedisConfig) -> Result<Backend, StoreError> {
         let nodes = cluster::node_list(&config.url);
         if nodes.is_empty() {
             return Err(StoreError::Misconfigured(
@@ -486,131 +474,214 @@ impl RedisStore {
         } else {
             Lanes::cluster(by_third.clone(), keyless.clone(), SHARDS)
         };
-        Ok((Lanes::cluster(by_third, keyless, SHARDS), writer, None))
+        Ok(Backend::Cluster {
+            conn: Lanes::cluster(by_third, keyless, SHARDS),
+            writer,
+        })
     }
 
     pub fn config(&self) -> &RedisConfig {
         &self.config
     }
 
-    /// Runs one Redis call on the keyless connection within the store timeout.
-    async fn within<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        self.within_on(self.conn.keyless(), call).await
+    /// True when the store runs on a Redis Cluster.
+    fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
     }
 
-    /// Runs one Redis call on `conn` within the store timeout. A connection that fails or
-    /// is too slow is reported to it ([`Conn::suspect`]).
-    async fn within_on<T>(
+    /// One call on the shared standalone connection `conn`, bounded by `deadline`. `Err` if no
+    /// connection could be leased or no answer came in time; otherwise Redis's answer, whose
+    /// failure (if any) was reported to the connection's supervisor.
+    async fn attempt<T: FromRedisValue>(
+        &self,
+        conn: &SharedConnection,
+        call: Call<'_>,
+        deadline: Instant,
+    ) -> Result<RedisResult<T>, StoreError> {
+        let lease = conn.lease(deadline).await?;
+        self.attempt_on(lease, call, deadline).await.1
+    }
+
+    /// [`attempt`](Self::attempt) on a leased connection; gives the lease back too.
+    async fn attempt_on<'s, T: FromRedisValue>(
+        &'s self,
+        mut lease: Lease<'s>,
+        call: Call<'_>,
+        deadline: Instant,
+    ) -> (Lease<'s>, Result<RedisResult<T>, StoreError>) {
+        let query = async {
+            match call {
+                Call::Cmd(cmd) => cmd.query_async::<T>(&mut lease.conn).await,
+                Call::Pipe(pipe) => pipe.query_async::<T>(&mut lease.conn).await,
+            }
+        };
+        let outcome = match tokio::time::timeout_at(deadline, query).await {
+            Ok(result) => {
+                if let Err(e) = &result {
+                    lease.report_error(e);
+                }
+                Ok(result)
+            }
+            Err(_) => {
+                lease.report(Verdict::Suspect, || {
+                    format!("no reply within {:?}", self.config.timeout)
+                });
+                Err(StoreError::Timeout(self.config.timeout))
+            }
+        };
+        (lease, outcome)
+    }
+
+    /// One call on a cluster connection, bounded by `deadline`. A failure or a timeout is
+    /// reported to the connection ([`Conn::suspect`]).
+    async fn attempt_cluster<T: FromRedisValue>(
         &self,
         conn: &Conn,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        let result = match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(result) => result.map_err(|e| map_error(e, self.config.timeout)),
-            Err(_) => Err(StoreError::Timeout(self.config.timeout)),
+        call: Call<'_>,
+        deadline: Instant,
+    ) -> Result<RedisResult<T>, StoreError> {
+        let mut c = conn.clone();
+        let query = async {
+            match call {
+                Call::Cmd(cmd) => cmd.query_async::<T>(&mut c).await,
+                Call::Pipe(pipe) => pipe.query_async::<T>(&mut c).await,
+            }
         };
-        if let Err(StoreError::Timeout(_) | StoreError::Unavailable(_)) = &result {
-            conn.suspect();
+        match tokio::time::timeout_at(deadline, query).await {
+            Ok(result) => {
+                if let Err(e) = &result
+                    && Verdict::of(e) != Verdict::Healthy
+                {
+                    conn.suspect();
+                }
+                Ok(result)
+            }
+            Err(_) => {
+                conn.suspect();
+                Err(StoreError::Timeout(self.config.timeout))
+            }
         }
-        result
     }
 
-    /// Runs a read-only command. Reads are idempotent, so a connection found dead (Redis
-    /// restarted or failed over since the last call) is retried once on the connection the
-    /// manager re-establishes; both attempts share the one store timeout. Writes are not
-    /// retried: a lost reply would turn "applied" into "duplicate".
-    async fn read_cmd<T: redis::FromRedisValue>(
+    /// Runs a read. Reads are idempotent, so a call whose connection broke (Redis restarted
+    /// or failed over since the last call) is retried once on the connection put in its place;
+    /// both attempts share the one store timeout. Writes are not retried: a lost reply would
+    /// turn "applied" into "duplicate".
+    async fn read<T: FromRedisValue>(&self, route: Route, call: Call<'_>) -> Result<T, StoreError> {
+        let deadline = Instant::now() + self.config.timeout;
+        match &self.backend {
+            Backend::Single { conn, .. } => {
+                let lease = conn.lease(deadline).await?;
+                let (lease, first) = self.attempt_on::<T>(lease, call, deadline).await;
+                match first? {
+                    Err(e) if Verdict::of(&e) == Verdict::Broken => {
+                        let fresh = conn.lease_replacing(&lease, deadline).await?;
+                        self.attempt_on::<T>(fresh, call, deadline)
+                            .await
+                            .1?
+                            .map_err(|e| map_error(e, self.config.timeout))
+                    }
+                    result => result.map_err(|e| map_error(e, self.config.timeout)),
+                }
+            }
+            Backend::Cluster { conn, .. } => {
+                let conn = route.on(conn);
+                match self.attempt_cluster::<T>(conn, call, deadline).await? {
+                    Err(e) if Verdict::of(&e) == Verdict::Broken => self
+                        .attempt_cluster::<T>(conn, call, deadline)
+                        .await?
+                        .map_err(|e| map_error(e, self.config.timeout)),
+                    result => result.map_err(|e| map_error(e, self.config.timeout)),
+                }
+            }
+        }
+    }
+
+    async fn read_cmd<T: FromRedisValue>(
         &self,
-        on: &Conn,
+        route: Route,
         cmd: &redis::Cmd,
     ) -> Result<T, StoreError> {
-        let mut conn = on.clone();
-        self.within_on(on, async move {
-            match cmd.query_async::<T>(&mut conn).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    cmd.query_async::<T>(&mut conn).await
-                }
-                other => other,
-            }
-        })
-        .await
+        self.read(route, Call::Cmd(cmd)).await
     }
 
-    /// [`read_cmd`](Self::read_cmd) for a pipeline of reads.
-    async fn read_pipe<T: redis::FromRedisValue>(
+    async fn read_pipe<T: FromRedisValue>(
         &self,
-        on: &Conn,
+        route: Route,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let mut conn = on.clone();
-        self.within_on(on, async move {
-            match pipe.query_async::<T>(&mut conn).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    pipe.query_async::<T>(&mut conn).await
-                }
-                other => other,
+        self.read(route, Call::Pipe(pipe)).await
+    }
+
+    /// One call on the connection `route` and `write` choose (writes go to the write
+    /// connections), bounded by the store timeout.
+    async fn attempt_routed<T: FromRedisValue>(
+        &self,
+        route: Route,
+        write: bool,
+        call: Call<'_>,
+    ) -> Result<RedisResult<T>, StoreError> {
+        let deadline = Instant::now() + self.config.timeout;
+        match &self.backend {
+            Backend::Single { conn, writer, .. } => {
+                let conn = if write {
+                    writer.as_ref().unwrap_or(conn)
+                } else {
+                    conn
+                };
+                self.attempt(conn, call, deadline).await
             }
-        })
-        .await
+            Backend::Cluster { conn, writer } => {
+                let lanes = if write { writer } else { conn };
+                self.attempt_cluster(route.on(lanes), call, deadline).await
+            }
+        }
     }
 
     /// Loads every script into Redis's script cache (done at connect, and again after a
-    /// `NOSCRIPT`, e.g. when Redis restarted).
-    /// On a cluster each `SCRIPT LOAD` goes alone, so redis-rs sends it to every master (a
-    /// keyless pipeline would reach one node only); a replica promoted later answers
-    /// `NOSCRIPT` and gets them then.
+    /// `NOSCRIPT`, e.g. when Redis restarted). On a cluster each `SCRIPT LOAD` goes alone, so
+    /// redis-rs sends it to every master (a keyless pipeline would reach one node only); a
+    /// replica promoted later answers `NOSCRIPT` and gets them then.
     async fn load_scripts(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.keyless().clone();
-        if conn.is_cluster() {
+        if self.is_cluster() {
             for source in [RECORD_LUA, CLAIM_EXPIRED_LUA] {
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(source);
-                self.within(load.query_async::<String>(&mut conn)).await?;
+                self.attempt_routed::<String>(Route::Keyless, false, Call::Cmd(&load))
+                    .await?
+                    .map_err(|e| map_error(e, self.config.timeout))?;
             }
             return Ok(());
         }
         let mut pipe = redis::pipe();
         pipe.load_script(&self.record_script)
             .load_script(&self.claim_script);
-        self.within(pipe.query_async::<Vec<String>>(&mut conn))
-            .await
+        self.attempt_routed::<Vec<String>>(Route::Keyless, false, Call::Pipe(&pipe))
+            .await?
             .map(drop)
+            .map_err(|e| map_error(e, self.config.timeout))
     }
 
-    /// Runs a pipeline of script calls on `conn`, reloading the scripts once if Redis lost
-    /// them (a restart, or a replica promoted on a cluster).
-    async fn query_scripts<T: redis::FromRedisValue>(
+    /// Runs a pipeline of script calls (on a write connection if `write`), reloading the
+    /// scripts once if Redis lost them (a restart, or a replica promoted on a cluster).
+    async fn query_scripts<T: FromRedisValue>(
         &self,
-        conn: &Conn,
+        route: Route,
+        write: bool,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let on = conn;
-        let mut conn = conn.clone();
-        let first =
-            match tokio::time::timeout(self.config.timeout, pipe.query_async::<T>(&mut conn)).await
-            {
-                Ok(first) => first,
-                Err(_) => {
-                    on.suspect();
-                    return Err(StoreError::Timeout(self.config.timeout));
-                }
-            };
+        let first = self
+            .attempt_routed::<T>(route, write, Call::Pipe(pipe))
+            .await?;
         match first {
             Ok(v) => Ok(v),
             Err(e) if is_noscript(&e) => {
                 self.load_scripts().await?;
-                self.within_on(on, pipe.query_async::<T>(&mut conn)).await
+                self.attempt_routed::<T>(route, write, Call::Pipe(pipe))
+                    .await?
+                    .map_err(|e| map_error(e, self.config.timeout))
             }
-            Err(e) => {
-                let e = map_error(e, self.config.timeout);
-                if matches!(e, StoreError::Unavailable(_)) {
-                    on.suspect();
-                }
-                Err(e)
-            }
+            Err(e) => Err(map_error(e, self.config.timeout)),
         }
     }
 
@@ -645,16 +716,80 @@ impl RedisStore {
         Ok(Some(decision))
     }
 
-    fn outcome(code: i64) -> Result<RecordOutcome, StoreError> {
+    /// For a call of several decisions: reads the fingerprint stored under each one's id (one
+    /// pipelined `HGET` each) and refuses the call before anything is written if one conflicts.
+    /// On a cluster, one single-slot pipeline per shard, the shards at once.
+    async fn precheck_deliveries(&self, decisions: &[Decision]) -> Result<(), StoreError> {
+        let hget = |d: &Decision| {
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(self.keys.pair(&d.pair).dedup)
+                .arg(codec::dedup_bytes(d));
+            cmd
+        };
+        let seen: Vec<Option<Vec<u8>>> = if self.is_cluster() {
+            let groups = by_shard(decisions);
+            let replies = all(&groups, |(shard, indices)| {
+                let mut pipe = redis::pipe();
+                for &i in indices {
+                    pipe.add_command(hget(&decisions[i]));
+                }
+                async move {
+                    self.read_pipe::<Vec<Option<Vec<u8>>>>(Route::Shard(*shard), &pipe)
+                        .await
+                }
+            })
+            .await;
+            let mut seen = vec![None; decisions.len()];
+            for ((_, indices), reply) in groups.iter().zip(replies) {
+                let reply = reply?;
+                if reply.len() != indices.len() {
+                    return Err(corrupt_reply("HGET dedup"));
+                }
+                for (&i, f) in indices.iter().zip(reply) {
+                    seen[i] = f;
+                }
+            }
+            seen
+        } else {
+            let mut pipe = redis::pipe();
+            for d in decisions {
+                pipe.add_command(hget(d));
+            }
+            self.read_pipe(Route::Keyless, &pipe).await?
+        };
+        if seen.len() != decisions.len() {
+            return Err(corrupt_reply("HGET dedup"));
+        }
+        let seen = seen
+            .into_iter()
+            .map(|f| {
+                f.map(|f| <[u8; 8]>::try_from(f.as_slice()))
+                    .transpose()
+                    .map_err(|_| StoreError::Corrupt("dedup fingerprint".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        check_deliveries(decisions, &seen)?;
+        Ok(())
+    }
+
+    fn outcome(decisions: &[Decision], i: usize, code: i64) -> Result<RecordOutcome, StoreError> {
         match code {
             0 => Ok(RecordOutcome::Applied),
             1 => Ok(RecordOutcome::Stale),
             2 => Ok(RecordOutcome::Duplicate),
+            3 => Err(DeliveryConflict::of(decisions, i).into()),
             other => Err(StoreError::Corrupt(format!(
                 "record script answered {other}"
             ))),
         }
     }
+}
+
+/// A command or a pipeline, to run on the shared connection.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
 }
 
 fn bytes_of(v: &Value) -> Option<&[u8]> {
@@ -727,15 +862,24 @@ where
     futures_util::future::join_all(items.into_iter().map(f)).await
 }
 
-impl RedisStore {
-    /// True when the store runs on a Redis Cluster.
-    fn is_cluster(&self) -> bool {
-        self.conn.is_cluster()
+/// The indices of `decisions` grouped by shard (shard order; each group in call order).
+fn by_shard(decisions: &[Decision]) -> Vec<(usize, Vec<usize>)> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+    for (i, d) in decisions.iter().enumerate() {
+        groups[keys::shard_of(&d.pair)].push(i);
     }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .collect()
+}
 
-    /// The `WAIT` timeout: a part of the store timeout, so the write before it fits too.
+impl RedisStore {
+    /// The `WAIT` timeout: half the store timeout, so the write before it and the round trip
+    /// fit in the rest.
     fn wait_ms(&self) -> u64 {
-        (self.config.timeout.as_millis() as u64 * 3 / 4).max(1)
+        (self.config.timeout.as_millis() as u64 / 2).max(1)
     }
 
     /// Records `decisions` (given by index into `all`) with one pipeline on the write
@@ -769,12 +913,14 @@ impl RedisStore {
                 .key(&k.stream)
                 .key(&k.due)
                 .key(&k.trimmed)
+                .key(&k.dedup)
                 .arg(codec::encode_body(decision))
                 .arg(codec::dedup_bytes(decision))
                 .arg(&received)
                 .arg(event)
                 .arg(self.config.event_retention.as_millis() as u64)
-                .arg(&k.member);
+                .arg(&k.member)
+                .arg(decision.fingerprint().as_slice());
             pipe.invoke_script(&invocation);
             if atomic {
                 pipe.ignore(); // `QUEUED`; the results come with EXEC.
@@ -788,7 +934,7 @@ impl RedisStore {
             pipe.cmd("WAIT").arg(acks).arg(self.wait_ms());
         }
         let shard = keys::shard_of(&all[indices[0]].pair);
-        let mut replies: Vec<Value> = self.query_scripts(self.writer.shard(shard), &pipe).await?;
+        let mut replies: Vec<Value> = self.query_scripts(Route::Shard(shard), true, &pipe).await?;
         if acks > 0 {
             let acked: i64 = replies
                 .pop()
@@ -819,7 +965,11 @@ impl RedisStore {
         if codes.len() != indices.len() {
             return Err(corrupt_reply("record"));
         }
-        codes.into_iter().map(Self::outcome).collect()
+        indices
+            .iter()
+            .zip(codes)
+            .map(|(&i, code)| Self::outcome(all, i, code))
+            .collect()
     }
 
     /// Reads shard `shard`'s events after `after` (without blocking) and its trimmed mark, in
@@ -839,7 +989,7 @@ impl RedisStore {
             .arg(&self.streams[shard])
             .arg(after.to_string());
         let (trimmed, reply): (Option<String>, Value) =
-            self.read_pipe(self.conn.shard(shard), &pipe).await?;
+            self.read_pipe(Route::Shard(shard), &pipe).await?;
         if let Some(id) = trimmed {
             let id = StreamId::parse(&id)
                 .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}")))?;
@@ -887,6 +1037,7 @@ impl RedisStore {
     /// connection, pipelined after one `MGET` of every shard's trimmed mark.
     async fn read_events_single(
         &self,
+        shared: &SharedConnection,
         blocking: &BlockingPool,
         after: &Cursor,
         limit: usize,
@@ -910,7 +1061,8 @@ impl RedisStore {
 
         let bound = wait + self.config.timeout;
         let (trimmed, reply) = loop {
-            let (mut conn, reused) = blocking.take().await?;
+            let epoch = shared.replacements();
+            let (mut conn, reused) = blocking.take(epoch).await?;
             match tokio::time::timeout(
                 bound,
                 pipe.query_async::<(Vec<Option<String>>, Value)>(&mut conn),
@@ -918,12 +1070,12 @@ impl RedisStore {
             .await
             {
                 Ok(Ok(v)) => {
-                    blocking.give_back(conn);
+                    blocking.give_back(conn, epoch);
                     break v;
                 }
                 // An idle connection may have died with a Redis restart: the read is
                 // idempotent, so try once more on a fresh connection.
-                Ok(Err(e)) if reused && (e.is_io_error() || e.is_connection_dropped()) => {}
+                Ok(Err(e)) if reused && Verdict::of(&e) == Verdict::Broken => {}
                 Ok(Err(e)) => return Err(map_error(e, self.config.timeout)),
                 // The connection still owes the reply: it is dropped, not reused.
                 Err(_) => return Err(StoreError::Timeout(bound)),
@@ -989,7 +1141,7 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             pipe.invoke_script(&invocation);
             let (p, claimed): (usize, usize) = self
-                .query_scripts::<Vec<(usize, usize)>>(self.conn.shard(shard), &pipe)
+                .query_scripts::<Vec<(usize, usize)>>(Route::Shard(shard), false, &pipe)
                 .await?
                 .pop()
                 .ok_or_else(|| corrupt_reply("claim"))?;
@@ -1009,7 +1161,7 @@ impl RedisStore {
             .arg("-")
             .arg("COUNT")
             .arg(1);
-        let reply: Value = self.read_cmd(self.conn.shard(shard), &cmd).await?;
+        let reply: Value = self.read_cmd(Route::Shard(shard), &cmd).await?;
         newest_id(&reply)
     }
 
@@ -1037,7 +1189,7 @@ impl RedisStore {
             .filter_map(|(shard, (indices, cmd))| cmd.map(|c| (shard, indices, c)))
             .collect();
         let replies = all(&groups, |(shard, _, cmd)| {
-            self.read_cmd::<Vec<Option<Vec<u8>>>>(self.conn.shard(*shard), cmd)
+            self.read_cmd::<Vec<Option<Vec<u8>>>>(Route::Shard(*shard), cmd)
         })
         .await;
         let mut out: Vec<Result<Option<Decision>, StoreError>> =
@@ -1070,7 +1222,7 @@ impl RedisStore {
             let mut get = redis::cmd("GET");
             get.arg(&self.trimmed[shard]);
             async move {
-                self.read_cmd::<Option<String>>(self.conn.shard(shard), &get)
+                self.read_cmd::<Option<String>>(Route::Shard(shard), &get)
                     .await
             }
         })
@@ -1109,6 +1261,12 @@ impl ConsentStore for RedisStore {
         if decisions.is_empty() {
             return Ok(Vec::new());
         }
+        // A conflict anywhere in the call must store nothing. One decision is checked inside
+        // its script; several are checked first, in one round trip per shard (see the module
+        // docs for the one race this leaves).
+        if decisions.len() > 1 {
+            self.precheck_deliveries(decisions).await?;
+        }
         if !self.is_cluster() {
             // Standalone Redis: all decisions in one MULTI/EXEC, applied together or (on a
             // connection error before EXEC) not at all.
@@ -1123,17 +1281,13 @@ impl ConsentStore for RedisStore {
         // shard's were stored (and replicated, with replica acks). If one shard fails, the
         // call fails, the sender retries it, and the decisions already stored are recognised
         // as duplicates: all or none acknowledged, not all or none stored.
-        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
-        for (i, d) in decisions.iter().enumerate() {
-            by_shard[keys::shard_of(&d.pair)].push(i);
-        }
-        let groups: Vec<Vec<usize>> = by_shard.into_iter().filter(|g| !g.is_empty()).collect();
-        let results = all(&groups, |g| {
+        let groups = by_shard(decisions);
+        let results = all(&groups, |(_, g)| {
             self.record_group(decisions, g, received_at, false)
         })
         .await;
         let mut out = vec![RecordOutcome::Duplicate; decisions.len()];
-        for (group, result) in groups.iter().zip(results) {
+        for ((_, group), result) in groups.iter().zip(results) {
             for (&i, outcome) in group.iter().zip(result?) {
                 out[i] = outcome;
             }
@@ -1145,7 +1299,7 @@ impl ConsentStore for RedisStore {
         let (shard, consent, lapse) = self.keys.current(pair);
         let mut values: Vec<Option<Vec<u8>>> = self
             .read_cmd(
-                self.conn.shard(shard),
+                Route::Shard(shard),
                 redis::cmd("MGET").arg(consent).arg(lapse),
             )
             .await?;
@@ -1178,7 +1332,7 @@ impl ConsentStore for RedisStore {
         for cmd in mgets.into_iter().flatten() {
             pipe.add_command(cmd);
         }
-        let replies: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(self.conn.keyless(), &pipe).await?;
+        let replies: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(Route::Keyless, &pipe).await?;
         let asked: Vec<Vec<usize>> = asked.into_iter().filter(|a| !a.is_empty()).collect();
         if replies.len() != asked.len() {
             return Err(corrupt_reply("MGET current"));
@@ -1208,18 +1362,31 @@ impl ConsentStore for RedisStore {
         }
     }
 
-    async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
+    async fn history_page(
+        &self,
+        pair: &Pair,
+        start: usize,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
         let k = self.keys.pair(pair);
-        let entries: Vec<Vec<u8>> = self
+        let limit = limit.max(1);
+        // One entry more than asked, to know whether another page follows.
+        let last = start.saturating_add(limit);
+        let mut entries: Vec<Vec<u8>> = self
             .read_cmd(
-                self.conn.shard(k.shard),
-                redis::cmd("LRANGE").arg(&k.history).arg(0).arg(-1),
+                Route::Shard(k.shard),
+                redis::cmd("LRANGE").arg(&k.history).arg(start).arg(last),
             )
             .await?;
-        entries
-            .iter()
-            .map(|e| codec::decode_history(pair, e))
-            .collect()
+        let next = (entries.len() > limit).then_some(last);
+        entries.truncate(limit);
+        Ok(HistoryPage {
+            entries: entries
+                .iter()
+                .map(|e| codec::decode_history(pair, e))
+                .collect::<Result<_, _>>()?,
+            next,
+        })
     }
 
     fn shards(&self) -> usize {
@@ -1236,12 +1403,12 @@ impl ConsentStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut events = match &self.blocking {
-            Some(blocking) => {
-                self.read_events_single(blocking, after, limit, wait)
+        let mut events = match &self.backend {
+            Backend::Single { conn, blocking, .. } => {
+                self.read_events_single(conn, blocking, after, limit, wait)
                     .await?
             }
-            None => self.read_events_cluster(after, limit, wait).await?,
+            Backend::Cluster { .. } => self.read_events_cluster(after, limit, wait).await?,
         };
         // COUNT applies per stream. Keeping the first `limit` in (id, shard) order keeps a
         // prefix of every shard's events, so a cursor advanced over them misses nothing.
@@ -1267,7 +1434,7 @@ impl ConsentStore for RedisStore {
                 .arg("COUNT")
                 .arg(1);
         }
-        let replies: Vec<Value> = self.read_pipe(self.conn.keyless(), &pipe).await?;
+        let replies: Vec<Value> = self.read_pipe(Route::Keyless, &pipe).await?;
         if replies.len() != SHARDS {
             return Err(corrupt_reply("XREVRANGE"));
         }
@@ -1318,7 +1485,7 @@ impl ConsentStore for RedisStore {
                 pipe.invoke_script(&invocation);
             }
             let replies: Vec<(usize, usize)> =
-                self.query_scripts(self.conn.keyless(), &pipe).await?;
+                self.query_scripts(Route::Keyless, false, &pipe).await?;
             published += replies.iter().map(|(p, _)| p).sum::<usize>();
             if replies.iter().all(|(_, claimed)| *claimed < CLAIM_BATCH) {
                 break;
@@ -1328,45 +1495,54 @@ impl ConsentStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        if !self.is_cluster() {
-            let pong: String = self
-                .read_cmd(self.conn.keyless(), &redis::cmd("PING"))
-                .await?;
-            if pong != "PONG" {
-                return Err(corrupt_reply("PING"));
+        let replies = match &self.backend {
+            Backend::Single { conn, .. } => {
+                let pong: String = self.read_cmd(Route::Keyless, &redis::cmd("PING")).await?;
+                if pong != "PONG" {
+                    return Err(corrupt_reply("PING"));
+                }
+                let mut config_get = redis::cmd("CONFIG");
+                config_get.arg("GET").arg("maxmemory-policy");
+                let reply = self
+                    .attempt::<Value>(
+                        conn,
+                        Call::Cmd(&config_get),
+                        Instant::now() + self.config.timeout,
+                    )
+                    .await?;
+                match reply {
+                    Ok(v) => vec![("redis".to_owned(), v)],
+                    // Not an answer from Redis: the connection failed, not the command.
+                    Err(e) if Verdict::of(&e) != Verdict::Healthy => {
+                        return Err(map_error(e, self.config.timeout));
+                    }
+                    Err(e) => return Err(unverifiable_policy(&e)),
+                }
             }
-        }
-        // Every master (on a cluster) must refuse to evict.
-        let mut conn = self.conn.keyless().clone();
-        let mut get = redis::cmd("CONFIG");
-        get.arg("GET").arg("maxmemory-policy");
-        let replies = tokio::time::timeout(self.config.timeout, conn.on_every_master(&get)).await;
-        let replies = match replies {
-            Ok(Ok(v)) => v,
-            // A cluster with a master down (or failing over) still serves the other masters'
-            // shards: it is ready if any shard answers. The dead master's policy is checked
-            // again once it (or its promoted replica) answers.
-            Ok(Err(e)) if self.is_cluster() && !is_reply_error(&e) => {
-                return self
-                    .any_shard_answers(map_error(e, self.config.timeout))
-                    .await;
-            }
-            Err(_) if self.is_cluster() => {
-                return self
-                    .any_shard_answers(StoreError::Timeout(self.config.timeout))
-                    .await;
-            }
-            Err(_) => return Err(StoreError::Timeout(self.config.timeout)),
-            Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
-                return Err(map_error(e, self.config.timeout));
-            }
-            // CONFIG disabled or renamed (some managed Redis offerings): the policy cannot be
-            // verified, and callgate refuses to run on an unverified one.
-            Ok(Err(e)) => {
-                return Err(StoreError::Misconfigured(format!(
-                    "cannot verify maxmemory-policy (CONFIG GET failed: {e}); callgate needs \
-                     noeviction, because an evicted denial would read as no consent"
-                )));
+            Backend::Cluster { conn, .. } => {
+                // Every master must refuse to evict.
+                let mut get = redis::cmd("CONFIG");
+                get.arg("GET").arg("maxmemory-policy");
+                let mut keyless = conn.keyless().clone();
+                let replies =
+                    tokio::time::timeout(self.config.timeout, keyless.on_every_master(&get)).await;
+                match replies {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) if is_reply_error(&e) => return Err(unverifiable_policy(&e)),
+                    // A cluster with a master down (or failing over) still serves the other
+                    // masters' shards: it is ready if any shard answers. The dead master's
+                    // policy is checked again once it (or its promoted replica) answers.
+                    Ok(Err(e)) => {
+                        return self
+                            .any_shard_answers(map_error(e, self.config.timeout))
+                            .await;
+                    }
+                    Err(_) => {
+                        return self
+                            .any_shard_answers(StoreError::Timeout(self.config.timeout))
+                            .await;
+                    }
+                }
             }
         };
         for (node, reply) in &replies {
@@ -1380,20 +1556,15 @@ impl ConsentStore for RedisStore {
                 })
                 .unwrap_or_else(|| "unknown".to_owned());
             if policy != "noeviction" {
-                let on = if self.is_cluster() {
-                    format!(" on master {node}")
+                let (on, every) = if self.is_cluster() {
+                    (format!(" on master {node}"), " on every master")
                 } else {
-                    String::new()
+                    (String::new(), "")
                 };
                 return Err(StoreError::Misconfigured(format!(
                     "maxmemory-policy is {policy}{on}; callgate needs noeviction, because an \
                      evicted denial would read as no consent (set `maxmemory-policy \
-                     noeviction`{})",
-                    if self.is_cluster() {
-                        " on every master"
-                    } else {
-                        ""
-                    }
+                     noeviction`{every})"
                 )));
             }
         }
