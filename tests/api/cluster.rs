@@ -684,7 +684,9 @@ async fn without_replica_acks_a_promotion_can_lose_an_acknowledged_decision_with
     cluster.pause(replica);
     cluster.cut_replication(victim);
     let without_acks = post(&api_a, &unacked, "no-acks", "accept").await;
-    let with_acks = post(&api_b, &acked, "acks", "accept").await;
+    // The sender retries the very same delivery (same body), as senders do.
+    let acked_body = doubletick(BUSINESS, &acked, "acks", Utc::now(), "accept", Some(true));
+    let with_acks = api_b.post_doubletick(acked_body.clone()).await.status;
     // The master dies before the replica got either write; then the replica wakes up and is
     // promoted with what it has.
     cluster.kill(victim);
@@ -704,14 +706,20 @@ async fn without_replica_acks_a_promotion_can_lose_an_acknowledged_decision_with
     };
     // The promoted master has no replica of its own until the dead node comes back as one:
     // until then, under replica acks, the shard's webhooks are 503 and the sender retries.
-    let refused_without_replica = post(&api_b, &acked, "acks", "accept").await;
+    let refused_without_replica = api_b.post_doubletick(acked_body.clone()).await.status;
     cluster.restart(victim);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let (mut retried, mut retries) = (0, 0);
     while retried != 200 {
-        assert!(Instant::now() < deadline, "retries never succeeded");
+        assert!(
+            Instant::now() < deadline,
+            "retries never succeeded (last {retried}); roles: {:?}; replication of the new \
+             master: {}",
+            cluster.nodes.iter().map(|n| n.role()).collect::<Vec<_>>(),
+            cluster.command(promoted, "INFO replication")
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        retried = post(&api_b, &acked, "acks", "accept").await;
+        retried = api_b.post_doubletick(acked_body.clone()).await.status;
         retries += 1;
     }
     let kept = grpc
