@@ -14,3 +14,4 @@ mod redis_store;
 mod replicas;
 mod security;
 mod stream;
+mod transport_limits;
