@@ -8,7 +8,9 @@
 //!
 //! - The **tailer** follows the log with blocking reads and publishes into a bounded broadcast
 //!   ring, then advances the hub's head. It never waits for subscribers.
-//! - A **[`Subscription`]** has a cursor: everything up to it was delivered (or filtered out).
+//! - A **[`Subscription`]** has a cursor: everything up to it was taken from the log (queued,
+//!   delivered, or filtered out); what it reports to its consumer ([`Subscription::cursor`]) is
+//!   the cursor of the last item actually returned, never one covering queued items.
 //!   It first replays from the store after its cursor, then follows the ring, skipping what it
 //!   already has. If it falls behind by more than the ring holds (a slow client), it goes back to
 //!   replaying from the store at its cursor: a slow subscriber costs store reads, never memory,
@@ -112,6 +114,7 @@ impl Hub {
         Ok(Subscription {
             hub: self.clone(),
             ring,
+            delivered: cursor.clone(),
             cursor,
             filter,
             pending: VecDeque::new(),
@@ -230,7 +233,11 @@ pub enum SubscriptionError {
 pub struct Subscription {
     hub: Hub,
     ring: broadcast::Receiver<Published>,
+    /// Everything up to here was taken from the log: queued in `pending` or already returned.
     cursor: Cursor,
+    /// The cursor of the last item [`next`](Self::next) returned (the start before any): what
+    /// a consumer that has handed on every item it got may resume from.
+    delivered: Cursor,
     filter: Filter,
     pending: VecDeque<Item>,
     /// Reading from the store (at start, and after falling behind the ring).
@@ -239,8 +246,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Where a consumer that has passed on every item returned so far resumes: never past an
+    /// event still queued inside the subscription.
     pub fn cursor(&self) -> &Cursor {
-        &self.cursor
+        &self.delivered
+    }
+
+    /// Completes when the server starts shutting down.
+    pub async fn stopping(&self) {
+        self.hub.shutdown.cancelled().await
     }
 
     /// The next event or checkpoint. Errors end the subscription.
@@ -251,6 +265,8 @@ impl Subscription {
             }
             if let Some(item) = self.pending.pop_front() {
                 self.next_checkpoint = Instant::now() + self.hub.checkpoint;
+                let (Item::Event(_, c) | Item::Checkpoint(c)) = &item;
+                self.delivered = c.clone();
                 return Ok(item);
             }
             if self.replaying {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod grpc_api;
+pub mod grpc_port;
 pub mod http_port;
 pub mod ingest;
 pub mod metrics;
