@@ -12,6 +12,7 @@ mod lifecycle;
 mod metrics;
 mod redis_store;
 mod replicas;
+mod resume;
 mod security;
 mod stream;
 mod transport_limits;

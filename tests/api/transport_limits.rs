@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use callgate::pb::{self, EventKind, consent_authority_client::ConsentAuthorityClient};
+use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::{Code, Streaming};
 
 use crate::helpers::*;
 
@@ -72,4 +75,162 @@ async fn issue9_3_the_webhook_port_refuses_http2() {
         "{:?}",
         String::from_utf8_lossy(&read)
     );
+}
+
+/// Posts `n` permanent grants for distinct customers of `BUSINESS`; returns their message ids.
+pub(crate) async fn post_grants(app: &TestApp, prefix: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let customer = format!("+9198{i:08}");
+        let body = doubletick(BUSINESS, &customer, &id, Utc::now(), "accept", Some(true));
+        assert_eq!(app.post_doubletick(body).await.status, 200);
+        ids.push(id);
+    }
+    ids
+}
+
+/// Polls `/metrics` (bounded) until `line` appears.
+async fn wait_for_metric(app: &TestApp, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&app.get_raw("/metrics").await.body).into_owned();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{line}` in /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads a stream to its end: the events (checkpoints skipped) and the closing status.
+pub(crate) async fn drain(
+    s: &mut Streaming<pb::ConsentEvent>,
+) -> (Vec<pb::ConsentEvent>, tonic::Status) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut events = Vec::new();
+        loop {
+            match s.message().await {
+                Ok(Some(e)) if e.kind == EventKind::Checkpoint as i32 => {}
+                Ok(Some(e)) => events.push(e),
+                Ok(None) => panic!("stream ended without a status"),
+                Err(status) => return (events, status),
+            }
+        }
+    })
+    .await
+    .expect("stream did not end")
+}
+
+/// Reads until a checkpoint arrives; returns the events before it.
+pub(crate) async fn until_checkpoint(s: &mut Streaming<pb::ConsentEvent>) -> Vec<pb::ConsentEvent> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut events = Vec::new();
+        loop {
+            let e = s.message().await.unwrap().expect("stream ended");
+            if e.kind == EventKind::Checkpoint as i32 {
+                return events;
+            }
+            events.push(e);
+        }
+    })
+    .await
+    .expect("no checkpoint")
+}
+
+pub(crate) fn ids(events: &[pb::ConsentEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.evidence.as_ref().unwrap().message_id.clone())
+        .collect()
+}
+
+/// The resume cursor a resumable end carries, in its trailer and its message.
+pub(crate) fn resume_cursor(status: &tonic::Status) -> String {
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let cursor = status
+        .metadata()
+        .get(callgate::grpc_api::RESUME_AFTER_KEY)
+        .expect("no resume cursor in the trailer")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(status.message().contains(&cursor), "{}", status.message());
+    cursor
+}
+
+#[tokio::test]
+async fn issue9_3_subscriptions_over_the_cap_are_refused() {
+    let mut config = test_config();
+    config.max_subscriptions = 2;
+    let app = spawn_app_with(config, memory_store()).await;
+    let first = app.stream(pb::StreamGrantsRequest::default()).await;
+    let _second = app.stream(pb::StreamGrantsRequest::default()).await;
+    let refused = app
+        .grpc()
+        .await
+        .stream_grants(pb::StreamGrantsRequest::default())
+        .await
+        .expect_err("a third subscription was accepted");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // A closed subscription frees its place.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = app
+            .grpc()
+            .await
+            .stream_grants(pb::StreamGrantsRequest::default())
+            .await;
+        match again {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(tokio::time::Instant::now() < deadline, "place never freed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn issue9_3_a_subscriber_that_stops_reading_is_ended_with_its_resume_cursor() {
+    let mut config = test_config();
+    config.stream_stall_timeout = Duration::from_millis(300);
+    let app = spawn_app_with(config, memory_store()).await;
+    // A client that advertises a small window and then reads nothing.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled = ConsentAuthorityClient::new(channel)
+        .stream_grants(pb::StreamGrantsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // More than the window, HTTP/2's send buffer and the stream's queue hold.
+    let posted = post_grants(&app, "stall", 150).await;
+    wait_for_metric(&app, "callgate_stream_stalls_total 1").await;
+
+    // What the client got before the end, then a status with the cursor to resume from.
+    let (got, status) = drain(&mut stalled).await;
+    let cursor = resume_cursor(&status);
+    assert!(got.len() < posted.len(), "nothing was held back");
+    assert_eq!(got.last().map(|e| e.cursor.clone()), Some(cursor.clone()));
+    // Resuming there delivers exactly the rest.
+    let mut resumed = app
+        .stream(pb::StreamGrantsRequest {
+            resume_after: cursor,
+            ..Default::default()
+        })
+        .await;
+    let rest = until_checkpoint(&mut resumed).await;
+    let mut all = ids(&got);
+    all.extend(ids(&rest));
+    assert_eq!(all, posted);
 }
