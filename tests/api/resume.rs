@@ -4,7 +4,9 @@ use callgate::pb;
 use chrono::Utc;
 
 use crate::helpers::*;
-use crate::transport_limits::{drain, ids, post_grants, resume_cursor, until_checkpoint};
+use crate::transport_limits::{
+    drain, ids, post_grants, resume_cursor, small_window_client, until_checkpoint,
+};
 
 #[tokio::test]
 async fn issue9_5_resume_after_shutdown_misses_nothing() {
@@ -13,12 +15,16 @@ async fn issue9_5_resume_after_shutdown_misses_nothing() {
     let since = Utc::now() - chrono::Duration::seconds(1);
     // More than one store read's worth, so a replaying subscription has events queued inside.
     let posted = post_grants(&first, "shut", 700).await;
-    let mut stream = first
-        .stream(pb::StreamGrantsRequest {
+    // A client that reads slowly (a small HTTP/2 window): the server cannot push far ahead.
+    let mut stream = small_window_client(&first)
+        .await
+        .stream_grants(pb::StreamGrantsRequest {
             since: Some(callgate::grpc_api::timestamp(since)),
             ..Default::default()
         })
-        .await;
+        .await
+        .unwrap()
+        .into_inner();
     // One event read: the replay has started. Then shutdown, with most events still queued.
     let head = stream.message().await.unwrap().expect("stream ended");
     first.begin_stop();

@@ -7,6 +7,7 @@ use callgate::pb::{self, EventKind, consent_authority_client::ConsentAuthorityCl
 use chrono::Utc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 use crate::helpers::*;
@@ -88,6 +89,17 @@ pub(crate) async fn post_grants(app: &TestApp, prefix: &str, n: usize) -> Vec<St
         ids.push(id);
     }
     ids
+}
+
+/// A gRPC client whose HTTP/2 stream window is small: the server cannot push far ahead of it.
+pub(crate) async fn small_window_client(app: &TestApp) -> ConsentAuthorityClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    ConsentAuthorityClient::new(channel)
 }
 
 /// Polls `/metrics` (bounded) until `line` appears.
@@ -202,13 +214,8 @@ async fn issue9_3_a_subscriber_that_stops_reading_is_ended_with_its_resume_curso
     config.stream_stall_timeout = Duration::from_millis(300);
     let app = spawn_app_with(config, memory_store()).await;
     // A client that advertises a small window and then reads nothing.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc))
-        .unwrap()
-        .initial_stream_window_size(Some(1024))
-        .connect()
+    let mut stalled = small_window_client(&app)
         .await
-        .unwrap();
-    let mut stalled = ConsentAuthorityClient::new(channel)
         .stream_grants(pb::StreamGrantsRequest::default())
         .await
         .unwrap()
