@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -19,16 +19,18 @@ use tonic::{Request, Response, Status};
 pub use convert::{from_timestamp, timestamp};
 
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
-use crate::fanout::{Filter, Hub, Item, Subscription, SubscriptionError};
+use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
 use crate::metrics::{CheckAnswer, CheckRpc, Metrics, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
-use crate::store::{ConsentStore, Cursor, CursorError, StoreError, cursor_at};
+use crate::store::{ConsentStore, Cursor, CursorError, StoreError};
 
 /// Most pairs one CheckCallPermissions call may carry.
 pub const MAX_BATCH: usize = 1000;
 /// Messages queued per StreamGrants client before its pump waits (memory bound per stream,
 /// besides HTTP/2's own send buffer, [`crate::grpc_port::STREAM_SEND_BUFFER`]).
 const STREAM_BUFFER: usize = 16;
+/// How far ahead of the server's clock a `since` may be (clients' clocks drift a little).
+const MAX_SINCE_AHEAD: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 /// Trailer metadata key of the cursor a client resumes from after a resumable end.
 pub const RESUME_AFTER_KEY: &str = "callgate-resume-after";
 
@@ -200,18 +202,26 @@ impl Api {
         pb::consent_authority_server::ConsentAuthorityServer::new(self)
     }
 
-    fn start_cursor(&self, req: &pb::StreamGrantsRequest) -> Result<Option<Cursor>, ApiError> {
-        let shards = self.hub.shards();
+    fn start(&self, req: &pb::StreamGrantsRequest, now: DateTime<Utc>) -> Result<Start, ApiError> {
         if !req.resume_after.is_empty() {
-            let c = Cursor::parse(&req.resume_after, shards).map_err(StoreError::from)?;
-            return Ok(Some(c));
+            let c =
+                Cursor::parse(&req.resume_after, self.hub.shards()).map_err(StoreError::from)?;
+            return Ok(Start::After(c));
         }
         match &req.since {
-            None => Ok(None),
+            None => Ok(Start::Head),
             Some(ts) => {
                 let since = from_timestamp(ts)
                     .ok_or_else(|| ApiError::InvalidArgument("since: invalid timestamp".into()))?;
-                Ok(Some(cursor_at(shards, since)))
+                if since > now + MAX_SINCE_AHEAD {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "since: {} is in the future (server time {}); events cannot be \
+                         replayed from a time that has not come",
+                        since.to_rfc3339(),
+                        now.to_rfc3339()
+                    )));
+                }
+                Ok(Start::Since(since))
             }
         }
     }
@@ -277,7 +287,7 @@ impl ConsentAuthority for Api {
                     self.limits.max_subscriptions
                 ))
             })?;
-        let start = self.start_cursor(&req)?;
+        let start = self.start(&req, Utc::now())?;
         let sub = self
             .hub
             .subscribe(start, filter)

@@ -728,6 +728,46 @@ pub async fn several_decisions_in_one_call_are_all_recorded(b: &dyn Backend) {
     assert_eq!(store.record(&[], t).await.unwrap(), vec![]);
 }
 
+pub async fn issue9_5_events_of_different_pairs_come_back_in_recorded_order(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    // One after the other, as fast as they come: many share a millisecond, on different shards.
+    let mut recorded = Vec::new();
+    for n in 0..40u32 {
+        let d = decision(&pair(n), Choice::GrantPermanent, t, "m");
+        store.record(std::slice::from_ref(&d), now()).await.unwrap();
+        recorded.push(d);
+    }
+    // Read back in small pages (a resume at every step): still the recorded order.
+    let got: Vec<Decision> = all_events(&*store)
+        .await
+        .into_iter()
+        .map(|e| e.event.decision)
+        .collect();
+    assert_eq!(got, recorded);
+}
+
+pub async fn issue9_5_the_retained_log_starts_after_the_newest_trimmed_event(b: &dyn Backend) {
+    let store = b.with_retention(Duration::from_millis(300)).await;
+    assert_eq!(store.retained_from().await.unwrap(), zero(&*store));
+    let p = pair(1);
+    let first = decision(&p, Choice::GrantPermanent, now(), "first");
+    store.record(&[first], now()).await.unwrap();
+    // Retention is the subject here: let the first event age out of it.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let second = decision(&p, Choice::Deny, now(), "second");
+    store
+        .record(std::slice::from_ref(&second), now())
+        .await
+        .unwrap();
+    let start = store.retained_from().await.unwrap();
+    assert_ne!(start, zero(&*store));
+    assert_eq!(
+        kinds(&events_after(&*store, &start).await),
+        vec![(EventKind::Denied, second)]
+    );
+}
+
 /// Runs every listed test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -769,4 +809,6 @@ conformance!(
     cursor_before_trimmed_events_is_out_of_range,
     cursor_at_starts_at_the_first_event_since,
     several_decisions_in_one_call_are_all_recorded,
+    issue9_5_events_of_different_pairs_come_back_in_recorded_order,
+    issue9_5_the_retained_log_starts_after_the_newest_trimmed_event,
 );
