@@ -739,12 +739,13 @@ pub async fn issue9_5_events_of_different_pairs_come_back_in_recorded_order(b: &
         recorded.push(d);
     }
     // Read back in small pages (a resume at every step): still the recorded order.
-    let got: Vec<Decision> = all_events(&*store)
+    let customer = |d: &Decision| d.pair.customer.to_string();
+    let got: Vec<String> = all_events(&*store)
         .await
-        .into_iter()
-        .map(|e| e.event.decision)
+        .iter()
+        .map(|e| customer(&e.event.decision))
         .collect();
-    assert_eq!(got, recorded);
+    assert_eq!(got, recorded.iter().map(customer).collect::<Vec<_>>());
 }
 
 pub async fn issue9_5_the_retained_log_starts_after_the_newest_trimmed_event(b: &dyn Backend) {
