@@ -35,8 +35,11 @@ use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError, c
 
 /// How many events the ring keeps for subscribers that are a little behind, by default.
 pub const RING_CAPACITY: usize = 4096;
-/// Events fetched per store read.
+/// Events the tailer fetches per store read.
 const READ_BATCH: usize = 512;
+/// Events a subscription fetches per store read while replaying: its own copies, queued until
+/// its consumer takes them, so this is its memory bound (the ring's events are shared).
+const REPLAY_BATCH: usize = 32;
 /// How long one blocking read of the tailer waits before it checks for shutdown.
 const TAIL_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a failed store read before the tailer retries.
@@ -341,7 +344,7 @@ impl Subscription {
     async fn replay_batch(&mut self) -> Result<(), SubscriptionError> {
         let events = tokio::select! {
             _ = self.hub.shutdown.cancelled() => return Err(SubscriptionError::ShuttingDown),
-            r = self.hub.store.read_events(&self.cursor, READ_BATCH, Duration::ZERO) => r?,
+            r = self.hub.store.read_events(&self.cursor, REPLAY_BATCH, Duration::ZERO) => r?,
         };
         if events.is_empty() {
             self.replaying = false;

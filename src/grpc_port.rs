@@ -27,7 +27,7 @@ use tonic::codegen::Service;
 use tonic::service::Routes;
 
 /// Most bytes HTTP/2 queues for sending on one stream before the sender waits.
-pub const STREAM_SEND_BUFFER: usize = 16 * 1024;
+pub const STREAM_SEND_BUFFER: usize = 8 * 1024;
 /// What one stream may send us before we read it (requests are small).
 pub const STREAM_WINDOW: u32 = 64 * 1024;
 /// What one connection may send us before we read it.
