@@ -1,17 +1,16 @@
 //! callgate: the consent authority for outbound calls. See ARCHITECTURE.md for the map.
 
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod grpc_api;
-pub mod grpc_port;
-pub mod http_port;
+pub(crate) mod grpc_port;
+pub(crate) mod http_port;
 pub mod ingest;
-pub mod metrics;
-pub mod secret;
+pub(crate) mod metrics;
+pub(crate) mod secret;
 pub mod store;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.

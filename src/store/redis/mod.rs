@@ -102,6 +102,7 @@
 //! as misconfigured (the error says so): callgate does not run on an unverified policy.
 
 pub mod codec;
+mod inspect;
 pub mod keys;
 
 use std::fmt;
@@ -122,6 +123,7 @@ use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, Store
 use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
 use keys::Keys;
 
+pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
 pub use keys::SHARDS;
 
 const RECORD_LUA: &str = include_str!("record.lua");
