@@ -9,7 +9,7 @@
 //! - The **tailer** follows the log with blocking reads and publishes into a bounded broadcast
 //!   ring, then advances the hub's head. It never waits for subscribers.
 //! - A **[`Subscription`]** has a cursor: everything up to it was taken from the log (queued,
-//!   delivered, or filtered out); what it reports to its consumer ([`Subscription::cursor`]) is
+//!   delivered, or filtered out); what it reports to its consumer ([`Subscription::resume_cursor`]) is
 //!   the cursor of the last item actually returned, never one covering queued items.
 //!   It first replays from the store after its cursor, then follows the ring, skipping what it
 //!   already has. If it falls behind by more than the ring holds (a slow client), it goes back to
@@ -293,7 +293,7 @@ pub struct Subscription {
 impl Subscription {
     /// Where a consumer that has passed on every item returned so far resumes: never past an
     /// event still queued inside the subscription.
-    pub fn cursor(&self) -> &Cursor {
+    pub fn resume_cursor(&self) -> &Cursor {
         &self.delivered
     }
 

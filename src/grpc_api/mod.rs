@@ -347,7 +347,7 @@ async fn pump(
 ) {
     metrics.stream_opened();
     let _open = scopeguard(|| metrics.stream_closed());
-    let mut sent = sub.cursor().clone();
+    let mut sent = sub.resume_cursor().clone();
     let resumable = |why: String, cursor: &Cursor| {
         let mut status = Status::unavailable(format!("{why}; resume with resume_after = {cursor}"));
         if let Ok(value) = cursor.to_string().parse() {
