@@ -206,7 +206,12 @@ async fn readiness_turns_not_ready_if_eviction_is_enabled_while_running() {
         "{:?}",
         ready.body
     );
-    assert!(process.log_text().contains("maxmemory-policy"));
+    // The log is read from the process's pipe by another thread: wait for the line.
+    eventually("the refusal is logged", Duration::from_secs(5), || {
+        let logged = process.log_text().contains("maxmemory-policy");
+        async move { logged }
+    })
+    .await;
 }
 
 #[tokio::test]
