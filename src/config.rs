@@ -15,6 +15,7 @@ pub const ENV_GRPC_ADDR: &str = "CALLGATE_GRPC_ADDR";
 pub const ENV_REDIS_URL: &str = "CALLGATE_REDIS_URL";
 pub const ENV_REDIS_PREFIX: &str = "CALLGATE_REDIS_PREFIX";
 pub const ENV_REDIS_TIMEOUT_MS: &str = "CALLGATE_REDIS_TIMEOUT_MS";
+pub const ENV_REDIS_HEALTH_INTERVAL_MS: &str = "CALLGATE_REDIS_HEALTH_INTERVAL_MS";
 pub const ENV_TEMPORARY_GRANT_SECS: &str = "CALLGATE_TEMPORARY_GRANT_SECS";
 pub const ENV_EVENT_RETENTION_SECS: &str = "CALLGATE_EVENT_RETENTION_SECS";
 pub const ENV_CHECKPOINT_SECS: &str = "CALLGATE_CHECKPOINT_SECS";
@@ -37,6 +38,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
 pub const DEFAULT_REDIS_PREFIX: &str = "callgate";
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often the shared Redis connection is `PING`ed, so a wedged one is found while idle.
+pub const DEFAULT_REDIS_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// "Allow for 7 Days".
 pub const DEFAULT_TEMPORARY_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -79,6 +82,8 @@ pub struct Config {
     pub redis_prefix: String,
     /// A Redis call slower than this fails (closed).
     pub redis_timeout: Duration,
+    /// How often the shared Redis connection is health-`PING`ed (a wedged one is replaced).
+    pub redis_health_interval: Duration,
     /// Length of a temporary grant when the sender gives no expiry.
     pub temporary_grant: Duration,
     /// How long the event log keeps events for resuming subscribers.
@@ -193,6 +198,10 @@ impl Config {
             redis_prefix: raw(&None, ENV_REDIS_PREFIX)
                 .map_or_else(|| DEFAULT_REDIS_PREFIX.to_owned(), |(v, _)| v),
             redis_timeout: millis(ENV_REDIS_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT)?,
+            redis_health_interval: millis(
+                ENV_REDIS_HEALTH_INTERVAL_MS,
+                DEFAULT_REDIS_HEALTH_INTERVAL,
+            )?,
             temporary_grant: secs(ENV_TEMPORARY_GRANT_SECS, DEFAULT_TEMPORARY_GRANT)?,
             event_retention: secs(ENV_EVENT_RETENTION_SECS, DEFAULT_EVENT_RETENTION)?,
             checkpoint_interval: secs(ENV_CHECKPOINT_SECS, DEFAULT_CHECKPOINT)?,
@@ -265,6 +274,7 @@ mod tests {
         assert!(c.redis_url.is_none());
         assert_eq!(c.temporary_grant, Duration::from_secs(604_800));
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis_health_interval, Duration::from_secs(1));
         assert_eq!(c.log_format, LogFormat::Text);
     }
 
@@ -276,6 +286,7 @@ mod tests {
             (ENV_REDIS_URL, "redis://:pw@localhost:6379"),
             (ENV_TEMPORARY_GRANT_SECS, "1.5"),
             (ENV_REDIS_TIMEOUT_MS, "100"),
+            (ENV_REDIS_HEALTH_INTERVAL_MS, "400"),
             (ENV_LOG_FORMAT, "json"),
             (ENV_WEBHOOK_TOKENS, "old-token, new-token,"),
             (ENV_WHATSAPP_APP_SECRET, "app-secret"),
@@ -289,6 +300,7 @@ mod tests {
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:2000");
         assert_eq!(c.temporary_grant, Duration::from_millis(1500));
         assert_eq!(c.redis_timeout, Duration::from_millis(100));
+        assert_eq!(c.redis_health_interval, Duration::from_millis(400));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.webhook_tokens.len(), 2);
         assert_eq!(c.webhook_tokens[1].expose(), "new-token");
@@ -306,6 +318,7 @@ mod tests {
             (ENV_TEMPORARY_GRANT_SECS, "0"),
             (ENV_TEMPORARY_GRANT_SECS, "-5"),
             (ENV_REDIS_TIMEOUT_MS, "NaN"),
+            (ENV_REDIS_HEALTH_INTERVAL_MS, "0"),
             (ENV_LOG_FORMAT, "xml"),
             (ENV_HTTP_MAX_CONNECTIONS, "0"),
             (ENV_HTTP_MAX_CONNECTIONS, "many"),

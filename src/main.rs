@@ -124,6 +124,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 url: url.expose().to_owned(),
                 prefix: config.redis_prefix.clone(),
                 timeout: config.redis_timeout,
+                health_interval: config.redis_health_interval,
                 event_retention: config.event_retention,
             };
             let target = redis.redacted_url();

@@ -1,6 +1,7 @@
 //! All integration tests, in one binary: the real service on free loopback ports, driven over
 //! real sockets (HTTP in, gRPC out), against the in-memory store and a real `redis-server`.
 
+mod fault_proxy;
 mod helpers;
 mod process;
 mod redis_harness;
@@ -10,6 +11,7 @@ mod conformance;
 mod ingest;
 mod lifecycle;
 mod metrics;
+mod redis_faults;
 mod redis_store;
 mod replicas;
 mod resume;
