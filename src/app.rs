@@ -9,13 +9,14 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
 use crate::domain::DateRules;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
-use crate::grpc_api::Api;
 use crate::grpc_api::auth::{self, AuthSource, ClientsError, Guard};
+use crate::grpc_api::{Api, StreamLimits};
+use crate::grpc_port::{self, GrpcLimits};
 use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
@@ -23,17 +24,12 @@ use crate::pb;
 use crate::store::ConsentStore;
 use crate::tls::{self, Tls, TlsError};
 
-/// gRPC HTTP/2 keepalive: ping idle connections so dead peers (and their streams) are dropped.
-const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the gRPC health status is refreshed from the store.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Failures that stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     #[error("could not build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("webhook authentication settings: {0}")]
@@ -147,32 +143,31 @@ pub async fn run(
         config.shutdown_grace,
     ));
 
-    let grpc_stop = stop.clone();
-    let api = Guard::new(
-        Api::new(store.clone(), hub, metrics.clone()).into_server(),
-        auth,
-        metrics,
+    let api = Api::new(
+        store.clone(),
+        hub,
+        metrics.clone(),
+        StreamLimits {
+            max_subscriptions: config.max_subscriptions,
+            stall_timeout: config.stream_stall_timeout,
+        },
     );
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
-        .add_service(health_service)
+    let api = Guard::new(api.into_server(), auth, metrics);
+    let routes = Routes::new(health_service)
         .add_service(reflection)
-        .add_service(api);
-    let grpc_shutdown = async move { grpc_stop.cancelled().await };
-    let grpc = match &tls {
-        None => {
-            // `Server::tcp_nodelay` does not reach sockets of an incoming stream we hand over,
-            // so they get TCP_NODELAY here; without it, Nagle's algorithm stalls answers by
-            // ~40 ms.
-            let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
-        }
-        Some(tls) => {
-            let incoming = tls::grpc_incoming(listeners.grpc, tls.grpc.clone(), stop.clone());
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
-        }
-    };
+        .add_service(api)
+        .prepare();
+    let grpc = tokio::spawn(grpc_port::serve(
+        listeners.grpc,
+        routes,
+        GrpcLimits {
+            max_connections: config.grpc_max_connections,
+            max_streams_per_connection: config.grpc_max_streams_per_connection,
+        },
+        tls.as_ref().map(|t| t.grpc.clone()),
+        stop.clone(),
+        config.shutdown_grace,
+    ));
 
     let signal_stop = stop.clone();
     tokio::spawn(async move {
@@ -181,25 +176,11 @@ pub async fn run(
         signal_stop.cancel();
     });
 
-    let mut grpc = grpc;
-    let grace = config.shutdown_grace;
-    // The gRPC server ends by itself once every RPC has finished; a stream whose client stopped
-    // reading may not, so the grace period bounds the wait.
-    let grpc_result = tokio::select! {
-        r = &mut grpc => Some(r),
-        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => None,
-    };
-    stop.cancel();
-    let _ = tokio::time::timeout(grace, http).await;
-    match grpc_result {
-        Some(Ok(r)) => r?,
-        Some(Err(join)) => tracing::error!(error = %join, "gRPC server task failed"),
-        None => {
-            tracing::warn!(
-                ?grace,
-                "gRPC calls still open after the grace period; closing"
-            );
-            grpc.abort();
+    // Each port drains within the grace period by itself once `stop` is cancelled.
+    let (http, grpc) = tokio::join!(http, grpc);
+    for (port, result) in [("http", http), ("grpc", grpc)] {
+        if let Err(join) = result {
+            tracing::error!(port, error = %join, "server task failed");
         }
     }
     tracing::info!("stopped");

@@ -29,6 +29,10 @@ pub const ENV_LOG_FORMAT: &str = "CALLGATE_LOG_FORMAT";
 pub const ENV_HTTP_HEADER_TIMEOUT_MS: &str = "CALLGATE_HTTP_HEADER_TIMEOUT_MS";
 pub const ENV_HTTP_BODY_TIMEOUT_MS: &str = "CALLGATE_HTTP_BODY_TIMEOUT_MS";
 pub const ENV_HTTP_MAX_CONNECTIONS: &str = "CALLGATE_HTTP_MAX_CONNECTIONS";
+pub const ENV_GRPC_MAX_CONNECTIONS: &str = "CALLGATE_GRPC_MAX_CONNECTIONS";
+pub const ENV_GRPC_MAX_STREAMS_PER_CONNECTION: &str = "CALLGATE_GRPC_MAX_STREAMS_PER_CONNECTION";
+pub const ENV_MAX_SUBSCRIPTIONS: &str = "CALLGATE_MAX_SUBSCRIPTIONS";
+pub const ENV_STREAM_STALL_TIMEOUT_MS: &str = "CALLGATE_STREAM_STALL_TIMEOUT_MS";
 pub const ENV_WEBHOOK_TOKENS: &str = "CALLGATE_WEBHOOK_TOKENS";
 pub const ENV_WEBHOOK_AUTH_HEADER: &str = "CALLGATE_WEBHOOK_AUTH_HEADER";
 pub const ENV_WHATSAPP_VERIFY_TOKEN: &str = "CALLGATE_WHATSAPP_VERIFY_TOKEN";
@@ -61,6 +65,10 @@ pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_API_CLIENTS_RELOAD: Duration = Duration::from_secs(10);
 /// How often the TLS files are checked for a replacement.
 pub const DEFAULT_TLS_RELOAD: Duration = Duration::from_secs(10);
+pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+pub const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +126,16 @@ pub struct Config {
     pub http_body_timeout: Duration,
     /// Most HTTP connections served at once; more wait in the listen backlog.
     pub http_max_connections: usize,
+    /// Most gRPC connections served at once; more wait in the listen backlog.
+    pub grpc_max_connections: usize,
+    /// Most concurrent HTTP/2 streams (RPCs) one gRPC connection may open.
+    pub grpc_max_streams_per_connection: u32,
+    /// Most StreamGrants subscriptions open at once on this replica; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_subscriptions: usize,
+    /// A StreamGrants client that takes nothing for this long is ended with `UNAVAILABLE`
+    /// carrying its resume cursor.
+    pub stream_stall_timeout: Duration,
     /// Shared secrets accepted on `/webhooks/doubletick` (several, so they can rotate).
     pub webhook_tokens: Vec<Secret>,
     /// A header that may carry a webhook secret, besides `Authorization`.
@@ -192,17 +210,15 @@ impl Config {
         let secs = |name: &'static str, default: Duration| duration(raw(&None, name), default, 1.0);
         let millis =
             |name: &'static str, default: Duration| duration(raw(&None, name), default, 0.001);
-        let http_max_connections = match raw(&None, ENV_HTTP_MAX_CONNECTIONS) {
-            None => DEFAULT_HTTP_MAX_CONNECTIONS,
-            Some((value, name)) => match value.trim().parse::<usize>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(ConfigError {
-                        name,
-                        value,
-                        problem: "must be a whole number greater than zero".into(),
-                    });
-                }
+        let count = |name: &'static str, default: usize| match raw(&None, name) {
+            None => Ok(default),
+            Some((value, name)) => match value.trim().parse::<u32>() {
+                Ok(n) if n > 0 => Ok(n as usize),
+                _ => Err(ConfigError {
+                    name,
+                    value,
+                    problem: "must be a whole number greater than zero".into(),
+                }),
             },
         };
         let redis_url = raw(&flags.redis_url, ENV_REDIS_URL).map(|(v, _)| Secret::new(v));
@@ -224,6 +240,13 @@ impl Config {
                 problem: "must be a whole number (0 or more)".into(),
             })?,
         };
+        let http_max_connections = count(ENV_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_CONNECTIONS)?;
+        let grpc_max_connections = count(ENV_GRPC_MAX_CONNECTIONS, DEFAULT_GRPC_MAX_CONNECTIONS)?;
+        let grpc_max_streams_per_connection = count(
+            ENV_GRPC_MAX_STREAMS_PER_CONNECTION,
+            DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION as usize,
+        )? as u32;
+        let max_subscriptions = count(ENV_MAX_SUBSCRIPTIONS, DEFAULT_MAX_SUBSCRIPTIONS)?;
         let log_format = match raw(&None, ENV_LOG_FORMAT) {
             None => LogFormat::Text,
             Some((value, name)) => value.parse().map_err(|problem| ConfigError {
@@ -280,6 +303,13 @@ impl Config {
             http_header_timeout: millis(ENV_HTTP_HEADER_TIMEOUT_MS, DEFAULT_HTTP_HEADER_TIMEOUT)?,
             http_body_timeout: millis(ENV_HTTP_BODY_TIMEOUT_MS, DEFAULT_HTTP_BODY_TIMEOUT)?,
             http_max_connections,
+            grpc_max_connections,
+            grpc_max_streams_per_connection,
+            max_subscriptions,
+            stream_stall_timeout: millis(
+                ENV_STREAM_STALL_TIMEOUT_MS,
+                DEFAULT_STREAM_STALL_TIMEOUT,
+            )?,
             webhook_tokens: raw(&None, ENV_WEBHOOK_TOKENS)
                 .map(|(v, _)| Secret::parse_list(&v))
                 .unwrap_or_default(),
@@ -427,6 +457,10 @@ mod tests {
             (ENV_TLS_KEY, "key.pem"),
             (ENV_TLS_CLIENT_CA, "ca.pem"),
             (ENV_TLS_RELOAD_SECS, "0"),
+            (ENV_GRPC_MAX_CONNECTIONS, "0"),
+            (ENV_GRPC_MAX_STREAMS_PER_CONNECTION, "-1"),
+            (ENV_MAX_SUBSCRIPTIONS, "lots"),
+            (ENV_STREAM_STALL_TIMEOUT_MS, "0"),
         ];
         for (name, value) in cases {
             let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();

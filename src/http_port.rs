@@ -16,6 +16,13 @@
 //! Defences for a port facing the internet: the body is capped at [`MAX_BODY`] (checked against
 //! `Content-Length` before reading, and while reading), headers and body must arrive within a
 //! deadline, and the number of open connections is capped.
+//!
+//! The port speaks HTTP/1.1 only (webhook senders and probes all do). Every connection must make
+//! progress from the moment it is accepted: the header deadline runs from accept for the first
+//! request and from the end of the previous response for the next one, so a socket that never
+//! sends a byte, or a kept-alive connection that goes quiet, is closed within
+//! `header_timeout`. An HTTP/2 preface is refused like any malformed request: HTTP/2 would let
+//! one connection carry many requests past the connection cap, outside these deadlines.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,8 +33,8 @@ use chrono::{DateTime, Utc};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -231,9 +238,11 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: hyper's header deadline starts when it first polls for a request head,
+    // which is at once for a new connection (no protocol sniffing that waits for bytes first)
+    // and right after each response on a kept-alive one.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(state.limits.header_timeout);
     let graceful = GracefulShutdown::new();
@@ -279,7 +288,7 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
             let conn = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
             drop(permit);

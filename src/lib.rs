@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod grpc_api;
+pub(crate) mod grpc_port;
 pub(crate) mod http_port;
 pub mod ingest;
 pub(crate) mod metrics;

@@ -212,6 +212,8 @@ pub struct Metrics {
     store_errors: [AtomicU64; 6],
     open_streams: AtomicI64,
     stream_events: AtomicU64,
+    /// StreamGrants streams ended because their client stopped reading.
+    stream_stalls: AtomicU64,
     expired: AtomicU64,
 }
 
@@ -270,6 +272,10 @@ impl Metrics {
 
     pub fn stream_event(&self) {
         self.stream_events.fetch_add(1, Relaxed);
+    }
+
+    pub fn stream_stalled(&self) {
+        self.stream_stalls.fetch_add(1, Relaxed);
     }
 
     pub fn expired(&self, n: usize) {
@@ -372,7 +378,7 @@ impl Metrics {
             let _ = writeln!(out, "callgate_store_errors_total{{op=\"{op}\"}} {n}");
         }
 
-        let gauges: [(&str, &str, &str, i64); 4] = [
+        let gauges: [(&str, &str, &str, i64); 5] = [
             (
                 "callgate_open_streams",
                 "gauge",
@@ -384,6 +390,12 @@ impl Metrics {
                 "counter",
                 "Events sent to StreamGrants subscribers.",
                 self.stream_events.load(Relaxed) as i64,
+            ),
+            (
+                "callgate_stream_stalls_total",
+                "counter",
+                "StreamGrants streams ended because their client stopped reading.",
+                self.stream_stalls.load(Relaxed) as i64,
             ),
             (
                 "callgate_stream_catch_ups_total",

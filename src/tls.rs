@@ -22,23 +22,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsFiles;
 
 /// A gRPC client must finish its TLS handshake within this time.
 pub const GRPC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most gRPC TLS handshakes in progress at once; more connections wait in the backlog.
-const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Why the TLS files could not be used. Names the file; never holds key material.
 #[derive(Debug, thiserror::Error)]
@@ -275,57 +271,7 @@ pub async fn watch(tls: Tls, every: Duration, stop: CancellationToken) {
     }
 }
 
-/// The gRPC port's connections over TLS: accepts on `listener`, completes each handshake in
-/// its own task within [`GRPC_HANDSHAKE_TIMEOUT`], and yields the finished ones until `stop`.
-pub fn grpc_incoming(
-    listener: TcpListener,
-    port: Arc<TlsPort>,
-    stop: CancellationToken,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = mpsc::channel(MAX_PENDING_HANDSHAKES);
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                _ = stop.cancelled() => return,
-                p = pending.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tx.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            // Without TCP_NODELAY, Nagle's algorithm stalls answers by ~40 ms.
-            let _ = stream.set_nodelay(true);
-            let port = port.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match port.handshake(stream, GRPC_HANDSHAKE_TIMEOUT).await {
-                    Ok(tls) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed");
-                    }
-                }
-                drop(permit);
-            });
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// A connection of the HTTP port: plain TCP, or TLS when configured.
+/// A connection of either port: plain TCP, or TLS when configured.
 pub enum MaybeTls {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),

@@ -13,21 +13,21 @@ mod convert;
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use tokio::sync::mpsc;
+use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 pub use convert::{from_timestamp, timestamp};
 
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
-use crate::fanout::{Filter, Hub, Item, SubscriptionError};
+use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
 use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
-use crate::store::{ConsentStore, Cursor, CursorError, StoreError, cursor_at};
+use crate::store::{ConsentStore, Cursor, CursorError, StoreError};
 use auth::Caller;
 
 /// Most pairs one CheckCallPermissions call may carry.
@@ -37,8 +37,22 @@ pub const DEFAULT_HISTORY_PAGE: usize = 100;
 /// Most GetConsentHistory entries per page (larger requests get this many). With every
 /// evidence field bounded at the edge, a full page stays far below gRPC's 4 MiB default.
 pub const MAX_HISTORY_PAGE: usize = 1000;
-/// Items buffered per StreamGrants client before its pump waits (memory bound per stream).
-const STREAM_BUFFER: usize = 64;
+/// Messages queued per StreamGrants client before its pump waits (memory bound per stream,
+/// besides HTTP/2's own send buffer, [`crate::grpc_port::STREAM_SEND_BUFFER`]).
+const STREAM_BUFFER: usize = 16;
+/// How far ahead of the server's clock a `since` may be (clients' clocks drift a little).
+const MAX_SINCE_AHEAD: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// Trailer metadata key of the cursor a client resumes from after a resumable end.
+pub const RESUME_AFTER_KEY: &str = "callgate-resume-after";
+
+/// Limits of StreamGrants on one replica.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// Most subscriptions open at once; more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_subscriptions: usize,
+    /// A client that takes no message for this long is ended with a resumable `UNAVAILABLE`.
+    pub stall_timeout: Duration,
+}
 
 /// Everything that can fail in an RPC, mapped to a `Status` in one `match`.
 #[derive(Debug, thiserror::Error)]
@@ -129,14 +143,24 @@ pub struct Api {
     store: Arc<dyn ConsentStore>,
     hub: Hub,
     metrics: Arc<Metrics>,
+    limits: StreamLimits,
+    /// One permit per open StreamGrants subscription.
+    subscriptions: Arc<Semaphore>,
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn ConsentStore>, hub: Hub, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn ConsentStore>,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        limits: StreamLimits,
+    ) -> Self {
         Api {
             store,
             hub,
             metrics,
+            subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions)),
+            limits,
         }
     }
 
@@ -275,18 +299,26 @@ impl Api {
         pb::consent_authority_server::ConsentAuthorityServer::new(self)
     }
 
-    fn start_cursor(&self, req: &pb::StreamGrantsRequest) -> Result<Option<Cursor>, ApiError> {
-        let shards = self.hub.shards();
+    fn start(&self, req: &pb::StreamGrantsRequest, now: DateTime<Utc>) -> Result<Start, ApiError> {
         if !req.resume_after.is_empty() {
-            let c = Cursor::parse(&req.resume_after, shards).map_err(StoreError::from)?;
-            return Ok(Some(c));
+            let c =
+                Cursor::parse(&req.resume_after, self.hub.shards()).map_err(StoreError::from)?;
+            return Ok(Start::After(c));
         }
         match &req.since {
-            None => Ok(None),
+            None => Ok(Start::Head),
             Some(ts) => {
                 let since = from_timestamp(ts)
                     .ok_or_else(|| ApiError::InvalidArgument("since: invalid timestamp".into()))?;
-                Ok(Some(cursor_at(shards, since)))
+                if since > now + MAX_SINCE_AHEAD {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "since: {} is in the future (server time {}); events cannot be \
+                         replayed from a time that has not come",
+                        since.to_rfc3339(),
+                        now.to_rfc3339()
+                    )));
+                }
+                Ok(Start::Since(since))
             }
         }
     }
@@ -354,47 +386,37 @@ impl ConsentAuthority for Api {
             include_denials: req.include_denials,
             include_expiries: req.include_expiries,
         };
-        let start = self.start_cursor(&req)?;
-        let mut sub = self
+        let permit = self
+            .subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} StreamGrants subscriptions are open on this replica (its limit); retry \
+                 later or on another replica",
+                    self.limits.max_subscriptions
+                ))
+            })?;
+        let start = self.start(&req, Utc::now())?;
+        let sub = self
             .hub
             .subscribe(start, filter)
             .await
             .map_err(self.store_failed(StoreOp::Events))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            metrics.stream_opened();
-            let _open = scopeguard(|| metrics.stream_closed());
-            loop {
-                let next = tokio::select! {
-                    // The client went away: stop reading for it.
-                    _ = tx.closed() => return,
-                    n = sub.next() => n,
-                };
-                let msg = match next {
-                    Ok(Item::Event(e, cursor)) => {
-                        metrics.stream_event();
-                        Ok(convert::event(&e, &cursor))
-                    }
-                    Ok(Item::Checkpoint(cursor)) => Ok(convert::checkpoint(&cursor)),
-                    Err(SubscriptionError::ShuttingDown) => Err(Status::unavailable(format!(
-                        "server shutting down; resume with resume_after = {}",
-                        sub.cursor()
-                    ))),
-                    Err(SubscriptionError::Store(e)) => {
-                        if !matches!(e, StoreError::Cursor(_)) {
-                            metrics.store_error(StoreOp::Events);
-                        }
-                        Err(Status::from(ApiError::Store(e)))
-                    }
-                };
-                let end = msg.is_err();
-                if tx.send(msg).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let (end_tx, end) = oneshot::channel();
+        tokio::spawn(pump(
+            sub,
+            tx,
+            end_tx,
+            self.metrics.clone(),
+            self.limits.stall_timeout,
+            permit,
+        ));
+        Ok(Response::new(Box::pin(Delivery {
+            items: rx,
+            end: Some(end),
+        })))
     }
 
     async fn get_consent_history(
@@ -447,6 +469,110 @@ fn page_start(token: &str) -> Result<usize, ApiError> {
         .and_then(|n| n.parse::<u32>().ok())
         .map(|n| n as usize)
         .ok_or_else(|| ApiError::InvalidArgument("page_token: not a token this API gave".into()))
+}
+
+/// Feeds one StreamGrants client from its subscription until the client leaves, stalls, or the
+/// subscription ends.
+///
+/// The cursor a client is told to resume from is the cursor of the last message the pump
+/// handed to the client's stream, never one covering messages still queued in the
+/// subscription: the closing status travels behind every message already handed over, so a
+/// client that reads it has received everything that cursor covers.
+async fn pump(
+    mut sub: Subscription,
+    tx: mpsc::Sender<pb::ConsentEvent>,
+    end: oneshot::Sender<Status>,
+    metrics: Arc<Metrics>,
+    stall: Duration,
+    _permit: OwnedSemaphorePermit,
+) {
+    metrics.stream_opened();
+    let _open = scopeguard(|| metrics.stream_closed());
+    let mut sent = sub.resume_cursor().clone();
+    let resumable = |why: String, cursor: &Cursor| {
+        let mut status = Status::unavailable(format!("{why}; resume with resume_after = {cursor}"));
+        if let Ok(value) = cursor.to_string().parse() {
+            status.metadata_mut().insert(RESUME_AFTER_KEY, value);
+        }
+        status
+    };
+    loop {
+        let next = tokio::select! {
+            // The client went away: stop reading for it.
+            _ = tx.closed() => return,
+            n = sub.next() => n,
+        };
+        let (msg, cursor, is_event) = match next {
+            Ok(Item::Event(e, cursor)) => (convert::event(&e, &cursor), cursor, true),
+            Ok(Item::Checkpoint(cursor)) => (convert::checkpoint(&cursor), cursor, false),
+            Err(SubscriptionError::ShuttingDown) => {
+                let _ = end.send(resumable("server shutting down".into(), &sent));
+                return;
+            }
+            Err(SubscriptionError::Store(e)) => {
+                if !matches!(e, StoreError::Cursor(_)) {
+                    metrics.store_error(StoreOp::Events);
+                }
+                let _ = end.send(Status::from(ApiError::Store(e)));
+                return;
+            }
+        };
+        let handed = tokio::select! {
+            r = tokio::time::timeout(stall, tx.send(msg)) => r,
+            _ = sub.stopping() => {
+                let _ = end.send(resumable("server shutting down".into(), &sent));
+                return;
+            }
+        };
+        match handed {
+            Ok(Ok(())) => {
+                sent = cursor;
+                if is_event {
+                    metrics.stream_event();
+                }
+            }
+            Ok(Err(_)) => return, // the client left
+            Err(_) => {
+                metrics.stream_stalled();
+                tracing::info!(
+                    ?stall,
+                    "StreamGrants client stopped reading; ending its stream"
+                );
+                let why = format!("client read nothing for {stall:?}");
+                let _ = end.send(resumable(why, &sent));
+                return;
+            }
+        }
+    }
+}
+
+/// The response stream of StreamGrants: the pump's messages, then its closing status if any.
+struct Delivery {
+    items: mpsc::Receiver<pb::ConsentEvent>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for Delivery {
+    type Item = Result<pb::ConsentEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.items.poll_recv(cx) {
+            Poll::Ready(Some(msg)) => return Poll::Ready(Some(Ok(msg))),
+            Poll::Pending => return Poll::Pending,
+            // The pump is done and every message was taken: the closing status, if any.
+            Poll::Ready(None) => {}
+        }
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(end).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(status) => {
+                self.end = None;
+                Poll::Ready(status.ok().map(Err))
+            }
+        }
+    }
 }
 
 /// Runs `f` when dropped: keeps the open-streams gauge right however the pump task ends.

@@ -258,6 +258,10 @@ impl ConsentStore for MemoryStore {
         Ok(Cursor::uniform(1, self.read().last_id))
     }
 
+    async fn retained_from(&self) -> Result<Cursor, StoreError> {
+        Ok(Cursor::uniform(1, self.read().max_deleted))
+    }
+
     async fn claim_expired(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let now_ms = now.timestamp_millis();
         let (claimed, head) = {

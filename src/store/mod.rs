@@ -189,7 +189,8 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// Number of event-log shards; every cursor of this store has this many positions.
     fn shards(&self) -> usize;
 
-    /// Events strictly after `after`, at most `limit`, in log order (per shard). If there are none
+    /// Events strictly after `after`, at most `limit`, in log order: the shards merged by event id,
+    /// which is the order events were logged (ties, within one clock tick, by shard). If there are none
     /// yet, waits up to `wait` for one. Fails with [`CursorError::OutOfRange`] if events after
     /// the cursor were already trimmed away.
     async fn read_events(
@@ -201,6 +202,10 @@ pub trait ConsentStore: Send + Sync + 'static {
 
     /// The position just after the newest event.
     async fn head(&self) -> Result<Cursor, StoreError>;
+
+    /// Where the retained log starts: per shard, the newest event trimmed away (zero if none).
+    /// Every event after it is still readable.
+    async fn retained_from(&self) -> Result<Cursor, StoreError>;
 
     /// Turns temporary grants that lapsed at or before `now`, and are still current, into one
     /// `Expired` event each. Safe to call from every replica at once: each lapse is claimed once.

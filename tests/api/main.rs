@@ -18,6 +18,8 @@ mod metrics;
 mod redis_faults;
 mod redis_store;
 mod replicas;
+mod resume;
 mod security;
 mod stream;
 mod tls;
+mod transport_limits;

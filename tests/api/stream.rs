@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callgate::fanout::{Filter, Hub, HubConfig, Item};
+use callgate::fanout::{Filter, Hub, HubConfig, Item, Start};
 use callgate::pb::{self, EventKind};
 use callgate::store::ConsentStore;
 use callgate::store::memory::{MemoryConfig, MemoryStore};
@@ -363,8 +363,8 @@ async fn a_slow_subscriber_falls_back_to_the_store_instead_of_buffering() {
         },
         stop.clone(),
     );
-    let mut slow = hub.subscribe(None, Filter::default()).await.unwrap();
-    let mut fast = hub.subscribe(None, Filter::default()).await.unwrap();
+    let mut slow = hub.subscribe(Start::Head, Filter::default()).await.unwrap();
+    let mut fast = hub.subscribe(Start::Head, Filter::default()).await.unwrap();
     let t = Utc::now();
     let fast_reader = tokio::spawn(async move {
         let mut seen = Vec::new();

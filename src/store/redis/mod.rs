@@ -69,8 +69,11 @@
 //!
 //! # The event log
 //!
-//! One stream per shard; event ids are the Redis stream ids (`<ms>-<seq>`, server time), so
-//! [`cursor_at`](crate::store::cursor_at) works. Every `XADD` trims exactly (`MINID =`, not `~`)
+//! One stream per shard; event ids are the Redis stream ids, set by the scripts to
+//! `<ms>-<microsecond within the ms>` of the server's clock (or the stream's newest id plus one
+//! if that would not be greater), so [`cursor_at`](crate::store::cursor_at) works and events
+//! of different shards sort by id in the order they were logged;
+//! [`read_events`](RedisStore::read_events) merges the shards by id. Every `XADD` trims exactly (`MINID =`, not `~`)
 //! to [`RedisConfig::event_retention`]. A cursor is out of range when it is older than an event
 //! that was trimmed away. Redis 7.0 does not record that (`XINFO STREAM`'s
 //! `max-deleted-entry-id` only follows `XDEL`, not trimming), so the scripts keep the newest
@@ -1410,11 +1413,43 @@ impl ConsentStore for RedisStore {
             }
             Backend::Cluster { .. } => self.read_events_cluster(after, limit, wait).await?,
         };
-        // COUNT applies per stream. Keeping the first `limit` in (id, shard) order keeps a
+        // Merge the shards by log position: ids are stamped by the masters' clocks (one clock
+        // on a standalone Redis), so (id, shard) order is the order events were logged. COUNT
+        // applies per stream; the first `limit` of the merge are all among the shards' first
+        // `limit`, and they keep a
         // prefix of every shard's events, so a cursor advanced over them misses nothing.
         events.sort_by_key(|e| (e.id, e.shard));
         events.truncate(limit);
         Ok(events)
+    }
+
+    async fn retained_from(&self) -> Result<Cursor, StoreError> {
+        let trimmed: Vec<Option<String>> = if self.is_cluster() {
+            // One slot per shard: one GET each, all at once.
+            all(0..SHARDS, |s| {
+                let mut get = redis::cmd("GET");
+                get.arg(&self.trimmed[s]);
+                async move { self.read_cmd::<Option<String>>(Route::Shard(s), &get).await }
+            })
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?
+        } else {
+            self.read_cmd(Route::Keyless, redis::cmd("MGET").arg(&self.trimmed))
+                .await?
+        };
+        if trimmed.len() != SHARDS {
+            return Err(corrupt_reply("MGET trimmed"));
+        }
+        let ids = trimmed
+            .iter()
+            .map(|id| match id {
+                None => Ok(StreamId::ZERO),
+                Some(id) => StreamId::parse(id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Cursor::from_ids(ids))
     }
 
     async fn head(&self) -> Result<Cursor, StoreError> {
