@@ -263,8 +263,10 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
     let mut cluster = tokio::task::spawn_blocking(RedisCluster::start)
         .await
         .unwrap();
-    let (process_a, api_a) = callgate_on(&cluster, &[]);
-    let (process_b, api_b) = callgate_on(&cluster, &[("CALLGATE_REDIS_REPLICA_ACKS", "1")]);
+    // "Allow for 7 Days" lasts 1.5 s here, so grants lapse during the failover.
+    let short = ("CALLGATE_TEMPORARY_GRANT_SECS", "1.5");
+    let (process_a, api_a) = callgate_on(&cluster, &[short]);
+    let (process_b, api_b) = callgate_on(&cluster, &[short, ("CALLGATE_REDIS_REPLICA_ACKS", "1")]);
     let (api_a, api_b) = (Arc::new(api_a), Arc::new(api_b));
     let keys = Keys::new("callgate");
     let victim_slot = keys.slot(0);
@@ -441,6 +443,20 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
     // Steady load for a second; then one decision acknowledged by each process on the
     // victim's shards, and at once kill -9 of the victim.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // A temporary grant per shard (replica-acknowledged), lapsing ~1.5 s later: on the dead
+    // master's shards, while no master serves them; both processes sweep every 100 ms.
+    let lapses_since = Utc::now();
+    for shard in 0..SHARDS {
+        let body = doubletick(
+            BUSINESS,
+            &customer_in_shard(shard, 0, 9_300_000_000),
+            &format!("lapse{shard}"),
+            Utc::now(),
+            "accept",
+            Some(false),
+        );
+        assert_eq!(api_b.post_doubletick(body).await.status, 200);
+    }
     let last_words: Vec<(String, bool)> = vec![
         (customer_in_shard(0, 0, 9_500_000_000), false),
         (customer_in_shard(0, 1, 9_500_000_000), true),
@@ -654,6 +670,42 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
     );
     assert_eq!(duplicates, 0, "StreamGrants delivered an event twice");
     assert!(missing.is_empty(), "StreamGrants gap: {missing:?}");
+
+    // Exactly one EXPIRED per lapse, across the failover and two sweeping processes.
+    let mut expiries = api_a
+        .stream(pb::StreamGrantsRequest {
+            include_expiries: true,
+            since: Some(callgate::grpc_api::timestamp(lapses_since)),
+            ..Default::default()
+        })
+        .await;
+    let mut expired: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut quiet, deadline) = (0, Instant::now() + Duration::from_secs(15));
+    while quiet < 2 && Instant::now() < deadline {
+        let Ok(Ok(Some(e))) =
+            tokio::time::timeout(Duration::from_secs(5), expiries.message()).await
+        else {
+            break;
+        };
+        if e.kind == pb::EventKind::Checkpoint as i32 {
+            // Two quiet checkpoints once every lapse has been announced.
+            if expired.len() == SHARDS {
+                quiet += 1;
+            }
+        } else if e.kind == pb::EventKind::Expired as i32 {
+            let id = e.evidence.as_ref().unwrap().message_id.clone();
+            *expired.entry(id).or_default() += 1;
+        }
+    }
+    println!(
+        "EXPIRED events per lapse (18 lapses, 6 of them on the dead master's shards, due during the failover): {:?}",
+        expired.values().collect::<Vec<_>>()
+    );
+    assert_eq!(expired.len(), SHARDS, "lapses never announced: {expired:?}");
+    assert!(
+        expired.values().all(|n| *n == 1),
+        "a lapse announced more than once: {expired:?}"
+    );
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .unwrap();
