@@ -1,14 +1,10 @@
-//! The two ways callgate reaches Redis, behind one small type: [`Conn`].
+//! How callgate reaches a Redis Cluster (a standalone Redis is reached through `connection`).
 //!
-//! - [`Conn::Single`]: one Redis (or a primary with replicas), through a redis-rs
-//!   [`ConnectionManager`] (one multiplexed connection, reconnecting on its own).
-//! - [`Conn::Cluster`]: a Redis Cluster, through a redis-rs cluster connection (one multiplexed
-//!   connection per node, routing each command or pipeline by its first key's slot, following
-//!   `MOVED`/`ASK` and refreshing the slot map after a failover).
-//!
-//! Both implement redis-rs's `ConnectionLike`, so the store sends commands the same way to
-//! either; what differs (pipelines must stay in one slot on a cluster, keyless commands go to
-//! every master) is decided in the store by [`Conn::is_cluster`].
+//! [`Conn`] is a redis-rs cluster connection (one multiplexed connection per node, routing each
+//! command or pipeline by its first key's slot, following `MOVED`/`ASK` and refreshing the slot
+//! map after a failover) that replaces itself when it keeps failing; [`Lanes`] gives each
+//! master's shards a `Conn` of their own. Pipelines must stay in one slot, and keyless commands
+//! go to every master: the store decides that (`RedisStore`'s `Backend::Cluster`).
 //!
 //! redis-rs's cluster defaults are not callgate's: 16 retries, a 1 s connection timeout and no
 //! response timeout. Here every bound derives from `CALLGATE_REDIS_TIMEOUT_MS` (see
@@ -31,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
@@ -130,7 +126,7 @@ pub enum ConnectError {
 /// [`keys`](super::keys)) has a cluster connection of its own, never used for another
 /// master's shards, plus one for keyless commands (`PING`, `CONFIG GET`, `SCRIPT LOAD`, sent
 /// to every master). On a cluster laid out otherwise, routing stays correct; only the
-/// isolation is weaker. On a standalone Redis all lanes are one connection.
+/// isolation is weaker.
 #[derive(Clone)]
 pub struct Lanes {
     /// One per third of the shards, then the keyless lane.
@@ -139,13 +135,6 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    pub fn single(conn: Conn) -> Self {
-        Lanes {
-            lanes: vec![conn],
-            shards_per_lane: usize::MAX,
-        }
-    }
-
     /// `by_third` (3 connections) and `keyless`.
     pub fn cluster(by_third: Vec<Conn>, keyless: Conn, shards: usize) -> Self {
         let per = shards.div_ceil(by_third.len().max(1));
@@ -157,78 +146,54 @@ impl Lanes {
         }
     }
 
-    pub fn is_cluster(&self) -> bool {
-        self.lanes[0].is_cluster()
-    }
-
     /// The connection for the keys of `shard`.
     pub fn shard(&self, shard: usize) -> &Conn {
         let last = self.lanes.len().saturating_sub(2);
         &self.lanes[(shard / self.shards_per_lane).min(last)]
     }
 
-    /// The connection for keyless commands (and, standalone, for everything).
+    /// The connection for keyless commands.
     pub fn keyless(&self) -> &Conn {
         self.lanes.last().expect("at least one lane")
     }
 }
 
-/// A connection to a standalone Redis or to a Redis Cluster. Cheap to clone: clones share the
-/// underlying connections.
+/// A cluster connection that replaces itself when its calls keep failing. Cheap to clone:
+/// clones share the underlying connections.
 #[derive(Clone)]
-pub enum Conn {
-    Single(ConnectionManager),
-    Cluster(Arc<ClusterHandle>),
-}
+pub struct Conn(pub Arc<ClusterHandle>);
 
 impl Conn {
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Conn::Cluster(_))
-    }
-
-    /// A call on this connection failed or timed out. On a cluster, may replace the
-    /// connection (see the module docs); a `ConnectionManager` reconnects by itself.
+    /// A call on this connection failed or timed out: the connection may be replaced (see the
+    /// module docs).
     pub fn suspect(&self) {
-        if let Conn::Cluster(handle) = self {
-            handle.suspect();
-        }
+        self.0.suspect();
     }
 
-    /// Sends a keyless command to every master; the answers keyed by node address. On a
-    /// standalone Redis, the one answer under the name `"redis"`.
+    /// Sends a keyless command to every master; the answers keyed by node address.
     pub async fn on_every_master(&mut self, cmd: &Cmd) -> Result<Vec<(String, Value)>, RedisError> {
-        match self {
-            Conn::Single(conn) => Ok(vec![("redis".to_owned(), cmd.query_async(conn).await?)]),
-            Conn::Cluster(handle) => {
-                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                match handle.get().route_command(cmd.clone(), routing).await? {
-                    Value::Map(answers) => Ok(answers
-                        .into_iter()
-                        .map(|(addr, v)| {
-                            let addr = match addr {
-                                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                                Value::SimpleString(s) => s,
-                                other => format!("{other:?}"),
-                            };
-                            (addr, v)
-                        })
-                        .collect()),
-                    other => Ok(vec![("cluster".to_owned(), other)]),
-                }
-            }
+        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        match self.0.get().route_command(cmd.clone(), routing).await? {
+            Value::Map(answers) => Ok(answers
+                .into_iter()
+                .map(|(addr, v)| {
+                    let addr = match addr {
+                        Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                        Value::SimpleString(s) => s,
+                        other => format!("{other:?}"),
+                    };
+                    (addr, v)
+                })
+                .collect()),
+            other => Ok(vec![("cluster".to_owned(), other)]),
         }
     }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(handle) => {
-                let mut conn = handle.get();
-                Box::pin(async move { conn.req_packed_command(cmd).await })
-            }
-        }
+        let mut conn = self.0.get();
+        Box::pin(async move { conn.req_packed_command(cmd).await })
     }
 
     fn req_packed_commands<'a>(
@@ -237,20 +202,12 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(handle) => {
-                let mut conn = handle.get();
-                Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
-            }
-        }
+        let mut conn = self.0.get();
+        Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(_) => 0,
-        }
+        0
     }
 }
 

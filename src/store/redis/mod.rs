@@ -458,7 +458,7 @@ impl RedisStore {
         let client = cluster::client(&nodes, config.timeout).map_err(Self::bad_url(config))?;
         let connect = || async {
             match cluster::ClusterHandle::connect(client.clone(), config.timeout * 4).await {
-                Ok(handle) => Ok(Conn::Cluster(handle)),
+                Ok(handle) => Ok(Conn(handle)),
                 Err(cluster::ConnectError::Redis(e)) => Err(map_error(e, config.timeout)),
                 Err(cluster::ConnectError::Timeout) => Err(StoreError::Timeout(config.timeout * 4)),
             }
