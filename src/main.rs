@@ -12,18 +12,29 @@ use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::{app, cli, pb};
 
+/// The crate version, plus the git commit when the build knew it (see build.rs).
+const BUILD_VERSION: &str = env!("CALLGATE_BUILD_VERSION");
+
 #[derive(Parser)]
-#[command(version, about = "callgate: the consent authority for outbound calls")]
+#[command(
+    version = BUILD_VERSION,
+    about = "callgate: the consent authority for outbound calls",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// `serve`'s flags, so `callgate --http-addr ...` runs the service without spelling `serve`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (the default).
     Serve(ServeArgs),
-    /// Ask CheckCallPermission and print the answer (exit code 0 if allowed, 3 if not).
+    /// Ask CheckCallPermission and print the answer (exit code 0 if allowed, 3 if not, 1 on
+    /// error).
     Check {
         business: String,
         customer: String,
@@ -45,6 +56,16 @@ enum Command {
         #[arg(long)]
         resume_after: Option<String>,
     },
+    /// GET the HTTP port's /healthz; exit 0 if it answers 2xx, 1 otherwise (the container
+    /// image's HEALTHCHECK: the image has no curl).
+    Healthcheck {
+        /// host:port of the HTTP port [default: CALLGATE_HTTP_ADDR with 0.0.0.0 as 127.0.0.1,
+        /// else 127.0.0.1:8080]
+        #[arg(long)]
+        addr: Option<String>,
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -65,18 +86,24 @@ struct ServeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse()
-        .command
-        .unwrap_or(Command::Serve(ServeArgs::default()))
-    {
+    let args = Cli::parse();
+    match args.command.unwrap_or(Command::Serve(args.serve)) {
         Command::Serve(args) => serve(args).await,
         Command::Check {
             business,
             customer,
             addr,
         } => {
-            let allowed = cli::check(&addr, &business, &customer).await?;
+            let allowed = finish(cli::check(&addr, &business, &customer).await);
             std::process::exit(if allowed { 0 } else { 3 });
+        }
+        Command::Healthcheck { addr, path } => {
+            let addr = addr.unwrap_or_else(|| {
+                cli::healthcheck_addr(std::env::var(config::ENV_HTTP_ADDR).ok().as_deref())
+            });
+            let status = finish(cli::healthcheck(&addr, &path).await);
+            println!("healthy: http://{addr}{path} answered {status}");
+            Ok(())
         }
         Command::Watch {
             addr,
@@ -92,9 +119,19 @@ async fn main() -> anyhow::Result<()> {
                 resume_after: resume_after.unwrap_or_default(),
                 since: None,
             };
-            Ok(cli::watch(&addr, request).await?)
+            finish(cli::watch(&addr, request).await);
+            Ok(())
         }
     }
+}
+
+/// A client subcommand's failure is one line on stderr and exit code 1: no backtrace, no
+/// error chain.
+fn finish<T>(result: Result<T, cli::ClientError>) -> T {
+    result.unwrap_or_else(|e| {
+        eprintln!("callgate: {e}");
+        std::process::exit(1);
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -145,7 +182,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         http = %http.local_addr()?,
         grpc = %grpc.local_addr()?,
-        version = env!("CARGO_PKG_VERSION"),
+        version = BUILD_VERSION,
         "callgate listening"
     );
     app::run(

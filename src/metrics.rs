@@ -5,7 +5,7 @@
 //! at compile time (enums), so no label can ever carry a phone number or other request data.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::domain::ConsentState;
@@ -166,6 +166,8 @@ pub struct Metrics {
     open_streams: AtomicI64,
     stream_events: AtomicU64,
     expired: AtomicU64,
+    /// Whether the store answered the last readiness probe (what `/readyz` and gRPC health say).
+    ready: AtomicBool,
 }
 
 impl Metrics {
@@ -209,6 +211,11 @@ impl Metrics {
 
     pub fn expired(&self, n: usize) {
         self.expired.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Records the outcome of the periodic store probe behind readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4). `stream_catch_ups` comes from the hub.
@@ -285,7 +292,13 @@ impl Metrics {
             let _ = writeln!(out, "callgate_store_errors_total{{op=\"{op}\"}} {n}");
         }
 
-        let gauges: [(&str, &str, &str, i64); 4] = [
+        let gauges: [(&str, &str, &str, i64); 5] = [
+            (
+                "callgate_ready",
+                "gauge",
+                "1 while the store answers the readiness probe (as /readyz and gRPC health), else 0.",
+                i64::from(self.ready.load(Relaxed)),
+            ),
             (
                 "callgate_open_streams",
                 "gauge",
@@ -353,6 +366,9 @@ mod tests {
         );
         m.store_error(StoreOp::Check);
         let out = m.render(2);
+        assert!(m.render(0).contains("callgate_ready 0\n"));
+        m.set_ready(true);
+        assert!(m.render(0).contains("callgate_ready 1\n"));
         for needle in [
             "callgate_build_info{version=",
             "callgate_checks_total{answer=\"denied\"} 1",
@@ -360,6 +376,7 @@ mod tests {
             "callgate_webhooks_total{route=\"doubletick\",outcome=\"other\"} 1",
             "callgate_store_errors_total{op=\"check\"} 1",
             "callgate_stream_catch_ups_total 2",
+            "callgate_ready 0",
             "callgate_check_duration_seconds_bucket{rpc=\"single\",le=\"+Inf\"} 0",
         ] {
             assert!(out.contains(needle), "missing {needle}:\n{out}");
