@@ -149,10 +149,12 @@ pub fn healthcheck_addr(http_addr_env: Option<&str>) -> String {
 /// The container image's HEALTHCHECK, which has no curl.
 pub async fn healthcheck(addr: &str, path: &str) -> Result<u16, ClientError> {
     let url = format!("http://{addr}{path}");
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| ClientError::Connect {
-        addr: addr.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ClientError::Connect {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let answer = tokio::time::timeout(CONNECT_TIMEOUT, client.get(uri)).await;
     let response = match answer {

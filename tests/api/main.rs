@@ -6,6 +6,7 @@ mod process;
 mod redis_harness;
 
 mod check;
+mod cli;
 mod conformance;
 mod ingest;
 mod lifecycle;
