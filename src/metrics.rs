@@ -160,6 +160,8 @@ impl StoreOp {
 pub struct Metrics {
     checks: [AtomicU64; 7],
     check_latency: [Histogram; 2],
+    /// Single checks' latency by answer (a batch has many answers, so it is not split).
+    answer_latency: [Histogram; 7],
     webhooks: [[AtomicU64; WEBHOOK_OUTCOMES.len()]; 3],
     webhook_latency: [Histogram; 3],
     store_errors: [AtomicU64; 6],
@@ -177,6 +179,12 @@ impl Metrics {
 
     pub fn check_latency(&self, rpc: CheckRpc, d: Duration) {
         self.check_latency[rpc as usize].observe(d);
+    }
+
+    /// A single `CheckCallPermission`'s latency: by RPC and by answer.
+    pub fn single_check_latency(&self, answer: CheckAnswer, d: Duration) {
+        self.check_latency(CheckRpc::Single, d);
+        self.answer_latency[answer.index()].observe(d);
     }
 
     pub fn checks_answered(&self, answer: CheckAnswer) -> u64 {
@@ -249,6 +257,23 @@ impl Metrics {
                 &mut out,
                 "callgate_check_duration_seconds",
                 &format!("rpc=\"{rpc}\""),
+            );
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_check_answer_duration_seconds Time to answer a single \
+             CheckCallPermission, by answer."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE callgate_check_answer_duration_seconds histogram"
+        );
+        for a in CheckAnswer::ALL {
+            self.answer_latency[a.index()].render(
+                &mut out,
+                "callgate_check_answer_duration_seconds",
+                &format!("answer=\"{}\"", a.label()),
             );
         }
 
@@ -365,6 +390,7 @@ mod tests {
             Duration::from_millis(1),
         );
         m.store_error(StoreOp::Check);
+        m.single_check_latency(CheckAnswer::Unavailable, Duration::from_micros(300));
         let out = m.render(2);
         assert!(m.render(0).contains("callgate_ready 0\n"));
         m.set_ready(true);
@@ -377,7 +403,10 @@ mod tests {
             "callgate_store_errors_total{op=\"check\"} 1",
             "callgate_stream_catch_ups_total 2",
             "callgate_ready 0",
-            "callgate_check_duration_seconds_bucket{rpc=\"single\",le=\"+Inf\"} 0",
+            "callgate_check_answer_duration_seconds_bucket{answer=\"unavailable\",le=\"0.0005\"} 1",
+            "callgate_check_answer_duration_seconds_count{answer=\"denied\"} 0",
+            "callgate_check_duration_seconds_count{rpc=\"single\"} 1",
+            "callgate_check_duration_seconds_bucket{rpc=\"single\",le=\"+Inf\"} 1",
         ] {
             assert!(out.contains(needle), "missing {needle}:\n{out}");
         }

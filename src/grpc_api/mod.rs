@@ -111,7 +111,7 @@ impl Api {
     async fn check_one(
         &self,
         req: &pb::CheckCallPermissionRequest,
-    ) -> Result<pb::CheckCallPermissionResponse, ApiError> {
+    ) -> Result<(pb::CheckCallPermissionResponse, CheckAnswer), ApiError> {
         let pair = pair(&req.business_number, &req.customer_number)?;
         let current = self
             .store
@@ -119,8 +119,8 @@ impl Api {
             .await
             .map_err(self.store_failed(StoreOp::Check))?;
         let verdict = evaluate(current, Utc::now());
-        self.metrics.check(CheckAnswer::State(verdict.state));
-        Ok(convert::check_response(&pair, verdict))
+        let answer = CheckAnswer::State(verdict.state);
+        Ok((convert::check_response(&pair, verdict), answer))
     }
 
     async fn check_many(
@@ -205,12 +205,13 @@ impl ConsentAuthority for Api {
     ) -> Result<Response<pb::CheckCallPermissionResponse>, Status> {
         let started = Instant::now();
         let answer = self.check_one(request.get_ref()).await;
-        if let Err(e) = &answer {
-            self.metrics.check(e.check_answer());
-        }
-        self.metrics
-            .check_latency(CheckRpc::Single, started.elapsed());
-        Ok(Response::new(answer?))
+        let label = match &answer {
+            Ok((_, label)) => *label,
+            Err(e) => e.check_answer(),
+        };
+        self.metrics.check(label);
+        self.metrics.single_check_latency(label, started.elapsed());
+        Ok(Response::new(answer?.0))
     }
 
     async fn check_call_permissions(
