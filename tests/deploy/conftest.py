@@ -39,17 +39,21 @@ def config_default(name):
     return m.group(1)
 
 
+_BINARY = []
+
+
 def callgate_binary():
-    """The debug callgate binary (built here if `cargo test` has not built it yet)."""
+    """The debug callgate binary, brought up to date once per run (a no-op after `cargo test`,
+    which builds it too), so no test runs a stale build."""
     if os.environ.get("CALLGATE_BIN"):
         return os.environ["CALLGATE_BIN"]
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    binary = target / "debug" / "callgate"
-    if not binary.exists():
+    if not _BINARY:
         subprocess.run(
             ["cargo", "build", "--locked", "--bin", "callgate"], cwd=ROOT, check=True
         )
-    return str(binary)
+        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+        _BINARY.append(str(target / "debug" / "callgate"))
+    return _BINARY[0]
 
 
 def free_port():
