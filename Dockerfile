@@ -30,6 +30,8 @@
 #   CALLGATE_HTTP_HEADER_TIMEOUT_MS  request headers must arrive within      [5000]
 #   CALLGATE_HTTP_BODY_TIMEOUT_MS    whole body must arrive within (else 408)[10000]
 #   CALLGATE_HTTP_MAX_CONNECTIONS    HTTP connections served at once         [4096]
+#   CALLGATE_OTLP_ENDPOINT           OTLP/gRPC collector for spans           [unset: no export;
+#                                    needs an image built with --build-arg CALLGATE_FEATURES=otlp]
 #   RUST_LOG                         log filter (tracing env-filter syntax)  [info]
 # Secrets (tokens, app secret, a Redis URL with a password) belong in your orchestrator's
 # secret store, not in this file or in `docker run -e` on a shared host.
@@ -44,9 +46,11 @@ COPY . .
 # The commit for `callgate --version` (.git is not in the build context).
 ARG CALLGATE_GIT_SHA=""
 ENV CALLGATE_GIT_SHA=${CALLGATE_GIT_SHA}
+# Optional cargo features, comma-separated: `otlp` adds OpenTelemetry span export.
+ARG CALLGATE_FEATURES=""
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin callgate \
+    cargo build --release --locked --bin callgate --features "${CALLGATE_FEATURES}" \
     && install -D -m 0755 target/release/callgate /out/callgate
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime

@@ -28,6 +28,7 @@ pub const ENV_WEBHOOK_TOKENS: &str = "CALLGATE_WEBHOOK_TOKENS";
 pub const ENV_WEBHOOK_AUTH_HEADER: &str = "CALLGATE_WEBHOOK_AUTH_HEADER";
 pub const ENV_WHATSAPP_VERIFY_TOKEN: &str = "CALLGATE_WHATSAPP_VERIFY_TOKEN";
 pub const ENV_WHATSAPP_APP_SECRET: &str = "CALLGATE_WHATSAPP_APP_SECRET";
+pub const ENV_OTLP_ENDPOINT: &str = "CALLGATE_OTLP_ENDPOINT";
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
@@ -98,6 +99,8 @@ pub struct Config {
     pub whatsapp_app_secret: Option<Secret>,
     /// Serve the webhook routes without authentication (local demos only; logged loudly).
     pub insecure_no_auth: bool,
+    /// OpenTelemetry collector to export spans to (OTLP/gRPC); needs the `otlp` build feature.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Command-line values; `None` falls back to the environment, then the default.
@@ -188,6 +191,7 @@ impl Config {
                 .map(|(v, _)| Secret::new(v)),
             whatsapp_app_secret: raw(&None, ENV_WHATSAPP_APP_SECRET).map(|(v, _)| Secret::new(v)),
             insecure_no_auth: flags.insecure_no_auth,
+            otlp_endpoint: raw(&None, ENV_OTLP_ENDPOINT).map(|(v, _)| v.trim().to_owned()),
         })
     }
 }

@@ -10,6 +10,8 @@ pub mod grpc_api;
 pub mod http_port;
 pub mod ingest;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod secret;
 pub mod store;
 

@@ -142,7 +142,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         insecure_no_auth: args.insecure_no_auth,
     };
     let config = Config::resolve(&flags, |k| std::env::var(k).ok())?;
-    init_tracing(config.log_format);
+    let telemetry = init_tracing(config.log_format, config.otlp_endpoint.as_deref())?;
 
     let store: Arc<dyn ConsentStore> = match &config.redis_url {
         None => {
@@ -192,16 +192,53 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    #[cfg(feature = "otlp")]
+    if let Some(exporter) = telemetry {
+        exporter.shutdown();
+    }
+    #[cfg(not(feature = "otlp"))]
+    let () = telemetry;
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+/// What must be flushed before exit: the OTLP exporter, when one runs.
+#[cfg(feature = "otlp")]
+type Telemetry = Option<callgate::otlp::Exporter>;
+#[cfg(not(feature = "otlp"))]
+type Telemetry = ();
+
+fn init_tracing(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    #[cfg(feature = "otlp")]
+    if let Some(endpoint) = otlp_endpoint {
+        let (exporter, layer) = callgate::otlp::Exporter::start(endpoint, BUILD_VERSION)?;
+        registry.with(layer).init();
+        tracing::info!(endpoint, "exporting spans over OTLP");
+        return Ok(Some(exporter));
+    }
+    registry.init();
+    #[cfg(feature = "otlp")]
+    return Ok(None);
+    #[cfg(not(feature = "otlp"))]
+    {
+        if otlp_endpoint.is_some() {
+            tracing::warn!(
+                "{} is set, but this build has no OTLP export (build with --features otlp); \
+                 spans are not exported",
+                config::ENV_OTLP_ENDPOINT
+            );
+        }
+        Ok(())
     }
 }
 

@@ -100,3 +100,18 @@ fn serve_flags_and_a_subcommand_together_are_a_usage_error() {
     let out = callgate(&["--http-addr", "127.0.0.1:0", "check", "1", "2"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The default build has no OTLP exporter: asking for one is said once, and the service runs.
+#[cfg(not(feature = "otlp"))]
+#[test]
+fn otlp_endpoint_without_the_feature_is_a_warning_not_a_failure() {
+    let app =
+        CallgateProcess::start(&[("CALLGATE_OTLP_ENDPOINT", "http://127.0.0.1:4317")]).unwrap();
+    assert!(
+        app.log_text()
+            .contains("CALLGATE_OTLP_ENDPOINT is set, but this build has no OTLP export"),
+        "{}",
+        app.log_text()
+    );
+    assert!(app.terminate());
+}
