@@ -43,7 +43,7 @@ fi
 PATH="$("$python" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 export PATH
 
-cargo test --locked
+cargo test --workspace --locked
 # The deployment files (Dockerfile, compose, Kubernetes, Prometheus, Grafana) and the Python
 # client, against the binary `cargo test` just built.
 "$python" -m pytest -q -p no:cacheprovider tests/deploy

@@ -1,18 +1,18 @@
 //! callgate: the consent authority for outbound calls. See ARCHITECTURE.md for the map.
 
 pub mod app;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod grpc_api;
-pub mod http_port;
+pub(crate) mod http_port;
 pub mod ingest;
-pub mod metrics;
+pub(crate) mod metrics;
+/// OpenTelemetry span export (cargo feature `otlp`), set up by the binary's `main`.
 #[cfg(feature = "otlp")]
 pub mod otlp;
-pub mod secret;
+pub(crate) mod secret;
 pub mod store;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.

@@ -580,3 +580,73 @@ async fn events_are_trimmed_exactly_by_retention() {
     let len: usize = conn.xlen(&stream).await.unwrap();
     assert_eq!(len, 1, "exact MINID trimming leaves only the new event");
 }
+
+/// The store's memory report (used by `callgate-bench redis-memory`) counts exactly this
+/// prefix's keys by kind, and measures a bounded sample of each.
+#[tokio::test]
+async fn the_memory_report_counts_this_prefixs_keys_by_kind() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut other = RedisConfig::new(server.url());
+    other.prefix = "other".into();
+    let other = RedisStore::connect(other).await.unwrap();
+    let empty = store.memory_usage().await.unwrap();
+    assert_eq!(empty.keys, 0);
+    assert!(empty.used_memory > 0);
+
+    let t = now();
+    let later = t + chrono::Duration::days(7);
+    let decisions: Vec<Decision> = (0..40)
+        .map(|i| {
+            let choice = match i % 4 {
+                0 | 1 => Choice::GrantPermanent,
+                2 => Choice::GrantTemporary { expires_at: later },
+                _ => Choice::Deny,
+            };
+            decision(&pair(i), choice, t, &format!("m{i}"))
+        })
+        .collect();
+    store.record(&decisions, now()).await.unwrap();
+    other.record(&decisions[..3], now()).await.unwrap();
+    let shards: BTreeSet<usize> = decisions
+        .iter()
+        .map(|d| Keys::new("callgate").pair(&d.pair).shard)
+        .collect();
+    let temporary_shards: BTreeSet<usize> = decisions
+        .iter()
+        .filter(|d| matches!(d.choice, Choice::GrantTemporary { .. }))
+        .map(|d| Keys::new("callgate").pair(&d.pair).shard)
+        .collect();
+
+    let report = store.memory_report(3, 1).await.unwrap();
+    let mut conn = raw(&server).await;
+    assert_eq!(report.usage.keys, all_keys(&mut conn).await.len() as u64);
+    assert!(report.usage.used_memory > empty.used_memory);
+    assert!(!report.redis_version.is_empty());
+    assert!(!report.list_max_listpack_size.is_empty());
+    let counts: Vec<(&str, u64)> = report
+        .kinds
+        .iter()
+        .map(|(kind, k)| (kind.as_str(), k.keys))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("c", 40),
+            ("due", temporary_shards.len() as u64),
+            ("e", shards.len() as u64),
+            ("h", 40),
+            ("x", 10),
+        ]
+    );
+    for (kind, k) in &report.kinds {
+        assert_eq!(k.sampled, k.keys.min(3), "{kind}");
+        assert_eq!(k.encodings.values().sum::<u64>(), k.sampled, "{kind}");
+        assert!(k.mean_bytes() > 0.0, "{kind}");
+        assert!(k.estimated_bytes() >= k.mean_bytes(), "{kind}");
+    }
+    // The other prefix's keys are in DBSIZE, never in this store's kinds.
+    let other_report = other.memory_report(3, 1).await.unwrap();
+    assert_eq!(other_report.kinds["c"].keys, 3);
+    assert_eq!(other_report.usage.keys, report.usage.keys);
+}

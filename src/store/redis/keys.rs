@@ -130,6 +130,38 @@ impl Keys {
             member,
         }
     }
+
+    /// A `SCAN … MATCH` pattern for every key of every shard under this prefix (the prefix's
+    /// glob characters escaped). It may also match another prefix that begins with this one
+    /// and `:s`; [`kind_of`](Self::kind_of) tells those apart.
+    pub fn scan_pattern(&self) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + 8);
+        pattern.push('{');
+        for ch in self.prefix.chars() {
+            if matches!(ch, '*' | '?' | '[' | ']' | '\\' | '^') {
+                pattern.push('\\');
+            }
+            pattern.push(ch);
+        }
+        pattern.push_str(":s*");
+        pattern
+    }
+
+    /// The kind of one of this prefix's keys: its name after the shard's hash tag, up to the
+    /// next `:` (`c`, `x`, `h`, `e`, `due`, `trimmed`). `None` for any other key.
+    pub fn kind_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key
+            .strip_prefix('{')?
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":s")?;
+        let (shard, rest) = rest.split_at_checked(2)?;
+        if !shard.bytes().all(|b| b.is_ascii_digit()) || shard.parse::<usize>().ok()? >= SHARDS {
+            return None;
+        }
+        let rest = rest.strip_prefix("}:")?;
+        let kind = rest.split(':').next().unwrap_or(rest);
+        (!kind.is_empty()).then_some(kind)
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +199,36 @@ mod tests {
         assert_eq!(k.lapse, format!("{tag}x:919000000000:919876543210"));
         let (shard, consent, lapse) = keys.current(&pair("+919000000000", "+919876543210"));
         assert_eq!((shard, consent, lapse), (k.shard, k.consent, k.lapse));
+    }
+
+    #[test]
+    fn every_key_has_a_kind_and_foreign_keys_have_none() {
+        let keys = Keys::new("callgate");
+        let k = keys.pair(&pair("+919000000000", "+919876543210"));
+        for (key, kind) in [
+            (&k.consent, "c"),
+            (&k.lapse, "x"),
+            (&k.history, "h"),
+            (&k.stream, "e"),
+            (&k.due, "due"),
+            (&k.trimmed, "trimmed"),
+        ] {
+            assert_eq!(keys.kind_of(key), Some(kind), "{key}");
+        }
+        for foreign in [
+            "plain",
+            "{callgate:s07}",
+            "{callgate:s07}:",
+            "{callgate:s16}:c:1:2",
+            "{callgate:sx7}:c:1:2",
+            "{callgate:s07:c:1:2",
+            "{callgate-eu:s07}:c:1:2",
+            "{other:s07}:c:1:2",
+        ] {
+            assert_eq!(keys.kind_of(foreign), None, "{foreign}");
+        }
+        assert_eq!(keys.scan_pattern(), "{callgate:s*");
+        assert_eq!(Keys::new("a*b[1]").scan_pattern(), "{a\\*b\\[1\\]:s*");
     }
 
     #[test]

@@ -99,6 +99,7 @@
 //! as misconfigured (the error says so): callgate does not run on an unverified policy.
 
 pub mod codec;
+mod inspect;
 pub mod keys;
 
 use std::fmt;
@@ -119,6 +120,7 @@ use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, Store
 use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
 use keys::Keys;
 
+pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
 pub use keys::SHARDS;
 
 const RECORD_LUA: &str = include_str!("record.lua");

@@ -1,10 +1,9 @@
 //! `callgate-bench redis-memory`: how many bytes of Redis memory one stored consent costs.
 //!
 //! It records `--consents` decisions through [`ConsentStore::record`] of a real [`RedisStore`]
-//! (so the figure is what production writes, scripts and all), reads `used_memory` before and
-//! after, and divides. Then it walks the keyspace once (`SCAN`), counts keys by kind (the text
-//! after the hash tag: `c`, `x`, `h`, `e`, `due`, …), and measures a random sample of each kind
-//! with `MEMORY USAGE … SAMPLES 0`, so the total can be split by kind.
+//! (so the figure is what production writes, scripts and all), reads Redis's `used_memory`
+//! before and after, and divides. The split by key kind (`c`, `x`, `h`, `e`, `due`, …) is the
+//! store's own [`RedisStore::memory_report`]: this tool sends no Redis command of its own.
 //!
 //! Safety: the target must be loopback unless `--allow-remote`, and its database must be empty
 //! (`DBSIZE` 0): the tool refuses to write into a database that holds anything, so it can never
@@ -17,22 +16,19 @@
 //! message ids (`wamid.` + 29 characters), a paired message id, a response source, a sender id
 //! and a 64-hex body hash.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use callgate::domain::{Choice, Decision, Evidence, Pair, PhoneNumber, Source};
+use callgate::store::redis::{KindUsage, RedisAddress, RedisConfig, RedisStore};
+use callgate::store::{ConsentStore, RecordOutcome};
 use chrono::{DateTime, Utc};
 use clap::Args;
-use redis::aio::MultiplexedConnection;
-use redis::{ConnectionAddr, IntoConnectionInfo};
 use serde_json::json;
 
-use super::population::{self, Rng, mix};
-use super::{BenchError, seconds, target};
-use crate::domain::{Choice, Decision, Evidence, Pair, PhoneNumber, Source};
-use crate::store::redis::{RedisConfig, RedisStore};
-use crate::store::{ConsentStore, RecordOutcome};
+use crate::population::{self, Rng, mix};
+use crate::{BenchError, seconds, target};
 
 #[derive(Debug, Args)]
 pub struct RedisMemoryArgs {
@@ -64,52 +60,6 @@ pub struct RedisMemoryArgs {
 
 /// Share of consents (out of 100) that are a second decision for an existing pair.
 const SECOND_DECISION_FROM: u64 = 90;
-/// Keys asked per SCAN call, and commands per MEMORY USAGE pipeline.
-const SCAN_COUNT: usize = 1000;
-const PIPELINE: usize = 500;
-
-/// What one kind of key costs.
-#[derive(Debug, Default)]
-struct KindStats {
-    keys: u64,
-    sample: Vec<String>,
-    measured: u64,
-    sampled_bytes: u64,
-    encodings: BTreeMap<String, u64>,
-}
-
-impl KindStats {
-    fn mean(&self) -> f64 {
-        if self.measured == 0 {
-            0.0
-        } else {
-            self.sampled_bytes as f64 / self.measured as f64
-        }
-    }
-
-    fn estimated_total(&self) -> f64 {
-        self.mean() * self.keys as f64
-    }
-
-    fn encoding(&self) -> String {
-        self.encodings
-            .iter()
-            .map(|(e, n)| format!("{e}:{n}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-/// The kind of a key: what follows its hash tag, up to the next `:` (`c`, `h`, `e`, `due`, …).
-pub fn key_kind(key: &str) -> String {
-    let rest = match key.find('}') {
-        Some(at) => &key[at + 1..],
-        None => return "untagged".to_owned(),
-    };
-    let rest = rest.strip_prefix(':').unwrap_or(rest);
-    rest.split(':').next().unwrap_or(rest).to_owned()
-}
-
 /// Deterministic printable characters (base64url alphabet) from a hash of `(seed, i, salt)`.
 fn token(seed: u64, i: u64, salt: u64, len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -204,160 +154,58 @@ impl Mix {
                 paired_message_id: format!("wamid.{}", token(self.seed, i, 2, 29)),
                 response_source: "user_initiated".to_owned(),
                 sender_customer_id: sender,
-                body_sha256: hex::encode(
-                    (0..4)
-                        .flat_map(|k| Rng::new(self.seed ^ 4, i * 4 + k).next_u64().to_be_bytes())
-                        .collect::<Vec<u8>>(),
-                ),
+                body_sha256: (0..4)
+                    .map(|k| format!("{:016x}", Rng::new(self.seed ^ 4, i * 4 + k).next_u64()))
+                    .collect(),
             },
         }
     }
 }
 
-fn redis_error(what: &str) -> impl Fn(redis::RedisError) -> BenchError + '_ {
+fn store_error(what: &str) -> impl Fn(callgate::store::StoreError) -> BenchError + '_ {
     move |e| BenchError::Invalid(format!("{what}: {e}"))
 }
 
-async fn used_memory(conn: &mut MultiplexedConnection) -> Result<u64, BenchError> {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
-        .await
-        .map_err(redis_error("INFO memory"))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| BenchError::Invalid("INFO memory has no used_memory".into()))
-}
-
-async fn info_field(conn: &mut MultiplexedConnection, section: &str, field: &str) -> String {
-    let info: String = redis::cmd("INFO")
-        .arg(section)
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    let prefix = format!("{field}:");
-    info.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or("?")
-        .trim()
-        .to_owned()
-}
-
-async fn config_value(conn: &mut MultiplexedConnection, name: &str) -> String {
-    let v: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(name)
-        .query_async(conn)
-        .await
-        .unwrap_or_default();
-    v.get(1).cloned().unwrap_or_else(|| "?".into())
-}
-
-/// Refuses a non-loopback target (unless allowed) and a non-empty database.
-async fn guarded_connection(
-    url: &str,
-    allow_remote: bool,
-) -> Result<MultiplexedConnection, BenchError> {
-    let bad = |reason: String| BenchError::Address {
-        addr: url.to_owned(),
-        reason,
-    };
-    let info = url.into_connection_info().map_err(|e| bad(e.to_string()))?;
-    match info.addr() {
-        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+/// Connects the store, refusing a non-loopback target (unless allowed, checked before
+/// connecting) and a database that holds any key.
+async fn guarded_store(config: RedisConfig, allow_remote: bool) -> Result<RedisStore, BenchError> {
+    match config.address().map_err(store_error("--redis-url"))? {
+        RedisAddress::Tcp { host, port } => {
             // Brackets for IPv6 literals, so `host:port` resolves.
             let host = if host.contains(':') && !host.starts_with('[') {
                 format!("[{host}]")
             } else {
-                host.clone()
+                host
             };
             target::resolve(&format!("{host}:{port}"), allow_remote).await?;
         }
-        ConnectionAddr::Unix(_) => {}
-        _ => return Err(bad("unsupported address kind".into())),
+        RedisAddress::Unix(_) => {}
     }
-    let client = redis::Client::open(info).map_err(|e| bad(e.to_string()))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let redacted = config.redacted_url();
+    let store = RedisStore::connect(config)
         .await
-        .map_err(|e| bad(e.to_string()))?;
-    let size: u64 = redis::cmd("DBSIZE")
-        .query_async(&mut conn)
+        .map_err(store_error("cannot connect the store"))?;
+    let size = store
+        .memory_usage()
         .await
-        .map_err(redis_error("DBSIZE"))?;
+        .map_err(store_error("INFO memory / DBSIZE"))?
+        .keys;
     if size != 0 {
         return Err(BenchError::Invalid(format!(
-            "refusing to run: the database at {} holds {size} keys (DBSIZE must be 0; use a \
-             throwaway server, e.g. `redis-server --port 6390 --save '' --appendonly no`)",
-            RedisConfig::new(url).redacted_url()
+            "refusing to run: the database at {redacted} holds {size} keys (DBSIZE must be 0; use \
+             a throwaway server, e.g. `redis-server --port 6390 --save '' --appendonly no`)"
         )));
     }
-    Ok(conn)
+    Ok(store)
 }
 
-/// Walks the keyspace, counts keys by kind and keeps a reservoir sample of each kind.
-async fn scan_kinds(
-    conn: &mut MultiplexedConnection,
-    sample: usize,
-    seed: u64,
-) -> Result<BTreeMap<String, KindStats>, BenchError> {
-    let mut kinds: BTreeMap<String, KindStats> = BTreeMap::new();
-    let mut rng = Rng::new(seed, 0x5ca9);
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(conn)
-            .await
-            .map_err(redis_error("SCAN"))?;
-        for key in keys {
-            let stats = kinds.entry(key_kind(&key)).or_default();
-            stats.keys += 1;
-            if stats.sample.len() < sample {
-                stats.sample.push(key);
-            } else {
-                let at = rng.below(stats.keys) as usize;
-                if at < sample {
-                    stats.sample[at] = key;
-                }
-            }
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    for stats in kinds.values_mut() {
-        for chunk in stats.sample.chunks(PIPELINE) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.cmd("MEMORY")
-                    .arg("USAGE")
-                    .arg(key)
-                    .arg("SAMPLES")
-                    .arg(0);
-                pipe.cmd("OBJECT").arg("ENCODING").arg(key);
-            }
-            let replies: Vec<(Option<u64>, Option<String>)> = pipe
-                .query_async(conn)
-                .await
-                .map_err(redis_error("MEMORY USAGE"))?;
-            for (bytes, encoding) in replies {
-                if let Some(b) = bytes {
-                    stats.measured += 1;
-                    stats.sampled_bytes += b;
-                }
-                *stats
-                    .encodings
-                    .entry(encoding.unwrap_or_else(|| "gone".into()))
-                    .or_default() += 1;
-            }
-        }
-    }
-    Ok(kinds)
+/// `encoding:count,…` of a kind's sample.
+fn encodings(s: &KindUsage) -> String {
+    s.encodings
+        .iter()
+        .map(|(e, n)| format!("{e}:{n}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Runs the measurement and prints it. Returns the number of failed `record` calls (0: a
@@ -374,24 +222,23 @@ pub async fn run(
     }
     let budget = seconds("--duration", a.duration)?;
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
-    let mut conn = guarded_connection(&a.redis_url, allow_remote).await?;
-
     let mut config = RedisConfig::new(a.redis_url.clone());
     config.prefix = a.prefix.clone();
     config.timeout = Duration::from_secs(10);
-    let store = Arc::new(
-        RedisStore::connect(config)
-            .await
-            .map_err(|e| BenchError::Invalid(format!("cannot connect the store: {e}")))?,
-    );
+    let redacted_url = config.redacted_url();
+    let store = Arc::new(guarded_store(config, allow_remote).await?);
     // After connecting: the store's scripts are loaded and count as "before".
-    let before = used_memory(&mut conn).await?;
+    let before = store
+        .memory_usage()
+        .await
+        .map_err(store_error("INFO memory"))?
+        .used_memory;
 
     let started = Instant::now();
     let deadline = started + budget;
     let mix = Arc::new(Mix {
         seed: a.seed,
-        start: crate::domain::to_millis_precision(Utc::now()),
+        start: callgate::domain::to_millis_precision(Utc::now()),
     });
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -420,7 +267,7 @@ pub async fn run(
                     }] += 1;
                 }
             }
-            Ok::<_, crate::store::StoreError>(tally)
+            Ok::<_, callgate::store::StoreError>(tally)
         });
     }
     let mut tally = [0u64; 3];
@@ -438,16 +285,20 @@ pub async fn run(
         return Err(BenchError::Invalid("no consent was recorded".into()));
     }
 
-    let after = used_memory(&mut conn).await?;
-    let kinds = scan_kinds(&mut conn, a.sample, a.seed).await?;
+    let report = store
+        .memory_report(a.sample, a.seed)
+        .await
+        .map_err(store_error("memory report"))?;
+    let after = report.usage.used_memory;
+    let kinds = &report.kinds;
     let keys: u64 = kinds.values().map(|k| k.keys).sum();
     let delta = after.saturating_sub(before);
     let per_consent = delta as f64 / recorded as f64;
-    let streams = kinds.get("e").map_or(0.0, KindStats::estimated_total);
-    let attributed: f64 = kinds.values().map(KindStats::estimated_total).sum();
-    let version = info_field(&mut conn, "server", "redis_version").await;
-    let list_size = config_value(&mut conn, "list-max-listpack-size").await;
-    let hash_value = config_value(&mut conn, "hash-max-listpack-value").await;
+    let streams = kinds.get("e").map_or(0.0, KindUsage::estimated_bytes);
+    let attributed: f64 = kinds.values().map(KindUsage::estimated_bytes).sum();
+    let version = &report.redis_version;
+    let list_size = &report.list_max_listpack_size;
+    let hash_value = &report.hash_max_listpack_value;
 
     if json_out {
         let by_kind: serde_json::Map<String, serde_json::Value> = kinds
@@ -457,11 +308,11 @@ pub async fn run(
                     kind.clone(),
                     json!({
                         "keys": s.keys,
-                        "sampled": s.measured,
-                        "mean_bytes": s.mean(),
-                        "encodings": s.encoding(),
-                        "estimated_bytes": s.estimated_total(),
-                        "bytes_per_consent": s.estimated_total() / recorded as f64,
+                        "sampled": s.sampled,
+                        "mean_bytes": s.mean_bytes(),
+                        "encodings": encodings(s),
+                        "estimated_bytes": s.estimated_bytes(),
+                        "bytes_per_consent": s.estimated_bytes() / recorded as f64,
                     }),
                 )
             })
@@ -497,8 +348,7 @@ pub async fn run(
     println!(
         "redis:     {version} at {} (prefix {:?}; list-max-listpack-size {list_size}, \
          hash-max-listpack-value {hash_value})",
-        RedisConfig::new(a.redis_url.clone()).redacted_url(),
-        a.prefix
+        redacted_url, a.prefix
     );
     let cut_short = if recorded < a.consents {
         format!(" (of {} asked: stopped by --duration)", a.consents)
@@ -526,16 +376,16 @@ pub async fn run(
         "  {:<8} {:>9} {:>8} {:>9} {:>14} {:>10}  encodings",
         "kind", "keys", "sampled", "mean B", "est. total B", "B/consent"
     );
-    for (kind, s) in &kinds {
+    for (kind, s) in kinds {
         println!(
             "  {:<8} {:>9} {:>8} {:>9.1} {:>14.0} {:>10.1}  {}",
             kind,
             s.keys,
-            s.measured,
-            s.mean(),
-            s.estimated_total(),
-            s.estimated_total() / recorded as f64,
-            s.encoding()
+            s.sampled,
+            s.mean_bytes(),
+            s.estimated_bytes(),
+            s.estimated_bytes() / recorded as f64,
+            encodings(s)
         );
     }
     println!(
@@ -553,20 +403,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_kinds_are_the_text_after_the_hash_tag() {
-        for (key, kind) in [
-            ("{callgate:s07}:c:919000000000:919800000001", "c"),
-            ("{callgate:s07}:d:0123abcd", "d"),
-            ("{callgate:s07}:e", "e"),
-            ("{callgate:s07}:due", "due"),
-            ("{cg:s07}h:1:2", "h"),
-            ("plain", "untagged"),
-        ] {
-            assert_eq!(key_kind(key), kind, "{key}");
-        }
-    }
 
     #[test]
     fn the_mix_is_deterministic_realistic_and_has_the_shares() {

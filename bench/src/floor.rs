@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::pb::{self, consent_authority_server::ConsentAuthority};
+use callgate::pb::{self, consent_authority_server::ConsentAuthority};
 
 /// Evidence source of every floor answer.
 pub const SOURCE: &str = "floor";

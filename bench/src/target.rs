@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::BenchError;
+use crate::BenchError;
 
 /// Resolves `addr` (`host:port`, optionally prefixed with `http://`) and refuses it unless every
 /// address it resolves to is loopback or `allow_remote` is set.

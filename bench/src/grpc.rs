@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tonic::transport::{Channel, Endpoint};
 
-use super::BenchError;
-use super::floor;
-use super::population::{self, Rng};
-use super::report::Tally;
-use super::runner::{Step, Worker};
-use crate::pb::{self, ConsentState, consent_authority_client::ConsentAuthorityClient};
+use crate::BenchError;
+use crate::floor;
+use crate::population::{self, Rng};
+use crate::report::Tally;
+use crate::runner::{Step, Worker};
+use callgate::pb::{self, ConsentState, consent_authority_client::ConsentAuthorityClient};
 
 pub type Client = ConsentAuthorityClient<Channel>;
 
@@ -177,7 +177,7 @@ impl Worker for BatchWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::Evidence;
+    use callgate::pb::Evidence;
 
     fn answer(state: ConsentState, allowed: bool) -> pb::CheckCallPermissionResponse {
         pb::CheckCallPermissionResponse {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::runner::Measured;
+use crate::runner::Measured;
 
 /// How many distinct error messages are kept for printing.
 const ERROR_SAMPLES: usize = 5;

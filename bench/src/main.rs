@@ -1,8 +1,8 @@
-//! `callgate-bench`: load generator and floor server; the work is in `callgate::bench`.
+//! `callgate-bench`: load generator and floor server; the work is in the `callgate_bench` library.
 
 use clap::Parser;
 
-use callgate::bench::{self, Cli};
+use callgate_bench::{self as bench, Cli};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

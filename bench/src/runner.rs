@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::histogram::Histogram;
-use super::report::Tally;
+use crate::histogram::Histogram;
+use crate::report::Tally;
 
 /// How long and how much to run.
 #[derive(Debug, Clone, Copy)]

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::BenchError;
-use super::grpc::Client;
-use super::http::WebhookClient;
-use super::population::{self, Kind};
-use crate::pb;
+use crate::BenchError;
+use crate::grpc::Client;
+use crate::http::WebhookClient;
+use crate::population::{self, Kind};
+use callgate::pb;
 
 /// The business the scenario posts for, outside the population and the other scenarios.
 pub const SUBSCRIBERS_BUSINESS: &str = "+919200000000";
@@ -106,7 +106,7 @@ pub async fn run(
         }));
     }
     let start = Instant::now();
-    let run = super::run_id();
+    let run = crate::run_id();
     let now = chrono::Utc::now();
     for n in 0..events {
         let body = population::webhook_body(

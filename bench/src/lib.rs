@@ -9,7 +9,10 @@
 //! - `subscribers`: many open StreamGrants streams and the service's memory with them;
 //! - `target`: loopback-only address resolution;
 //! - `redis_memory`: not a load test: fills an empty Redis through the Redis store and reports
-//!   bytes of Redis memory per stored consent, by key kind.
+//!   bytes of Redis memory per stored consent, by key kind (from the store's own report).
+//!
+//! This crate is a client of callgate's public API only (`callgate::pb`, the domain and ingest
+//! types, the Redis store); callgate does not depend on it.
 //!
 //! Every scenario is bounded by `--requests` and `--duration`, whichever comes first, and aims
 //! at loopback addresses only unless `--allow-remote` is given. See BENCHMARKS.md.

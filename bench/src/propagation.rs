@@ -15,11 +15,11 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::http::WebhookClient;
-use super::population::{self, Kind};
-use super::report::Tally;
-use super::runner::{Step, Worker};
-use crate::pb::{self, consent_authority_client::ConsentAuthorityClient};
+use crate::http::WebhookClient;
+use crate::population::{self, Kind};
+use crate::report::Tally;
+use crate::runner::{Step, Worker};
+use callgate::pb::{self, consent_authority_client::ConsentAuthorityClient};
 
 /// Longest wait for an event after its webhook was acknowledged; longer is an error.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -12,10 +12,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::BenchError;
-use super::population::{self, Kind};
-use super::report::Tally;
-use super::runner::{Step, Worker};
+use crate::BenchError;
+use crate::population::{self, Kind};
+use crate::report::Tally;
+use crate::runner::{Step, Worker};
 
 /// Path of DoubleTick's webhook.
 pub const WEBHOOK_PATH: &str = "/webhooks/doubletick";

@@ -10,7 +10,7 @@
 //! Ingest and propagation traffic uses customers outside the population (`+9197…`, `+9196…`),
 //! so it never changes an answer `check` verifies.
 
-use crate::pb::ConsentState;
+use callgate::pb::ConsentState;
 
 /// Number of distinct business numbers in the population.
 pub const BUSINESSES: u64 = 100;
@@ -139,8 +139,8 @@ pub fn webhook_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::PhoneNumber;
-    use crate::ingest::{IngestContext, doubletick};
+    use callgate::domain::PhoneNumber;
+    use callgate::ingest::{IngestContext, doubletick};
     use std::collections::HashSet;
     use std::time::Duration;
 
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn bodies_parse_to_the_intended_decision() {
-        use crate::domain::Choice;
+        use callgate::domain::Choice;
         let ctx = IngestContext {
             temporary_grant: Duration::from_secs(60),
         };
