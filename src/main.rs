@@ -192,20 +192,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
-    #[cfg(feature = "otlp")]
-    if let Some(exporter) = telemetry {
-        exporter.shutdown();
-    }
-    #[cfg(not(feature = "otlp"))]
-    let () = telemetry;
+    telemetry.shutdown();
     Ok(())
 }
 
 /// What must be flushed before exit: the OTLP exporter, when one runs.
-#[cfg(feature = "otlp")]
-type Telemetry = Option<callgate::otlp::Exporter>;
-#[cfg(not(feature = "otlp"))]
-type Telemetry = ();
+struct Telemetry {
+    #[cfg(feature = "otlp")]
+    otlp: Option<callgate::otlp::Exporter>,
+}
+
+impl Telemetry {
+    fn shutdown(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(exporter) = self.otlp {
+            exporter.shutdown();
+        }
+    }
+}
 
 fn init_tracing(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
     use tracing_subscriber::Layer as _;
@@ -224,22 +228,23 @@ fn init_tracing(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Resul
         let (exporter, layer) = callgate::otlp::Exporter::start(endpoint, BUILD_VERSION)?;
         registry.with(layer).init();
         tracing::info!(endpoint, "exporting spans over OTLP");
-        return Ok(Some(exporter));
+        return Ok(Telemetry {
+            otlp: Some(exporter),
+        });
     }
     registry.init();
-    #[cfg(feature = "otlp")]
-    return Ok(None);
     #[cfg(not(feature = "otlp"))]
-    {
-        if otlp_endpoint.is_some() {
-            tracing::warn!(
-                "{} is set, but this build has no OTLP export (build with --features otlp); \
-                 spans are not exported",
-                config::ENV_OTLP_ENDPOINT
-            );
-        }
-        Ok(())
+    if otlp_endpoint.is_some() {
+        tracing::warn!(
+            "{} is set, but this build has no OTLP export (build with --features otlp); \
+             spans are not exported",
+            config::ENV_OTLP_ENDPOINT
+        );
     }
+    Ok(Telemetry {
+        #[cfg(feature = "otlp")]
+        otlp: None,
+    })
 }
 
 /// Completes on SIGTERM or Ctrl-C.
