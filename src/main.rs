@@ -173,6 +173,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    let shutdown = shutdown_signal();
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding HTTP port {}", config.http_addr))?;
@@ -185,13 +186,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         version = BUILD_VERSION,
         "callgate listening"
     );
-    app::run(
-        config,
-        store,
-        app::Listeners { http, grpc },
-        shutdown_signal(),
-    )
-    .await?;
+    app::run(config, store, app::Listeners { http, grpc }, shutdown).await?;
     telemetry.shutdown();
     Ok(())
 }
@@ -247,30 +242,41 @@ fn init_tracing(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Resul
     })
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Listens for SIGTERM and Ctrl-C from now on (so a signal that arrives right after the ports
+/// are announced drains the service instead of killing it) and returns a future that completes
+/// on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    #[cfg(unix)]
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        #[cfg(unix)]
+        let (term, ctrl_c) = (wait_for(term, "SIGTERM"), wait_for(interrupt, "Ctrl-C"));
+        #[cfg(not(unix))]
+        let (term, ctrl_c) = (std::future::pending::<()>(), async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
+        });
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    }
+}
+
+/// Completes when the signal arrives; never, if it could not be listened for.
+#[cfg(unix)]
+async fn wait_for(signal: std::io::Result<tokio::signal::unix::Signal>, name: &str) {
+    match signal {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for {name}");
+            std::future::pending::<()>().await;
+        }
     }
 }
