@@ -9,32 +9,55 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::Routes;
 
-use crate::config::Config;
+use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
+use crate::domain::DateRules;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
-use crate::grpc_api::Api;
+use crate::grpc_api::auth::{self, AuthSource, ClientsError, Guard};
+use crate::grpc_api::{Api, StreamLimits};
+use crate::grpc_port::{self, GrpcLimits};
 use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
 use crate::pb;
 use crate::store::ConsentStore;
+use crate::tls::{self, Tls, TlsError};
 
-/// gRPC HTTP/2 keepalive: ping idle connections so dead peers (and their streams) are dropped.
-const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the gRPC health status is refreshed from the store.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Failures that stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
     #[error("could not build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("webhook authentication settings: {0}")]
     Auth(#[from] crate::ingest::auth::AuthConfigError),
+    #[error("API clients file: {0}")]
+    ApiClients(#[from] ClientsError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// Loads the TLS files (if configured) and logs which ports are plaintext.
+fn transport_security(config: &Config) -> Result<Option<Tls>, TlsError> {
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
+    match &tls {
+        None => tracing::warn!(
+            http = "plaintext",
+            grpc = "plaintext",
+            "both ports serve PLAINTEXT (no TLS): set {ENV_TLS_CERT} and {ENV_TLS_KEY} unless a \
+             proxy in front terminates TLS"
+        ),
+        Some(t) => tracing::info!(
+            http = "tls",
+            grpc = if t.grpc.mutual() { "mutual-tls" } else { "tls" },
+            reload_every = ?config.tls_reload_interval,
+            "both ports serve TLS"
+        ),
+    }
+    Ok(tls)
 }
 
 /// The sockets callgate serves on.
@@ -52,6 +75,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let stop = CancellationToken::new();
+    // The clients file if it declares any client, else open with `--insecure-no-auth`, else
+    // closed (every call refused).
+    let auth = Arc::new(AuthSource::load(
+        config.api_clients_file.as_deref(),
+        config.insecure_no_auth,
+    )?);
+    auth.current().log_startup();
+    tokio::spawn(auth::watch(
+        auth.clone(),
+        config.api_clients_reload_interval,
+        stop.clone(),
+    ));
+    let tls = transport_security(&config)?;
+    if let Some(tls) = &tls {
+        tokio::spawn(tls::watch(
+            tls.clone(),
+            config.tls_reload_interval,
+            stop.clone(),
+        ));
+    }
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::start(
         store.clone(),
@@ -89,10 +132,14 @@ pub async fn run(
         },
         store: store.clone(),
         ingest: IngestContext {
-            temporary_grant: config.temporary_grant,
+            dates: DateRules {
+                temporary_window: config.temporary_grant,
+                max_clock_skew: config.max_clock_skew,
+            },
         },
         metrics: metrics.clone(),
         hub: hub.clone(),
+        tls: tls.as_ref().map(|t| t.http.clone()),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,
@@ -101,18 +148,31 @@ pub async fn run(
         config.shutdown_grace,
     ));
 
-    let grpc_stop = stop.clone();
-    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
-    let grpc = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(GRPC_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
-        .add_service(health_service)
+    let api = Api::new(
+        store.clone(),
+        hub,
+        metrics.clone(),
+        StreamLimits {
+            max_subscriptions: config.max_subscriptions,
+            stall_timeout: config.stream_stall_timeout,
+        },
+    );
+    let api = Guard::new(api.into_server(), auth, metrics);
+    let routes = Routes::new(health_service)
         .add_service(reflection)
-        .add_service(Api::new(store.clone(), hub, metrics).into_server())
-        // `Server::tcp_nodelay` does not reach sockets of an incoming stream we hand over, so
-        // they get TCP_NODELAY here; without it, Nagle's algorithm stalls answers by ~40 ms.
-        .serve_with_incoming_shutdown(incoming, async move { grpc_stop.cancelled().await });
-    let grpc = tokio::spawn(grpc);
+        .add_service(api)
+        .prepare();
+    let grpc = tokio::spawn(grpc_port::serve(
+        listeners.grpc,
+        routes,
+        GrpcLimits {
+            max_connections: config.grpc_max_connections,
+            max_streams_per_connection: config.grpc_max_streams_per_connection,
+        },
+        tls.as_ref().map(|t| t.grpc.clone()),
+        stop.clone(),
+        config.shutdown_grace,
+    ));
 
     let signal_stop = stop.clone();
     tokio::spawn(async move {
@@ -121,25 +181,11 @@ pub async fn run(
         signal_stop.cancel();
     });
 
-    let mut grpc = grpc;
-    let grace = config.shutdown_grace;
-    // The gRPC server ends by itself once every RPC has finished; a stream whose client stopped
-    // reading may not, so the grace period bounds the wait.
-    let grpc_result = tokio::select! {
-        r = &mut grpc => Some(r),
-        _ = async { stop.cancelled().await; tokio::time::sleep(grace).await } => None,
-    };
-    stop.cancel();
-    let _ = tokio::time::timeout(grace, http).await;
-    match grpc_result {
-        Some(Ok(r)) => r?,
-        Some(Err(join)) => tracing::error!(error = %join, "gRPC server task failed"),
-        None => {
-            tracing::warn!(
-                ?grace,
-                "gRPC calls still open after the grace period; closing"
-            );
-            grpc.abort();
+    // Each port drains within the grace period by itself once `stop` is cancelled.
+    let (http, grpc) = tokio::join!(http, grpc);
+    for (port, result) in [("http", http), ("grpc", grpc)] {
+        if let Err(join) = result {
+            tracing::error!(port, error = %join, "server task failed");
         }
     }
     tracing::info!("stopped");

@@ -1,18 +1,25 @@
 //! Command-line client subcommands: `callgate check`, `callgate watch` and
 //! `callgate healthcheck`.
 //!
-//! Small clients for demos and operations; they print one line per answer or event. Their
-//! errors display as one line (the binary prints it and exits 1), never as a backtrace.
+//! Small gRPC clients for demos and operations; they print one line per answer or event. They
+//! send an API key (`--token` or `CALLGATE_TOKEN`) and speak TLS when given the CA
+//! (`--tls-ca`). Their errors display as one line (the binary prints it and exits 1), never as
+//! a backtrace.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+
 use chrono::{DateTime, Utc};
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::grpc_api::from_timestamp;
 use crate::pb::{self, consent_authority_client::ConsentAuthorityClient};
@@ -20,13 +27,37 @@ use crate::pb::{self, consent_authority_client::ConsentAuthorityClient};
 /// How long a client subcommand waits for a connection (and `healthcheck` for its answer).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The environment variable `--token` falls back to.
+pub const ENV_TOKEN: &str = "CALLGATE_TOKEN";
+
+/// How a client subcommand reaches the API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectArgs {
+    /// gRPC address of callgate (`host:port`, or a URL)
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// API key, sent as `authorization: Bearer <key>`
+    #[arg(long, env = ENV_TOKEN, hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate: connect over TLS
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+}
+
 /// Failures of a client subcommand. Each displays as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// `reason` is the innermost cause ("Connection refused (os error 111)").
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("cannot read --tls-ca {path}: {source}")]
+    TlsCa {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--token must be printable ASCII without spaces")]
+    BadToken,
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Rpc(#[from] tonic::Status),
     #[error("{url} answered {status}")]
     Unhealthy { url: String, status: u16 },
@@ -43,23 +74,70 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-async fn connect(addr: &str) -> Result<ConsentAuthorityClient<Channel>, ClientError> {
+/// Adds the API key to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> Result<Self, ClientError> {
+        token
+            .map(|t| {
+                if t.is_empty() || t.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return Err(ClientError::BadToken);
+                }
+                let mut v: MetadataValue<Ascii> = format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::BadToken)?;
+                v.set_sensitive(true);
+                Ok(v)
+            })
+            .transpose()
+            .map(BearerToken)
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = ConsentAuthorityClient<InterceptedService<Channel, BearerToken>>;
+
+async fn connect(args: &ConnectArgs) -> Result<Client, ClientError> {
+    let addr = &args.addr;
+    let scheme = if args.tls_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = if addr.contains("://") {
         addr.to_owned()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
     let failed = |e: tonic::transport::Error| ClientError::Connect {
         addr: addr.to_owned(),
         reason: root_cause(&e),
     };
-    let channel = Endpoint::from_shared(url)
+    let mut endpoint = Endpoint::from_shared(url)
         .map_err(failed)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(failed)?;
-    Ok(ConsentAuthorityClient::new(channel))
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(ca) = &args.tls_ca {
+        let pem = std::fs::read(ca).map_err(|source| ClientError::TlsCa {
+            path: ca.display().to_string(),
+            source,
+        })?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .map_err(failed)?;
+    }
+    let channel = endpoint.connect().await.map_err(failed)?;
+    let token = BearerToken::new(args.token.as_deref())?;
+    Ok(ConsentAuthorityClient::with_interceptor(channel, token))
 }
 
 fn time(t: &Option<prost_types::Timestamp>) -> String {
@@ -75,8 +153,12 @@ fn state_name(state: i32) -> &'static str {
 }
 
 /// `callgate check BUSINESS CUSTOMER`: prints the answer; returns whether the call is allowed.
-pub async fn check(addr: &str, business: &str, customer: &str) -> Result<bool, ClientError> {
-    let mut client = connect(addr).await?;
+pub async fn check(
+    conn: &ConnectArgs,
+    business: &str,
+    customer: &str,
+) -> Result<bool, ClientError> {
+    let mut client = connect(conn).await?;
     let answer = client
         .check_call_permission(pb::CheckCallPermissionRequest {
             business_number: business.to_owned(),
@@ -101,8 +183,11 @@ pub async fn check(addr: &str, business: &str, customer: &str) -> Result<bool, C
 }
 
 /// `callgate watch`: prints StreamGrants events until interrupted or the server ends the stream.
-pub async fn watch(addr: &str, request: pb::StreamGrantsRequest) -> Result<(), ClientError> {
-    let mut client = connect(addr).await?;
+pub async fn watch(
+    conn: &ConnectArgs,
+    request: pb::StreamGrantsRequest,
+) -> Result<(), ClientError> {
+    let mut client = connect(conn).await?;
     let mut stream = client.stream_grants(request).await?.into_inner();
     while let Some(event) = stream.message().await? {
         let kind = pb::EventKind::try_from(event.kind)
@@ -123,6 +208,16 @@ pub async fn watch(addr: &str, request: pb::StreamGrantsRequest) -> Result<(), C
         );
     }
     Ok(())
+}
+
+/// `callgate keygen`: prints a new API key and the digest the clients file lists.
+pub fn keygen() -> Result<String, getrandom::Error> {
+    let key = crate::grpc_api::auth::generate_key()?;
+    let digest = crate::grpc_api::auth::key_digest(&key);
+    Ok(format!(
+        "key = \"{key}\"          # give this to the client (shown only once)\n\
+         key_sha256 = \"{digest}\"  # put this in the client's key_sha256 list\n"
+    ))
 }
 
 /// Where `callgate healthcheck` looks when no `--addr` is given: the HTTP port this process
@@ -155,7 +250,7 @@ pub async fn healthcheck(addr: &str, path: &str) -> Result<u16, ClientError> {
             addr: addr.to_owned(),
             reason: e.to_string(),
         })?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let answer = tokio::time::timeout(CONNECT_TIMEOUT, client.get(uri)).await;
     let response = match answer {
         Err(_) => {

@@ -5,6 +5,7 @@
 //! without touching the process environment. Secrets are wrapped in [`Secret`] and never printed.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ pub const ENV_GRPC_ADDR: &str = "CALLGATE_GRPC_ADDR";
 pub const ENV_REDIS_URL: &str = "CALLGATE_REDIS_URL";
 pub const ENV_REDIS_PREFIX: &str = "CALLGATE_REDIS_PREFIX";
 pub const ENV_REDIS_TIMEOUT_MS: &str = "CALLGATE_REDIS_TIMEOUT_MS";
+pub const ENV_REDIS_HEALTH_INTERVAL_MS: &str = "CALLGATE_REDIS_HEALTH_INTERVAL_MS";
 pub const ENV_TEMPORARY_GRANT_SECS: &str = "CALLGATE_TEMPORARY_GRANT_SECS";
+pub const ENV_MAX_CLOCK_SKEW_SECS: &str = "CALLGATE_MAX_CLOCK_SKEW_SECS";
 pub const ENV_EVENT_RETENTION_SECS: &str = "CALLGATE_EVENT_RETENTION_SECS";
 pub const ENV_CHECKPOINT_SECS: &str = "CALLGATE_CHECKPOINT_SECS";
 pub const ENV_EXPIRY_SWEEP_MS: &str = "CALLGATE_EXPIRY_SWEEP_MS";
@@ -24,18 +27,32 @@ pub const ENV_LOG_FORMAT: &str = "CALLGATE_LOG_FORMAT";
 pub const ENV_HTTP_HEADER_TIMEOUT_MS: &str = "CALLGATE_HTTP_HEADER_TIMEOUT_MS";
 pub const ENV_HTTP_BODY_TIMEOUT_MS: &str = "CALLGATE_HTTP_BODY_TIMEOUT_MS";
 pub const ENV_HTTP_MAX_CONNECTIONS: &str = "CALLGATE_HTTP_MAX_CONNECTIONS";
+pub const ENV_GRPC_MAX_CONNECTIONS: &str = "CALLGATE_GRPC_MAX_CONNECTIONS";
+pub const ENV_GRPC_MAX_STREAMS_PER_CONNECTION: &str = "CALLGATE_GRPC_MAX_STREAMS_PER_CONNECTION";
+pub const ENV_MAX_SUBSCRIPTIONS: &str = "CALLGATE_MAX_SUBSCRIPTIONS";
+pub const ENV_STREAM_STALL_TIMEOUT_MS: &str = "CALLGATE_STREAM_STALL_TIMEOUT_MS";
 pub const ENV_WEBHOOK_TOKENS: &str = "CALLGATE_WEBHOOK_TOKENS";
 pub const ENV_WEBHOOK_AUTH_HEADER: &str = "CALLGATE_WEBHOOK_AUTH_HEADER";
 pub const ENV_WHATSAPP_VERIFY_TOKEN: &str = "CALLGATE_WHATSAPP_VERIFY_TOKEN";
 pub const ENV_WHATSAPP_APP_SECRET: &str = "CALLGATE_WHATSAPP_APP_SECRET";
 pub const ENV_OTLP_ENDPOINT: &str = "CALLGATE_OTLP_ENDPOINT";
+pub const ENV_API_CLIENTS_FILE: &str = "CALLGATE_API_CLIENTS_FILE";
+pub const ENV_API_CLIENTS_RELOAD_SECS: &str = "CALLGATE_API_CLIENTS_RELOAD_SECS";
+pub const ENV_TLS_CERT: &str = "CALLGATE_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "CALLGATE_TLS_KEY";
+pub const ENV_TLS_CLIENT_CA: &str = "CALLGATE_TLS_CLIENT_CA";
+pub const ENV_TLS_RELOAD_SECS: &str = "CALLGATE_TLS_RELOAD_SECS";
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
 pub const DEFAULT_REDIS_PREFIX: &str = "callgate";
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often the shared Redis connection is `PING`ed, so a wedged one is found while idle.
+pub const DEFAULT_REDIS_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// "Allow for 7 Days".
 pub const DEFAULT_TEMPORARY_GRANT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How far ahead of arrival a sender's event time may be before it is clamped to arrival.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(120);
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_CHECKPOINT: Duration = Duration::from_secs(5);
 pub const DEFAULT_EXPIRY_SWEEP: Duration = Duration::from_millis(250);
@@ -43,6 +60,14 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 4096;
+/// How often the API clients file is checked for a change.
+pub const DEFAULT_API_CLIENTS_RELOAD: Duration = Duration::from_secs(10);
+/// How often the TLS files are checked for a replacement.
+pub const DEFAULT_TLS_RELOAD: Duration = Duration::from_secs(10);
+pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION: u32 = 128;
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+pub const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +97,13 @@ pub struct Config {
     pub redis_prefix: String,
     /// A Redis call slower than this fails (closed).
     pub redis_timeout: Duration,
+    /// How often the shared Redis connection is health-`PING`ed (a wedged one is replaced).
+    pub redis_health_interval: Duration,
     /// Length of a temporary grant when the sender gives no expiry.
     pub temporary_grant: Duration,
+    /// A sender's event time further ahead of arrival than this is ordered at arrival; also
+    /// the tolerance on a stated temporary expiry (see `domain::rules`).
+    pub max_clock_skew: Duration,
     /// How long the event log keeps events for resuming subscribers.
     pub event_retention: Duration,
     /// An idle StreamGrants stream gets a checkpoint this often.
@@ -89,6 +119,16 @@ pub struct Config {
     pub http_body_timeout: Duration,
     /// Most HTTP connections served at once; more wait in the listen backlog.
     pub http_max_connections: usize,
+    /// Most gRPC connections served at once; more wait in the listen backlog.
+    pub grpc_max_connections: usize,
+    /// Most concurrent HTTP/2 streams (RPCs) one gRPC connection may open.
+    pub grpc_max_streams_per_connection: u32,
+    /// Most StreamGrants subscriptions open at once on this replica; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_subscriptions: usize,
+    /// A StreamGrants client that takes nothing for this long is ended with `UNAVAILABLE`
+    /// carrying its resume cursor.
+    pub stream_stall_timeout: Duration,
     /// Shared secrets accepted on `/webhooks/doubletick` (several, so they can rotate).
     pub webhook_tokens: Vec<Secret>,
     /// A header that may carry a webhook secret, besides `Authorization`.
@@ -97,10 +137,30 @@ pub struct Config {
     pub whatsapp_verify_token: Option<Secret>,
     /// Meta app secret: `X-Hub-Signature-256` is checked with it.
     pub whatsapp_app_secret: Option<Secret>,
-    /// Serve the webhook routes without authentication (local demos only; logged loudly).
+    /// Serve the webhook routes and the gRPC API without authentication (local demos only;
+    /// logged loudly).
     pub insecure_no_auth: bool,
     /// OpenTelemetry collector to export spans to (OTLP/gRPC); needs the `otlp` build feature.
     pub otlp_endpoint: Option<String>,
+    /// The TOML file declaring the gRPC API clients; unset: no client (every call refused).
+    pub api_clients_file: Option<PathBuf>,
+    /// How often the API clients file is checked for a change.
+    pub api_clients_reload_interval: Duration,
+    /// Certificate and key for both ports; unset: plain TCP.
+    pub tls: Option<TlsFiles>,
+    /// How often the TLS files are checked for a replacement.
+    pub tls_reload_interval: Duration,
+}
+
+/// PEM files for TLS on both ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates for mutual TLS on the gRPC port; unset: no client certificate asked.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Command-line values; `None` falls back to the environment, then the default.
@@ -145,19 +205,24 @@ impl Config {
         let secs = |name: &'static str, default: Duration| duration(raw(&None, name), default, 1.0);
         let millis =
             |name: &'static str, default: Duration| duration(raw(&None, name), default, 0.001);
-        let http_max_connections = match raw(&None, ENV_HTTP_MAX_CONNECTIONS) {
-            None => DEFAULT_HTTP_MAX_CONNECTIONS,
-            Some((value, name)) => match value.trim().parse::<usize>() {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(ConfigError {
-                        name,
-                        value,
-                        problem: "must be a whole number greater than zero".into(),
-                    });
-                }
+        let count = |name: &'static str, default: usize| match raw(&None, name) {
+            None => Ok(default),
+            Some((value, name)) => match value.trim().parse::<u32>() {
+                Ok(n) if n > 0 => Ok(n as usize),
+                _ => Err(ConfigError {
+                    name,
+                    value,
+                    problem: "must be a whole number greater than zero".into(),
+                }),
             },
         };
+        let http_max_connections = count(ENV_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_CONNECTIONS)?;
+        let grpc_max_connections = count(ENV_GRPC_MAX_CONNECTIONS, DEFAULT_GRPC_MAX_CONNECTIONS)?;
+        let grpc_max_streams_per_connection = count(
+            ENV_GRPC_MAX_STREAMS_PER_CONNECTION,
+            DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION as usize,
+        )? as u32;
+        let max_subscriptions = count(ENV_MAX_SUBSCRIPTIONS, DEFAULT_MAX_SUBSCRIPTIONS)?;
         let log_format = match raw(&None, ENV_LOG_FORMAT) {
             None => LogFormat::Text,
             Some((value, name)) => value.parse().map_err(|problem| ConfigError {
@@ -166,6 +231,31 @@ impl Config {
                 problem,
             })?,
         };
+        let path = |name: &'static str| raw(&None, name).map(|(v, _)| PathBuf::from(v.trim()));
+        let tls = match (
+            path(ENV_TLS_CERT),
+            path(ENV_TLS_KEY),
+            path(ENV_TLS_CLIENT_CA),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (cert, key, _) => {
+                let (name, value) = match (cert, key) {
+                    (Some(c), None) => (ENV_TLS_CERT, c),
+                    (None, Some(k)) => (ENV_TLS_KEY, k),
+                    _ => (ENV_TLS_CLIENT_CA, PathBuf::new()),
+                };
+                return Err(ConfigError {
+                    name,
+                    value: value.display().to_string(),
+                    problem: format!("TLS needs both {ENV_TLS_CERT} and {ENV_TLS_KEY}"),
+                });
+            }
+        };
         Ok(Config {
             http_addr: parsed(&flags.http_addr, ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR)?,
             grpc_addr: parsed(&flags.grpc_addr, ENV_GRPC_ADDR, DEFAULT_GRPC_ADDR)?,
@@ -173,7 +263,12 @@ impl Config {
             redis_prefix: raw(&None, ENV_REDIS_PREFIX)
                 .map_or_else(|| DEFAULT_REDIS_PREFIX.to_owned(), |(v, _)| v),
             redis_timeout: millis(ENV_REDIS_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT)?,
+            redis_health_interval: millis(
+                ENV_REDIS_HEALTH_INTERVAL_MS,
+                DEFAULT_REDIS_HEALTH_INTERVAL,
+            )?,
             temporary_grant: secs(ENV_TEMPORARY_GRANT_SECS, DEFAULT_TEMPORARY_GRANT)?,
+            max_clock_skew: secs(ENV_MAX_CLOCK_SKEW_SECS, DEFAULT_MAX_CLOCK_SKEW)?,
             event_retention: secs(ENV_EVENT_RETENTION_SECS, DEFAULT_EVENT_RETENTION)?,
             checkpoint_interval: secs(ENV_CHECKPOINT_SECS, DEFAULT_CHECKPOINT)?,
             expiry_sweep_interval: millis(ENV_EXPIRY_SWEEP_MS, DEFAULT_EXPIRY_SWEEP)?,
@@ -182,6 +277,13 @@ impl Config {
             http_header_timeout: millis(ENV_HTTP_HEADER_TIMEOUT_MS, DEFAULT_HTTP_HEADER_TIMEOUT)?,
             http_body_timeout: millis(ENV_HTTP_BODY_TIMEOUT_MS, DEFAULT_HTTP_BODY_TIMEOUT)?,
             http_max_connections,
+            grpc_max_connections,
+            grpc_max_streams_per_connection,
+            max_subscriptions,
+            stream_stall_timeout: millis(
+                ENV_STREAM_STALL_TIMEOUT_MS,
+                DEFAULT_STREAM_STALL_TIMEOUT,
+            )?,
             webhook_tokens: raw(&None, ENV_WEBHOOK_TOKENS)
                 .map(|(v, _)| Secret::parse_list(&v))
                 .unwrap_or_default(),
@@ -192,6 +294,13 @@ impl Config {
             whatsapp_app_secret: raw(&None, ENV_WHATSAPP_APP_SECRET).map(|(v, _)| Secret::new(v)),
             insecure_no_auth: flags.insecure_no_auth,
             otlp_endpoint: raw(&None, ENV_OTLP_ENDPOINT).map(|(v, _)| v.trim().to_owned()),
+            api_clients_file: path(ENV_API_CLIENTS_FILE),
+            api_clients_reload_interval: secs(
+                ENV_API_CLIENTS_RELOAD_SECS,
+                DEFAULT_API_CLIENTS_RELOAD,
+            )?,
+            tls,
+            tls_reload_interval: secs(ENV_TLS_RELOAD_SECS, DEFAULT_TLS_RELOAD)?,
         })
     }
 }
@@ -238,7 +347,9 @@ mod tests {
         assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
         assert!(c.redis_url.is_none());
         assert_eq!(c.temporary_grant, Duration::from_secs(604_800));
+        assert_eq!(c.max_clock_skew, Duration::from_secs(120));
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
+        assert_eq!(c.redis_health_interval, Duration::from_secs(1));
         assert_eq!(c.log_format, LogFormat::Text);
     }
 
@@ -249,7 +360,9 @@ mod tests {
             (ENV_GRPC_ADDR, "127.0.0.1:2000"),
             (ENV_REDIS_URL, "redis://:pw@localhost:6379"),
             (ENV_TEMPORARY_GRANT_SECS, "1.5"),
+            (ENV_MAX_CLOCK_SKEW_SECS, "30"),
             (ENV_REDIS_TIMEOUT_MS, "100"),
+            (ENV_REDIS_HEALTH_INTERVAL_MS, "400"),
             (ENV_LOG_FORMAT, "json"),
             (ENV_WEBHOOK_TOKENS, "old-token, new-token,"),
             (ENV_WHATSAPP_APP_SECRET, "app-secret"),
@@ -262,7 +375,9 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:3000");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:2000");
         assert_eq!(c.temporary_grant, Duration::from_millis(1500));
+        assert_eq!(c.max_clock_skew, Duration::from_secs(30));
         assert_eq!(c.redis_timeout, Duration::from_millis(100));
+        assert_eq!(c.redis_health_interval, Duration::from_millis(400));
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.webhook_tokens.len(), 2);
         assert_eq!(c.webhook_tokens[1].expose(), "new-token");
@@ -273,16 +388,52 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_api_clients_come_from_their_variables() {
+        let c = Config::resolve(&Flags::default(), env(&[])).unwrap();
+        assert_eq!((c.tls, c.api_clients_file), (None, None));
+        let c = Config::resolve(
+            &Flags::default(),
+            env(&[
+                (ENV_TLS_CERT, "/etc/callgate/cert.pem"),
+                (ENV_TLS_KEY, "/etc/callgate/key.pem"),
+                (ENV_TLS_CLIENT_CA, "/etc/callgate/ca.pem"),
+                (ENV_TLS_RELOAD_SECS, "2"),
+                (ENV_API_CLIENTS_FILE, "/etc/callgate/clients.toml"),
+            ]),
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/callgate/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/callgate/key.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/callgate/ca.pem")));
+        assert_eq!(c.tls_reload_interval, Duration::from_secs(2));
+        assert_eq!(
+            c.api_clients_file,
+            Some(PathBuf::from("/etc/callgate/clients.toml"))
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         let cases = [
             (ENV_HTTP_ADDR, "localhost"),
             (ENV_TEMPORARY_GRANT_SECS, "a week"),
             (ENV_TEMPORARY_GRANT_SECS, "0"),
             (ENV_TEMPORARY_GRANT_SECS, "-5"),
+            (ENV_MAX_CLOCK_SKEW_SECS, "soon"),
             (ENV_REDIS_TIMEOUT_MS, "NaN"),
+            (ENV_REDIS_HEALTH_INTERVAL_MS, "0"),
             (ENV_LOG_FORMAT, "xml"),
             (ENV_HTTP_MAX_CONNECTIONS, "0"),
             (ENV_HTTP_MAX_CONNECTIONS, "many"),
+            (ENV_TLS_CERT, "cert.pem"),
+            (ENV_TLS_KEY, "key.pem"),
+            (ENV_TLS_CLIENT_CA, "ca.pem"),
+            (ENV_TLS_RELOAD_SECS, "0"),
+            (ENV_GRPC_MAX_CONNECTIONS, "0"),
+            (ENV_GRPC_MAX_STREAMS_PER_CONNECTION, "-1"),
+            (ENV_MAX_SUBSCRIPTIONS, "lots"),
+            (ENV_STREAM_STALL_TIMEOUT_MS, "0"),
         ];
         for (name, value) in cases {
             let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();

@@ -8,12 +8,16 @@
 //!
 //! - The **tailer** follows the log with blocking reads and publishes into a bounded broadcast
 //!   ring, then advances the hub's head. It never waits for subscribers.
-//! - A **[`Subscription`]** has a cursor: everything up to it was delivered (or filtered out).
+//! - A **[`Subscription`]** has a cursor: everything up to it was taken from the log (queued,
+//!   delivered, or filtered out); what it reports to its consumer ([`Subscription::resume_cursor`]) is
+//!   the cursor of the last item actually returned, never one covering queued items.
 //!   It first replays from the store after its cursor, then follows the ring, skipping what it
 //!   already has. If it falls behind by more than the ring holds (a slow client), it goes back to
 //!   replaying from the store at its cursor: a slow subscriber costs store reads, never memory,
 //!   and never blocks the others.
-//! - A cursor the store has trimmed past ends the stream with an explicit out-of-range error.
+//! - A subscription starts at the head, after a cursor, or at an instant ([`Start`]). A cursor
+//!   the store has trimmed past is refused as out of range, and one past the log's end as not
+//!   issued by this log; an instant older than the retained log starts at its oldest event.
 //! - An idle subscription gets a checkpoint carrying the latest cursor every `checkpoint` period.
 
 use std::collections::{HashSet, VecDeque};
@@ -21,21 +25,41 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{EventKind, PhoneNumber};
-use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError};
+use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError, cursor_at};
 
 /// How many events the ring keeps for subscribers that are a little behind, by default.
 pub const RING_CAPACITY: usize = 4096;
-/// Events fetched per store read.
+/// Events the tailer fetches per store read.
 const READ_BATCH: usize = 512;
+/// Events a subscription fetches per store read while replaying: its own copies, queued until
+/// its consumer takes them, so this is its memory bound (the ring's events are shared).
+const REPLAY_BATCH: usize = 32;
 /// How long one blocking read of the tailer waits before it checks for shutdown.
 const TAIL_WAIT: Duration = Duration::from_secs(1);
 /// Pause after a failed store read before the tailer retries.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// Tries to find where the retained log starts before `since` gives up (trims racing it).
+const SINCE_ATTEMPTS: usize = 3;
+
+/// Where a subscription starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// At the current head: events recorded from now on.
+    Head,
+    /// Strictly after a cursor this log issued. Refused if the log was trimmed past it
+    /// ([`CursorError::OutOfRange`]) or if it is past the log's end ([`CursorError::Ahead`]).
+    After(Cursor),
+    /// At the first retained event logged at or after this instant; an instant older than the
+    /// retained log starts at its oldest event.
+    Since(DateTime<Utc>),
+}
 
 /// What the tailer puts in the ring.
 #[derive(Debug, Clone)]
@@ -91,33 +115,57 @@ impl Hub {
         self.store.shards()
     }
 
-    /// Opens a subscription starting after `start` (or at the current head when `None`).
+    /// Opens a subscription at `start`.
     ///
     /// The subscription is registered before this returns, so every event recorded after the
-    /// call returns is delivered.
+    /// call returns is delivered. A start the log cannot serve fails the call itself, not the
+    /// first message.
     pub async fn subscribe(
         &self,
-        start: Option<Cursor>,
+        start: Start,
         filter: Filter,
     ) -> Result<Subscription, StoreError> {
         let ring = self.ring.subscribe();
         let cursor = match start {
-            Some(c) => {
-                // Fail the call itself, not the first message, for a cursor past retention.
+            Start::Head => self.store.head().await?,
+            Start::After(c) => {
+                let head = self.store.head().await?;
+                if let Some(shard) = c.first_ahead_of(&head) {
+                    return Err(CursorError::Ahead { shard }.into());
+                }
+                // Out of range if the log was trimmed past it.
                 self.store.read_events(&c, 1, Duration::ZERO).await?;
                 c
             }
-            None => self.store.head().await?,
+            Start::Since(since) => self.since(since).await?,
         };
         Ok(Subscription {
             hub: self.clone(),
             ring,
+            delivered: cursor.clone(),
             cursor,
             filter,
             pending: VecDeque::new(),
             replaying: true,
             next_checkpoint: Instant::now() + self.checkpoint,
         })
+    }
+
+    /// A cursor just before the first retained event logged at or after `since`: older
+    /// instants start at the oldest retained event instead of failing.
+    async fn since(&self, since: DateTime<Utc>) -> Result<Cursor, StoreError> {
+        let mut cursor = cursor_at(self.shards(), since);
+        let mut last = None;
+        // A trim may land between reading where the log starts and checking it: try again.
+        for _ in 0..SINCE_ATTEMPTS {
+            cursor.advance_to(&self.store.retained_from().await?);
+            match self.store.read_events(&cursor, 1, Duration::ZERO).await {
+                Ok(_) => return Ok(cursor),
+                Err(e @ StoreError::Cursor(CursorError::OutOfRange { .. })) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| CursorError::OutOfRange { shard: 0 }.into()))
     }
 
     /// Number of live subscriptions on this replica.
@@ -230,7 +278,11 @@ pub enum SubscriptionError {
 pub struct Subscription {
     hub: Hub,
     ring: broadcast::Receiver<Published>,
+    /// Everything up to here was taken from the log: queued in `pending` or already returned.
     cursor: Cursor,
+    /// The cursor of the last item [`next`](Self::next) returned (the start before any): what
+    /// a consumer that has handed on every item it got may resume from.
+    delivered: Cursor,
     filter: Filter,
     pending: VecDeque<Item>,
     /// Reading from the store (at start, and after falling behind the ring).
@@ -239,8 +291,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn cursor(&self) -> &Cursor {
-        &self.cursor
+    /// Where a consumer that has passed on every item returned so far resumes: never past an
+    /// event still queued inside the subscription.
+    pub fn resume_cursor(&self) -> &Cursor {
+        &self.delivered
+    }
+
+    /// Completes when the server starts shutting down.
+    pub async fn stopping(&self) {
+        self.hub.shutdown.cancelled().await
     }
 
     /// The next event or checkpoint. Errors end the subscription.
@@ -251,6 +310,8 @@ impl Subscription {
             }
             if let Some(item) = self.pending.pop_front() {
                 self.next_checkpoint = Instant::now() + self.hub.checkpoint;
+                let (Item::Event(_, c) | Item::Checkpoint(c)) = &item;
+                self.delivered = c.clone();
                 return Ok(item);
             }
             if self.replaying {
@@ -283,7 +344,7 @@ impl Subscription {
     async fn replay_batch(&mut self) -> Result<(), SubscriptionError> {
         let events = tokio::select! {
             _ = self.hub.shutdown.cancelled() => return Err(SubscriptionError::ShuttingDown),
-            r = self.hub.store.read_events(&self.cursor, READ_BATCH, Duration::ZERO) => r?,
+            r = self.hub.store.read_events(&self.cursor, REPLAY_BATCH, Duration::ZERO) => r?,
         };
         if events.is_empty() {
             self.replaying = false;

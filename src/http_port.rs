@@ -16,18 +16,25 @@
 //! Defences for a port facing the internet: the body is capped at [`MAX_BODY`] (checked against
 //! `Content-Length` before reading, and while reading), headers and body must arrive within a
 //! deadline, and the number of open connections is capped.
+//!
+//! The port speaks HTTP/1.1 only (webhook senders and probes all do). Every connection must make
+//! progress from the moment it is accepted: the header deadline runs from accept for the first
+//! request and from the end of the previous response for the next one, so a socket that never
+//! sends a byte, or a kept-alive connection that goes quiet, is closed within
+//! `header_timeout`. An HTTP/2 preface is refused like any malformed request: HTTP/2 would let
+//! one connection carry many requests past the connection cap, outside these deadlines.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -43,7 +50,8 @@ use crate::ingest::auth::{
 };
 use crate::ingest::{IngestContext, PayloadError, doubletick, whatsapp};
 use crate::metrics::{Metrics, Route, StoreOp};
-use crate::store::{ConsentStore, RecordOutcome, StoreError};
+use crate::store::{ConsentStore, DeliveryConflict, RecordOutcome, StoreError};
+use crate::tls::{MaybeTls, TlsPort};
 
 /// Largest webhook body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -73,8 +81,19 @@ pub enum WebhookError {
     BodyRead(String),
     #[error(transparent)]
     Payload(#[from] PayloadError),
+    #[error(transparent)]
+    Conflict(DeliveryConflict),
     #[error("decision not stored, retry later: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for WebhookError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(c) => WebhookError::Conflict(c),
+            other => WebhookError::Store(other),
+        }
+    }
 }
 
 impl WebhookError {
@@ -98,6 +117,7 @@ impl WebhookError {
                 (StatusCode::BAD_REQUEST, "invalid_json")
             }
             WebhookError::Payload(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            WebhookError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             WebhookError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         }
     }
@@ -110,6 +130,15 @@ impl WebhookError {
         };
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), code, error = %self, "webhook not stored");
+        } else if let WebhookError::Conflict(c) = &self {
+            // Sender fields reach the log only after the edge refused control characters.
+            tracing::warn!(
+                status = status.as_u16(),
+                code,
+                sender = c.sender,
+                message_id = %c.message_id,
+                "message id redelivered with another answer; nothing stored"
+            );
         } else {
             tracing::info!(status = status.as_u16(), code, error = %self, "request refused");
         }
@@ -139,6 +168,8 @@ pub struct HttpState {
     pub ingest: IngestContext,
     pub metrics: Arc<Metrics>,
     pub hub: Hub,
+    /// TLS for this port; `None`: plain TCP.
+    pub tls: Option<Arc<TlsPort>>,
 }
 
 /// How the webhook routes authenticate their senders.
@@ -207,9 +238,11 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: hyper's header deadline starts when it first polls for a request head,
+    // which is at once for a new connection (no protocol sniffing that waits for bytes first)
+    // and right after each response on a kept-alive one.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(state.limits.header_timeout);
     let graceful = GracefulShutdown::new();
@@ -236,14 +269,26 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, req).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // The TLS handshake (if any) happens here, off the accept loop; it counts against
+            // the header deadline.
+            let tls = state.tls.clone();
+            let deadline = state.limits.header_timeout;
+            let io = match MaybeTls::accept(stream, tls.as_deref(), deadline).await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
             drop(permit);
@@ -376,8 +421,9 @@ async fn doubletick_webhook(
         }
     }
     let body = read_json_body(req, &state.limits).await?;
-    let decision = doubletick::parse(&body, &state.ingest)?;
-    store_decisions(state, vec![decision]).await
+    let received_at = Utc::now();
+    let decision = doubletick::parse(&body, &state.ingest, received_at)?;
+    store_decisions(state, vec![decision], received_at).await
 }
 
 /// Meta's webhook: signature over the raw bytes first, then parse, then store all or nothing.
@@ -401,7 +447,8 @@ async fn whatsapp_webhook(
         verify_meta_signature(secret, &body, signature.as_deref())
             .map_err(WebhookError::Unauthorized)?;
     }
-    let decisions = whatsapp::parse(&body, &state.ingest)?;
+    let received_at = Utc::now();
+    let decisions = whatsapp::parse(&body, &state.ingest, received_at)?;
     if decisions.is_empty() {
         let mut res = json_response(
             StatusCode::OK,
@@ -410,7 +457,7 @@ async fn whatsapp_webhook(
         res.extensions_mut().insert(Outcome("ignored"));
         return Ok(res);
     }
-    store_decisions(state, decisions).await
+    store_decisions(state, decisions, received_at).await
 }
 
 /// Meta's subscription handshake: echo `hub.challenge` if the verify token matches.
@@ -436,12 +483,14 @@ fn whatsapp_subscription(
 #[derive(Clone, Copy)]
 struct Outcome(&'static str);
 
-/// Stores decisions, then (and only then) answers 200 with what happened to each.
+/// Stores decisions that arrived at `received_at`, then (and only then) answers 200 with what
+/// happened to each.
 async fn store_decisions(
     state: &HttpState,
     decisions: Vec<Decision>,
+    received_at: DateTime<Utc>,
 ) -> Result<Response<Full<Bytes>>, WebhookError> {
-    let outcomes = state.store.record(&decisions, Utc::now()).await?;
+    let outcomes = state.store.record(&decisions, received_at).await?;
     let results: Vec<_> = decisions
         .iter()
         .zip(&outcomes)

@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod fanout;
 pub mod grpc_api;
+pub(crate) mod grpc_port;
 pub(crate) mod http_port;
 pub mod ingest;
 pub(crate) mod metrics;
@@ -14,6 +15,7 @@ pub(crate) mod metrics;
 pub mod otlp;
 pub(crate) mod secret;
 pub mod store;
+pub mod tls;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.
 pub mod pb {

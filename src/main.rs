@@ -38,13 +38,13 @@ enum Command {
     Check {
         business: String,
         customer: String,
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
     },
     /// Print StreamGrants events as they come.
     Watch {
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: String,
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
         /// Only these business numbers (repeatable).
         #[arg(long = "business")]
         businesses: Vec<String>,
@@ -66,6 +66,8 @@ enum Command {
         #[arg(long, default_value = "/healthz")]
         path: String,
     },
+    /// Print a new random API key and its SHA-256 for the API clients file.
+    Keygen,
 }
 
 #[derive(clap::Args, Default)]
@@ -79,7 +81,7 @@ struct ServeArgs {
     /// Redis URL; unset: embedded in-memory store [env: CALLGATE_REDIS_URL]
     #[arg(long)]
     redis_url: Option<String>,
-    /// Serve the webhook routes WITHOUT authentication (local demos only)
+    /// Serve the webhook routes and the gRPC API WITHOUT authentication (local demos only)
     #[arg(long)]
     insecure_no_auth: bool,
 }
@@ -92,9 +94,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Check {
             business,
             customer,
-            addr,
+            conn,
         } => {
-            let allowed = finish(cli::check(&addr, &business, &customer).await);
+            let allowed = finish(cli::check(&conn, &business, &customer).await);
             std::process::exit(if allowed { 0 } else { 3 });
         }
         Command::Healthcheck { addr, path } => {
@@ -106,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Watch {
-            addr,
+            conn,
             businesses,
             include_denials,
             include_expiries,
@@ -119,7 +121,11 @@ async fn main() -> anyhow::Result<()> {
                 resume_after: resume_after.unwrap_or_default(),
                 since: None,
             };
-            finish(cli::watch(&addr, request).await);
+            finish(cli::watch(&conn, request).await);
+            Ok(())
+        }
+        Command::Keygen => {
+            print!("{}", cli::keygen()?);
             Ok(())
         }
     }
@@ -161,6 +167,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 url: url.expose().to_owned(),
                 prefix: config.redis_prefix.clone(),
                 timeout: config.redis_timeout,
+                health_interval: config.redis_health_interval,
                 event_retention: config.event_retention,
             };
             let target = redis.redacted_url();

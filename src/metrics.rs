@@ -2,9 +2,12 @@
 //!
 //! Hand-rolled on atomics rather than a registry crate: the hot path (a check) pays two clock
 //! reads and three relaxed atomic adds, with no locks and no allocation. Every label set is fixed
-//! at compile time (enums), so no label can ever carry a phone number or other request data.
+//! at compile time (enums), so no label can ever carry a phone number or other request data;
+//! the one exception, the `client` of API refusals, takes only names from the clients file.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -120,7 +123,7 @@ impl Route {
 }
 
 /// What happened to a webhook request. Refusals use the stable error codes of the HTTP port.
-pub const WEBHOOK_OUTCOMES: [&str; 18] = [
+pub const WEBHOOK_OUTCOMES: [&str; 19] = [
     "stored",
     "ignored",
     "verified",
@@ -135,6 +138,7 @@ pub const WEBHOOK_OUTCOMES: [&str; 18] = [
     "body_unreadable",
     "invalid_json",
     "invalid_field",
+    "conflict",
     "store_unavailable",
     "bad_request",
     "too_many_connections",
@@ -156,9 +160,51 @@ impl StoreOp {
     const LABELS: [&'static str; 6] = ["check", "record", "history", "events", "sweep", "ping"];
 }
 
+/// Why the gRPC API refused a call (the `reason` label of `callgate_api_refusals_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// No `authorization` metadata.
+    MissingKey = 0,
+    /// `authorization` present but not `Bearer <key>`.
+    MalformedKey = 1,
+    /// A key no configured client has (including a rotated-out one).
+    UnknownKey = 2,
+    /// No API client is configured, so every call is refused.
+    NotConfigured = 3,
+    /// A known client without the scope the RPC needs.
+    MissingScope = 4,
+    /// A known client asked about a business it may not see.
+    OtherBusiness = 5,
+}
+
+impl RefusalReason {
+    const LABELS: [&'static str; 6] = [
+        "missing_key",
+        "malformed_key",
+        "unknown_key",
+        "not_configured",
+        "missing_scope",
+        "other_business",
+    ];
+
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self as usize]
+    }
+}
+
+/// The `client` label of a refusal made before any client was identified.
+pub const UNAUTHENTICATED_CLIENT: &str = "unauthenticated";
+
+/// API refusals per client name and reason. The names are those of the clients file (or
+/// [`UNAUTHENTICATED_CLIENT`]), so the label set is the configured one: never a key, never a
+/// phone number. Only refusals touch the lock, never an admitted call.
+#[derive(Default)]
+struct Refusals(Mutex<BTreeMap<String, [u64; RefusalReason::LABELS.len()]>>);
+
 /// All of callgate's metrics. One instance per running service.
 #[derive(Default)]
 pub struct Metrics {
+    api_refusals: Refusals,
     checks: [AtomicU64; 7],
     check_latency: [Histogram; 2],
     /// Single checks' latency by answer (a batch has many answers, so it is not split).
@@ -168,12 +214,32 @@ pub struct Metrics {
     store_errors: [AtomicU64; 6],
     open_streams: AtomicI64,
     stream_events: AtomicU64,
+    /// StreamGrants streams ended because their client stopped reading.
+    stream_stalls: AtomicU64,
     expired: AtomicU64,
     /// Whether the store answered the last readiness probe (what `/readyz` and gRPC health say).
     ready: AtomicBool,
 }
 
 impl Metrics {
+    /// Counts a refused API call of the client named `client` (a configured name, or
+    /// [`UNAUTHENTICATED_CLIENT`]).
+    pub fn api_refusal(&self, client: &str, reason: RefusalReason) {
+        let mut counts = self
+            .api_refusals
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match counts.get_mut(client) {
+            Some(slot) => slot[reason as usize] += 1,
+            None => {
+                let mut slot = [0; RefusalReason::LABELS.len()];
+                slot[reason as usize] = 1;
+                counts.insert(client.to_owned(), slot);
+            }
+        }
+    }
+
     pub fn check(&self, answer: CheckAnswer) {
         self.checks[answer.index()].fetch_add(1, Relaxed);
     }
@@ -216,6 +282,10 @@ impl Metrics {
 
     pub fn stream_event(&self) {
         self.stream_events.fetch_add(1, Relaxed);
+    }
+
+    pub fn stream_stalled(&self) {
+        self.stream_stalls.fetch_add(1, Relaxed);
     }
 
     pub fn expired(&self, n: usize) {
@@ -310,6 +380,28 @@ impl Metrics {
 
         let _ = writeln!(
             out,
+            "# HELP callgate_api_refusals_total gRPC calls refused, by client and reason."
+        );
+        let _ = writeln!(out, "# TYPE callgate_api_refusals_total counter");
+        let refusals = self
+            .api_refusals
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (client, counts) in refusals.iter() {
+            for (reason, n) in RefusalReason::LABELS.iter().zip(counts) {
+                if *n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "callgate_api_refusals_total{{client=\"{client}\",reason=\"{reason}\"}} {n}"
+                    );
+                }
+            }
+        }
+        drop(refusals);
+
+        let _ = writeln!(
+            out,
             "# HELP callgate_store_errors_total Store calls that failed."
         );
         let _ = writeln!(out, "# TYPE callgate_store_errors_total counter");
@@ -318,7 +410,7 @@ impl Metrics {
             let _ = writeln!(out, "callgate_store_errors_total{{op=\"{op}\"}} {n}");
         }
 
-        let gauges: [(&str, &str, &str, i64); 5] = [
+        let gauges: [(&str, &str, &str, i64); 6] = [
             (
                 "callgate_ready",
                 "gauge",
@@ -336,6 +428,12 @@ impl Metrics {
                 "counter",
                 "Events sent to StreamGrants subscribers.",
                 self.stream_events.load(Relaxed) as i64,
+            ),
+            (
+                "callgate_stream_stalls_total",
+                "counter",
+                "StreamGrants streams ended because their client stopped reading.",
+                self.stream_stalls.load(Relaxed) as i64,
             ),
             (
                 "callgate_stream_catch_ups_total",
@@ -396,6 +494,16 @@ mod tests {
         assert!(m.render(0).contains("callgate_ready 0\n"));
         m.set_ready(true);
         assert!(m.render(0).contains("callgate_ready 1\n"));
+        let m = Metrics::default();
+        m.api_refusal(UNAUTHENTICATED_CLIENT, RefusalReason::UnknownKey);
+        m.api_refusal("dialer-eu", RefusalReason::MissingScope);
+        let refusals = m.render(0);
+        for needle in [
+            "callgate_api_refusals_total{client=\"unauthenticated\",reason=\"unknown_key\"} 1",
+            "callgate_api_refusals_total{client=\"dialer-eu\",reason=\"missing_scope\"} 1",
+        ] {
+            assert!(refusals.contains(needle), "missing {needle}:\n{refusals}");
+        }
         for needle in [
             "callgate_build_info{version=",
             "callgate_checks_total{answer=\"denied\"} 1",

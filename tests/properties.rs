@@ -19,8 +19,16 @@ use sha2::Sha256;
 
 fn ctx() -> IngestContext {
     IngestContext {
-        temporary_grant: Duration::from_secs(7 * 24 * 3600),
+        dates: callgate::domain::DateRules {
+            temporary_window: Duration::from_secs(7 * 24 * 3600),
+            max_clock_skew: Duration::from_secs(120),
+        },
     }
+}
+
+/// A fixed arrival time for the parsers.
+fn arrival() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(1_768_473_005, 0).unwrap()
 }
 
 /// Strings the parsers give meaning to, so junk often looks almost right.
@@ -248,21 +256,21 @@ fn check_error_names_field(err: &PayloadError) -> Result<(), TestCaseError> {
 proptest! {
     #[test]
     fn parsers_never_panic_on_bytes(body in prop::collection::vec(any::<u8>(), 0..256)) {
-        let _ = doubletick::parse(&body, &ctx());
-        let _ = whatsapp::parse(&body, &ctx());
+        let _ = doubletick::parse(&body, &ctx(), arrival());
+        let _ = whatsapp::parse(&body, &ctx(), arrival());
     }
 
     #[test]
     fn parsers_never_panic_on_any_json(value in junk()) {
         let body = value.to_string();
-        let _ = doubletick::parse(body.as_bytes(), &ctx());
-        let _ = whatsapp::parse(body.as_bytes(), &ctx());
+        let _ = doubletick::parse(body.as_bytes(), &ctx(), arrival());
+        let _ = whatsapp::parse(body.as_bytes(), &ctx(), arrival());
     }
 
     #[test]
     fn whatsapp_envelopes_parse_or_name_the_field(envelope in whatsapp_envelope()) {
         let body = envelope.to_string();
-        match whatsapp::parse(body.as_bytes(), &ctx()) {
+        match whatsapp::parse(body.as_bytes(), &ctx(), arrival()) {
             Ok(decisions) => {
                 for d in &decisions {
                     check_decision(d, body.as_bytes(), Source::WhatsApp)?;
@@ -276,7 +284,7 @@ proptest! {
     #[test]
     fn doubletick_bodies_parse_or_name_the_field(body in doubletick_body()) {
         let body = body.to_string();
-        match doubletick::parse(body.as_bytes(), &ctx()) {
+        match doubletick::parse(body.as_bytes(), &ctx(), arrival()) {
             Ok(d) => check_decision(&d, body.as_bytes(), Source::DoubleTick)?,
             Err(err) => check_error_names_field(&err)?,
         }
@@ -305,7 +313,7 @@ proptest! {
             { "value": { "metadata": { "display_phone_number": "15550783881" },
                          "messages": messages } }
         ] }] }).to_string();
-        let got: Vec<String> = whatsapp::parse(body.as_bytes(), &ctx())
+        let got: Vec<String> = whatsapp::parse(body.as_bytes(), &ctx(), arrival())
             .unwrap()
             .into_iter()
             .map(|d| d.evidence.message_id)

@@ -41,6 +41,8 @@ impl Default for Floor {
                     response_source: "user_initiated".into(),
                     sender_customer_id: "customer_floor".into(),
                     body_sha256: "0".repeat(64),
+                    stated_decided_at: Some(at(1_768_473_000)),
+                    stated_expires_at: None,
                 }),
                 business_number: "+919000000000".into(),
                 customer_number: "+919800000000".into(),

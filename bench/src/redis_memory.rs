@@ -157,6 +157,8 @@ impl Mix {
                 body_sha256: (0..4)
                     .map(|k| format!("{:016x}", Rng::new(self.seed ^ 4, i * 4 + k).next_u64()))
                     .collect(),
+                stated_at: decided_at,
+                stated_expires_at: choice.expires_at(),
             },
         }
     }

@@ -4,15 +4,19 @@
 
 use std::time::Duration;
 
-use callgate::domain::Source;
+use callgate::domain::{DateRules, Source};
 use callgate::ingest::{IngestContext, PayloadError, body_sha256, whatsapp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
     let ctx = IngestContext {
-        temporary_grant: Duration::from_secs(7 * 24 * 3600),
+        dates: DateRules {
+            temporary_window: Duration::from_secs(7 * 24 * 3600),
+            max_clock_skew: Duration::from_secs(120),
+        },
     };
-    match whatsapp::parse(body, &ctx) {
+    let arrival = chrono::DateTime::from_timestamp(1_768_473_005, 0).unwrap();
+    match whatsapp::parse(body, &ctx, arrival) {
         Ok(decisions) => {
             for d in decisions {
                 assert_eq!(d.evidence.source, Source::WhatsApp);

@@ -85,6 +85,11 @@ pub struct Evidence {
     pub sender_customer_id: String,
     /// Hex SHA-256 of the raw request body.
     pub body_sha256: String,
+    /// The event time exactly as the sender stated it. [`Decision::decided_at`] equals it unless
+    /// the rules clamped a time too far in the future (see [`rules`](super::rules)).
+    pub stated_at: DateTime<Utc>,
+    /// The expiry the sender stated for a temporary grant, if any, before the rules bounded it.
+    pub stated_expires_at: Option<DateTime<Utc>>,
 }
 
 /// One customer decision, normalised and validated. Times have millisecond precision, the
@@ -99,9 +104,12 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Identity of this decision for de-duplication: two deliveries of the same webhook have the
-    /// same id. It covers what the decision *says*, not how it was delivered (a retried body may
-    /// differ in whitespace), so the body hash is deliberately left out.
+    /// Identity of the *delivery* for de-duplication: the pair, the sender and the sender's
+    /// message id, all as the sender delivered them. Nothing callgate derives (a temporary
+    /// grant's default expiry, a clamped time) and no configuration goes into it, so a retry
+    /// landing on a replica with other settings is still recognised. Hex of [`dedup_digest`].
+    ///
+    /// [`dedup_digest`]: Self::dedup_digest
     pub fn dedup_id(&self) -> String {
         to_hex(&self.dedup_digest())
     }
@@ -114,22 +122,37 @@ impl Decision {
             self.pair.customer.digits(),
             self.evidence.source.as_str(),
             self.evidence.message_id.as_str(),
-            self.choice.name(),
         ] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
-        h.update(self.decided_at.timestamp_millis().to_be_bytes());
-        h.update(
-            self.choice
-                .expires_at()
-                .map_or(i64::MIN, |t| t.timestamp_millis())
-                .to_be_bytes(),
-        );
         let digest = h.finalize();
         let mut id = [0u8; 16];
         id.copy_from_slice(&digest[..16]);
         id
+    }
+
+    /// What the sender *said* in this delivery: the answer (deny, permanent or temporary
+    /// grant), the stated event time and the stated expiry. Two deliveries with one
+    /// [`dedup_id`](Self::dedup_id) and different fingerprints are a conflict (see
+    /// [`rules::redelivery`](super::rules::redelivery)). Only stated values go in: never the
+    /// clamped time or a derived expiry. (The body hash is left out: a retried body may differ
+    /// in whitespace.)
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let mut h = Sha256::new();
+        h.update(self.choice.name().as_bytes());
+        h.update([0u8]);
+        h.update(self.evidence.stated_at.timestamp_millis().to_be_bytes());
+        h.update(
+            self.evidence
+                .stated_expires_at
+                .map_or(i64::MIN, |t| t.timestamp_millis())
+                .to_be_bytes(),
+        );
+        let digest = h.finalize();
+        let mut f = [0u8; 8];
+        f.copy_from_slice(&digest[..8]);
+        f
     }
 }
 

@@ -12,5 +12,6 @@ pub use decision::{Choice, Decision, Evidence, Pair, Source, to_hex, to_millis_p
 pub use event::{ConsentEvent, EventKind, HistoryEntry, HistoryOutcome};
 pub use phone::{PhoneError, PhoneNumber};
 pub use rules::{
-    Arbitration, ConsentState, Verdict, arbitrate, choice_for_reply, evaluate, temporary_expiry,
+    Arbitration, ConsentState, DateRules, Redelivery, Verdict, arbitrate, decide, evaluate,
+    ordering_time, redelivery, temporary_expiry,
 };

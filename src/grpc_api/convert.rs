@@ -28,6 +28,8 @@ fn evidence(e: &Evidence) -> pb::Evidence {
         response_source: e.response_source.clone(),
         sender_customer_id: e.sender_customer_id.clone(),
         body_sha256: e.body_sha256.clone(),
+        stated_decided_at: Some(timestamp(e.stated_at)),
+        stated_expires_at: e.stated_expires_at.map(timestamp),
     }
 }
 
@@ -69,6 +71,8 @@ fn owned_evidence(e: Evidence) -> pb::Evidence {
         response_source: e.response_source,
         sender_customer_id: e.sender_customer_id,
         body_sha256: e.body_sha256,
+        stated_decided_at: Some(timestamp(e.stated_at)),
+        stated_expires_at: e.stated_expires_at.map(timestamp),
     }
 }
 

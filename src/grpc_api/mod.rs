@@ -2,32 +2,57 @@
 //!
 //! Errors map to a gRPC `Status` in one place ([`ApiError`]). A store failure is always
 //! `UNAVAILABLE`: a dialer can never read an error as "allowed".
+//!
+//! Every call has been admitted by [`auth::Guard`] (key and scope) before a handler runs; the
+//! handlers then keep a client limited to some businesses to those businesses
+//! ([`auth::Caller::may_see`]), before the store is read.
 
+pub mod auth;
 mod convert;
 
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use tokio::sync::mpsc;
+use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 pub use convert::{from_timestamp, timestamp};
 
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
-use crate::fanout::{Filter, Hub, Item, SubscriptionError};
-use crate::metrics::{CheckAnswer, CheckRpc, Metrics, StoreOp};
+use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
+use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
-use crate::store::{ConsentStore, Cursor, CursorError, StoreError, cursor_at};
+use crate::store::{ConsentStore, Cursor, CursorError, StoreError};
+use auth::Caller;
 
 /// Most pairs one CheckCallPermissions call may carry.
 pub const MAX_BATCH: usize = 1000;
-/// Items buffered per StreamGrants client before its pump waits (memory bound per stream).
-const STREAM_BUFFER: usize = 64;
+/// GetConsentHistory entries per page when the client asks for none.
+pub const DEFAULT_HISTORY_PAGE: usize = 100;
+/// Most GetConsentHistory entries per page (larger requests get this many). With every
+/// evidence field bounded at the edge, a full page stays far below gRPC's 4 MiB default.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+/// Messages queued per StreamGrants client before its pump waits (memory bound per stream,
+/// besides HTTP/2's own send buffer, [`crate::grpc_port::STREAM_SEND_BUFFER`]).
+const STREAM_BUFFER: usize = 16;
+/// How far ahead of the server's clock a `since` may be (clients' clocks drift a little).
+const MAX_SINCE_AHEAD: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// Trailer metadata key of the cursor a client resumes from after a resumable end.
+pub const RESUME_AFTER_KEY: &str = "callgate-resume-after";
+
+/// Limits of StreamGrants on one replica.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// Most subscriptions open at once; more are refused with `RESOURCE_EXHAUSTED`.
+    pub max_subscriptions: usize,
+    /// A client that takes no message for this long is ended with a resumable `UNAVAILABLE`.
+    pub stall_timeout: Duration,
+}
 
 /// Everything that can fail in an RPC, mapped to a `Status` in one `match`.
 #[derive(Debug, thiserror::Error)]
@@ -41,14 +66,34 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The caller may not see this business's consent.
+    #[error("{field}: this client may not see business {business}")]
+    OtherBusiness {
+        field: &'static str,
+        business: PhoneNumber,
+    },
+    /// No admitted caller on the request (the guard did not run): refuse, never answer.
+    #[error("call not authenticated")]
+    NoCaller,
 }
 
 impl ApiError {
-    fn check_answer(&self) -> CheckAnswer {
+    /// How a failed check is counted in `callgate_checks_total` (a refusal is counted in
+    /// `callgate_api_refusals_total` instead).
+    fn check_answer(&self) -> Option<CheckAnswer> {
         match self {
-            ApiError::Store(StoreError::Cursor(_)) => CheckAnswer::InvalidArgument,
-            ApiError::Store(_) => CheckAnswer::Unavailable,
-            _ => CheckAnswer::InvalidArgument,
+            ApiError::Store(StoreError::Cursor(_)) => Some(CheckAnswer::InvalidArgument),
+            ApiError::Store(_) => Some(CheckAnswer::Unavailable),
+            ApiError::OtherBusiness { .. } | ApiError::NoCaller => None,
+            _ => Some(CheckAnswer::InvalidArgument),
+        }
+    }
+
+    fn code(&self) -> tonic::Code {
+        match self {
+            ApiError::OtherBusiness { .. } => tonic::Code::PermissionDenied,
+            ApiError::NoCaller => tonic::Code::Unauthenticated,
+            _ => tonic::Code::InvalidArgument,
         }
     }
 }
@@ -67,6 +112,8 @@ impl From<ApiError> for Status {
                 tracing::warn!(error = %e, "store error answered as UNAVAILABLE");
                 Status::unavailable(e.to_string())
             }
+            ApiError::OtherBusiness { .. } => Status::permission_denied(e.to_string()),
+            ApiError::NoCaller => Status::unauthenticated(e.to_string()),
         }
     }
 }
@@ -82,19 +129,38 @@ fn pair(business: &str, customer: &str) -> Result<Pair, ApiError> {
     ))
 }
 
+/// The caller the guard admitted.
+fn caller<T>(request: &Request<T>) -> Result<Caller, ApiError> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or(ApiError::NoCaller)
+}
+
 /// The `ConsentAuthority` service.
 pub struct Api {
     store: Arc<dyn ConsentStore>,
     hub: Hub,
     metrics: Arc<Metrics>,
+    limits: StreamLimits,
+    /// One permit per open StreamGrants subscription.
+    subscriptions: Arc<Semaphore>,
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn ConsentStore>, hub: Hub, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn ConsentStore>,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        limits: StreamLimits,
+    ) -> Self {
         Api {
             store,
             hub,
             metrics,
+            subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions)),
+            limits,
         }
     }
 
@@ -108,11 +174,36 @@ impl Api {
         }
     }
 
+    /// Refuses (and counts) a question about a business `caller` may not see.
+    fn scope(
+        &self,
+        caller: &Caller,
+        field: &'static str,
+        business: &PhoneNumber,
+    ) -> Result<(), ApiError> {
+        if caller.may_see(business) {
+            return Ok(());
+        }
+        self.metrics
+            .api_refusal(caller.name(), RefusalReason::OtherBusiness);
+        tracing::info!(
+            client = caller.name(),
+            reason = RefusalReason::OtherBusiness.label(),
+            "api call refused"
+        );
+        Err(ApiError::OtherBusiness {
+            field,
+            business: business.clone(),
+        })
+    }
+
     async fn check_one(
         &self,
+        caller: &Caller,
         req: &pb::CheckCallPermissionRequest,
     ) -> Result<(pb::CheckCallPermissionResponse, CheckAnswer), ApiError> {
         let pair = pair(&req.business_number, &req.customer_number)?;
+        self.scope(caller, "business_number", &pair.business)?;
         let current = self
             .store
             .current(&pair)
@@ -125,6 +216,7 @@ impl Api {
 
     async fn check_many(
         &self,
+        caller: &Caller,
         checks: &[pb::CheckCallPermissionRequest],
     ) -> Result<pb::CheckCallPermissionsResponse, ApiError> {
         if checks.len() > MAX_BATCH {
@@ -135,7 +227,11 @@ impl Api {
         }
         let parsed: Vec<Result<Pair, ApiError>> = checks
             .iter()
-            .map(|c| pair(&c.business_number, &c.customer_number))
+            .map(|c| {
+                let pair = pair(&c.business_number, &c.customer_number)?;
+                self.scope(caller, "business_number", &pair.business)?;
+                Ok(pair)
+            })
             .collect();
         let valid: Vec<Pair> = parsed
             .iter()
@@ -159,9 +255,11 @@ impl Api {
                         pb::check_result::Result::Answer(convert::check_response(&pair, verdict))
                     }
                     Err(e) => {
-                        self.metrics.check(CheckAnswer::InvalidArgument);
+                        if let Some(answer) = e.check_answer() {
+                            self.metrics.check(answer);
+                        }
                         pb::check_result::Result::Error(pb::CheckError {
-                            code: tonic::Code::InvalidArgument as i32,
+                            code: e.code() as i32,
                             message: e.to_string(),
                         })
                     }
@@ -178,18 +276,26 @@ impl Api {
         pb::consent_authority_server::ConsentAuthorityServer::new(self)
     }
 
-    fn start_cursor(&self, req: &pb::StreamGrantsRequest) -> Result<Option<Cursor>, ApiError> {
-        let shards = self.hub.shards();
+    fn start(&self, req: &pb::StreamGrantsRequest, now: DateTime<Utc>) -> Result<Start, ApiError> {
         if !req.resume_after.is_empty() {
-            let c = Cursor::parse(&req.resume_after, shards).map_err(StoreError::from)?;
-            return Ok(Some(c));
+            let c =
+                Cursor::parse(&req.resume_after, self.hub.shards()).map_err(StoreError::from)?;
+            return Ok(Start::After(c));
         }
         match &req.since {
-            None => Ok(None),
+            None => Ok(Start::Head),
             Some(ts) => {
                 let since = from_timestamp(ts)
                     .ok_or_else(|| ApiError::InvalidArgument("since: invalid timestamp".into()))?;
-                Ok(Some(cursor_at(shards, since)))
+                if since > now + MAX_SINCE_AHEAD {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "since: {} is in the future (server time {}); events cannot be \
+                         replayed from a time that has not come",
+                        since.to_rfc3339(),
+                        now.to_rfc3339()
+                    )));
+                }
+                Ok(Start::Since(since))
             }
         }
     }
@@ -204,13 +310,22 @@ impl ConsentAuthority for Api {
         request: Request<pb::CheckCallPermissionRequest>,
     ) -> Result<Response<pb::CheckCallPermissionResponse>, Status> {
         let started = Instant::now();
-        let answer = self.check_one(request.get_ref()).await;
+        let caller = caller(&request)?;
+        let answer = self.check_one(&caller, request.get_ref()).await;
         let label = match &answer {
-            Ok((_, label)) => *label,
+            Ok((_, label)) => Some(*label),
             Err(e) => e.check_answer(),
         };
-        self.metrics.check(label);
-        self.metrics.single_check_latency(label, started.elapsed());
+        match label {
+            Some(label) => {
+                self.metrics.check(label);
+                self.metrics.single_check_latency(label, started.elapsed());
+            }
+            // A refusal (no caller, another business) is counted as a refusal, not an answer.
+            None => self
+                .metrics
+                .check_latency(CheckRpc::Single, started.elapsed()),
+        }
         Ok(Response::new(answer?.0))
     }
 
@@ -219,9 +334,10 @@ impl ConsentAuthority for Api {
         request: Request<pb::CheckCallPermissionsRequest>,
     ) -> Result<Response<pb::CheckCallPermissionsResponse>, Status> {
         let started = Instant::now();
-        let answer = self.check_many(&request.get_ref().checks).await;
-        if let Err(e) = &answer {
-            self.metrics.check(e.check_answer());
+        let caller = caller(&request)?;
+        let answer = self.check_many(&caller, &request.get_ref().checks).await;
+        if let Some(answer) = answer.as_ref().err().and_then(ApiError::check_answer) {
+            self.metrics.check(answer);
         }
         self.metrics
             .check_latency(CheckRpc::Batch, started.elapsed());
@@ -234,78 +350,214 @@ impl ConsentAuthority for Api {
         &self,
         request: Request<pb::StreamGrantsRequest>,
     ) -> Result<Response<Self::StreamGrantsStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let businesses = req
+        let mut businesses = req
             .business_numbers
             .iter()
             .map(|b| phone("business_numbers", b))
             .collect::<Result<HashSet<_>, _>>()?;
+        // A client limited to some businesses asks for some of them or, with no filter, gets
+        // all of them: never an empty filter, which would mean every business.
+        if let Some(allowed) = caller.businesses() {
+            for b in &businesses {
+                self.scope(&caller, "business_numbers", b)?;
+            }
+            if businesses.is_empty() {
+                businesses = allowed.clone();
+            }
+        }
         let filter = Filter {
             businesses,
             include_denials: req.include_denials,
             include_expiries: req.include_expiries,
         };
-        let start = self.start_cursor(&req)?;
-        let mut sub = self
+        let permit = self
+            .subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} StreamGrants subscriptions are open on this replica (its limit); retry \
+                 later or on another replica",
+                    self.limits.max_subscriptions
+                ))
+            })?;
+        let start = self.start(&req, Utc::now())?;
+        let sub = self
             .hub
             .subscribe(start, filter)
             .await
             .map_err(self.store_failed(StoreOp::Events))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            metrics.stream_opened();
-            let _open = scopeguard(|| metrics.stream_closed());
-            loop {
-                let next = tokio::select! {
-                    // The client went away: stop reading for it.
-                    _ = tx.closed() => return,
-                    n = sub.next() => n,
-                };
-                let msg = match next {
-                    Ok(Item::Event(e, cursor)) => {
-                        metrics.stream_event();
-                        Ok(convert::event(&e, &cursor))
-                    }
-                    Ok(Item::Checkpoint(cursor)) => Ok(convert::checkpoint(&cursor)),
-                    Err(SubscriptionError::ShuttingDown) => Err(Status::unavailable(format!(
-                        "server shutting down; resume with resume_after = {}",
-                        sub.cursor()
-                    ))),
-                    Err(SubscriptionError::Store(e)) => {
-                        if !matches!(e, StoreError::Cursor(_)) {
-                            metrics.store_error(StoreOp::Events);
-                        }
-                        Err(Status::from(ApiError::Store(e)))
-                    }
-                };
-                let end = msg.is_err();
-                if tx.send(msg).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let (end_tx, end) = oneshot::channel();
+        tokio::spawn(pump(
+            sub,
+            tx,
+            end_tx,
+            self.metrics.clone(),
+            self.limits.stall_timeout,
+            permit,
+        ));
+        Ok(Response::new(Box::pin(Delivery {
+            items: rx,
+            end: Some(end),
+        })))
     }
 
     async fn get_consent_history(
         &self,
         request: Request<pb::GetConsentHistoryRequest>,
     ) -> Result<Response<pb::GetConsentHistoryResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.get_ref();
         let pair = pair(&req.business_number, &req.customer_number)?;
-        let mut entries = self
+        self.scope(&caller, "business_number", &pair.business)?;
+        let size = match req.page_size {
+            0 => DEFAULT_HISTORY_PAGE,
+            n if n < 0 => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "page_size: {n}; must not be negative"
+                ))
+                .into());
+            }
+            n => (n as usize).min(MAX_HISTORY_PAGE),
+        };
+        let start = page_start(&req.page_token)?;
+        // Arrival order: pages stay stable while new decisions are appended.
+        let page = self
             .store
-            .history(&pair)
+            .history_page(&pair, start, size)
             .await
             .map_err(self.store_failed(StoreOp::History))?;
-        // Oldest decision first; decisions made at the same instant in arrival order.
-        entries.sort_by_key(|h| h.decision.decided_at);
         Ok(Response::new(pb::GetConsentHistoryResponse {
             business_number: pair.business.to_string(),
             customer_number: pair.customer.to_string(),
-            entries: entries.iter().map(convert::history_entry).collect(),
+            entries: page.entries.iter().map(convert::history_entry).collect(),
+            next_page_token: page.next.map(page_token).unwrap_or_default(),
         }))
+    }
+}
+
+/// The opaque page token for history position `start`.
+fn page_token(start: usize) -> String {
+    format!("h1.{start}")
+}
+
+/// The history position a page token stands for (0 for none).
+fn page_start(token: &str) -> Result<usize, ApiError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix("h1.")
+        // u32: no history is that long, and the position stays a valid Redis index.
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(|n| n as usize)
+        .ok_or_else(|| ApiError::InvalidArgument("page_token: not a token this API gave".into()))
+}
+
+/// Feeds one StreamGrants client from its subscription until the client leaves, stalls, or the
+/// subscription ends.
+///
+/// The cursor a client is told to resume from is the cursor of the last message the pump
+/// handed to the client's stream, never one covering messages still queued in the
+/// subscription: the closing status travels behind every message already handed over, so a
+/// client that reads it has received everything that cursor covers.
+async fn pump(
+    mut sub: Subscription,
+    tx: mpsc::Sender<pb::ConsentEvent>,
+    end: oneshot::Sender<Status>,
+    metrics: Arc<Metrics>,
+    stall: Duration,
+    _permit: OwnedSemaphorePermit,
+) {
+    metrics.stream_opened();
+    let _open = scopeguard(|| metrics.stream_closed());
+    let mut sent = sub.resume_cursor().clone();
+    let resumable = |why: String, cursor: &Cursor| {
+        let mut status = Status::unavailable(format!("{why}; resume with resume_after = {cursor}"));
+        if let Ok(value) = cursor.to_string().parse() {
+            status.metadata_mut().insert(RESUME_AFTER_KEY, value);
+        }
+        status
+    };
+    loop {
+        let next = tokio::select! {
+            // The client went away: stop reading for it.
+            _ = tx.closed() => return,
+            n = sub.next() => n,
+        };
+        let (msg, cursor, is_event) = match next {
+            Ok(Item::Event(e, cursor)) => (convert::event(&e, &cursor), cursor, true),
+            Ok(Item::Checkpoint(cursor)) => (convert::checkpoint(&cursor), cursor, false),
+            Err(SubscriptionError::ShuttingDown) => {
+                let _ = end.send(resumable("server shutting down".into(), &sent));
+                return;
+            }
+            Err(SubscriptionError::Store(e)) => {
+                if !matches!(e, StoreError::Cursor(_)) {
+                    metrics.store_error(StoreOp::Events);
+                }
+                let _ = end.send(Status::from(ApiError::Store(e)));
+                return;
+            }
+        };
+        let handed = tokio::select! {
+            r = tokio::time::timeout(stall, tx.send(msg)) => r,
+            _ = sub.stopping() => {
+                let _ = end.send(resumable("server shutting down".into(), &sent));
+                return;
+            }
+        };
+        match handed {
+            Ok(Ok(())) => {
+                sent = cursor;
+                if is_event {
+                    metrics.stream_event();
+                }
+            }
+            Ok(Err(_)) => return, // the client left
+            Err(_) => {
+                metrics.stream_stalled();
+                tracing::info!(
+                    ?stall,
+                    "StreamGrants client stopped reading; ending its stream"
+                );
+                let why = format!("client read nothing for {stall:?}");
+                let _ = end.send(resumable(why, &sent));
+                return;
+            }
+        }
+    }
+}
+
+/// The response stream of StreamGrants: the pump's messages, then its closing status if any.
+struct Delivery {
+    items: mpsc::Receiver<pb::ConsentEvent>,
+    end: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for Delivery {
+    type Item = Result<pb::ConsentEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.items.poll_recv(cx) {
+            Poll::Ready(Some(msg)) => return Poll::Ready(Some(Ok(msg))),
+            Poll::Pending => return Poll::Pending,
+            // The pump is done and every message was taken: the closing status, if any.
+            Poll::Ready(None) => {}
+        }
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(end).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(status) => {
+                self.end = None;
+                Poll::Ready(status.ok().map(Err))
+            }
+        }
     }
 }
 

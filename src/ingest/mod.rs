@@ -9,17 +9,17 @@ pub mod doubletick;
 pub mod payload;
 pub mod whatsapp;
 
-use std::time::Duration;
-
 use sha2::{Digest, Sha256};
 
-pub use payload::PayloadError;
+pub use payload::{MAX_ID_BYTES, MAX_LABEL_BYTES, PayloadError};
+
+use crate::domain::DateRules;
 
 /// What the parsers need to know beyond the body.
 #[derive(Debug, Clone)]
 pub struct IngestContext {
-    /// Length of a temporary grant when the sender gives no expiry.
-    pub temporary_grant: Duration,
+    /// The temporary window and the clock skew a sender's dates are held to.
+    pub dates: DateRules,
 }
 
 /// Hex SHA-256 of a raw body, kept with each decision as evidence.

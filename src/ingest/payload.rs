@@ -39,6 +39,31 @@ impl PayloadError {
     }
 }
 
+/// Longest message id accepted (also paired message ids and sender customer ids), in bytes.
+/// Meta's `wamid`s are under 100 bytes and DoubleTick's ids are UUIDs; 256 leaves room.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest `responseSource` / `response_source` accepted, in bytes (`user_initiated`,
+/// `user_action`, `automatic`, ...).
+pub const MAX_LABEL_BYTES: usize = 64;
+
+/// Refuses a sender's string that is longer than `max` bytes or holds a control character
+/// (a newline in a message id would forge log lines).
+fn bounded_text<'a>(field: &str, s: &'a str, max: usize) -> Result<&'a str, PayloadError> {
+    if s.len() > max {
+        return Err(PayloadError::invalid(
+            field,
+            format!("is {} bytes long; at most {max} are accepted", s.len()),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(PayloadError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(s)
+}
+
 /// Parses a body into a JSON object.
 pub fn object(body: &[u8]) -> Result<Map<String, Value>, PayloadError> {
     match serde_json::from_slice::<Value>(body) {
@@ -92,6 +117,18 @@ impl<'a> Fields<'a> {
             }
             Some(s) => Ok(s),
         }
+    }
+
+    /// An optional evidence string: at most `max` bytes, no control characters.
+    pub fn opt_text(&self, key: &str, max: usize) -> Result<Option<&'a str>, PayloadError> {
+        self.opt_str(key)?
+            .map(|s| bounded_text(&self.name(key), s, max))
+            .transpose()
+    }
+
+    /// A required evidence string: not blank, at most `max` bytes, no control characters.
+    pub fn text(&self, key: &str, max: usize) -> Result<&'a str, PayloadError> {
+        bounded_text(&self.name(key), self.str(key)?, max)
     }
 
     /// A nested object, or `None` when absent.

@@ -30,19 +30,24 @@
 //! - An `automatic` reject is Meta revoking permission after unanswered calls. It is a denial like
 //!   any other; `response_source` is kept as evidence, never used to weaken the decision.
 
-use super::payload::{Fields, PayloadError, Response, object};
+use chrono::{DateTime, Utc};
+
+use super::payload::{Fields, MAX_ID_BYTES, MAX_LABEL_BYTES, PayloadError, Response, object};
 use super::{IngestContext, body_sha256};
-use crate::domain::{
-    Decision, Evidence, Pair, PhoneNumber, Source, choice_for_reply, to_millis_precision,
-};
+use crate::domain::{Decision, Evidence, Pair, PhoneNumber, Source, decide, to_millis_precision};
 
 /// The message `type` of every interactive reply.
 pub const INTERACTIVE: &str = "interactive";
 /// The `interactive.type` of a reply to a call permission request.
 pub const CALL_PERMISSION_REPLY: &str = "call_permission_reply";
 
-/// Parses one Cloud API webhook body into the consent decisions it holds, in body order.
-pub fn parse(body: &[u8], ctx: &IngestContext) -> Result<Vec<Decision>, PayloadError> {
+/// Parses one Cloud API webhook body that arrived at `received_at` into the consent decisions
+/// it holds, in body order.
+pub fn parse(
+    body: &[u8],
+    ctx: &IngestContext,
+    received_at: DateTime<Utc>,
+) -> Result<Vec<Decision>, PayloadError> {
     let map = object(body)?;
     let root = Fields::new(&map, "");
     let body_sha256 = body_sha256(body);
@@ -60,7 +65,15 @@ pub fn parse(body: &[u8], ctx: &IngestContext) -> Result<Vec<Decision>, PayloadE
                 // refuse the body.
                 let business = value.object("metadata")?.phone("display_phone_number")?;
                 let sha = body_sha256.clone();
-                decisions.push(decision(&message, &reply, &value, business, sha, ctx)?);
+                decisions.push(decision(
+                    &message,
+                    &reply,
+                    &value,
+                    business,
+                    sha,
+                    ctx,
+                    received_at,
+                )?);
             }
         }
     }
@@ -88,34 +101,40 @@ fn decision(
     business: PhoneNumber,
     body_sha256: String,
     ctx: &IngestContext,
+    received_at: DateTime<Utc>,
 ) -> Result<Decision, PayloadError> {
     let customer = customer(message, value)?;
-    let message_id = message.str("id")?.to_owned();
-    let decided_at = to_millis_precision(message.unix_seconds("timestamp")?);
+    let message_id = message.text("id", MAX_ID_BYTES)?.to_owned();
+    let stated_at = to_millis_precision(message.unix_seconds("timestamp")?);
     let paired_message_id = match message.opt_object("context")? {
-        Some(context) => context.opt_str("id")?.unwrap_or_default().to_owned(),
+        Some(context) => context
+            .opt_text("id", MAX_ID_BYTES)?
+            .unwrap_or_default()
+            .to_owned(),
         None => String::new(),
     };
     let sender_customer_id = message
-        .opt_str("from_user_id")?
+        .opt_text("from_user_id", MAX_ID_BYTES)?
         .unwrap_or_default()
         .to_owned();
     let response = Response::parse(&reply.name("response"), reply.str("response")?)?;
     // An accept without `is_permanent` is read as temporary: the narrower of the two grants.
     let is_permanent = reply.opt_bool("is_permanent")?;
-    let explicit_expiry = reply.opt_unix_seconds("expiration_timestamp")?;
-    // Evidence only, so a value Meta adds later is kept rather than refused.
+    let stated_expiry = reply.opt_unix_seconds("expiration_timestamp")?;
+    // Evidence only, so a value Meta adds later is kept rather than refused (if it is a
+    // plausible label: bounded, no control characters).
     let response_source = reply
-        .opt_str("response_source")?
+        .opt_text("response_source", MAX_LABEL_BYTES)?
         .unwrap_or_default()
         .to_owned();
 
-    let choice = choice_for_reply(
+    let (decided_at, choice) = decide(
         response == Response::Accept,
         is_permanent,
-        explicit_expiry,
-        decided_at,
-        ctx.temporary_grant,
+        stated_at,
+        stated_expiry,
+        received_at,
+        &ctx.dates,
     );
     Ok(Decision {
         pair: Pair::new(business, customer),
@@ -128,6 +147,8 @@ fn decision(
             response_source,
             sender_customer_id,
             body_sha256,
+            stated_at,
+            stated_expires_at: stated_expiry,
         },
     })
 }
@@ -172,8 +193,16 @@ mod tests {
 
     fn ctx() -> IngestContext {
         IngestContext {
-            temporary_grant: Duration::from_secs(7 * 24 * 3600),
+            dates: crate::domain::DateRules {
+                temporary_window: Duration::from_secs(7 * 24 * 3600),
+                max_clock_skew: Duration::from_secs(120),
+            },
         }
+    }
+
+    /// Shortly after the sample's `timestamp`.
+    fn parse(body: &[u8], ctx: &IngestContext) -> Result<Vec<Decision>, PayloadError> {
+        super::parse(body, ctx, t(1_767_168_005))
     }
 
     fn t(secs: i64) -> DateTime<Utc> {
@@ -215,9 +244,12 @@ mod tests {
         assert_eq!(
             d.choice,
             Choice::GrantTemporary {
-                expires_at: t(1_768_550_400)
+                // The sample states 16 days: bounded to the 7-day window, as stated kept.
+                expires_at: t(1_767_168_000 + 7 * 24 * 3600)
             }
         );
+        assert_eq!(d.evidence.stated_expires_at, Some(t(1_768_550_400)));
+        assert_eq!(d.evidence.stated_at, t(1_767_168_000));
         assert_eq!(d.decided_at, t(1_767_168_000));
         assert_eq!(d.evidence.source, Source::WhatsApp);
         assert_eq!(d.evidence.message_id, "wamid.sH0kFlaCGg0xcvZbgmg90lHrg2dL");
@@ -252,20 +284,20 @@ mod tests {
             (
                 "expiry as a number",
                 sample_reply(|r| {
-                    r.insert("expiration_timestamp".into(), 1_768_000_000.into());
+                    r.insert("expiration_timestamp".into(), 1_767_500_000.into());
                 }),
                 Choice::GrantTemporary {
-                    expires_at: t(1_768_000_000),
+                    expires_at: t(1_767_500_000),
                 },
                 "user_action",
             ),
             (
                 "expiry as a string",
                 sample_reply(|r| {
-                    r.insert("expiration_timestamp".into(), "1768000001".into());
+                    r.insert("expiration_timestamp".into(), "1767500001".into());
                 }),
                 Choice::GrantTemporary {
-                    expires_at: t(1_768_000_001),
+                    expires_at: t(1_767_500_001),
                 },
                 "user_action",
             ),

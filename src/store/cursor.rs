@@ -57,6 +57,11 @@ pub enum CursorError {
          with CheckCallPermission(s), then subscribe without resume_after or with a recent `since`"
     )]
     OutOfRange { shard: usize },
+    #[error(
+        "cursor points past the end of the event log (shard {shard}): it was not issued by this \
+         log; resync: read current state, then subscribe without resume_after"
+    )]
+    Ahead { shard: usize },
 }
 
 /// A position in every shard of the event log.
@@ -98,6 +103,11 @@ impl Cursor {
         {
             *slot = id;
         }
+    }
+
+    /// The first shard where this cursor is past `other`, if any.
+    pub fn first_ahead_of(&self, other: &Cursor) -> Option<usize> {
+        (0..self.0.len()).find(|&shard| self.get(shard) > other.get(shard))
     }
 
     /// Moves every shard's position to at least `other`'s.

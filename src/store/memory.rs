@@ -16,12 +16,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{
-    ConsentStore, Cursor, CursorError, DEDUP_RETENTION, LoggedEvent, RecordOutcome, StoreError,
-    StreamId,
+    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
+    StoreError, StreamId, check_deliveries,
 };
 use crate::domain::{
     Arbitration, Choice, ConsentEvent, Decision, EventKind, HistoryEntry, HistoryOutcome, Pair,
-    arbitrate,
+    Redelivery, arbitrate, redelivery,
 };
 
 /// Limits of the in-memory event log.
@@ -53,9 +53,9 @@ pub struct MemoryStore {
 struct State {
     current: HashMap<Pair, Decision>,
     history: HashMap<Pair, Vec<HistoryEntry>>,
-    /// Decision ids seen, with when; purged after [`DEDUP_RETENTION`] in arrival order.
-    dedup: HashMap<String, DateTime<Utc>>,
-    dedup_order: VecDeque<(DateTime<Utc>, String)>,
+    /// Every delivery id recorded, with the fingerprint of what it said. Kept as long as the
+    /// histories (forever, like the Redis store's `d:` hashes).
+    dedup: HashMap<[u8; 16], [u8; 8]>,
     /// The event log (one shard), oldest first.
     log: VecDeque<LoggedEvent>,
     last_id: StreamId,
@@ -110,36 +110,26 @@ impl State {
         }
     }
 
-    fn purge_dedup(&mut self, now: DateTime<Utc>) {
-        let horizon = now - chrono::Duration::from_std(DEDUP_RETENTION).unwrap_or_default();
-        while let Some((at, _)) = self.dedup_order.front() {
-            if *at >= horizon {
-                break;
-            }
-            if let Some((_, id)) = self.dedup_order.pop_front() {
-                self.dedup.remove(&id);
-            }
-        }
-    }
-
     fn record_one(
         &mut self,
         decision: &Decision,
         received_at: DateTime<Utc>,
         config: &MemoryConfig,
-    ) -> RecordOutcome {
-        let id = decision.dedup_id();
-        if self.dedup.contains_key(&id) {
-            return RecordOutcome::Duplicate;
+    ) -> Result<RecordOutcome, Redelivery> {
+        let id = decision.dedup_digest();
+        let fingerprint = decision.fingerprint();
+        match redelivery(self.dedup.get(&id).copied(), fingerprint) {
+            Redelivery::New => {}
+            Redelivery::Duplicate => return Ok(RecordOutcome::Duplicate),
+            conflict @ Redelivery::Conflict => return Err(conflict),
         }
         let pair = &decision.pair;
         let outcome = match arbitrate(self.current.get(pair), decision) {
-            Arbitration::Duplicate => return RecordOutcome::Duplicate,
+            Arbitration::Duplicate => return Ok(RecordOutcome::Duplicate),
             Arbitration::Stale => RecordOutcome::Stale,
             Arbitration::Apply => RecordOutcome::Applied,
         };
-        self.dedup.insert(id.clone(), received_at);
-        self.dedup_order.push_back((received_at, id));
+        self.dedup.insert(id, fingerprint);
         self.history
             .entry(pair.clone())
             .or_default()
@@ -167,7 +157,7 @@ impl State {
                 self.append(event, received_at, config);
             }
         }
-        outcome
+        Ok(outcome)
     }
 }
 
@@ -180,11 +170,20 @@ impl ConsentStore for MemoryStore {
     ) -> Result<Vec<RecordOutcome>, StoreError> {
         let (outcomes, head) = {
             let mut state = self.write();
-            state.purge_dedup(received_at);
-            let outcomes = decisions
+            // The whole call is checked before anything is written: a conflict stores nothing.
+            let seen: Vec<Option<[u8; 8]>> = decisions
                 .iter()
-                .map(|d| state.record_one(d, received_at, &self.config))
+                .map(|d| state.dedup.get(&d.dedup_digest()).copied())
                 .collect();
+            check_deliveries(decisions, &seen)?;
+            let mut outcomes = Vec::with_capacity(decisions.len());
+            for (i, d) in decisions.iter().enumerate() {
+                // Cannot conflict after the check above, which ran under the same lock.
+                let outcome = state
+                    .record_one(d, received_at, &self.config)
+                    .map_err(|_| DeliveryConflict::of(decisions, i))?;
+                outcomes.push(outcome);
+            }
             (outcomes, state.last_id)
         };
         self.head
@@ -204,8 +203,20 @@ impl ConsentStore for MemoryStore {
             .collect())
     }
 
-    async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
-        Ok(self.read().history.get(pair).cloned().unwrap_or_default())
+    async fn history_page(
+        &self,
+        pair: &Pair,
+        start: usize,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let state = self.read();
+        let all = state.history.get(pair).map_or(&[][..], Vec::as_slice);
+        let end = start.saturating_add(limit.max(1)).min(all.len());
+        let entries = all.get(start..end).map(<[_]>::to_vec).unwrap_or_default();
+        Ok(HistoryPage {
+            entries,
+            next: (end < all.len()).then_some(end),
+        })
     }
 
     fn shards(&self) -> usize {
@@ -245,6 +256,10 @@ impl ConsentStore for MemoryStore {
 
     async fn head(&self) -> Result<Cursor, StoreError> {
         Ok(Cursor::uniform(1, self.read().last_id))
+    }
+
+    async fn retained_from(&self) -> Result<Cursor, StoreError> {
+        Ok(Cursor::uniform(1, self.read().max_deleted))
     }
 
     async fn claim_expired(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {

@@ -7,8 +7,12 @@
 //! Both keep the same four things and give them the same meaning; the conformance suite in
 //! `tests/` runs the same test functions against both:
 //! - the **current decision** per pair (ordering by the domain's [`arbitrate`]);
-//! - the **history** per pair (every decision, applied or stale);
-//! - a **de-duplication** memory of decision ids (at least [`DEDUP_RETENTION`]);
+//! - the **history** per pair (every decision, applied or stale, in arrival order, read in
+//!   pages);
+//! - a **de-duplication** memory per pair: each delivery's id ([`Decision::dedup_id`]: pair,
+//!   sender, message id) with the [`Decision::fingerprint`] of what it said, kept at least
+//!   [`DEDUP_RETENTION`] (both stores keep it as long as the history). Recording looks up one
+//!   id; it never scans the history, so its cost does not grow with the history;
 //! - an **event log** split into shards, read with a [`Cursor`], plus a due-time index that turns
 //!   lapsed temporary grants into exactly one `Expired` event.
 //!
@@ -23,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ConsentEvent, Decision, HistoryEntry, Pair};
+use crate::domain::{ConsentEvent, Decision, HistoryEntry, Pair, Redelivery, redelivery};
 
 pub use cursor::{Cursor, CursorError, StreamId};
 
@@ -40,6 +44,67 @@ pub enum RecordOutcome {
     Stale,
     /// The same decision was recorded before; nothing changed.
     Duplicate,
+}
+
+/// A delivery whose message id was recorded before with another answer, time or expiry
+/// ([`Redelivery::Conflict`]). The whole call is refused and nothing of it is stored. Carries
+/// no phone number: it is logged and answered to the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "message id {message_id:?} from {sender} was already recorded with another answer; \
+     nothing was stored"
+)]
+pub struct DeliveryConflict {
+    /// The sender (`doubletick`, `whatsapp`).
+    pub sender: &'static str,
+    pub message_id: String,
+    /// The decision's position in the call.
+    pub index: usize,
+}
+
+impl DeliveryConflict {
+    pub fn of(decisions: &[Decision], index: usize) -> Self {
+        let d = &decisions[index.min(decisions.len().saturating_sub(1))];
+        DeliveryConflict {
+            sender: d.evidence.source.as_str(),
+            message_id: d.evidence.message_id.clone(),
+            index,
+        }
+    }
+}
+
+/// Checks a whole call for conflicts before anything of it is written: each decision against
+/// the fingerprint stored under its id (`seen[i]`, in the same order), and against the
+/// decisions before it in the call. Both stores run it first, so a conflict stores nothing.
+pub fn check_deliveries(
+    decisions: &[Decision],
+    seen: &[Option<[u8; 8]>],
+) -> Result<(), DeliveryConflict> {
+    let mut in_call: std::collections::HashMap<[u8; 16], [u8; 8]> =
+        std::collections::HashMap::new();
+    for (i, d) in decisions.iter().enumerate() {
+        let id = d.dedup_digest();
+        let fingerprint = d.fingerprint();
+        let earlier = seen
+            .get(i)
+            .copied()
+            .flatten()
+            .or_else(|| in_call.get(&id).copied());
+        if redelivery(earlier, fingerprint) == Redelivery::Conflict {
+            return Err(DeliveryConflict::of(decisions, i));
+        }
+        in_call.entry(id).or_insert(fingerprint);
+    }
+    Ok(())
+}
+
+/// One page of a pair's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Entries in arrival order.
+    pub entries: Vec<HistoryEntry>,
+    /// Position of the entry after this page, if there is one.
+    pub next: Option<usize>,
 }
 
 /// An event read back from the log, with its place in it.
@@ -63,6 +128,8 @@ pub enum StoreError {
     Misconfigured(String),
     #[error(transparent)]
     Cursor(#[from] CursorError),
+    #[error(transparent)]
+    Conflict(#[from] DeliveryConflict),
 }
 
 /// The seam between callgate and its storage.
@@ -70,7 +137,9 @@ pub enum StoreError {
 pub trait ConsentStore: Send + Sync + 'static {
     /// Records decisions atomically: all of them are stored, or (on error) none is acknowledged.
     /// For each: de-duplicate, arbitrate against the current decision, append to the history, and
-    /// publish an event if applied. Returns one outcome per decision, in order.
+    /// publish an event if applied. Returns one outcome per decision, in order. A delivery that
+    /// conflicts with a recorded one (same id, another fingerprint) fails the whole call with
+    /// [`StoreError::Conflict`] and nothing is stored.
     async fn record(
         &self,
         decisions: &[Decision],
@@ -83,13 +152,35 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// [`current`](Self::current) for many pairs, answered in order.
     async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError>;
 
-    /// Every decision recorded for the pair, in arrival order.
-    async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// At most `limit` (at least one) of the pair's history entries, in arrival order, from
+    /// position `start` (0 is the first decision ever recorded).
+    async fn history_page(
+        &self,
+        pair: &Pair,
+        start: usize,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError>;
+
+    /// Every decision recorded for the pair, in arrival order (all pages: for tests and tools;
+    /// the API pages).
+    async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut all = Vec::new();
+        let mut start = 0;
+        loop {
+            let page = self.history_page(pair, start, 1000).await?;
+            all.extend(page.entries);
+            match page.next {
+                Some(next) if next > start => start = next,
+                _ => return Ok(all),
+            }
+        }
+    }
 
     /// Number of event-log shards; every cursor of this store has this many positions.
     fn shards(&self) -> usize;
 
-    /// Events strictly after `after`, at most `limit`, in log order (per shard). If there are none
+    /// Events strictly after `after`, at most `limit`, in log order: the shards merged by event id,
+    /// which is the order events were logged (ties, within one clock tick, by shard). If there are none
     /// yet, waits up to `wait` for one. Fails with [`CursorError::OutOfRange`] if events after
     /// the cursor were already trimmed away.
     async fn read_events(
@@ -101,6 +192,10 @@ pub trait ConsentStore: Send + Sync + 'static {
 
     /// The position just after the newest event.
     async fn head(&self) -> Result<Cursor, StoreError>;
+
+    /// Where the retained log starts: per shard, the newest event trimmed away (zero if none).
+    /// Every event after it is still readable.
+    async fn retained_from(&self) -> Result<Cursor, StoreError>;
 
     /// Turns temporary grants that lapsed at or before `now`, and are still current, into one
     /// `Expired` event each. Safe to call from every replica at once: each lapse is claimed once.

@@ -165,9 +165,9 @@ async fn history_lists_every_decision_with_its_evidence() {
     assert_eq!(
         rows,
         vec![
-            ("late".into(), K::GrantPermanent as i32, O::Stale as i32),
             ("first".into(), K::GrantTemporary as i32, O::Applied as i32),
             ("second".into(), K::Deny as i32, O::Applied as i32),
+            ("late".into(), K::GrantPermanent as i32, O::Stale as i32),
             ("third".into(), K::GrantPermanent as i32, O::Applied as i32),
         ]
     );

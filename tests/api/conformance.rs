@@ -132,15 +132,22 @@ fn evidence(msg: &str) -> Evidence {
         response_source: "user_initiated".to_owned(),
         sender_customer_id: "cust-42".to_owned(),
         body_sha256: "ab".repeat(32),
+        stated_at: DateTime::UNIX_EPOCH,
+        stated_expires_at: None,
     }
 }
 
+/// A decision whose sender stated exactly `decided_at` (and the choice's expiry).
 fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -> Decision {
     Decision {
         pair: pair.clone(),
         choice,
         decided_at,
-        evidence: evidence(msg),
+        evidence: Evidence {
+            stated_at: decided_at,
+            stated_expires_at: choice.expires_at(),
+            ..evidence(msg)
+        },
     }
 }
 
@@ -477,6 +484,8 @@ pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
         response_source: "automatic".to_owned(),
         sender_customer_id: "ñ-7".to_owned(),
         body_sha256: "0f".repeat(32),
+        stated_at: t + ms(3_600_000),
+        stated_expires_at: None,
     };
     let empty = Evidence {
         source: Source::DoubleTick,
@@ -485,12 +494,19 @@ pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
         response_source: String::new(),
         sender_customer_id: String::new(),
         body_sha256: String::new(),
+        stated_at: t,
+        // Year 9999: what a sender said is kept, however unlikely.
+        stated_expires_at: DateTime::from_timestamp_millis(253_402_300_799_000),
+    };
+    let renamed = |e: &Evidence, id: &str| Evidence {
+        message_id: format!("{}{id}", e.message_id),
+        ..e.clone()
     };
     let decisions = [
         (Choice::Deny, t + ms(30), odd.clone()),
         (temporary(t + ms(86_400_000)), t + ms(10), empty.clone()),
-        (Choice::GrantPermanent, t + ms(40), odd),
-        (Choice::Deny, t + ms(20), empty),
+        (Choice::GrantPermanent, t + ms(40), renamed(&odd, "-2")),
+        (Choice::Deny, t + ms(20), renamed(&empty, "-2")),
     ];
     let mut want = Vec::new();
     for (i, (choice, decided_at, evidence)) in decisions.into_iter().enumerate() {
@@ -728,6 +744,162 @@ pub async fn several_decisions_in_one_call_are_all_recorded(b: &dyn Backend) {
     assert_eq!(store.record(&[], t).await.unwrap(), vec![]);
 }
 
+/// Issue 9.2: the de-duplication identity is the delivery (pair, sender, message id), never a
+/// derived field: the same delivery with another derived expiry or ordering time is a duplicate.
+pub async fn a_redelivery_with_other_derived_fields_is_a_duplicate(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let t = now();
+    let d = decision(&p, temporary(t + ms(7 * 86_400_000)), t, "m1");
+    let mut elsewhere = d.clone();
+    // Another replica's window and a clamped time; what the sender said is unchanged.
+    elsewhere.choice = temporary(t + ms(86_400_000));
+    elsewhere.decided_at = t + ms(5);
+    assert_eq!(
+        store.record(std::slice::from_ref(&d), t).await.unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    assert_eq!(
+        store.record(&[elsewhere], t + ms(10)).await.unwrap(),
+        vec![RecordOutcome::Duplicate]
+    );
+    assert_eq!(store.history(&p).await.unwrap().len(), 1);
+    assert_eq!(store.current(&p).await.unwrap(), Some(d));
+    assert_eq!(all_events(&*store).await.len(), 1);
+}
+
+/// Issue 9.2: the same message id with another answer is a conflict; the whole call stores
+/// nothing, also when the conflict is with an earlier decision of the same call.
+pub async fn a_redelivery_with_another_answer_is_a_conflict_and_stores_nothing(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let t = now();
+    let grant = decision(&p, Choice::GrantPermanent, t, "m1");
+    store.record(std::slice::from_ref(&grant), t).await.unwrap();
+    let head = store.head().await.unwrap();
+    let mut other_time = grant.clone();
+    other_time.evidence.stated_at = t + ms(1);
+    for conflicting in [
+        decision(&p, Choice::Deny, t, "m1"),
+        decision(&p, temporary(t + ms(60_000)), t, "m1"),
+        other_time,
+    ] {
+        let err = store
+            .record(std::slice::from_ref(&conflicting), now())
+            .await
+            .unwrap_err();
+        match err {
+            StoreError::Conflict(c) => {
+                assert_eq!((c.message_id.as_str(), c.index), ("m1", 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        // In a call with new decisions (of this and another pair): none of them is stored.
+        let fresh = decision(&pair(2), Choice::GrantPermanent, t, "new");
+        let err = store
+            .record(&[fresh.clone(), conflicting.clone()], now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(c) if c.index == 1),
+            "{err:?}"
+        );
+        assert_eq!(store.current(&pair(2)).await.unwrap(), None);
+    }
+    // Within one call: the second delivery of "x" says something else.
+    let q = pair(3);
+    let err = store
+        .record(
+            &[
+                decision(&q, Choice::GrantPermanent, t, "x"),
+                decision(&q, Choice::Deny, t, "x"),
+            ],
+            now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.current(&q).await.unwrap(), None);
+    assert_eq!(store.current(&p).await.unwrap(), Some(grant.clone()));
+    assert_eq!(store.history(&p).await.unwrap().len(), 1);
+    assert!(events_after(&*store, &head).await.is_empty());
+    // The original delivery is still a plain duplicate.
+    assert_eq!(
+        store.record(&[grant], now()).await.unwrap(),
+        vec![RecordOutcome::Duplicate]
+    );
+}
+
+/// Issue 9.6: history pages in arrival order, each entry exactly once.
+pub async fn history_pages_cover_the_history_once_in_arrival_order(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let t = now();
+    let all: Vec<Decision> = (0..23)
+        .map(|i| decision(&p, Choice::Deny, t - ms(i), &format!("m{i}")))
+        .collect();
+    store.record(&all, t).await.unwrap();
+    for size in [1, 5, 23, 100] {
+        let mut got = Vec::new();
+        let mut start = 0;
+        for _ in 0..30 {
+            let page = store.history_page(&p, start, size).await.unwrap();
+            assert!(page.entries.len() <= size);
+            got.extend(page.entries.into_iter().map(|e| e.decision));
+            match page.next {
+                Some(next) => start = next,
+                None => break,
+            }
+        }
+        assert_eq!(got, all, "page size {size}");
+    }
+    let past = store.history_page(&p, 1000, 10).await.unwrap();
+    assert!(past.entries.is_empty() && past.next.is_none());
+    let none = store.history_page(&pair(9), 0, 10).await.unwrap();
+    assert!(none.entries.is_empty() && none.next.is_none());
+}
+
+pub async fn issue9_5_events_of_different_pairs_come_back_in_recorded_order(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    // One after the other, as fast as they come: many share a millisecond, on different shards.
+    let mut recorded = Vec::new();
+    for n in 0..40u32 {
+        let d = decision(&pair(n), Choice::GrantPermanent, t, "m");
+        store.record(std::slice::from_ref(&d), now()).await.unwrap();
+        recorded.push(d);
+    }
+    // Read back in small pages (a resume at every step): still the recorded order.
+    let customer = |d: &Decision| d.pair.customer.to_string();
+    let got: Vec<String> = all_events(&*store)
+        .await
+        .iter()
+        .map(|e| customer(&e.event.decision))
+        .collect();
+    assert_eq!(got, recorded.iter().map(customer).collect::<Vec<_>>());
+}
+
+pub async fn issue9_5_the_retained_log_starts_after_the_newest_trimmed_event(b: &dyn Backend) {
+    let store = b.with_retention(Duration::from_millis(300)).await;
+    assert_eq!(store.retained_from().await.unwrap(), zero(&*store));
+    let p = pair(1);
+    let first = decision(&p, Choice::GrantPermanent, now(), "first");
+    store.record(&[first], now()).await.unwrap();
+    // Retention is the subject here: let the first event age out of it.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let second = decision(&p, Choice::Deny, now(), "second");
+    store
+        .record(std::slice::from_ref(&second), now())
+        .await
+        .unwrap();
+    let start = store.retained_from().await.unwrap();
+    assert_ne!(start, zero(&*store));
+    assert_eq!(
+        kinds(&events_after(&*store, &start).await),
+        vec![(EventKind::Denied, second)]
+    );
+}
+
 /// Runs every listed test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -769,4 +941,9 @@ conformance!(
     cursor_before_trimmed_events_is_out_of_range,
     cursor_at_starts_at_the_first_event_since,
     several_decisions_in_one_call_are_all_recorded,
+    a_redelivery_with_other_derived_fields_is_a_duplicate,
+    a_redelivery_with_another_answer_is_a_conflict_and_stores_nothing,
+    history_pages_cover_the_history_once_in_arrival_order,
+    issue9_5_events_of_different_pairs_come_back_in_recorded_order,
+    issue9_5_the_retained_log_starts_after_the_newest_trimmed_event,
 );

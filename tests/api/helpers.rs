@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use callgate::cli::BearerToken;
 use callgate::config::{Config, Flags, Secret};
 use callgate::pb::{self, consent_authority_client::ConsentAuthorityClient};
 use callgate::store::ConsentStore;
@@ -16,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub const BUSINESS: &str = "+919000000000";
@@ -27,6 +29,21 @@ pub const JSON: (&str, &str) = ("content-type", "application/json");
 /// Meta app secret and verify token of test services.
 pub const APP_SECRET: &str = "meta-app-secret-77";
 pub const VERIFY_TOKEN: &str = "meta-verify-token-12";
+/// The API key of the client with every scope that test services know
+/// (`tests/fixtures/api/clients.toml`).
+pub const API_KEY: &str = "test-api-key-7c1e";
+
+/// A gRPC client that sends an API key.
+pub type ApiClient = ConsentAuthorityClient<InterceptedService<Channel, BearerToken>>;
+
+/// The clients file that declares [`API_KEY`].
+pub fn api_clients_fixture() -> std::path::PathBuf {
+    format!(
+        "{}/tests/fixtures/api/clients.toml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+    .into()
+}
 
 pub fn fixture(path: &str) -> String {
     std::fs::read_to_string(format!(
@@ -45,6 +62,7 @@ pub fn test_config() -> Config {
     c.webhook_tokens = vec![Secret::new(TOKEN)];
     c.whatsapp_app_secret = Some(Secret::new(APP_SECRET));
     c.whatsapp_verify_token = Some(Secret::new(VERIFY_TOKEN));
+    c.api_clients_file = Some(api_clients_fixture());
     c
 }
 
@@ -124,10 +142,17 @@ impl Endpoints {
         }
     }
 
-    pub async fn grpc(&self) -> ConsentAuthorityClient<Channel> {
-        ConsentAuthorityClient::connect(format!("http://{}", self.grpc))
-            .await
-            .unwrap()
+    /// A ConsentAuthority client with [`API_KEY`].
+    pub async fn grpc(&self) -> ApiClient {
+        self.grpc_as(Some(API_KEY)).await
+    }
+
+    /// A ConsentAuthority client with this key (or none).
+    pub async fn grpc_as(&self, key: Option<&str>) -> ApiClient {
+        ConsentAuthorityClient::with_interceptor(
+            self.channel().await,
+            BearerToken::new(key).unwrap(),
+        )
     }
 
     pub async fn request(
@@ -229,6 +254,7 @@ impl Endpoints {
             .get_consent_history(pb::GetConsentHistoryRequest {
                 business_number: business.into(),
                 customer_number: customer.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

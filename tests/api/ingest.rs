@@ -109,7 +109,7 @@ async fn an_older_decision_arriving_late_never_overrides_a_newer_one() {
     assert_eq!(late.body["decisions"][0]["outcome"], "stale");
     assert_eq!(app.state(BUSINESS, CUSTOMER).await, ConsentState::Denied);
 
-    // Both are in the history, oldest decision first, the late one marked stale.
+    // Both are in the history, in arrival order, the late one marked stale.
     let history = app.history(BUSINESS, CUSTOMER).await;
     let seen: Vec<(String, i32)> = history
         .iter()
@@ -118,8 +118,8 @@ async fn an_older_decision_arriving_late_never_overrides_a_newer_one() {
     assert_eq!(
         seen,
         vec![
-            ("grant".to_owned(), HistoryOutcome::Stale as i32),
             ("deny".to_owned(), HistoryOutcome::Applied as i32),
+            ("grant".to_owned(), HistoryOutcome::Stale as i32),
         ]
     );
 }

@@ -1,17 +1,24 @@
 //! All integration tests, in one binary: the real service on free loopback ports, driven over
 //! real sockets (HTTP in, gRPC out), against the in-memory store and a real `redis-server`.
 
+mod fault_proxy;
 mod helpers;
 mod process;
 mod redis_harness;
 
+mod api_auth;
 mod check;
 mod cli;
 mod conformance;
+mod dates_and_duplicates;
 mod ingest;
 mod lifecycle;
 mod metrics;
+mod redis_faults;
 mod redis_store;
 mod replicas;
+mod resume;
 mod security;
 mod stream;
+mod tls;
+mod transport_limits;

@@ -37,6 +37,10 @@ impl CallgateProcess {
             .env_clear()
             .env("CALLGATE_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .env(
+                "CALLGATE_API_CLIENTS_FILE",
+                crate::helpers::api_clients_fixture(),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
@@ -84,6 +88,20 @@ impl CallgateProcess {
     /// Everything logged so far, one line per entry.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// The log once `done` holds for it, or as it stands after `timeout`. The process writes a
+    /// line before it answers, but the reader threads may not have collected it yet: wait for
+    /// the line, never read the log once and hope.
+    pub async fn log_when(&self, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if done(&log) || tokio::time::Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops with SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0.

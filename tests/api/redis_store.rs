@@ -39,6 +39,8 @@ fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -
             response_source: "user_initiated".to_owned(),
             sender_customer_id: String::new(),
             body_sha256: "ee".repeat(32),
+            stated_at: decided_at,
+            stated_expires_at: choice.expires_at(),
         },
     }
 }
@@ -514,8 +516,8 @@ async fn keys_of_one_decision_share_a_hash_tag_and_pairs_spread_over_shards() {
     );
     store.record(&[temp], t).await.unwrap();
     let keys = all_keys(&mut conn).await;
-    // consent, lapse record, history, stream, due index.
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    // consent, lapse record, history, dedup hash, stream, due index.
+    assert_eq!(keys.len(), 6, "{keys:?}");
     let tags: BTreeSet<&str> = keys.iter().map(|k| hash_tag(k)).collect();
     assert_eq!(tags.len(), 1, "{keys:?}");
     assert!(tags.iter().all(|t| t.starts_with("callgate:s")), "{tags:?}");
@@ -563,7 +565,7 @@ async fn events_are_trimmed_exactly_by_retention() {
                     &p,
                     Choice::Deny,
                     t + chrono::Duration::milliseconds(i),
-                    "d",
+                    &format!("d{i}"),
                 )],
                 now(),
             )
@@ -579,6 +581,42 @@ async fn events_are_trimmed_exactly_by_retention() {
         .unwrap();
     let len: usize = conn.xlen(&stream).await.unwrap();
     assert_eq!(len, 1, "exact MINID trimming leaves only the new event");
+}
+
+/// Issue 9.6: recording costs the same however long the pair's history is: the record script
+/// looks up the delivery in the pair's dedup hash and never reads the history list.
+#[tokio::test]
+async fn issue9_6_recording_never_reads_the_history() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let p = pair(11);
+    let t = now();
+    for i in 0..300 {
+        let d = decision(
+            &p,
+            Choice::Deny,
+            t + chrono::Duration::milliseconds(i),
+            &format!("m{i}"),
+        );
+        store.record(&[d], now()).await.unwrap();
+    }
+    // A retry of an old delivery is still recognised.
+    let first = decision(&p, Choice::Deny, t, "m0");
+    assert_eq!(
+        store.record(&[first], now()).await.unwrap(),
+        vec![RecordOutcome::Duplicate]
+    );
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !stats.contains("cmdstat_lrange:"),
+        "a record read the history:\n{stats}"
+    );
+    assert!(stats.contains("cmdstat_hget:"), "{stats}");
 }
 
 /// The store's memory report (used by `callgate-bench redis-memory`) counts exactly this
@@ -633,6 +671,7 @@ async fn the_memory_report_counts_this_prefixs_keys_by_kind() {
         counts,
         [
             ("c", 40),
+            ("d", 40),
             ("due", temporary_shards.len() as u64),
             ("e", shards.len() as u64),
             ("h", 40),

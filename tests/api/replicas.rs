@@ -206,7 +206,12 @@ async fn readiness_turns_not_ready_if_eviction_is_enabled_while_running() {
         "{:?}",
         ready.body
     );
-    assert!(process.log_text().contains("maxmemory-policy"));
+    let log = process
+        .log_when(Duration::from_secs(5), |log| {
+            log.contains("maxmemory-policy")
+        })
+        .await;
+    assert!(log.contains("maxmemory-policy"), "{log}");
 }
 
 #[tokio::test]

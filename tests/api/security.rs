@@ -1,5 +1,7 @@
 //! The webhook port facing the internet: authentication, Meta's own webhook, hostile input.
 
+use std::time::Duration;
+
 use callgate::config::Secret;
 use callgate::pb::ConsentState;
 use chrono::Utc;
@@ -208,7 +210,14 @@ async fn meta_webhooks_need_a_valid_signature_of_the_raw_body() {
         evidence.body_sha256,
         hex::encode(Sha256::digest(wa.as_bytes()))
     );
-    assert_eq!(check.expires_at.unwrap().seconds, 1_768_550_400);
+    // The sample states an end 16 days after the reply: bounded to the 7-day window, and the
+    // stated end kept as evidence.
+    assert_eq!(
+        check.expires_at.unwrap().seconds,
+        1_767_168_000 + 7 * 24 * 3600
+    );
+    assert_eq!(evidence.stated_expires_at.unwrap().seconds, 1_768_550_400);
+    assert_eq!(evidence.stated_decided_at.unwrap().seconds, 1_767_168_000);
 }
 
 fn reply(id: &str, from: &str, response: &str, permanent: bool, source: &str) -> serde_json::Value {
@@ -387,7 +396,11 @@ async fn every_refusal_is_logged_once_with_its_reason_and_never_the_secret_or_bo
             .status,
         422
     );
-    let log = process.log_text();
+    let log = process
+        .log_when(Duration::from_secs(5), |log| {
+            log.matches("request refused").count() >= 2
+        })
+        .await;
     let refusals: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("request refused"))

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use callgate::fanout::{Filter, Hub, HubConfig, Item};
+use callgate::fanout::{Filter, Hub, HubConfig, Item, Start};
 use callgate::pb::{self, EventKind};
 use callgate::store::ConsentStore;
 use callgate::store::memory::{MemoryConfig, MemoryStore};
@@ -35,7 +35,7 @@ async fn next_event(s: &mut Streaming<pb::ConsentEvent>) -> pb::ConsentEvent {
 
 /// Reads until a checkpoint arrives; returns the events seen before it (none expected to be
 /// missing: a checkpoint's cursor covers everything before it).
-async fn events_until_checkpoint(
+pub async fn events_until_checkpoint(
     s: &mut Streaming<pb::ConsentEvent>,
 ) -> (Vec<pb::ConsentEvent>, String) {
     tokio::time::timeout(WAIT, async {
@@ -323,6 +323,8 @@ fn grant(i: usize, t: chrono::DateTime<Utc>) -> callgate::domain::Decision {
             response_source: String::new(),
             sender_customer_id: String::new(),
             body_sha256: String::new(),
+            stated_at: to_millis_precision(t),
+            stated_expires_at: None,
         },
     }
 }
@@ -343,8 +345,8 @@ async fn a_slow_subscriber_falls_back_to_the_store_instead_of_buffering() {
         },
         stop.clone(),
     );
-    let mut slow = hub.subscribe(None, Filter::default()).await.unwrap();
-    let mut fast = hub.subscribe(None, Filter::default()).await.unwrap();
+    let mut slow = hub.subscribe(Start::Head, Filter::default()).await.unwrap();
+    let mut fast = hub.subscribe(Start::Head, Filter::default()).await.unwrap();
     let t = Utc::now();
     let fast_reader = tokio::spawn(async move {
         let mut seen = Vec::new();

@@ -222,6 +222,9 @@ def redis():
 
 
 TOKEN = "deploy-test-token"
+# The README's demo API client (demo/api-clients.toml lists its SHA-256): a published key.
+API_CLIENTS_FILE = str(ROOT / "demo" / "api-clients.toml")
+DEMO_KEY = "demo-key"
 
 
 @pytest.fixture
@@ -229,7 +232,8 @@ def callgate():
     """callgate on the embedded store, loopback ports, accepting webhooks with TOKEN."""
     proc = CallgateProcess(
         ["serve", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
-        {"CALLGATE_WEBHOOK_TOKENS": TOKEN, "CALLGATE_CHECKPOINT_SECS": "0.3"},
+        {"CALLGATE_WEBHOOK_TOKENS": TOKEN, "CALLGATE_CHECKPOINT_SECS": "0.3",
+         "CALLGATE_API_CLIENTS_FILE": API_CLIENTS_FILE},
     )
     yield proc
     proc.kill()

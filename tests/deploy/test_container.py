@@ -23,6 +23,7 @@ import urllib.request
 import yaml
 
 from conftest import (
+    DEMO_KEY,
     ROOT,
     RedisServer,
     callgate_binary,
@@ -231,6 +232,13 @@ def test_image_entrypoint_and_healthcheck_work_outside_a_container():
             ":8080", f":{http_port}").replace("0.0.0.0", "127.0.0.1")
         env["CALLGATE_GRPC_ADDR"] = env["CALLGATE_GRPC_ADDR"].replace(
             ":50051", f":{grpc_port}").replace("0.0.0.0", "127.0.0.1")
+        # compose's bind mounts, mapped back to the files in this repository.
+        for volume in c["services"]["callgate"].get("volumes", []):
+            host, container = volume.split(":")[:2]
+            for k, v in env.items():
+                if v == container:
+                    env[k] = str((ROOT / host).resolve())
+        assert os.path.exists(env["CALLGATE_API_CLIENTS_FILE"]), env["CALLGATE_API_CLIENTS_FILE"]
         env["PATH"] = os.environ.get("PATH", "")
 
         binary = callgate_binary()
@@ -274,7 +282,7 @@ def test_image_entrypoint_and_healthcheck_work_outside_a_container():
                 assert r.status == 200
             check = subprocess.run(
                 image_argv([entry[0], "check", "+919000000000", "+919876543210",
-                            "--addr", f"127.0.0.1:{grpc_port}"]),
+                            "--addr", f"127.0.0.1:{grpc_port}", "--token", DEMO_KEY]),
                 env=env, capture_output=True, text=True, timeout=30)
             assert check.returncode == 0, check.stdout + check.stderr
             assert "allowed=true" in check.stdout

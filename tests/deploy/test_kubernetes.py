@@ -99,6 +99,13 @@ def test_environment_names_are_callgate_settings_and_secrets_come_from_the_secre
         assert secret in documents()[("Secret", "callgate-secrets")]["stringData"]
     # No literal env values in the pod spec: they would bypass both.
     assert "env" not in container()
+    # The API clients file is where CALLGATE_API_CLIENTS_FILE says, mounted from its Secret.
+    path = env["CALLGATE_API_CLIENTS_FILE"]
+    pod = documents()[("Deployment", "callgate")]["spec"]["template"]["spec"]
+    mount = next(m for m in container()["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    secret = documents()[("Secret", volume["secret"]["secretName"])]
+    assert path.rsplit("/", 1)[1] in secret["stringData"]
 
 
 def test_termination_grace_covers_prestop_and_callgate_drain():

@@ -12,7 +12,7 @@ import subprocess
 
 import yaml
 
-from conftest import ROOT, CallgateProcess, RedisServer, wait_for
+from conftest import API_CLIENTS_FILE, DEMO_KEY, ROOT, CallgateProcess, RedisServer, wait_for
 
 RULES = ROOT / "deploy" / "prometheus" / "callgate-alerts.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "callgate-alerts.test.yaml"
@@ -138,7 +138,7 @@ def test_readiness_gauge_follows_the_store():
         app = CallgateProcess(
             ["serve", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"],
             {"CALLGATE_REDIS_URL": f"redis://127.0.0.1:{redis.port}",
-             "CALLGATE_REDIS_TIMEOUT_MS": "200"},
+             "CALLGATE_REDIS_TIMEOUT_MS": "200", "CALLGATE_API_CLIENTS_FILE": API_CLIENTS_FILE},
         )
 
         wait_for(lambda: "callgate_ready 1" in app.metrics().splitlines(),
@@ -150,7 +150,8 @@ def test_readiness_gauge_follows_the_store():
                  what="callgate_ready 0 after Redis stopped")
         assert app.get("/readyz")[0] == 503
         check = subprocess.run(
-            [app.proc.args[0], "check", "+919000000000", "+919876543210", "--addr", app.grpc],
+            [app.proc.args[0], "check", "+919000000000", "+919876543210", "--addr", app.grpc,
+             "--token", DEMO_KEY],
             capture_output=True, text=True, timeout=30)
         assert check.returncode == 1, check
         assert check.stderr.startswith("callgate: ") and check.stderr.count("\n") == 1, \

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import ROOT, TOKEN, doubletick_body
+from conftest import DEMO_KEY, ROOT, TOKEN, doubletick_body
 
 CLIENT = ROOT / "clients" / "python" / "callgate_client.py"
 BUSINESS = "+919000000000"
@@ -25,11 +25,10 @@ def gen_dir(tmp_path_factory):
 
 
 def client(gen_dir, app, *args, timeout=30):
-    # --token: callgate sends it as `authorization: Bearer`; a callgate without API keys
-    # ignores it, one with them requires it.
+    # --token: the client sends it as `authorization: Bearer KEY`; callgate requires it.
     return subprocess.run(
         [sys.executable, str(CLIENT), "--gen-dir", str(gen_dir), "--addr", app.grpc,
-         "--token", "example-api-key", *args],
+         "--token", DEMO_KEY, *args],
         capture_output=True, text=True, timeout=timeout)
 
 
@@ -45,6 +44,14 @@ def follow(gen_dir, app, cursor, *extra):
                     *extra)
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_a_call_without_the_api_key_is_refused(gen_dir, callgate):
+    result = subprocess.run(
+        [sys.executable, str(CLIENT), "--gen-dir", str(gen_dir), "--addr", callgate.grpc,
+         "dial", BUSINESS, CUSTOMERS[0]], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3
+    assert "check failed (UNAUTHENTICATED" in result.stdout, result.stdout
 
 
 def test_checks_before_dialing_and_fails_closed(gen_dir, callgate):

@@ -62,6 +62,26 @@ local function trimmed_by(stream, min, minid)
   return gone[1] and gone[1][1]
 end
 
+-- Twin of record.lua's. The id of the next event in `stream`: the microsecond it is logged at, as
+-- `<ms>-<microsecond within the ms>`, so events of different shards sort in the order they
+-- were logged (one Redis clock stamps every script). Never at or before the stream's newest id
+-- (a clock stepped back, or two events in one microsecond): then that id's next sequence.
+local function next_event_id(stream)
+  local t = redis.call('TIME')
+  local us = tonumber(t[2])
+  local ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
+  local seq = us % 1000
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if newest[1] then
+    local lms, lseq = string.match(newest[1][1], '^(%d+)%-(%d+)$')
+    lms, lseq = tonumber(lms), tonumber(lseq)
+    if ms < lms or (ms == lms and seq <= lseq) then
+      ms, seq = lms, lseq + 1
+    end
+  end
+  return string.format('%.0f-%.0f', ms, seq)
+end
+
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
 local t = redis.call('TIME')
 local min = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
@@ -84,7 +104,7 @@ for i = 1, #due, 2 do
       if gone then
         redis.call('SET', KEYS[3], gone)
       end
-      redis.call('XADD', KEYS[2], 'MINID', '=', minid, '*', 'k', 'e', 'd',
+      redis.call('XADD', KEYS[2], 'MINID', '=', minid, next_event_id(KEYS[2]), 'k', 'e', 'd',
         member .. ':' .. cur.body)
       published = published + 1
     end

@@ -10,6 +10,7 @@
 //!
 //!   ```text
 //!   <rank><decided>,<expires>,<source><message id><paired id><response source><sender id><hash>
+//!   <stated at>,<stated expiry>,
 //!   ```
 //!
 //!   `rank` is one digit (`0` temporary grant, `1` permanent grant, `2` denial: the tie rank of
@@ -18,12 +19,14 @@
 //!   WhatsApp, `d` DoubleTick). Each evidence string is a LEB128 length and its UTF-8 bytes, so
 //!   any text (`|`, `,`, unicode, empty) round-trips without escaping. The body hash is `x` and
 //!   32 raw bytes when it is 64 lower-case hex digits (what ingestion produces), else `s` and a
-//!   length-prefixed string.
+//!   length-prefixed string. The last two fields are the sender's stated event time and stated
+//!   expiry (empty if none) in base 36, each followed by `,`: what the sender said, kept as
+//!   evidence beside the times the rules derived from it.
 //! - A **history entry** (`h:` list, one per kept decision) is
 //!   `<outcome><dedup id><received>,<D>`: `a` applied or `s` stale, the 16 raw bytes of
-//!   [`Decision::dedup_id`], the arrival time in base 36. The history is also the
-//!   de-duplication memory: `record.lua` looks for the id in the pair's entries, so a retried
-//!   delivery is recognised for as long as the history is kept.
+//!   [`Decision::dedup_id`], the arrival time in base 36.
+//! - A **dedup hash** (`d:`) maps the 16 raw bytes of each kept decision's
+//!   [`Decision::dedup_id`] to the 8 raw bytes of its [`Decision::fingerprint`].
 //! - A **consent value** (`c:`, and `x:` for a temporary grant) is `<dedup id><D>`: the 16 raw
 //!   bytes of [`Decision::dedup_id`] (the scripts' arbitration tie-break, and a check that the
 //!   value is whole), then the whole current decision. A check decodes it as is, with no
@@ -150,6 +153,12 @@ pub fn encode_body(d: &Decision) -> Vec<u8> {
         out.push(b's');
         put_str(&mut out, &e.body_sha256);
     }
+    out.extend_from_slice(base36(e.stated_at.timestamp_millis()).as_bytes());
+    out.push(b',');
+    if let Some(t) = e.stated_expires_at {
+        out.extend_from_slice(base36(t.timestamp_millis()).as_bytes());
+    }
+    out.push(b',');
     out
 }
 
@@ -247,6 +256,13 @@ fn decode_body(pair: Pair, r: &mut Reader<'_>) -> Result<Decision, StoreError> {
         b's' => r.string()?,
         _ => return Err(r.fail("unknown body hash form")),
     };
+    let stated_at = millis(r.time(b',')?)?;
+    let stated_expires_at = match r.until(b',')? {
+        b"" => None,
+        t => Some(millis(
+            parse_base36(t).ok_or_else(|| r.fail("unreadable stated expiry"))?,
+        )?),
+    };
     r.end()?;
     Ok(Decision {
         pair,
@@ -259,6 +275,8 @@ fn decode_body(pair: Pair, r: &mut Reader<'_>) -> Result<Decision, StoreError> {
             response_source,
             sender_customer_id,
             body_sha256,
+            stated_at,
+            stated_expires_at,
         },
     })
 }
@@ -411,6 +429,8 @@ mod tests {
             response_source: "user_initiated".into(),
             sender_customer_id: "US.13491208655302741918".into(),
             body_sha256: "ab".repeat(32),
+            stated_at: DateTime::from_timestamp_millis(1_767_000_000_123).unwrap(),
+            stated_expires_at: Some(DateTime::from_timestamp_millis(253_402_300_000_000).unwrap()),
         };
         let mut out = vec![full.clone()];
         // Separators, escapes and unicode in every string; empty strings; a long id.
@@ -421,6 +441,8 @@ mod tests {
             response_source: "|".into(),
             sender_customer_id: ",".into(),
             body_sha256: String::new(),
+            stated_at: DateTime::from_timestamp_millis(-5).unwrap(),
+            stated_expires_at: None,
         });
         out.push(Evidence {
             message_id: "x".repeat(300),

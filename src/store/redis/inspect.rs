@@ -114,7 +114,7 @@ pub struct MemoryReport {
     /// histories and the due indexes are encoded, so how many bytes they take.
     pub list_max_listpack_size: String,
     pub hash_max_listpack_value: String,
-    /// This store's keys by kind: `c`, `x`, `h`, `e`, `due`, `trimmed` (see [`super::keys`]).
+    /// This store's keys by kind: `c`, `x`, `h`, `d`, `e`, `due`, `trimmed` (see [`super::keys`]).
     pub kinds: BTreeMap<String, KindUsage>,
 }
 

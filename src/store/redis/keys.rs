@@ -13,7 +13,9 @@
 //!                                          temporary grant's expiry)
 //! {callgate:s07}:x:<business>:<customer>   lapse record: the current temporary grant, no TTL
 //!                                          (STRING; absent unless the current decision is one)
-//! {callgate:s07}:h:<business>:<customer>   history, also the dedup memory (LIST, arrival order)
+//! {callgate:s07}:h:<business>:<customer>   history (LIST, arrival order, read in pages)
+//! {callgate:s07}:d:<business>:<customer>   de-duplication memory: delivery id → fingerprint
+//!                                          (HASH; one field per decision ever kept)
 //! {callgate:s07}:e                         the shard's event log (STREAM)
 //! {callgate:s07}:due                       temporary grants by expiry ms (ZSET, member = pair)
 //! {callgate:s07}:trimmed                   newest event id trimmed from `e` (STRING)
@@ -61,6 +63,7 @@ pub struct PairKeys {
     pub consent: String,
     pub lapse: String,
     pub history: String,
+    pub dedup: String,
     pub stream: String,
     pub due: String,
     pub trimmed: String,
@@ -124,6 +127,7 @@ impl Keys {
             consent: format!("{base}c:{member}"),
             lapse: format!("{base}x:{member}"),
             history: format!("{base}h:{member}"),
+            dedup: format!("{base}d:{member}"),
             stream: self.stream(shard),
             due: self.due(shard),
             trimmed: self.trimmed(shard),
@@ -190,7 +194,7 @@ mod tests {
         let k = keys.pair(&pair("+919000000000", "+919876543210"));
         let tag = format!("{{callgate:s{:02}}}:", k.shard);
         for key in [
-            &k.consent, &k.lapse, &k.history, &k.stream, &k.due, &k.trimmed,
+            &k.consent, &k.lapse, &k.history, &k.dedup, &k.stream, &k.due, &k.trimmed,
         ] {
             assert!(key.starts_with(&tag), "{key} lacks {tag}");
         }
@@ -209,6 +213,7 @@ mod tests {
             (&k.consent, "c"),
             (&k.lapse, "x"),
             (&k.history, "h"),
+            (&k.dedup, "d"),
             (&k.stream, "e"),
             (&k.due, "due"),
             (&k.trimmed, "trimmed"),

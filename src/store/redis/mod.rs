@@ -15,8 +15,9 @@
 //!
 //! # The consent key holds the current decision: a check is a plain `MGET`
 //!
-//! Each pair has up to three keys. Its history (`h:`, a list) holds every decision ever kept,
-//! with its full evidence and its dedup id. Its consent key (`c:`) holds the **whole** current
+//! Each pair has up to four keys. Its history (`h:`, a list) holds every decision ever kept,
+//! with its full evidence and its dedup id; its dedup hash (`d:`) maps each kept delivery's id
+//! to the fingerprint of what it said. Its consent key (`c:`) holds the **whole** current
 //! decision (its dedup id and body, see [`codec`]). While the current decision is a temporary
 //! grant, its lapse record (`x:`) holds the same value without a TTL.
 //!
@@ -43,12 +44,19 @@
 //!
 //! # Atomicity
 //!
-//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (a scan of the
-//! pair's history for the decision's id: the history never expires, so a retry is recognised
-//! however late, which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION);
-//! histories are a few entries per pair, so the scan is short), arbitration (the twin of
+//! Each decision is recorded by one Lua script (`record.lua`): de-duplication (one `HGET` of
+//! the delivery id in the pair's `d:` hash, the twin of
+//! [`redelivery`](crate::domain::rules::redelivery): same fingerprint = duplicate, another =
+//! conflict, nothing written; the hash never expires, so a retry is recognised however late,
+//! which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION), and the cost
+//! does not grow with the history), arbitration (the twin of
 //! [`precedence`](crate::domain::rules::precedence)), history, current decision, due index
 //! and event (`XADD` with exact `MINID` trimming). No reader ever sees half a decision.
+//! A call of several decisions is first checked for conflicts in one pipelined round trip of
+//! `HGET`s, so a conflict stores nothing; the one gap is a conflicting delivery of the same
+//! message id recorded by another replica between that check and the `EXEC`: then the other
+//! decisions of the call are stored, the call still answers the conflict, and a retry finds
+//! them as duplicates.
 //! Several decisions given to one [`record`](RedisStore::record) call are sent as `EVALSHA`s
 //! inside `MULTI`/`EXEC`, so on a standalone Redis they are applied together or (on a
 //! connection error before `EXEC`) not at all. `EXEC` does not roll back: if one script fails
@@ -61,8 +69,11 @@
 //!
 //! # The event log
 //!
-//! One stream per shard; event ids are the Redis stream ids (`<ms>-<seq>`, server time), so
-//! [`cursor_at`](crate::store::cursor_at) works. Every `XADD` trims exactly (`MINID =`, not `~`)
+//! One stream per shard; event ids are the Redis stream ids, set by the scripts to
+//! `<ms>-<microsecond within the ms>` of the server's clock (or the stream's newest id plus one
+//! if that would not be greater), so [`cursor_at`](crate::store::cursor_at) works and events
+//! of different shards sort by id in the order they were logged;
+//! [`read_events`](RedisStore::read_events) merges the shards by id. Every `XADD` trims exactly (`MINID =`, not `~`)
 //! to [`RedisConfig::event_retention`]. A cursor is out of range when it is older than an event
 //! that was trimmed away. Redis 7.0 does not record that (`XINFO STREAM`'s
 //! `max-deleted-entry-id` only follows `XDEL`, not trimming), so the scripts keep the newest
@@ -76,21 +87,25 @@
 //! does not: `MULTI`/`EXEC` across shards (on Cluster each decision is atomic by itself; a
 //! failed multi-decision call is retried by the sender, and retries are idempotent thanks to
 //! de-duplication), and [`read_events`](RedisStore::read_events), which reads all shard streams
-//! with one `XREAD` (on Cluster it would need one `XREAD` per node). The connection used here is
-//! a standalone [`ConnectionManager`].
+//! with one `XREAD` (on Cluster it would need one `XREAD` per node). The connections used here
+//! (`connection`) reach one standalone node.
 //!
 //! # Failure behaviour
 //!
-//! Checks and writes share one multiplexed [`ConnectionManager`] (auto-reconnect, `TCP_NODELAY`
-//! on). Every call is bounded by [`RedisConfig::timeout`] (the redis-rs response timeout and a
-//! `tokio` timeout around it, which also bounds waiting for a reconnect). A connection error is
-//! [`StoreError::Unavailable`], a slow answer [`StoreError::Timeout`], an unreadable one
-//! [`StoreError::Corrupt`]: never a default value, so a check can never read "allowed" from a
-//! failure. When Redis comes back, the manager reconnects on its own; no restart is needed.
+//! Checks and writes share one multiplexed connection (`TCP_NODELAY`, TCP keepalive), owned by
+//! a supervisor task in `connection` that replaces it after **any** fault: an I/O error, an
+//! unreadable reply, a call with no reply in time that a `PING` then confirms, a failed health
+//! `PING` (every [`RedisConfig::health_interval`]), a failed reconnect of any kind (`AUTH`
+//! refused, handshake cut short, connect timed out), retried for ever with a short backoff.
+//! Every call is bounded by [`RedisConfig::timeout`] (a `tokio` timeout, which also bounds
+//! waiting for a reconnect). A connection error is [`StoreError::Unavailable`], a slow answer
+//! [`StoreError::Timeout`], an unreadable one [`StoreError::Corrupt`]: never a default value,
+//! so a check can never read "allowed" from a failure. No restart is ever needed.
 //!
 //! Blocking `XREAD`s would stall every check queued behind them on a multiplexed connection,
-//! so they use dedicated connections from a small pool (`BlockingPool`); a connection that
-//! failed or timed out is dropped, and the next read opens a fresh one.
+//! so they use dedicated connections from a small pool; a connection that failed or timed out
+//! is dropped, idle ones are dropped when the shared connection was replaced, and the next read
+//! opens a fresh one.
 //!
 //! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into
 //! "no consent", and evicting a history would forget decisions and their de-duplication.
@@ -99,25 +114,27 @@
 //! as misconfigured (the error says so): callgate does not run on an unverified policy.
 
 pub mod codec;
+mod connection;
 mod inspect;
 pub mod keys;
 
 use std::fmt;
-use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::io::tcp::TcpSettings;
 use redis::{
-    AsyncConnectionConfig, Client, ErrorKind, IntoConnectionInfo, RedisError, Script,
+    Client, ErrorKind, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult, Script,
     ServerErrorKind, Value,
 };
+use tokio::time::Instant;
 
-use super::{ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId};
-use crate::domain::{Choice, ConsentEvent, Decision, HistoryEntry, Pair};
+use super::{
+    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
+    StoreError, StreamId, check_deliveries,
+};
+use crate::domain::{Choice, ConsentEvent, Decision, Pair};
+use connection::{BlockingPool, Lease, SharedConnection, Verdict};
 use keys::Keys;
 
 pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
@@ -130,8 +147,6 @@ const CLAIM_EXPIRED_LUA: &str = include_str!("claim_expired.lua");
 const CLAIM_BATCH: usize = 500;
 /// Bound on claim rounds per [`RedisStore::claim_expired`] call; the sweep runs again soon.
 const CLAIM_MAX_ROUNDS: usize = 20;
-/// Idle blocking-read connections kept for reuse.
-const BLOCKING_POOL_IDLE: usize = 8;
 
 /// Where and how to reach Redis.
 #[derive(Clone)]
@@ -142,6 +157,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Bound on every call (and on connecting). A check that cannot be answered in time fails.
     pub timeout: Duration,
+    /// How often the shared connection is `PING`ed, so a wedged one is replaced even when idle.
+    pub health_interval: Duration,
     /// Events older than this are trimmed from the log.
     pub event_retention: Duration,
 }
@@ -149,6 +166,7 @@ pub struct RedisConfig {
 impl RedisConfig {
     pub const DEFAULT_PREFIX: &'static str = "callgate";
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+    pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
     pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
     /// A config with every default but the URL.
@@ -157,6 +175,7 @@ impl RedisConfig {
             url: url.into(),
             prefix: Self::DEFAULT_PREFIX.to_owned(),
             timeout: Self::DEFAULT_TIMEOUT,
+            health_interval: Self::DEFAULT_HEALTH_INTERVAL,
             event_retention: Self::DEFAULT_EVENT_RETENTION,
         }
     }
@@ -173,6 +192,7 @@ impl fmt::Debug for RedisConfig {
             .field("url", &self.redacted_url())
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("health_interval", &self.health_interval)
             .field("event_retention", &self.event_retention)
             .finish()
     }
@@ -201,52 +221,11 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// Dedicated connections for blocking reads, so a waiting `XREAD` never delays a check.
-struct BlockingPool {
-    client: Client,
-    connect_timeout: Duration,
-    idle: Mutex<Vec<MultiplexedConnection>>,
-}
-
-impl BlockingPool {
-    /// An idle connection (`reused` = true), or a new one.
-    async fn take(&self) -> Result<(MultiplexedConnection, bool), StoreError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        if let Some(conn) = idle {
-            return Ok((conn, true));
-        }
-        // No response timeout: the caller bounds each blocking read by its own block time
-        // plus the store timeout, which a fixed per-connection timeout could not express.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(None);
-        match tokio::time::timeout(
-            self.connect_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => Ok((conn, false)),
-            Ok(Err(e)) => Err(map_error(e, self.connect_timeout)),
-            Err(_) => Err(StoreError::Timeout(self.connect_timeout)),
-        }
-    }
-
-    /// Returns a connection that answered cleanly. Failed ones are simply dropped.
-    fn give_back(&self, conn: MultiplexedConnection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < BLOCKING_POOL_IDLE {
-            idle.push(conn);
-        }
-    }
-}
-
 /// The Redis consent store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct RedisStore {
     config: RedisConfig,
     keys: Keys,
-    conn: ConnectionManager,
+    conn: SharedConnection,
     blocking: BlockingPool,
     record_script: Script,
     claim_script: Script,
@@ -302,41 +281,26 @@ impl RedisStore {
                 config.redacted_url()
             ))
         };
-        // redis-rs leaves TCP_NODELAY off; a check is one small request and must not wait
-        // for Nagle's algorithm.
         let info = config
             .url
             .as_str()
             .into_connection_info()
-            .map_err(bad_url)?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-        let client = Client::open(info).map_err(bad_url)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout))
-            .set_connection_timeout(Some(config.timeout))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = match tokio::time::timeout(
-            config.timeout * 4,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(map_error(e, config.timeout)),
-            Err(_) => return Err(StoreError::Timeout(config.timeout * 4)),
+            .map_err(bad_url)?;
+        let client = Client::open(connection::tcp_settings(info)).map_err(bad_url)?;
+        let settings = connection::Settings {
+            client,
+            connect_timeout: config.timeout,
+            response_timeout: config.timeout,
+            health_interval: config.health_interval,
         };
+        let conn = SharedConnection::start(settings.clone()).await?;
         let keys = Keys::new(&config.prefix);
         let store = RedisStore {
             streams: (0..SHARDS).map(|s| keys.stream(s)).collect(),
             trimmed: (0..SHARDS).map(|s| keys.trimmed(s)).collect(),
             keys,
             conn,
-            blocking: BlockingPool {
-                client,
-                connect_timeout: config.timeout,
-                idle: Mutex::new(Vec::new()),
-            },
+            blocking: BlockingPool::new(settings),
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
             config,
@@ -350,49 +314,74 @@ impl RedisStore {
         &self.config
     }
 
-    /// Runs one Redis call within the store timeout.
-    async fn within<T>(
+    /// One call on the shared connection, bounded by `deadline`. `Err` if no connection could
+    /// be leased or no answer came in time; otherwise Redis's answer, whose failure (if any) was
+    /// reported to the connection's supervisor.
+    async fn attempt<T: FromRedisValue>(
         &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.config.timeout, call).await {
-            Ok(result) => result.map_err(|e| map_error(e, self.config.timeout)),
-            Err(_) => Err(StoreError::Timeout(self.config.timeout)),
+        call: Call<'_>,
+        deadline: Instant,
+    ) -> Result<RedisResult<T>, StoreError> {
+        let lease = self.conn.lease(deadline).await?;
+        self.attempt_on(lease, call, deadline).await.1
+    }
+
+    /// [`attempt`](Self::attempt) on a leased connection; gives the lease back too.
+    async fn attempt_on<'s, T: FromRedisValue>(
+        &'s self,
+        mut lease: Lease<'s>,
+        call: Call<'_>,
+        deadline: Instant,
+    ) -> (Lease<'s>, Result<RedisResult<T>, StoreError>) {
+        let query = async {
+            match call {
+                Call::Cmd(cmd) => cmd.query_async::<T>(&mut lease.conn).await,
+                Call::Pipe(pipe) => pipe.query_async::<T>(&mut lease.conn).await,
+            }
+        };
+        let outcome = match tokio::time::timeout_at(deadline, query).await {
+            Ok(result) => {
+                if let Err(e) = &result {
+                    lease.report_error(e);
+                }
+                Ok(result)
+            }
+            Err(_) => {
+                lease.report(Verdict::Suspect, || {
+                    format!("no reply within {:?}", self.config.timeout)
+                });
+                Err(StoreError::Timeout(self.config.timeout))
+            }
+        };
+        (lease, outcome)
+    }
+
+    /// Runs a read. Reads are idempotent, so a call whose connection broke (Redis restarted
+    /// or failed over since the last call) is retried once on the connection the supervisor
+    /// puts in its place; both attempts share the one store timeout. Writes are not retried:
+    /// a lost reply would turn "applied" into "duplicate".
+    async fn read<T: FromRedisValue>(&self, call: Call<'_>) -> Result<T, StoreError> {
+        let deadline = Instant::now() + self.config.timeout;
+        let lease = self.conn.lease(deadline).await?;
+        let (lease, first) = self.attempt_on::<T>(lease, call, deadline).await;
+        match first? {
+            Err(e) if Verdict::of(&e) == Verdict::Broken => {
+                let fresh = self.conn.lease_replacing(&lease, deadline).await?;
+                self.attempt_on::<T>(fresh, call, deadline)
+                    .await
+                    .1?
+                    .map_err(|e| map_error(e, self.config.timeout))
+            }
+            result => result.map_err(|e| map_error(e, self.config.timeout)),
         }
     }
 
-    /// Runs a read-only command. Reads are idempotent, so a connection found dead (Redis
-    /// restarted or failed over since the last call) is retried once on the connection the
-    /// manager re-establishes; both attempts share the one store timeout. Writes are not
-    /// retried: a lost reply would turn "applied" into "duplicate".
-    async fn read_cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.within(async move {
-            match cmd.query_async::<T>(&mut conn).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    cmd.query_async::<T>(&mut conn).await
-                }
-                other => other,
-            }
-        })
-        .await
+    async fn read_cmd<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        self.read(Call::Cmd(cmd)).await
     }
 
-    /// [`read_cmd`](Self::read_cmd) for a pipeline of reads.
-    async fn read_pipe<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        self.within(async move {
-            match pipe.query_async::<T>(&mut conn).await {
-                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
-                    pipe.query_async::<T>(&mut conn).await
-                }
-                other => other,
-            }
-        })
-        .await
+    async fn read_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        self.read(Call::Pipe(pipe)).await
     }
 
     /// Loads every script into Redis's script cache (done at connect, and again after a
@@ -401,26 +390,28 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.record_script)
             .load_script(&self.claim_script);
-        let mut conn = self.conn.clone();
-        self.within(pipe.query_async::<Vec<String>>(&mut conn))
-            .await
+        let deadline = Instant::now() + self.config.timeout;
+        self.attempt::<Vec<String>>(Call::Pipe(&pipe), deadline)
+            .await?
             .map(drop)
+            .map_err(|e| map_error(e, self.config.timeout))
     }
 
     /// Runs a pipeline of script calls, reloading the scripts once if Redis lost them.
-    async fn query_scripts<T: redis::FromRedisValue>(
+    async fn query_scripts<T: FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.clone();
-        let first = tokio::time::timeout(self.config.timeout, pipe.query_async::<T>(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        let first = self
+            .attempt::<T>(Call::Pipe(pipe), Instant::now() + self.config.timeout)
+            .await?;
         match first {
             Ok(v) => Ok(v),
             Err(e) if is_noscript(&e) => {
                 self.load_scripts().await?;
-                self.within(pipe.query_async::<T>(&mut conn)).await
+                self.attempt::<T>(Call::Pipe(pipe), Instant::now() + self.config.timeout)
+                    .await?
+                    .map_err(|e| map_error(e, self.config.timeout))
             }
             Err(e) => Err(map_error(e, self.config.timeout)),
         }
@@ -457,16 +448,49 @@ impl RedisStore {
         Ok(Some(decision))
     }
 
-    fn outcome(code: i64) -> Result<RecordOutcome, StoreError> {
+    /// For a call of several decisions: reads the fingerprint stored under each one's id (one
+    /// pipelined `HGET` each) and refuses the call before anything is written if one conflicts.
+    async fn precheck_deliveries(&self, decisions: &[Decision]) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for d in decisions {
+            pipe.cmd("HGET")
+                .arg(self.keys.pair(&d.pair).dedup)
+                .arg(codec::dedup_bytes(d));
+        }
+        let seen: Vec<Option<Vec<u8>>> = self.read_pipe(&pipe).await?;
+        if seen.len() != decisions.len() {
+            return Err(corrupt_reply("HGET dedup"));
+        }
+        let seen = seen
+            .into_iter()
+            .map(|f| {
+                f.map(|f| <[u8; 8]>::try_from(f.as_slice()))
+                    .transpose()
+                    .map_err(|_| StoreError::Corrupt("dedup fingerprint".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        check_deliveries(decisions, &seen)?;
+        Ok(())
+    }
+
+    fn outcome(decisions: &[Decision], i: usize, code: i64) -> Result<RecordOutcome, StoreError> {
         match code {
             0 => Ok(RecordOutcome::Applied),
             1 => Ok(RecordOutcome::Stale),
             2 => Ok(RecordOutcome::Duplicate),
+            3 => Err(DeliveryConflict::of(decisions, i).into()),
             other => Err(StoreError::Corrupt(format!(
                 "record script answered {other}"
             ))),
         }
     }
+}
+
+/// A command or a pipeline, to run on the shared connection.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
 }
 
 fn bytes_of(v: &Value) -> Option<&[u8]> {
@@ -539,6 +563,12 @@ impl ConsentStore for RedisStore {
         if decisions.is_empty() {
             return Ok(Vec::new());
         }
+        // A conflict anywhere in the call must store nothing. One decision is checked inside
+        // its script; several are checked first, in one round trip (see the module docs for
+        // the one race this leaves).
+        if decisions.len() > 1 {
+            self.precheck_deliveries(decisions).await?;
+        }
         let received_ms = received_at.timestamp_millis();
         let mut pipe = redis::pipe();
         // Standalone Redis: all decisions in one MULTI/EXEC. (On Cluster each decision would be
@@ -560,19 +590,26 @@ impl ConsentStore for RedisStore {
                 .key(&k.stream)
                 .key(&k.due)
                 .key(&k.trimmed)
+                .key(&k.dedup)
                 .arg(codec::encode_body(decision))
                 .arg(codec::dedup_bytes(decision))
                 .arg(&received)
                 .arg(event)
                 .arg(self.config.event_retention.as_millis() as u64)
-                .arg(&k.member);
+                .arg(&k.member)
+                .arg(decision.fingerprint().as_slice());
             pipe.invoke_script(&invocation);
         }
         let codes: Vec<i64> = self.query_scripts(&pipe).await?;
         if codes.len() != decisions.len() {
             return Err(corrupt_reply("record"));
         }
-        codes.into_iter().map(Self::outcome).collect()
+        let outcomes: Vec<RecordOutcome> = codes
+            .into_iter()
+            .enumerate()
+            .map(|(i, code)| Self::outcome(decisions, i, code))
+            .collect::<Result<_, _>>()?;
+        Ok(outcomes)
     }
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
@@ -625,15 +662,28 @@ impl ConsentStore for RedisStore {
         Ok(out)
     }
 
-    async fn history(&self, pair: &Pair) -> Result<Vec<HistoryEntry>, StoreError> {
+    async fn history_page(
+        &self,
+        pair: &Pair,
+        start: usize,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
         let k = self.keys.pair(pair);
-        let entries: Vec<Vec<u8>> = self
-            .read_cmd(redis::cmd("LRANGE").arg(&k.history).arg(0).arg(-1))
+        let limit = limit.max(1);
+        // One entry more than asked, to know whether another page follows.
+        let last = start.saturating_add(limit);
+        let mut entries: Vec<Vec<u8>> = self
+            .read_cmd(redis::cmd("LRANGE").arg(&k.history).arg(start).arg(last))
             .await?;
-        entries
-            .iter()
-            .map(|e| codec::decode_history(pair, e))
-            .collect()
+        let next = (entries.len() > limit).then_some(last);
+        entries.truncate(limit);
+        Ok(HistoryPage {
+            entries: entries
+                .iter()
+                .map(|e| codec::decode_history(pair, e))
+                .collect::<Result<_, _>>()?,
+            next,
+        })
     }
 
     fn shards(&self) -> usize {
@@ -668,7 +718,8 @@ impl ConsentStore for RedisStore {
 
         let bound = wait + self.config.timeout;
         let (trimmed, reply) = loop {
-            let (mut conn, reused) = self.blocking.take().await?;
+            let epoch = self.conn.replacements();
+            let (mut conn, reused) = self.blocking.take(epoch).await?;
             match tokio::time::timeout(
                 bound,
                 pipe.query_async::<(Vec<Option<String>>, Value)>(&mut conn),
@@ -676,12 +727,12 @@ impl ConsentStore for RedisStore {
             .await
             {
                 Ok(Ok(v)) => {
-                    self.blocking.give_back(conn);
+                    self.blocking.give_back(conn, epoch);
                     break v;
                 }
                 // An idle connection may have died with a Redis restart: the read is
                 // idempotent, so try once more on a fresh connection.
-                Ok(Err(e)) if reused && (e.is_io_error() || e.is_connection_dropped()) => {}
+                Ok(Err(e)) if reused && Verdict::of(&e) == Verdict::Broken => {}
                 Ok(Err(e)) => return Err(map_error(e, self.config.timeout)),
                 // The connection still owes the reply: it is dropped, not reused.
                 Err(_) => return Err(StoreError::Timeout(bound)),
@@ -727,11 +778,30 @@ impl ConsentStore for RedisStore {
                 events.push(decode_entry(shard, entry)?);
             }
         }
-        // COUNT applies per stream. Keeping the first `limit` in (id, shard) order keeps a
+        // Merge the shards by log position: ids are stamped by one clock across shards, so
+        // (id, shard) order is the order events were logged. COUNT applies per stream; the
+        // first `limit` of the merge are all among the shards' first `limit`, and they keep a
         // prefix of every shard's events, so a cursor advanced over them misses nothing.
         events.sort_by_key(|e| (e.id, e.shard));
         events.truncate(limit);
         Ok(events)
+    }
+
+    async fn retained_from(&self) -> Result<Cursor, StoreError> {
+        let trimmed: Vec<Option<String>> =
+            self.read_cmd(redis::cmd("MGET").arg(&self.trimmed)).await?;
+        if trimmed.len() != SHARDS {
+            return Err(corrupt_reply("MGET trimmed"));
+        }
+        let ids = trimmed
+            .iter()
+            .map(|id| match id {
+                None => Ok(StreamId::ZERO),
+                Some(id) => StreamId::parse(id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Cursor::from_ids(ids))
     }
 
     async fn head(&self) -> Result<Cursor, StoreError> {
@@ -798,22 +868,18 @@ impl ConsentStore for RedisStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let pong: String = self.read_cmd(&redis::cmd("PING")).await?;
-        let mut conn = self.conn.clone();
         if pong != "PONG" {
             return Err(corrupt_reply("PING"));
         }
-        let reply = tokio::time::timeout(
-            self.config.timeout,
-            redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async::<Value>(&mut conn),
-        )
-        .await
-        .map_err(|_| StoreError::Timeout(self.config.timeout))?;
+        let mut config_get = redis::cmd("CONFIG");
+        config_get.arg("GET").arg("maxmemory-policy");
+        let reply = self
+            .attempt::<Value>(Call::Cmd(&config_get), Instant::now() + self.config.timeout)
+            .await?;
         let reply = match reply {
             Ok(v) => v,
-            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+            // Not an answer from Redis: the connection failed, not the command.
+            Err(e) if Verdict::of(&e) != Verdict::Healthy => {
                 return Err(map_error(e, self.config.timeout));
             }
             // CONFIG disabled or renamed (some managed Redis offerings): the policy cannot be

@@ -9,18 +9,20 @@
 -- KEYS[2] lapse        {p:sNN}:x:<pair>  the same value while the current decision is a
 --                                        temporary grant, no TTL (answers EXPIRED once c: is
 --                                        gone); absent otherwise
--- KEYS[3] history      {p:sNN}:h:<pair>  every kept decision "<a|s><dedup id><received>,<D>";
---                                        also the de-duplication memory
+-- KEYS[3] history      {p:sNN}:h:<pair>  every kept decision "<a|s><dedup id><received>,<D>"
 -- KEYS[4] event stream {p:sNN}:e
 -- KEYS[5] due index    {p:sNN}:due
 -- KEYS[6] trimmed mark {p:sNN}:trimmed  newest event id trimmed from the stream
+-- KEYS[7] dedup        {p:sNN}:d:<pair>  HASH dedup id -> fingerprint of every kept decision
 -- ARGV[1] the decision body D "<rank><decided>,<expires>,<evidence...>" (times in base 36)
 -- ARGV[2] the decision's dedup id (16 raw bytes)
 -- ARGV[3] received at (base 36 ms)
 -- ARGV[4] event kind to publish if applied ("g", "d", or "" for none)
 -- ARGV[5] event retention (ms)
 -- ARGV[6] the pair as due-index member "<business>:<customer>"
--- Returns 0 applied, 1 stale, 2 duplicate.
+-- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
+-- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
+-- is written).
 
 -- Base-36 milliseconds (codec::base36). Times stay below 2^53, so Lua numbers hold them.
 local function b36(s)
@@ -75,6 +77,26 @@ local function trimmed_by(stream, min, minid)
   return gone[1] and gone[1][1]
 end
 
+-- The id of the next event in `stream`: the microsecond it is logged at, as
+-- `<ms>-<microsecond within the ms>`, so events of different shards sort in the order they
+-- were logged (one Redis clock stamps every script). Never at or before the stream's newest id
+-- (a clock stepped back, or two events in one microsecond): then that id's next sequence.
+local function next_event_id(stream)
+  local t = redis.call('TIME')
+  local us = tonumber(t[2])
+  local ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
+  local seq = us % 1000
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if newest[1] then
+    local lms, lseq = string.match(newest[1][1], '^(%d+)%-(%d+)$')
+    lms, lseq = tonumber(lms), tonumber(lseq)
+    if ms < lms or (ms == lms and seq <= lseq) then
+      ms, seq = lms, lseq + 1
+    end
+  end
+  return string.format('%.0f-%.0f', ms, seq)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -86,17 +108,15 @@ if not new or #ARGV[2] ~= 16 then
 end
 new.id = ARGV[2]
 
--- De-duplication: the history holds every decision ever kept for the pair, with its id. It
--- is short (a few entries per pair), so a scan is cheap, and it never forgets.
-local entries = redis.call('LRANGE', KEYS[3], 0, -1)
-for i = 1, #entries do
-  local o = string.sub(entries[i], 1, 1)
-  if #entries[i] < 17 or (o ~= 'a' and o ~= 's') then
-    return redis.error_reply('CORRUPT unreadable history entry at ' .. KEYS[3])
-  end
-  if string.sub(entries[i], 2, 17) == new.id then
-    return 2
-  end
+-- De-duplication by delivery (pair, sender, message id), the twin of
+-- `domain::rules::redelivery`: one HGET, whatever the length of the history.
+if #ARGV[7] ~= 8 then
+  return redis.error_reply('CORRUPT new decision has no fingerprint')
+end
+local seen = redis.call('HGET', KEYS[7], new.id)
+if seen then
+  if seen == ARGV[7] then return 2 end
+  return 3
 end
 
 -- The current decision: the consent key; without one (none yet, or a temporary grant that
@@ -126,6 +146,7 @@ if current then
   applied = p > 0
 end
 
+redis.call('HSET', KEYS[7], new.id, ARGV[7])
 if not applied then
   redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
   return 1
@@ -161,7 +182,7 @@ if ARGV[4] ~= '' then
   if gone then
     redis.call('SET', KEYS[6], gone)
   end
-  redis.call('XADD', KEYS[4], 'MINID', '=', minid, '*', 'k', ARGV[4], 'd',
+  redis.call('XADD', KEYS[4], 'MINID', '=', minid, next_event_id(KEYS[4]), 'k', ARGV[4], 'd',
     ARGV[6] .. ':' .. ARGV[1])
 end
 return 0
