@@ -9,6 +9,7 @@ mod redis_harness;
 
 mod api_auth;
 mod check;
+mod cli;
 mod cluster;
 mod conformance;
 mod dates_and_duplicates;
