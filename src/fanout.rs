@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{EventKind, PhoneNumber};
@@ -92,23 +94,28 @@ pub struct HubConfig {
 }
 
 impl Hub {
-    /// Starts the tailer task; it stops when `shutdown` is cancelled.
+    /// Starts the tailer task; it stops when `shutdown` is cancelled (await its handle to know
+    /// it has).
     pub fn start(
         store: Arc<dyn ConsentStore>,
         config: HubConfig,
         shutdown: CancellationToken,
-    ) -> Hub {
+    ) -> (Hub, JoinHandle<()>) {
         let (ring, _) = broadcast::channel(config.ring_capacity.max(1));
         let (head_tx, head) = watch::channel(None);
-        tokio::spawn(tail(store.clone(), ring.clone(), head_tx, shutdown.clone()));
-        Hub {
+        let tailer = tokio::spawn(
+            tail(store.clone(), ring.clone(), head_tx, shutdown.clone())
+                .instrument(tracing::info_span!("fanout_tailer")),
+        );
+        let hub = Hub {
             store,
             ring,
             head,
             shutdown,
             checkpoint: config.checkpoint,
             catch_ups: Arc::default(),
-        }
+        };
+        (hub, tailer)
     }
 
     pub fn shards(&self) -> usize {

@@ -41,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::{Config, ENV_WEBHOOK_TOKENS, ENV_WHATSAPP_APP_SECRET};
 use crate::domain::Decision;
 use crate::fanout::Hub;
@@ -168,6 +169,8 @@ pub struct HttpState {
     pub ingest: IngestContext,
     pub metrics: Arc<Metrics>,
     pub hub: Hub,
+    /// Where a webhook's arrival time is read.
+    pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
 }
@@ -421,7 +424,7 @@ async fn doubletick_webhook(
         }
     }
     let body = read_json_body(req, &state.limits).await?;
-    let received_at = Utc::now();
+    let received_at = state.clock.now();
     let decision = doubletick::parse(&body, &state.ingest, received_at)?;
     store_decisions(state, vec![decision], received_at).await
 }
@@ -447,7 +450,7 @@ async fn whatsapp_webhook(
         verify_meta_signature(secret, &body, signature.as_deref())
             .map_err(WebhookError::Unauthorized)?;
     }
-    let received_at = Utc::now();
+    let received_at = state.clock.now();
     let decisions = whatsapp::parse(&body, &state.ingest, received_at)?;
     if decisions.is_empty() {
         let mut res = json_response(

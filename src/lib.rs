@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod fanout;
@@ -12,6 +13,7 @@ pub mod ingest;
 pub(crate) mod metrics;
 pub(crate) mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.

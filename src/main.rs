@@ -6,11 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use callgate::config::{self, Config, Flags, LogFormat};
+use callgate::config::{self, Config, Flags};
 use callgate::store::ConsentStore;
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
-use callgate::{app, cli, pb};
+use callgate::{app, cli, pb, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "callgate: the consent authority for outbound calls")]
@@ -111,7 +111,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         insecure_no_auth: args.insecure_no_auth,
     };
     let config = Config::resolve(&flags, |k| std::env::var(k).ok())?;
-    init_tracing(config.log_format);
+    telemetry::init(config.log_format);
 
     let store: Arc<dyn ConsentStore> = match &config.redis_url {
         None => {
@@ -163,16 +163,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 /// Completes on SIGTERM or Ctrl-C.

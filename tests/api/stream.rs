@@ -337,7 +337,7 @@ async fn a_slow_subscriber_falls_back_to_the_store_instead_of_buffering() {
     const EVENTS: usize = 500;
     let store: Arc<dyn ConsentStore> = Arc::new(MemoryStore::new(MemoryConfig::default()));
     let stop = CancellationToken::new();
-    let hub = Hub::start(
+    let (hub, _tailer) = Hub::start(
         store.clone(),
         HubConfig {
             checkpoint: Duration::from_secs(60),
