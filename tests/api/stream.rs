@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use callgate::config::DEFAULT_TEMPORARY_GRANT;
 use callgate::fanout::{Filter, Hub, HubConfig, Item, Start};
 use callgate::pb::{self, EventKind};
 use callgate::store::ConsentStore;
@@ -53,7 +54,7 @@ pub async fn events_until_checkpoint(
 }
 
 async fn post(app: &TestApp, customer: &str, id: &str, response: &str, permanent: Option<bool>) {
-    let body = doubletick(BUSINESS, customer, id, Utc::now(), response, permanent);
+    let body = doubletick(BUSINESS, customer, id, app.clock.now(), response, permanent);
     assert_eq!(app.post_doubletick(body).await.status, 200);
 }
 
@@ -173,13 +174,13 @@ async fn reconnecting_with_the_last_cursor_delivers_exactly_the_missed_events() 
     assert_eq!(ids(&events), vec!["e2", "e3", "e4"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn since_replays_the_retained_events_from_a_point_in_time() {
     let app = spawn_app().await;
     post(&app, "+919800000001", "before", "accept", Some(true)).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let since = Utc::now();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::advance(Duration::from_millis(20)).await;
+    let since = app.clock.now();
+    tokio::time::advance(Duration::from_millis(20)).await;
     post(&app, "+919800000002", "after-1", "accept", Some(true)).await;
     post(&app, "+919800000003", "after-2", "accept", Some(true)).await;
     let mut s = app
@@ -247,11 +248,9 @@ async fn a_cursor_older_than_retention_is_out_of_range() {
     assert!(err.message().contains("resync"), "{}", err.message());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lapsed_temporary_grant_emits_one_expiry_and_a_superseded_one_none() {
-    let mut config = test_config();
-    config.temporary_grant = Duration::from_millis(400);
-    let app = spawn_app_with(config, memory_store()).await;
+    let app = spawn_app().await;
     let mut s = app
         .stream(pb::StreamGrantsRequest {
             include_expiries: true,
@@ -262,8 +261,9 @@ async fn a_lapsed_temporary_grant_emits_one_expiry_and_a_superseded_one_none() {
     post(&app, "+919800000001", "lapses", "accept", Some(false)).await;
     post(&app, "+919800000002", "replaced", "accept", Some(false)).await;
     post(&app, "+919800000002", "deny", "reject", None).await;
-    // Wait past the expiry plus a few sweeps, then collect up to a checkpoint.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Past the 7-day expiry on paused time (the sweep runs at the next tick), then collect up
+    // to a checkpoint.
+    tokio::time::advance(DEFAULT_TEMPORARY_GRANT + Duration::from_secs(60)).await;
     let mut events = Vec::new();
     for _ in 0..3 {
         let (mut batch, _) = events_until_checkpoint(&mut s).await;
