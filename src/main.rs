@@ -51,14 +51,23 @@ enum Command {
 
 #[derive(clap::Args, Default)]
 struct ServeArgs {
-    /// HTTP (webhook) listen address [env: CALLGATE_HTTP_ADDR] [default: 0.0.0.0:8080]
-    #[arg(long)]
+    // Help texts name the variables and defaults from `config`, their one source.
+    #[arg(long, help = format!(
+        "HTTP (webhook) listen address [env: {}] [default: {}]",
+        config::ENV_HTTP_ADDR,
+        config::DEFAULT_HTTP_ADDR
+    ))]
     http_addr: Option<String>,
-    /// gRPC listen address [env: CALLGATE_GRPC_ADDR] [default: 0.0.0.0:50051]
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "gRPC listen address [env: {}] [default: {}]",
+        config::ENV_GRPC_ADDR,
+        config::DEFAULT_GRPC_ADDR
+    ))]
     grpc_addr: Option<String>,
-    /// Redis URL; unset: embedded in-memory store [env: CALLGATE_REDIS_URL]
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Redis URL; unset: embedded in-memory store [env: {}]",
+        config::ENV_REDIS_URL
+    ))]
     redis_url: Option<String>,
     /// Serve the webhook routes and the gRPC API WITHOUT authentication (local demos only)
     #[arg(long)]
