@@ -244,10 +244,6 @@ impl Metrics {
         self.check_latency[rpc as usize].observe(d);
     }
 
-    pub fn checks_answered(&self, answer: CheckAnswer) -> u64 {
-        self.checks[answer.index()].load(Relaxed)
-    }
-
     /// Counts a webhook with its outcome (one of [`WEBHOOK_OUTCOMES`]).
     pub fn webhook(&self, route: Route, outcome: &str, d: Duration) {
         let i = WEBHOOK_OUTCOMES

@@ -30,10 +30,6 @@ pub enum Choice {
 }
 
 impl Choice {
-    pub fn is_grant(&self) -> bool {
-        !matches!(self, Choice::Deny)
-    }
-
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         match self {
             Choice::GrantTemporary { expires_at } => Some(*expires_at),
