@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};

@@ -29,8 +29,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::domain::{EventKind, PhoneNumber};
 use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError, cursor_at};
