@@ -277,6 +277,8 @@ async fn report_health(
     type Svc = pb::consent_authority_server::ConsentAuthorityServer<Api>;
     let mut serving = None;
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    // After a stall (a paused process, a busy runtime), one check, not a burst of them.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
