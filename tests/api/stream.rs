@@ -1,4 +1,7 @@
 //! StreamGrants: live delivery, filters, resume, checkpoints, expiries and slow subscribers.
+//!
+//! Tests of checkpoints and expiries run on paused time (`start_paused`): a checkpoint period
+//! or a 7-day grant passes when every task is idle, not on the wall clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +68,7 @@ fn ids(events: &[pb::ConsentEvent]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_subscriber_receives_a_grant_posted_after_it_subscribed() {
     let app = spawn_app().await;
     let mut s = app.stream(request()).await;
@@ -81,7 +84,7 @@ async fn a_subscriber_receives_a_grant_posted_after_it_subscribed() {
     assert!(!e.cursor.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn filters_select_businesses_and_kinds() {
     let app = spawn_app().await;
     let other_business = "+14155550100";
@@ -106,7 +109,7 @@ async fn filters_select_businesses_and_kinds() {
         other_business,
         "+919800000003",
         "other-3",
-        Utc::now(),
+        app.clock.now(),
         "accept",
         Some(false),
     );
@@ -150,7 +153,7 @@ async fn invalid_stream_requests_are_refused() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reconnecting_with_the_last_cursor_delivers_exactly_the_missed_events() {
     let app = spawn_app().await;
     let mut s = app.stream(request()).await;
@@ -193,7 +196,7 @@ async fn since_replays_the_retained_events_from_a_point_in_time() {
     assert_eq!(ids(&events), vec!["after-1", "after-2"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idle_stream_gets_checkpoints_whose_cursor_advances_past_filtered_events() {
     let app = spawn_app().await;
     let mut s = app.stream(request()).await;
