@@ -301,3 +301,34 @@ async fn report_health(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn background_tasks_are_awaited_and_a_stuck_one_is_aborted_at_the_deadline() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let slow = tokio::spawn({
+            let finished = finished.clone();
+            async move {
+                tokio::time::sleep(BACKGROUND_STOP_DEADLINE / 2).await;
+                finished.store(true, Ordering::SeqCst);
+            }
+        });
+        let stuck = tokio::spawn(std::future::pending::<()>());
+        let stuck_abort = stuck.abort_handle();
+        let started = tokio::time::Instant::now();
+        join_background(vec![("slow", slow), ("stuck", stuck)]).await;
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "returned before a task ended"
+        );
+        assert_eq!(started.elapsed(), BACKGROUND_STOP_DEADLINE);
+        tokio::task::yield_now().await;
+        assert!(stuck_abort.is_finished(), "the stuck task was left running");
+    }
+}
