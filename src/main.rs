@@ -12,18 +12,29 @@ use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::{app, cli, pb, telemetry};
 
+/// The crate version, plus the git commit when the build knew it (see build.rs).
+const BUILD_VERSION: &str = env!("CALLGATE_BUILD_VERSION");
+
 #[derive(Parser)]
-#[command(version, about = "callgate: the consent authority for outbound calls")]
+#[command(
+    version = BUILD_VERSION,
+    about = "callgate: the consent authority for outbound calls",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// `serve`'s flags, so `callgate --http-addr ...` runs the service without spelling `serve`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (the default).
     Serve(ServeArgs),
-    /// Ask CheckCallPermission and print the answer (exit code 0 if allowed, 3 if not).
+    /// Ask CheckCallPermission and print the answer (exit code 0 if allowed, 3 if not, 1 on
+    /// error).
     Check {
         business: String,
         customer: String,
@@ -44,6 +55,16 @@ enum Command {
         /// Resume after this cursor.
         #[arg(long)]
         resume_after: Option<String>,
+    },
+    /// GET the HTTP port's /healthz; exit 0 if it answers 2xx, 1 otherwise (the container
+    /// image's HEALTHCHECK: the image has no curl).
+    Healthcheck {
+        /// host:port of the HTTP port [default: CALLGATE_HTTP_ADDR with 0.0.0.0 as 127.0.0.1,
+        /// else 127.0.0.1:8080]
+        #[arg(long)]
+        addr: Option<String>,
+        #[arg(long, default_value = "/healthz")]
+        path: String,
     },
     /// Print a new random API key and its SHA-256 for the API clients file.
     Keygen,
@@ -76,18 +97,24 @@ struct ServeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse()
-        .command
-        .unwrap_or(Command::Serve(ServeArgs::default()))
-    {
+    let args = Cli::parse();
+    match args.command.unwrap_or(Command::Serve(args.serve)) {
         Command::Serve(args) => serve(args).await,
         Command::Check {
             business,
             customer,
             conn,
         } => {
-            let allowed = cli::check(&conn, &business, &customer).await?;
+            let allowed = finish(cli::check(&conn, &business, &customer).await);
             std::process::exit(if allowed { 0 } else { 3 });
+        }
+        Command::Healthcheck { addr, path } => {
+            let addr = addr.unwrap_or_else(|| {
+                cli::healthcheck_addr(std::env::var(config::ENV_HTTP_ADDR).ok().as_deref())
+            });
+            let status = finish(cli::healthcheck(&addr, &path).await);
+            println!("healthy: http://{addr}{path} answered {status}");
+            Ok(())
         }
         Command::Watch {
             conn,
@@ -103,13 +130,23 @@ async fn main() -> anyhow::Result<()> {
                 resume_after: resume_after.unwrap_or_default(),
                 since: None,
             };
-            Ok(cli::watch(&conn, request).await?)
+            finish(cli::watch(&conn, request).await);
+            Ok(())
         }
         Command::Keygen => {
             print!("{}", cli::keygen()?);
             Ok(())
         }
     }
+}
+
+/// A client subcommand's failure is one line on stderr and exit code 1: no backtrace, no
+/// error chain.
+fn finish<T>(result: Result<T, cli::ClientError>) -> T {
+    result.unwrap_or_else(|e| {
+        eprintln!("callgate: {e}");
+        std::process::exit(1);
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -120,7 +157,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         insecure_no_auth: args.insecure_no_auth,
     };
     let config = Config::resolve(&flags, |k| std::env::var(k).ok())?;
-    telemetry::init(config.log_format);
+    let telemetry = telemetry::init(
+        config.log_format,
+        config.otlp_endpoint.as_deref(),
+        BUILD_VERSION,
+    )?;
 
     let store: Arc<dyn ConsentStore> = match &config.redis_url {
         None => {
@@ -152,6 +193,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    let shutdown = shutdown_signal();
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding HTTP port {}", config.http_addr))?;
@@ -161,43 +203,49 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         http = %http.local_addr()?,
         grpc = %grpc.local_addr()?,
-        version = env!("CARGO_PKG_VERSION"),
+        version = BUILD_VERSION,
         "callgate listening"
     );
-    app::run(
-        config,
-        store,
-        app::Listeners { http, grpc },
-        shutdown_signal(),
-    )
-    .await?;
+    app::run(config, store, app::Listeners { http, grpc }, shutdown).await?;
+    telemetry.shutdown();
     Ok(())
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Listens for SIGTERM and Ctrl-C from now on (so a signal that arrives right after the ports
+/// are announced drains the service instead of killing it) and returns a future that completes
+/// on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    #[cfg(unix)]
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        #[cfg(unix)]
+        let (term, ctrl_c) = (wait_for(term, "SIGTERM"), wait_for(interrupt, "Ctrl-C"));
+        #[cfg(not(unix))]
+        let (term, ctrl_c) = (std::future::pending::<()>(), async {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                tracing::error!(error = %e, "cannot listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
+        });
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    }
+}
+
+/// Completes when the signal arrives; never, if it could not be listened for.
+#[cfg(unix)]
+async fn wait_for(signal: std::io::Result<tokio::signal::unix::Signal>, name: &str) {
+    match signal {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for {name}");
+            std::future::pending::<()>().await;
+        }
     }
 }

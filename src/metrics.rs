@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::domain::ConsentState;
@@ -207,6 +207,8 @@ pub struct Metrics {
     api_refusals: Refusals,
     checks: [AtomicU64; 7],
     check_latency: [Histogram; 2],
+    /// Single checks' latency by answer (a batch has many answers, so it is not split).
+    answer_latency: [Histogram; 7],
     webhooks: [[AtomicU64; WEBHOOK_OUTCOMES.len()]; 3],
     webhook_latency: [Histogram; 3],
     store_errors: [AtomicU64; 6],
@@ -215,6 +217,8 @@ pub struct Metrics {
     /// StreamGrants streams ended because their client stopped reading.
     stream_stalls: AtomicU64,
     expired: AtomicU64,
+    /// Whether the store answered the last readiness probe (what `/readyz` and gRPC health say).
+    ready: AtomicBool,
 }
 
 impl Metrics {
@@ -242,6 +246,12 @@ impl Metrics {
 
     pub fn check_latency(&self, rpc: CheckRpc, d: Duration) {
         self.check_latency[rpc as usize].observe(d);
+    }
+
+    /// A single `CheckCallPermission`'s latency: by RPC and by answer.
+    pub fn single_check_latency(&self, answer: CheckAnswer, d: Duration) {
+        self.check_latency(CheckRpc::Single, d);
+        self.answer_latency[answer.index()].observe(d);
     }
 
     /// Counts a webhook with its outcome (one of [`WEBHOOK_OUTCOMES`]).
@@ -278,6 +288,11 @@ impl Metrics {
         self.expired.fetch_add(n as u64, Relaxed);
     }
 
+    /// Records the outcome of the periodic store probe behind readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
+    }
+
     /// The Prometheus text exposition (format 0.0.4). `stream_catch_ups` comes from the hub.
     pub fn render(&self, stream_catch_ups: u64) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -309,6 +324,23 @@ impl Metrics {
                 &mut out,
                 "callgate_check_duration_seconds",
                 &format!("rpc=\"{rpc}\""),
+            );
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_check_answer_duration_seconds Time to answer a single \
+             CheckCallPermission, by answer."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE callgate_check_answer_duration_seconds histogram"
+        );
+        for a in CheckAnswer::ALL {
+            self.answer_latency[a.index()].render(
+                &mut out,
+                "callgate_check_answer_duration_seconds",
+                &format!("answer=\"{}\"", a.label()),
             );
         }
 
@@ -374,7 +406,13 @@ impl Metrics {
             let _ = writeln!(out, "callgate_store_errors_total{{op=\"{op}\"}} {n}");
         }
 
-        let gauges: [(&str, &str, &str, i64); 5] = [
+        let gauges: [(&str, &str, &str, i64); 6] = [
+            (
+                "callgate_ready",
+                "gauge",
+                "1 while the store answers the readiness probe (as /readyz and gRPC health), else 0.",
+                i64::from(self.ready.load(Relaxed)),
+            ),
             (
                 "callgate_open_streams",
                 "gauge",
@@ -447,7 +485,11 @@ mod tests {
             Duration::from_millis(1),
         );
         m.store_error(StoreOp::Check);
+        m.single_check_latency(CheckAnswer::Unavailable, Duration::from_micros(300));
         let out = m.render(2);
+        assert!(m.render(0).contains("callgate_ready 0\n"));
+        m.set_ready(true);
+        assert!(m.render(0).contains("callgate_ready 1\n"));
         let m = Metrics::default();
         m.api_refusal(UNAUTHENTICATED_CLIENT, RefusalReason::UnknownKey);
         m.api_refusal("dialer-eu", RefusalReason::MissingScope);
@@ -465,7 +507,11 @@ mod tests {
             "callgate_webhooks_total{route=\"doubletick\",outcome=\"other\"} 1",
             "callgate_store_errors_total{op=\"check\"} 1",
             "callgate_stream_catch_ups_total 2",
-            "callgate_check_duration_seconds_bucket{rpc=\"single\",le=\"+Inf\"} 0",
+            "callgate_ready 0",
+            "callgate_check_answer_duration_seconds_bucket{answer=\"unavailable\",le=\"0.0005\"} 1",
+            "callgate_check_answer_duration_seconds_count{answer=\"denied\"} 0",
+            "callgate_check_duration_seconds_count{rpc=\"single\"} 1",
+            "callgate_check_duration_seconds_bucket{rpc=\"single\",le=\"+Inf\"} 1",
         ] {
             assert!(out.contains(needle), "missing {needle}:\n{out}");
         }
