@@ -386,12 +386,8 @@ pub fn decode_event(kind: &[u8], decision: &[u8]) -> Result<ConsentEvent, StoreE
         std::str::from_utf8(digits)
             .ok()
             .and_then(|d| PhoneNumber::from_digits(d).ok())
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "event: phone {:?}",
-                    String::from_utf8_lossy(digits)
-                ))
-            })
+            // Never the digits themselves: they may be (most of) a phone number.
+            .ok_or_else(|| corrupt("event: unreadable phone number"))
     };
     let business = phone(r.until(b':')?)?;
     let customer = phone(r.until(b':')?)?;
