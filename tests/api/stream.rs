@@ -343,6 +343,7 @@ async fn a_slow_subscriber_falls_back_to_the_store_instead_of_buffering() {
             checkpoint: Duration::from_secs(60),
             ring_capacity: RING,
         },
+        Arc::default(),
         stop.clone(),
     );
     let mut slow = hub.subscribe(Start::Head, Filter::default()).await.unwrap();
