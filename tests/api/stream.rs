@@ -322,7 +322,7 @@ fn grant(i: usize, t: chrono::DateTime<Utc>) -> callgate::domain::Decision {
             paired_message_id: String::new(),
             response_source: String::new(),
             sender_customer_id: String::new(),
-            body_sha256: String::new(),
+            body_sha256: [0; 32],
             stated_at: to_millis_precision(t),
             stated_expires_at: None,
         },
