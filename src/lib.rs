@@ -9,7 +9,7 @@ pub mod grpc_api;
 pub(crate) mod grpc_port;
 pub(crate) mod http_port;
 pub mod ingest;
-pub(crate) mod metrics;
+pub mod metrics;
 pub(crate) mod secret;
 pub mod store;
 pub mod tls;
