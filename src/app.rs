@@ -113,7 +113,12 @@ pub async fn run(
     ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(report_health(store.clone(), health_reporter, stop.clone()));
+    tokio::spawn(report_health(
+        store.clone(),
+        health_reporter,
+        metrics.clone(),
+        stop.clone(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -215,10 +220,12 @@ async fn sweep_expiries(
     }
 }
 
-/// Keeps `grpc.health.v1` in step with the store: NOT_SERVING while the store is unreachable.
+/// Keeps `grpc.health.v1` and the `callgate_ready` gauge in step with the store: NOT_SERVING
+/// (and 0) while the store is unreachable.
 async fn report_health(
     store: Arc<dyn ConsentStore>,
     reporter: tonic_health::server::HealthReporter,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     type Svc = pb::consent_authority_server::ConsentAuthorityServer<Api>;
@@ -228,6 +235,7 @@ async fn report_health(
         tokio::select! {
             _ = stop.cancelled() => {
                 reporter.set_not_serving::<Svc>().await;
+                metrics.set_ready(false);
                 return;
             }
             _ = tick.tick() => {}
@@ -236,6 +244,7 @@ async fn report_health(
             tokio::time::timeout(HEALTH_INTERVAL, store.ping()).await,
             Ok(Ok(()))
         );
+        metrics.set_ready(ok);
         if serving != Some(ok) {
             if ok {
                 reporter.set_serving::<Svc>().await;

@@ -1,12 +1,21 @@
-//! Command-line client subcommands: `callgate check` and `callgate watch`.
+//! Command-line client subcommands: `callgate check`, `callgate watch` and
+//! `callgate healthcheck`.
 //!
 //! Small gRPC clients for demos and operations; they print one line per answer or event. They
 //! send an API key (`--token` or `CALLGATE_TOKEN`) and speak TLS when given the CA
-//! (`--tls-ca`).
+//! (`--tls-ca`). Their errors display as one line (the binary prints it and exits 1), never as
+//! a backtrace.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use chrono::{DateTime, Utc};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -14,6 +23,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::grpc_api::from_timestamp;
 use crate::pb::{self, consent_authority_client::ConsentAuthorityClient};
+
+/// How long a client subcommand waits for a connection (and `healthcheck` for its answer).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The environment variable `--token` falls back to.
 pub const ENV_TOKEN: &str = "CALLGATE_TOKEN";
@@ -32,14 +44,12 @@ pub struct ConnectArgs {
     pub tls_ca: Option<PathBuf>,
 }
 
-/// Failures of a client subcommand.
+/// Failures of a client subcommand. Each displays as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: tonic::transport::Error,
-    },
+    /// `reason` is the innermost cause ("Connection refused (os error 111)").
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
     #[error("cannot read --tls-ca {path}: {source}")]
     TlsCa {
         path: String,
@@ -49,6 +59,19 @@ pub enum ClientError {
     BadToken,
     #[error("{:?}: {}", .0.code(), .0.message())]
     Rpc(#[from] tonic::Status),
+    #[error("{url} answered {status}")]
+    Unhealthy { url: String, status: u16 },
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+}
+
+/// The innermost cause of an error: what the user can act on, without the layers above it.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// Adds the API key to every call.
@@ -96,11 +119,13 @@ async fn connect(args: &ConnectArgs) -> Result<Client, ClientError> {
     } else {
         format!("{scheme}://{addr}")
     };
-    let failed = |source| ClientError::Connect {
+    let failed = |e: tonic::transport::Error| ClientError::Connect {
         addr: addr.to_owned(),
-        source,
+        reason: root_cause(&e),
     };
-    let mut endpoint = Endpoint::from_shared(url).map_err(failed)?;
+    let mut endpoint = Endpoint::from_shared(url)
+        .map_err(failed)?
+        .connect_timeout(CONNECT_TIMEOUT);
     if let Some(ca) = &args.tls_ca {
         let pem = std::fs::read(ca).map_err(|source| ClientError::TlsCa {
             path: ca.display().to_string(),
@@ -193,4 +218,88 @@ pub fn keygen() -> Result<String, getrandom::Error> {
         "key = \"{key}\"          # give this to the client (shown only once)\n\
          key_sha256 = \"{digest}\"  # put this in the client's key_sha256 list\n"
     ))
+}
+
+/// Where `callgate healthcheck` looks when no `--addr` is given: the HTTP port this process
+/// would listen on (`CALLGATE_HTTP_ADDR`, else the default), with a wildcard address
+/// (`0.0.0.0`, `::`) replaced by loopback, since a probe runs beside the service.
+pub fn healthcheck_addr(http_addr_env: Option<&str>) -> String {
+    let configured = http_addr_env
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or(crate::config::DEFAULT_HTTP_ADDR);
+    match configured.parse::<SocketAddr>() {
+        Ok(mut addr) if addr.ip().is_unspecified() => {
+            addr.set_ip(match addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+            addr.to_string()
+        }
+        _ => configured.to_owned(),
+    }
+}
+
+/// `callgate healthcheck`: `GET http://ADDR/PATH`; Ok if it answers 2xx within [`CONNECT_TIMEOUT`].
+/// The container image's HEALTHCHECK, which has no curl.
+pub async fn healthcheck(addr: &str, path: &str) -> Result<u16, ClientError> {
+    let url = format!("http://{addr}{path}");
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ClientError::Connect {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let answer = tokio::time::timeout(CONNECT_TIMEOUT, client.get(uri)).await;
+    let response = match answer {
+        Err(_) => {
+            return Err(ClientError::Timeout {
+                url,
+                timeout: CONNECT_TIMEOUT,
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(ClientError::Connect {
+                addr: addr.to_owned(),
+                reason: root_cause(&e),
+            });
+        }
+        Ok(Ok(response)) => response,
+    };
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        Ok(status)
+    } else {
+        Err(ClientError::Unhealthy { url, status })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthcheck_probes_loopback_on_the_configured_port() {
+        let cases = [
+            (None, "127.0.0.1:8080"),
+            (Some(""), "127.0.0.1:8080"),
+            (Some("0.0.0.0:9000"), "127.0.0.1:9000"),
+            (Some("[::]:9000"), "[::1]:9000"),
+            (Some("10.1.2.3:8081"), "10.1.2.3:8081"),
+            (Some("callgate:8080"), "callgate:8080"),
+        ];
+        for (env, want) in cases {
+            assert_eq!(healthcheck_addr(env), want, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn root_cause_is_the_innermost_error() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error")]
+        struct Outer(#[source] std::io::Error);
+        assert_eq!(root_cause(&Outer(io)), "refused");
+    }
 }

@@ -35,6 +35,7 @@ pub const ENV_WEBHOOK_TOKENS: &str = "CALLGATE_WEBHOOK_TOKENS";
 pub const ENV_WEBHOOK_AUTH_HEADER: &str = "CALLGATE_WEBHOOK_AUTH_HEADER";
 pub const ENV_WHATSAPP_VERIFY_TOKEN: &str = "CALLGATE_WHATSAPP_VERIFY_TOKEN";
 pub const ENV_WHATSAPP_APP_SECRET: &str = "CALLGATE_WHATSAPP_APP_SECRET";
+pub const ENV_OTLP_ENDPOINT: &str = "CALLGATE_OTLP_ENDPOINT";
 pub const ENV_API_CLIENTS_FILE: &str = "CALLGATE_API_CLIENTS_FILE";
 pub const ENV_API_CLIENTS_RELOAD_SECS: &str = "CALLGATE_API_CLIENTS_RELOAD_SECS";
 pub const ENV_TLS_CERT: &str = "CALLGATE_TLS_CERT";
@@ -139,6 +140,8 @@ pub struct Config {
     /// Serve the webhook routes and the gRPC API without authentication (local demos only;
     /// logged loudly).
     pub insecure_no_auth: bool,
+    /// OpenTelemetry collector to export spans to (OTLP/gRPC); needs the `otlp` build feature.
+    pub otlp_endpoint: Option<String>,
     /// The TOML file declaring the gRPC API clients; unset: no client (every call refused).
     pub api_clients_file: Option<PathBuf>,
     /// How often the API clients file is checked for a change.
@@ -290,6 +293,7 @@ impl Config {
                 .map(|(v, _)| Secret::new(v)),
             whatsapp_app_secret: raw(&None, ENV_WHATSAPP_APP_SECRET).map(|(v, _)| Secret::new(v)),
             insecure_no_auth: flags.insecure_no_auth,
+            otlp_endpoint: raw(&None, ENV_OTLP_ENDPOINT).map(|(v, _)| v.trim().to_owned()),
             api_clients_file: path(ENV_API_CLIENTS_FILE),
             api_clients_reload_interval: secs(
                 ENV_API_CLIENTS_RELOAD_SECS,

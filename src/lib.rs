@@ -10,6 +10,9 @@ pub(crate) mod grpc_port;
 pub(crate) mod http_port;
 pub mod ingest;
 pub mod metrics;
+/// OpenTelemetry span export (cargo feature `otlp`), set up by the binary's `main`.
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub(crate) mod secret;
 pub mod store;
 pub mod tls;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::domain::ConsentState;
@@ -255,6 +255,8 @@ pub struct Metrics {
     api_refusals: Refusals,
     checks: [AtomicU64; 7],
     check_latency: [Histogram; 2],
+    /// Single checks' latency by answer (a batch has many answers, so it is not split).
+    answer_latency: [Histogram; 7],
     webhooks: [[AtomicU64; WebhookOutcome::ALL.len()]; 3],
     webhook_latency: [Histogram; 3],
     store_errors: [AtomicU64; 6],
@@ -266,6 +268,8 @@ pub struct Metrics {
     /// by the fan-out itself).
     stream_catch_ups: AtomicU64,
     expired: AtomicU64,
+    /// Whether the store answered the last readiness probe (what `/readyz` and gRPC health say).
+    ready: AtomicBool,
 }
 
 impl Metrics {
@@ -293,6 +297,12 @@ impl Metrics {
 
     pub fn check_latency(&self, rpc: CheckRpc, d: Duration) {
         self.check_latency[rpc as usize].observe(d);
+    }
+
+    /// A single `CheckCallPermission`'s latency: by RPC and by answer.
+    pub fn single_check_latency(&self, answer: CheckAnswer, d: Duration) {
+        self.check_latency(CheckRpc::Single, d);
+        self.answer_latency[answer.index()].observe(d);
     }
 
     pub fn checks_answered(&self, answer: CheckAnswer) -> u64 {
@@ -338,6 +348,11 @@ impl Metrics {
         self.expired.fetch_add(n as u64, Relaxed);
     }
 
+    /// Records the outcome of the periodic store probe behind readiness.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -369,6 +384,23 @@ impl Metrics {
                 &mut out,
                 "callgate_check_duration_seconds",
                 &format!("rpc=\"{rpc}\""),
+            );
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_check_answer_duration_seconds Time to answer a single \
+             CheckCallPermission, by answer."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE callgate_check_answer_duration_seconds histogram"
+        );
+        for a in CheckAnswer::ALL {
+            self.answer_latency[a.index()].render(
+                &mut out,
+                "callgate_check_answer_duration_seconds",
+                &format!("answer=\"{}\"", a.label()),
             );
         }
 
@@ -435,7 +467,13 @@ impl Metrics {
             let _ = writeln!(out, "callgate_store_errors_total{{op=\"{op}\"}} {n}");
         }
 
-        let gauges: [(&str, &str, &str, i64); 5] = [
+        let gauges: [(&str, &str, &str, i64); 6] = [
+            (
+                "callgate_ready",
+                "gauge",
+                "1 while the store answers the readiness probe (as /readyz and gRPC health), else 0.",
+                i64::from(self.ready.load(Relaxed)),
+            ),
             (
                 "callgate_open_streams",
                 "gauge",
@@ -519,7 +557,11 @@ mod tests {
         m.store_error(StoreOp::Check);
         m.stream_caught_up();
         m.stream_caught_up();
+        m.single_check_latency(CheckAnswer::Unavailable, Duration::from_micros(300));
         let out = m.render();
+        assert!(m.render().contains("callgate_ready 0\n"));
+        m.set_ready(true);
+        assert!(m.render().contains("callgate_ready 1\n"));
         let m = Metrics::default();
         m.api_refusal(UNAUTHENTICATED_CLIENT, RefusalReason::UnknownKey);
         m.api_refusal("dialer-eu", RefusalReason::MissingScope);
@@ -536,7 +578,11 @@ mod tests {
             "callgate_webhooks_total{route=\"doubletick\",outcome=\"invalid_field\"} 1",
             "callgate_store_errors_total{op=\"check\"} 1",
             "callgate_stream_catch_ups_total 2",
-            "callgate_check_duration_seconds_bucket{rpc=\"single\",le=\"+Inf\"} 0",
+            "callgate_ready 0",
+            "callgate_check_answer_duration_seconds_bucket{answer=\"unavailable\",le=\"0.0005\"} 1",
+            "callgate_check_answer_duration_seconds_count{answer=\"denied\"} 0",
+            "callgate_check_duration_seconds_count{rpc=\"single\"} 1",
+            "callgate_check_duration_seconds_bucket{rpc=\"single\",le=\"+Inf\"} 1",
         ] {
             assert!(out.contains(needle), "missing {needle}:\n{out}");
         }

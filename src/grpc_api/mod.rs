@@ -201,7 +201,7 @@ impl Api {
         &self,
         caller: &Caller,
         req: &pb::CheckCallPermissionRequest,
-    ) -> Result<pb::CheckCallPermissionResponse, ApiError> {
+    ) -> Result<(pb::CheckCallPermissionResponse, CheckAnswer), ApiError> {
         let pair = pair(&req.business_number, &req.customer_number)?;
         self.scope(caller, "business_number", &pair.business)?;
         let current = self
@@ -210,8 +210,8 @@ impl Api {
             .await
             .map_err(self.store_failed(StoreOp::Check))?;
         let verdict = evaluate(current, Utc::now());
-        self.metrics.check(CheckAnswer::State(verdict.state));
-        Ok(convert::check_response(&pair, verdict))
+        let answer = CheckAnswer::State(verdict.state);
+        Ok((convert::check_response(&pair, verdict), answer))
     }
 
     async fn check_many(
@@ -312,12 +312,21 @@ impl ConsentAuthority for Api {
         let started = Instant::now();
         let caller = caller(&request)?;
         let answer = self.check_one(&caller, request.get_ref()).await;
-        if let Some(answer) = answer.as_ref().err().and_then(ApiError::check_answer) {
-            self.metrics.check(answer);
+        let label = match &answer {
+            Ok((_, label)) => Some(*label),
+            Err(e) => e.check_answer(),
+        };
+        match label {
+            Some(label) => {
+                self.metrics.check(label);
+                self.metrics.single_check_latency(label, started.elapsed());
+            }
+            // A refusal (no caller, another business) is counted as a refusal, not an answer.
+            None => self
+                .metrics
+                .check_latency(CheckRpc::Single, started.elapsed()),
         }
-        self.metrics
-            .check_latency(CheckRpc::Single, started.elapsed());
-        Ok(Response::new(answer?))
+        Ok(Response::new(answer?.0))
     }
 
     async fn check_call_permissions(

@@ -8,6 +8,7 @@ mod redis_harness;
 
 mod api_auth;
 mod check;
+mod cli;
 mod conformance;
 mod dates_and_duplicates;
 mod ingest;

@@ -18,23 +18,31 @@ pub struct CallgateProcess {
 impl CallgateProcess {
     /// Starts `callgate serve` with these extra environment variables.
     pub fn start(env: &[(&str, &str)]) -> Result<Self, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callgate"));
-        cmd.args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-        .env_clear()
-        .env("CALLGATE_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .env(
-            "CALLGATE_API_CLIENTS_FILE",
-            crate::helpers::api_clients_fixture(),
+        Self::start_with_args(
+            &[
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+            ],
+            env,
         )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    }
+
+    /// Starts `callgate ARGS` (which must make it serve on loopback ports) with this environment.
+    pub fn start_with_args(args: &[&str], env: &[(&str, &str)]) -> Result<Self, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callgate"));
+        cmd.args(args)
+            .env_clear()
+            .env("CALLGATE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env(
+                "CALLGATE_API_CLIENTS_FILE",
+                crate::helpers::api_clients_fixture(),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -7,8 +7,9 @@
 //! measuring tool, not a test: run it by hand against a callgate you started.
 //!
 //! ```text
-//! CALLGATE_WEBHOOK_TOKENS=tok callgate serve &
-//! cargo run --example silent_subscribers -- --pid $! --token tok
+//! CALLGATE_WEBHOOK_TOKENS=tok CALLGATE_API_CLIENTS_FILE=demo/api-clients.toml callgate serve &
+//! cargo run --release -p callgate-bench --example silent_subscribers -- --pid $! --token tok \
+//!     --api-key demo-key
 //! ```
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ struct Args {
     grpc: String,
     pid: u32,
     token: String,
+    api_key: String,
     subscribers: usize,
     events: usize,
 }
@@ -33,6 +35,7 @@ fn args() -> Args {
         grpc: "127.0.0.1:50051".into(),
         pid: 0,
         token: String::new(),
+        api_key: String::new(),
         subscribers: 2000,
         events: 2000,
     };
@@ -43,6 +46,7 @@ fn args() -> Args {
             "--grpc" => a.grpc = v,
             "--pid" => a.pid = v.parse().expect("--pid"),
             "--token" => a.token = v,
+            "--api-key" => a.api_key = v,
             "--subscribers" => a.subscribers = v.parse().expect("--subscribers"),
             "--events" => a.events = v.parse().expect("--events"),
             other => panic!("unknown option {other}"),
@@ -84,7 +88,7 @@ fn header(block: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 /// Opens a connection carrying `streams` StreamGrants calls, then never reads from it.
-async fn silent_connection(grpc: &str, streams: usize) -> TcpStream {
+async fn silent_connection(grpc: &str, api_key: &str, streams: usize) -> TcpStream {
     let mut conn = TcpStream::connect(grpc).await.expect("connect gRPC");
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS: ENABLE_PUSH 0, INITIAL_WINDOW_SIZE 2^31-1; then the connection window likewise.
@@ -105,6 +109,9 @@ async fn silent_connection(grpc: &str, streams: usize) -> TcpStream {
     header(&mut block, ":authority", "callgate");
     header(&mut block, "content-type", "application/grpc");
     header(&mut block, "te", "trailers");
+    if !api_key.is_empty() {
+        header(&mut block, "authorization", &format!("Bearer {api_key}"));
+    }
     for i in 0..streams {
         let id = 1 + 2 * i as u32;
         out.extend(frame(1, 0x4, id, &block)); // HEADERS, END_HEADERS
@@ -151,7 +158,7 @@ async fn main() {
     let mut left = a.subscribers;
     while left > 0 {
         let n = left.min(STREAMS_PER_CONNECTION);
-        held.push(silent_connection(&a.grpc, n).await);
+        held.push(silent_connection(&a.grpc, &a.api_key, n).await);
         left -= n;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
