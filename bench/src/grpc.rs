@@ -12,12 +12,26 @@ use crate::floor;
 use crate::population::{self, Rng};
 use crate::report::Tally;
 use crate::runner::{Step, Worker};
-use callgate::pb::{self, ConsentState, consent_authority_client::ConsentAuthorityClient};
+use std::sync::OnceLock;
 
-pub type Client = ConsentAuthorityClient<Channel>;
+use callgate::cli::BearerToken;
+use callgate::pb::{self, ConsentState, consent_authority_client::ConsentAuthorityClient};
+use tonic::service::interceptor::InterceptedService;
+
+/// A ConsentAuthority client that sends callgate's API key (if one was given) with every call.
+pub type Client = ConsentAuthorityClient<InterceptedService<Channel, BearerToken>>;
+
+/// The API key every gRPC connection of this run sends (`--api-key`); set once by `run`.
+static API_KEY: OnceLock<Option<String>> = OnceLock::new();
+
+/// Sets the API key for every connection this run opens. Later calls change nothing.
+pub fn use_api_key(key: Option<String>) {
+    let _ = API_KEY.set(key);
+}
 
 /// Opens `n` HTTP/2 connections to `addr`, each its own channel.
 pub async fn connect(addr: SocketAddr, n: usize) -> Result<Vec<Client>, BenchError> {
+    let key = API_KEY.get().and_then(|k| k.as_deref());
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
@@ -27,7 +41,11 @@ pub async fn connect(addr: SocketAddr, n: usize) -> Result<Vec<Client>, BenchErr
             .connect()
             .await
             .map_err(|source| BenchError::Connect { addr, source })?;
-        clients.push(ConsentAuthorityClient::new(channel).max_decoding_message_size(64 << 20));
+        let token = BearerToken::new(key).map_err(|e| BenchError::ApiKey(e.to_string()))?;
+        clients.push(
+            ConsentAuthorityClient::with_interceptor(channel, token)
+                .max_decoding_message_size(64 << 20),
+        );
     }
     Ok(clients)
 }

@@ -45,6 +45,8 @@ use runner::{Bounds, Worker};
 pub enum BenchError {
     #[error("{addr}: {reason}")]
     Address { addr: String, reason: String },
+    #[error("--api-key: {0}")]
+    ApiKey(String),
     #[error("{0} is not a loopback address; pass --allow-remote to aim at another host")]
     Remote(String),
     #[error("cannot connect to {addr}: {source}")]
@@ -77,6 +79,10 @@ pub struct Cli {
     /// Allow targets (and a floor listen address) that are not loopback.
     #[arg(long, global = true)]
     pub allow_remote: bool,
+    /// callgate's API key (a client with the `check` and `stream` scopes), sent with every gRPC
+    /// call; the floor ignores it.
+    #[arg(long, global = true, env = "CALLGATE_TOKEN", hide_env_values = true)]
+    pub api_key: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -303,6 +309,7 @@ pub async fn run(
 ) -> Result<u64, BenchError> {
     let out = Output { json: cli.json };
     let remote = cli.allow_remote;
+    grpc::use_api_key(cli.api_key);
     match cli.command {
         Command::Preload(a) => preload(a, remote, &out).await,
         Command::Check(a) => check(a, remote, &out).await,

@@ -19,7 +19,7 @@ use crate::http::WebhookClient;
 use crate::population::{self, Kind};
 use crate::report::Tally;
 use crate::runner::{Step, Worker};
-use callgate::pb::{self, consent_authority_client::ConsentAuthorityClient};
+use callgate::pb;
 
 /// Longest wait for an event after its webhook was acknowledged; longer is an error.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +30,7 @@ pub type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
 /// Opens the StreamGrants subscription and spawns the task that hands events to their waiters.
 /// Returns once the server has accepted the subscription.
 pub async fn subscribe(
-    mut client: ConsentAuthorityClient<tonic::transport::Channel>,
+    mut client: crate::grpc::Client,
     waiters: Waiters,
 ) -> Result<tokio::task::JoinHandle<()>, tonic::Status> {
     let mut stream = client
