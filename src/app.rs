@@ -102,6 +102,7 @@ pub async fn run(
             checkpoint: config.checkpoint_interval,
             ring_capacity: RING_CAPACITY,
         },
+        metrics.clone(),
         stop.clone(),
     );
     tokio::spawn(sweep_expiries(
@@ -138,7 +139,6 @@ pub async fn run(
             },
         },
         metrics: metrics.clone(),
-        hub: hub.clone(),
         tls: tls.as_ref().map(|t| t.http.clone()),
     });
     let http = tokio::spawn(http_port::serve(
