@@ -119,6 +119,7 @@ pub async fn run(
             checkpoint: config.checkpoint_interval,
             ring_capacity: RING_CAPACITY,
         },
+        metrics.clone(),
         stop.clone(),
     );
     background.push(("fanout_tailer", tailer));
@@ -169,7 +170,6 @@ pub async fn run(
             },
         },
         metrics: metrics.clone(),
-        hub: hub.clone(),
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
     });

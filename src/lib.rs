@@ -10,7 +10,7 @@ pub mod grpc_api;
 pub(crate) mod grpc_port;
 pub(crate) mod http_port;
 pub mod ingest;
-pub(crate) mod metrics;
+pub mod metrics;
 /// OpenTelemetry span export (cargo feature `otlp`), set up by the binary's `main`.
 #[cfg(feature = "otlp")]
 pub mod otlp;

@@ -38,7 +38,7 @@ fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -
             paired_message_id: String::new(),
             response_source: "user_initiated".to_owned(),
             sender_customer_id: String::new(),
-            body_sha256: "ee".repeat(32),
+            body_sha256: [0xee; 32],
             stated_at: decided_at,
             stated_expires_at: choice.expires_at(),
         },

@@ -325,7 +325,7 @@ fn grant(i: usize, t: chrono::DateTime<Utc>) -> callgate::domain::Decision {
             paired_message_id: String::new(),
             response_source: String::new(),
             sender_customer_id: String::new(),
-            body_sha256: String::new(),
+            body_sha256: [0; 32],
             stated_at: to_millis_precision(t),
             stated_expires_at: None,
         },
@@ -346,6 +346,7 @@ async fn a_slow_subscriber_falls_back_to_the_store_instead_of_buffering() {
             checkpoint: Duration::from_secs(60),
             ring_capacity: RING,
         },
+        Arc::default(),
         stop.clone(),
     );
     let mut slow = hub.subscribe(Start::Head, Filter::default()).await.unwrap();
