@@ -132,7 +132,113 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};
+
     use super::*;
+
+    /// Collects every `rpc`, `client` and `outcome` value recorded on a span.
+    #[derive(Clone, Default)]
+    struct Fields(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl Visit for Fields {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((field.name().to_owned(), value.to_owned()));
+        }
+        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Fields {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: LayerContext<'_, S>,
+        ) {
+            attrs.record(&mut self.clone());
+        }
+        fn on_record(
+            &self,
+            _: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: LayerContext<'_, S>,
+        ) {
+            values.record(&mut self.clone());
+        }
+    }
+
+    /// Answers every call with `response()`, recording a client name as the guard does.
+    #[derive(Clone)]
+    struct Answer(fn() -> http::Response<Body>);
+
+    impl Service<http::Request<Body>> for Answer {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            Span::current().record("client", "dialer");
+            std::future::ready(Ok((self.0)()))
+        }
+    }
+
+    async fn traced_call(answer: fn() -> http::Response<Body>) -> Vec<(String, String)> {
+        let fields = Fields::default();
+        let subscriber = tracing_subscriber::registry().with(fields.clone());
+        let _default = tracing::subscriber::set_default(subscriber);
+        let request = http::Request::builder()
+            .uri("/callgate.v1.ConsentAuthority/CheckCallPermission")
+            .body(Body::empty())
+            .unwrap();
+        let Ok(response) = Traced::new(Answer(answer)).call(request).await;
+        response.into_body().collect().await.unwrap();
+        fields.0.lock().unwrap().clone()
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_span_names_the_rpc_client_and_outcome_from_headers_or_trailers() {
+        // An error answered at once: the code is in the headers.
+        let refused = traced_call(|| tonic::Status::unavailable("store down").into_http()).await;
+        assert_eq!(
+            refused,
+            pairs(&[
+                ("rpc", "CheckCallPermission"),
+                ("client", "dialer"),
+                ("outcome", "UNAVAILABLE")
+            ])
+        );
+        // A success: the code comes in the trailers, after the body.
+        let answered = traced_call(|| {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert(GRPC_STATUS, http::HeaderValue::from_static("0"));
+            let frames = tokio_stream::iter([Ok::<_, tonic::Status>(Frame::trailers(trailers))]);
+            http::Response::new(Body::new(StreamBody::new(frames)))
+        })
+        .await;
+        assert_eq!(
+            answered,
+            pairs(&[
+                ("rpc", "CheckCallPermission"),
+                ("client", "dialer"),
+                ("outcome", "OK")
+            ])
+        );
+    }
 
     #[test]
     fn names_come_from_the_path_and_codes_from_grpc_status() {
