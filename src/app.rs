@@ -6,16 +6,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tracing::Instrument;
 
+use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
 use crate::domain::DateRules;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::auth::{self, AuthSource, ClientsError, Guard};
-use crate::grpc_api::{Api, StreamLimits};
+use crate::grpc_api::{Api, StreamLimits, Traced};
 use crate::grpc_port::{self, GrpcLimits};
 use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
 use crate::ingest::IngestContext;
@@ -26,6 +28,9 @@ use crate::tls::{self, Tls, TlsError};
 
 /// How often the gRPC health status is refreshed from the store.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the background tasks (sweep, health, tailer, reload watchers) get to end after the
+/// ports have drained.
+const BACKGROUND_STOP_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Failures that stop the service.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let stop = CancellationToken::new();
+    let clock = config.clock;
+    // Background tasks: each stops when `stop` is cancelled, and is awaited (bounded) before
+    // `run` returns.
+    let mut background: Vec<(&'static str, JoinHandle<()>)> = Vec::new();
     // The clients file if it declares any client, else open with `--insecure-no-auth`, else
     // closed (every call refused).
     let auth = Arc::new(AuthSource::load(
@@ -82,41 +91,64 @@ pub async fn run(
         config.insecure_no_auth,
     )?);
     auth.current().log_startup();
-    tokio::spawn(auth::watch(
-        auth.clone(),
-        config.api_clients_reload_interval,
-        stop.clone(),
+    background.push((
+        "api_clients_watch",
+        tokio::spawn(
+            auth::watch(
+                auth.clone(),
+                config.api_clients_reload_interval,
+                stop.clone(),
+            )
+            .instrument(tracing::info_span!("api_clients_watch")),
+        ),
     ));
     let tls = transport_security(&config)?;
     if let Some(tls) = &tls {
-        tokio::spawn(tls::watch(
-            tls.clone(),
-            config.tls_reload_interval,
-            stop.clone(),
+        background.push((
+            "tls_watch",
+            tokio::spawn(
+                tls::watch(tls.clone(), config.tls_reload_interval, stop.clone())
+                    .instrument(tracing::info_span!("tls_watch")),
+            ),
         ));
     }
     let metrics = Arc::new(Metrics::default());
-    let hub = Hub::start(
+    let (hub, tailer) = Hub::start(
         store.clone(),
         HubConfig {
             checkpoint: config.checkpoint_interval,
             ring_capacity: RING_CAPACITY,
         },
+        metrics.clone(),
         stop.clone(),
     );
-    tokio::spawn(sweep_expiries(
-        store.clone(),
-        metrics.clone(),
-        config.expiry_sweep_interval,
-        stop.clone(),
+    background.push(("fanout_tailer", tailer));
+    background.push((
+        "expiry_sweep",
+        tokio::spawn(
+            sweep_expiries(
+                store.clone(),
+                metrics.clone(),
+                clock,
+                config.expiry_sweep_interval,
+                stop.clone(),
+            )
+            .instrument(tracing::info_span!("expiry_sweep")),
+        ),
     ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(report_health(
-        store.clone(),
-        health_reporter,
-        metrics.clone(),
-        stop.clone(),
+    background.push((
+        "health_reporter",
+        tokio::spawn(
+            report_health(
+                store.clone(),
+                health_reporter,
+                metrics.clone(),
+                stop.clone(),
+            )
+            .instrument(tracing::info_span!("health_reporter")),
+        ),
     ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -138,7 +170,7 @@ pub async fn run(
             },
         },
         metrics: metrics.clone(),
-        hub: hub.clone(),
+        clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
     });
     let http = tokio::spawn(http_port::serve(
@@ -156,8 +188,9 @@ pub async fn run(
             max_subscriptions: config.max_subscriptions,
             stall_timeout: config.stream_stall_timeout,
         },
+        clock,
     );
-    let api = Guard::new(api.into_server(), auth, metrics);
+    let api = Traced::new(Guard::new(api.into_server(), auth, metrics));
     let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(api)
@@ -188,14 +221,34 @@ pub async fn run(
             tracing::error!(port, error = %join, "server task failed");
         }
     }
+    // The ports end only after `stop` (or by failing): make sure the background tasks see it.
+    stop.cancel();
+    join_background(background).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Awaits the background tasks after `stop` was cancelled, each within
+/// [`BACKGROUND_STOP_DEADLINE`]; one that does not stop in time is aborted and logged.
+async fn join_background(tasks: Vec<(&'static str, JoinHandle<()>)>) {
+    let deadline = tokio::time::Instant::now() + BACKGROUND_STOP_DEADLINE;
+    for (task, mut handle) in tasks {
+        match tokio::time::timeout_at(deadline, &mut handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(task, error = %e, "background task failed"),
+            Err(_) => {
+                tracing::warn!(task, "background task did not stop in time; aborted");
+                handle.abort();
+            }
+        }
+    }
 }
 
 /// Turns lapsed temporary grants into `EXPIRED` events, on every replica (claims are atomic).
 async fn sweep_expiries(
     store: Arc<dyn ConsentStore>,
     metrics: Arc<Metrics>,
+    clock: Clock,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -206,7 +259,7 @@ async fn sweep_expiries(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.claim_expired(Utc::now()).await {
+        match store.claim_expired(clock.now()).await {
             Ok(0) => {}
             Ok(n) => {
                 metrics.expired(n);
@@ -231,6 +284,8 @@ async fn report_health(
     type Svc = pb::consent_authority_server::ConsentAuthorityServer<Api>;
     let mut serving = None;
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    // After a stall (a paused process, a busy runtime), one check, not a burst of them.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
@@ -253,5 +308,36 @@ async fn report_health(
             }
             serving = Some(ok);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn background_tasks_are_awaited_and_a_stuck_one_is_aborted_at_the_deadline() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let slow = tokio::spawn({
+            let finished = finished.clone();
+            async move {
+                tokio::time::sleep(BACKGROUND_STOP_DEADLINE / 2).await;
+                finished.store(true, Ordering::SeqCst);
+            }
+        });
+        let stuck = tokio::spawn(std::future::pending::<()>());
+        let stuck_abort = stuck.abort_handle();
+        let started = tokio::time::Instant::now();
+        join_background(vec![("slow", slow), ("stuck", stuck)]).await;
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "returned before a task ended"
+        );
+        assert_eq!(started.elapsed(), BACKGROUND_STOP_DEADLINE);
+        tokio::task::yield_now().await;
+        assert!(stuck_abort.is_finished(), "the stuck task was left running");
     }
 }

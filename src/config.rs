@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::clock::Clock;
+
 pub use crate::secret::Secret;
 
 pub const ENV_HTTP_ADDR: &str = "CALLGATE_HTTP_ADDR";
@@ -158,6 +160,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// How often the TLS files are checked for a replacement.
     pub tls_reload_interval: Duration,
+    /// Where the service reads the time: not a setting of the environment (always the
+    /// system clock there); tests pass a [`Clock::tokio`] and pause it.
+    pub clock: Clock,
 }
 
 /// PEM files for TLS on both ports.
@@ -330,6 +335,7 @@ impl Config {
             )?,
             tls,
             tls_reload_interval: secs(ENV_TLS_RELOAD_SECS, DEFAULT_TLS_RELOAD)?,
+            clock: Clock::System,
         })
     }
 }

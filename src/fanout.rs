@@ -22,15 +22,17 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::domain::{EventKind, PhoneNumber};
+use crate::metrics::Metrics;
 use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError, cursor_at};
 
 /// How many events the ring keeps for subscribers that are a little behind, by default.
@@ -78,8 +80,8 @@ pub struct Hub {
     head: watch::Receiver<Option<Cursor>>,
     shutdown: CancellationToken,
     checkpoint: Duration,
-    /// Times a subscriber fell out of the ring and went back to reading the store.
-    catch_ups: Arc<AtomicU64>,
+    /// Counts the times a subscriber fell out of the ring and went back to reading the store.
+    metrics: Arc<Metrics>,
 }
 
 /// Settings of a [`Hub`].
@@ -92,23 +94,29 @@ pub struct HubConfig {
 }
 
 impl Hub {
-    /// Starts the tailer task; it stops when `shutdown` is cancelled.
+    /// Starts the tailer task; it stops when `shutdown` is cancelled (await its handle to know
+    /// it has). Catch-ups are counted in `metrics`.
     pub fn start(
         store: Arc<dyn ConsentStore>,
         config: HubConfig,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Hub {
+    ) -> (Hub, JoinHandle<()>) {
         let (ring, _) = broadcast::channel(config.ring_capacity.max(1));
         let (head_tx, head) = watch::channel(None);
-        tokio::spawn(tail(store.clone(), ring.clone(), head_tx, shutdown.clone()));
-        Hub {
+        let tailer = tokio::spawn(
+            tail(store.clone(), ring.clone(), head_tx, shutdown.clone())
+                .instrument(tracing::info_span!("fanout_tailer")),
+        );
+        let hub = Hub {
             store,
             ring,
             head,
             shutdown,
             checkpoint: config.checkpoint,
-            catch_ups: Arc::default(),
-        }
+            metrics,
+        };
+        (hub, tailer)
     }
 
     pub fn shards(&self) -> usize {
@@ -173,9 +181,10 @@ impl Hub {
         self.ring.receiver_count()
     }
 
-    /// How many times a subscriber fell behind the ring and caught up from the store.
+    /// How many times a subscriber fell behind the ring and caught up from the store (as
+    /// counted in the hub's metrics).
     pub fn catch_ups(&self) -> u64 {
-        self.catch_ups.load(Ordering::Relaxed)
+        self.metrics.stream_catch_ups()
     }
 }
 
@@ -329,7 +338,7 @@ impl Subscription {
                         missed,
                         "subscriber fell behind the ring; replaying from store"
                     );
-                    self.hub.catch_ups.fetch_add(1, Ordering::Relaxed);
+                    self.hub.metrics.stream_caught_up();
                     self.replaying = true;
                 }
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
@@ -379,7 +388,7 @@ impl Subscription {
             match self.ring.try_recv() {
                 Ok(published) => self.take(published),
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    self.hub.catch_ups.fetch_add(1, Ordering::Relaxed);
+                    self.hub.metrics.stream_caught_up();
                     self.replaying = true;
                     break;
                 }

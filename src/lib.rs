@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod fanout;
@@ -9,12 +10,13 @@ pub mod grpc_api;
 pub(crate) mod grpc_port;
 pub(crate) mod http_port;
 pub mod ingest;
-pub(crate) mod metrics;
+pub mod metrics;
 /// OpenTelemetry span export (cargo feature `otlp`), set up by the binary's `main`.
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub(crate) mod secret;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 /// Code generated from `proto/callgate/v1/callgate.proto`.

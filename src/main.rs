@@ -6,11 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use callgate::config::{self, Config, Flags, LogFormat};
+use callgate::config::{self, Config, Flags};
 use callgate::store::ConsentStore;
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
-use callgate::{app, cli, pb};
+use callgate::{app, cli, pb, telemetry};
 
 /// The crate version, plus the git commit when the build knew it (see build.rs).
 const BUILD_VERSION: &str = env!("CALLGATE_BUILD_VERSION");
@@ -72,14 +72,23 @@ enum Command {
 
 #[derive(clap::Args, Default)]
 struct ServeArgs {
-    /// HTTP (webhook) listen address [env: CALLGATE_HTTP_ADDR] [default: 0.0.0.0:8080]
-    #[arg(long)]
+    // Help texts name the variables and defaults from `config`, their one source.
+    #[arg(long, help = format!(
+        "HTTP (webhook) listen address [env: {}] [default: {}]",
+        config::ENV_HTTP_ADDR,
+        config::DEFAULT_HTTP_ADDR
+    ))]
     http_addr: Option<String>,
-    /// gRPC listen address [env: CALLGATE_GRPC_ADDR] [default: 0.0.0.0:50051]
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "gRPC listen address [env: {}] [default: {}]",
+        config::ENV_GRPC_ADDR,
+        config::DEFAULT_GRPC_ADDR
+    ))]
     grpc_addr: Option<String>,
-    /// Redis URL; unset: embedded in-memory store [env: CALLGATE_REDIS_URL]
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Redis URL; unset: embedded in-memory store [env: {}]",
+        config::ENV_REDIS_URL
+    ))]
     redis_url: Option<String>,
     /// Serve the webhook routes and the gRPC API WITHOUT authentication (local demos only)
     #[arg(long)]
@@ -148,7 +157,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         insecure_no_auth: args.insecure_no_auth,
     };
     let config = Config::resolve(&flags, |k| std::env::var(k).ok())?;
-    let telemetry = init_tracing(config.log_format, config.otlp_endpoint.as_deref())?;
+    let telemetry = telemetry::init(
+        config.log_format,
+        config.otlp_endpoint.as_deref(),
+        BUILD_VERSION,
+    )?;
 
     let redis = match (&config.redis_url, &config.redis_cluster_nodes) {
         (Some(url), _) => Some(RedisConfig::new(url.expose())),
@@ -210,57 +223,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     app::run(config, store, app::Listeners { http, grpc }, shutdown).await?;
     telemetry.shutdown();
     Ok(())
-}
-
-/// What must be flushed before exit: the OTLP exporter, when one runs.
-struct Telemetry {
-    #[cfg(feature = "otlp")]
-    otlp: Option<callgate::otlp::Exporter>,
-}
-
-impl Telemetry {
-    fn shutdown(self) {
-        #[cfg(feature = "otlp")]
-        if let Some(exporter) = self.otlp {
-            exporter.shutdown();
-        }
-    }
-}
-
-fn init_tracing(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = match format {
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-    };
-    let registry = tracing_subscriber::registry().with(filter).with(logs);
-    #[cfg(feature = "otlp")]
-    if let Some(endpoint) = otlp_endpoint {
-        let (exporter, layer) = callgate::otlp::Exporter::start(endpoint, BUILD_VERSION)?;
-        registry.with(layer).init();
-        tracing::info!(endpoint, "exporting spans over OTLP");
-        return Ok(Telemetry {
-            otlp: Some(exporter),
-        });
-    }
-    registry.init();
-    #[cfg(not(feature = "otlp"))]
-    if otlp_endpoint.is_some() {
-        tracing::warn!(
-            "{} is set, but this build has no OTLP export (build with --features otlp); \
-             spans are not exported",
-            config::ENV_OTLP_ENDPOINT
-        );
-    }
-    Ok(Telemetry {
-        #[cfg(feature = "otlp")]
-        otlp: None,
-    })
 }
 
 /// Listens for SIGTERM and Ctrl-C from now on (so a signal that arrives right after the ports

@@ -122,28 +122,76 @@ impl Route {
     const LABELS: [&'static str; 3] = ["doubletick", "whatsapp", "other"];
 }
 
-/// What happened to a webhook request. Refusals use the stable error codes of the HTTP port.
-pub const WEBHOOK_OUTCOMES: [&str; 19] = [
-    "stored",
-    "ignored",
-    "verified",
-    "not_configured",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "method_not_allowed",
-    "unsupported_media_type",
-    "body_too_large",
-    "body_timeout",
-    "body_unreadable",
-    "invalid_json",
-    "invalid_field",
-    "conflict",
-    "store_unavailable",
-    "bad_request",
-    "too_many_connections",
-    "other",
-];
+/// What happened to a webhook request: the `outcome` label of `callgate_webhooks_total`.
+/// A refusal's label is also its stable error code in the HTTP answer
+/// (`WebhookError::status`), so the two never drift apart. Every variant is produced by some
+/// request (`tests/api/metrics.rs` shows each one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// The decisions were stored (200).
+    Stored = 0,
+    /// A Meta POST with no call permission reply in it (200, nothing to store).
+    Ignored = 1,
+    /// Meta's subscription handshake succeeded.
+    Verified = 2,
+    NotConfigured = 3,
+    Unauthorized = 4,
+    Forbidden = 5,
+    NotFound = 6,
+    MethodNotAllowed = 7,
+    UnsupportedMediaType = 8,
+    BodyTooLarge = 9,
+    BodyTimeout = 10,
+    BodyUnreadable = 11,
+    InvalidJson = 12,
+    InvalidField = 13,
+    Conflict = 14,
+    StoreUnavailable = 15,
+}
+
+impl WebhookOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [WebhookOutcome; 16] = [
+        WebhookOutcome::Stored,
+        WebhookOutcome::Ignored,
+        WebhookOutcome::Verified,
+        WebhookOutcome::NotConfigured,
+        WebhookOutcome::Unauthorized,
+        WebhookOutcome::Forbidden,
+        WebhookOutcome::NotFound,
+        WebhookOutcome::MethodNotAllowed,
+        WebhookOutcome::UnsupportedMediaType,
+        WebhookOutcome::BodyTooLarge,
+        WebhookOutcome::BodyTimeout,
+        WebhookOutcome::BodyUnreadable,
+        WebhookOutcome::InvalidJson,
+        WebhookOutcome::InvalidField,
+        WebhookOutcome::Conflict,
+        WebhookOutcome::StoreUnavailable,
+    ];
+
+    /// The label (and, for a refusal, the error code of the answer).
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookOutcome::Stored => "stored",
+            WebhookOutcome::Ignored => "ignored",
+            WebhookOutcome::Verified => "verified",
+            WebhookOutcome::NotConfigured => "not_configured",
+            WebhookOutcome::Unauthorized => "unauthorized",
+            WebhookOutcome::Forbidden => "forbidden",
+            WebhookOutcome::NotFound => "not_found",
+            WebhookOutcome::MethodNotAllowed => "method_not_allowed",
+            WebhookOutcome::UnsupportedMediaType => "unsupported_media_type",
+            WebhookOutcome::BodyTooLarge => "body_too_large",
+            WebhookOutcome::BodyTimeout => "body_timeout",
+            WebhookOutcome::BodyUnreadable => "body_unreadable",
+            WebhookOutcome::InvalidJson => "invalid_json",
+            WebhookOutcome::InvalidField => "invalid_field",
+            WebhookOutcome::Conflict => "conflict",
+            WebhookOutcome::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
 
 /// Store operations, for the error counter.
 #[derive(Debug, Clone, Copy)]
@@ -209,13 +257,16 @@ pub struct Metrics {
     check_latency: [Histogram; 2],
     /// Single checks' latency by answer (a batch has many answers, so it is not split).
     answer_latency: [Histogram; 7],
-    webhooks: [[AtomicU64; WEBHOOK_OUTCOMES.len()]; 3],
+    webhooks: [[AtomicU64; WebhookOutcome::ALL.len()]; 3],
     webhook_latency: [Histogram; 3],
     store_errors: [AtomicU64; 6],
     open_streams: AtomicI64,
     stream_events: AtomicU64,
     /// StreamGrants streams ended because their client stopped reading.
     stream_stalls: AtomicU64,
+    /// Times a slow subscriber fell out of the fan-out ring and read from the store (counted
+    /// by the fan-out itself).
+    stream_catch_ups: AtomicU64,
     expired: AtomicU64,
     /// Whether the store answered the last readiness probe (what `/readyz` and gRPC health say).
     ready: AtomicBool,
@@ -254,17 +305,9 @@ impl Metrics {
         self.answer_latency[answer.index()].observe(d);
     }
 
-    pub fn checks_answered(&self, answer: CheckAnswer) -> u64 {
-        self.checks[answer.index()].load(Relaxed)
-    }
-
-    /// Counts a webhook with its outcome (one of [`WEBHOOK_OUTCOMES`]).
-    pub fn webhook(&self, route: Route, outcome: &str, d: Duration) {
-        let i = WEBHOOK_OUTCOMES
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(WEBHOOK_OUTCOMES.len() - 1);
-        self.webhooks[route as usize][i].fetch_add(1, Relaxed);
+    /// Counts a webhook request with its outcome and the time it took to answer.
+    pub fn webhook(&self, route: Route, outcome: WebhookOutcome, d: Duration) {
+        self.webhooks[route as usize][outcome as usize].fetch_add(1, Relaxed);
         self.webhook_latency[route as usize].observe(d);
     }
 
@@ -288,6 +331,15 @@ impl Metrics {
         self.stream_stalls.fetch_add(1, Relaxed);
     }
 
+    pub fn stream_caught_up(&self) {
+        self.stream_catch_ups.fetch_add(1, Relaxed);
+    }
+
+    /// Times a subscriber fell behind the fan-out ring and caught up from the store.
+    pub fn stream_catch_ups(&self) -> u64 {
+        self.stream_catch_ups.load(Relaxed)
+    }
+
     pub fn expired(&self, n: usize) {
         self.expired.fetch_add(n as u64, Relaxed);
     }
@@ -297,8 +349,8 @@ impl Metrics {
         self.ready.store(ready, Relaxed);
     }
 
-    /// The Prometheus text exposition (format 0.0.4). `stream_catch_ups` comes from the hub.
-    pub fn render(&self, stream_catch_ups: u64) -> String {
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let _ = writeln!(out, "# HELP callgate_build_info Build information.");
         let _ = writeln!(out, "# TYPE callgate_build_info gauge");
@@ -354,12 +406,13 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE callgate_webhooks_total counter");
         for (r, route) in Route::LABELS.iter().enumerate() {
-            for (o, outcome) in WEBHOOK_OUTCOMES.iter().enumerate() {
-                let n = self.webhooks[r][o].load(Relaxed);
-                if n > 0 || *outcome == "stored" {
+            for outcome in WebhookOutcome::ALL {
+                let n = self.webhooks[r][outcome as usize].load(Relaxed);
+                if n > 0 || outcome == WebhookOutcome::Stored {
                     let _ = writeln!(
                         out,
-                        "callgate_webhooks_total{{route=\"{route}\",outcome=\"{outcome}\"}} {n}"
+                        "callgate_webhooks_total{{route=\"{route}\",outcome=\"{}\"}} {n}",
+                        outcome.label()
                     );
                 }
             }
@@ -439,7 +492,7 @@ impl Metrics {
                 "callgate_stream_catch_ups_total",
                 "counter",
                 "Times a slow subscriber fell out of the fan-out ring and read from the store.",
-                stream_catch_ups as i64,
+                self.stream_catch_ups.load(Relaxed) as i64,
             ),
             (
                 "callgate_grants_expired_total",
@@ -479,25 +532,36 @@ mod tests {
     }
 
     #[test]
+    fn webhook_outcomes_are_listed_once_in_index_order() {
+        for (i, outcome) in WebhookOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{outcome:?}");
+        }
+        let labels: std::collections::HashSet<_> =
+            WebhookOutcome::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels.len(), WebhookOutcome::ALL.len());
+    }
+
+    #[test]
     fn render_has_every_family_and_only_fixed_labels() {
         let m = Metrics::default();
         m.check(CheckAnswer::State(ConsentState::Denied));
-        m.webhook(Route::DoubleTick, "invalid_field", Duration::from_millis(1));
         m.webhook(
             Route::DoubleTick,
-            "not-a-known-outcome",
+            WebhookOutcome::InvalidField,
             Duration::from_millis(1),
         );
         m.store_error(StoreOp::Check);
+        m.stream_caught_up();
+        m.stream_caught_up();
         m.single_check_latency(CheckAnswer::Unavailable, Duration::from_micros(300));
-        let out = m.render(2);
-        assert!(m.render(0).contains("callgate_ready 0\n"));
+        let out = m.render();
+        assert!(m.render().contains("callgate_ready 0\n"));
         m.set_ready(true);
-        assert!(m.render(0).contains("callgate_ready 1\n"));
+        assert!(m.render().contains("callgate_ready 1\n"));
         let m = Metrics::default();
         m.api_refusal(UNAUTHENTICATED_CLIENT, RefusalReason::UnknownKey);
         m.api_refusal("dialer-eu", RefusalReason::MissingScope);
-        let refusals = m.render(0);
+        let refusals = m.render();
         for needle in [
             "callgate_api_refusals_total{client=\"unauthenticated\",reason=\"unknown_key\"} 1",
             "callgate_api_refusals_total{client=\"dialer-eu\",reason=\"missing_scope\"} 1",
@@ -508,7 +572,6 @@ mod tests {
             "callgate_build_info{version=",
             "callgate_checks_total{answer=\"denied\"} 1",
             "callgate_webhooks_total{route=\"doubletick\",outcome=\"invalid_field\"} 1",
-            "callgate_webhooks_total{route=\"doubletick\",outcome=\"other\"} 1",
             "callgate_store_errors_total{op=\"check\"} 1",
             "callgate_stream_catch_ups_total 2",
             "callgate_ready 0",

@@ -30,10 +30,6 @@ pub enum Choice {
 }
 
 impl Choice {
-    pub fn is_grant(&self) -> bool {
-        !matches!(self, Choice::Deny)
-    }
-
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         match self {
             Choice::GrantTemporary { expires_at } => Some(*expires_at),
@@ -83,8 +79,8 @@ pub struct Evidence {
     pub paired_message_id: String,
     pub response_source: String,
     pub sender_customer_id: String,
-    /// Hex SHA-256 of the raw request body.
-    pub body_sha256: String,
+    /// SHA-256 of the raw request body (rendered as hex only at the wire edges).
+    pub body_sha256: [u8; 32],
     /// The event time exactly as the sender stated it. [`Decision::decided_at`] equals it unless
     /// the rules clamped a time too far in the future (see [`rules`](super::rules)).
     pub stated_at: DateTime<Utc>,
@@ -111,7 +107,7 @@ impl Decision {
     ///
     /// [`dedup_digest`]: Self::dedup_digest
     pub fn dedup_id(&self) -> String {
-        to_hex(&self.dedup_digest())
+        hex::encode(self.dedup_digest())
     }
 
     /// The raw 16 bytes behind [`dedup_id`](Self::dedup_id).
@@ -156,36 +152,7 @@ impl Decision {
     }
 }
 
-/// Lower-case hex of `bytes`. (A table lookup: this runs on every check, for the evidence hash.)
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
-    }
-    // Only ASCII digits and letters were pushed.
-    String::from_utf8(out).unwrap_or_default()
-}
-
 /// Truncates a time to the millisecond precision callgate stores.
 pub fn to_millis_precision(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::to_hex;
-
-    #[test]
-    fn hex_is_lower_case_and_two_digits_per_byte() {
-        let cases: [(&[u8], &str); 3] = [
-            (b"", ""),
-            (&[0x00, 0x0f, 0xa5, 0xff], "000fa5ff"),
-            (b"A", "41"),
-        ];
-        for (bytes, want) in cases {
-            assert_eq!(to_hex(bytes), want);
-        }
-    }
 }

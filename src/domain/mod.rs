@@ -8,7 +8,7 @@ pub mod event;
 pub mod phone;
 pub mod rules;
 
-pub use decision::{Choice, Decision, Evidence, Pair, Source, to_hex, to_millis_precision};
+pub use decision::{Choice, Decision, Evidence, Pair, Source, to_millis_precision};
 pub use event::{ConsentEvent, EventKind, HistoryEntry, HistoryOutcome};
 pub use phone::{PhoneError, PhoneNumber};
 pub use rules::{

@@ -59,7 +59,7 @@ pub fn precedence(a: &Decision, b: &Decision) -> Ordering {
         .timestamp_millis()
         .cmp(&b.decided_at.timestamp_millis())
         .then_with(|| tie_rank(&a.choice).cmp(&tie_rank(&b.choice)))
-        .then_with(|| a.dedup_id().cmp(&b.dedup_id()))
+        .then_with(|| a.dedup_digest().cmp(&b.dedup_digest()))
 }
 
 /// Decides what a new decision does to the current one.
@@ -245,7 +245,7 @@ mod tests {
                 paired_message_id: String::new(),
                 response_source: "user_initiated".into(),
                 sender_customer_id: String::new(),
-                body_sha256: String::new(),
+                body_sha256: [0; 32],
                 stated_at: at(decided),
                 stated_expires_at: None,
             },
@@ -648,7 +648,7 @@ mod tests {
             expires_at: at(200),
         };
         b.decided_at = at(5);
-        b.evidence.body_sha256 = "ff".repeat(32);
+        b.evidence.body_sha256 = [0xff; 32];
         assert_eq!(a.dedup_id(), b.dedup_id());
         assert_eq!(a.fingerprint(), b.fingerprint());
         let mut other_answer = a.clone();

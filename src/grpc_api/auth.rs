@@ -629,12 +629,15 @@ where
             .collect();
         match self.auth.current().admit(req.uri().path(), &presented) {
             Ok(caller) => {
+                // The RPC's span (`trace::Traced`) names the client.
+                tracing::Span::current().record("client", caller.name());
                 req.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(req))
             }
             Err((client, refusal)) => {
                 let rpc = req.uri().path().rsplit('/').next().unwrap_or_default();
                 let client = client.as_deref().unwrap_or(UNAUTHENTICATED_CLIENT);
+                tracing::Span::current().record("client", client);
                 tracing::info!(
                     rpc,
                     client,

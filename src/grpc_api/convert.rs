@@ -27,7 +27,7 @@ fn evidence(e: &Evidence) -> pb::Evidence {
         source: e.source.as_str().to_owned(),
         response_source: e.response_source.clone(),
         sender_customer_id: e.sender_customer_id.clone(),
-        body_sha256: e.body_sha256.clone(),
+        body_sha256: hex::encode(e.body_sha256),
         stated_decided_at: Some(timestamp(e.stated_at)),
         stated_expires_at: e.stated_expires_at.map(timestamp),
     }
@@ -70,7 +70,7 @@ fn owned_evidence(e: Evidence) -> pb::Evidence {
         source: e.source.as_str().to_owned(),
         response_source: e.response_source,
         sender_customer_id: e.sender_customer_id,
-        body_sha256: e.body_sha256,
+        body_sha256: hex::encode(e.body_sha256),
         stated_decided_at: Some(timestamp(e.stated_at)),
         stated_expires_at: e.stated_expires_at.map(timestamp),
     }

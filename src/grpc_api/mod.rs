@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod convert;
+mod trace;
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -22,7 +23,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 pub use convert::{from_timestamp, timestamp};
+pub use trace::Traced;
 
+use crate::clock::Clock;
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
 use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
 use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
@@ -141,6 +144,8 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, ApiError> {
 /// The `ConsentAuthority` service.
 pub struct Api {
     store: Arc<dyn ConsentStore>,
+    /// The "now" of checks and of StreamGrants' `since` bound.
+    clock: Clock,
     hub: Hub,
     metrics: Arc<Metrics>,
     limits: StreamLimits,
@@ -154,9 +159,11 @@ impl Api {
         hub: Hub,
         metrics: Arc<Metrics>,
         limits: StreamLimits,
+        clock: Clock,
     ) -> Self {
         Api {
             store,
+            clock,
             hub,
             metrics,
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions)),
@@ -209,7 +216,7 @@ impl Api {
             .current(&pair)
             .await
             .map_err(self.store_failed(StoreOp::Check))?;
-        let verdict = evaluate(current, Utc::now());
+        let verdict = evaluate(current, self.clock.now());
         let answer = CheckAnswer::State(verdict.state);
         Ok((convert::check_response(&pair, verdict), answer))
     }
@@ -246,7 +253,7 @@ impl Api {
             return Err(self.store_failed(StoreOp::Check)(e.clone()));
         }
         let mut currents = currents.into_iter();
-        let now = Utc::now();
+        let now = self.clock.now();
         let results = parsed
             .into_iter()
             .map(|p| {
@@ -406,7 +413,7 @@ impl ConsentAuthority for Api {
                     self.limits.max_subscriptions
                 ))
             })?;
-        let start = self.start(&req, Utc::now())?;
+        let start = self.start(&req, self.clock.now())?;
         let sub = self
             .hub
             .subscribe(start, filter)

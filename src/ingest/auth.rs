@@ -203,10 +203,8 @@ pub fn verify_meta_signature(
         Some((prefix, rest)) if prefix.eq_ignore_ascii_case("sha256=") => rest,
         _ => return Err(AuthError::MalformedSignature),
     };
-    let signature = hex::decode(hex_digest).map_err(|_| AuthError::MalformedSignature)?;
-    if signature.len() != 32 {
-        return Err(AuthError::MalformedSignature);
-    }
+    let mut signature = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut signature).map_err(|_| AuthError::MalformedSignature)?;
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(app_secret.expose().as_bytes())
         .map_err(|_| AuthError::SignatureMismatch)?;
     mac.update(body);
@@ -220,14 +218,21 @@ pub fn verify_meta_signature(
 /// `query` is the raw query string (a leading `?` is allowed). On success returns the challenge,
 /// which the endpoint sends back as a `text/plain` 200 body; on any error Meta expects a 403.
 pub fn verify_subscription(query: &str, verify_token: &Secret) -> Result<String, AuthError> {
+    let query = query.strip_prefix('?').unwrap_or(query);
+    // `form_urlencoded` (the WHATWG parser) keeps a broken `%` escape as it is and replaces
+    // bytes that are not UTF-8 with U+FFFD; refuse both, so what is compared and echoed is
+    // exactly what the sender encoded.
+    if !escapes_are_whole(query) {
+        return Err(AuthError::MalformedQuery);
+    }
     let mut mode = None;
     let mut token = None;
     let mut challenge = None;
-    let query = query.strip_prefix('?').unwrap_or(query);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(key).ok_or(AuthError::MalformedQuery)?;
-        let (slot, name) = match key.as_str() {
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key.contains(char::REPLACEMENT_CHARACTER) {
+            return Err(AuthError::MalformedQuery);
+        }
+        let (slot, name) = match key.as_ref() {
             "hub.mode" => (&mut mode, "hub.mode"),
             "hub.verify_token" => (&mut token, "hub.verify_token"),
             "hub.challenge" => (&mut challenge, "hub.challenge"),
@@ -237,7 +242,10 @@ pub fn verify_subscription(query: &str, verify_token: &Secret) -> Result<String,
             // Two values would leave room to check one and use the other.
             return Err(AuthError::DuplicateParameter(name));
         }
-        *slot = Some(percent_decode(value).ok_or(AuthError::MalformedQuery)?);
+        if value.contains(char::REPLACEMENT_CHARACTER) {
+            return Err(AuthError::MalformedQuery);
+        }
+        *slot = Some(value.into_owned());
     }
     let mode = mode.ok_or(AuthError::MissingParameter("hub.mode"))?;
     let token = token.ok_or(AuthError::MissingParameter("hub.verify_token"))?;
@@ -261,40 +269,13 @@ pub fn verify_subscription(query: &str, verify_token: &Secret) -> Result<String,
     Ok(challenge)
 }
 
-/// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a byte.
-/// `None` for a broken `%` escape or bytes that are not UTF-8.
-fn percent_decode(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => {
-                let hi = bytes.get(i + 1).and_then(|&b| hex_value(b))?;
-                let lo = bytes.get(i + 2).and_then(|&b| hex_value(b))?;
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+/// Whether every `%` in `query` starts an escape of two hex digits.
+fn escapes_are_whole(query: &str) -> bool {
+    query.split('%').skip(1).all(|rest| {
+        rest.as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    })
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -626,9 +607,9 @@ mod tests {
     }
 
     #[test]
-    fn percent_decode_table() {
+    fn query_decoding_table() {
+        // (the encoded verify token, the token it decodes to; `None`: refused as malformed)
         let cases = [
-            ("", Some("")),
             ("a+b", Some("a b")),
             ("%41%62%2b", Some("Ab+")),
             ("%e2%82%AC", Some("€")),
@@ -638,13 +619,29 @@ mod tests {
             ("%80", None),
         ];
         for (raw, want) in cases {
-            assert_eq!(percent_decode(raw).as_deref(), want, "{raw:?}");
+            let query = format!("hub.mode=subscribe&hub.verify_token={raw}&hub.challenge=1");
+            let token = Secret::new(want.unwrap_or("unused"));
+            let got = verify_subscription(&query, &token);
+            match want {
+                Some(_) => assert_eq!(got.as_deref(), Ok("1"), "{raw:?}"),
+                None => assert_eq!(got, Err(AuthError::MalformedQuery), "{raw:?}"),
+            }
+        }
+        for broken in [
+            "x%zz=1&hub.mode=subscribe",
+            "x%ff=1&hub.mode=subscribe",
+            "%c3=1",
+        ] {
+            let got = verify_subscription(broken, &Secret::new("t"));
+            assert_eq!(got, Err(AuthError::MalformedQuery), "{broken:?}");
         }
     }
 
     proptest! {
         #[test]
-        fn percent_decode_inverts_encoding(s in any::<String>(), plus_for_space in any::<bool>()) {
+        fn any_encoded_verify_token_is_decoded_back(s in any::<String>(), plus_for_space in any::<bool>()) {
+            // U+FFFD is what a byte that is not UTF-8 decodes to: refused, even when sent.
+            prop_assume!(!s.contains(char::REPLACEMENT_CHARACTER));
             let mut encoded = String::new();
             for b in s.bytes() {
                 match b {
@@ -653,7 +650,9 @@ mod tests {
                     b => encoded.push_str(&format!("%{b:02X}")),
                 }
             }
-            prop_assert_eq!(percent_decode(&encoded), Some(s));
+            let query = format!("hub.mode=subscribe&hub.verify_token={encoded}&hub.challenge=1");
+            let answer = verify_subscription(&query, &Secret::new(s));
+            prop_assert_eq!(answer.as_deref(), Ok("1"));
         }
     }
 }

@@ -120,7 +120,7 @@ mod tests {
             assert_eq!(d.pair.customer.to_string(), "+919876543210");
             assert_eq!(d.pair.business.to_string(), "+919000000000");
             assert_eq!(d.decided_at, t(1_768_473_000));
-            assert_eq!(d.evidence.body_sha256.len(), 64);
+            assert_eq!(d.evidence.body_sha256, body_sha256(body.as_bytes()));
             assert_eq!(d.evidence.stated_at, t(1_768_473_000));
         }
     }

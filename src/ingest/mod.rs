@@ -22,7 +22,7 @@ pub struct IngestContext {
     pub dates: DateRules,
 }
 
-/// Hex SHA-256 of a raw body, kept with each decision as evidence.
-pub fn body_sha256(body: &[u8]) -> String {
-    crate::domain::to_hex(&Sha256::digest(body))
+/// SHA-256 of a raw body, kept with each decision as evidence.
+pub fn body_sha256(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
 }

@@ -64,13 +64,12 @@ pub fn parse(
                 // Read only for a reply: a `statuses` change without metadata is no reason to
                 // refuse the body.
                 let business = value.object("metadata")?.phone("display_phone_number")?;
-                let sha = body_sha256.clone();
                 decisions.push(decision(
                     &message,
                     &reply,
                     &value,
                     business,
-                    sha,
+                    body_sha256,
                     ctx,
                     received_at,
                 )?);
@@ -99,7 +98,7 @@ fn decision(
     reply: &Fields<'_>,
     value: &Fields<'_>,
     business: PhoneNumber,
-    body_sha256: String,
+    body_sha256: [u8; 32],
     ctx: &IngestContext,
     received_at: DateTime<Utc>,
 ) -> Result<Decision, PayloadError> {

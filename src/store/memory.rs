@@ -36,7 +36,7 @@ pub struct MemoryConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
-            event_retention: Duration::from_secs(7 * 24 * 3600),
+            event_retention: crate::config::DEFAULT_EVENT_RETENTION,
             max_events: 1_000_000,
         }
     }

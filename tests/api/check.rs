@@ -177,7 +177,8 @@ async fn history_lists_every_decision_with_its_evidence() {
     );
 }
 
-#[tokio::test]
+// Paused time: the polling below passes no wall-clock time.
+#[tokio::test(start_paused = true)]
 async fn grpc_health_reports_serving() {
     let app = spawn_app().await;
     let channel = app.channel().await;

@@ -178,7 +178,7 @@ fn evidence(msg: &str) -> Evidence {
         paired_message_id: format!("paired-{msg}"),
         response_source: "user_initiated".to_owned(),
         sender_customer_id: "cust-42".to_owned(),
-        body_sha256: "ab".repeat(32),
+        body_sha256: [0xab; 32],
         stated_at: DateTime::UNIX_EPOCH,
         stated_expires_at: None,
     }
@@ -347,7 +347,7 @@ pub async fn duplicate_delivery_changes_nothing(b: &dyn Backend) {
     );
     // A retry with a different body (hash) is the same decision.
     let mut retry = d.clone();
-    retry.evidence.body_sha256 = "cd".repeat(32);
+    retry.evidence.body_sha256 = [0xcd; 32];
     assert_eq!(
         store.record(&[retry], now()).await.unwrap(),
         vec![RecordOutcome::Duplicate]
@@ -548,7 +548,7 @@ pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
         paired_message_id: "ctx|1".to_owned(),
         response_source: "automatic".to_owned(),
         sender_customer_id: "ñ-7".to_owned(),
-        body_sha256: "0f".repeat(32),
+        body_sha256: [0x0f; 32],
         stated_at: t + ms(3_600_000),
         stated_expires_at: None,
     };
@@ -558,7 +558,7 @@ pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
         paired_message_id: String::new(),
         response_source: String::new(),
         sender_customer_id: String::new(),
-        body_sha256: String::new(),
+        body_sha256: [0; 32],
         stated_at: t,
         // Year 9999: what a sender said is kept, however unlikely.
         stated_expires_at: DateTime::from_timestamp_millis(253_402_300_799_000),

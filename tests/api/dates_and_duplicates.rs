@@ -392,7 +392,7 @@ fn decision(i: usize, t: DateTime<Utc>) -> callgate::domain::Decision {
             paired_message_id: "p".repeat(256),
             response_source: "user_initiated".into(),
             sender_customer_id: "c".repeat(256),
-            body_sha256: "ab".repeat(32),
+            body_sha256: [0xab; 32],
             stated_at: t,
             stated_expires_at: None,
         },

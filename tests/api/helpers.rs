@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use callgate::cli::BearerToken;
+use callgate::clock::Clock;
 use callgate::config::{Config, Flags, Secret};
 use callgate::pb::{self, consent_authority_client::ConsentAuthorityClient};
 use callgate::store::ConsentStore;
@@ -53,9 +54,29 @@ pub fn fixture(path: &str) -> String {
     .unwrap()
 }
 
-/// A config for tests: loopback ports chosen by the caller, quick sweeps and checkpoints.
+/// Shows the service's logs when `TEST_LOG` is set (`TEST_LOG=1 cargo test --test api NAME`,
+/// filtered by `RUST_LOG`, default `debug`); otherwise tests stay quiet. Installed once per
+/// test binary; output goes through the test harness, so it shows with a failing test.
+pub fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_none() {
+            return;
+        }
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A config for tests: loopback ports chosen by the caller, quick sweeps and checkpoints, and
+/// a clock that follows tokio's (so a test may pause time and advance it).
 pub fn test_config() -> Config {
     let mut c = Config::resolve(&Flags::default(), |_| None).unwrap();
+    c.clock = Clock::tokio();
     c.expiry_sweep_interval = Duration::from_millis(50);
     c.checkpoint_interval = Duration::from_millis(300);
     c.shutdown_grace = Duration::from_secs(2);
@@ -76,6 +97,8 @@ pub struct Endpoints {
 pub struct TestApp {
     pub endpoints: Endpoints,
     pub store: Arc<dyn ConsentStore>,
+    /// The service's clock: the "now" of its checks, arrivals and sweeps.
+    pub clock: Clock,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -96,6 +119,8 @@ pub fn memory_store() -> Arc<dyn ConsentStore> {
 }
 
 pub async fn spawn_app_with(config: Config, store: Arc<dyn ConsentStore>) -> TestApp {
+    init_test_log();
+    let clock = config.clock;
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -113,6 +138,7 @@ pub async fn spawn_app_with(config: Config, store: Arc<dyn ConsentStore>) -> Tes
     TestApp {
         endpoints: Endpoints::new(http_addr, grpc_addr),
         store,
+        clock,
         stop: Some(stop),
         task: Some(task),
     }

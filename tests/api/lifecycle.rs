@@ -1,4 +1,7 @@
 //! Graceful shutdown and slow or greedy clients on the HTTP port.
+//!
+//! The in-process tests run on paused time: a sleep or a deadline there passes only once
+//! every task is idle, so "the server had its chance" is exact, and no test waits on the wall.
 
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ fn request_head(body_len: usize) -> String {
     )
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_lets_an_in_flight_webhook_finish_and_ends_streams_with_their_cursor() {
     let mut app = spawn_app().await;
     let mut stream = app.stream(pb::StreamGrantsRequest::default()).await;
@@ -37,7 +40,7 @@ async fn shutdown_lets_an_in_flight_webhook_finish_and_ends_streams_with_their_c
         BUSINESS,
         CUSTOMER,
         "inflight",
-        Utc::now(),
+        app.clock.now(),
         "accept",
         Some(true),
     );
@@ -86,7 +89,7 @@ async fn shutdown_lets_an_in_flight_webhook_finish_and_ends_streams_with_their_c
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let mut config = test_config();
     config.http_header_timeout = Duration::from_millis(300);
@@ -109,7 +112,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_body_that_never_arrives_times_out_with_408_and_stores_nothing() {
     let mut config = test_config();
     config.http_body_timeout = Duration::from_millis(300);
@@ -123,7 +126,7 @@ async fn a_body_that_never_arrives_times_out_with_408_and_stores_nothing() {
     assert!(app.history(BUSINESS, CUSTOMER).await.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn connections_over_the_cap_wait_until_one_is_freed() {
     let mut config = test_config();
     config.http_max_connections = 2;

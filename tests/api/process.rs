@@ -64,6 +64,9 @@ impl CallgateProcess {
                 }
             });
         }
+        // Only the readers hold senders now: if the process exits before listening, both pipes
+        // close and the wait ends at once (a refused start), not at the timeout.
+        drop(tx);
         let line = match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(line) => line,
             Err(_) => {
@@ -108,11 +111,12 @@ impl CallgateProcess {
     pub fn terminate(mut self) -> bool {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..100 {
+        // Poll (bounded: 10 s) for the exit.
+        for _ in 0..1000 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.success();
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(10));
         }
         false
     }

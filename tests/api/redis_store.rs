@@ -38,7 +38,7 @@ fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -
             paired_message_id: String::new(),
             response_source: "user_initiated".to_owned(),
             sender_customer_id: String::new(),
-            body_sha256: "ee".repeat(32),
+            body_sha256: [0xee; 32],
             stated_at: decided_at,
             stated_expires_at: choice.expires_at(),
         },
@@ -139,9 +139,19 @@ async fn a_grant_whose_consent_key_expired_is_read_from_the_lapse_record() {
     );
     store.record(std::slice::from_ref(&grant), t).await.unwrap();
     assert_eq!(store.current(&p).await.unwrap(), Some(grant.clone()));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let consent_exists: bool = conn.exists(&keys.consent).await.unwrap();
-    assert!(!consent_exists, "Redis expired the consent key natively");
+    // Redis expires the consent key natively, on its own clock: wait (bounded) for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let consent_exists: bool = conn.exists(&keys.consent).await.unwrap();
+        if !consent_exists {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never expired the consent key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(store.current(&p).await.unwrap(), Some(grant.clone()));
     assert_eq!(
         store.current_many(&[pair(9), p.clone()]).await.unwrap(),

@@ -420,3 +420,44 @@ async fn every_refusal_is_logged_once_with_its_reason_and_never_the_secret_or_bo
         assert!(!log.contains(leak), "{leak} reached the log:\n{log}");
     }
 }
+
+/// Each request runs in one `http` span naming its route and method (never a phone number),
+/// and the port's log lines about it carry that span.
+#[tokio::test]
+async fn log_lines_about_a_request_carry_its_http_span_and_no_phone_number() {
+    let process =
+        crate::process::CallgateProcess::start(&[("CALLGATE_WEBHOOK_TOKENS", TOKEN)]).unwrap();
+    let api = Endpoints::new(process.http, process.grpc);
+    let good = doubletick(
+        BUSINESS,
+        CUSTOMER,
+        "m-span",
+        Utc::now(),
+        "accept",
+        Some(true),
+    );
+    let refused = api
+        .request("POST", "/webhooks/doubletick", &[JSON], good.clone())
+        .await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(api.post_doubletick(good).await.status, 200);
+    let log = process
+        .log_when(Duration::from_secs(5), |log| {
+            log.contains("request refused") && log.contains("decision recorded")
+        })
+        .await;
+    for message in ["request refused", "decision recorded"] {
+        let line = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in:\n{log}"));
+        let span = &line["span"];
+        assert_eq!(span["name"], "http", "{line}");
+        assert_eq!(span["route"], "/webhooks/doubletick", "{line}");
+        assert_eq!(span["method"], "POST", "{line}");
+    }
+    for number in ["9876543210", "9000000000"] {
+        assert!(!log.contains(number), "{number} reached the log:\n{log}");
+    }
+}

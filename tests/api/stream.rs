@@ -1,8 +1,12 @@
 //! StreamGrants: live delivery, filters, resume, checkpoints, expiries and slow subscribers.
+//!
+//! Tests of checkpoints and expiries run on paused time (`start_paused`): a checkpoint period
+//! or a 7-day grant passes when every task is idle, not on the wall clock.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use callgate::config::DEFAULT_TEMPORARY_GRANT;
 use callgate::fanout::{Filter, Hub, HubConfig, Item, Start};
 use callgate::pb::{self, EventKind};
 use callgate::store::ConsentStore;
@@ -53,7 +57,7 @@ pub async fn events_until_checkpoint(
 }
 
 async fn post(app: &TestApp, customer: &str, id: &str, response: &str, permanent: Option<bool>) {
-    let body = doubletick(BUSINESS, customer, id, Utc::now(), response, permanent);
+    let body = doubletick(BUSINESS, customer, id, app.clock.now(), response, permanent);
     assert_eq!(app.post_doubletick(body).await.status, 200);
 }
 
@@ -64,7 +68,7 @@ fn ids(events: &[pb::ConsentEvent]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_subscriber_receives_a_grant_posted_after_it_subscribed() {
     let app = spawn_app().await;
     let mut s = app.stream(request()).await;
@@ -80,7 +84,7 @@ async fn a_subscriber_receives_a_grant_posted_after_it_subscribed() {
     assert!(!e.cursor.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn filters_select_businesses_and_kinds() {
     let app = spawn_app().await;
     let other_business = "+14155550100";
@@ -105,7 +109,7 @@ async fn filters_select_businesses_and_kinds() {
         other_business,
         "+919800000003",
         "other-3",
-        Utc::now(),
+        app.clock.now(),
         "accept",
         Some(false),
     );
@@ -167,7 +171,7 @@ async fn a_cursor_of_the_old_layout_is_refused_with_a_resync_hint() {
     assert!(err.message().contains("older"), "{}", err.message());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reconnecting_with_the_last_cursor_delivers_exactly_the_missed_events() {
     let app = spawn_app().await;
     let mut s = app.stream(request()).await;
@@ -191,13 +195,13 @@ async fn reconnecting_with_the_last_cursor_delivers_exactly_the_missed_events() 
     assert_eq!(ids(&events), vec!["e2", "e3", "e4"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn since_replays_the_retained_events_from_a_point_in_time() {
     let app = spawn_app().await;
     post(&app, "+919800000001", "before", "accept", Some(true)).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let since = Utc::now();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::advance(Duration::from_millis(20)).await;
+    let since = app.clock.now();
+    tokio::time::advance(Duration::from_millis(20)).await;
     post(&app, "+919800000002", "after-1", "accept", Some(true)).await;
     post(&app, "+919800000003", "after-2", "accept", Some(true)).await;
     let mut s = app
@@ -210,7 +214,7 @@ async fn since_replays_the_retained_events_from_a_point_in_time() {
     assert_eq!(ids(&events), vec!["after-1", "after-2"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idle_stream_gets_checkpoints_whose_cursor_advances_past_filtered_events() {
     let app = spawn_app().await;
     let mut s = app.stream(request()).await;
@@ -265,11 +269,9 @@ async fn a_cursor_older_than_retention_is_out_of_range() {
     assert!(err.message().contains("resync"), "{}", err.message());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lapsed_temporary_grant_emits_one_expiry_and_a_superseded_one_none() {
-    let mut config = test_config();
-    config.temporary_grant = Duration::from_millis(400);
-    let app = spawn_app_with(config, memory_store()).await;
+    let app = spawn_app().await;
     let mut s = app
         .stream(pb::StreamGrantsRequest {
             include_expiries: true,
@@ -280,8 +282,9 @@ async fn a_lapsed_temporary_grant_emits_one_expiry_and_a_superseded_one_none() {
     post(&app, "+919800000001", "lapses", "accept", Some(false)).await;
     post(&app, "+919800000002", "replaced", "accept", Some(false)).await;
     post(&app, "+919800000002", "deny", "reject", None).await;
-    // Wait past the expiry plus a few sweeps, then collect up to a checkpoint.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Past the 7-day expiry on paused time (the sweep runs at the next tick), then collect up
+    // to a checkpoint.
+    tokio::time::advance(DEFAULT_TEMPORARY_GRANT + Duration::from_secs(60)).await;
     let mut events = Vec::new();
     for _ in 0..3 {
         let (mut batch, _) = events_until_checkpoint(&mut s).await;
@@ -340,7 +343,7 @@ fn grant(i: usize, t: chrono::DateTime<Utc>) -> callgate::domain::Decision {
             paired_message_id: String::new(),
             response_source: String::new(),
             sender_customer_id: String::new(),
-            body_sha256: String::new(),
+            body_sha256: [0; 32],
             stated_at: to_millis_precision(t),
             stated_expires_at: None,
         },
@@ -355,12 +358,13 @@ async fn a_slow_subscriber_falls_back_to_the_store_instead_of_buffering() {
     const EVENTS: usize = 500;
     let store: Arc<dyn ConsentStore> = Arc::new(MemoryStore::new(MemoryConfig::default()));
     let stop = CancellationToken::new();
-    let hub = Hub::start(
+    let (hub, _tailer) = Hub::start(
         store.clone(),
         HubConfig {
             checkpoint: Duration::from_secs(60),
             ring_capacity: RING,
         },
+        Arc::default(),
         stop.clone(),
     );
     let mut slow = hub.subscribe(Start::Head, Filter::default()).await.unwrap();

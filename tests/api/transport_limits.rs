@@ -21,7 +21,8 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Ve
     }
 }
 
-#[tokio::test]
+// Paused time: deadlines pass once every task is idle, not on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn issue9_3_silent_http_connections_are_closed() {
     let mut config = test_config();
     config.http_header_timeout = Duration::from_millis(300);
@@ -42,7 +43,8 @@ async fn issue9_3_silent_http_connections_are_closed() {
     assert_eq!(health.status, 200);
 }
 
-#[tokio::test]
+// Paused time: deadlines pass once every task is idle, not on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn issue9_3_a_quiet_kept_alive_http_connection_is_closed() {
     let mut config = test_config();
     config.http_header_timeout = Duration::from_millis(300);
@@ -174,7 +176,8 @@ pub(crate) fn resume_cursor(status: &tonic::Status) -> String {
     cursor
 }
 
-#[tokio::test]
+// Paused time: deadlines pass once every task is idle, not on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn issue9_3_subscriptions_over_the_cap_are_refused() {
     let mut config = test_config();
     config.max_subscriptions = 2;
@@ -208,7 +211,8 @@ async fn issue9_3_subscriptions_over_the_cap_are_refused() {
     }
 }
 
-#[tokio::test]
+// Paused time: deadlines pass once every task is idle, not on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn issue9_3_a_subscriber_that_stops_reading_is_ended_with_its_resume_cursor() {
     let mut config = test_config();
     config.stream_stall_timeout = Duration::from_millis(300);

@@ -94,7 +94,8 @@ for i = 1, #due, 2 do
   redis.call('ZREM', KEYS[1], member)
   local cur = current(ARGV[3], member)
   if cur == false then
-    return redis.error_reply('CORRUPT unreadable current decision of ' .. member)
+    -- Never the member: it names the pair (phone numbers).
+    return redis.error_reply('CORRUPT unreadable current decision of a lapsed grant')
   end
   if cur then
     -- Only the grant the index entry was made for lapses; record.lua keeps them in step.

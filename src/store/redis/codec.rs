@@ -18,8 +18,7 @@
 //!   optional `-`; `expires` is empty unless the grant is temporary. `source` is one byte (`w`
 //!   WhatsApp, `d` DoubleTick). Each evidence string is a LEB128 length and its UTF-8 bytes, so
 //!   any text (`|`, `,`, unicode, empty) round-trips without escaping. The body hash is `x` and
-//!   32 raw bytes when it is 64 lower-case hex digits (what ingestion produces), else `s` and a
-//!   length-prefixed string. The last two fields are the sender's stated event time and stated
+//!   its 32 raw bytes. The last two fields are the sender's stated event time and stated
 //!   expiry (empty if none) in base 36, each followed by `,`: what the sender said, kept as
 //!   evidence beside the times the rules derived from it.
 //! - A **history entry** (`h:` list, one per kept decision) is
@@ -45,7 +44,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::rules::tie_rank;
 use crate::domain::{
     Choice, ConsentEvent, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
-    PhoneNumber, Source, to_hex,
+    PhoneNumber, Source,
 };
 use crate::store::StoreError;
 
@@ -119,10 +118,6 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn is_lower_hex_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// The decision body `D` (everything but the pair).
 pub fn encode_body(d: &Decision) -> Vec<u8> {
     let e = &d.evidence;
@@ -146,13 +141,8 @@ pub fn encode_body(d: &Decision) -> Vec<u8> {
     ] {
         put_str(&mut out, s);
     }
-    if is_lower_hex_sha256(&e.body_sha256) {
-        out.push(b'x');
-        out.extend_from_slice(&hex::decode(&e.body_sha256).unwrap_or_default());
-    } else {
-        out.push(b's');
-        put_str(&mut out, &e.body_sha256);
-    }
+    out.push(b'x');
+    out.extend_from_slice(&e.body_sha256);
     out.extend_from_slice(base36(e.stated_at.timestamp_millis()).as_bytes());
     out.push(b',');
     if let Some(t) = e.stated_expires_at {
@@ -189,6 +179,12 @@ impl<'a> Reader<'a> {
         let (taken, rest) = self.rest.split_at(n);
         self.rest = rest;
         Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
     }
 
     /// Bytes up to (not including) the next `sep`, which is consumed.
@@ -252,8 +248,7 @@ fn decode_body(pair: Pair, r: &mut Reader<'_>) -> Result<Decision, StoreError> {
     let response_source = r.string()?;
     let sender_customer_id = r.string()?;
     let body_sha256 = match r.byte()? {
-        b'x' => to_hex(r.take(32)?),
-        b's' => r.string()?,
+        b'x' => r.array::<32>()?,
         _ => return Err(r.fail("unknown body hash form")),
     };
     let stated_at = millis(r.time(b',')?)?;
@@ -386,12 +381,8 @@ pub fn decode_event(kind: &[u8], decision: &[u8]) -> Result<ConsentEvent, StoreE
         std::str::from_utf8(digits)
             .ok()
             .and_then(|d| PhoneNumber::from_digits(d).ok())
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "event: phone {:?}",
-                    String::from_utf8_lossy(digits)
-                ))
-            })
+            // Never the digits themselves: they may be (most of) a phone number.
+            .ok_or_else(|| corrupt("event: unreadable phone number"))
     };
     let business = phone(r.until(b':')?)?;
     let customer = phone(r.until(b':')?)?;
@@ -428,7 +419,7 @@ mod tests {
             paired_message_id: "wamid.template|1,2:3".into(),
             response_source: "user_initiated".into(),
             sender_customer_id: "US.13491208655302741918".into(),
-            body_sha256: "ab".repeat(32),
+            body_sha256: [0xab; 32],
             stated_at: DateTime::from_timestamp_millis(1_767_000_000_123).unwrap(),
             stated_expires_at: Some(DateTime::from_timestamp_millis(253_402_300_000_000).unwrap()),
         };
@@ -440,7 +431,7 @@ mod tests {
             paired_message_id: String::new(),
             response_source: "|".into(),
             sender_customer_id: ",".into(),
-            body_sha256: String::new(),
+            body_sha256: [0; 32],
             stated_at: DateTime::from_timestamp_millis(-5).unwrap(),
             stated_expires_at: None,
         });
@@ -451,18 +442,10 @@ mod tests {
             sender_customer_id: String::new(),
             ..full.clone()
         });
-        // Hash forms that are not 64 lower-case hex digits are kept verbatim.
-        for hash in [
-            "AB".repeat(32),
-            "ab".repeat(31),
-            "zz".repeat(32),
-            "ab".repeat(33),
-        ] {
-            out.push(Evidence {
-                body_sha256: hash,
-                ..full.clone()
-            });
-        }
+        out.push(Evidence {
+            body_sha256: std::array::from_fn(|i| i as u8),
+            ..full.clone()
+        });
         out
     }
 

@@ -132,7 +132,8 @@ end
 if c then
   current = #c > 16 and header(c, 17)
   if not current or (from == KEYS[2] and current.r ~= 0) then
-    return redis.error_reply('CORRUPT unreadable consent value at ' .. from)
+    -- The key's kind, never its name: key names carry the pair's phone numbers.
+    return redis.error_reply('CORRUPT unreadable consent value (' .. (from == KEYS[2] and 'lapse record' or 'current decision') .. ')')
   end
   current.id = string.sub(c, 1, 16)
 end

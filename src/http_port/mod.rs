@@ -1,0 +1,149 @@
+//! The HTTP port: webhooks in, health out. This module is the transport: the accept loop and
+//! the connection limits. What a request means lives in the rooms below it:
+//!
+//! - `routes`: the routing table, and the one place a request is traced (one `http` span per
+//!   request) and counted;
+//! - `webhooks`: the webhook handlers and how they authenticate senders;
+//! - `probes`: `/healthz`, `/readyz`, `/metrics`;
+//! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
+//! - `reply`: what handlers answer.
+//!
+//! A webhook is answered 200 only after its decision is stored; a refused request stores
+//! nothing.
+//!
+//! Defences for a port facing the internet: the body is capped at [`MAX_BODY`] (checked against
+//! `Content-Length` before reading, and while reading), headers and body must arrive within a
+//! deadline, and the number of open connections is capped.
+//!
+//! The port speaks HTTP/1.1 only (webhook senders and probes all do). Every connection must make
+//! progress from the moment it is accepted: the header deadline runs from accept for the first
+//! request and from the end of the previous response for the next one, so a socket that never
+//! sends a byte, or a kept-alive connection that goes quiet, is closed within
+//! `header_timeout`. An HTTP/2 preface is refused like any malformed request: HTTP/2 would let
+//! one connection carry many requests past the connection cap, outside these deadlines.
+
+mod error;
+mod probes;
+mod reply;
+mod routes;
+mod webhooks;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use error::WebhookError;
+pub use webhooks::WebhookSecurity;
+
+use crate::clock::Clock;
+use crate::ingest::IngestContext;
+use crate::metrics::Metrics;
+use crate::store::ConsentStore;
+use crate::tls::{MaybeTls, TlsPort};
+
+/// Largest webhook body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Shared state of the HTTP port.
+pub struct HttpState {
+    pub limits: HttpLimits,
+    pub security: WebhookSecurity,
+    pub store: Arc<dyn ConsentStore>,
+    pub ingest: IngestContext,
+    pub metrics: Arc<Metrics>,
+    /// Where a webhook's arrival time is read.
+    pub clock: Clock,
+    /// TLS for this port; `None`: plain TCP.
+    pub tls: Option<Arc<TlsPort>>,
+}
+
+/// Slow-client and connection limits of the port.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Serves the HTTP port on `listener` until `shutdown` is cancelled, then lets in-flight
+/// requests finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    // HTTP/1.1 only: hyper's header deadline starts when it first polls for a request head,
+    // which is at once for a new connection (no protocol sniffing that waits for bytes first)
+    // and right after each response on a kept-alive one.
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.limits.header_timeout);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // The TLS handshake (if any) happens here, off the accept loop; it counts against
+            // the header deadline.
+            let tls = state.tls.clone();
+            let deadline = state.limits.header_timeout;
+            let io = match MaybeTls::accept(stream, tls.as_deref(), deadline).await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(routes::handle(&state, req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "http connections still open after the grace period; closing"
+        );
+    }
+}

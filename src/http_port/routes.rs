@@ -1,0 +1,195 @@
+//! The routing table, and the one place a request is traced, counted and answered.
+//!
+//! | method | path                   | handler                              |
+//! |--------|------------------------|--------------------------------------|
+//! | GET    | `/healthz`             | [`probes::healthz`]                  |
+//! | GET    | `/readyz`              | [`probes::ready`]                    |
+//! | GET    | `/metrics`             | [`probes::metrics`]                  |
+//! | POST   | `/webhooks/doubletick` | [`webhooks::doubletick`]             |
+//! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
+//! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
+//!
+//! Another method on one of these paths is 405, any other path 404. Every request runs in one
+//! `http` span whose fields are the route (the path of the table, never the raw path), the
+//! method, and on completion the status and outcome; the handlers' log lines (a refusal, a
+//! recorded decision) belong to it. Webhook requests are counted in `callgate_webhooks_total`
+//! here and nowhere else.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use super::reply::Reply;
+use super::{HttpState, WebhookError, probes, webhooks};
+use crate::metrics::{Route, StoreOp};
+
+/// The endpoints of the table above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Healthz,
+    Readyz,
+    Metrics,
+    DoubleTick,
+    WhatsApp,
+    WhatsAppSubscription,
+}
+
+/// The paths the port serves: the `route` of a request's span (`other` for anything else).
+const PATHS: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/webhooks/doubletick",
+    "/webhooks/whatsapp",
+];
+
+/// The table: which endpoint answers `method` on `path`.
+fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
+    match (method, path) {
+        (&Method::GET, "/healthz") => Ok(Endpoint::Healthz),
+        (&Method::GET, "/readyz") => Ok(Endpoint::Readyz),
+        (&Method::GET, "/metrics") => Ok(Endpoint::Metrics),
+        (&Method::POST, "/webhooks/doubletick") => Ok(Endpoint::DoubleTick),
+        (&Method::POST, "/webhooks/whatsapp") => Ok(Endpoint::WhatsApp),
+        (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
+        (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
+        (_, p) => Err(WebhookError::NotFound(p.to_owned())),
+    }
+}
+
+/// The webhook metric's route of a path; `None`: not a webhook path, not counted.
+fn webhook_route(path: &str) -> Option<Route> {
+    match path {
+        "/webhooks/doubletick" => Some(Route::DoubleTick),
+        "/webhooks/whatsapp" => Some(Route::WhatsApp),
+        p if p.starts_with("/webhooks/") => Some(Route::Other),
+        _ => None,
+    }
+}
+
+/// The `method` span field: a standard method's name, else `other` (an extension method is
+/// whatever token the client sent).
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Answers one request inside its `http` span.
+pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let route = PATHS
+        .iter()
+        .find(|p| **p == path)
+        .copied()
+        .unwrap_or("other");
+    let span = tracing::info_span!(
+        "http",
+        route,
+        method = method_name(req.method()),
+        status = Empty,
+        outcome = Empty,
+    );
+    answer(state, req).instrument(span).await
+}
+
+async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let path = req.uri().path().to_owned();
+    let result = match resolve(req.method(), &path) {
+        Ok(Endpoint::Healthz) => Ok(Reply::probe(probes::healthz())),
+        Ok(Endpoint::Readyz) => Ok(Reply::probe(probes::ready(state).await)),
+        Ok(Endpoint::Metrics) => Ok(Reply::probe(probes::metrics(&state.metrics))),
+        Ok(Endpoint::DoubleTick) => webhooks::doubletick(state, req).await,
+        Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
+        Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
+        Err(e) => Err(e),
+    };
+    let (response, outcome) = match result {
+        Ok(reply) => (reply.response, reply.outcome),
+        Err(e) => {
+            if matches!(e, WebhookError::Store(_)) {
+                state.metrics.store_error(StoreOp::Record);
+            }
+            let outcome = e.status().1;
+            (e.into_response(), Some(outcome))
+        }
+    };
+    if let (Some(route), Some(outcome)) = (webhook_route(&path), outcome) {
+        state.metrics.webhook(route, outcome, started.elapsed());
+    }
+    let span = tracing::Span::current();
+    span.record("status", response.status().as_u16());
+    if let Some(outcome) = outcome {
+        span.record("outcome", outcome.label());
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "answered");
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_routes_methods_and_paths() {
+        use Endpoint::*;
+        let cases: [(Method, &str, Result<Endpoint, &str>); 11] = [
+            (Method::GET, "/healthz", Ok(Healthz)),
+            (Method::GET, "/readyz", Ok(Readyz)),
+            (Method::GET, "/metrics", Ok(Metrics)),
+            (Method::POST, "/webhooks/doubletick", Ok(DoubleTick)),
+            (Method::POST, "/webhooks/whatsapp", Ok(WhatsApp)),
+            (Method::GET, "/webhooks/whatsapp", Ok(WhatsAppSubscription)),
+            (
+                Method::GET,
+                "/webhooks/doubletick",
+                Err("method_not_allowed"),
+            ),
+            (Method::POST, "/metrics", Err("method_not_allowed")),
+            (Method::POST, "/webhooks/other", Err("not_found")),
+            (Method::GET, "/", Err("not_found")),
+            (Method::GET, "/healthz/", Err("not_found")),
+        ];
+        for (method, path, want) in cases {
+            let got = resolve(&method, path).map_err(|e| e.status().1.label());
+            assert_eq!(got, want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn only_webhook_paths_are_counted() {
+        let cases = [
+            ("/webhooks/doubletick", Some(Route::DoubleTick)),
+            ("/webhooks/whatsapp", Some(Route::WhatsApp)),
+            ("/webhooks/x", Some(Route::Other)),
+            ("/healthz", None),
+            ("/webhooks", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(webhook_route(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn span_methods_are_standard_names_or_other() {
+        let custom = Method::from_bytes(b"919876543210").unwrap();
+        assert_eq!(method_name(&Method::POST), "POST");
+        assert_eq!(method_name(&Method::PATCH), "PATCH");
+        assert_eq!(method_name(&custom), "other");
+    }
+}
