@@ -19,7 +19,10 @@ use std::path::PathBuf;
 
 use redis::{ConnectionAddr, IntoConnectionInfo, Value};
 
-use super::{RedisConfig, RedisStore, Route, bytes_of, corrupt_reply, pairs_of};
+use super::error::corrupt_reply;
+use super::reply::{bytes_of, pairs_of};
+use super::routing::Route;
+use super::{RedisConfig, RedisStore};
 use crate::store::StoreError;
 
 /// Keys asked for per `SCAN` call.

@@ -1,0 +1,921 @@
+//! [`RedisStore`]: the [`ConsentStore`] on Redis (see the module docs of `store/redis` for the
+//! design): recording through `record.lua`, checks by `MGET`, the event log, the expiry sweep
+//! and readiness.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::{Script, Value};
+use tokio::time::Instant;
+
+use super::codec;
+use super::connection::{BlockingPool, SharedConnection, Verdict};
+use super::error::{corrupt_reply, is_reply_error, map_error, unverifiable_policy};
+use super::keys::{self, Keys};
+use super::reply::{bytes_of, decode_entry, newest_id, pairs_of};
+use super::routing::{Backend, Call, Route};
+use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
+use crate::domain::{Choice, ConsentEvent, Decision, Pair};
+use crate::store::{
+    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
+    StoreError, StreamId, check_deliveries,
+};
+/// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
+const CLAIM_BATCH: usize = 500;
+/// Bound on claim rounds per [`RedisStore::claim_expired`] call; the sweep runs again soon.
+const CLAIM_MAX_ROUNDS: usize = 20;
+/// On a cluster, how often a waiting event-log read looks again (see `read_events`).
+const CLUSTER_POLL: Duration = Duration::from_millis(20);
+
+/// The Redis consent store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct RedisStore {
+    pub(super) config: RedisConfig,
+    pub(super) keys: Keys,
+    pub(super) backend: Backend,
+    pub(super) record_script: Script,
+    pub(super) claim_script: Script,
+    /// Stream keys in shard order, for XREAD.
+    pub(super) streams: Vec<String>,
+    /// Trimmed-id marks in shard order, for the range check of `read_events`.
+    pub(super) trimmed: Vec<String>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects, checks that Redis is usable (see [`ping`](ConsentStore::ping): refuses a
+    /// `maxmemory-policy` other than `noeviction`), and loads the scripts.
+    pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
+        let backend = if config.cluster {
+            Self::connect_cluster(&config).await?
+        } else {
+            Self::connect_single(&config).await?
+        };
+        let keys = Keys::new(&config.prefix);
+        let store = RedisStore {
+            streams: (0..SHARDS).map(|s| keys.stream(s)).collect(),
+            trimmed: (0..SHARDS).map(|s| keys.trimmed(s)).collect(),
+            keys,
+            backend,
+            record_script: Script::new(RECORD_LUA),
+            claim_script: Script::new(CLAIM_EXPIRED_LUA),
+            config,
+        };
+        store.ping().await?;
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    pub fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// True when the store runs on a Redis Cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    /// Decodes a check's `MGET c: x:` of `pair`: the consent key when present, else the lapse
+    /// record (a temporary grant whose consent key expired natively), else no decision. The two
+    /// must agree (the lapse record exists exactly while the current decision is a temporary
+    /// grant, and then holds the same value); anything else is corrupt, never a default.
+    fn decode_current(
+        pair: &Pair,
+        consent: Option<Vec<u8>>,
+        lapse: Option<Vec<u8>>,
+    ) -> Result<Option<Decision>, StoreError> {
+        let (value, from_lapse) = match (&consent, &lapse) {
+            (Some(c), _) => (c, false),
+            (None, Some(x)) => (x, true),
+            (None, None) => return Ok(None),
+        };
+        let decision = codec::decode_consent(pair, value)?;
+        let temporary = matches!(decision.choice, Choice::GrantTemporary { .. });
+        let consistent = if from_lapse {
+            temporary
+        } else if temporary {
+            lapse.as_deref() == Some(value.as_slice())
+        } else {
+            lapse.is_none()
+        };
+        if !consistent {
+            return Err(StoreError::Corrupt(
+                "consent key and lapse record disagree".into(),
+            ));
+        }
+        Ok(Some(decision))
+    }
+
+    /// For a call of several decisions: reads the fingerprint stored under each one's id (one
+    /// pipelined `HGET` each) and refuses the call before anything is written if one conflicts.
+    /// On a cluster, one single-slot pipeline per shard, the shards at once.
+    async fn precheck_deliveries(&self, decisions: &[Decision]) -> Result<(), StoreError> {
+        let hget = |d: &Decision| {
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(self.keys.pair(&d.pair).dedup)
+                .arg(codec::dedup_bytes(d));
+            cmd
+        };
+        let seen: Vec<Option<Vec<u8>>> = if self.is_cluster() {
+            let groups = by_shard(decisions);
+            let replies = all(&groups, |(shard, indices)| {
+                let mut pipe = redis::pipe();
+                for &i in indices {
+                    pipe.add_command(hget(&decisions[i]));
+                }
+                async move {
+                    self.read_pipe::<Vec<Option<Vec<u8>>>>(Route::Shard(*shard), &pipe)
+                        .await
+                }
+            })
+            .await;
+            let mut seen = vec![None; decisions.len()];
+            for ((_, indices), reply) in groups.iter().zip(replies) {
+                let reply = reply?;
+                if reply.len() != indices.len() {
+                    return Err(corrupt_reply("HGET dedup"));
+                }
+                for (&i, f) in indices.iter().zip(reply) {
+                    seen[i] = f;
+                }
+            }
+            seen
+        } else {
+            let mut pipe = redis::pipe();
+            for d in decisions {
+                pipe.add_command(hget(d));
+            }
+            self.read_pipe(Route::Keyless, &pipe).await?
+        };
+        if seen.len() != decisions.len() {
+            return Err(corrupt_reply("HGET dedup"));
+        }
+        let seen = seen
+            .into_iter()
+            .map(|f| {
+                f.map(|f| <[u8; 8]>::try_from(f.as_slice()))
+                    .transpose()
+                    .map_err(|_| StoreError::Corrupt("dedup fingerprint".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        check_deliveries(decisions, &seen)?;
+        Ok(())
+    }
+
+    fn outcome(decisions: &[Decision], i: usize, code: i64) -> Result<RecordOutcome, StoreError> {
+        match code {
+            0 => Ok(RecordOutcome::Applied),
+            1 => Ok(RecordOutcome::Stale),
+            2 => Ok(RecordOutcome::Duplicate),
+            3 => Err(DeliveryConflict::of(decisions, i).into()),
+            other => Err(StoreError::Corrupt(format!(
+                "record script answered {other}"
+            ))),
+        }
+    }
+}
+
+/// Runs `f` for every item concurrently and collects the results in order.
+async fn all<I, F, Fut, T>(items: I, f: F) -> Vec<T>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future<Output = T>,
+{
+    futures_util::future::join_all(items.into_iter().map(f)).await
+}
+
+/// The indices of `decisions` grouped by shard (shard order; each group in call order).
+fn by_shard(decisions: &[Decision]) -> Vec<(usize, Vec<usize>)> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+    for (i, d) in decisions.iter().enumerate() {
+        groups[keys::shard_of(&d.pair)].push(i);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .collect()
+}
+
+impl RedisStore {
+    /// The `WAIT` timeout: half the store timeout, so the write before it and the round trip
+    /// fit in the rest.
+    fn wait_ms(&self) -> u64 {
+        (self.config.timeout.as_millis() as u64 / 2).max(1)
+    }
+
+    /// Records `decisions` (given by index into `all`) with one pipeline on the write
+    /// connection: one `record.lua` call each, inside `MULTI`/`EXEC` when `atomic`, then
+    /// `WAIT replica_acks` when asked for. `WAIT` must follow `EXEC` (inside a transaction it
+    /// does not block) and share the connection of the writes: it waits for this connection's
+    /// writes. Returns one outcome per index, in order.
+    async fn record_group(
+        &self,
+        all: &[Decision],
+        indices: &[usize],
+        received_at: DateTime<Utc>,
+        atomic: bool,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        let received = codec::base36(received_at.timestamp_millis());
+        let mut pipe = redis::pipe();
+        if atomic {
+            pipe.cmd("MULTI").ignore();
+        }
+        for &i in indices {
+            let decision = &all[i];
+            let k = self.keys.pair(&decision.pair);
+            let event = ConsentEvent::for_applied(decision, received_at)
+                .map(|e| codec::event_kind_code(e.kind))
+                .unwrap_or("");
+            let mut invocation = self.record_script.prepare_invoke();
+            invocation
+                .key(&k.consent)
+                .key(&k.lapse)
+                .key(&k.history)
+                .key(&k.stream)
+                .key(&k.due)
+                .key(&k.trimmed)
+                .key(&k.dedup)
+                .arg(codec::encode_body(decision))
+                .arg(codec::dedup_bytes(decision))
+                .arg(&received)
+                .arg(event)
+                .arg(self.config.event_retention.as_millis() as u64)
+                .arg(&k.member)
+                .arg(decision.fingerprint().as_slice());
+            pipe.invoke_script(&invocation);
+            if atomic {
+                pipe.ignore(); // `QUEUED`; the results come with EXEC.
+            }
+        }
+        if atomic {
+            pipe.cmd("EXEC");
+        }
+        let acks = self.config.replica_acks;
+        if acks > 0 {
+            pipe.cmd("WAIT").arg(acks).arg(self.wait_ms());
+        }
+        let shard = keys::shard_of(&all[indices[0]].pair);
+        let mut replies: Vec<Value> = self.query_scripts(Route::Shard(shard), true, &pipe).await?;
+        if acks > 0 {
+            let acked: i64 = replies
+                .pop()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .ok_or_else(|| corrupt_reply("WAIT"))?;
+            if acked < i64::from(acks) {
+                return Err(StoreError::Unavailable(format!(
+                    "the write reached {acked} of the {acks} replicas required \
+                     (CALLGATE_REDIS_REPLICA_ACKS) within {} ms; not acknowledged, the sender \
+                     will retry",
+                    self.wait_ms()
+                )));
+            }
+        }
+        let codes: Vec<i64> = if atomic {
+            match replies.pop() {
+                Some(exec) if replies.is_empty() => {
+                    redis::from_redis_value(exec).map_err(|_| corrupt_reply("EXEC"))?
+                }
+                _ => return Err(corrupt_reply("EXEC")),
+            }
+        } else {
+            replies
+                .into_iter()
+                .map(|v| redis::from_redis_value(v).map_err(|_| corrupt_reply("record")))
+                .collect::<Result<_, _>>()?
+        };
+        if codes.len() != indices.len() {
+            return Err(corrupt_reply("record"));
+        }
+        indices
+            .iter()
+            .zip(codes)
+            .map(|(&i, code)| Self::outcome(all, i, code))
+            .collect()
+    }
+
+    /// Reads shard `shard`'s events after `after` (without blocking) and its trimmed mark, in
+    /// one single-slot pipeline; fails with `OutOfRange` if events after `after` were trimmed.
+    async fn read_shard(
+        &self,
+        shard: usize,
+        after: StreamId,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&self.trimmed[shard]);
+        pipe.cmd("XREAD")
+            .arg("COUNT")
+            .arg(limit)
+            .arg("STREAMS")
+            .arg(&self.streams[shard])
+            .arg(after.to_string());
+        let (trimmed, reply): (Option<String>, Value) =
+            self.read_pipe(Route::Shard(shard), &pipe).await?;
+        if let Some(id) = trimmed {
+            let id = StreamId::parse(&id)
+                .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}")))?;
+            if after < id {
+                return Err(CursorError::OutOfRange { shard }.into());
+            }
+        }
+        let mut events = Vec::new();
+        self.decode_xread(&reply, &mut events)?;
+        Ok(events)
+    }
+
+    /// Appends the events of an `XREAD` reply (RESP2 or RESP3) to `events`.
+    fn decode_xread(&self, reply: &Value, events: &mut Vec<LoggedEvent>) -> Result<(), StoreError> {
+        let streams: Vec<(&Value, &Value)> = match reply {
+            Value::Nil => Vec::new(),
+            // RESP3: a map of key to entries.
+            Value::Map(map) => map.iter().map(|(k, v)| (k, v)).collect(),
+            // RESP2: an array of [key, entries] arrays.
+            Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    Value::Array(kv) if kv.len() == 2 => Some((&kv[0], &kv[1])),
+                    _ => None,
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| corrupt_reply("XREAD"))?,
+            _ => return Err(corrupt_reply("XREAD")),
+        };
+        for (key, entries) in streams {
+            let shard = bytes_of(key)
+                .and_then(|k| self.streams.iter().position(|s| s.as_bytes() == k))
+                .ok_or_else(|| corrupt_reply("XREAD stream key"))?;
+            let Value::Array(entries) = entries else {
+                return Err(corrupt_reply("XREAD entries"));
+            };
+            for entry in entries {
+                events.push(decode_entry(shard, entry)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Standalone: every shard in one `XREAD` (blocking if asked to) on a dedicated
+    /// connection, pipelined after one `MGET` of every shard's trimmed mark.
+    async fn read_events_single(
+        &self,
+        shared: &SharedConnection,
+        blocking: &BlockingPool,
+        after: &Cursor,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        // One round trip: the range check (the newest trimmed id of every shard), then the
+        // read, blocking if asked to. If the cursor is out of range, retained events follow
+        // it (a trim never removes the entry just added), so the XREAD returns at once.
+        let mut xread = redis::cmd("XREAD");
+        xread.arg("COUNT").arg(limit);
+        let block_ms = wait.as_millis().min(u128::from(u32::MAX)) as u64;
+        if block_ms > 0 {
+            xread.arg("BLOCK").arg(block_ms);
+        }
+        xread.arg("STREAMS").arg(&self.streams);
+        for id in after.ids() {
+            xread.arg(id.to_string());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(&self.trimmed).add_command(xread);
+
+        let bound = wait + self.config.timeout;
+        let (trimmed, reply) = loop {
+            let epoch = shared.replacements();
+            let (mut conn, reused) = blocking.take(epoch).await?;
+            match tokio::time::timeout(
+                bound,
+                pipe.query_async::<(Vec<Option<String>>, Value)>(&mut conn),
+            )
+            .await
+            {
+                Ok(Ok(v)) => {
+                    blocking.give_back(conn, epoch);
+                    break v;
+                }
+                // An idle connection may have died with a Redis restart: the read is
+                // idempotent, so try once more on a fresh connection.
+                Ok(Err(e)) if reused && Verdict::of(&e) == Verdict::Broken => {}
+                Ok(Err(e)) => return Err(map_error(e, self.config.timeout)),
+                // The connection still owes the reply: it is dropped, not reused.
+                Err(_) => return Err(StoreError::Timeout(bound)),
+            }
+        };
+
+        if trimmed.len() != SHARDS {
+            return Err(corrupt_reply("MGET trimmed"));
+        }
+        for (shard, id) in trimmed.iter().enumerate() {
+            let Some(id) = id else { continue };
+            let id = StreamId::parse(id)
+                .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}")))?;
+            if after.get(shard) < id {
+                return Err(CursorError::OutOfRange { shard }.into());
+            }
+        }
+        let mut events = Vec::new();
+        self.decode_xread(&reply, &mut events)?;
+        Ok(events)
+    }
+
+    /// Cluster: an `XREAD` cannot span slots, so each shard is read by itself (one
+    /// single-slot pipeline per shard, all at once, none blocking: a blocking read would hold
+    /// its node's shared connection, and every check to that node would queue behind it).
+    /// To wait for a new event the read is repeated every [`CLUSTER_POLL`] until `wait` ends.
+    async fn read_events_cluster(
+        &self,
+        after: &Cursor,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut events = Vec::new();
+            for shard in all(0..SHARDS, |s| self.read_shard(s, after.get(s), limit)).await {
+                events.extend(shard?);
+            }
+            let now = tokio::time::Instant::now();
+            if !events.is_empty() || now >= deadline {
+                return Ok(events);
+            }
+            tokio::time::sleep(CLUSTER_POLL.min(deadline - now)).await;
+        }
+    }
+
+    /// Claims lapsed grants of one shard, in rounds of at most [`CLAIM_BATCH`].
+    async fn claim_shard(&self, shard: usize, now_ms: i64) -> Result<usize, StoreError> {
+        let prefix = self.keys.shard_prefix(shard);
+        let due = self.keys.due(shard);
+        let retention = self.config.event_retention.as_millis() as u64;
+        let mut published = 0;
+        for _ in 0..CLAIM_MAX_ROUNDS {
+            let mut invocation = self.claim_script.prepare_invoke();
+            invocation
+                .key(&due)
+                .key(&self.streams[shard])
+                .key(&self.trimmed[shard])
+                .arg(now_ms)
+                .arg(CLAIM_BATCH)
+                .arg(&prefix)
+                .arg(retention);
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&invocation);
+            let (p, claimed): (usize, usize) = self
+                .query_scripts::<Vec<(usize, usize)>>(Route::Shard(shard), false, &pipe)
+                .await?
+                .pop()
+                .ok_or_else(|| corrupt_reply("claim"))?;
+            published += p;
+            if claimed < CLAIM_BATCH {
+                break;
+            }
+        }
+        Ok(published)
+    }
+
+    /// The newest id of shard `shard`'s stream (zero if empty).
+    async fn head_of(&self, shard: usize) -> Result<StreamId, StoreError> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(&self.streams[shard])
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let reply: Value = self.read_cmd(Route::Shard(shard), &cmd).await?;
+        newest_id(&reply)
+    }
+
+    /// [`ConsentStore::current_each`] on a cluster: one single-slot `MGET` per shard, all at
+    /// once, each bounded by the store timeout. A shard that fails (its master died and its
+    /// replica is not yet promoted) fails only its own pairs.
+    async fn current_each_cluster(
+        &self,
+        pairs: &[Pair],
+    ) -> Vec<Result<Option<Decision>, StoreError>> {
+        let mut mgets: Vec<Option<redis::Cmd>> = vec![None; SHARDS];
+        let mut asked: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, pair) in pairs.iter().enumerate() {
+            let (shard, consent, lapse) = self.keys.current(pair);
+            mgets[shard]
+                .get_or_insert_with(|| redis::cmd("MGET"))
+                .arg(consent)
+                .arg(lapse);
+            asked[shard].push(i);
+        }
+        let groups: Vec<(usize, Vec<usize>, redis::Cmd)> = asked
+            .into_iter()
+            .zip(mgets)
+            .enumerate()
+            .filter_map(|(shard, (indices, cmd))| cmd.map(|c| (shard, indices, c)))
+            .collect();
+        let replies = all(&groups, |(shard, _, cmd)| {
+            self.read_cmd::<Vec<Option<Vec<u8>>>>(Route::Shard(*shard), cmd)
+        })
+        .await;
+        let mut out: Vec<Result<Option<Decision>, StoreError>> =
+            (0..pairs.len()).map(|_| Ok(None)).collect();
+        for ((_, indices, _), reply) in groups.iter().zip(replies) {
+            match reply {
+                Ok(values) if values.len() == 2 * indices.len() => {
+                    let mut values = values.into_iter();
+                    for &i in indices {
+                        let (consent, lapse) = (values.next().flatten(), values.next().flatten());
+                        out[i] = Self::decode_current(&pairs[i], consent, lapse);
+                    }
+                }
+                Ok(_) => indices
+                    .iter()
+                    .for_each(|&i| out[i] = Err(corrupt_reply("MGET current"))),
+                Err(e) => indices.iter().for_each(|&i| out[i] = Err(e.clone())),
+            }
+        }
+        out
+    }
+}
+
+impl RedisStore {
+    /// Readiness of a degraded cluster: `Ok` if the first shard of any lane (any master of a
+    /// default cluster) answers a read, else `failure`.
+    async fn any_shard_answers(&self, failure: StoreError) -> Result<(), StoreError> {
+        let per_lane = SHARDS / 3;
+        let answers = all((0..3).map(|lane| lane * per_lane), |shard| {
+            let mut get = redis::cmd("GET");
+            get.arg(&self.trimmed[shard]);
+            async move {
+                self.read_cmd::<Option<String>>(Route::Shard(shard), &get)
+                    .await
+            }
+        })
+        .await;
+        if answers.iter().any(Result::is_ok) {
+            tracing::warn!(error = %failure, "a Redis Cluster master is unreachable; serving the others");
+            Ok(())
+        } else {
+            Err(failure)
+        }
+    }
+}
+
+#[async_trait]
+impl ConsentStore for RedisStore {
+    async fn record(
+        &self,
+        decisions: &[Decision],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        if decisions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A conflict anywhere in the call must store nothing. One decision is checked inside
+        // its script; several are checked first, in one round trip per shard (see the module
+        // docs for the one race this leaves).
+        if decisions.len() > 1 {
+            self.precheck_deliveries(decisions).await?;
+        }
+        if !self.is_cluster() {
+            // Standalone Redis: all decisions in one MULTI/EXEC, applied together or (on a
+            // connection error before EXEC) not at all.
+            let indices: Vec<usize> = (0..decisions.len()).collect();
+            return self
+                .record_group(decisions, &indices, received_at, decisions.len() > 1)
+                .await;
+        }
+        // Cluster: a transaction cannot span slots. Each shard's decisions go in one
+        // single-slot pipeline (in order, so a pair's decisions keep their order), the shards
+        // at once. Each decision is atomic by itself; the call is acknowledged only if every
+        // shard's were stored (and replicated, with replica acks). If one shard fails, the
+        // call fails, the sender retries it, and the decisions already stored are recognised
+        // as duplicates: all or none acknowledged, not all or none stored.
+        let groups = by_shard(decisions);
+        let results = all(&groups, |(_, g)| {
+            self.record_group(decisions, g, received_at, false)
+        })
+        .await;
+        let mut out = vec![RecordOutcome::Duplicate; decisions.len()];
+        for ((_, group), result) in groups.iter().zip(results) {
+            for (&i, outcome) in group.iter().zip(result?) {
+                out[i] = outcome;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
+        let (shard, consent, lapse) = self.keys.current(pair);
+        let mut values: Vec<Option<Vec<u8>>> = self
+            .read_cmd(
+                Route::Shard(shard),
+                redis::cmd("MGET").arg(consent).arg(lapse),
+            )
+            .await?;
+        match (values.pop(), values.pop(), values.is_empty()) {
+            (Some(lapse), Some(consent), true) => Self::decode_current(pair, consent, lapse),
+            _ => Err(corrupt_reply("MGET current")),
+        }
+    }
+
+    async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            return self.current_each_cluster(pairs).await.into_iter().collect();
+        }
+        // One MGET per shard with every c:/x: key of that shard's pairs (one slot each), all
+        // in one pipeline; `asked[s]` remembers which requests shard `s`'s MGET answers.
+        let mut mgets: Vec<Option<redis::Cmd>> = vec![None; SHARDS];
+        let mut asked: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, pair) in pairs.iter().enumerate() {
+            let (shard, consent, lapse) = self.keys.current(pair);
+            mgets[shard]
+                .get_or_insert_with(|| redis::cmd("MGET"))
+                .arg(consent)
+                .arg(lapse);
+            asked[shard].push(i);
+        }
+        let mut pipe = redis::pipe();
+        for cmd in mgets.into_iter().flatten() {
+            pipe.add_command(cmd);
+        }
+        let replies: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(Route::Keyless, &pipe).await?;
+        let asked: Vec<Vec<usize>> = asked.into_iter().filter(|a| !a.is_empty()).collect();
+        if replies.len() != asked.len() {
+            return Err(corrupt_reply("MGET current"));
+        }
+        let mut out: Vec<Option<Decision>> = vec![None; pairs.len()];
+        for (indices, values) in asked.iter().zip(replies) {
+            if values.len() != 2 * indices.len() {
+                return Err(corrupt_reply("MGET current"));
+            }
+            let mut values = values.into_iter();
+            for &i in indices {
+                let (consent, lapse) = (values.next().flatten(), values.next().flatten());
+                out[i] = Self::decode_current(&pairs[i], consent, lapse)?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn current_each(&self, pairs: &[Pair]) -> Vec<Result<Option<Decision>, StoreError>> {
+        if self.is_cluster() {
+            return self.current_each_cluster(pairs).await;
+        }
+        // One Redis: one pipeline, so it answers for all pairs or fails for all.
+        match self.current_many(pairs).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(e) => pairs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    async fn history_page(
+        &self,
+        pair: &Pair,
+        start: usize,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let k = self.keys.pair(pair);
+        let limit = limit.max(1);
+        // One entry more than asked, to know whether another page follows.
+        let last = start.saturating_add(limit);
+        let mut entries: Vec<Vec<u8>> = self
+            .read_cmd(
+                Route::Shard(k.shard),
+                redis::cmd("LRANGE").arg(&k.history).arg(start).arg(last),
+            )
+            .await?;
+        let next = (entries.len() > limit).then_some(last);
+        entries.truncate(limit);
+        Ok(HistoryPage {
+            entries: entries
+                .iter()
+                .map(|e| codec::decode_history(pair, e))
+                .collect::<Result<_, _>>()?,
+            next,
+        })
+    }
+
+    fn shards(&self) -> usize {
+        SHARDS
+    }
+
+    async fn read_events(
+        &self,
+        after: &Cursor,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        after.expect_shards(SHARDS)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut events = match &self.backend {
+            Backend::Single { conn, blocking, .. } => {
+                self.read_events_single(conn, blocking, after, limit, wait)
+                    .await?
+            }
+            Backend::Cluster { .. } => self.read_events_cluster(after, limit, wait).await?,
+        };
+        // Merge the shards by log position: ids are stamped by the masters' clocks (one clock
+        // on a standalone Redis), so (id, shard) order is the order events were logged. COUNT
+        // applies per stream; the first `limit` of the merge are all among the shards' first
+        // `limit`, and they keep a
+        // prefix of every shard's events, so a cursor advanced over them misses nothing.
+        events.sort_by_key(|e| (e.id, e.shard));
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    async fn retained_from(&self) -> Result<Cursor, StoreError> {
+        let trimmed: Vec<Option<String>> = if self.is_cluster() {
+            // One slot per shard: one GET each, all at once.
+            all(0..SHARDS, |s| {
+                let mut get = redis::cmd("GET");
+                get.arg(&self.trimmed[s]);
+                async move { self.read_cmd::<Option<String>>(Route::Shard(s), &get).await }
+            })
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?
+        } else {
+            self.read_cmd(Route::Keyless, redis::cmd("MGET").arg(&self.trimmed))
+                .await?
+        };
+        if trimmed.len() != SHARDS {
+            return Err(corrupt_reply("MGET trimmed"));
+        }
+        let ids = trimmed
+            .iter()
+            .map(|id| match id {
+                None => Ok(StreamId::ZERO),
+                Some(id) => StreamId::parse(id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("trimmed id {id:?}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Cursor::from_ids(ids))
+    }
+
+    async fn head(&self) -> Result<Cursor, StoreError> {
+        if self.is_cluster() {
+            let ids = all(0..SHARDS, |s| self.head_of(s))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Cursor::from_ids(ids));
+        }
+        let mut pipe = redis::pipe();
+        for key in &self.streams {
+            pipe.cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<Value> = self.read_pipe(Route::Keyless, &pipe).await?;
+        if replies.len() != SHARDS {
+            return Err(corrupt_reply("XREVRANGE"));
+        }
+        let ids = replies
+            .iter()
+            .map(newest_id)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Cursor::from_ids(ids))
+    }
+
+    async fn claim_expired(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let now_ms = now.timestamp_millis();
+        if self.is_cluster() {
+            // Each shard by itself (one slot each): a shard whose master is failing over
+            // does not hold back the others' expiries; its lapses are claimed by a later
+            // sweep.
+            let mut published = 0;
+            let mut failed = None;
+            for result in all(0..SHARDS, |s| self.claim_shard(s, now_ms)).await {
+                match result {
+                    Ok(n) => published += n,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            return match failed {
+                Some(e) => Err(e),
+                None => Ok(published),
+            };
+        }
+        let retention = self.config.event_retention.as_millis() as u64;
+        let prefixes: Vec<String> = (0..SHARDS).map(|s| self.keys.shard_prefix(s)).collect();
+        let dues: Vec<String> = (0..SHARDS).map(|s| self.keys.due(s)).collect();
+        let mut published = 0;
+        for _ in 0..CLAIM_MAX_ROUNDS {
+            // One script per shard, all in one pipeline (not a transaction: each shard's
+            // claim is atomic by itself).
+            let mut pipe = redis::pipe();
+            for shard in 0..SHARDS {
+                let mut invocation = self.claim_script.prepare_invoke();
+                invocation
+                    .key(&dues[shard])
+                    .key(&self.streams[shard])
+                    .key(&self.trimmed[shard])
+                    .arg(now_ms)
+                    .arg(CLAIM_BATCH)
+                    .arg(&prefixes[shard])
+                    .arg(retention);
+                pipe.invoke_script(&invocation);
+            }
+            let replies: Vec<(usize, usize)> =
+                self.query_scripts(Route::Keyless, false, &pipe).await?;
+            published += replies.iter().map(|(p, _)| p).sum::<usize>();
+            if replies.iter().all(|(_, claimed)| *claimed < CLAIM_BATCH) {
+                break;
+            }
+        }
+        Ok(published)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let replies = match &self.backend {
+            Backend::Single { conn, .. } => {
+                let pong: String = self.read_cmd(Route::Keyless, &redis::cmd("PING")).await?;
+                if pong != "PONG" {
+                    return Err(corrupt_reply("PING"));
+                }
+                let mut config_get = redis::cmd("CONFIG");
+                config_get.arg("GET").arg("maxmemory-policy");
+                let reply = self
+                    .attempt::<Value>(
+                        conn,
+                        Call::Cmd(&config_get),
+                        Instant::now() + self.config.timeout,
+                    )
+                    .await?;
+                match reply {
+                    Ok(v) => vec![("redis".to_owned(), v)],
+                    // Not an answer from Redis: the connection failed, not the command.
+                    Err(e) if Verdict::of(&e) != Verdict::Healthy => {
+                        return Err(map_error(e, self.config.timeout));
+                    }
+                    Err(e) => return Err(unverifiable_policy(&e)),
+                }
+            }
+            Backend::Cluster { conn, .. } => {
+                // Every master must refuse to evict.
+                let mut get = redis::cmd("CONFIG");
+                get.arg("GET").arg("maxmemory-policy");
+                let mut keyless = conn.keyless().clone();
+                let replies =
+                    tokio::time::timeout(self.config.timeout, keyless.on_every_master(&get)).await;
+                match replies {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) if is_reply_error(&e) => return Err(unverifiable_policy(&e)),
+                    // A cluster with a master down (or failing over) still serves the other
+                    // masters' shards: it is ready if any shard answers. The dead master's
+                    // policy is checked again once it (or its promoted replica) answers.
+                    Ok(Err(e)) => {
+                        return self
+                            .any_shard_answers(map_error(e, self.config.timeout))
+                            .await;
+                    }
+                    Err(_) => {
+                        return self
+                            .any_shard_answers(StoreError::Timeout(self.config.timeout))
+                            .await;
+                    }
+                }
+            }
+        };
+        for (node, reply) in &replies {
+            let policy = pairs_of(reply)
+                .and_then(|pairs| {
+                    pairs
+                        .into_iter()
+                        .find(|(k, _)| bytes_of(k) == Some(b"maxmemory-policy"))
+                        .and_then(|(_, v)| bytes_of(v))
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
+                .unwrap_or_else(|| "unknown".to_owned());
+            if policy != "noeviction" {
+                let (on, every) = if self.is_cluster() {
+                    (format!(" on master {node}"), " on every master")
+                } else {
+                    (String::new(), "")
+                };
+                return Err(StoreError::Misconfigured(format!(
+                    "maxmemory-policy is {policy}{on}; callgate needs noeviction, because an \
+                     evicted denial would read as no consent (set `maxmemory-policy \
+                     noeviction`{every})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
