@@ -1,5 +1,7 @@
+-- Prepended when the script is built (store/redis/mod.rs): lib.lua (b36, header, trimmed_by,
+-- next_event_id, now_ms).
 -- Claims lapsed temporary grants of ONE shard and publishes one EXPIRED event for each.
--- Called by `RedisStore::claim_expired` (mod.rs) for every shard.
+-- Called by `RedisStore::claim_expired` (store.rs) for every shard.
 --
 -- Exactly once across replicas: the ZREM of a due-index member inside this script IS the
 -- claim. Whichever replica runs first removes it and publishes; the others no longer see it.
@@ -20,22 +22,10 @@
 -- ARGV[4] event retention (ms)
 -- Returns { events published, members claimed }.
 
--- Base-36 milliseconds and the header of a decision body: twins in record.lua (see there).
-local function b36(s)
-  if string.sub(s, 1, 1) == '-' then return -tonumber(string.sub(s, 2), 36) end
-  return tonumber(s, 36)
-end
-
-local function header(v, at)
-  local head, r, t, e = string.match(v, '^(([012])(%-?[0-9a-z]+),(%-?[0-9a-z]*)),', at)
-  if not head then return nil end
-  return { r = tonumber(r), t = b36(t), e = (e ~= '' and b36(e) or nil), head = head }
-end
-
 -- The pair's current decision as { r, e, body = the decision body D }, nil if it has none,
 -- false if unreadable. It is the consent key `c:`; without one (a temporary grant that expired
 -- natively), the lapse record `x:`, which only ever holds a temporary grant. Same reading as
--- record.lua and RedisStore::current (mod.rs).
+-- record.lua and RedisStore::current (store.rs).
 local function current(prefix, member)
   local c = redis.call('GET', prefix .. 'c:' .. member)
   local lapse = not c
@@ -49,42 +39,8 @@ local function current(prefix, member)
   return h
 end
 
--- The newest event id that trimming `stream` to MINID `min`-0 removes, or nil. Looks at the
--- oldest entry first: with nothing older than MINID, Redis 7.0's `XREVRANGE (minid - COUNT 1`
--- walks the whole stream backwards (its seek finds no node and restarts from the end), which
--- made every XADD cost O(events retained). Twin in record.lua.
-local function trimmed_by(stream, min, minid)
-  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
-  if not oldest[1] or tonumber(string.match(oldest[1][1], '^(%d+)%-')) >= min then
-    return nil
-  end
-  local gone = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
-  return gone[1] and gone[1][1]
-end
-
--- Twin of record.lua's. The id of the next event in `stream`: the microsecond it is logged at, as
--- `<ms>-<microsecond within the ms>`, so events of different shards sort in the order they
--- were logged (one Redis clock stamps every script). Never at or before the stream's newest id
--- (a clock stepped back, or two events in one microsecond): then that id's next sequence.
-local function next_event_id(stream)
-  local t = redis.call('TIME')
-  local us = tonumber(t[2])
-  local ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
-  local seq = us % 1000
-  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  if newest[1] then
-    local lms, lseq = string.match(newest[1][1], '^(%d+)%-(%d+)$')
-    lms, lseq = tonumber(lms), tonumber(lseq)
-    if ms < lms or (ms == lms and seq <= lseq) then
-      ms, seq = lms, lseq + 1
-    end
-  end
-  return string.format('%.0f-%.0f', ms, seq)
-end
-
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-local t = redis.call('TIME')
-local min = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[4])
+local min = now_ms() - tonumber(ARGV[4])
 if min < 0 then min = 0 end
 local minid = string.format('%.0f', min) .. '-0'
 

@@ -166,5 +166,36 @@ pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
 pub use keys::SHARDS;
 pub use store::RedisStore;
 
-const RECORD_LUA: &str = include_str!("record.lua");
-const CLAIM_EXPIRED_LUA: &str = include_str!("claim_expired.lua");
+/// `record.lua` with the shared helpers of `lib.lua` before it. The `#!lua` line must come
+/// first (it makes the script one with flags: every key it touches is declared), so it is
+/// written here rather than in `record.lua`.
+const RECORD_LUA: &str = concat!(
+    "#!lua\n",
+    include_str!("lib.lua"),
+    include_str!("record.lua")
+);
+/// `claim_expired.lua` with the shared helpers of `lib.lua` before it (no `#!lua`: see the
+/// script's header).
+const CLAIM_EXPIRED_LUA: &str = concat!(include_str!("lib.lua"), include_str!("claim_expired.lua"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_script_carries_one_copy_of_the_shared_helpers() {
+        // The flags line must stay the first line of record.lua's source, or Redis runs it as
+        // a flag-less script.
+        assert!(RECORD_LUA.starts_with("#!lua\n"));
+        assert!(!CLAIM_EXPIRED_LUA.starts_with("#!"));
+        for (name, source) in [("record", RECORD_LUA), ("claim_expired", CLAIM_EXPIRED_LUA)] {
+            for helper in ["b36", "header", "trimmed_by", "next_event_id", "now_ms"] {
+                let definitions = source.matches(&format!("local function {helper}(")).count();
+                assert_eq!(
+                    definitions, 1,
+                    "{name}.lua defines {helper} {definitions} times"
+                );
+            }
+        }
+    }
+}

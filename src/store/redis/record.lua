@@ -1,7 +1,9 @@
-#!lua
+-- Prepended when the script is built (store/redis/mod.rs): the `#!lua` line (a script with
+-- flags: every key it touches is declared in KEYS), then lib.lua (b36, header, trimmed_by,
+-- next_event_id, now_ms).
 -- Records ONE decision for ONE pair, atomically: de-duplicate, arbitrate, append to the
 -- history, update the current decision and the due index, and publish the event.
--- Called by `RedisStore::record` (mod.rs); the formats are described in codec.rs.
+-- Called by `RedisStore::record` (store.rs); the formats are described in codec.rs.
 -- All keys are declared and share the pair's shard hash tag (one cluster slot).
 --
 -- KEYS[1] consent      {p:sNN}:c:<pair>  "<dedup id><D>": the whole current decision;
@@ -23,20 +25,6 @@
 -- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written).
-
--- Base-36 milliseconds (codec::base36). Times stay below 2^53, so Lua numbers hold them.
-local function b36(s)
-  if string.sub(s, 1, 1) == '-' then return -tonumber(string.sub(s, 2), 36) end
-  return tonumber(s, 36)
-end
-
--- The header of a decision body from position `at` of `v`; twin in claim_expired.lua.
--- Returns { r, t, e (nil unless temporary), head (the header text) }.
-local function header(v, at)
-  local head, r, t, e = string.match(v, '^(([012])(%-?[0-9a-z]+),(%-?[0-9a-z]*)),', at)
-  if not head then return nil end
-  return { r = tonumber(r), t = b36(t), e = (e ~= '' and b36(e) or nil), head = head }
-end
 
 -- Byte-wise string order, like Rust's `str::cmp` (Lua's `<` on strings follows the locale).
 local function cmp_bytes(a, b)
@@ -64,44 +52,6 @@ local function precedence(a, b)
   return cmp_bytes(a.id, b.id)
 end
 
--- The newest event id that trimming `stream` to MINID `min`-0 removes, or nil. Looks at the
--- oldest entry first: with nothing older than MINID, Redis 7.0's `XREVRANGE (minid - COUNT 1`
--- walks the whole stream backwards (its seek finds no node and restarts from the end), which
--- made every XADD cost O(events retained). Twin in claim_expired.lua.
-local function trimmed_by(stream, min, minid)
-  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
-  if not oldest[1] or tonumber(string.match(oldest[1][1], '^(%d+)%-')) >= min then
-    return nil
-  end
-  local gone = redis.call('XREVRANGE', stream, '(' .. minid, '-', 'COUNT', 1)
-  return gone[1] and gone[1][1]
-end
-
--- The id of the next event in `stream`: the microsecond it is logged at, as
--- `<ms>-<microsecond within the ms>`, so events of different shards sort in the order they
--- were logged (one Redis clock stamps every script). Never at or before the stream's newest id
--- (a clock stepped back, or two events in one microsecond): then that id's next sequence.
-local function next_event_id(stream)
-  local t = redis.call('TIME')
-  local us = tonumber(t[2])
-  local ms = tonumber(t[1]) * 1000 + math.floor(us / 1000)
-  local seq = us % 1000
-  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  if newest[1] then
-    local lms, lseq = string.match(newest[1][1], '^(%d+)%-(%d+)$')
-    lms, lseq = tonumber(lms), tonumber(lseq)
-    if ms < lms or (ms == lms and seq <= lseq) then
-      ms, seq = lms, lseq + 1
-    end
-  end
-  return string.format('%.0f-%.0f', ms, seq)
-end
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 local new = header(ARGV[1], 1)
 if not new or #ARGV[2] ~= 16 then
   return redis.error_reply('CORRUPT new decision has no header')
@@ -121,7 +71,7 @@ end
 
 -- The current decision: the consent key; without one (none yet, or a temporary grant that
 -- lapsed and expired natively), the lapse record, which only ever holds a temporary grant.
--- Same reading as RedisStore::current (mod.rs) and claim_expired.lua.
+-- Same reading as RedisStore::current (store.rs) and claim_expired.lua.
 local current
 local c = redis.call('GET', KEYS[1])
 local from = KEYS[1]
