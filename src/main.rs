@@ -164,8 +164,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?;
 
     let redis = match (&config.redis_url, &config.redis_cluster_nodes) {
-        (Some(url), _) => Some(RedisConfig::new(url.expose())),
-        (None, Some(nodes)) => Some(RedisConfig::cluster(nodes.expose())),
+        (Some(url), _) => Some(RedisConfig::new(url.clone())),
+        (None, Some(nodes)) => Some(RedisConfig::cluster(nodes.clone())),
         (None, None) => None,
     };
     let store: Arc<dyn ConsentStore> = match redis {

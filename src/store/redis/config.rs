@@ -1,15 +1,27 @@
 //! Where and how to reach Redis: [`RedisConfig`], its defaults, and the URL's redacted form
 //! for logs and errors.
+//!
+//! The URL may hold a password, so it stays a [`Secret`] from the environment to the one place
+//! a client is opened (`routing`; `inspect` reads where it points); logs and errors get
+//! [`RedisConfig::redacted_url`]. The defaults are the service's (`crate::config`): one
+//! source for each value.
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::config::{
+    DEFAULT_EVENT_RETENTION, DEFAULT_REDIS_HEALTH_INTERVAL, DEFAULT_REDIS_PREFIX,
+    DEFAULT_REDIS_TIMEOUT,
+};
+use crate::secret::Secret;
 
 /// Where and how to reach Redis.
 #[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://[:password@]host:port[/db]`; for a cluster, any of its nodes' URLs, separated
-    /// by commas. May hold passwords: never printed by `Debug`.
-    pub url: String,
+    /// by commas. May hold passwords: a [`Secret`], never printed (see
+    /// [`redacted_url`](Self::redacted_url)).
+    pub url: Secret,
     /// `url` names nodes of a Redis Cluster (`CALLGATE_REDIS_CLUSTER_NODES`).
     pub cluster: bool,
     /// A decision is acknowledged only once this many replicas hold it (`WAIT`, on the write's
@@ -27,28 +39,25 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    pub const DEFAULT_PREFIX: &'static str = "callgate";
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
-    pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-    pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// The default key prefix ([`DEFAULT_REDIS_PREFIX`]), for tools that take a prefix.
+    pub const DEFAULT_PREFIX: &'static str = DEFAULT_REDIS_PREFIX;
 
     /// A config with every default but the URL.
-    pub fn new(url: impl Into<String>) -> Self {
+    pub fn new(url: impl Into<Secret>) -> Self {
         RedisConfig {
             url: url.into(),
             cluster: false,
             replica_acks: 0,
-            prefix: Self::DEFAULT_PREFIX.to_owned(),
-            timeout: Self::DEFAULT_TIMEOUT,
-            health_interval: Self::DEFAULT_HEALTH_INTERVAL,
-            event_retention: Self::DEFAULT_EVENT_RETENTION,
+            prefix: DEFAULT_REDIS_PREFIX.to_owned(),
+            timeout: DEFAULT_REDIS_TIMEOUT,
+            health_interval: DEFAULT_REDIS_HEALTH_INTERVAL,
+            event_retention: DEFAULT_EVENT_RETENTION,
         }
     }
 
-    /// The URL with any password replaced by `***`.
     /// A config for a Redis Cluster reached through `nodes` (comma-separated URLs of any of
     /// its nodes), with every other default.
-    pub fn cluster(nodes: impl Into<String>) -> Self {
+    pub fn cluster(nodes: impl Into<Secret>) -> Self {
         RedisConfig {
             cluster: true,
             ..Self::new(nodes)
@@ -58,6 +67,7 @@ impl RedisConfig {
     /// The URL (each URL of a node list) with any password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         self.url
+            .expose()
             .split(',')
             .map(redact_url)
             .collect::<Vec<_>>()

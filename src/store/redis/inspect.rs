@@ -51,7 +51,7 @@ impl RedisConfig {
         };
         let info = self
             .url
-            .as_str()
+            .expose()
             .into_connection_info()
             .map_err(|e| bad(e.to_string()))?;
         match info.addr() {

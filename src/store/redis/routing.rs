@@ -63,9 +63,10 @@ impl RedisStore {
     }
 
     pub(super) async fn connect_single(config: &RedisConfig) -> Result<Backend, StoreError> {
+        // The one place the URL is read in clear: to open the client.
         let info = config
             .url
-            .as_str()
+            .expose()
             .into_connection_info()
             .map_err(Self::bad_url(config))?;
         let client = Client::open(connection::tcp_settings(info)).map_err(Self::bad_url(config))?;
@@ -91,7 +92,7 @@ impl RedisStore {
     /// A Redis Cluster: a cluster connection per third of the shards and one for keyless
     /// commands (see [`Lanes`]); as many again for writes when replica acks are asked for.
     pub(super) async fn connect_cluster(config: &RedisConfig) -> Result<Backend, StoreError> {
-        let nodes = cluster::node_list(&config.url);
+        let nodes = cluster::node_list(config.url.expose());
         if nodes.is_empty() {
             return Err(StoreError::Misconfigured(
                 "no Redis Cluster node given (CALLGATE_REDIS_CLUSTER_NODES is empty)".into(),
