@@ -245,3 +245,90 @@ async fn issue9_3_a_subscriber_that_stops_reading_is_ended_with_its_resume_curso
     all.extend(ids(&rest));
     assert_eq!(all, posted);
 }
+
+/// Whether `call` finishes within a short bound (a capped call must not, a freed one must).
+async fn finishes_within<F: std::future::Future>(limit: Duration, call: F) -> Option<F::Output> {
+    tokio::time::timeout(limit, call).await.ok()
+}
+
+#[tokio::test]
+async fn issue9_3_streams_per_connection_are_capped() {
+    let mut config = test_config();
+    config.grpc_max_streams_per_connection = 2;
+    let app = spawn_app_with(config, memory_store()).await;
+    // One connection: clones of a client share its channel.
+    let client = app.grpc().await;
+    let open = |mut c: ApiClient| async move {
+        c.stream_grants(pb::StreamGrantsRequest::default())
+            .await
+            .map(|r| r.into_inner())
+    };
+    let first = open(client.clone()).await.unwrap();
+    let _second = open(client.clone()).await.unwrap();
+    // The server advertised 2 concurrent streams: a third waits for a free one.
+    let third = tokio::spawn(open(client.clone()));
+    let mut third = std::pin::pin!(third);
+    assert!(
+        finishes_within(Duration::from_millis(500), &mut third)
+            .await
+            .is_none(),
+        "a third stream was opened on a connection capped at 2"
+    );
+    // Another connection is not held back by this one's streams.
+    let other = app.check(BUSINESS, CUSTOMER).await;
+    assert!(!other.allowed);
+    drop(first);
+    let opened = finishes_within(Duration::from_secs(10), third)
+        .await
+        .expect("the third stream never opened after one closed");
+    assert!(opened.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn issue9_3_grpc_connections_are_capped() {
+    let mut config = test_config();
+    config.grpc_max_connections = 1;
+    let app = spawn_app_with(config, memory_store()).await;
+    let mut held = app.grpc().await;
+    assert!(
+        !held
+            .check_call_permission(check_request())
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    // A second connection waits in the backlog: its call gets no answer while the first is open.
+    let waiting = tokio::spawn(async move {
+        let mut late = app_client(app.grpc).await;
+        late.check_call_permission(check_request()).await
+    });
+    let mut waiting = std::pin::pin!(waiting);
+    assert!(
+        finishes_within(Duration::from_millis(500), &mut waiting)
+            .await
+            .is_none(),
+        "a second connection was served while the cap of 1 was held"
+    );
+    drop(held);
+    let answered = finishes_within(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting connection was never served after the first closed");
+    assert!(!answered.unwrap().unwrap().into_inner().allowed);
+}
+
+fn check_request() -> pb::CheckCallPermissionRequest {
+    pb::CheckCallPermissionRequest {
+        business_number: BUSINESS.into(),
+        customer_number: CUSTOMER.into(),
+    }
+}
+
+/// A client on a new connection that is not made until the first call (the server may not
+/// accept it yet).
+async fn app_client(grpc: std::net::SocketAddr) -> ApiClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect_lazy();
+    ConsentAuthorityClient::with_interceptor(channel, BearerToken::new(Some(API_KEY)).unwrap())
+}
