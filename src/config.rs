@@ -18,6 +18,8 @@ pub const ENV_GRPC_ADDR: &str = "CALLGATE_GRPC_ADDR";
 pub const ENV_REDIS_URL: &str = "CALLGATE_REDIS_URL";
 pub const ENV_REDIS_PREFIX: &str = "CALLGATE_REDIS_PREFIX";
 pub const ENV_REDIS_TIMEOUT_MS: &str = "CALLGATE_REDIS_TIMEOUT_MS";
+pub const ENV_REDIS_CLUSTER_NODES: &str = "CALLGATE_REDIS_CLUSTER_NODES";
+pub const ENV_REDIS_REPLICA_ACKS: &str = "CALLGATE_REDIS_REPLICA_ACKS";
 pub const ENV_REDIS_HEALTH_INTERVAL_MS: &str = "CALLGATE_REDIS_HEALTH_INTERVAL_MS";
 pub const ENV_TEMPORARY_GRANT_SECS: &str = "CALLGATE_TEMPORARY_GRANT_SECS";
 pub const ENV_MAX_CLOCK_SKEW_SECS: &str = "CALLGATE_MAX_CLOCK_SKEW_SECS";
@@ -99,6 +101,12 @@ pub struct Config {
     pub redis_prefix: String,
     /// A Redis call slower than this fails (closed).
     pub redis_timeout: Duration,
+    /// Some: a Redis Cluster reached through these nodes (comma-separated URLs), instead of
+    /// `redis_url`. May hold passwords.
+    pub redis_cluster_nodes: Option<Secret>,
+    /// A write is acknowledged only once this many replicas hold it (`WAIT`); 0: once the
+    /// master does.
+    pub redis_replica_acks: u32,
     /// How often the shared Redis connection is health-`PING`ed (a wedged one is replaced).
     pub redis_health_interval: Duration,
     /// Length of a temporary grant when the sender gives no expiry.
@@ -221,6 +229,25 @@ impl Config {
                 }),
             },
         };
+        let redis_url = raw(&flags.redis_url, ENV_REDIS_URL).map(|(v, _)| Secret::new(v));
+        let redis_cluster_nodes = raw(&None, ENV_REDIS_CLUSTER_NODES).map(|(v, _)| Secret::new(v));
+        if redis_url.is_some() && redis_cluster_nodes.is_some() {
+            return Err(ConfigError {
+                name: ENV_REDIS_CLUSTER_NODES,
+                value: "[redacted]".into(),
+                problem: format!(
+                    "set either {ENV_REDIS_URL} or {ENV_REDIS_CLUSTER_NODES}, not both"
+                ),
+            });
+        }
+        let redis_replica_acks = match raw(&None, ENV_REDIS_REPLICA_ACKS) {
+            None => 0,
+            Some((value, name)) => value.trim().parse::<u32>().map_err(|_| ConfigError {
+                name,
+                value: value.clone(),
+                problem: "must be a whole number (0 or more)".into(),
+            })?,
+        };
         let http_max_connections = count(ENV_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_CONNECTIONS)?;
         let grpc_max_connections = count(ENV_GRPC_MAX_CONNECTIONS, DEFAULT_GRPC_MAX_CONNECTIONS)?;
         let grpc_max_streams_per_connection = count(
@@ -264,7 +291,9 @@ impl Config {
         Ok(Config {
             http_addr: parsed(&flags.http_addr, ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR)?,
             grpc_addr: parsed(&flags.grpc_addr, ENV_GRPC_ADDR, DEFAULT_GRPC_ADDR)?,
-            redis_url: raw(&flags.redis_url, ENV_REDIS_URL).map(|(v, _)| Secret::new(v)),
+            redis_url,
+            redis_cluster_nodes,
+            redis_replica_acks,
             redis_prefix: raw(&None, ENV_REDIS_PREFIX)
                 .map_or_else(|| DEFAULT_REDIS_PREFIX.to_owned(), |(v, _)| v),
             redis_timeout: millis(ENV_REDIS_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT)?,
@@ -432,6 +461,8 @@ mod tests {
             (ENV_LOG_FORMAT, "xml"),
             (ENV_HTTP_MAX_CONNECTIONS, "0"),
             (ENV_HTTP_MAX_CONNECTIONS, "many"),
+            (ENV_REDIS_REPLICA_ACKS, "-1"),
+            (ENV_REDIS_REPLICA_ACKS, "one"),
             (ENV_TLS_CERT, "cert.pem"),
             (ENV_TLS_KEY, "key.pem"),
             (ENV_TLS_CLIENT_CA, "ca.pem"),
@@ -445,5 +476,41 @@ mod tests {
             let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();
             assert_eq!(err.name, name, "{value}");
         }
+    }
+
+    #[test]
+    fn cluster_nodes_and_replica_acks_are_read_and_exclusive_with_the_url() {
+        let c = Config::resolve(
+            &Flags::default(),
+            env(&[
+                (
+                    ENV_REDIS_CLUSTER_NODES,
+                    "redis://:pw@a:7000,redis://:pw@b:7001",
+                ),
+                (ENV_REDIS_REPLICA_ACKS, "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.redis_cluster_nodes.as_ref().map(|s| s.expose()),
+            Some("redis://:pw@a:7000,redis://:pw@b:7001")
+        );
+        assert_eq!(c.redis_replica_acks, 1);
+        assert!(!format!("{c:?}").contains("pw"));
+        assert_eq!(
+            Config::resolve(&Flags::default(), env(&[]))
+                .unwrap()
+                .redis_replica_acks,
+            0
+        );
+        let both = Config::resolve(
+            &Flags::default(),
+            env(&[
+                (ENV_REDIS_URL, "redis://a"),
+                (ENV_REDIS_CLUSTER_NODES, "redis://b"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(both.name, ENV_REDIS_CLUSTER_NODES);
     }
 }

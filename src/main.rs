@@ -163,32 +163,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         BUILD_VERSION,
     )?;
 
-    let store: Arc<dyn ConsentStore> = match &config.redis_url {
+    let redis = match (&config.redis_url, &config.redis_cluster_nodes) {
+        (Some(url), _) => Some(RedisConfig::new(url.expose())),
+        (None, Some(nodes)) => Some(RedisConfig::cluster(nodes.expose())),
+        (None, None) => None,
+    };
+    let store: Arc<dyn ConsentStore> = match redis {
         None => {
             tracing::warn!(
-                "no {} set: using the embedded in-memory store; NOTHING survives a restart and \
-                 replicas do not share state",
-                config::ENV_REDIS_URL
+                "neither {} nor {} set: using the embedded in-memory store; NOTHING survives a \
+                 restart and replicas do not share state",
+                config::ENV_REDIS_URL,
+                config::ENV_REDIS_CLUSTER_NODES
             );
             Arc::new(MemoryStore::new(MemoryConfig {
                 event_retention: config.event_retention,
                 ..MemoryConfig::default()
             }))
         }
-        Some(url) => {
+        Some(redis) => {
             let redis = RedisConfig {
-                url: url.expose().to_owned(),
                 prefix: config.redis_prefix.clone(),
                 timeout: config.redis_timeout,
                 health_interval: config.redis_health_interval,
                 event_retention: config.event_retention,
+                replica_acks: config.redis_replica_acks,
+                ..redis
             };
             let target = redis.redacted_url();
+            let cluster = redis.cluster;
             let store = RedisStore::connect(redis).await.map_err(|e| {
                 tracing::error!(redis = %target, error = %e, "cannot use this Redis");
                 anyhow::anyhow!("cannot use Redis at {target}: {e}")
             })?;
-            tracing::info!(redis = %target, prefix = %config.redis_prefix, "using the Redis store");
+            tracing::info!(
+                redis = %target,
+                cluster,
+                replica_acks = config.redis_replica_acks,
+                prefix = %config.redis_prefix,
+                "using the Redis store"
+            );
             Arc::new(store)
         }
     };

@@ -107,9 +107,9 @@ impl From<ApiError> for Status {
             ApiError::Phone { .. } | ApiError::InvalidArgument(_) => {
                 Status::invalid_argument(e.to_string())
             }
-            ApiError::Store(StoreError::Cursor(CursorError::OutOfRange { .. })) => {
-                Status::out_of_range(e.to_string())
-            }
+            ApiError::Store(StoreError::Cursor(
+                CursorError::OutOfRange { .. } | CursorError::Outdated,
+            )) => Status::out_of_range(e.to_string()),
             ApiError::Store(StoreError::Cursor(_)) => Status::invalid_argument(e.to_string()),
             ApiError::Store(_) => {
                 tracing::warn!(error = %e, "store error answered as UNAVAILABLE");
@@ -245,22 +245,45 @@ impl Api {
             .filter_map(|p| p.as_ref().ok())
             .cloned()
             .collect();
-        let mut currents = self
-            .store
-            .current_many(&valid)
-            .await
-            .map_err(self.store_failed(StoreOp::Check))?
-            .into_iter();
+        let currents = self.store.current_each(&valid).await;
+        // Nothing answered: the store is down; the whole call is UNAVAILABLE.
+        if let Some(Err(e)) = currents.first()
+            && currents.iter().all(Result::is_err)
+        {
+            return Err(self.store_failed(StoreOp::Check)(e.clone()));
+        }
+        let mut currents = currents.into_iter();
         let now = self.clock.now();
         let results = parsed
             .into_iter()
             .map(|p| {
                 let result = match p {
-                    Ok(pair) => {
-                        let verdict = evaluate(currents.next().flatten(), now);
-                        self.metrics.check(CheckAnswer::State(verdict.state));
-                        pb::check_result::Result::Answer(convert::check_response(&pair, verdict))
-                    }
+                    Ok(pair) => match currents.next() {
+                        Some(Ok(current)) => {
+                            let verdict = evaluate(current, now);
+                            self.metrics.check(CheckAnswer::State(verdict.state));
+                            pb::check_result::Result::Answer(convert::check_response(
+                                &pair, verdict,
+                            ))
+                        }
+                        // This pair's part of the store failed (on a cluster, one master):
+                        // its own UNAVAILABLE, never an answer.
+                        Some(Err(e)) => {
+                            self.metrics.store_error(StoreOp::Check);
+                            self.metrics.check(CheckAnswer::Unavailable);
+                            pb::check_result::Result::Error(pb::CheckError {
+                                code: tonic::Code::Unavailable as i32,
+                                message: e.to_string(),
+                            })
+                        }
+                        None => {
+                            self.metrics.check(CheckAnswer::Unavailable);
+                            pb::check_result::Result::Error(pb::CheckError {
+                                code: tonic::Code::Unavailable as i32,
+                                message: "store gave no answer for this pair".into(),
+                            })
+                        }
+                    },
                     Err(e) => {
                         if let Some(answer) = e.check_answer() {
                             self.metrics.check(answer);

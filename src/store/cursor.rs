@@ -50,6 +50,12 @@ impl fmt::Display for StreamId {
 pub enum CursorError {
     #[error("cursor is not one callgate issued")]
     Malformed,
+    #[error(
+        "cursor is from an older callgate event-log layout and cannot be resumed; resync: read \
+         current state with CheckCallPermission(s), then subscribe without resume_after or with \
+         a recent `since`"
+    )]
+    Outdated,
     #[error("cursor has {got} positions but this store has {want} shards")]
     WrongShardCount { got: usize, want: usize },
     #[error(
@@ -68,8 +74,13 @@ pub enum CursorError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Cursor(Vec<StreamId>);
 
-const PREFIX: &str = "c1.";
-
+/// The version of the cursor's string form. It changes whenever the shard layout does (the
+/// shard count, or which pair goes to which shard), so a cursor of an older layout is refused
+/// as [`CursorError::Outdated`] instead of being read against the wrong shards.
+/// `c1.`: 16 Redis shards with fixed tags. `c2.`: 18 shards whose tags are chosen by slot.
+const PREFIX: &str = "c2.";
+/// String forms of earlier layouts.
+const OUTDATED_PREFIXES: [&str; 1] = ["c1."];
 impl Cursor {
     pub fn uniform(shards: usize, id: StreamId) -> Self {
         Cursor(vec![id; shards])
@@ -119,6 +130,9 @@ impl Cursor {
 
     /// Parses the string form, checking it against the store's shard count.
     pub fn parse(s: &str, shards: usize) -> Result<Self, CursorError> {
+        if OUTDATED_PREFIXES.iter().any(|p| s.starts_with(p)) {
+            return Err(CursorError::Outdated);
+        }
         let body = s.strip_prefix(PREFIX).ok_or(CursorError::Malformed)?;
         let ids = body
             .split('.')
@@ -173,11 +187,13 @@ mod tests {
     fn bad_cursor_strings_are_refused() {
         let cases = [
             ("", CursorError::Malformed),
-            ("c1.", CursorError::Malformed),
-            ("c1.1-x", CursorError::Malformed),
-            ("c2.1-1", CursorError::Malformed),
+            ("c2.", CursorError::Malformed),
+            ("c2.1-x", CursorError::Malformed),
+            ("c3.1-1", CursorError::Malformed),
+            ("c1.1-1", CursorError::Outdated),
+            ("c1.1-1.2-2", CursorError::Outdated),
             (
-                "c1.1-1.2-2",
+                "c2.1-1.2-2",
                 CursorError::WrongShardCount { got: 2, want: 1 },
             ),
         ];

@@ -116,7 +116,7 @@ pub struct LoggedEvent {
 }
 
 /// Failures of a store. None of them may ever be read as "allowed".
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -151,6 +151,16 @@ pub trait ConsentStore: Send + Sync + 'static {
 
     /// [`current`](Self::current) for many pairs, answered in order.
     async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError>;
+
+    /// [`current_many`](Self::current_many) with one result per pair: where the store is
+    /// split over servers (Redis Cluster), one failing server fails only the pairs it holds,
+    /// and the others are answered. By default, all answered or all failed alike.
+    async fn current_each(&self, pairs: &[Pair]) -> Vec<Result<Option<Decision>, StoreError>> {
+        match self.current_many(pairs).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(e) => pairs.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
 
     /// At most `limit` (at least one) of the pair's history entries, in arrival order, from
     /// position `start` (0 is the first decision ever recorded).

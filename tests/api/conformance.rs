@@ -2,8 +2,10 @@
 //!
 //! Each `async fn` below takes a [`Backend`] and checks one promise of the
 //! [`ConsentStore`] trait. The `conformance!` macro at the bottom runs each of them against the
-//! [`MemoryStore`] and against a [`RedisStore`] on a real `redis-server`, so the two stores can
-//! never drift apart unnoticed.
+//! [`MemoryStore`], against a [`RedisStore`] on a real `redis-server`, and against a
+//! [`RedisStore`] on a real 3-master + 3-replica Redis Cluster, so the stores can never drift
+//! apart unnoticed. The cluster run shares one cluster (starting one costs seconds): each test
+//! function gets its own key prefix, so its own empty store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +24,7 @@ use callgate::store::{
     ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId, cursor_at,
 };
 
+use crate::cluster_harness::RedisCluster;
 use crate::redis_harness::RedisServer;
 
 /// A store implementation under test.
@@ -100,6 +103,50 @@ impl Backend for RedisBackend {
 
     async fn with_retention(&self, retention: Duration) -> Arc<dyn ConsentStore> {
         let mut config = RedisConfig::new(self.server.url());
+        config.prefix = format!("retention{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
+        config.event_retention = retention;
+        Arc::new(RedisStore::connect(config).await.expect("connect"))
+    }
+}
+
+/// A [`RedisStore`] on a shared test cluster, under a key prefix of its own.
+pub struct ClusterBackend {
+    nodes: String,
+    store: Arc<RedisStore>,
+}
+
+impl ClusterBackend {
+    pub async fn start(cluster: &RedisCluster) -> Self {
+        let mut config = RedisConfig::cluster(cluster.nodes_env());
+        config.prefix = format!("conf{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
+        let store = Arc::new(
+            RedisStore::connect(config)
+                .await
+                .expect("connect to the test cluster"),
+        );
+        ClusterBackend {
+            nodes: cluster.nodes_env(),
+            store,
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for ClusterBackend {
+    fn store(&self) -> Arc<dyn ConsentStore> {
+        self.store.clone()
+    }
+
+    async fn replica(&self) -> Arc<dyn ConsentStore> {
+        Arc::new(
+            RedisStore::connect(self.store.config().clone())
+                .await
+                .expect("connect a replica"),
+        )
+    }
+
+    async fn with_retention(&self, retention: Duration) -> Arc<dyn ConsentStore> {
+        let mut config = RedisConfig::cluster(self.nodes.clone());
         config.prefix = format!("retention{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
         config.event_retention = retention;
         Arc::new(RedisStore::connect(config).await.expect("connect"))
@@ -471,6 +518,24 @@ pub async fn current_many_answers_in_order(b: &dyn Backend) {
         vec![Some(d3.clone()), None, Some(d1), Some(d3)]
     );
     assert_eq!(store.current_many(&[]).await.unwrap(), vec![]);
+}
+
+pub async fn current_each_answers_every_pair_in_order(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    // Enough pairs to touch every shard of every store.
+    let granted: Vec<Decision> = (0..60)
+        .map(|n| decision(&pair(n), Choice::GrantPermanent, t, "g"))
+        .collect();
+    store.record(&granted, t).await.unwrap();
+    let asked: Vec<Pair> = (0..120).rev().map(pair).collect();
+    let got = store.current_each(&asked).await;
+    assert_eq!(got.len(), asked.len());
+    for (p, answer) in asked.iter().zip(got) {
+        let want = granted.iter().find(|d| d.pair == *p).cloned();
+        assert_eq!(answer.unwrap(), want, "{p:?}");
+    }
+    assert!(store.current_each(&[]).await.is_empty());
 }
 
 pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
@@ -919,6 +984,20 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod cluster {
+            /// Every promise, one after the other, on one cluster.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_promise_holds_on_a_redis_cluster() {
+                let cluster = tokio::task::spawn_blocking(super::RedisCluster::start)
+                    .await
+                    .unwrap();
+                $(
+                    eprintln!("cluster conformance: {}", stringify!($name));
+                    super::$name(&super::ClusterBackend::start(&cluster).await).await;
+                )*
+                tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
+            }
+        }
     };
 }
 
@@ -933,6 +1012,7 @@ conformance!(
     each_lapse_is_claimed_exactly_once,
     superseded_grant_does_not_expire,
     current_many_answers_in_order,
+    current_each_answers_every_pair_in_order,
     history_keeps_arrival_order_and_all_evidence,
     read_events_after_a_cursor_returns_exactly_the_later_ones,
     head_is_past_every_event,

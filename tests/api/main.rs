@@ -1,6 +1,7 @@
 //! All integration tests, in one binary: the real service on free loopback ports, driven over
 //! real sockets (HTTP in, gRPC out), against the in-memory store and a real `redis-server`.
 
+mod cluster_harness;
 mod fault_proxy;
 mod helpers;
 mod process;
@@ -9,6 +10,7 @@ mod redis_harness;
 mod api_auth;
 mod check;
 mod cli;
+mod cluster;
 mod conformance;
 mod dates_and_duplicates;
 mod ingest;

@@ -699,3 +699,64 @@ async fn the_memory_report_counts_this_prefixs_keys_by_kind() {
     assert_eq!(other_report.kinds["c"].keys, 3);
     assert_eq!(other_report.usage.keys, report.usage.keys);
 }
+
+#[tokio::test]
+async fn with_replica_acks_a_write_is_acknowledged_only_once_a_replica_holds_it() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_with(RedisOptions {
+        extra_args: vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port().to_string(),
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
+        ],
+        ..Default::default()
+    });
+    let mut config = RedisConfig::new(primary.url());
+    config.replica_acks = 1;
+    let store = RedisStore::connect(config.clone()).await.unwrap();
+    let t = now();
+    let both = [
+        decision(&pair(1), Choice::GrantPermanent, t, "a"),
+        decision(&pair(2), Choice::Deny, t, "b"),
+    ];
+    // The replica syncs within moments of starting; until then WAIT answers 0.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let outcomes = loop {
+        match store.record(&both, t).await {
+            Ok(outcomes) => break outcomes,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(outcomes.len(), 2);
+    // The replica holds both: it answers a check as the primary does.
+    let on_replica = RedisStore::connect(RedisConfig::new(replica.url()))
+        .await
+        .unwrap();
+    assert_eq!(
+        on_replica.current(&pair(2)).await.unwrap(),
+        Some(both[1].clone())
+    );
+
+    // No replica: the write is stored on the primary but not acknowledged.
+    drop(replica);
+    let lone = decision(&pair(3), Choice::GrantPermanent, t, "c");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match store.record(std::slice::from_ref(&lone), t).await {
+            Err(e) => break e,
+            // The primary notices the replica's loss within a moment.
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "acknowledged alone"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Refused because no replica acknowledged (or, on a loaded machine, because the WAIT
+    // and the write did not fit in the store timeout): either way, never acknowledged.
+    match &err {
+        StoreError::Unavailable(m) => assert!(m.contains("CALLGATE_REDIS_REPLICA_ACKS"), "{m}"),
+        StoreError::Timeout(_) => {}
+        other => panic!("{other:?}"),
+    }
+}

@@ -138,7 +138,7 @@ async fn invalid_stream_requests_are_refused() {
             ..request()
         },
         pb::StreamGrantsRequest {
-            resume_after: "c1.1-0.2-0".into(),
+            resume_after: "c2.1-0.2-0".into(),
             ..request()
         },
     ];
@@ -151,6 +151,24 @@ async fn invalid_stream_requests_are_refused() {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{req:?}");
     }
+}
+
+#[tokio::test]
+async fn a_cursor_of_the_old_layout_is_refused_with_a_resync_hint() {
+    let app = spawn_app().await;
+    let old = format!("c1.{}", vec!["1-0"; 16].join("."));
+    let err = app
+        .grpc()
+        .await
+        .stream_grants(pb::StreamGrantsRequest {
+            resume_after: old,
+            ..request()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(err.message().contains("resync"), "{}", err.message());
+    assert!(err.message().contains("older"), "{}", err.message());
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use redis::{ConnectionAddr, IntoConnectionInfo, Value};
 
-use super::{RedisConfig, RedisStore, bytes_of, corrupt_reply, pairs_of};
+use super::{RedisConfig, RedisStore, Route, bytes_of, corrupt_reply, pairs_of};
 use crate::store::StoreError;
 
 /// Keys asked for per `SCAN` call.
@@ -157,7 +157,7 @@ impl RedisStore {
     pub async fn memory_usage(&self) -> Result<MemoryUsage, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("INFO").arg("memory").cmd("DBSIZE");
-        let (info, keys): (String, u64) = self.read_pipe(&pipe).await?;
+        let (info, keys): (String, u64) = self.read_pipe(Route::Keyless, &pipe).await?;
         let used_memory = info_field(&info, "used_memory")
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| corrupt_reply("INFO memory (no used_memory)"))?;
@@ -176,7 +176,7 @@ impl RedisStore {
         let usage = self.memory_usage().await?;
         let mut server = redis::cmd("INFO");
         server.arg("server");
-        let info: String = self.read_cmd(&server).await?;
+        let info: String = self.read_cmd(Route::Keyless, &server).await?;
         let redis_version = info_field(&info, "redis_version")
             .ok_or_else(|| corrupt_reply("INFO server (no redis_version)"))?
             .to_owned();
@@ -193,7 +193,7 @@ impl RedisStore {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
-            let (next, found): (u64, Vec<String>) = self.read_cmd(&scan).await?;
+            let (next, found): (u64, Vec<String>) = self.read_cmd(Route::Keyless, &scan).await?;
             for key in &found {
                 let Some(kind) = self.keys.kind_of(key) else {
                     continue;
@@ -228,7 +228,8 @@ impl RedisStore {
                         .arg(0);
                     pipe.cmd("OBJECT").arg("ENCODING").arg(key);
                 }
-                let replies: Vec<(Option<u64>, Option<String>)> = self.read_pipe(&pipe).await?;
+                let replies: Vec<(Option<u64>, Option<String>)> =
+                    self.read_pipe(Route::Keyless, &pipe).await?;
                 for (bytes, encoding) in replies {
                     if let Some(bytes) = bytes {
                         stats.sampled += 1;
@@ -256,7 +257,7 @@ impl RedisStore {
     async fn config_get(&self, name: &str) -> Result<String, StoreError> {
         let mut cmd = redis::cmd("CONFIG");
         cmd.arg("GET").arg(name);
-        let reply: Value = self.read_cmd(&cmd).await?;
+        let reply: Value = self.read_cmd(Route::Keyless, &cmd).await?;
         pairs_of(&reply)
             .and_then(|pairs| {
                 pairs

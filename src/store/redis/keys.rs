@@ -1,33 +1,111 @@
 //! Every Redis key name callgate uses, and the shard a pair belongs to.
 //!
 //! Keys are grouped by shard, and every key of one shard carries the same hash tag
-//! (`{<prefix>:sNN}`), so on Redis Cluster a whole shard lives in one slot and a script may touch
-//! any key of its shard. A pair's shard is a stable hash of the pair, so all keys one decision
-//! touches (consent, lapse record, history, event stream, due index) are in one slot, and
-//! different pairs spread over [`SHARDS`] slots (and so over cluster nodes). A check's
+//! (`{<prefix>:sNN-k}`), so on Redis Cluster a whole shard lives in one slot and a script may
+//! touch any key of its shard. A pair's shard is a stable hash of the pair, so all keys one
+//! decision touches (consent, lapse record, history, event stream, due index) are in one slot,
+//! and different pairs spread over [`SHARDS`] slots (and so over cluster nodes). A check's
 //! `MGET c: x:` is one slot for the same reason, and so is a batch check's `MGET` of every
 //! `c:`/`x:` key of one shard.
 //!
 //! ```text
-//! {callgate:s07}:c:<business>:<customer>   the whole current decision (STRING; PEXPIREAT at a
-//!                                          temporary grant's expiry)
-//! {callgate:s07}:x:<business>:<customer>   lapse record: the current temporary grant, no TTL
-//!                                          (STRING; absent unless the current decision is one)
-//! {callgate:s07}:h:<business>:<customer>   history (LIST, arrival order, read in pages)
-//! {callgate:s07}:d:<business>:<customer>   de-duplication memory: delivery id → fingerprint
-//!                                          (HASH; one field per decision ever kept)
-//! {callgate:s07}:e                         the shard's event log (STREAM)
-//! {callgate:s07}:due                       temporary grants by expiry ms (ZSET, member = pair)
-//! {callgate:s07}:trimmed                   newest event id trimmed from `e` (STRING)
+//! {callgate:s07-3}:c:<business>:<customer>  the whole current decision (STRING; PEXPIREAT at
+//!                                           a temporary grant's expiry)
+//! {callgate:s07-3}:x:<business>:<customer>  lapse record: the current temporary grant, no TTL
+//!                                           (STRING; absent unless the current decision is one)
+//! {callgate:s07-3}:h:<business>:<customer>  history (LIST, arrival order, read in pages)
+//! {callgate:s07-3}:d:<business>:<customer>  de-duplication memory: delivery id → fingerprint
+//!                                           (HASH; one field per decision ever kept)
+//! {callgate:s07-3}:e                        the shard's event log (STREAM)
+//! {callgate:s07-3}:due                      temporary grants by expiry ms (ZSET, member = pair)
+//! {callgate:s07-3}:trimmed                  newest event id trimmed from `e` (STRING)
 //! ```
 //!
-//! Changing [`SHARDS`] or [`shard_of`] moves every pair to another key: it is a data migration,
-//! and it changes the shape of every cursor subscribers hold.
+//! # How the hash tags are chosen: an even spread over a default 3-master cluster
+//!
+//! `redis-cli --cluster create` with three masters gives them the slot ranges 0–5460,
+//! 5461–10922 and 10923–16383. [`SHARDS`] is a multiple of 3, and shard `s` must land in
+//! third `s / (SHARDS / 3)` ([`slot_third`]): its tag is `<prefix>:s<NN>-<k>` with the
+//! smallest `k ≥ 0` whose [`key_slot`] lies in that third and in no earlier shard's slot. So
+//! with any prefix each master of a default cluster holds exactly a third of the shards (and,
+//! since pairs hash evenly over shards, a third of the pairs), and no two shards share a slot.
+//! (16 fixed tags `{callgate:s00}`…`{callgate:s15}` used to land 4/4/8.) On a cluster with
+//! another slot layout the spread is whatever CRC16 gives; `CLUSTER KEYSLOT <tag>` tells.
+//!
+//! Changing [`SHARDS`], the tag rule or [`shard_of`] moves every pair to another key: it is a
+//! data migration, and it changes the shape of every cursor subscribers hold (the cursor's
+//! version prefix changes with it, see [`crate::store::cursor`]).
 
 use crate::domain::Pair;
 
-/// Number of shards. Fixed: cursors carry one position per shard.
-pub const SHARDS: usize = 16;
+/// Number of shards. Fixed: cursors carry one position per shard. A multiple of 3, so each
+/// master of a default 3-master cluster gets the same number (see the module docs).
+pub const SHARDS: usize = 18;
+
+/// Number of Redis Cluster hash slots.
+pub const SLOTS: u16 = 16384;
+
+/// CRC16/XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster hashes keys
+/// with.
+pub fn crc16(bytes: &[u8]) -> u16 {
+    bytes.iter().fold(0u16, |mut crc, b| {
+        crc ^= u16::from(*b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+        crc
+    })
+}
+
+/// The Cluster hash slot of `key`: CRC16 of its hash tag (the text between the first `{` and
+/// the next `}`, if non-empty), else of the whole key, modulo [`SLOTS`].
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|b| *b == b'}')
+                .filter(|close| *close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(hashed) % SLOTS
+}
+
+/// Which third of the slot space (0, 1 or 2) `slot` is in, as a default 3-master cluster
+/// splits it: 0–5460, 5461–10922, 10923–16383.
+pub fn slot_third(slot: u16) -> usize {
+    match slot {
+        0..=5460 => 0,
+        5461..=10922 => 1,
+        _ => 2,
+    }
+}
+
+/// The hash tag of every shard (without braces), chosen by slot: see the module docs.
+pub fn shard_tags(prefix: &str) -> Vec<String> {
+    let per_third = SHARDS / 3;
+    let mut used = Vec::with_capacity(SHARDS);
+    (0..SHARDS)
+        .map(|shard| {
+            let third = shard / per_third;
+            (0u32..)
+                .map(|k| format!("{prefix}:s{shard:02}-{k}"))
+                .find(|tag| {
+                    let slot = key_slot(tag.as_bytes());
+                    slot_third(slot) == third && !used.contains(&slot)
+                })
+                .inspect(|tag| used.push(key_slot(tag.as_bytes())))
+                .expect("CRC16 reaches every third of the slot space")
+        })
+        .collect()
+}
 
 /// 32-bit FNV-1a. Stable across builds and platforms (unlike `std`'s hasher), which is what a
 /// key layout needs.
@@ -53,6 +131,8 @@ pub fn shard_of(pair: &Pair) -> usize {
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// `{<tag>}:` of every shard, in shard order.
+    shard_prefixes: Vec<String>,
 }
 
 /// The keys one decision for one pair touches.
@@ -73,12 +153,21 @@ impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
             prefix: prefix.to_owned(),
+            shard_prefixes: shard_tags(prefix)
+                .into_iter()
+                .map(|tag| format!("{{{tag}}}:"))
+                .collect(),
         }
     }
 
-    /// `{prefix:sNN}:`: the start of every key of a shard; the braces are the hash tag.
+    /// `{prefix:sNN-k}:`: the start of every key of a shard; the braces are the hash tag.
     pub fn shard_prefix(&self, shard: usize) -> String {
-        format!("{{{}:s{:02}}}:", self.prefix, shard)
+        self.shard_prefixes[shard].clone()
+    }
+
+    /// The Cluster hash slot of every key of `shard`.
+    pub fn slot(&self, shard: usize) -> u16 {
+        key_slot(self.shard_prefixes[shard].as_bytes())
     }
 
     pub fn stream(&self, shard: usize) -> String {
@@ -100,15 +189,11 @@ impl Keys {
     /// Built with plain pushes: this runs for every pair of every check.
     pub fn current(&self, pair: &Pair) -> (usize, String, String) {
         let shard = shard_of(pair);
+        let base = &self.shard_prefixes[shard];
         let key = |kind: &str| {
             let (b, c) = (pair.business.digits(), pair.customer.digits());
-            let mut k = String::with_capacity(self.prefix.len() + b.len() + c.len() + 12);
-            k.push('{');
-            k.push_str(&self.prefix);
-            k.push_str(":s");
-            k.push(char::from(b'0' + (shard / 10 % 10) as u8));
-            k.push(char::from(b'0' + (shard % 10) as u8));
-            k.push_str("}:");
+            let mut k = String::with_capacity(base.len() + b.len() + c.len() + 4);
+            k.push_str(base);
             k.push_str(kind);
             k.push_str(b);
             k.push(':');
@@ -154,15 +239,10 @@ impl Keys {
     /// The kind of one of this prefix's keys: its name after the shard's hash tag, up to the
     /// next `:` (`c`, `x`, `h`, `e`, `due`, `trimmed`). `None` for any other key.
     pub fn kind_of<'k>(&self, key: &'k str) -> Option<&'k str> {
-        let rest = key
-            .strip_prefix('{')?
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(":s")?;
-        let (shard, rest) = rest.split_at_checked(2)?;
-        if !shard.bytes().all(|b| b.is_ascii_digit()) || shard.parse::<usize>().ok()? >= SHARDS {
-            return None;
-        }
-        let rest = rest.strip_prefix("}:")?;
+        let rest = self
+            .shard_prefixes
+            .iter()
+            .find_map(|shard| key.strip_prefix(shard.as_str()))?;
         let kind = rest.split(':').next().unwrap_or(rest);
         (!kind.is_empty()).then_some(kind)
     }
@@ -192,7 +272,11 @@ mod tests {
     fn all_keys_of_a_pair_share_one_hash_tag() {
         let keys = Keys::new("callgate");
         let k = keys.pair(&pair("+919000000000", "+919876543210"));
-        let tag = format!("{{callgate:s{:02}}}:", k.shard);
+        let tag = keys.shard_prefix(k.shard);
+        assert!(
+            tag.starts_with(&format!("{{callgate:s{:02}-", k.shard)),
+            "{tag}"
+        );
         for key in [
             &k.consent, &k.lapse, &k.history, &k.dedup, &k.stream, &k.due, &k.trimmed,
         ] {
@@ -249,6 +333,51 @@ mod tests {
                     "{prefix} {i}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn crc16_and_key_slot_match_redis() {
+        // The CRC16/XMODEM check value, and slots `CLUSTER KEYSLOT` gives on Redis 7.0.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % SLOTS);
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+    }
+
+    #[test]
+    fn shards_spread_evenly_over_the_three_masters_of_a_default_cluster() {
+        assert_eq!(SHARDS % 3, 0);
+        for prefix in ["callgate", "prod-eu", "retention7", ""] {
+            let keys = Keys::new(prefix);
+            let slots: Vec<u16> = (0..SHARDS).map(|s| keys.slot(s)).collect();
+            let mut per_third = [0; 3];
+            for (shard, slot) in slots.iter().enumerate() {
+                per_third[slot_third(*slot)] += 1;
+                // The rule: shard s is in third s / (SHARDS / 3).
+                assert_eq!(slot_third(*slot), shard / (SHARDS / 3), "{prefix} {shard}");
+            }
+            assert_eq!(per_third, [SHARDS / 3; 3], "{prefix}: {slots:?}");
+            let mut distinct = slots.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), SHARDS, "{prefix}: two shards share a slot");
+        }
+    }
+
+    #[test]
+    fn pairs_spread_evenly_over_the_shards_and_so_the_masters() {
+        let keys = Keys::new("callgate");
+        let mut per_third = [0usize; 3];
+        for i in 0..30_000 {
+            let p = pair("+919000000000", &format!("+9198{i:08}"));
+            per_third[slot_third(keys.slot(shard_of(&p)))] += 1;
+        }
+        for n in per_third {
+            assert!((9_000..=11_000).contains(&n), "{per_third:?}");
         }
     }
 }
