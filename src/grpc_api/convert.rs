@@ -1,4 +1,5 @@
-//! Domain values → protobuf messages. The only place that knows both.
+//! Domain values → protobuf messages (and protobuf timestamps → times): every mapping
+//! between the two lives here; the handlers only assemble these pieces into responses.
 
 use chrono::{DateTime, Utc};
 
