@@ -453,24 +453,27 @@ impl RedisStore {
         }
     }
 
+    /// One `claim_expired.lua` call for shard `shard`: at most [`CLAIM_BATCH`] grants that
+    /// lapsed at or before `now_ms`.
+    fn claim_call(&self, shard: usize, now_ms: i64) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.claim_script.prepare_invoke();
+        invocation
+            .key(self.keys.due(shard))
+            .key(&self.streams[shard])
+            .key(&self.trimmed[shard])
+            .arg(now_ms)
+            .arg(CLAIM_BATCH)
+            .arg(self.keys.shard_prefix(shard))
+            .arg(self.config.event_retention.as_millis() as u64);
+        invocation
+    }
+
     /// Claims lapsed grants of one shard, in rounds of at most [`CLAIM_BATCH`].
     async fn claim_shard(&self, shard: usize, now_ms: i64) -> Result<usize, StoreError> {
-        let prefix = self.keys.shard_prefix(shard);
-        let due = self.keys.due(shard);
-        let retention = self.config.event_retention.as_millis() as u64;
         let mut published = 0;
         for _ in 0..CLAIM_MAX_ROUNDS {
-            let mut invocation = self.claim_script.prepare_invoke();
-            invocation
-                .key(&due)
-                .key(&self.streams[shard])
-                .key(&self.trimmed[shard])
-                .arg(now_ms)
-                .arg(CLAIM_BATCH)
-                .arg(&prefix)
-                .arg(retention);
             let mut pipe = redis::pipe();
-            pipe.invoke_script(&invocation);
+            pipe.invoke_script(&self.claim_call(shard, now_ms));
             let (p, claimed): (usize, usize) = self
                 .query_scripts::<Vec<(usize, usize)>>(Route::Shard(shard), false, &pipe)
                 .await?
@@ -496,13 +499,10 @@ impl RedisStore {
         newest_id(&reply)
     }
 
-    /// [`ConsentStore::current_each`] on a cluster: one single-slot `MGET` per shard, all at
-    /// once, each bounded by the store timeout. A shard that fails (its master died and its
-    /// replica is not yet promoted) fails only its own pairs.
-    async fn current_each_cluster(
-        &self,
-        pairs: &[Pair],
-    ) -> Vec<Result<Option<Decision>, StoreError>> {
+    /// The `MGET`s of a batch check: for each shard holding some of `pairs` (in shard order),
+    /// the shard, the indices of its pairs (in call order) and one `MGET` of their `c:`/`x:`
+    /// keys, two per pair in that order.
+    fn current_mgets(&self, pairs: &[Pair]) -> Vec<(usize, Vec<usize>, redis::Cmd)> {
         let mut mgets: Vec<Option<redis::Cmd>> = vec![None; SHARDS];
         let mut asked: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
         for (i, pair) in pairs.iter().enumerate() {
@@ -513,12 +513,22 @@ impl RedisStore {
                 .arg(lapse);
             asked[shard].push(i);
         }
-        let groups: Vec<(usize, Vec<usize>, redis::Cmd)> = asked
+        asked
             .into_iter()
             .zip(mgets)
             .enumerate()
             .filter_map(|(shard, (indices, cmd))| cmd.map(|c| (shard, indices, c)))
-            .collect();
+            .collect()
+    }
+
+    /// [`ConsentStore::current_each`] on a cluster: one single-slot `MGET` per shard, all at
+    /// once, each bounded by the store timeout. A shard that fails (its master died and its
+    /// replica is not yet promoted) fails only its own pairs.
+    async fn current_each_cluster(
+        &self,
+        pairs: &[Pair],
+    ) -> Vec<Result<Option<Decision>, StoreError>> {
+        let groups = self.current_mgets(pairs);
         let replies = all(&groups, |(shard, _, cmd)| {
             self.read_cmd::<Vec<Option<Vec<u8>>>>(Route::Shard(*shard), cmd)
         })
@@ -632,24 +642,14 @@ impl ConsentStore for RedisStore {
         if self.is_cluster() {
             return self.current_each_cluster(pairs).await.into_iter().collect();
         }
-        // One MGET per shard with every c:/x: key of that shard's pairs (one slot each), all
-        // in one pipeline; `asked[s]` remembers which requests shard `s`'s MGET answers.
-        let mut mgets: Vec<Option<redis::Cmd>> = vec![None; SHARDS];
-        let mut asked: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
-        for (i, pair) in pairs.iter().enumerate() {
-            let (shard, consent, lapse) = self.keys.current(pair);
-            mgets[shard]
-                .get_or_insert_with(|| redis::cmd("MGET"))
-                .arg(consent)
-                .arg(lapse);
-            asked[shard].push(i);
-        }
+        // One MGET per shard (one slot each), all in one pipeline.
         let mut pipe = redis::pipe();
-        for cmd in mgets.into_iter().flatten() {
+        let mut asked = Vec::new();
+        for (_, indices, cmd) in self.current_mgets(pairs) {
             pipe.add_command(cmd);
+            asked.push(indices);
         }
         let replies: Vec<Vec<Option<Vec<u8>>>> = self.read_pipe(Route::Keyless, &pipe).await?;
-        let asked: Vec<Vec<usize>> = asked.into_iter().filter(|a| !a.is_empty()).collect();
         if replies.len() != asked.len() {
             return Err(corrupt_reply("MGET current"));
         }
@@ -812,25 +812,13 @@ impl ConsentStore for RedisStore {
                 None => Ok(published),
             };
         }
-        let retention = self.config.event_retention.as_millis() as u64;
-        let prefixes: Vec<String> = (0..SHARDS).map(|s| self.keys.shard_prefix(s)).collect();
-        let dues: Vec<String> = (0..SHARDS).map(|s| self.keys.due(s)).collect();
         let mut published = 0;
         for _ in 0..CLAIM_MAX_ROUNDS {
             // One script per shard, all in one pipeline (not a transaction: each shard's
             // claim is atomic by itself).
             let mut pipe = redis::pipe();
             for shard in 0..SHARDS {
-                let mut invocation = self.claim_script.prepare_invoke();
-                invocation
-                    .key(&dues[shard])
-                    .key(&self.streams[shard])
-                    .key(&self.trimmed[shard])
-                    .arg(now_ms)
-                    .arg(CLAIM_BATCH)
-                    .arg(&prefixes[shard])
-                    .arg(retention);
-                pipe.invoke_script(&invocation);
+                pipe.invoke_script(&self.claim_call(shard, now_ms));
             }
             let replies: Vec<(usize, usize)> =
                 self.query_scripts(Route::Keyless, false, &pipe).await?;
