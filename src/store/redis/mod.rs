@@ -1,9 +1,16 @@
 //! The production store: consent state in Redis, shared by every callgate replica.
 //!
 //! All Redis knowledge lives in this module: key names in [`keys`], value formats in [`codec`],
-//! and the Lua scripts next to this file. It behaves exactly like
+//! and the Lua scripts next to this file (`record.lua`, `claim_expired.lua`, and `lib.lua`,
+//! their shared helpers). It behaves exactly like
 //! [`MemoryStore`](crate::store::memory::MemoryStore); the conformance suite in `tests/api`
 //! runs the same tests against both.
+//!
+//! One job per file: `config` ([`RedisConfig`], the URL kept a `Secret`, its redacted form),
+//! `store` ([`RedisStore`] and its [`ConsentStore`](crate::store::ConsentStore) impl),
+//! `routing` (which connection a call takes, and how it runs: timeout, retry, `NOSCRIPT`),
+//! `connection` (standalone connections) and [`cluster`] (Redis Cluster connections), `error`
+//! (redis-rs errors to `StoreError`), `reply` (reply shapes), `inspect` (memory report).
 //!
 //! # Key layout: sharded, cluster-ready
 //!
@@ -27,12 +34,12 @@
 //! NO_CONSENT: that is what the lapse record is for. A grant already expired on arrival gets
 //! only the lapse record; a permanent grant or a denial that wins deletes it.
 //!
-//! So a check ([`current`](RedisStore::current)) is one `MGET c: x:` (both keys share the
-//! shard's hash tag): `c:` when present, else `x:`, else no decision. No script runs on the
-//! read path. A batch check ([`current_many`](RedisStore::current_many)) groups its pairs by
-//! shard and sends one `MGET` per shard with all of that shard's `c:`/`x:` keys (one Cluster
-//! slot each), all of them in one pipeline: at most [`SHARDS`] commands and one round trip for
-//! any batch size.
+//! So a check ([`current`](crate::store::ConsentStore::current)) is one `MGET c: x:` (both keys
+//! share the shard's hash tag): `c:` when present, else `x:`, else no decision. No script runs
+//! on the read path. A batch check ([`current_many`](crate::store::ConsentStore::current_many))
+//! groups its pairs by shard and sends one `MGET` per shard with all of that shard's `c:`/`x:`
+//! keys (one Cluster slot each), all of them in one pipeline: at most [`SHARDS`] commands and
+//! one round trip for any batch size.
 //!
 //! The trade-off: the current decision's body is stored twice (in `c:` and in the history),
 //! three times for a live temporary grant, and `c:` is no longer small enough for Redis's
@@ -48,20 +55,19 @@
 //! the delivery id in the pair's `d:` hash, the twin of
 //! [`redelivery`](crate::domain::rules::redelivery): same fingerprint = duplicate, another =
 //! conflict, nothing written; the hash never expires, so a retry is recognised however late,
-//! which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION), and the cost
-//! does not grow with the history), arbitration (the twin of
-//! [`precedence`](crate::domain::rules::precedence)), history, current decision, due index
-//! and event (`XADD` with exact `MINID` trimming). No reader ever sees half a decision.
-//! A call of several decisions is first checked for conflicts in one pipelined round trip of
-//! `HGET`s, so a conflict stores nothing; the one gap is a conflicting delivery of the same
-//! message id recorded by another replica between that check and the `EXEC`: then the other
-//! decisions of the call are stored, the call still answers the conflict, and a retry finds
-//! them as duplicates.
-//! Several decisions given to one [`record`](RedisStore::record) call are sent as `EVALSHA`s
-//! inside `MULTI`/`EXEC`, so on a standalone Redis they are applied together or (on a
-//! connection error before `EXEC`) not at all. `EXEC` does not roll back: if one script fails
-//! inside it (say Redis hits `maxmemory`), the call is an error and the sender's retry records
-//! the rest, the ones already stored being recognised as duplicates.
+//! which more than covers [`DEDUP_RETENTION`](crate::store::DEDUP_RETENTION), and the cost does
+//! not grow with the history), arbitration (the twin of
+//! [`precedence`](crate::domain::rules::precedence)), history, current decision, due index and
+//! event (`XADD` with exact `MINID` trimming). No reader ever sees half a decision. A call of
+//! several decisions is first checked for conflicts in one pipelined round trip of `HGET`s, so
+//! a conflict stores nothing; the one gap is a conflicting delivery of the same message id
+//! recorded by another replica between that check and the `EXEC`: then the other decisions of
+//! the call are stored, the call still answers the conflict, and a retry finds them as
+//! duplicates. Several decisions given to one [`record`](crate::store::ConsentStore::record)
+//! call are sent as `EVALSHA`s inside `MULTI`/`EXEC`, so on a standalone Redis they are applied
+//! together or (on a connection error before `EXEC`) not at all. `EXEC` does not roll back: if
+//! one script fails inside it (say Redis hits `maxmemory`), the call is an error and the
+//! sender's retry records the rest, the ones already stored being recognised as duplicates.
 //!
 //! The expiry sweep (`claim_expired.lua`) runs per shard: `ZREM` of a due-index member inside
 //! the script is the claim, so every replica may sweep at once and each lapse still yields
@@ -71,14 +77,15 @@
 //!
 //! One stream per shard; event ids are the Redis stream ids, set by the scripts to
 //! `<ms>-<microsecond within the ms>` of the server's clock (or the stream's newest id plus one
-//! if that would not be greater), so [`cursor_at`](crate::store::cursor_at) works and events
-//! of different shards sort by id in the order they were logged;
-//! [`read_events`](RedisStore::read_events) merges the shards by id. Every `XADD` trims exactly (`MINID =`, not `~`)
-//! to [`RedisConfig::event_retention`]. A cursor is out of range when it is older than an event
-//! that was trimmed away. Redis 7.0 does not record that (`XINFO STREAM`'s
-//! `max-deleted-entry-id` only follows `XDEL`, not trimming), so the scripts keep the newest
-//! trimmed id per shard in a `trimmed` key, and [`read_events`](RedisStore::read_events)
-//! pipelines one `MGET` of those with its `XREAD`: the check costs no extra round trip.
+//! if that would not be greater), so [`cursor_at`](crate::store::cursor_at) works and events of
+//! different shards sort by id in the order they were logged;
+//! [`read_events`](crate::store::ConsentStore::read_events) merges the shards by id. Every
+//! `XADD` trims exactly (`MINID =`, not `~`) to [`RedisConfig::event_retention`]. A cursor is
+//! out of range when it is older than an event that was trimmed away. Redis 7.0 does not record
+//! that (`XINFO STREAM`'s `max-deleted-entry-id` only follows `XDEL`, not trimming), so the
+//! scripts keep the newest trimmed id per shard in a `trimmed` key, and
+//! [`read_events`](crate::store::ConsentStore::read_events) pipelines one `MGET` of those with
+//! its `XREAD`: the check costs no extra round trip.
 //!
 //! # Redis Cluster
 //!
@@ -88,20 +95,22 @@
 //! slots (even on one node), and redis-rs refuses a pipeline that spans slots, so on a cluster:
 //!
 //! - a check is the same single-slot `MGET`; a batch check sends one `MGET` per shard, all at
-//!   once ([`current_each`](ConsentStore::current_each)), so a shard whose master is down fails
-//!   only its own pairs (`UNAVAILABLE` each) while the others are answered;
-//! - a multi-decision [`record`](RedisStore::record) sends one single-slot pipeline per shard
-//!   (a pair's decisions in order), the shards at once, with no `MULTI`: each decision is atomic
-//!   by itself. The call succeeds (HTTP 200) only if every decision was stored; if one shard
-//!   fails, the call fails (503), the sender retries the whole delivery, and the decisions
-//!   already stored are recognised as duplicates. All or none *acknowledged*, not all or none
-//!   *stored*: a reader may see some decisions of a failed call before its retry;
-//! - [`read_events`](RedisStore::read_events) reads each shard's stream by itself (with its
-//!   `trimmed` mark, one slot), none blocking; a waiting read repeats every `CLUSTER_POLL`
-//!   (20 ms) until its wait ends. A blocking `XREAD` holds its node's connection (a check to
-//!   that node waited 1.9 s behind `XREAD BLOCK 2000`), and one blocking read per shard would
-//!   need a dedicated connection per shard per process: polling costs one cheap `XREAD` per
-//!   shard per 20 ms per tailer instead, and up to 20 ms of extra StreamGrants latency;
+//!   once ([`current_each`](crate::store::ConsentStore::current_each)), so a shard whose master
+//!   is down fails only its own pairs (`UNAVAILABLE` each) while the others are answered;
+//! - a multi-decision [`record`](crate::store::ConsentStore::record) sends one single-slot
+//!   pipeline per shard (a pair's decisions in order), the shards at once, with no `MULTI`:
+//!   each decision is atomic by itself. The call succeeds (HTTP 200) only if every decision was
+//!   stored; if one shard fails, the call fails (503), the sender retries the whole delivery,
+//!   and the decisions already stored are recognised as duplicates. All or none *acknowledged*,
+//!   not all or none *stored*: a reader may see some decisions of a failed call before its
+//!   retry;
+//! - [`read_events`](crate::store::ConsentStore::read_events) reads each shard's stream by
+//!   itself (with its `trimmed` mark, one slot), none blocking; a waiting read repeats every
+//!   `CLUSTER_POLL` (20 ms) until its wait ends. A blocking `XREAD` holds its node's connection
+//!   (a check to that node waited 1.9 s behind `XREAD BLOCK 2000`), and one blocking read per
+//!   shard would need a dedicated connection per shard per process: polling costs one cheap
+//!   `XREAD` per shard per 20 ms per tailer instead, and up to 20 ms of extra StreamGrants
+//!   latency;
 //! - the sweep claims per shard, each shard by itself, so a shard failing over does not hold
 //!   back the others' expiries;
 //! - `maxmemory-policy` is checked on every master (`CONFIG GET` to all of them).
@@ -130,25 +139,28 @@
 //!
 //! On a standalone Redis, checks and writes share one multiplexed connection (`TCP_NODELAY`,
 //! TCP keepalive; writes get their own when replica acks are asked for, since `WAIT` holds its
-//! connection), owned by a supervisor task in `connection` that replaces it after **any** fault: an I/O error, an
-//! unreadable reply, a call with no reply in time that a `PING` then confirms, a failed health
-//! `PING` (every [`RedisConfig::health_interval`]), a failed reconnect of any kind (`AUTH`
-//! refused, handshake cut short, connect timed out), retried for ever with a short backoff.
-//! Every call is bounded by [`RedisConfig::timeout`] (a `tokio` timeout, which also bounds
-//! waiting for a reconnect). A connection error is [`StoreError::Unavailable`], a slow answer
-//! [`StoreError::Timeout`], an unreadable one [`StoreError::Corrupt`]: never a default value,
-//! so a check can never read "allowed" from a failure. No restart is ever needed.
+//! connection), owned by a supervisor task in `connection` that replaces it after **any**
+//! fault: an I/O error, an unreadable reply, a call with no reply in time that a `PING` then
+//! confirms, a failed health `PING` (every [`RedisConfig::health_interval`]), a failed
+//! reconnect of any kind (`AUTH` refused, handshake cut short, connect timed out), retried for
+//! ever with a short backoff. Every call is bounded by [`RedisConfig::timeout`] (a `tokio`
+//! timeout, which also bounds waiting for a reconnect). A connection error is
+//! [`StoreError::Unavailable`](crate::store::StoreError::Unavailable), a slow answer
+//! [`StoreError::Timeout`](crate::store::StoreError::Timeout), an unreadable one
+//! [`StoreError::Corrupt`](crate::store::StoreError::Corrupt): never a default value, so a
+//! check can never read "allowed" from a failure. No restart is ever needed.
 //!
-//! Blocking `XREAD`s would stall every check queued behind them on a multiplexed connection,
-//! so (standalone) they use dedicated connections from a small pool; a connection that failed or timed out
-//! is dropped, idle ones are dropped when the shared connection was replaced, and the next read
-//! opens a fresh one.
+//! Blocking `XREAD`s would stall every check queued behind them on a multiplexed connection, so
+//! (standalone) they use dedicated connections from a small pool; a connection that failed or
+//! timed out is dropped, idle ones are dropped when the shared connection was replaced, and the
+//! next read opens a fresh one.
 //!
-//! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into
-//! "no consent", and evicting a history would forget decisions and their de-duplication.
-//! [`RedisStore::connect`] and [`ping`](RedisStore::ping) refuse any other policy. If
-//! `CONFIG GET` is disabled or renamed, the policy cannot be verified and that is also refused
-//! as misconfigured (the error says so): callgate does not run on an unverified policy.
+//! Redis must run with `maxmemory-policy noeviction`: evicting a denial would turn it into "no
+//! consent", and evicting a history would forget decisions and their de-duplication.
+//! [`RedisStore::connect`] and [`ping`](crate::store::ConsentStore::ping) refuse any other
+//! policy. If `CONFIG GET` is disabled or renamed, the policy cannot be verified and that is
+//! also refused as misconfigured (the error says so): callgate does not run on an unverified
+//! policy.
 
 pub mod cluster;
 pub mod codec;
