@@ -9,8 +9,9 @@
 //! One job per file: `config` ([`RedisConfig`], the URL kept a `Secret`, its redacted form),
 //! `store` ([`RedisStore`] and its [`ConsentStore`](crate::store::ConsentStore) impl),
 //! `routing` (which connection a call takes, and how it runs: timeout, retry, `NOSCRIPT`),
-//! `connection` (standalone connections) and [`cluster`] (Redis Cluster connections), `error`
-//! (redis-rs errors to `StoreError`), `reply` (reply shapes), `inspect` (memory report).
+//! `connection` (standalone connections) and [`cluster`] (Redis Cluster connections), `events`
+//! (reading the sharded event log), `error` (redis-rs errors to `StoreError`), `reply` (reply
+//! shapes), `inspect` (memory report).
 //!
 //! # Key layout: sharded, cluster-ready
 //!
@@ -167,6 +168,7 @@ pub mod codec;
 mod config;
 mod connection;
 mod error;
+mod events;
 mod inspect;
 pub mod keys;
 mod reply;
