@@ -54,6 +54,7 @@ pub(super) fn is_noscript(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || has_code(e, "NOSCRIPT")
 }
 
+/// A reply of another shape than the command answers: never read as a value.
 pub(super) fn corrupt_reply(what: &str) -> StoreError {
     StoreError::Corrupt(format!("unexpected reply to {what}"))
 }

@@ -53,7 +53,7 @@ pub(super) enum Call<'a> {
 }
 
 impl RedisStore {
-    pub(super) fn bad_url(config: &RedisConfig) -> impl Fn(RedisError) -> StoreError + '_ {
+    fn bad_url(config: &RedisConfig) -> impl Fn(RedisError) -> StoreError + '_ {
         move |e| {
             StoreError::Misconfigured(format!(
                 "cannot use Redis URL {}: {e}",
@@ -140,7 +140,7 @@ impl RedisStore {
     }
 
     /// [`attempt`](Self::attempt) on a leased connection; gives the lease back too.
-    pub(super) async fn attempt_on<'s, T: FromRedisValue>(
+    async fn attempt_on<'s, T: FromRedisValue>(
         &'s self,
         mut lease: Lease<'s>,
         call: Call<'_>,
@@ -171,7 +171,7 @@ impl RedisStore {
 
     /// One call on a cluster connection, bounded by `deadline`. A failure or a timeout is
     /// reported to the connection ([`Conn::suspect`]).
-    pub(super) async fn attempt_cluster<T: FromRedisValue>(
+    async fn attempt_cluster<T: FromRedisValue>(
         &self,
         conn: &Conn,
         call: Call<'_>,
@@ -204,11 +204,7 @@ impl RedisStore {
     /// or failed over since the last call) is retried once on the connection put in its place;
     /// both attempts share the one store timeout. Writes are not retried: a lost reply would
     /// turn "applied" into "duplicate".
-    pub(super) async fn read<T: FromRedisValue>(
-        &self,
-        route: Route,
-        call: Call<'_>,
-    ) -> Result<T, StoreError> {
+    async fn read<T: FromRedisValue>(&self, route: Route, call: Call<'_>) -> Result<T, StoreError> {
         let deadline = Instant::now() + self.config.timeout;
         match &self.backend {
             Backend::Single { conn, .. } => {
@@ -256,7 +252,7 @@ impl RedisStore {
 
     /// One call on the connection `route` and `write` choose (writes go to the write
     /// connections), bounded by the store timeout.
-    pub(super) async fn attempt_routed<T: FromRedisValue>(
+    async fn attempt_routed<T: FromRedisValue>(
         &self,
         route: Route,
         write: bool,
