@@ -15,6 +15,8 @@
 #   CALLGATE_HTTP_ADDR               webhook, health and metrics port        [0.0.0.0:8080]
 #   CALLGATE_GRPC_ADDR               gRPC port                               [0.0.0.0:50051]
 #   CALLGATE_REDIS_URL               redis://[:password@]host:port[/db]      [unset: in-memory store]
+#   CALLGATE_REDIS_CLUSTER_NODES     redis://h1:p,redis://h2:p (a cluster)   [unset; not with _URL]
+#   CALLGATE_REDIS_REPLICA_ACKS      replicas that must hold a write before 200 [0]
 #   CALLGATE_REDIS_PREFIX            prefix of every Redis key               [callgate]
 #   CALLGATE_REDIS_TIMEOUT_MS        a slower Redis call fails closed        [250]
 #   CALLGATE_REDIS_HEALTH_INTERVAL_MS  PING period of the Redis connection   [1000]

@@ -19,14 +19,13 @@ use std::time::Duration;
 
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::Service;
 use tonic::service::Routes;
 
-use crate::tls::{GRPC_HANDSHAKE_TIMEOUT, MaybeTls, TlsPort};
+use crate::accept::{AcceptPolicy, serve_connections};
+use crate::tls::{GRPC_HANDSHAKE_TIMEOUT, TlsPort};
 
 /// Most bytes HTTP/2 queues for sending on one stream before the sender waits.
 pub const STREAM_SEND_BUFFER: usize = 8 * 1024;
@@ -67,43 +66,18 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_LIST)
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "grpc accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Without TCP_NODELAY, Nagle's algorithm stalls answers by ~40 ms.
-        let _ = stream.set_nodelay(true);
-        let routes = routes.clone();
+    let builder = Arc::new(builder);
+    let policy = AcceptPolicy {
+        port: "grpc",
+        max_connections: limits.max_connections,
+        tls,
+        handshake_timeout: GRPC_HANDSHAKE_TIMEOUT,
+        grace,
+    };
+    serve_connections(listener, policy, shutdown, move |io, peer, watcher| {
         let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            // The TLS handshake (if any) happens here, off the accept loop, within its deadline.
-            let io = match MaybeTls::accept(stream, tls.as_deref(), GRPC_HANDSHAKE_TIMEOUT).await {
-                Ok(io) => io,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "gRPC TLS handshake failed");
-                    return;
-                }
-            };
+        let routes = routes.clone();
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let mut routes = routes.clone();
                 async move { Ok::<_, Infallible>(routes.call(req).await.unwrap_or_else(|e| match e {})) }
@@ -112,17 +86,7 @@ pub async fn serve(
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "grpc connection ended with an error");
             }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "gRPC calls still open after the grace period; closing"
-        );
-    }
+        }
+    })
+    .await;
 }

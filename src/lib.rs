@@ -1,5 +1,6 @@
 //! callgate: the consent authority for outbound calls. See ARCHITECTURE.md for the map.
 
+pub(crate) mod accept;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -34,19 +34,18 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use error::WebhookError;
 pub use webhooks::WebhookSecurity;
 
+use crate::accept::{AcceptPolicy, serve_connections};
 use crate::clock::Clock;
 use crate::ingest::IngestContext;
 use crate::metrics::Metrics;
 use crate::store::ConsentStore;
-use crate::tls::{MaybeTls, TlsPort};
+use crate::tls::TlsPort;
 
 /// Largest webhook body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -87,44 +86,19 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.limits.header_timeout);
-    let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
+    let builder = Arc::new(builder);
+    let policy = AcceptPolicy {
+        port: "http",
+        max_connections: state.limits.max_connections,
+        tls: state.tls.clone(),
+        // The handshake counts against the header deadline.
+        handshake_timeout: state.limits.header_timeout,
+        grace,
+    };
+    serve_connections(listener, policy, shutdown, move |io, peer, watcher| {
         let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // The TLS handshake (if any) happens here, off the accept loop; it counts against
-            // the header deadline.
-            let tls = state.tls.clone();
-            let deadline = state.limits.header_timeout;
-            let io = match MaybeTls::accept(stream, tls.as_deref(), deadline).await {
-                Ok(io) => io,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
+        let state = state.clone();
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(routes::handle(&state, req).await) }
@@ -133,17 +107,7 @@ pub async fn serve(
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "http connection ended with an error");
             }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "http connections still open after the grace period; closing"
-        );
-    }
+        }
+    })
+    .await;
 }
