@@ -78,8 +78,10 @@ static NEXT_PREFIX: AtomicUsize = AtomicUsize::new(0);
 impl RedisBackend {
     pub async fn start() -> Self {
         let server = RedisServer::start();
+        let mut config = RedisConfig::new(server.url());
+        config.timeout = STORE_TIMEOUT;
         let store = Arc::new(
-            RedisStore::connect(RedisConfig::new(server.url()))
+            RedisStore::connect(config)
                 .await
                 .expect("connect to the test redis-server"),
         );
@@ -103,11 +105,16 @@ impl Backend for RedisBackend {
 
     async fn with_retention(&self, retention: Duration) -> Arc<dyn ConsentStore> {
         let mut config = RedisConfig::new(self.server.url());
+        config.timeout = STORE_TIMEOUT;
         config.prefix = format!("retention{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
         config.event_retention = retention;
         Arc::new(RedisStore::connect(config).await.expect("connect"))
     }
 }
+
+/// The suite checks what the stores do, not how fast: a store call on this 2-core machine,
+/// beside a cluster and other tests, may take longer than the service's 250 ms default.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A [`RedisStore`] on a shared test cluster, under a key prefix of its own.
 pub struct ClusterBackend {
@@ -118,6 +125,7 @@ pub struct ClusterBackend {
 impl ClusterBackend {
     pub async fn start(cluster: &RedisCluster) -> Self {
         let mut config = RedisConfig::cluster(cluster.nodes_env());
+        config.timeout = STORE_TIMEOUT;
         config.prefix = format!("conf{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
         let store = Arc::new(
             RedisStore::connect(config)
@@ -147,6 +155,7 @@ impl Backend for ClusterBackend {
 
     async fn with_retention(&self, retention: Duration) -> Arc<dyn ConsentStore> {
         let mut config = RedisConfig::cluster(self.nodes.clone());
+        config.timeout = STORE_TIMEOUT;
         config.prefix = format!("retention{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
         config.event_retention = retention;
         Arc::new(RedisStore::connect(config).await.expect("connect"))
