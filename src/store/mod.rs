@@ -156,10 +156,7 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// split over servers (Redis Cluster), one failing server fails only the pairs it holds,
     /// and the others are answered. By default, all answered or all failed alike.
     async fn current_each(&self, pairs: &[Pair]) -> Vec<Result<Option<Decision>, StoreError>> {
-        match self.current_many(pairs).await {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(e) => pairs.iter().map(|_| Err(e.clone())).collect(),
-        }
+        each_alike(pairs.len(), self.current_many(pairs).await)
     }
 
     /// At most `limit` (at least one) of the pair's history entries, in arrival order, from
@@ -221,4 +218,16 @@ pub trait ConsentStore: Send + Sync + 'static {
 pub fn cursor_at(shards: usize, since: DateTime<Utc>) -> Cursor {
     let ms = since.timestamp_millis().max(0) as u64;
     Cursor::uniform(shards, StreamId::just_before_ms(ms))
+}
+
+/// One result per item from an answer for all of them: each answer, or the same error for all
+/// `n` items.
+pub(crate) fn each_alike<T>(
+    n: usize,
+    all: Result<Vec<T>, StoreError>,
+) -> Vec<Result<T, StoreError>> {
+    match all {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    }
 }

@@ -508,10 +508,7 @@ impl ConsentStore for RedisStore {
             return self.current_each_cluster(pairs).await;
         }
         // One Redis: one pipeline, so it answers for all pairs or fails for all.
-        match self.current_many(pairs).await {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(e) => pairs.iter().map(|_| Err(e.clone())).collect(),
-        }
+        crate::store::each_alike(pairs.len(), self.current_many(pairs).await)
     }
 
     async fn history_page(
