@@ -65,7 +65,7 @@ pub const SERVICE: &str = "callgate.v1.ConsentAuthority";
 
 /// Every RPC of [`SERVICE`] and the scope it needs: the one place this is decided. An RPC that
 /// is not listed is refused to every client (fail closed when the proto grows).
-pub const RPC_SCOPES: [(&str, Scope); 4] = [
+pub const RPC_SCOPES: &[(&str, Scope)] = &[
     ("CheckCallPermission", Scope::Check),
     ("CheckCallPermissions", Scope::Check),
     ("StreamGrants", Scope::Stream),
@@ -422,8 +422,36 @@ impl ApiAuth {
         path: &str,
         authorization: &[&[u8]],
     ) -> Result<Caller, (Option<Arc<str>>, Refusal)> {
+        let Some(client) = self.identify(authorization)? else {
+            return Ok(Caller::unrestricted());
+        };
+        let Some(scope) = scope_of(path) else {
+            return Err((Some(client.name.clone()), Refusal::UnlistedRpc));
+        };
+        Self::grant(client, scope)
+    }
+
+    /// Admits a request that needs `scope` (the HTTP port's JSON API, exports, the console),
+    /// carrying `authorization` (each value of the header, `Bearer <key>`); the same keys,
+    /// scopes and business restrictions as the gRPC API.
+    pub fn admit_scope(
+        &self,
+        scope: Scope,
+        authorization: &[&[u8]],
+    ) -> Result<Caller, (Option<Arc<str>>, Refusal)> {
+        match self.identify(authorization)? {
+            Some(client) => Self::grant(client, scope),
+            None => Ok(Caller::unrestricted()),
+        }
+    }
+
+    /// The client the key in `authorization` belongs to; `None` when the API is open.
+    fn identify(
+        &self,
+        authorization: &[&[u8]],
+    ) -> Result<Option<&ApiClient>, (Option<Arc<str>>, Refusal)> {
         let clients = match self {
-            ApiAuth::Open => return Ok(Caller::unrestricted()),
+            ApiAuth::Open => return Ok(None),
             ApiAuth::Closed => return Err((None, Refusal::NotConfigured)),
             ApiAuth::Clients(c) => c,
         };
@@ -433,10 +461,11 @@ impl ApiAuth {
             _ => return Err((None, Refusal::MalformedKey)),
         };
         let index = clients.identify(key).ok_or((None, Refusal::UnknownKey))?;
-        let client = &clients.clients[index];
-        let Some(scope) = scope_of(path) else {
-            return Err((Some(client.name.clone()), Refusal::UnlistedRpc));
-        };
+        Ok(Some(&clients.clients[index]))
+    }
+
+    /// The caller `client` is, if it holds `scope`.
+    fn grant(client: &ApiClient, scope: Scope) -> Result<Caller, (Option<Arc<str>>, Refusal)> {
         if !client.scopes.contains(&scope) {
             return Err((
                 Some(client.name.clone()),
