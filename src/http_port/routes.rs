@@ -8,6 +8,7 @@
 //! | POST   | `/webhooks/doubletick` | [`webhooks::doubletick`]             |
 //! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
+//! | POST   | `/v1/consent-requests` | [`consent_requests::register`] (issue 13) |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
 //! `http` span whose fields are the route (the path of the table, never the raw path), the
@@ -25,7 +26,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::reply::Reply;
-use super::{HttpState, WebhookError, probes, webhooks};
+use super::{HttpState, WebhookError, consent_requests, probes, webhooks};
 use crate::metrics::{Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -37,15 +38,18 @@ enum Endpoint {
     DoubleTick,
     WhatsApp,
     WhatsAppSubscription,
+    /// issue 13
+    ConsentRequests,
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 6] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/webhooks/doubletick",
     "/webhooks/whatsapp",
+    "/v1/consent-requests",
 ];
 
 /// The table: which endpoint answers `method` on `path`.
@@ -57,6 +61,7 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::POST, "/webhooks/doubletick") => Ok(Endpoint::DoubleTick),
         (&Method::POST, "/webhooks/whatsapp") => Ok(Endpoint::WhatsApp),
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
+        (&Method::POST, "/v1/consent-requests") => Ok(Endpoint::ConsentRequests),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
     }
@@ -117,6 +122,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Full<Byte
         Ok(Endpoint::DoubleTick) => webhooks::doubletick(state, req).await,
         Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
+        Ok(Endpoint::ConsentRequests) => consent_requests::register(state, req).await,
         Err(e) => Err(e),
     };
     let (response, outcome) = match result {
