@@ -545,3 +545,58 @@ async fn issue13_bad_registrations_are_refused_naming_the_field_and_store_nothin
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     app.stop().await;
 }
+
+/// The budget frees up as time passes (the app's clock follows tokio's, paused here): a second
+/// request fits 24 h after the first, a third 7 days after the first.
+#[tokio::test(start_paused = true)]
+async fn issue13_the_budget_frees_up_as_the_paused_clock_advances() {
+    let app = app(memory_store(), UnattributedPolicy::AllTeams).await;
+    let t0 = app.clock.now();
+    // A fresh connection for every call: idle connections may be closed while time jumps.
+    let register = |id: &'static str, sent: DateTime<Utc>| {
+        let app = &app;
+        async move {
+            app.grpc()
+                .await
+                .register_consent_request(pb::RegisterConsentRequestRequest {
+                    business_number: BUSINESS.into(),
+                    customer_number: ASHA.into(),
+                    request_message_id: id.into(),
+                    team: "premium".into(),
+                    sent_at: Some(callgate::grpc_api::timestamp(sent)),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let next_allowed = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        let budget: pb::CanRequestConsentResponse =
+            prost::Message::decode(status.details()).unwrap();
+        budget.next_allowed_at.unwrap().seconds
+    };
+    let day = chrono::Duration::days(1);
+    register("r1", t0).await.unwrap();
+    let refused = register("r2", app.clock.now()).await.unwrap_err();
+    assert_eq!(next_allowed(refused), (t0 + day).timestamp());
+
+    tokio::time::advance(Duration::from_secs(24 * 3600)).await;
+    let budget = app
+        .grpc()
+        .await
+        .can_request_consent(pb::CanRequestConsentRequest {
+            business_number: BUSINESS.into(),
+            customer_number: ASHA.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(budget.allowed, "{budget:?}");
+    register("r2", app.clock.now()).await.unwrap();
+    let refused = register("r3", app.clock.now()).await.unwrap_err();
+    assert_eq!(next_allowed(refused), (t0 + day * 7).timestamp());
+
+    tokio::time::advance(Duration::from_secs(6 * 24 * 3600)).await;
+    register("r3", app.clock.now()).await.unwrap();
+    app.stop().await;
+}
