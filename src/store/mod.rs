@@ -145,8 +145,8 @@ pub struct RequestPolicy {
     /// The request budget per pair.
     pub limits: Vec<RequestLimit>,
     /// Registrations are kept at least this long after their `sent_at` (never less than the
-    /// longest budget window: see [`RequestPolicy::retention`]); a reply waits as long for a
-    /// registration that lands after it.
+    /// longest budget window: see [`retention`](crate::domain::attribution::retention)); a
+    /// reply waits as long for a registration that lands after it.
     pub retention: Duration,
 }
 

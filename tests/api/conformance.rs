@@ -1199,6 +1199,39 @@ pub async fn issue13_racing_registrations_cannot_both_take_the_last_request(b: &
     assert_eq!(registered, 1);
 }
 
+pub async fn issue13_no_reply_is_missed_when_replies_race_the_registration(b: &dyn Backend) {
+    let store = b.store();
+    let (p, t) = (pair(1), now());
+    // Replies to one request (say several deliveries of different answers) recorded while
+    // the registration lands: each is attributed either when recorded or by the registration.
+    let replies: Vec<_> = (0..12)
+        .map(|i| {
+            let store = store.clone();
+            let d = reply(&p, Choice::Deny, t + ms(i), &format!("m{i}"), "req-race");
+            tokio::spawn(async move { store.record(std::slice::from_ref(&d), t).await })
+        })
+        .collect();
+    let r = request(&p, "req-race", "premium", t - ms(1000));
+    let registered = store.register_request(&r, t, &policy()).await.unwrap();
+    assert!(
+        matches!(registered, RegisterOutcome::Registered { .. }),
+        "{registered:?}"
+    );
+    for task in replies {
+        task.await.unwrap().unwrap();
+    }
+    let history = store.history(&p).await.unwrap();
+    assert_eq!(history.len(), 12);
+    for entry in &history {
+        assert_eq!(
+            entry.decision.attribution,
+            Some(r.attribution()),
+            "{:?}",
+            entry.decision.evidence.message_id
+        );
+    }
+}
+
 /// Runs every listed test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1264,4 +1297,5 @@ conformance!(
     issue13_a_reply_before_its_registration_is_attributed_when_it_lands,
     issue13_the_budget_refuses_a_second_in_24_h_and_a_third_in_7_days,
     issue13_racing_registrations_cannot_both_take_the_last_request,
+    issue13_no_reply_is_missed_when_replies_race_the_registration,
 );

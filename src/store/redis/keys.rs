@@ -22,8 +22,6 @@
 //! {callgate:s07-3}:r:<business>:<customer>  issue 13: registered consent requests (HASH
 //!                                           request message id → registration; PEXPIRE)
 //! {callgate:s07-3}:q:<business>:<customer>  issue 13: their send times (ZSET id → sent ms)
-//! {callgate:s07-3}:u:<business>:<customer>  issue 13: replies waiting for a registration
-//!                                           (HASH paired id → history positions; PEXPIRE)
 //! ```
 //!
 //! # How the hash tags are chosen: an even spread over a default 3-master cluster
@@ -162,8 +160,6 @@ pub struct RequestKeys {
     pub requests: String,
     /// `q:`: request message ids by send time.
     pub sent: String,
-    /// `u:`: replies recorded before their registration, by paired message id.
-    pub pending: String,
 }
 
 impl Keys {
@@ -245,7 +241,6 @@ impl Keys {
         RequestKeys {
             requests: format!("{base}r:{member}"),
             sent: format!("{base}q:{member}"),
-            pending: format!("{base}u:{member}"),
         }
     }
 
@@ -315,7 +310,7 @@ mod tests {
         assert_eq!(k.consent, format!("{tag}c:919000000000:919876543210"));
         assert_eq!(k.lapse, format!("{tag}x:919000000000:919876543210"));
         let r = keys.requests(&pair("+919000000000", "+919876543210"));
-        for key in [&r.requests, &r.sent, &r.pending] {
+        for key in [&r.requests, &r.sent] {
             assert!(key.starts_with(&tag), "{key} lacks {tag}");
         }
         let (shard, consent, lapse) = keys.current(&pair("+919000000000", "+919876543210"));

@@ -139,17 +139,18 @@
 //! # Consent requests (issue 13)
 //!
 //! A pair's registered consent requests live beside its decisions, on its shard: `r:` (request
-//! message id → registration: send time and the attribution trailer, see `codec.rs`), `q:` (ids by
-//! send time, for the budget) and `u:` (replies recorded before their registration: paired id →
-//! history positions). `requests.lua` registers one request atomically: purge past the retention,
-//! refuse a retry with other fields, check the budget (`budget_fits`, the twin of
-//! [`fits`](crate::domain::attribution::fits)), store, and attribute the waiting replies (append the
-//! trailer to their history entries and, when one is current, to `c:`/`x:` with `KEEPTTL`, logging
-//! an event with kind `G`/`D` when it is a live grant or a denial). `record.lua`'s issue 13 block
-//! appends a matching registration's trailer to a new reply's body, or remembers the reply in `u:`.
-//! `r:`/`q:` expire as a whole at the newest registration's retention; `u:` the retention after its
-//! last reply. So check and insert of the budget are one script: two registrations racing cannot
-//! both take the last request. A budget read is one `ZRANGE q:`, answered by the domain's rule.
+//! message id → registration: send time and the attribution trailer, see `codec.rs`) and `q:`
+//! (ids by send time, for the budget). `requests.lua` registers one request atomically: purge
+//! past the retention, refuse a retry with other fields, check the budget (`budget_fits`, the
+//! twin of [`fits`](crate::domain::attribution::fits)), store, and attribute the replies
+//! recorded before it (which `requests.rs` found by reading and decoding the history; the script
+//! refuses if the history grew meanwhile, and the registration is tried again): append the
+//! trailer to their history entries and, when one is current, to `c:`/`x:` with `KEEPTTL`,
+//! logging an event with kind `G`/`D` when it is a live grant or a denial. `record.lua`'s issue
+//! 13 block appends a matching registration's trailer to a new reply's body. `r:`/`q:` expire as
+//! a whole at the newest registration's retention. So check and insert of the budget are one
+//! script: two registrations racing cannot both take the last request. A budget read is one
+//! `ZRANGE q:`, answered by the domain's rule.
 //!
 //! # Failure behaviour
 //!

@@ -25,10 +25,7 @@
 -- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
 -- -- issue 13 (attribution):
 -- KEYS[8] requests     {p:sNN}:r:<pair>  HASH request message id -> registration
--- KEYS[9] pending      {p:sNN}:u:<pair>  HASH paired message id -> history positions of
---                                        replies that matched no registration yet
 -- ARGV[8] the reply's paired message id ('' if none)
--- ARGV[9] how long a reply waits for its registration (ms)
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written).
 
@@ -77,10 +74,9 @@ end
 
 -- -- issue 13 (attribution) ------------------------------------------------------------
 -- A reply to a registered request carries the registration's trailer (attribution, and its
--- customer name) at the end of its body; one with no registration yet is remembered in u:
--- (below, once its history position is known) for requests.lua to attribute later.
+-- customer name) at the end of its body. One with no registration yet is recorded as it is;
+-- requests.lua attributes it when the registration lands.
 local body = ARGV[1]
-local pending = false
 if ARGV[8] ~= '' then
   local reg = redis.call('HGET', KEYS[8], ARGV[8])
   if reg then
@@ -89,16 +85,7 @@ if ARGV[8] ~= '' then
       return redis.error_reply('CORRUPT unreadable consent request')
     end
     body = body .. string.sub(reg, comma + 1)
-  else
-    pending = true
   end
-end
-local function remember_pending(length)
-  if not pending then return end
-  local positions = redis.call('HGET', KEYS[9], ARGV[8])
-  local pos = string.format('%.0f', length - 1)
-  redis.call('HSET', KEYS[9], ARGV[8], positions and (positions .. ',' .. pos) or pos)
-  redis.call('PEXPIRE', KEYS[9], ARGV[9])
 end
 -- -- end issue 13 ------------------------------------------------------------------------
 
@@ -132,10 +119,10 @@ end
 
 redis.call('HSET', KEYS[7], new.id, ARGV[7])
 if not applied then
-  remember_pending(redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. body))
+  redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. body)
   return 1
 end
-remember_pending(redis.call('RPUSH', KEYS[3], 'a' .. new.id .. ARGV[3] .. ',' .. body))
+redis.call('RPUSH', KEYS[3], 'a' .. new.id .. ARGV[3] .. ',' .. body)
 local value = new.id .. body
 
 local now = now_ms()

@@ -253,13 +253,10 @@ impl RedisStore {
                 .arg(self.config.event_retention.as_millis() as u64)
                 .arg(&k.member)
                 .arg(decision.fingerprint().as_slice());
-            // issue 13 (attribution): the pair's registrations and pending replies.
-            let r = self.keys.requests(&decision.pair);
+            // issue 13 (attribution): the pair's registrations.
             invocation
-                .key(&r.requests)
-                .key(&r.pending)
-                .arg(&decision.evidence.paired_message_id)
-                .arg(self.config.request_retention.as_millis() as u64);
+                .key(self.keys.requests(&decision.pair).requests)
+                .arg(&decision.evidence.paired_message_id);
             pipe.invoke_script(&invocation);
             if atomic {
                 pipe.ignore(); // `QUEUED`; the results come with EXEC.
