@@ -3,6 +3,7 @@
 pub(crate) mod accept;
 pub mod app;
 pub mod cli;
+pub mod checks;
 pub mod clock;
 pub mod config;
 pub mod domain;
