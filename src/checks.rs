@@ -225,9 +225,9 @@ impl Checker {
         Ok(results)
     }
 
-    /// Counts checks answered with `error` without asking the store (the rest of a streamed
-    /// batch after the store failed).
-    pub fn count_unasked(&self, n: usize) {
+    /// Counts `n` checks answered UNAVAILABLE without an answer from the store (a batch the
+    /// store failed as a whole).
+    pub fn count_unavailable(&self, n: usize) {
         for _ in 0..n {
             self.metrics.check(CheckAnswer::Unavailable);
         }
