@@ -2,8 +2,8 @@
 
 pub(crate) mod accept;
 pub mod app;
-pub mod cli;
 pub mod checks;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -181,8 +181,10 @@ impl CheckApiError {
         }
         let mut res = json_response(status, &body);
         if matches!(self, CheckApiError::Busy(_)) {
-            res.headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            res.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
         }
         res
     }

@@ -131,7 +131,14 @@ impl Ctx {
 /// Parses `POST /v1/check`'s body: `{"business_number": ..., "customer_number": ...}`.
 pub fn parse_check(body: &[u8]) -> Result<CheckRequest, BodyProblem> {
     let ctx = Ctx::new();
-    parse_with(body, &ctx, CheckSeed { ctx: &ctx, item: None })
+    parse_with(
+        body,
+        &ctx,
+        CheckSeed {
+            ctx: &ctx,
+            item: None,
+        },
+    )
 }
 
 /// Parses `POST /v1/check-batch`'s body: `{"checks": [{...}, ...]}`, at most
