@@ -211,7 +211,8 @@ async fn issue13_json_check_errors_are_clear_and_name_the_field() {
     let app = spawn(memory_store(), &clients).await;
     let ok = check_body(BUSINESS, CUSTOMER);
     // (path, key, content type json?, body, status, error, field)
-    let cases: Vec<(&str, Option<&str>, bool, String, u16, &str, Option<&str>)> = vec![
+    type Case<'a> = (&'a str, Option<&'a str>, bool, String, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "/v1/check",
             None,
