@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use callgate::domain::{Decision, Pair};
 use callgate::grpc_api::{auth::key_digest, from_timestamp};
-use callgate::json_checks::{CHUNK, MAX_BATCH_BODY, MAX_BATCH_CHECKS};
+use callgate::json_checks::{CHUNK, MAX_BATCH_BODY, MAX_BATCH_CHECKS, MAX_BATCHES_IN_FLIGHT};
 use callgate::pb::{self, check_result};
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::store::{ConsentStore, Cursor, HistoryPage, LoggedEvent, RecordOutcome, StoreError};
@@ -211,7 +211,15 @@ async fn issue13_json_check_errors_are_clear_and_name_the_field() {
     let app = spawn(memory_store(), &clients).await;
     let ok = check_body(BUSINESS, CUSTOMER);
     // (path, key, content type json?, body, status, error, field)
-    type Case<'a> = (&'a str, Option<&'a str>, bool, String, u16, &'a str, Option<&'a str>);
+    type Case<'a> = (
+        &'a str,
+        Option<&'a str>,
+        bool,
+        String,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
     let cases: Vec<Case> = vec![
         (
             "/v1/check",
@@ -768,5 +776,73 @@ async fn issue13_a_store_that_is_down_gets_503_and_never_an_answer() {
     assert_eq!(single.status, 503, "{:?}", single.body);
     assert_eq!(single.body["error"], "store_unavailable");
     assert!(single.body.get("allowed").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn issue13_readers_that_stall_hold_at_most_the_batch_limit_and_later_batches_get_429() {
+    use tokio::io::AsyncWriteExt;
+    let clients = clients_file();
+    let app = spawn(memory_store(), &clients).await;
+    let grant = doubletick(BUSINESS, CUSTOMER, "g", Utc::now(), "accept", Some(true));
+    assert_eq!(app.post_doubletick(grant).await.status, 200);
+    // Answers with evidence, ~500 bytes each: far more than a socket's buffers hold.
+    let body = granted_batch(MAX_BATCH_CHECKS);
+    let head = format!(
+        "POST /v1/check-batch HTTP/1.1\r\nhost: test\r\n{}: {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        API_AUTH.0,
+        API_AUTH.1,
+        body.len()
+    );
+    // Readers that send their batch and then never read the answer.
+    let mut stalled = Vec::new();
+    for _ in 0..MAX_BATCHES_IN_FLIGHT {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A fixed, small receive buffer: no autotuning lets the kernel swallow the answer.
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut tcp = socket.connect(app.http).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(body.as_bytes()).await.unwrap();
+        stalled.push(tcp);
+    }
+    // Once they hold every place, another batch is refused with 429 (a single check is not).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = post_json(&app, "/v1/check-batch", Some(API_KEY), granted_batch(2)).await;
+        if answer.status == 429 {
+            assert_eq!(answer.body["error"], "busy");
+            break;
+        }
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled readers never held every batch place"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let single = post_json(
+        &app,
+        "/v1/check",
+        Some(API_KEY),
+        check_body(BUSINESS, CUSTOMER),
+    )
+    .await;
+    assert_eq!(single.body["allowed"], true);
+    // The readers leave: their places come back.
+    drop(stalled);
+    loop {
+        let answer = post_json(&app, "/v1/check-batch", Some(API_KEY), granted_batch(2)).await;
+        if answer.status == 200 {
+            assert_eq!(answer.body["results"].as_array().unwrap().len(), 2);
+            break;
+        }
+        assert_eq!(answer.status, 429, "{:?}", answer.body);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the places of the readers that left never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.stop().await;
 }
