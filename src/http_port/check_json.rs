@@ -359,7 +359,9 @@ fn evidence(e: Option<pb::Evidence>) -> Value {
     })
 }
 
-/// A check's answer in JSON. Absent times and evidence are `null`.
+/// A check's answer in JSON. Absent times and evidence are `null`; the attribution (issue 13:
+/// `team`, `campaign`, `labels`, `customer_name`) is present always, empty when the decision is
+/// unattributed or the name unknown, as in the protobuf answer.
 pub fn answer(r: pb::CheckCallPermissionResponse) -> Value {
     let pb::CheckCallPermissionResponse {
         allowed,
@@ -369,7 +371,15 @@ pub fn answer(r: pb::CheckCallPermissionResponse) -> Value {
         evidence: e,
         business_number,
         customer_number,
+        team,
+        campaign,
+        labels,
+        customer_name,
     } = r;
+    let labels: serde_json::Map<String, Value> = labels
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
     json!({
         "allowed": allowed,
         "state": state(s),
@@ -378,6 +388,10 @@ pub fn answer(r: pb::CheckCallPermissionResponse) -> Value {
         "evidence": evidence(e),
         "business_number": business_number,
         "customer_number": customer_number,
+        "team": team,
+        "campaign": campaign,
+        "labels": labels,
+        "customer_name": customer_name,
     })
 }
 
@@ -516,6 +530,10 @@ mod tests {
             evidence: None,
             business_number: "+919000000000".into(),
             customer_number: "+919876543210".into(),
+            team: "retention".into(),
+            campaign: "winback-q4".into(),
+            labels: [("region".to_owned(), "north".to_owned())].into(),
+            customer_name: "Asha".into(),
         };
         assert_eq!(
             answer(r),
@@ -527,6 +545,10 @@ mod tests {
                 "evidence": null,
                 "business_number": "+919000000000",
                 "customer_number": "+919876543210",
+                "team": "retention",
+                "campaign": "winback-q4",
+                "labels": {"region": "north"},
+                "customer_name": "Asha",
             })
         );
         assert_eq!(

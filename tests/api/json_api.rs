@@ -123,6 +123,10 @@ fn expected_json(r: &pb::CheckCallPermissionResponse) -> Value {
         "evidence": evidence,
         "business_number": r.business_number,
         "customer_number": r.customer_number,
+        "team": r.team,
+        "campaign": r.campaign,
+        "labels": r.labels,
+        "customer_name": r.customer_name,
     })
 }
 
@@ -181,6 +185,33 @@ async fn each_state_answers_as_grpc_does(store: Arc<dyn ConsentStore>) {
         let grpc = app.check(BUSINESS, customer).await;
         assert_eq!(answer.body, expected_json(&grpc), "{customer}");
     }
+    // Meta's envelope names the customer: the answer carries the name, as the gRPC one does.
+    let meta = fixture("whatsapp/accept-temporary.json");
+    let signature = crate::security::sign(&meta);
+    let stored = app
+        .request(
+            "POST",
+            "/webhooks/whatsapp",
+            &[JSON, ("x-hub-signature-256", signature.as_str())],
+            meta,
+        )
+        .await;
+    assert_eq!(stored.status, 200, "{:?}", stored.body);
+    let named = post_json(
+        &app,
+        "/v1/check",
+        Some(API_KEY),
+        check_body("+15550783881", "+16505551234"),
+    )
+    .await;
+    assert_eq!(
+        named.body["customer_name"], "Sheena Nelson",
+        "{:?}",
+        named.body
+    );
+    assert_eq!(named.body["team"], "", "unattributed");
+    let grpc = app.check("+15550783881", "+16505551234").await;
+    assert_eq!(named.body, expected_json(&grpc));
     // Another spelling of the same pair is the same pair.
     let spelled = post_json(
         &app,
