@@ -52,6 +52,8 @@ use crate::store::StoreError;
 pub const CHUNK: usize = 1000;
 /// Most batches answered at once on one replica.
 pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// About the size of one answer with its evidence, to size a chunk's buffer once.
+const ANSWER_BYTES: usize = 512;
 
 /// The caller the request's `Authorization: Bearer <key>` identifies, if it may check.
 fn admit(state: &HttpState, req: &Request<Incoming>) -> Result<Caller, CheckApiError> {
@@ -168,7 +170,7 @@ impl Batch {
             return Ok(None);
         }
         let chunk: Vec<CheckRequest> = self.checks.by_ref().take(CHUNK).collect();
-        let mut out = Vec::with_capacity(chunk.len() * 480 + RESULTS_OPEN.len() + 2);
+        let mut out = Vec::with_capacity(chunk.len() * ANSWER_BYTES + RESULTS_OPEN.len() + 2);
         if first {
             out.extend_from_slice(RESULTS_OPEN);
         }
