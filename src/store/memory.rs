@@ -15,13 +15,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::webhooks::MemoryWebhooks;
 use super::{
-    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
-    StoreError, StreamId, check_deliveries,
+    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, Lease, LoggedEvent,
+    Progress, RecordOutcome, StoreError, StreamId, WebhookRecord, check_deliveries,
 };
 use crate::domain::{
     Arbitration, Choice, ConsentEvent, Decision, EventKind, HistoryEntry, HistoryOutcome, Pair,
-    Redelivery, arbitrate, redelivery,
+    Redelivery, Subscription, arbitrate, redelivery,
 };
 
 /// Limits of the in-memory event log.
@@ -47,6 +48,8 @@ pub struct MemoryStore {
     state: RwLock<State>,
     /// The id of the newest event; readers waiting for events watch it.
     head: watch::Sender<StreamId>,
+    /// Outbound webhook subscriptions (issue 17).
+    webhooks: MemoryWebhooks,
 }
 
 #[derive(Default)]
@@ -71,6 +74,7 @@ impl MemoryStore {
             config,
             state: RwLock::new(State::default()),
             head: watch::channel(StreamId::ZERO).0,
+            webhooks: MemoryWebhooks::default(),
         }
     }
 
@@ -295,6 +299,53 @@ impl ConsentStore for MemoryStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    // ---- issue 17: outbound webhook subscriptions ----
+
+    async fn webhook_create(
+        &self,
+        subscription: &Subscription,
+        cursor: &Cursor,
+    ) -> Result<(), StoreError> {
+        self.webhooks.create(subscription, cursor);
+        Ok(())
+    }
+
+    async fn webhook_list(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        Ok(self.webhooks.list())
+    }
+
+    async fn webhook_get(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        Ok(self.webhooks.get(id))
+    }
+
+    async fn webhook_replace(&self, record: &WebhookRecord) -> Result<bool, StoreError> {
+        Ok(self.webhooks.replace(record).unwrap_or(false))
+    }
+
+    async fn webhook_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Lease, StoreError> {
+        Ok(self.webhooks.lease(id, holder, ttl, now))
+    }
+
+    async fn webhook_progress(
+        &self,
+        id: &str,
+        token: u64,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        Ok(self.webhooks.progress(id, token, progress))
+    }
+
+    async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
+        self.webhooks.release(id, holder, token);
         Ok(())
     }
 }

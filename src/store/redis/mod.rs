@@ -174,6 +174,7 @@ pub mod keys;
 mod reply;
 mod routing;
 mod store;
+mod webhooks;
 
 pub use config::RedisConfig;
 pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
