@@ -70,6 +70,13 @@ pub const RPC_SCOPES: &[(&str, Scope)] = &[
     ("CheckCallPermissions", Scope::Check),
     ("StreamGrants", Scope::Stream),
     ("GetConsentHistory", Scope::History),
+    // issue 17
+    ("CreateWebhookSubscription", Scope::Admin),
+    ("ListWebhookSubscriptions", Scope::Admin),
+    ("DisableWebhookSubscription", Scope::Admin),
+    ("EnableWebhookSubscription", Scope::Admin),
+    ("RotateWebhookSecret", Scope::Admin),
+    ("ReplayWebhookSubscription", Scope::Admin),
 ];
 
 /// The scope the gRPC `path` (`/callgate.v1.ConsentAuthority/Method`) needs, if it is listed.

@@ -10,6 +10,7 @@
 pub mod auth;
 mod convert;
 mod trace;
+mod webhooks;
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -151,6 +152,8 @@ pub struct Api {
     limits: StreamLimits,
     /// One permit per open StreamGrants subscription.
     subscriptions: Arc<Semaphore>,
+    /// Issue 17: outbound webhooks (the admin RPCs); `None`: those RPCs are UNIMPLEMENTED.
+    outbound: Option<Arc<crate::outbound::Outbound>>,
 }
 
 impl Api {
@@ -168,7 +171,14 @@ impl Api {
             metrics,
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions)),
             limits,
+            outbound: None,
         }
+    }
+
+    /// Issue 17: serves the outbound webhook admin RPCs with `outbound`.
+    pub fn with_outbound(mut self, outbound: Arc<crate::outbound::Outbound>) -> Self {
+        self.outbound = Some(outbound);
+        self
     }
 
     /// Counts a store failure of `op` and passes the error on.
@@ -466,6 +476,50 @@ impl ConsentAuthority for Api {
             entries: page.entries.iter().map(convert::history_entry).collect(),
             next_page_token: page.next.map(page_token).unwrap_or_default(),
         }))
+    }
+
+    // issue 17: outbound webhook administration (handlers in `webhooks.rs`).
+
+    async fn create_webhook_subscription(
+        &self,
+        request: Request<pb::CreateWebhookSubscriptionRequest>,
+    ) -> Result<Response<pb::CreateWebhookSubscriptionResponse>, Status> {
+        self.create_webhook(request).await
+    }
+
+    async fn list_webhook_subscriptions(
+        &self,
+        request: Request<pb::ListWebhookSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListWebhookSubscriptionsResponse>, Status> {
+        self.list_webhooks(request).await
+    }
+
+    async fn disable_webhook_subscription(
+        &self,
+        request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        self.set_webhook_state(request, false).await
+    }
+
+    async fn enable_webhook_subscription(
+        &self,
+        request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        self.set_webhook_state(request, true).await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::CreateWebhookSubscriptionResponse>, Status> {
+        self.rotate_webhook_secret(request).await
+    }
+
+    async fn replay_webhook_subscription(
+        &self,
+        request: Request<pb::ReplayWebhookSubscriptionRequest>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        self.replay_webhook(request).await
     }
 }
 
