@@ -234,7 +234,7 @@ impl Outbound {
         if sub.state != SubscriptionState::Active {
             return Stop::Ended;
         }
-        tracing::info!(token, "delivering");
+        tracing::info!(subscription = %id, token, "delivering");
         let mut cursor = record.cursor;
         let mut lease = LeaseClock::new(self.config.lease);
         loop {
@@ -392,6 +392,12 @@ impl Outbound {
         let first = Instant::now();
         let mut attempt = 0u32;
         loop {
+            // The lease is confirmed right before each attempt (one small script): a replica
+            // that lost it, or whose subscription an operator changed (rotation, replay,
+            // disable), stops before sending rather than after.
+            if let Some(stop) = self.renew(&sub.id, token, lease).await {
+                return Err(stop);
+            }
             let now = self.clock.now();
             let body = payload::body(event, now);
             let timestamp = now.timestamp();

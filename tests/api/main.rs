@@ -16,6 +16,7 @@ mod dates_and_duplicates;
 mod ingest;
 mod lifecycle;
 mod metrics;
+mod outbound_webhooks;
 mod redaction;
 mod redis_faults;
 mod redis_store;
