@@ -65,6 +65,8 @@ struct Recorded {
     deliveries: Vec<Delivery>,
     /// The status every request is answered with.
     status: u16,
+    /// How long each answer takes (a slow receiver).
+    delay: Duration,
 }
 
 /// A real HTTP receiver on a loopback port.
@@ -83,6 +85,7 @@ impl Receiver {
             state: Arc::new(Mutex::new(Recorded {
                 deliveries: Vec::new(),
                 status: 200,
+                delay: Duration::ZERO,
             })),
             changed: Arc::new(Notify::new()),
             server: None,
@@ -120,7 +123,7 @@ impl Receiver {
                             );
                             let body = req.into_body().collect().await?.to_bytes().to_vec();
                             let json = serde_json::from_slice(&body).unwrap_or_default();
-                            let status = {
+                            let (status, delay) = {
                                 let mut s = state.lock().unwrap();
                                 s.deliveries.push(Delivery {
                                     id,
@@ -129,8 +132,9 @@ impl Receiver {
                                     body,
                                     json,
                                 });
-                                s.status
+                                (s.status, s.delay)
                             };
+                            tokio::time::sleep(delay).await;
                             changed.notify_waiters();
                             Ok::<_, hyper::Error>(
                                 hyper::Response::builder()
@@ -150,6 +154,10 @@ impl Receiver {
 
     fn url(&self) -> String {
         format!("http://{}/hooks/callgate", self.addr)
+    }
+
+    fn answer_after(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     fn answer_with(&self, status: u16) {
@@ -706,6 +714,8 @@ async fn issue17_two_processes_on_one_redis_the_survivor_takes_over_and_loses_no
     let a = CallgateProcess::start(&env).unwrap();
     let b = CallgateProcess::start(&env).unwrap();
     let rx = Receiver::start().await;
+    // A slow receiver, so the holder is still delivering when it dies.
+    rx.answer_after(Duration::from_millis(50));
     let a_app = crate::helpers::Endpoints::new(a.http, a.grpc);
     let b_app = crate::helpers::Endpoints::new(b.http, b.grpc);
     let mut client = a_app.grpc().await;
@@ -741,6 +751,8 @@ async fn issue17_two_processes_on_one_redis_the_survivor_takes_over_and_loses_no
     };
     // Kill it mid-stream (SIGKILL: no release of the lease), and keep recording.
     drop(holder);
+    let at_kill = distinct(&rx.deliveries());
+    assert!(at_kill < 10, "not mid-stream: {at_kill} of 10 already delivered");
     for i in 10..20 {
         post_to(&survivor_ep, i).await;
     }
