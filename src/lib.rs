@@ -12,10 +12,10 @@ pub(crate) mod grpc_port;
 pub(crate) mod http_port;
 pub mod ingest;
 pub mod metrics;
-pub mod outbound;
 /// OpenTelemetry span export (cargo feature `otlp`), set up by the binary's `main`.
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod outbound;
 pub(crate) mod secret;
 pub mod store;
 pub mod telemetry;

@@ -11,9 +11,7 @@ pub mod rules;
 
 pub use decision::{Choice, Decision, Evidence, Pair, Source, to_millis_precision};
 pub use event::{ConsentEvent, EventKind, HistoryEntry, HistoryOutcome};
-pub use outbound::{
-    EventKinds, EventTags, SigningKey, Subscription, SubscriptionState, backoff,
-};
+pub use outbound::{EventKinds, EventTags, SigningKey, Subscription, SubscriptionState, backoff};
 pub use phone::{PhoneError, PhoneNumber};
 pub use rules::{
     Arbitration, ConsentState, DateRules, Redelivery, Verdict, arbitrate, decide, evaluate,

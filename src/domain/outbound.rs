@@ -260,7 +260,9 @@ mod tests {
             ("grant,revoke", Err(())),
         ];
         for (input, want) in cases {
-            let got = EventKinds::parse(input).map(|k| k.to_string()).map_err(drop);
+            let got = EventKinds::parse(input)
+                .map(|k| k.to_string())
+                .map_err(drop);
             assert_eq!(got, want.map(str::to_owned), "{input:?}");
         }
     }

@@ -165,11 +165,10 @@ impl Api {
     ) -> Result<Response<pb::WebhookSubscription>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let since = req
-            .since
-            .as_ref()
-            .and_then(from_timestamp)
-            .ok_or_else(|| ApiError::InvalidArgument("since: required (a valid time)".into()))?;
+        let since =
+            req.since.as_ref().and_then(from_timestamp).ok_or_else(|| {
+                ApiError::InvalidArgument("since: required (a valid time)".into())
+            })?;
         self.managed(&caller, &req.id).await?;
         let record = self.outbound()?.replay(&req.id, since).await?;
         tracing::info!(subscription = %req.id, client = caller.name(), %since, "webhook replay");

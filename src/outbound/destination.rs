@@ -18,7 +18,9 @@ use std::str::FromStr;
 pub enum DestinationError {
     #[error("url: {0}")]
     BadUrl(String),
-    #[error("url: {host} resolves to {addr}, a {kind} address; refused (allow its network with CALLGATE_OUTBOUND_ALLOW_NETWORKS)")]
+    #[error(
+        "url: {host} resolves to {addr}, a {kind} address; refused (allow its network with CALLGATE_OUTBOUND_ALLOW_NETWORKS)"
+    )]
     Refused {
         host: String,
         addr: IpAddr,
@@ -90,11 +92,7 @@ impl Network {
     pub fn contains(&self, ip: IpAddr) -> bool {
         fn masked(bits: u128, len: u32, prefix: u8) -> u128 {
             let keep = u32::from(prefix).min(len);
-            if keep == 0 {
-                0
-            } else {
-                bits >> (len - keep)
-            }
+            if keep == 0 { 0 } else { bits >> (len - keep) }
         }
         match (self.addr, canonical(ip)) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
@@ -299,8 +297,17 @@ mod tests {
         assert_eq!((d.host.as_str(), d.port), ("crm.example.com", 443));
         assert_eq!(d.path_and_query, "/hooks/callgate?x=1");
         let d = Destination::parse("http://[::1]:8080").unwrap();
-        assert_eq!((d.host.as_str(), d.port, d.path_and_query.as_str()), ("::1", 8080, "/"));
-        for bad in ["ftp://x/", "crm.example.com/hook", "https://user:pw@x/", "https:///x", ""] {
+        assert_eq!(
+            (d.host.as_str(), d.port, d.path_and_query.as_str()),
+            ("::1", 8080, "/")
+        );
+        for bad in [
+            "ftp://x/",
+            "crm.example.com/hook",
+            "https://user:pw@x/",
+            "https:///x",
+            "",
+        ] {
             assert!(
                 matches!(Destination::parse(bad), Err(DestinationError::BadUrl(_))),
                 "{bad:?}"
@@ -312,18 +319,42 @@ mod tests {
     fn internal_addresses_are_refused_unless_their_network_is_allowed() {
         let none = AllowList::default();
         let refused = [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "224.0.0.1", "255.255.255.255", "100.64.0.1", "::1", "::", "fe80::1", "fd00::1",
-            "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a00:1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "100.64.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
         ];
         for ip in refused {
             assert!(none.refusal(ip.parse().unwrap()).is_some(), "{ip} allowed");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "8.8.8.8",
+        ] {
             assert_eq!(none.refusal(ip.parse().unwrap()), None, "{ip} refused");
         }
         let allow = AllowList::parse("127.0.0.0/8, fd00::/8,10.1.2.3").unwrap();
-        for ip in ["127.0.0.1", "127.9.9.9", "::ffff:127.0.0.1", "fd12::1", "10.1.2.3"] {
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::ffff:127.0.0.1",
+            "fd12::1",
+            "10.1.2.3",
+        ] {
             assert_eq!(allow.refusal(ip.parse().unwrap()), None, "{ip} refused");
         }
         for ip in ["10.1.2.4", "::1", "192.168.0.1"] {
@@ -338,7 +369,16 @@ mod tests {
     async fn resolved_names_are_checked_too() {
         let d = Destination::parse("http://localhost:9/").unwrap();
         let err = AllowList::default().check_all(&d).await.unwrap_err();
-        assert!(matches!(err, DestinationError::Refused { kind: "loopback", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DestinationError::Refused {
+                    kind: "loopback",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let allow = AllowList::parse("127.0.0.0/8,::1").unwrap();
         assert!(!allow.allowed(&d).await.unwrap().is_empty());
     }

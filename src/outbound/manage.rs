@@ -7,9 +7,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::Outbound;
 use super::destination::Destination;
 use super::signature;
-use super::Outbound;
 use crate::domain::{EventKinds, PhoneNumber, SigningKey, Subscription, SubscriptionState};
 use crate::store::{StoreError, WebhookRecord, cursor_at};
 
@@ -54,7 +54,10 @@ fn check_tags(field: &str, tags: &[String]) -> Result<(), ManageError> {
             "{field}: at most {MAX_FILTERS} values"
         )));
     }
-    if let Some(t) = tags.iter().find(|t| t.trim().is_empty() || t.len() > MAX_TAG_LEN) {
+    if let Some(t) = tags
+        .iter()
+        .find(|t| t.trim().is_empty() || t.len() > MAX_TAG_LEN)
+    {
         return Err(ManageError::Invalid(format!(
             "{field}: {t:?} must be 1 to {MAX_TAG_LEN} characters"
         )));
@@ -93,8 +96,9 @@ impl Outbound {
             )));
         }
         let mut id = [0u8; 8];
-        getrandom::fill(&mut id)
-            .map_err(|e| ManageError::Store(StoreError::Unavailable(format!("no randomness: {e}"))))?;
+        getrandom::fill(&mut id).map_err(|e| {
+            ManageError::Store(StoreError::Unavailable(format!("no randomness: {e}")))
+        })?;
         let key = new_key()?;
         let secret = signature::secret_string(&key);
         let subscription = Subscription {

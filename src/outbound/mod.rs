@@ -156,7 +156,9 @@ impl Outbound {
                         tasks.insert(sub.id, task);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list webhook subscriptions; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list webhook subscriptions; will retry")
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -254,7 +256,9 @@ impl Outbound {
                                   were trimmed (CALLGATE_EVENT_RETENTION_SECS); replay from a \
                                   time within the retained log after resyncing the receiver"
                         .to_owned();
-                    return self.end(id, token, cursor, SubscriptionState::Failing, reason).await;
+                    return self
+                        .end(id, token, cursor, SubscriptionState::Failing, reason)
+                        .await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the event log; will retry");
@@ -324,7 +328,9 @@ impl Outbound {
             }
             Ok(Lease::Gone) => Some(Stop::Ended),
             Ok(_) => {
-                tracing::info!("delivery lease lost (another replica, or the subscription changed)");
+                tracing::info!(
+                    "delivery lease lost (another replica, or the subscription changed)"
+                );
                 Some(Stop::Restart)
             }
             Err(e) => {
@@ -485,7 +491,8 @@ impl LeaseClock {
 
     /// Time until the next renewal (how long a read may wait for events).
     fn left(&self) -> Duration {
-        self.next_renewal().saturating_duration_since(Instant::now())
+        self.next_renewal()
+            .saturating_duration_since(Instant::now())
     }
 }
 

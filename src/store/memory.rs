@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::webhooks::MemoryWebhooks;
 use super::{
-    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, Lease, LoggedEvent,
-    Progress, RecordOutcome, StoreError, StreamId, WebhookRecord, check_deliveries,
+    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, Lease, LoggedEvent, Progress,
+    RecordOutcome, StoreError, StreamId, WebhookRecord, check_deliveries,
 };
 use crate::domain::{
     Arbitration, Choice, ConsentEvent, Decision, EventKind, HistoryEntry, HistoryOutcome, Pair,

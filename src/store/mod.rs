@@ -14,7 +14,9 @@
 //!   [`DEDUP_RETENTION`] (both stores keep it as long as the history). Recording looks up one
 //!   id; it never scans the history, so its cost does not grow with the history;
 //! - an **event log** split into shards, read with a [`Cursor`], plus a due-time index that turns
-//!   lapsed temporary grants into exactly one `Expired` event.
+//!   lapsed temporary grants into exactly one `Expired` event;
+//! - (issue 17) the **outbound webhook subscriptions**, each with its delivery cursor and a lease
+//!   with a fencing token ([`webhooks`]).
 //!
 //! [`arbitrate`]: crate::domain::arbitrate
 

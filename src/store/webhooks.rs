@@ -52,8 +52,9 @@ pub struct Progress {
 /// Whether `id` has the shape callgate gives subscription ids (`wh_` and 16 lower-case hex
 /// digits): checked before an id reaches a key name.
 pub fn valid_id(id: &str) -> bool {
-    id.strip_prefix("wh_")
-        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    id.strip_prefix("wh_").is_some_and(|hex| {
+        hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 struct Entry {
@@ -169,7 +170,14 @@ mod tests {
     #[test]
     fn ids_are_checked_before_they_reach_a_key() {
         assert!(valid_id("wh_0123456789abcdef"));
-        for bad in ["", "wh_", "wh_0123456789ABCDEF", "wh_0123456789abcde", "x}:{y", "wh_0123456789abcdef0"] {
+        for bad in [
+            "",
+            "wh_",
+            "wh_0123456789ABCDEF",
+            "wh_0123456789abcde",
+            "x}:{y",
+            "wh_0123456789abcdef0",
+        ] {
             assert!(!valid_id(bad), "{bad:?}");
         }
     }

@@ -15,9 +15,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use callgate::domain::{
-    Choice, ConsentState, Decision, EventKind, EventKinds, Evidence, HistoryEntry,
-    HistoryOutcome, Pair, PhoneNumber, SigningKey, Source, Subscription, SubscriptionState,
-    evaluate, to_millis_precision,
+    Choice, ConsentState, Decision, EventKind, EventKinds, Evidence, HistoryEntry, HistoryOutcome,
+    Pair, PhoneNumber, SigningKey, Source, Subscription, SubscriptionState, evaluate,
+    to_millis_precision,
 };
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
@@ -1003,7 +1003,10 @@ pub async fn issue17_webhook_records_round_trip_and_changes_are_versioned(b: &dy
     let sub = webhook(id);
     let cursor = Cursor::uniform(store.shards(), StreamId::new(5, 1));
     store.webhook_create(&sub, &cursor).await.unwrap();
-    store.webhook_create(&webhook("wh_00000000000000a0"), &cursor).await.unwrap();
+    store
+        .webhook_create(&webhook("wh_00000000000000a0"), &cursor)
+        .await
+        .unwrap();
     let record = store.webhook_get(id).await.unwrap().unwrap();
     assert_eq!(record.subscription, sub);
     assert_eq!((record.cursor.clone(), record.version), (cursor.clone(), 0));
@@ -1016,16 +1019,24 @@ pub async fn issue17_webhook_records_round_trip_and_changes_are_versioned(b: &dy
         .collect();
     assert_eq!(ids, ["wh_00000000000000a0", id]);
     // Another replica sees the same record.
-    assert_eq!(b.replica().await.webhook_get(id).await.unwrap(), Some(record.clone()));
+    assert_eq!(
+        b.replica().await.webhook_get(id).await.unwrap(),
+        Some(record.clone())
+    );
 
     // A versioned change: applied once, refused from a stale read.
     let mut changed = record.clone();
     changed.subscription.state = SubscriptionState::Disabled;
     changed.subscription.reason = "disabled by an operator".into();
-    changed.subscription.rotate(vec![9; 32], now(), Duration::from_secs(60));
+    changed
+        .subscription
+        .rotate(vec![9; 32], now(), Duration::from_secs(60));
     changed.cursor = Cursor::uniform(store.shards(), StreamId::new(9, 0));
     assert!(store.webhook_replace(&changed).await.unwrap());
-    assert!(!store.webhook_replace(&changed).await.unwrap(), "stale version accepted");
+    assert!(
+        !store.webhook_replace(&changed).await.unwrap(),
+        "stale version accepted"
+    );
     let stored = store.webhook_get(id).await.unwrap().unwrap();
     assert_eq!(stored.subscription, changed.subscription);
     assert_eq!((stored.cursor, stored.version), (changed.cursor, 1));
@@ -1041,15 +1052,24 @@ pub async fn issue17_webhook_lease_is_exclusive_and_fenced(b: &dyn Backend) {
     let (store, other) = (b.store(), b.replica().await);
     let id = "wh_00000000000000b2";
     let ttl = Duration::from_millis(300);
-    assert_eq!(store.webhook_lease(id, "a", ttl, now()).await.unwrap(), Lease::Gone);
+    assert_eq!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Gone
+    );
     let zero = zero(&*store);
     store.webhook_create(&webhook(id), &zero).await.unwrap();
     let Lease::Held(t1) = store.webhook_lease(id, "a", ttl, now()).await.unwrap() else {
         panic!("no lease");
     };
-    assert_eq!(other.webhook_lease(id, "b", ttl, now()).await.unwrap(), Lease::Busy);
+    assert_eq!(
+        other.webhook_lease(id, "b", ttl, now()).await.unwrap(),
+        Lease::Busy
+    );
     // Renewing keeps the token.
-    assert_eq!(store.webhook_lease(id, "a", ttl, now()).await.unwrap(), Lease::Held(t1));
+    assert_eq!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Held(t1)
+    );
     let moved = Cursor::uniform(store.shards(), StreamId::new(3, 0));
     let progress = Progress {
         cursor: moved.clone(),
@@ -1062,7 +1082,11 @@ pub async fn issue17_webhook_lease_is_exclusive_and_fenced(b: &dyn Backend) {
     // larger, and the old token can no longer move the cursor (a paused ex-holder).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let t2 = loop {
-        match other.webhook_lease(id, "b", ttl, now() + ms(400)).await.unwrap() {
+        match other
+            .webhook_lease(id, "b", ttl, now() + ms(400))
+            .await
+            .unwrap()
+        {
             Lease::Held(t) => break t,
             Lease::Busy if std::time::Instant::now() < deadline => {
                 // The lease's own length is the subject here (Redis measures it).
@@ -1072,6 +1096,12 @@ pub async fn issue17_webhook_lease_is_exclusive_and_fenced(b: &dyn Backend) {
         }
     };
     assert!(t2 > t1, "{t2} <= {t1}");
+    // Renewed for long (same token), so it cannot lapse during the rest on a slow machine.
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        other.webhook_lease(id, "b", long, now()).await.unwrap(),
+        Lease::Held(t2)
+    );
     let stale = Progress {
         cursor: Cursor::uniform(store.shards(), StreamId::new(99, 0)),
         state: Some((SubscriptionState::Failing, "stale".into())),
@@ -1082,7 +1112,10 @@ pub async fn issue17_webhook_lease_is_exclusive_and_fenced(b: &dyn Backend) {
         (record.cursor, record.subscription.state, record.version),
         (moved.clone(), SubscriptionState::Active, t2)
     );
-    assert_eq!(store.webhook_lease(id, "a", ttl, now()).await.unwrap(), Lease::Busy);
+    assert_eq!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Busy
+    );
 
     // The holder's own progress, with a state change.
     let failing = Progress {
@@ -1098,12 +1131,15 @@ pub async fn issue17_webhook_lease_is_exclusive_and_fenced(b: &dyn Backend) {
     // new token, and release lets another holder in at once.
     assert!(store.webhook_replace(&record).await.unwrap());
     assert!(!other.webhook_progress(id, t2, &progress).await.unwrap());
-    let Lease::Held(t3) = other.webhook_lease(id, "b", ttl, now()).await.unwrap() else {
+    let Lease::Held(t3) = other.webhook_lease(id, "b", long, now()).await.unwrap() else {
         panic!("no lease after a change");
     };
     assert!(t3 > t2 + 1, "{t3}");
     other.webhook_release(id, "b", t2).await.unwrap();
-    assert_eq!(store.webhook_lease(id, "a", ttl, now()).await.unwrap(), Lease::Busy);
+    assert_eq!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Busy
+    );
     other.webhook_release(id, "b", t3).await.unwrap();
     assert!(matches!(
         store.webhook_lease(id, "a", ttl, now()).await.unwrap(),

@@ -246,10 +246,20 @@ fn verified(secret: &str, d: &Delivery) -> bool {
 fn issue17_the_verifier_accepts_the_standard_webhooks_example_and_nothing_else() {
     // The specification's published example.
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let (id, ts, body) = ("msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", br#"{"test": 2432232314}"#);
+    let (id, ts, body) = (
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "1614265330",
+        br#"{"test": 2432232314}"#,
+    );
     let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
     assert!(verify(secret, id, ts, body, sig));
-    assert!(verify(secret, id, ts, body, &format!("v1,bm90IHRoaXM= {sig}")));
+    assert!(verify(
+        secret,
+        id,
+        ts,
+        body,
+        &format!("v1,bm90IHRoaXM= {sig}")
+    ));
     assert!(!verify(secret, id, ts, br#"{"test": 2432232315}"#, sig));
     assert!(!verify(secret, "msg_other", ts, body, sig));
     assert!(!verify(secret, id, "1614265331", body, sig));
@@ -297,7 +307,14 @@ async fn add(
     Ok((answer.subscription.unwrap().id, answer.secret))
 }
 
-async fn post(app: &TestApp, business: &str, customer: &str, id: &str, response: &str, permanent: Option<bool>) {
+async fn post(
+    app: &TestApp,
+    business: &str,
+    customer: &str,
+    id: &str,
+    response: &str,
+    permanent: Option<bool>,
+) {
     let body = doubletick(business, customer, id, app.clock.now(), response, permanent);
     assert_eq!(app.post_doubletick(body).await.status, 200, "{id}");
 }
@@ -355,10 +372,34 @@ async fn issue17_grants_denials_and_expiries_arrive_signed_and_filters_hold() {
         .await
         .unwrap();
 
-    post(&app, BUSINESS, "+919800000001", "perm", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000001",
+        "perm",
+        "accept",
+        Some(true),
+    )
+    .await;
     post(&app, BUSINESS, "+919800000002", "deny", "reject", None).await;
-    post(&app, other_business, "+919800000003", "other", "accept", Some(true)).await;
-    post(&app, BUSINESS, "+919800000004", "temp", "accept", Some(false)).await;
+    post(
+        &app,
+        other_business,
+        "+919800000003",
+        "other",
+        "accept",
+        Some(true),
+    )
+    .await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000004",
+        "temp",
+        "accept",
+        Some(false),
+    )
+    .await;
 
     // All: perm, deny, other, temp, and temp's expiry.
     let all = all_rx.wait_distinct(5).await;
@@ -379,7 +420,10 @@ async fn issue17_grants_denials_and_expiries_arrive_signed_and_filters_hold() {
     );
     for d in &all {
         assert!(verified(&all_secret, d), "bad signature: {d:?}");
-        assert!(!verified(&grants_secret, d), "signed with another subscription's secret");
+        assert!(
+            !verified(&grants_secret, d),
+            "signed with another subscription's secret"
+        );
         assert!(d.id.starts_with("evt_"), "{}", d.id);
         let ts: i64 = d.timestamp.parse().unwrap();
         assert!((ts - app.clock.now().timestamp()).abs() < 60, "{ts}");
@@ -399,7 +443,10 @@ async fn issue17_grants_denials_and_expiries_arrive_signed_and_filters_hold() {
     let grants = grants_rx
         .wait_until("two grants", |all| distinct(all) >= 2)
         .await;
-    let ids: Vec<String> = first_deliveries(&grants).iter().map(Delivery::message_id).collect();
+    let ids: Vec<String> = first_deliveries(&grants)
+        .iter()
+        .map(Delivery::message_id)
+        .collect();
     assert_eq!(ids, ["perm", "temp"]);
     assert!(grants.iter().all(|d| verified(&grants_secret, d)));
     // Nothing else came after all of `all`'s events were delivered.
@@ -413,7 +460,9 @@ async fn issue17_grants_denials_and_expiries_arrive_signed_and_filters_hold() {
         )),
         "{metrics}"
     );
-    assert!(metrics.contains(&format!("callgate_outbound_lag_seconds{{subscription=\"{all_id}\"}}")));
+    assert!(metrics.contains(&format!(
+        "callgate_outbound_lag_seconds{{subscription=\"{all_id}\"}}"
+    )));
 }
 
 #[tokio::test]
@@ -431,7 +480,15 @@ async fn issue17_a_rotated_secret_and_the_old_one_both_verify_during_the_overlap
     assert_ne!(old, new);
     assert!(new.starts_with("whsec_"));
     assert_eq!(subscription(&mut client, &id).await.signing_secrets, 2);
-    post(&app, BUSINESS, "+919800000001", "after-rotation", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000001",
+        "after-rotation",
+        "accept",
+        Some(true),
+    )
+    .await;
     let d = rx.wait_distinct(1).await.remove(0);
     assert_eq!(d.signature.split(' ').count(), 2, "{}", d.signature);
     assert!(verified(&old, &d) && verified(&new, &d));
@@ -475,7 +532,10 @@ async fn issue17_receiver_down_then_back_every_event_arrives_in_order_per_custom
     // of the same webhook-id with the same event.
     let mut by_customer: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for d in first_deliveries(&all) {
-        by_customer.entry(d.data("customer")).or_default().push(d.message_id());
+        by_customer
+            .entry(d.data("customer"))
+            .or_default()
+            .push(d.message_id());
     }
     assert_eq!(by_customer, expected);
     let mut by_id: HashMap<String, String> = HashMap::new();
@@ -514,7 +574,11 @@ async fn issue17_a_private_address_is_refused_unless_its_network_is_allowed() {
     ] {
         let err = add(&mut client, url, &[], &[]).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{url}: {err:?}");
-        assert!(err.message().contains("refused"), "{url}: {}", err.message());
+        assert!(
+            err.message().contains("refused"),
+            "{url}: {}",
+            err.message()
+        );
     }
     for (url, field) in [("ftp://x/", "url"), ("https://crm.example/", "kinds")] {
         let kinds: &[&str] = if field == "kinds" { &["refund"] } else { &[] };
@@ -527,12 +591,19 @@ async fn issue17_a_private_address_is_refused_unless_its_network_is_allowed() {
         .await
         .unwrap()
         .into_inner();
-    assert!(listed.subscriptions.is_empty(), "a refused subscription was stored");
+    assert!(
+        listed.subscriptions.is_empty(),
+        "a refused subscription was stored"
+    );
 
     let allowing = spawn_app_with(config(true), memory_store()).await;
     let mut client = allowing.grpc().await;
-    add(&mut client, "http://127.0.0.1:9/hook", &[], &[]).await.unwrap();
-    let err = add(&mut client, "http://10.0.0.5/hook", &[], &[]).await.unwrap_err();
+    add(&mut client, "http://127.0.0.1:9/hook", &[], &[])
+        .await
+        .unwrap();
+    let err = add(&mut client, "http://10.0.0.5/hook", &[], &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -543,22 +614,49 @@ async fn issue17_410_gone_disables_the_subscription() {
     rx.answer_with(410);
     let mut client = app.grpc().await;
     let (id, _) = add(&mut client, &rx.url(), &[], &[]).await.unwrap();
-    post(&app, BUSINESS, "+919800000001", "gone-1", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000001",
+        "gone-1",
+        "accept",
+        Some(true),
+    )
+    .await;
     let s = wait_state(&mut client, &id, "disabled").await;
     assert!(s.reason.contains("410"), "{}", s.reason);
     // Disabled: later events are not attempted.
-    post(&app, BUSINESS, "+919800000002", "gone-2", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000002",
+        "gone-2",
+        "accept",
+        Some(true),
+    )
+    .await;
     rx.answer_with(200);
     let before = rx.deliveries().len();
     // A new subscription to the same receiver gets the next event: the scanner ran since.
     let (_, _) = add(&mut client, &rx.url(), &[], &[]).await.unwrap();
-    post(&app, BUSINESS, "+919800000003", "gone-3", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000003",
+        "gone-3",
+        "accept",
+        Some(true),
+    )
+    .await;
     let all = rx
         .wait_until("the new subscription's event", |all| {
             all.iter().any(|d| d.message_id() == "gone-3")
         })
         .await;
-    assert!(all[before..].iter().all(|d| d.message_id() == "gone-3"), "{all:#?}");
+    assert!(
+        all[before..].iter().all(|d| d.message_id() == "gone-3"),
+        "{all:#?}"
+    );
     assert_eq!(all.iter().filter(|d| d.message_id() == "gone-1").count(), 1);
 }
 
@@ -571,14 +669,32 @@ async fn issue17_a_receiver_failing_past_the_retry_window_marks_failing_then_ena
     rx.answer_with(500);
     let mut client = app.grpc().await;
     let (id, _) = add(&mut client, &rx.url(), &[], &[]).await.unwrap();
-    post(&app, BUSINESS, "+919800000001", "kept", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000001",
+        "kept",
+        "accept",
+        Some(true),
+    )
+    .await;
     let s = wait_state(&mut client, &id, "failing").await;
     assert!(s.reason.contains("answered 500"), "{}", s.reason);
     let metrics = String::from_utf8(app.get_raw("/metrics").await.body.to_vec()).unwrap();
-    assert!(metrics.contains(&format!("callgate_outbound_failing{{subscription=\"{id}\"}} 1")));
+    assert!(metrics.contains(&format!(
+        "callgate_outbound_failing{{subscription=\"{id}\"}} 1"
+    )));
     // Fixed: the operator enables it; the kept event (and a later one) arrive.
     rx.answer_with(200);
-    post(&app, BUSINESS, "+919800000002", "later", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000002",
+        "later",
+        "accept",
+        Some(true),
+    )
+    .await;
     client
         .enable_webhook_subscription(pb::WebhookSubscriptionId { id: id.clone() })
         .await
@@ -588,7 +704,10 @@ async fn issue17_a_receiver_failing_past_the_retry_window_marks_failing_then_ena
             all.iter().rev().take(1).any(|d| d.message_id() == "later")
         })
         .await;
-    let ids: Vec<String> = first_deliveries(&all).iter().map(Delivery::message_id).collect();
+    let ids: Vec<String> = first_deliveries(&all)
+        .iter()
+        .map(Delivery::message_id)
+        .collect();
     assert_eq!(ids, ["kept", "later"]);
     assert_eq!(wait_state(&mut client, &id, "active").await.reason, "");
 }
@@ -599,7 +718,15 @@ async fn issue17_replay_from_a_time_redelivers_exactly_the_events_after_it() {
     let rx = Receiver::start().await;
     let mut client = app.grpc().await;
     let (id, _) = add(&mut client, &rx.url(), &[], &[]).await.unwrap();
-    post(&app, BUSINESS, "+919800000001", "before", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000001",
+        "before",
+        "accept",
+        Some(true),
+    )
+    .await;
     let first = rx.wait_distinct(1).await.remove(0);
     // The event's id carries the millisecond it was logged at: replay from the next one.
     let logged_ms: i64 = first.id.split('_').nth(2).unwrap().parse().unwrap();
@@ -608,7 +735,15 @@ async fn issue17_replay_from_a_time_redelivers_exactly_the_events_after_it() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     post(&app, BUSINESS, "+919800000002", "after-1", "reject", None).await;
-    post(&app, BUSINESS, "+919800000003", "after-2", "accept", Some(true)).await;
+    post(
+        &app,
+        BUSINESS,
+        "+919800000003",
+        "after-2",
+        "accept",
+        Some(true),
+    )
+    .await;
     rx.wait_distinct(3).await;
     let delivered = rx.deliveries().len();
 
@@ -631,10 +766,7 @@ async fn issue17_replay_from_a_time_redelivers_exactly_the_events_after_it() {
 
     // A replay needs its time.
     let err = client
-        .replay_webhook_subscription(pb::ReplayWebhookSubscriptionRequest {
-            id,
-            since: None,
-        })
+        .replay_webhook_subscription(pb::ReplayWebhookSubscriptionRequest { id, since: None })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -655,12 +787,24 @@ async fn issue17_cli_adds_lists_and_disables_over_grpc() {
     };
     let url = rx.url();
     let out = tokio::task::spawn_blocking({
-        let mut cmd = run(&["add", "--url", &url, "--kinds", "grant,deny", "--business", BUSINESS]);
+        let mut cmd = run(&[
+            "add",
+            "--url",
+            &url,
+            "--kinds",
+            "grant,deny",
+            "--business",
+            BUSINESS,
+        ]);
         move || cmd.output().unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = String::from_utf8(out.stdout).unwrap();
     let (id, secret) = line
         .trim()
@@ -676,14 +820,23 @@ async fn issue17_cli_adds_lists_and_disables_over_grpc() {
     .unwrap();
     let listed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(listed.lines().count(), 1, "{listed}");
-    assert!(listed.starts_with(&format!("id={id} state=active url={url} kinds=grant,deny businesses={BUSINESS}")), "{listed}");
+    assert!(
+        listed.starts_with(&format!(
+            "id={id} state=active url={url} kinds=grant,deny businesses={BUSINESS}"
+        )),
+        "{listed}"
+    );
     let out = tokio::task::spawn_blocking({
         let mut cmd = run(&["disable", "--id", id]);
         move || cmd.output().unwrap()
     })
     .await
     .unwrap();
-    assert!(String::from_utf8(out.stdout).unwrap().contains("state=disabled"));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("state=disabled")
+    );
     let out = tokio::task::spawn_blocking({
         let mut cmd = run(&["disable", "--id", "wh_0000000000000000"]);
         move || cmd.output().unwrap()
@@ -698,7 +851,9 @@ async fn issue17_cli_adds_lists_and_disables_over_grpc() {
 /// takes the lease over once it lapses and delivers the rest; no event is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue17_two_processes_on_one_redis_the_survivor_takes_over_and_loses_nothing() {
-    let redis = tokio::task::spawn_blocking(RedisServer::start).await.unwrap();
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
     let url = redis.url();
     let env = [
         ("CALLGATE_REDIS_URL", url.as_str()),
@@ -752,14 +907,21 @@ async fn issue17_two_processes_on_one_redis_the_survivor_takes_over_and_loses_no
     // Kill it mid-stream (SIGKILL: no release of the lease), and keep recording.
     drop(holder);
     let at_kill = distinct(&rx.deliveries());
-    assert!(at_kill < 10, "not mid-stream: {at_kill} of 10 already delivered");
+    assert!(
+        at_kill < 10,
+        "not mid-stream: {at_kill} of 10 already delivered"
+    );
     for i in 10..20 {
         post_to(&survivor_ep, i).await;
     }
     let started = tokio::time::Instant::now();
     let all = rx.wait_distinct(20).await;
     // The lease (1.5 s) lapses, the survivor's next try (a third of it) takes over.
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let got: std::collections::BTreeSet<String> = all.iter().map(Delivery::message_id).collect();
     let want: std::collections::BTreeSet<String> = (0..20).map(|i| format!("k{i:03}")).collect();
     assert_eq!(got, want);
@@ -767,7 +929,10 @@ async fn issue17_two_processes_on_one_redis_the_survivor_takes_over_and_loses_no
     // In order per customer.
     let mut by_customer: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for d in first_deliveries(&all) {
-        by_customer.entry(d.data("customer")).or_default().push(d.message_id());
+        by_customer
+            .entry(d.data("customer"))
+            .or_default()
+            .push(d.message_id());
     }
     for ids in by_customer.values() {
         let mut sorted = ids.clone();
@@ -776,5 +941,7 @@ async fn issue17_two_processes_on_one_redis_the_survivor_takes_over_and_loses_no
     }
     assert!(delivering(&survivor), "the survivor never took over");
     drop(survivor);
-    tokio::task::spawn_blocking(move || drop(redis)).await.unwrap();
+    tokio::task::spawn_blocking(move || drop(redis))
+        .await
+        .unwrap();
 }

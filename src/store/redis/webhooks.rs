@@ -106,13 +106,19 @@ impl RedisStore {
             .arg(self.keys.webhook(id).sub)
             .arg(&["sub", "state", "reason", "cursor", "fence"]);
         let fields: Vec<Option<String>> = self.read_cmd(Route::Keyless, &hmget).await?;
-        let [Some(settings), Some(state), reason, Some(cursor), Some(fence)] =
-            <[Option<String>; 5]>::try_from(fields)
-                .map_err(|_| StoreError::Corrupt("HMGET webhook subscription".into()))?
+        let [
+            Some(settings),
+            Some(state),
+            reason,
+            Some(cursor),
+            Some(fence),
+        ] = <[Option<String>; 5]>::try_from(fields)
+            .map_err(|_| StoreError::Corrupt("HMGET webhook subscription".into()))?
         else {
             return Ok(None);
         };
-        let corrupt = |what: &str| StoreError::Corrupt(format!("webhook subscription {id}: {what}"));
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("webhook subscription {id}: {what}"));
         Ok(Some(WebhookRecord {
             subscription: decode_webhook(id, &settings, &state, &reason.unwrap_or_default())?,
             cursor: Cursor::parse(&cursor, SHARDS).map_err(|_| corrupt("cursor"))?,
