@@ -228,7 +228,10 @@ mod tests {
                     stated_at: DateTime::UNIX_EPOCH,
                     stated_expires_at: None,
                 },
+                attribution: None,
+                customer_name: None,
             },
+            late_attribution: false,
         }
     }
 

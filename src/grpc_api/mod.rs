@@ -345,6 +345,24 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ConsentEvent, Status>> +
 
 #[tonic::async_trait]
 impl ConsentAuthority for Api {
+    async fn register_consent_request(
+        &self,
+        _request: Request<pb::RegisterConsentRequestRequest>,
+    ) -> Result<Response<pb::RegisterConsentRequestResponse>, Status> {
+        Err(Status::unimplemented(
+            "RegisterConsentRequest: being built (issue 13)",
+        ))
+    }
+
+    async fn can_request_consent(
+        &self,
+        _request: Request<pb::CanRequestConsentRequest>,
+    ) -> Result<Response<pb::CanRequestConsentResponse>, Status> {
+        Err(Status::unimplemented(
+            "CanRequestConsent: being built (issue 13)",
+        ))
+    }
+
     async fn check_call_permission(
         &self,
         request: Request<pb::CheckCallPermissionRequest>,

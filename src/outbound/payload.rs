@@ -16,12 +16,17 @@ pub fn event_id(event: &LoggedEvent) -> String {
     format!("evt_{}_{}_{}", event.shard, event.id.ms, event.id.seq)
 }
 
-/// What the event is attributed to, for the subscription filters.
-pub fn tags(_event: &LoggedEvent) -> EventTags<'_> {
-    // Attribution (issue 13) is not on `Decision` in this branch: no event carries a team or
-    // campaign yet, so a subscription filtered by team or campaign receives nothing until it
-    // lands. See the README, "Outbound webhooks".
-    EventTags::default()
+/// What the event is attributed to (issue 13), for the subscription filters. An unattributed
+/// event has no team and no campaign, so a subscription filtered by team or campaign does not
+/// receive it.
+pub fn tags(event: &LoggedEvent) -> EventTags<'_> {
+    let attribution = event.event.decision.attribution.as_ref();
+    EventTags {
+        team: attribution.map(|a| a.team.as_str()),
+        campaign: attribution
+            .map(|a| a.campaign.as_str())
+            .filter(|c| !c.is_empty()),
+    }
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -58,8 +63,14 @@ pub fn body(event: &LoggedEvent, now: DateTime<Utc>) -> Vec<u8> {
                 "stated_decided_at": time(e.stated_at),
                 "stated_expires_at": e.stated_expires_at.map(time),
             },
-            "attribution": serde_json::Value::Null,
-            "customer_name": serde_json::Value::Null,
+            "attribution": d.attribution.as_ref().map(|a| serde_json::json!({
+                "team": a.team,
+                "campaign": a.campaign,
+                "labels": a.labels,
+                "request_message_id": a.request_message_id,
+            })),
+            "customer_name": d.customer_name,
+            "late_attribution": event.event.late_attribution,
         }
     })
     .to_string()

@@ -945,3 +945,95 @@ async fn issue17_two_processes_on_one_redis_the_survivor_takes_over_and_loses_no
         .await
         .unwrap();
 }
+
+/// Team and campaign filters hold on attributed events (issue 13's attribution), and the body
+/// carries the attribution and the customer's name.
+#[tokio::test]
+async fn issue17_team_and_campaign_filters_hold_and_the_body_carries_the_attribution() {
+    use callgate::domain::{
+        Attribution, Choice, Decision, Evidence, Pair, PhoneNumber, Source, to_millis_precision,
+    };
+    let app = spawn_app_with(config(true), memory_store()).await;
+    let (north_rx, diwali_rx) = (Receiver::start().await, Receiver::start().await);
+    let mut client = app.grpc().await;
+    let create = |url: String, teams: Vec<String>, campaigns: Vec<String>| {
+        pb::CreateWebhookSubscriptionRequest {
+            url,
+            kinds: Vec::new(),
+            business_numbers: Vec::new(),
+            teams,
+            campaigns,
+        }
+    };
+    client
+        .create_webhook_subscription(create(north_rx.url(), vec!["north".into()], vec![]))
+        .await
+        .unwrap();
+    client
+        .create_webhook_subscription(create(diwali_rx.url(), vec![], vec!["diwali".into()]))
+        .await
+        .unwrap();
+    let t = to_millis_precision(app.clock.now());
+    let decision = |i: u32, tags: Option<(&str, &str)>| Decision {
+        pair: Pair::new(
+            PhoneNumber::parse(BUSINESS).unwrap(),
+            PhoneNumber::parse(&format!("+9198000000{i:02}")).unwrap(),
+        ),
+        choice: Choice::GrantPermanent,
+        decided_at: t,
+        evidence: Evidence {
+            source: Source::DoubleTick,
+            message_id: format!("a{i}"),
+            paired_message_id: format!("req{i}"),
+            response_source: String::new(),
+            sender_customer_id: String::new(),
+            body_sha256: [0; 32],
+            stated_at: t,
+            stated_expires_at: None,
+        },
+        attribution: tags.map(|(team, campaign)| Attribution {
+            request_message_id: format!("req{i}"),
+            team: team.into(),
+            campaign: campaign.into(),
+            labels: [("tier".to_owned(), "gold".to_owned())].into(),
+        }),
+        customer_name: Some(format!("Customer {i}")),
+    };
+    let decisions = [
+        decision(1, Some(("north", "diwali"))),
+        decision(2, Some(("south", "diwali"))),
+        decision(3, Some(("north", "holi"))),
+        decision(4, None),
+    ];
+    app.store.record(&decisions, t).await.unwrap();
+    // A last event every subscription receives: once it is in, nothing else is coming.
+    let marker = |i| decision(i, Some(("north", "diwali")));
+    app.store.record(&[marker(5)], t).await.unwrap();
+
+    let north = north_rx
+        .wait_until("north's events", |all| {
+            all.iter().any(|d| d.message_id() == "a5")
+        })
+        .await;
+    let ids: Vec<String> = first_deliveries(&north)
+        .iter()
+        .map(Delivery::message_id)
+        .collect();
+    assert_eq!(ids, ["a1", "a3", "a5"]);
+    let diwali = diwali_rx
+        .wait_until("diwali's events", |all| {
+            all.iter().any(|d| d.message_id() == "a5")
+        })
+        .await;
+    let ids: Vec<String> = first_deliveries(&diwali)
+        .iter()
+        .map(Delivery::message_id)
+        .collect();
+    assert_eq!(ids, ["a1", "a2", "a5"]);
+    let first = &north[0].json["data"];
+    assert_eq!(first["attribution"]["team"], "north");
+    assert_eq!(first["attribution"]["campaign"], "diwali");
+    assert_eq!(first["attribution"]["labels"]["tier"], "gold");
+    assert_eq!(first["attribution"]["request_message_id"], "req1");
+    assert_eq!(first["customer_name"], "Customer 1");
+}
