@@ -28,7 +28,8 @@ impl From<ManageError> for Status {
     }
 }
 
-fn message(record: &WebhookRecord) -> pb::WebhookSubscription {
+/// The message of `record`; `now` counts the secrets signing now.
+fn message(record: &WebhookRecord, now: chrono::DateTime<chrono::Utc>) -> pb::WebhookSubscription {
     let s = &record.subscription;
     let kinds = s.kinds.to_string();
     pb::WebhookSubscription {
@@ -41,7 +42,7 @@ fn message(record: &WebhookRecord) -> pb::WebhookSubscription {
         state: s.state.as_str().to_owned(),
         reason: s.reason.clone(),
         created_at: Some(timestamp(s.created_at)),
-        signing_secrets: s.signing_keys(chrono::Utc::now().max(s.created_at)).count() as u32,
+        signing_secrets: s.signing_keys(now).count() as u32,
         cursor: record.cursor.to_string(),
     }
 }
@@ -106,7 +107,7 @@ impl Api {
             .await?;
         tracing::info!(subscription = %record.subscription.id, client = caller.name(), "webhook subscription created");
         Ok(Response::new(pb::CreateWebhookSubscriptionResponse {
-            subscription: Some(message(&record)),
+            subscription: Some(message(&record, self.clock.now())),
             secret,
         }))
     }
@@ -121,7 +122,7 @@ impl Api {
             subscriptions: all
                 .iter()
                 .filter(|r| visible(&caller, &r.subscription))
-                .map(message)
+                .map(|r| message(r, self.clock.now()))
                 .collect(),
         }))
     }
@@ -141,7 +142,7 @@ impl Api {
             outbound.disable(&id).await?
         };
         tracing::info!(subscription = %id, client = caller.name(), enable, "webhook subscription state set");
-        Ok(Response::new(message(&record)))
+        Ok(Response::new(message(&record, self.clock.now())))
     }
 
     pub(super) async fn rotate_webhook_secret(
@@ -154,7 +155,7 @@ impl Api {
         let (record, secret) = self.outbound()?.rotate_secret(&id).await?;
         tracing::info!(subscription = %id, client = caller.name(), "webhook secret rotated");
         Ok(Response::new(pb::CreateWebhookSubscriptionResponse {
-            subscription: Some(message(&record)),
+            subscription: Some(message(&record, self.clock.now())),
             secret,
         }))
     }
@@ -172,6 +173,6 @@ impl Api {
         self.managed(&caller, &req.id).await?;
         let record = self.outbound()?.replay(&req.id, since).await?;
         tracing::info!(subscription = %req.id, client = caller.name(), %since, "webhook replay");
-        Ok(Response::new(message(&record)))
+        Ok(Response::new(message(&record, self.clock.now())))
     }
 }

@@ -882,8 +882,12 @@ async fn issue17_two_processes_on_one_redis_the_survivor_takes_over_and_loses_no
             &format!("+9198000000{:02}", i % 5),
             &format!("k{i:03}"),
             chrono::Utc::now(),
-            if i % 3 == 0 { "reject" } else { "accept" },
-            (i % 3 != 0).then_some(true),
+            if i.is_multiple_of(3) {
+                "reject"
+            } else {
+                "accept"
+            },
+            (!i.is_multiple_of(3)).then_some(true),
         );
         let ep = crate::helpers::Endpoints::new(ep.http, ep.grpc);
         async move { assert_eq!(ep.post_doubletick(body).await.status, 200) }
