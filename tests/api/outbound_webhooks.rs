@@ -1041,3 +1041,49 @@ async fn issue17_team_and_campaign_filters_hold_and_the_body_carries_the_attribu
     assert_eq!(first["attribution"]["request_message_id"], "req1");
     assert_eq!(first["customer_name"], "Customer 1");
 }
+
+/// A receiver that never answers holds back only its own subscription: another subscription
+/// gets every event meanwhile, and checks are answered.
+#[tokio::test]
+async fn issue17_a_hanging_receiver_never_delays_another_subscription() {
+    let app = spawn_app_with(config(true), memory_store()).await;
+    let (hanging, healthy) = (Receiver::start().await, Receiver::start().await);
+    // Longer than the attempt timeout (1 s): every attempt times out.
+    hanging.answer_after(Duration::from_secs(30));
+    let mut client = app.grpc().await;
+    add(&mut client, &hanging.url(), &[], &[]).await.unwrap();
+    add(&mut client, &healthy.url(), &[], &[]).await.unwrap();
+    for i in 0..5 {
+        let customer = format!("+91980000001{i}");
+        post(
+            &app,
+            BUSINESS,
+            &customer,
+            &format!("h{i}"),
+            "accept",
+            Some(true),
+        )
+        .await;
+    }
+    let started = tokio::time::Instant::now();
+    let got = healthy.wait_distinct(5).await;
+    assert_eq!(
+        first_deliveries(&got)
+            .iter()
+            .map(Delivery::message_id)
+            .collect::<Vec<_>>(),
+        ["h0", "h1", "h2", "h3", "h4"]
+    );
+    // The hanging receiver got the first event only (it is still being retried).
+    assert!(
+        hanging.deliveries().iter().all(|d| d.message_id() == "h0"),
+        "{:?}",
+        hanging.deliveries()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(app.check(BUSINESS, "+919800000010").await.allowed);
+}
