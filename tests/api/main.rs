@@ -14,6 +14,7 @@ mod cluster;
 mod conformance;
 mod dates_and_duplicates;
 mod ingest;
+mod json_api;
 mod lifecycle;
 mod metrics;
 mod outbound_webhooks;
