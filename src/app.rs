@@ -25,6 +25,7 @@ use crate::grpc_port::{self, GrpcLimits};
 use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
+use crate::outbound::Outbound;
 use crate::pb;
 use crate::store::ConsentStore;
 use crate::tls::{self, Tls, TlsError};
@@ -140,6 +141,23 @@ pub async fn run(
         ),
     ));
 
+    // issue 17: outbound webhooks, one delivery task per subscription this replica leases.
+    let outbound = Outbound::new(
+        store.clone(),
+        clock,
+        config.outbound.clone(),
+        metrics.clone(),
+    );
+    background.push((
+        "outbound_webhooks",
+        tokio::spawn(
+            outbound
+                .clone()
+                .run(stop.clone())
+                .instrument(tracing::info_span!("outbound_webhooks")),
+        ),
+    ));
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     background.push((
         "health_reporter",
@@ -204,7 +222,8 @@ pub async fn run(
         },
         clock,
     )
-    .with_attribution(requests.clone(), config.attribution.unattributed);
+    .with_attribution(requests.clone(), config.attribution.unattributed)
+    .with_outbound(outbound);
     let api = Traced::new(Guard::new(api.into_server(), auth, metrics));
     let routes = Routes::new(health_service)
         .add_service(reflection)

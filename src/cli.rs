@@ -1,10 +1,12 @@
-//! Command-line client subcommands: `callgate check`, `callgate watch` and
-//! `callgate healthcheck`.
+//! Command-line client subcommands: `callgate check`, `callgate watch`,
+//! `callgate healthcheck` and `callgate webhooks …` (issue 17, in `cli/webhooks.rs`).
 //!
 //! Small gRPC clients for demos and operations; they print one line per answer or event. They
 //! send an API key (`--token` or `CALLGATE_TOKEN`) and speak TLS when given the CA
 //! (`--tls-ca`). Their errors display as one line (the binary prints it and exits 1), never as
 //! a backtrace.
+
+pub mod webhooks;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -107,7 +109,7 @@ impl Interceptor for BearerToken {
 
 type Client = ConsentAuthorityClient<InterceptedService<Channel, BearerToken>>;
 
-async fn connect(args: &ConnectArgs) -> Result<Client, ClientError> {
+pub(crate) async fn connect(args: &ConnectArgs) -> Result<Client, ClientError> {
     let addr = &args.addr;
     let scheme = if args.tls_ca.is_some() {
         "https"

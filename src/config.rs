@@ -10,6 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::outbound::OutboundConfig;
+use crate::outbound::destination::AllowList;
 
 pub use crate::secret::Secret;
 
@@ -46,6 +48,15 @@ pub const ENV_TLS_CERT: &str = "CALLGATE_TLS_CERT";
 pub const ENV_TLS_KEY: &str = "CALLGATE_TLS_KEY";
 pub const ENV_TLS_CLIENT_CA: &str = "CALLGATE_TLS_CLIENT_CA";
 pub const ENV_TLS_RELOAD_SECS: &str = "CALLGATE_TLS_RELOAD_SECS";
+// issue 17: outbound webhooks.
+pub const ENV_OUTBOUND_ALLOW_NETWORKS: &str = "CALLGATE_OUTBOUND_ALLOW_NETWORKS";
+pub const ENV_OUTBOUND_TIMEOUT_MS: &str = "CALLGATE_OUTBOUND_TIMEOUT_MS";
+pub const ENV_OUTBOUND_LEASE_MS: &str = "CALLGATE_OUTBOUND_LEASE_MS";
+pub const ENV_OUTBOUND_SCAN_MS: &str = "CALLGATE_OUTBOUND_SCAN_MS";
+pub const ENV_OUTBOUND_BACKOFF_MIN_MS: &str = "CALLGATE_OUTBOUND_BACKOFF_MIN_MS";
+pub const ENV_OUTBOUND_BACKOFF_MAX_SECS: &str = "CALLGATE_OUTBOUND_BACKOFF_MAX_SECS";
+pub const ENV_OUTBOUND_RETRY_FOR_SECS: &str = "CALLGATE_OUTBOUND_RETRY_FOR_SECS";
+pub const ENV_OUTBOUND_SECRET_OVERLAP_SECS: &str = "CALLGATE_OUTBOUND_SECRET_OVERLAP_SECS";
 // issue 13 (attribution)
 pub const ENV_UNATTRIBUTED_REPLIES: &str = "CALLGATE_UNATTRIBUTED_REPLIES";
 pub const ENV_REQUEST_LIMITS: &str = "CALLGATE_REQUEST_LIMITS";
@@ -76,6 +87,19 @@ pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 pub const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+// issue 17: outbound webhooks.
+/// One delivery attempt (connect, TLS, request, answer) must finish within this.
+pub const DEFAULT_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The delivery lease: a dead replica's subscriptions are taken over after at most this.
+pub const DEFAULT_OUTBOUND_LEASE: Duration = Duration::from_secs(30);
+/// How often every replica looks for subscriptions nobody delivers.
+pub const DEFAULT_OUTBOUND_SCAN: Duration = Duration::from_secs(5);
+pub const DEFAULT_OUTBOUND_BACKOFF_MIN: Duration = Duration::from_secs(5);
+pub const DEFAULT_OUTBOUND_BACKOFF_MAX: Duration = Duration::from_secs(3600);
+/// A failing event is retried this long before its subscription is marked failing.
+pub const DEFAULT_OUTBOUND_RETRY_FOR: Duration = Duration::from_secs(3 * 24 * 3600);
+/// After a rotation the previous secret keeps signing this long.
+pub const DEFAULT_OUTBOUND_SECRET_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 /// issue 13: Meta's request budget, `<max>/<window>` pairs (see [`parse_request_limits`]).
 pub const DEFAULT_REQUEST_LIMITS: &str = "1/24h,2/7d";
 /// issue 13: how long a registered consent request is kept after it was sent (at least the
@@ -232,6 +256,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// How often the TLS files are checked for a replacement.
     pub tls_reload_interval: Duration,
+    /// Outbound webhooks (issue 17).
+    pub outbound: OutboundConfig,
     /// Where the service reads the time: not a setting of the environment (always the
     /// system clock there); tests pass a [`Clock::tokio`] and pause it.
     pub clock: Clock,
@@ -362,6 +388,38 @@ impl Config {
                 });
             }
         };
+        let outbound = OutboundConfig {
+            allow: match raw(&None, ENV_OUTBOUND_ALLOW_NETWORKS) {
+                None => AllowList::default(),
+                Some((value, name)) => AllowList::parse(&value).map_err(|problem| ConfigError {
+                    name,
+                    value: value.clone(),
+                    problem,
+                })?,
+            },
+            timeout: millis(ENV_OUTBOUND_TIMEOUT_MS, DEFAULT_OUTBOUND_TIMEOUT)?,
+            lease: millis(ENV_OUTBOUND_LEASE_MS, DEFAULT_OUTBOUND_LEASE)?,
+            scan_every: millis(ENV_OUTBOUND_SCAN_MS, DEFAULT_OUTBOUND_SCAN)?,
+            backoff_min: millis(ENV_OUTBOUND_BACKOFF_MIN_MS, DEFAULT_OUTBOUND_BACKOFF_MIN)?,
+            backoff_max: secs(ENV_OUTBOUND_BACKOFF_MAX_SECS, DEFAULT_OUTBOUND_BACKOFF_MAX)?,
+            retry_for: secs(ENV_OUTBOUND_RETRY_FOR_SECS, DEFAULT_OUTBOUND_RETRY_FOR)?,
+            secret_overlap: secs(
+                ENV_OUTBOUND_SECRET_OVERLAP_SECS,
+                DEFAULT_OUTBOUND_SECRET_OVERLAP,
+            )?,
+        };
+        // The lease is renewed every third of its length, and not during an attempt: an
+        // attempt must end well within the rest, or a live holder would lose its lease.
+        if outbound.timeout * 3 >= outbound.lease * 2 {
+            return Err(ConfigError {
+                name: ENV_OUTBOUND_TIMEOUT_MS,
+                value: outbound.timeout.as_millis().to_string(),
+                problem: format!(
+                    "must be less than two thirds of {ENV_OUTBOUND_LEASE_MS} ({:?})",
+                    outbound.lease
+                ),
+            });
+        }
         // issue 13 (attribution)
         let attribution = AttributionConfig {
             unattributed: match raw(&None, ENV_UNATTRIBUTED_REPLIES) {
@@ -386,6 +444,7 @@ impl Config {
             request_retention: secs(ENV_REQUEST_RETENTION_SECS, DEFAULT_REQUEST_RETENTION)?,
         };
         Ok(Config {
+            outbound,
             attribution,
             http_addr: parsed(&flags.http_addr, ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR)?,
             grpc_addr: parsed(&flags.grpc_addr, ENV_GRPC_ADDR, DEFAULT_GRPC_ADDR)?,
@@ -484,6 +543,8 @@ mod tests {
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
         assert_eq!(c.redis_health_interval, Duration::from_secs(1));
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.outbound.retry_for, Duration::from_secs(259_200));
+        assert_eq!(c.outbound.allow, AllowList::default());
     }
 
     #[test]
@@ -611,6 +672,10 @@ mod tests {
             (ENV_GRPC_MAX_STREAMS_PER_CONNECTION, "-1"),
             (ENV_MAX_SUBSCRIPTIONS, "lots"),
             (ENV_STREAM_STALL_TIMEOUT_MS, "0"),
+            (ENV_OUTBOUND_ALLOW_NETWORKS, "10.0.0.0/33"),
+            (ENV_OUTBOUND_TIMEOUT_MS, "40000"),
+            (ENV_OUTBOUND_LEASE_MS, "0"),
+            (ENV_OUTBOUND_RETRY_FOR_SECS, "soon"),
         ];
         for (name, value) in cases {
             let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();

@@ -23,6 +23,7 @@ pub mod metrics;
 /// OpenTelemetry span export (cargo feature `otlp`), set up by the binary's `main`.
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod outbound;
 pub(crate) mod secret;
 pub mod store;
 pub mod telemetry;

@@ -72,6 +72,11 @@ enum Command {
     },
     /// Print a new random API key and its SHA-256 for the API clients file.
     Keygen,
+    /// Manage outbound webhook subscriptions (issue 17) of a running callgate.
+    Webhooks {
+        #[command(subcommand)]
+        command: cli::webhooks::WebhooksCommand,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -141,6 +146,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Keygen => {
             print!("{}", cli::keygen()?);
+            Ok(())
+        }
+        Command::Webhooks { command } => {
+            finish(cli::webhooks::run(command).await);
             Ok(())
         }
     }

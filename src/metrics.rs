@@ -321,9 +321,84 @@ pub const UNAUTHENTICATED_CLIENT: &str = "unauthenticated";
 #[derive(Default)]
 struct Refusals(Mutex<BTreeMap<String, [u64; RefusalReason::LABELS.len()]>>);
 
+// ---- issue 17: outbound webhooks ----
+
+/// One subscription's delivery series on this replica.
+#[derive(Default, Clone, Copy)]
+struct OutboundSeries {
+    delivered: u64,
+    retried: u64,
+    failing: bool,
+    /// `None` while this replica does not deliver the subscription.
+    lag_seconds: Option<f64>,
+}
+
+/// Outbound delivery series by subscription id. The label set is bounded by the number of
+/// subscriptions (at most `outbound::manage::MAX_SUBSCRIPTIONS`), and an id is callgate's own
+/// random `wh_…`, never request data.
+#[derive(Default)]
+struct OutboundMetrics(Mutex<BTreeMap<String, OutboundSeries>>);
+
+impl OutboundMetrics {
+    fn with(&self, id: &str, f: impl FnOnce(&mut OutboundSeries)) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match all.get_mut(id) {
+            Some(series) => f(series),
+            None => {
+                let mut series = OutboundSeries::default();
+                f(&mut series);
+                all.insert(id.to_owned(), series);
+            }
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        type Value = fn(&OutboundSeries) -> Option<f64>;
+        let families: [(&str, &str, &str, Value); 4] = [
+            (
+                "callgate_outbound_delivered_total",
+                "counter",
+                "Events delivered (2xx) to a webhook subscription by this replica.",
+                |s| Some(s.delivered as f64),
+            ),
+            (
+                "callgate_outbound_retries_total",
+                "counter",
+                "Failed delivery attempts to a webhook subscription that will be retried.",
+                |s| Some(s.retried as f64),
+            ),
+            (
+                "callgate_outbound_failing",
+                "gauge",
+                "1 while a webhook subscription is marked failing (as last seen by this replica).",
+                |s| Some(f64::from(u8::from(s.failing))),
+            ),
+            (
+                "callgate_outbound_lag_seconds",
+                "gauge",
+                "Age of the oldest event not yet delivered to a webhook subscription (0 when \
+                 caught up); only on the replica delivering it.",
+                |s| s.lag_seconds,
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (id, series) in all.iter() {
+                if let Some(v) = value(series) {
+                    let _ = writeln!(out, "{name}{{subscription=\"{id}\"}} {v}");
+                }
+            }
+        }
+    }
+}
+
 /// All of callgate's metrics. One instance per running service.
 #[derive(Default)]
 pub struct Metrics {
+    /// Issue 17: outbound webhook delivery, by subscription.
+    outbound: OutboundMetrics,
     api_refusals: Refusals,
     checks: [AtomicU64; 7],
     check_latency: [Histogram; 2],
@@ -424,6 +499,26 @@ impl Metrics {
 
     pub fn expired(&self, n: usize) {
         self.expired.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Issue 17: an event delivered to subscription `id`.
+    pub fn outbound_delivered(&self, id: &str) {
+        self.outbound.with(id, |s| s.delivered += 1);
+    }
+
+    /// Issue 17: a failed attempt to subscription `id` that will be retried.
+    pub fn outbound_retried(&self, id: &str) {
+        self.outbound.with(id, |s| s.retried += 1);
+    }
+
+    /// Issue 17: whether subscription `id` is marked failing.
+    pub fn outbound_failing(&self, id: &str, failing: bool) {
+        self.outbound.with(id, |s| s.failing = failing);
+    }
+
+    /// Issue 17: subscription `id`'s lag, or `None` when this replica stops delivering it.
+    pub fn outbound_lag(&self, id: &str, lag_seconds: Option<f64>) {
+        self.outbound.with(id, |s| s.lag_seconds = lag_seconds);
     }
 
     /// Records the outcome of the periodic store probe behind readiness.
@@ -620,6 +715,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             let _ = writeln!(out, "{name} {value}");
         }
+        self.outbound.render(&mut out);
         out
     }
 }

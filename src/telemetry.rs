@@ -6,7 +6,8 @@
 //! - one span per HTTP request (the HTTP port) and per RPC (`grpc_api::Traced`: `rpc`,
 //!   `client`, `outcome`);
 //! - one span per background task: `expiry_sweep`, `health_reporter`, `fanout_tailer`,
-//!   `api_clients_watch`, `tls_watch`.
+//!   `api_clients_watch`, `tls_watch`, `outbound_webhooks` (issue 17), and one `outbound` span
+//!   (`subscription` id) per webhook subscription's delivery task.
 //!
 //! No span or event carries a phone number or a secret. Tests stay quiet unless `TEST_LOG=1`
 //! (see `tests/api/helpers.rs`).

@@ -107,6 +107,50 @@ impl ConsentAuthority for Floor {
     ) -> Result<Response<pb::CanRequestConsentResponse>, Status> {
         Err(Status::unimplemented("the floor keeps no requests"))
     }
+
+    // issue 17: the floor delivers no webhooks.
+
+    async fn create_webhook_subscription(
+        &self,
+        _request: Request<pb::CreateWebhookSubscriptionRequest>,
+    ) -> Result<Response<pb::CreateWebhookSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("the floor delivers no webhooks"))
+    }
+
+    async fn list_webhook_subscriptions(
+        &self,
+        _request: Request<pb::ListWebhookSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListWebhookSubscriptionsResponse>, Status> {
+        Err(Status::unimplemented("the floor delivers no webhooks"))
+    }
+
+    async fn disable_webhook_subscription(
+        &self,
+        _request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        Err(Status::unimplemented("the floor delivers no webhooks"))
+    }
+
+    async fn enable_webhook_subscription(
+        &self,
+        _request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        Err(Status::unimplemented("the floor delivers no webhooks"))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        _request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::CreateWebhookSubscriptionResponse>, Status> {
+        Err(Status::unimplemented("the floor delivers no webhooks"))
+    }
+
+    async fn replay_webhook_subscription(
+        &self,
+        _request: Request<pb::ReplayWebhookSubscriptionRequest>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        Err(Status::unimplemented("the floor delivers no webhooks"))
+    }
 }
 
 /// Serves the floor on `listener` until `shutdown` completes.

@@ -6,6 +6,7 @@
 pub mod attribution;
 pub mod decision;
 pub mod event;
+pub mod outbound;
 pub mod phone;
 pub mod rules;
 
@@ -15,6 +16,7 @@ pub use attribution::{
 };
 pub use decision::{Choice, Decision, Evidence, Pair, Source, to_millis_precision};
 pub use event::{ConsentEvent, EventKind, HistoryEntry, HistoryOutcome};
+pub use outbound::{EventKinds, EventTags, SigningKey, Subscription, SubscriptionState, backoff};
 pub use phone::{PhoneError, PhoneNumber};
 pub use rules::{
     Arbitration, ConsentState, DateRules, Redelivery, Verdict, arbitrate, decide, evaluate,

@@ -77,6 +77,13 @@ pub const RPC_SCOPES: &[(&str, Scope)] = &[
     ("CheckCallPermissions", Scope::Check),
     ("StreamGrants", Scope::Stream),
     ("GetConsentHistory", Scope::History),
+    // issue 17
+    ("CreateWebhookSubscription", Scope::Admin),
+    ("ListWebhookSubscriptions", Scope::Admin),
+    ("DisableWebhookSubscription", Scope::Admin),
+    ("EnableWebhookSubscription", Scope::Admin),
+    ("RotateWebhookSecret", Scope::Admin),
+    ("ReplayWebhookSubscription", Scope::Admin),
     // issue 13
     ("RegisterConsentRequest", Scope::Register),
     ("CanRequestConsent", Scope::Register),

@@ -14,6 +14,7 @@
 pub mod auth;
 pub(crate) mod convert;
 mod trace;
+mod webhooks;
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -247,6 +248,8 @@ pub struct Api {
     limits: StreamLimits,
     /// One permit per open StreamGrants subscription.
     subscriptions: Arc<Semaphore>,
+    /// Issue 17: outbound webhooks (the admin RPCs); `None`: those RPCs are UNIMPLEMENTED.
+    outbound: Option<Arc<crate::outbound::Outbound>>,
     /// Answers the checks (the HTTP port's JSON checks use the same code).
     checker: Checker,
     /// issue 13: consent requests and the request budget.
@@ -278,6 +281,7 @@ impl Api {
             metrics,
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions)),
             limits,
+            outbound: None,
         }
     }
 
@@ -290,6 +294,12 @@ impl Api {
     ) -> Self {
         self.requests = requests;
         self.unattributed = unattributed;
+        self
+    }
+
+    /// Issue 17: serves the outbound webhook admin RPCs with `outbound`.
+    pub fn with_outbound(mut self, outbound: Arc<crate::outbound::Outbound>) -> Self {
+        self.outbound = Some(outbound);
         self
     }
 
@@ -557,6 +567,50 @@ impl ConsentAuthority for Api {
             entries: page.entries.iter().map(convert::history_entry).collect(),
             next_page_token: page.next.map(page_token).unwrap_or_default(),
         }))
+    }
+
+    // issue 17: outbound webhook administration (handlers in `webhooks.rs`).
+
+    async fn create_webhook_subscription(
+        &self,
+        request: Request<pb::CreateWebhookSubscriptionRequest>,
+    ) -> Result<Response<pb::CreateWebhookSubscriptionResponse>, Status> {
+        self.create_webhook(request).await
+    }
+
+    async fn list_webhook_subscriptions(
+        &self,
+        request: Request<pb::ListWebhookSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListWebhookSubscriptionsResponse>, Status> {
+        self.list_webhooks(request).await
+    }
+
+    async fn disable_webhook_subscription(
+        &self,
+        request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        self.set_webhook_state(request, false).await
+    }
+
+    async fn enable_webhook_subscription(
+        &self,
+        request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        self.set_webhook_state(request, true).await
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::WebhookSubscriptionId>,
+    ) -> Result<Response<pb::CreateWebhookSubscriptionResponse>, Status> {
+        self.rotate_webhook_secret(request).await
+    }
+
+    async fn replay_webhook_subscription(
+        &self,
+        request: Request<pb::ReplayWebhookSubscriptionRequest>,
+    ) -> Result<Response<pb::WebhookSubscription>, Status> {
+        self.replay_webhook(request).await
     }
 }
 

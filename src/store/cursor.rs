@@ -121,6 +121,12 @@ impl Cursor {
         (0..self.0.len()).find(|&shard| self.get(shard) > other.get(shard))
     }
 
+    /// The first shard where this cursor is before `other`, if any (issue 17: a replay's
+    /// start checked against the retained log).
+    pub fn first_behind(&self, other: &Cursor) -> Option<usize> {
+        (0..self.0.len()).find(|&shard| self.get(shard) < other.get(shard))
+    }
+
     /// Moves every shard's position to at least `other`'s.
     pub fn advance_to(&mut self, other: &Cursor) {
         for (shard, id) in other.0.iter().enumerate() {

@@ -15,14 +15,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::webhooks::MemoryWebhooks;
 use super::{
-    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
-    RegisterOutcome, RequestPolicy, StoreError, StreamId, check_deliveries,
+    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, Lease, LoggedEvent, Progress,
+    RecordOutcome, RegisterOutcome, RequestPolicy, StoreError, StreamId, WebhookRecord,
+    check_deliveries,
 };
 use crate::domain::attribution::{attribute, budget, fits, late_attribution};
 use crate::domain::{
     Arbitration, Budget, Choice, ConsentEvent, ConsentRequest, Decision, EventKind, HistoryEntry,
-    HistoryOutcome, LateAttribution, Pair, Redelivery, arbitrate, redelivery,
+    HistoryOutcome, LateAttribution, Pair, Redelivery, Subscription, arbitrate, redelivery,
 };
 
 /// Limits of the in-memory event log.
@@ -48,6 +50,8 @@ pub struct MemoryStore {
     state: RwLock<State>,
     /// The id of the newest event; readers waiting for events watch it.
     head: watch::Sender<StreamId>,
+    /// Outbound webhook subscriptions (issue 17).
+    webhooks: MemoryWebhooks,
 }
 
 #[derive(Default)]
@@ -75,6 +79,7 @@ impl MemoryStore {
             config,
             state: RwLock::new(State::default()),
             head: watch::channel(StreamId::ZERO).0,
+            webhooks: MemoryWebhooks::default(),
         }
     }
 
@@ -407,5 +412,52 @@ impl ConsentStore for MemoryStore {
             .map(|r| r.values().map(|r| r.sent_at).collect())
             .unwrap_or_default();
         Ok(budget(&sent, now, &policy.limits))
+    }
+
+    // ---- issue 17: outbound webhook subscriptions ----
+
+    async fn webhook_create(
+        &self,
+        subscription: &Subscription,
+        cursor: &Cursor,
+    ) -> Result<(), StoreError> {
+        self.webhooks.create(subscription, cursor);
+        Ok(())
+    }
+
+    async fn webhook_list(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        Ok(self.webhooks.list())
+    }
+
+    async fn webhook_get(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        Ok(self.webhooks.get(id))
+    }
+
+    async fn webhook_replace(&self, record: &WebhookRecord) -> Result<bool, StoreError> {
+        Ok(self.webhooks.replace(record).unwrap_or(false))
+    }
+
+    async fn webhook_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Lease, StoreError> {
+        Ok(self.webhooks.lease(id, holder, ttl, now))
+    }
+
+    async fn webhook_progress(
+        &self,
+        id: &str,
+        token: u64,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        Ok(self.webhooks.progress(id, token, progress))
+    }
+
+    async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
+        self.webhooks.release(id, holder, token);
+        Ok(())
     }
 }

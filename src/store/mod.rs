@@ -14,13 +14,16 @@
 //!   [`DEDUP_RETENTION`] (both stores keep it as long as the history). Recording looks up one
 //!   id; it never scans the history, so its cost does not grow with the history;
 //! - an **event log** split into shards, read with a [`Cursor`], plus a due-time index that turns
-//!   lapsed temporary grants into exactly one `Expired` event.
+//!   lapsed temporary grants into exactly one `Expired` event;
+//! - (issue 17) the **outbound webhook subscriptions**, each with its delivery cursor and a lease
+//!   with a fencing token ([`webhooks`]).
 //!
 //! [`arbitrate`]: crate::domain::arbitrate
 
 pub mod cursor;
 pub mod memory;
 pub mod redis;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -29,10 +32,11 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     Budget, ConsentEvent, ConsentRequest, Decision, HistoryEntry, Pair, Redelivery, RequestLimit,
-    redelivery,
+    Subscription, redelivery,
 };
 
 pub use cursor::{Cursor, CursorError, StreamId};
+pub use webhooks::{Lease, Progress, WebhookRecord};
 
 /// Senders retry for days; a retried delivery must still be recognised as a duplicate.
 pub const DEDUP_RETENTION: Duration = Duration::from_secs(8 * 24 * 3600);
@@ -284,6 +288,49 @@ pub trait ConsentStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         policy: &RequestPolicy,
     ) -> Result<Budget, StoreError>;
+    // ---- issue 17: outbound webhook subscriptions (see [`webhooks`]) ----------------------
+
+    /// Stores a new subscription (version 0, no lease) whose delivery starts after `cursor`.
+    async fn webhook_create(
+        &self,
+        subscription: &Subscription,
+        cursor: &Cursor,
+    ) -> Result<(), StoreError>;
+
+    /// Every subscription, ordered by id.
+    async fn webhook_list(&self) -> Result<Vec<WebhookRecord>, StoreError>;
+
+    /// One subscription, if it exists.
+    async fn webhook_get(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError>;
+
+    /// An operator's change: writes `record` (settings, state, cursor) if the stored version is
+    /// still `record.version`, then raises the version and ends any lease (the delivering
+    /// replica must take it anew and re-read the record). `Ok(false)`: the version moved
+    /// (read again and retry), or the subscription is gone.
+    async fn webhook_replace(&self, record: &WebhookRecord) -> Result<bool, StoreError>;
+
+    /// Takes or renews the delivery lease of subscription `id` for `holder`, for `ttl` from
+    /// `now` (the Redis store measures the lease with Redis's own clock instead).
+    async fn webhook_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Lease, StoreError>;
+
+    /// A delivery's progress, written only if `token` is still the subscription's version
+    /// (fencing): `Ok(false)` means the lease was lost and nothing was written.
+    async fn webhook_progress(
+        &self,
+        id: &str,
+        token: u64,
+        progress: &Progress,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease up (if `holder` still holds it with `token`), so another replica may
+    /// take over at once.
+    async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError>;
 }
 
 /// A cursor pointing just before the first event logged at or after `since`.

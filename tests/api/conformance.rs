@@ -15,14 +15,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use callgate::domain::{
-    Choice, ConsentRequest, ConsentState, Decision, EventKind, Evidence, HistoryEntry,
-    HistoryOutcome, Pair, PhoneNumber, Source, evaluate, to_millis_precision,
+    Choice, ConsentRequest, ConsentState, Decision, EventKind, EventKinds, Evidence, HistoryEntry,
+    HistoryOutcome, Pair, PhoneNumber, SigningKey, Source, Subscription, SubscriptionState,
+    evaluate, to_millis_precision,
 };
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::store::{
-    ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, RegisterOutcome, RequestPolicy,
-    StoreError, StreamId, cursor_at,
+    ConsentStore, Cursor, CursorError, Lease, LoggedEvent, Progress, RecordOutcome,
+    RegisterOutcome, RequestPolicy, StoreError, StreamId, WebhookRecord, cursor_at,
 };
 
 use crate::cluster_harness::RedisCluster;
@@ -1232,6 +1233,177 @@ pub async fn issue13_no_reply_is_missed_when_replies_race_the_registration(b: &d
     }
 }
 
+// ---- issue 17: outbound webhook subscriptions ---------------------------------------------
+
+fn webhook(id: &str) -> Subscription {
+    Subscription {
+        id: id.to_owned(),
+        url: "https://crm.example/hooks/callgate?x=1".to_owned(),
+        keys: vec![SigningKey {
+            key: vec![7; 32],
+            retire_at: None,
+        }],
+        kinds: EventKinds::parse("grant,expiry").unwrap(),
+        businesses: vec![phone("+919000000000")],
+        teams: vec!["north".to_owned()],
+        campaigns: vec!["diwali".to_owned(), "x,y|z".to_owned()],
+        state: SubscriptionState::Active,
+        reason: String::new(),
+        created_at: now(),
+    }
+}
+
+pub async fn issue17_webhook_records_round_trip_and_changes_are_versioned(b: &dyn Backend) {
+    let store = b.store();
+    let id = "wh_00000000000000a1";
+    assert_eq!(store.webhook_get(id).await.unwrap(), None);
+    let sub = webhook(id);
+    let cursor = Cursor::uniform(store.shards(), StreamId::new(5, 1));
+    store.webhook_create(&sub, &cursor).await.unwrap();
+    store
+        .webhook_create(&webhook("wh_00000000000000a0"), &cursor)
+        .await
+        .unwrap();
+    let record = store.webhook_get(id).await.unwrap().unwrap();
+    assert_eq!(record.subscription, sub);
+    assert_eq!((record.cursor.clone(), record.version), (cursor.clone(), 0));
+    let ids: Vec<String> = store
+        .webhook_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.subscription.id)
+        .collect();
+    assert_eq!(ids, ["wh_00000000000000a0", id]);
+    // Another replica sees the same record.
+    assert_eq!(
+        b.replica().await.webhook_get(id).await.unwrap(),
+        Some(record.clone())
+    );
+
+    // A versioned change: applied once, refused from a stale read.
+    let mut changed = record.clone();
+    changed.subscription.state = SubscriptionState::Disabled;
+    changed.subscription.reason = "disabled by an operator".into();
+    changed
+        .subscription
+        .rotate(vec![9; 32], now(), Duration::from_secs(60));
+    changed.cursor = Cursor::uniform(store.shards(), StreamId::new(9, 0));
+    assert!(store.webhook_replace(&changed).await.unwrap());
+    assert!(
+        !store.webhook_replace(&changed).await.unwrap(),
+        "stale version accepted"
+    );
+    let stored = store.webhook_get(id).await.unwrap().unwrap();
+    assert_eq!(stored.subscription, changed.subscription);
+    assert_eq!((stored.cursor, stored.version), (changed.cursor, 1));
+    let missing = WebhookRecord {
+        subscription: webhook("wh_00000000000000ff"),
+        ..record
+    };
+    assert!(!store.webhook_replace(&missing).await.unwrap());
+    assert_eq!(store.webhook_get("x}:{y").await.unwrap(), None);
+}
+
+pub async fn issue17_webhook_lease_is_exclusive_and_fenced(b: &dyn Backend) {
+    let (store, other) = (b.store(), b.replica().await);
+    let id = "wh_00000000000000b2";
+    let ttl = Duration::from_millis(300);
+    assert_eq!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Gone
+    );
+    let zero = zero(&*store);
+    store.webhook_create(&webhook(id), &zero).await.unwrap();
+    let Lease::Held(t1) = store.webhook_lease(id, "a", ttl, now()).await.unwrap() else {
+        panic!("no lease");
+    };
+    assert_eq!(
+        other.webhook_lease(id, "b", ttl, now()).await.unwrap(),
+        Lease::Busy
+    );
+    // Renewing keeps the token.
+    assert_eq!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Held(t1)
+    );
+    let moved = Cursor::uniform(store.shards(), StreamId::new(3, 0));
+    let progress = Progress {
+        cursor: moved.clone(),
+        state: None,
+    };
+    assert!(store.webhook_progress(id, t1, &progress).await.unwrap());
+    assert_eq!(store.webhook_get(id).await.unwrap().unwrap().cursor, moved);
+
+    // A holder that stops renewing loses the lease once it lapses; the next holder's token is
+    // larger, and the old token can no longer move the cursor (a paused ex-holder).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let t2 = loop {
+        match other
+            .webhook_lease(id, "b", ttl, now() + ms(400))
+            .await
+            .unwrap()
+        {
+            Lease::Held(t) => break t,
+            Lease::Busy if std::time::Instant::now() < deadline => {
+                // The lease's own length is the subject here (Redis measures it).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("lease never lapsed: {other:?}"),
+        }
+    };
+    assert!(t2 > t1, "{t2} <= {t1}");
+    // Renewed for long (same token), so it cannot lapse during the rest on a slow machine.
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        other.webhook_lease(id, "b", long, now()).await.unwrap(),
+        Lease::Held(t2)
+    );
+    let stale = Progress {
+        cursor: Cursor::uniform(store.shards(), StreamId::new(99, 0)),
+        state: Some((SubscriptionState::Failing, "stale".into())),
+    };
+    assert!(!store.webhook_progress(id, t1, &stale).await.unwrap());
+    let record = store.webhook_get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (record.cursor, record.subscription.state, record.version),
+        (moved.clone(), SubscriptionState::Active, t2)
+    );
+    assert_eq!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Busy
+    );
+
+    // The holder's own progress, with a state change.
+    let failing = Progress {
+        cursor: moved.clone(),
+        state: Some((SubscriptionState::Failing, "answered 500 for 3 days".into())),
+    };
+    assert!(other.webhook_progress(id, t2, &failing).await.unwrap());
+    let record = store.webhook_get(id).await.unwrap().unwrap();
+    assert_eq!(record.subscription.state, SubscriptionState::Failing);
+    assert_eq!(record.subscription.reason, "answered 500 for 3 days");
+
+    // An operator's change ends the lease: the holder's token is stale, its renewal gets a
+    // new token, and release lets another holder in at once.
+    assert!(store.webhook_replace(&record).await.unwrap());
+    assert!(!other.webhook_progress(id, t2, &progress).await.unwrap());
+    let Lease::Held(t3) = other.webhook_lease(id, "b", long, now()).await.unwrap() else {
+        panic!("no lease after a change");
+    };
+    assert!(t3 > t2 + 1, "{t3}");
+    other.webhook_release(id, "b", t2).await.unwrap();
+    assert_eq!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Busy
+    );
+    other.webhook_release(id, "b", t3).await.unwrap();
+    assert!(matches!(
+        store.webhook_lease(id, "a", ttl, now()).await.unwrap(),
+        Lease::Held(t) if t > t3
+    ));
+}
+
 /// Runs every listed test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1298,4 +1470,6 @@ conformance!(
     issue13_the_budget_refuses_a_second_in_24_h_and_a_third_in_7_days,
     issue13_racing_registrations_cannot_both_take_the_last_request,
     issue13_no_reply_is_missed_when_replies_race_the_registration,
+    issue17_webhook_records_round_trip_and_changes_are_versioned,
+    issue17_webhook_lease_is_exclusive_and_fenced,
 );

@@ -752,6 +752,50 @@ impl ConsentStore for FailingReads {
     ) -> Result<callgate::domain::Budget, StoreError> {
         self.inner.request_budget(pair, now, policy).await
     }
+
+    // issue 17: outbound webhook subscriptions, passed through.
+    async fn webhook_create(
+        &self,
+        subscription: &callgate::domain::Subscription,
+        cursor: &Cursor,
+    ) -> Result<(), StoreError> {
+        self.inner.webhook_create(subscription, cursor).await
+    }
+    async fn webhook_list(&self) -> Result<Vec<callgate::store::WebhookRecord>, StoreError> {
+        self.inner.webhook_list().await
+    }
+    async fn webhook_get(
+        &self,
+        id: &str,
+    ) -> Result<Option<callgate::store::WebhookRecord>, StoreError> {
+        self.inner.webhook_get(id).await
+    }
+    async fn webhook_replace(
+        &self,
+        record: &callgate::store::WebhookRecord,
+    ) -> Result<bool, StoreError> {
+        self.inner.webhook_replace(record).await
+    }
+    async fn webhook_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<callgate::store::Lease, StoreError> {
+        self.inner.webhook_lease(id, holder, ttl, now).await
+    }
+    async fn webhook_progress(
+        &self,
+        id: &str,
+        token: u64,
+        progress: &callgate::store::Progress,
+    ) -> Result<bool, StoreError> {
+        self.inner.webhook_progress(id, token, progress).await
+    }
+    async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
+        self.inner.webhook_release(id, holder, token).await
+    }
 }
 
 fn failing_after(ok_reads: usize) -> Arc<FailingReads> {

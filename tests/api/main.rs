@@ -18,6 +18,7 @@ mod ingest;
 mod json_api;
 mod lifecycle;
 mod metrics;
+mod outbound_webhooks;
 mod redaction;
 mod redis_faults;
 mod redis_store;

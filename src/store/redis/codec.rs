@@ -550,6 +550,86 @@ pub fn decode_event(kind: &[u8], decision: &[u8]) -> Result<ConsentEvent, StoreE
     })
 }
 
+// ---- issue 17: outbound webhook subscription settings ---------------------------------------
+//
+// The `sub` field of a subscription's hash is JSON (read only by Rust, rarely, so plain beats
+// compact): `{"url", "keys": [{"k": base64, "r": retire ms or null}], "kinds": "grant,deny",
+// "businesses": [E.164], "teams", "campaigns", "created": ms}`. State, reason, cursor and
+// version are fields of their own, which the scripts write.
+
+/// The settings of `sub` (everything but state, reason, cursor and version).
+pub fn encode_webhook(sub: &crate::domain::Subscription) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    serde_json::json!({
+        "url": sub.url,
+        "keys": sub.keys.iter().map(|k| serde_json::json!({
+            "k": b64.encode(&k.key),
+            "r": k.retire_at.map(|t| t.timestamp_millis()),
+        })).collect::<Vec<_>>(),
+        "kinds": sub.kinds.to_string(),
+        "businesses": sub.businesses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "teams": sub.teams,
+        "campaigns": sub.campaigns,
+        "created": sub.created_at.timestamp_millis(),
+    })
+    .to_string()
+}
+
+/// A subscription from its stored settings, state and reason.
+pub fn decode_webhook(
+    id: &str,
+    settings: &str,
+    state: &str,
+    reason: &str,
+) -> Result<crate::domain::Subscription, StoreError> {
+    use crate::domain::{EventKinds, SigningKey, Subscription, SubscriptionState};
+    use base64::Engine as _;
+    let bad = |what: &str| corrupt(format!("webhook subscription {id}: {what}"));
+    let v: serde_json::Value = serde_json::from_str(settings).map_err(|_| bad("settings"))?;
+    let strings = |field: &str| -> Result<Vec<String>, StoreError> {
+        v[field]
+            .as_array()
+            .ok_or_else(|| bad(field))?
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned).ok_or_else(|| bad(field)))
+            .collect()
+    };
+    let keys = v["keys"]
+        .as_array()
+        .ok_or_else(|| bad("keys"))?
+        .iter()
+        .map(|k| {
+            let key = k["k"]
+                .as_str()
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .ok_or_else(|| bad("key"))?;
+            let retire_at = match &k["r"] {
+                serde_json::Value::Null => None,
+                r => Some(millis(r.as_i64().ok_or_else(|| bad("key retirement"))?)?),
+            };
+            Ok(SigningKey { key, retire_at })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let businesses = strings("businesses")?
+        .iter()
+        .map(|b| PhoneNumber::parse(b).map_err(|_| bad("business")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Subscription {
+        id: id.to_owned(),
+        url: v["url"].as_str().ok_or_else(|| bad("url"))?.to_owned(),
+        keys,
+        kinds: EventKinds::parse(v["kinds"].as_str().ok_or_else(|| bad("kinds"))?)
+            .map_err(|_| bad("kinds"))?,
+        businesses,
+        teams: strings("teams")?,
+        campaigns: strings("campaigns")?,
+        state: SubscriptionState::parse(state).ok_or_else(|| bad("state"))?,
+        reason: reason.to_owned(),
+        created_at: millis(v["created"].as_i64().ok_or_else(|| bad("created"))?)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

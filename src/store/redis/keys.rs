@@ -272,6 +272,41 @@ impl Keys {
     }
 }
 
+// ---- issue 17: outbound webhook subscriptions ----------------------------------------------
+//
+// ```text
+// {callgate:wh:<id>}:sub    HASH: `sub` (settings, see codec), `state`, `reason`, `cursor`,
+//                           `fence` (the version: the fencing token of the delivery lease)
+// {callgate:wh:<id>}:lease  STRING `<holder> <token>`, PX = the lease's length
+// {callgate:wh}:ids         SET of every subscription id (the list; its own slot)
+// ```
+//
+// Each subscription's keys share its own hash tag, so its scripts touch one slot; the index is
+// written after the hash (two slots, two commands) and a listed id whose hash is missing is
+// skipped.
+
+/// The keys of one outbound webhook subscription.
+#[derive(Debug, Clone)]
+pub struct WebhookKeys {
+    pub sub: String,
+    pub lease: String,
+}
+
+impl Keys {
+    /// `id` must have passed [`crate::store::webhooks::valid_id`] (no braces in it).
+    pub fn webhook(&self, id: &str) -> WebhookKeys {
+        let tag = format!("{{{}:wh:{id}}}:", self.prefix);
+        WebhookKeys {
+            sub: format!("{tag}sub"),
+            lease: format!("{tag}lease"),
+        }
+    }
+
+    pub fn webhook_index(&self) -> String {
+        format!("{{{}:wh}}:ids", self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +381,16 @@ mod tests {
         }
         assert_eq!(keys.scan_pattern(), "{callgate:s*");
         assert_eq!(Keys::new("a*b[1]").scan_pattern(), "{a\\*b\\[1\\]:s*");
+    }
+
+    #[test]
+    fn issue17_a_subscriptions_keys_share_one_slot_and_are_no_shard_kind() {
+        let keys = Keys::new("callgate");
+        let k = keys.webhook("wh_0123456789abcdef");
+        assert_eq!(k.sub, "{callgate:wh:wh_0123456789abcdef}:sub");
+        assert_eq!(key_slot(k.sub.as_bytes()), key_slot(k.lease.as_bytes()));
+        assert_eq!(keys.kind_of(&k.sub), None);
+        assert_eq!(keys.kind_of(&keys.webhook_index()), None);
     }
 
     #[test]

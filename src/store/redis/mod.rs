@@ -11,7 +11,8 @@
 //! `routing` (which connection a call takes, and how it runs: timeout, retry, `NOSCRIPT`),
 //! `connection` (standalone connections) and [`cluster`] (Redis Cluster connections), `events`
 //! (reading the sharded event log), `error` (redis-rs errors to `StoreError`), `reply` (reply
-//! shapes), `inspect` (memory report).
+//! shapes), `inspect` (memory report), `webhooks` (issue 17: outbound webhook subscriptions, their
+//! lease and fenced cursor, with the `webhook_*.lua` scripts).
 //!
 //! # Key layout: sharded, cluster-ready
 //!
@@ -191,6 +192,7 @@ mod reply;
 mod requests;
 mod routing;
 mod store;
+mod webhooks;
 
 pub use config::RedisConfig;
 pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};

@@ -252,7 +252,7 @@ impl RedisStore {
 
     /// One call on the connection `route` and `write` choose (writes go to the write
     /// connections), bounded by the store timeout.
-    async fn attempt_routed<T: FromRedisValue>(
+    pub(super) async fn attempt_routed<T: FromRedisValue>(
         &self,
         route: Route,
         write: bool,

@@ -17,11 +17,13 @@ use super::keys::{self, Keys};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
-use crate::domain::{Budget, Choice, ConsentEvent, ConsentRequest, Decision, Pair};
+use crate::domain::{Budget, Choice, ConsentEvent, ConsentRequest, Decision, Pair, Subscription};
 use crate::store::{
-    ConsentStore, Cursor, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
-    RegisterOutcome, RequestPolicy, StoreError, StreamId, check_deliveries,
+    ConsentStore, Cursor, DeliveryConflict, HistoryPage, Lease, LoggedEvent, Progress,
+    RecordOutcome, RegisterOutcome, RequestPolicy, StoreError, StreamId, WebhookRecord,
+    check_deliveries,
 };
+
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
 const CLAIM_BATCH: usize = 500;
 /// Bound on claim rounds per [`RedisStore::claim_expired`] call; the sweep runs again soon.
@@ -765,5 +767,50 @@ impl ConsentStore for RedisStore {
             }
         }
         Ok(())
+    }
+
+    // ---- issue 17: outbound webhook subscriptions (in `webhooks.rs`) ----
+
+    async fn webhook_create(
+        &self,
+        subscription: &Subscription,
+        cursor: &Cursor,
+    ) -> Result<(), StoreError> {
+        self.webhook_create_impl(subscription, cursor).await
+    }
+
+    async fn webhook_list(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        self.webhook_list_impl().await
+    }
+
+    async fn webhook_get(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        self.webhook_get_impl(id).await
+    }
+
+    async fn webhook_replace(&self, record: &WebhookRecord) -> Result<bool, StoreError> {
+        self.webhook_replace_impl(record).await
+    }
+
+    async fn webhook_lease(
+        &self,
+        id: &str,
+        holder: &str,
+        ttl: Duration,
+        _now: DateTime<Utc>,
+    ) -> Result<Lease, StoreError> {
+        self.webhook_lease_impl(id, holder, ttl).await
+    }
+
+    async fn webhook_progress(
+        &self,
+        id: &str,
+        token: u64,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        self.webhook_progress_impl(id, token, progress).await
+    }
+
+    async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
+        self.webhook_release_impl(id, holder, token).await
     }
 }
