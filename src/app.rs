@@ -172,6 +172,7 @@ pub async fn run(
         metrics: metrics.clone(),
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
+        auth: auth.clone(),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,

@@ -6,7 +6,8 @@
 //! - `webhooks`: the webhook handlers and how they authenticate senders;
 //! - `probes`: `/healthz`, `/readyz`, `/metrics`;
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
-//! - `reply`: what handlers answer.
+//! - `reply`: what handlers answer;
+//! - `export`: issue 14's `GET /v1/export` (a business's decisions as NDJSON or CSV, streamed).
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing.
@@ -23,6 +24,7 @@
 //! one connection carry many requests past the connection cap, outside these deadlines.
 
 mod error;
+mod export;
 mod probes;
 mod reply;
 mod routes;
@@ -42,6 +44,7 @@ pub use webhooks::WebhookSecurity;
 
 use crate::accept::{AcceptPolicy, serve_connections};
 use crate::clock::Clock;
+use crate::grpc_api::auth::AuthSource;
 use crate::ingest::IngestContext;
 use crate::metrics::Metrics;
 use crate::store::ConsentStore;
@@ -61,6 +64,9 @@ pub struct HttpState {
     pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
+    /// The API clients (the gRPC API's), for endpoints that need an API key (issue 14's
+    /// export).
+    pub auth: Arc<AuthSource>,
 }
 
 /// Slow-client and connection limits of the port.
