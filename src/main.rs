@@ -6,12 +6,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use callgate::cli::records;
 use callgate::config::{self, Config, Flags};
+use callgate::export::Format;
 use callgate::store::ConsentStore;
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
-use callgate::cli::records;
-use callgate::export::Format;
 use callgate::{app, cli, pb, telemetry};
 
 /// The crate version, plus the git commit when the build knew it (see build.rs).

@@ -204,7 +204,11 @@ impl AuditReport {
         writeln!(
             out,
             "{}: {} pairs, {} entries ({} pre-chain), {} broken chains, {} breaks",
-            if self.breaks.is_empty() { "OK" } else { "BROKEN" },
+            if self.breaks.is_empty() {
+                "OK"
+            } else {
+                "BROKEN"
+            },
             self.pairs,
             self.entries,
             self.pre_chain,

@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod conformance;
 mod dates_and_duplicates;
+mod export;
 mod ingest;
 mod lifecycle;
 mod metrics;
