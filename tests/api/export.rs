@@ -409,8 +409,7 @@ async fn issue14_exports_need_the_history_scope_and_stay_within_the_keys_busines
             by: 0,
         })
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     app.stop().await;
 }
