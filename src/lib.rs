@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod consent_requests;
 pub mod domain;
 pub mod export;
 pub mod fanout;

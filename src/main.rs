@@ -54,6 +54,10 @@ enum Command {
         include_denials: bool,
         #[arg(long)]
         include_expiries: bool,
+        /// Only grants attributed to these teams (repeatable; issue 13). Denials and expiries
+        /// reach every team.
+        #[arg(long = "team")]
+        teams: Vec<String>,
         /// Resume after this cursor.
         #[arg(long)]
         resume_after: Option<String>,
@@ -180,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
             businesses,
             include_denials,
             include_expiries,
+            teams,
             resume_after,
         } => {
             let request = pb::StreamGrantsRequest {
@@ -187,7 +192,8 @@ async fn main() -> anyhow::Result<()> {
                 include_denials,
                 include_expiries,
                 resume_after: resume_after.unwrap_or_default(),
-                since: None,
+                teams,
+                ..Default::default()
             };
             finish(cli::watch(&conn, request).await);
             Ok(())
@@ -330,6 +336,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 health_interval: config.redis_health_interval,
                 event_retention: config.event_retention,
                 replica_acks: config.redis_replica_acks,
+                request_retention: callgate::store::RequestPolicy::new(
+                    config.attribution.request_limits.clone(),
+                    config.attribution.request_retention,
+                )
+                .retention,
                 ..redis
             };
             let target = redis.redacted_url();

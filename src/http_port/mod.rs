@@ -8,6 +8,8 @@
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
 //! - `reply`: what handlers answer;
 //! - `export`: issue 14's `GET /v1/export` (a business's decisions as NDJSON or CSV, streamed).
+//! - `consent_requests` (issue 13): `POST /v1/consent-requests`, registering the consent
+//!   requests a team sent (JSON, API key with the `register` scope).
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing.
@@ -23,6 +25,7 @@
 //! `header_timeout`. An HTTP/2 preface is refused like any malformed request: HTTP/2 would let
 //! one connection carry many requests past the connection cap, outside these deadlines.
 
+mod consent_requests;
 mod error;
 mod export;
 mod probes;
@@ -44,6 +47,7 @@ pub use webhooks::WebhookSecurity;
 
 use crate::accept::{AcceptPolicy, serve_connections};
 use crate::clock::Clock;
+use crate::consent_requests::ConsentRequests;
 use crate::grpc_api::auth::AuthSource;
 use crate::ingest::IngestContext;
 use crate::metrics::Metrics;
@@ -64,9 +68,11 @@ pub struct HttpState {
     pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
-    /// The API clients (the gRPC API's), for endpoints that need an API key (issue 14's
-    /// export).
+    /// The API's clients (the gRPC API's keys, scopes and businesses), for the port's API
+    /// endpoints (issue 13: `/v1/consent-requests`).
     pub auth: Arc<AuthSource>,
+    /// issue 13: consent requests (`POST /v1/consent-requests`).
+    pub requests: Arc<ConsentRequests>,
 }
 
 /// Slow-client and connection limits of the port.

@@ -9,6 +9,7 @@
 //! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
 //! | GET    | `/v1/export`           | [`export::export`] (issue 14)        |
+//! | POST   | `/v1/consent-requests` | [`consent_requests::register`] (issue 13) |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
 //! `http` span whose fields are the route (the path of the table, never the raw path), the
@@ -24,7 +25,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::reply::{Body, Reply, boxed};
-use super::{HttpState, WebhookError, export, probes, webhooks};
+use super::{HttpState, WebhookError, consent_requests, export, probes, webhooks};
 use crate::metrics::{Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -38,16 +39,19 @@ enum Endpoint {
     WhatsAppSubscription,
     /// issue 14
     Export,
+    /// issue 13
+    ConsentRequests,
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 6] = [
+const PATHS: [&str; 7] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/webhooks/doubletick",
     "/webhooks/whatsapp",
     "/v1/export",
+    "/v1/consent-requests",
 ];
 
 /// The table: which endpoint answers `method` on `path`.
@@ -60,6 +64,7 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::POST, "/webhooks/whatsapp") => Ok(Endpoint::WhatsApp),
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
         (&Method::GET, "/v1/export") => Ok(Endpoint::Export),
+        (&Method::POST, "/v1/consent-requests") => Ok(Endpoint::ConsentRequests),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
     }
@@ -131,6 +136,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
         Ok(Endpoint::Export) => Err(WebhookError::MethodNotAllowed),
+        Ok(Endpoint::ConsentRequests) => consent_requests::register(state, req).await,
         Err(e) => Err(e),
     };
     let (response, outcome) = match result {

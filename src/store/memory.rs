@@ -18,11 +18,13 @@ use tokio::sync::watch;
 use super::records::{RecordedDecision, RecordsPage, RecordsPosition, RecordsRange, TimeField};
 use super::{
     ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
-    StoreError, StreamId, check_deliveries, records,
+    RegisterOutcome, RequestPolicy, StoreError, StreamId, check_deliveries, records,
 };
+use crate::domain::attribution::{attribute, budget, fits, late_attribution};
 use crate::domain::{
-    Arbitration, ChainLink, Choice, ConsentEvent, Decision, EventKind, GENESIS, HistoryEntry,
-    HistoryOutcome, Pair, PhoneNumber, Redelivery, arbitrate, redelivery,
+    Arbitration, Budget, ChainLink, Choice, ConsentEvent, ConsentRequest, Decision, EventKind,
+    GENESIS, HistoryEntry, HistoryOutcome, LateAttribution, Pair, PhoneNumber, Redelivery,
+    arbitrate, redelivery,
 };
 
 /// Limits of the in-memory event log.
@@ -71,6 +73,9 @@ struct State {
     max_deleted: StreamId,
     /// Current temporary grants by expiry instant (ms), for the expiry sweep.
     due: BTreeSet<(i64, Pair)>,
+    /// issue 13: registered consent requests per pair, by request message id. Pruned past
+    /// their retention when the pair registers again.
+    requests: HashMap<Pair, HashMap<String, ConsentRequest>>,
 }
 
 impl MemoryStore {
@@ -131,6 +136,16 @@ impl State {
             Redelivery::Duplicate => return Ok(RecordOutcome::Duplicate),
             conflict @ Redelivery::Conflict => return Err(conflict),
         }
+        // issue 13: a reply to a registered request carries its attribution.
+        let mut decision = decision.clone();
+        if let Some(request) = self
+            .requests
+            .get(&decision.pair)
+            .and_then(|r| r.get(&decision.evidence.paired_message_id))
+        {
+            attribute(&mut decision, request);
+        }
+        let decision = &decision;
         let pair = &decision.pair;
         let outcome = match arbitrate(self.current.get(pair), decision) {
             Arbitration::Duplicate => return Ok(RecordOutcome::Duplicate),
@@ -181,6 +196,70 @@ impl State {
         Ok(outcome)
     }
 }
+
+// ---- issue 13 (attribution) --------------------------------------------------------------
+impl State {
+    fn register(
+        &mut self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+        config: &MemoryConfig,
+    ) -> RegisterOutcome {
+        let oldest = now - chrono::Duration::milliseconds(policy.retention_ms());
+        let pair = &request.pair;
+        let requests = self.requests.entry(pair.clone()).or_default();
+        requests.retain(|_, r| r.sent_at >= oldest);
+        if let Some(known) = requests.get(&request.request_message_id) {
+            return if known.same_as(request) {
+                RegisterOutcome::Duplicate
+            } else {
+                RegisterOutcome::Conflict
+            };
+        }
+        let sent: Vec<DateTime<Utc>> = requests.values().map(|r| r.sent_at).collect();
+        if !fits(&sent, request.sent_at, &policy.limits) {
+            return RegisterOutcome::OverBudget(budget(&sent, now, &policy.limits));
+        }
+        requests.insert(request.request_message_id.clone(), request.clone());
+        // Replies recorded before the registration (within its retention) gain it now.
+        let mut attributed = 0;
+        let mut announce = None;
+        let current = self.current.get(pair).cloned();
+        if let Some(entries) = self.history.get_mut(pair) {
+            // Attribution is not hashed (domain::chain): the entry's link stays valid.
+            for (entry, _) in entries.iter_mut().filter(|(e, _)| e.received_at >= oldest) {
+                if !attribute(&mut entry.decision, request) {
+                    continue;
+                }
+                attributed += 1;
+                let is_current = current
+                    .as_ref()
+                    .is_some_and(|c| c.dedup_digest() == entry.decision.dedup_digest());
+                if is_current {
+                    self.current.insert(pair.clone(), entry.decision.clone());
+                    if late_attribution(&entry.decision, true, now) == LateAttribution::Announce {
+                        announce = Some(entry.decision.clone());
+                    }
+                }
+            }
+        }
+        if let Some(decision) = announce {
+            let kind = match decision.choice {
+                Choice::Deny => EventKind::Denied,
+                _ => EventKind::Granted,
+            };
+            let event = ConsentEvent {
+                kind,
+                decision,
+                late_attribution: true,
+            };
+            self.append(event, now, config);
+        }
+        RegisterOutcome::Registered { attributed }
+    }
+}
+// ---- end issue 13 ------------------------------------------------------------------------
 
 #[async_trait]
 impl ConsentStore for MemoryStore {
@@ -360,6 +439,7 @@ impl ConsentStore for MemoryStore {
                     let event = ConsentEvent {
                         kind: EventKind::Expired,
                         decision: d,
+                        late_attribution: false,
                     };
                     state.append(event, now, &self.config);
                     claimed += 1;
@@ -374,5 +454,38 @@ impl ConsentStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    // ---- issue 13 (attribution) ----
+
+    async fn register_request(
+        &self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let (outcome, head) = {
+            let mut state = self.write();
+            let outcome = state.register(request, now, policy, &self.config);
+            (outcome, state.last_id)
+        };
+        self.head
+            .send_if_modified(|h| std::mem::replace(h, head) != head);
+        Ok(outcome)
+    }
+
+    async fn request_budget(
+        &self,
+        pair: &Pair,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<Budget, StoreError> {
+        let state = self.read();
+        let sent: Vec<DateTime<Utc>> = state
+            .requests
+            .get(pair)
+            .map(|r| r.values().map(|r| r.sent_at).collect())
+            .unwrap_or_default();
+        Ok(budget(&sent, now, &policy.limits))
     }
 }

@@ -23,6 +23,11 @@
 //!                                           shard by received time (ZSET, scores 0, members
 //!                                           `records::index_key`, read by lex range)
 //! {callgate:s07-3}:be:<business>            the same by event time
+//! {callgate:s07-3}:r:<business>:<customer>  issue 13: registered consent requests (HASH
+//!                                           request message id → registration; PEXPIRE)
+//! {callgate:s07-3}:q:<business>:<customer>  issue 13: their send times (ZSET id → sent ms)
+//! {callgate:s07-3}:u:<business>:<customer>  issue 13: replies waiting for a registration
+//!                                           (HASH paired id → history positions; PEXPIRE)
 //! ```
 //!
 //! # How the hash tags are chosen: an even spread over a default 3-master cluster
@@ -158,6 +163,18 @@ pub struct PairKeys {
     pub records_event: String,
 }
 
+/// issue 13 (attribution): the keys of one pair's consent requests (same shard as its
+/// [`PairKeys`]).
+#[derive(Debug, Clone)]
+pub struct RequestKeys {
+    /// `r:`: registrations by request message id.
+    pub requests: String,
+    /// `q:`: request message ids by send time.
+    pub sent: String,
+    /// `u:`: replies recorded before their registration, by paired message id.
+    pub pending: String,
+}
+
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
@@ -241,6 +258,18 @@ impl Keys {
         format!("{}{kind}:{}", self.shard_prefix(shard), business.digits())
     }
 
+    /// issue 13 (attribution): the keys of the pair's consent requests.
+    pub fn requests(&self, pair: &Pair) -> RequestKeys {
+        let shard = shard_of(pair);
+        let member = member(pair);
+        let base = self.shard_prefix(shard);
+        RequestKeys {
+            requests: format!("{base}r:{member}"),
+            sent: format!("{base}q:{member}"),
+            pending: format!("{base}u:{member}"),
+        }
+    }
+
     /// A `SCAN … MATCH` pattern for every key of every shard under this prefix (the prefix's
     /// glob characters escaped). It may also match another prefix that begins with this one
     /// and `:s`; [`kind_of`](Self::kind_of) tells those apart.
@@ -313,6 +342,10 @@ mod tests {
         assert_eq!(k.member, "919000000000:919876543210");
         assert_eq!(k.consent, format!("{tag}c:919000000000:919876543210"));
         assert_eq!(k.lapse, format!("{tag}x:919000000000:919876543210"));
+        let r = keys.requests(&pair("+919000000000", "+919876543210"));
+        for key in [&r.requests, &r.sent, &r.pending] {
+            assert!(key.starts_with(&tag), "{key} lacks {tag}");
+        }
         let (shard, consent, lapse) = keys.current(&pair("+919000000000", "+919876543210"));
         assert_eq!((shard, consent, lapse), (k.shard, k.consent, k.lapse));
     }

@@ -36,6 +36,12 @@
 -- atomically. If the history moved meanwhile (another replica recorded for this pair), nothing
 -- is written and the script answers 4: Rust reads the new tip and tries again.
 -- -- end issue 14 --
+-- -- issue 13 (attribution):
+-- KEYS[10] requests    {p:sNN}:r:<pair>  HASH request message id -> registration
+-- KEYS[11] pending     {p:sNN}:u:<pair>  HASH paired message id -> history positions of
+--                                        replies that matched no registration yet
+-- ARGV[14] the reply's paired message id ('' if none)
+-- ARGV[15] how long a reply waits for its registration (ms)
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written), 4 chain tip moved (nothing is written).
 
@@ -81,6 +87,33 @@ if seen then
   if seen == ARGV[7] then return 2 end
   return 3
 end
+
+-- -- issue 13 (attribution) ------------------------------------------------------------
+-- A reply to a registered request carries the registration's trailer (attribution, and its
+-- customer name) at the end of its body; one with no registration yet is remembered in u:
+-- (below, once its history position is known) for requests.lua to attribute later.
+local body = ARGV[1]
+local pending = false
+if ARGV[14] ~= '' then
+  local reg = redis.call('HGET', KEYS[10], ARGV[14])
+  if reg then
+    local comma = string.find(reg, ',', 1, true)
+    if not comma then
+      return redis.error_reply('CORRUPT unreadable consent request')
+    end
+    body = body .. string.sub(reg, comma + 1)
+  else
+    pending = true
+  end
+end
+local function remember_pending(length)
+  if not pending then return end
+  local positions = redis.call('HGET', KEYS[11], ARGV[14])
+  local pos = string.format('%.0f', length - 1)
+  redis.call('HSET', KEYS[11], ARGV[14], positions and (positions .. ',' .. pos) or pos)
+  redis.call('PEXPIRE', KEYS[11], ARGV[15])
+end
+-- -- end issue 13 ------------------------------------------------------------------------
 
 -- The current decision: the consent key; without one (none yet, or a temporary grant that
 -- lapsed and expired natively), the lapse record, which only ever holds a temporary grant.
@@ -131,11 +164,11 @@ redis.call('ZADD', KEYS[9], 0, ARGV[13])
 
 redis.call('HSET', KEYS[7], new.id, ARGV[7])
 if not applied then
-  redis.call('RPUSH', KEYS[3], 'S' .. new.id .. ARGV[11] .. ARGV[3] .. ',' .. ARGV[1]) -- issue 14: chained
+  remember_pending(redis.call('RPUSH', KEYS[3], 'S' .. new.id .. ARGV[11] .. ARGV[3] .. ',' .. body)) -- issue 14: chained
   return 1
 end
-redis.call('RPUSH', KEYS[3], 'A' .. new.id .. ARGV[10] .. ARGV[3] .. ',' .. ARGV[1]) -- issue 14: chained
-local value = new.id .. ARGV[1]
+remember_pending(redis.call('RPUSH', KEYS[3], 'A' .. new.id .. ARGV[10] .. ARGV[3] .. ',' .. body)) -- issue 14: chained
+local value = new.id .. body
 
 local now = now_ms()
 if new.r == 0 then
@@ -166,6 +199,6 @@ if ARGV[4] ~= '' then
     redis.call('SET', KEYS[6], gone)
   end
   redis.call('XADD', KEYS[4], 'MINID', '=', minid, next_event_id(KEYS[4]), 'k', ARGV[4], 'd',
-    ARGV[6] .. ':' .. ARGV[1])
+    ARGV[6] .. ':' .. body)
 end
 return 0

@@ -18,10 +18,11 @@ use super::records_chain::{ChainPlan, MAX_CHAIN_RETRIES, Recorded, next_round};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
-use crate::domain::{Choice, ConsentEvent, Decision, Pair};
+use crate::domain::{Budget, Choice, ConsentEvent, ConsentRequest, Decision, Pair};
 use crate::store::{
     ConsentStore, Cursor, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome, RecordsPage,
-    RecordsPosition, RecordsRange, StoreError, StreamId, check_deliveries,
+    RecordsPosition, RecordsRange, RegisterOutcome, RequestPolicy, StoreError, StreamId,
+    check_deliveries,
 };
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
 const CLAIM_BATCH: usize = 500;
@@ -35,6 +36,8 @@ pub struct RedisStore {
     pub(super) backend: Backend,
     pub(super) record_script: Script,
     pub(super) claim_script: Script,
+    /// issue 13: `requests.lua`.
+    pub(super) requests_script: Script,
     /// Stream keys in shard order, for XREAD.
     pub(super) streams: Vec<String>,
     /// Trimmed-id marks in shard order, for the range check of `read_events`.
@@ -66,6 +69,7 @@ impl RedisStore {
             backend,
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
+            requests_script: Script::new(super::REQUESTS_LUA),
             config,
         };
         store.ping().await?;
@@ -208,7 +212,7 @@ pub(super) fn by_shard(decisions: &[Decision]) -> Vec<(usize, Vec<usize>)> {
 impl RedisStore {
     /// The `WAIT` timeout: half the store timeout, so the write before it and the round trip
     /// fit in the rest.
-    fn wait_ms(&self) -> u64 {
+    pub(super) fn wait_ms(&self) -> u64 {
         (self.config.timeout.as_millis() as u64 / 2).max(1)
     }
 
@@ -260,6 +264,13 @@ impl RedisStore {
                 .arg(&plan.stale)
                 .arg(&plan.received_member)
                 .arg(&plan.event_member);
+            // issue 13 (attribution): the pair's registrations and pending replies.
+            let r = self.keys.requests(&decision.pair);
+            invocation
+                .key(&r.requests)
+                .key(&r.pending)
+                .arg(&decision.evidence.paired_message_id)
+                .arg(self.config.request_retention.as_millis() as u64);
             pipe.invoke_script(&invocation);
             if atomic {
                 pipe.ignore(); // `QUEUED`; the results come with EXEC.
@@ -696,6 +707,26 @@ impl ConsentStore for RedisStore {
             }
         }
         Ok(published)
+    }
+
+    // ---- issue 13 (attribution): in requests.rs ----
+
+    async fn register_request(
+        &self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<RegisterOutcome, StoreError> {
+        self.register(request, now, policy).await
+    }
+
+    async fn request_budget(
+        &self,
+        pair: &Pair,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<Budget, StoreError> {
+        self.budget(pair, now, policy).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
