@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod consent_requests;
 pub mod domain;
+pub mod export;
 pub mod fanout;
 pub mod grpc_api;
 pub(crate) mod grpc_port;

@@ -94,6 +94,17 @@ impl ConsentAuthority for Floor {
         Err(Status::unimplemented("the floor keeps no history"))
     }
 
+    // issue 14
+    type ExportDecisionsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ExportedDecision, Status>> + Send>>;
+
+    async fn export_decisions(
+        &self,
+        _request: Request<pb::ExportDecisionsRequest>,
+    ) -> Result<Response<Self::ExportDecisionsStream>, Status> {
+        Err(Status::unimplemented("the floor keeps no history"))
+    }
+
     async fn register_consent_request(
         &self,
         _request: Request<pb::RegisterConsentRequestRequest>,

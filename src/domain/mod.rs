@@ -4,6 +4,7 @@
 //! rules in [`rules`] are the single source of truth for what a decision means.
 
 pub mod attribution;
+pub mod chain;
 pub mod decision;
 pub mod event;
 pub mod outbound;
@@ -14,6 +15,7 @@ pub use attribution::{
     Attribution, AttributionFilter, Budget, ConsentRequest, LateAttribution, LimitUse,
     RequestFieldError, RequestLimit, UnattributedPolicy,
 };
+pub use chain::{ChainLink, GENESIS, Hash};
 pub use decision::{Choice, Decision, Evidence, Pair, Source, to_millis_precision};
 pub use event::{ConsentEvent, EventKind, HistoryEntry, HistoryOutcome};
 pub use outbound::{EventKinds, EventTags, SigningKey, Subscription, SubscriptionState, backoff};

@@ -84,6 +84,8 @@ pub const RPC_SCOPES: &[(&str, Scope)] = &[
     ("EnableWebhookSubscription", Scope::Admin),
     ("RotateWebhookSecret", Scope::Admin),
     ("ReplayWebhookSubscription", Scope::Admin),
+    // issue 14
+    ("ExportDecisions", Scope::History),
     // issue 13
     ("RegisterConsentRequest", Scope::Register),
     ("CanRequestConsent", Scope::Register),
@@ -373,7 +375,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn reason(&self) -> RefusalReason {
+    /// How the refusal is counted in `callgate_api_refusals_total`.
+    pub(crate) fn reason(&self) -> RefusalReason {
         match self {
             Refusal::MissingKey => RefusalReason::MissingKey,
             Refusal::MalformedKey => RefusalReason::MalformedKey,

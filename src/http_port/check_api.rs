@@ -23,7 +23,6 @@
 //! never an answer, and the store is not asked again for this batch; a store that fails only
 //! some pairs (one Redis Cluster master) fails only those, as in the gRPC batch.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -135,7 +134,7 @@ pub(super) async fn check_batch(
     });
     let frames = futures_util::stream::iter(first)
         .chain(rest)
-        .map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+        .map(|chunk| Ok::<_, super::reply::BoxError>(Frame::data(chunk)));
     let mut res = http::Response::new(StreamBody::new(frames).boxed_unsync());
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -11,6 +11,7 @@
 //!   refusals mapped to a status in one `match`;
 //! - `body`: reading a JSON body within a route's size cap and the body deadline;
 //! - `reply`: what handlers answer;
+//! - `export`: issue 14's `GET /v1/export` (a business's decisions as NDJSON or CSV, streamed).
 //! - `consent_requests` (issue 13): `POST /v1/consent-requests`, registering the consent
 //!   requests a team sent (JSON, API key with the `register` scope).
 //!
@@ -34,6 +35,7 @@ mod check_api;
 mod check_json;
 mod consent_requests;
 mod error;
+mod export;
 mod probes;
 mod reply;
 mod routes;

@@ -10,8 +10,10 @@ use http_body_util::{BodyExt, Full};
 use crate::metrics::{ApiOutcome, WebhookOutcome};
 
 /// The body of every answer of the port: a whole one ([`Full`]), or a stream written as it is
-/// produced (a check batch's results, with chunked transfer encoding).
-pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// produced (a check batch's results, issue 14's exports, with chunked transfer encoding). A
+/// stream that fails ([`BoxError`]) aborts the response: its chunked body never ends properly,
+/// so a cut answer cannot pass for a whole one.
+pub(super) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// What a request counts as, decided by the handler that knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +72,7 @@ impl Reply {
 
 /// A whole answer as the port's [`Body`].
 pub(super) fn boxed(response: Response<Full<Bytes>>) -> Response<Body> {
-    response.map(|b| b.boxed_unsync())
+    response.map(|b| b.map_err(|never: Infallible| match never {}).boxed_unsync())
 }
 
 /// A JSON answer.
@@ -92,3 +94,6 @@ pub(super) fn typed_response(
     );
     res
 }
+
+/// Why a streamed body stops early: the response is then aborted, not ended.
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -10,6 +10,7 @@
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
 //! | POST   | `/v1/check`            | [`check_api::check`]                 |
 //! | POST   | `/v1/check-batch`      | [`check_api::check_batch`]           |
+//! | GET    | `/v1/export`           | [`export::export`] (issue 14)        |
 //! | POST   | `/v1/consent-requests` | [`consent_requests::register`] (issue 13) |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
@@ -28,7 +29,7 @@ use tracing::field::Empty;
 
 use super::api_error::CheckApiError;
 use super::reply::{Body, Counted, Reply, boxed};
-use super::{HttpState, WebhookError, check_api, consent_requests, probes, webhooks};
+use super::{HttpState, WebhookError, check_api, consent_requests, export, probes, webhooks};
 use crate::metrics::{ApiRoute, Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -42,12 +43,14 @@ enum Endpoint {
     WhatsAppSubscription,
     Check,
     CheckBatch,
+    /// issue 14
+    Export,
     /// issue 13
     ConsentRequests,
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 8] = [
+const PATHS: [&str; 9] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -55,6 +58,7 @@ const PATHS: [&str; 8] = [
     "/webhooks/whatsapp",
     "/v1/check",
     "/v1/check-batch",
+    "/v1/export",
     "/v1/consent-requests",
 ];
 
@@ -69,6 +73,7 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
         (&Method::POST, "/v1/check") => Ok(Endpoint::Check),
         (&Method::POST, "/v1/check-batch") => Ok(Endpoint::CheckBatch),
+        (&Method::GET, "/v1/export") => Ok(Endpoint::Export),
         (&Method::POST, "/v1/consent-requests") => Ok(Endpoint::ConsentRequests),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
@@ -141,6 +146,15 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let endpoint = resolve(req.method(), &path);
+    if let Ok(Endpoint::Export) = endpoint {
+        // issue 14: a streamed answer, not counted as a webhook.
+        let response = match export::export(state, &req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(state),
+        };
+        tracing::Span::current().record("status", response.status().as_u16());
+        return response;
+    }
     let api = endpoint.as_ref().ok().copied().and_then(api_route);
     let result = match endpoint {
         Ok(Endpoint::Healthz) => Ok(Reply::probe(probes::healthz())),
@@ -151,6 +165,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
         Ok(Endpoint::Check) => Ok(json_api(check_api::check(state, req).await)),
         Ok(Endpoint::CheckBatch) => Ok(json_api(check_api::check_batch(state, req).await)),
+        Ok(Endpoint::Export) => Err(WebhookError::MethodNotAllowed),
         Ok(Endpoint::ConsentRequests) => consent_requests::register(state, req).await,
         Err(e) => Err(e),
     };
@@ -193,7 +208,7 @@ mod tests {
     #[test]
     fn the_table_routes_methods_and_paths() {
         use Endpoint::*;
-        let cases: [(Method, &str, Result<Endpoint, &str>); 14] = [
+        let cases: [(Method, &str, Result<Endpoint, &str>); 16] = [
             (Method::GET, "/healthz", Ok(Healthz)),
             (Method::GET, "/readyz", Ok(Readyz)),
             (Method::GET, "/metrics", Ok(Metrics)),
@@ -212,6 +227,8 @@ mod tests {
             (Method::POST, "/webhooks/other", Err("not_found")),
             (Method::GET, "/", Err("not_found")),
             (Method::GET, "/healthz/", Err("not_found")),
+            (Method::GET, "/v1/export", Ok(Export)),
+            (Method::POST, "/v1/export", Err("method_not_allowed")),
         ];
         for (method, path, want) in cases {
             let got = resolve(&method, path).map_err(|e| e.status().1.label());

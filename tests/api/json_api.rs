@@ -712,6 +712,14 @@ impl ConsentStore for FailingReads {
     ) -> Result<HistoryPage, StoreError> {
         self.inner.history_page(pair, start, limit).await
     }
+    async fn records_page(
+        &self,
+        range: &callgate::store::RecordsRange,
+        after: Option<&callgate::store::RecordsPosition>,
+        limit: usize,
+    ) -> Result<callgate::store::RecordsPage, StoreError> {
+        self.inner.records_page(range, after, limit).await
+    }
     fn shards(&self) -> usize {
         self.inner.shards()
     }

@@ -14,6 +14,7 @@ mod cli;
 mod cluster;
 mod conformance;
 mod dates_and_duplicates;
+mod export;
 mod ingest;
 mod json_api;
 mod lifecycle;

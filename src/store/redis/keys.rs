@@ -19,6 +19,10 @@
 //! {callgate:s07-3}:e                        the shard's event log (STREAM)
 //! {callgate:s07-3}:due                      temporary grants by expiry ms (ZSET, member = pair)
 //! {callgate:s07-3}:trimmed                  newest event id trimmed from `e` (STRING)
+//! {callgate:s07-3}:br:<business>            issue 14: the business's history entries of this
+//!                                           shard by received time (ZSET, scores 0, members
+//!                                           `records::index_key`, read by lex range)
+//! {callgate:s07-3}:be:<business>            the same by event time
 //! {callgate:s07-3}:r:<business>:<customer>  issue 13: registered consent requests (HASH
 //!                                           request message id → registration; PEXPIRE)
 //! {callgate:s07-3}:q:<business>:<customer>  issue 13: their send times (ZSET id → sent ms)
@@ -39,7 +43,8 @@
 //! data migration, and it changes the shape of every cursor subscribers hold (the cursor's
 //! version prefix changes with it, see [`crate::store::cursor`]).
 
-use crate::domain::Pair;
+use crate::domain::{Pair, PhoneNumber};
+use crate::store::records::TimeField;
 
 /// Number of shards. Fixed: cursors carry one position per shard. A multiple of 3, so each
 /// master of a default 3-master cluster gets the same number (see the module docs).
@@ -150,6 +155,10 @@ pub struct PairKeys {
     pub stream: String,
     pub due: String,
     pub trimmed: String,
+    /// Issue 14: the pair's business's records index of this shard, by received time.
+    pub records_received: String,
+    /// Issue 14: the same by event time.
+    pub records_event: String,
 }
 
 /// issue 13 (attribution): the keys of one pair's consent requests (same shard as its
@@ -229,8 +238,20 @@ impl Keys {
             stream: self.stream(shard),
             due: self.due(shard),
             trimmed: self.trimmed(shard),
+            records_received: self.records(shard, &pair.business, TimeField::Received),
+            records_event: self.records(shard, &pair.business, TimeField::Event),
             member,
         }
+    }
+
+    /// Issue 14: the records index of `business` in `shard` by `by` time (`br:` received,
+    /// `be:` event).
+    pub fn records(&self, shard: usize, business: &PhoneNumber, by: TimeField) -> String {
+        let kind = match by {
+            TimeField::Received => "br",
+            TimeField::Event => "be",
+        };
+        format!("{}{kind}:{}", self.shard_prefix(shard), business.digits())
     }
 
     /// issue 13 (attribution): the keys of the pair's consent requests.
@@ -310,7 +331,6 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::PhoneNumber;
 
     fn pair(b: &str, c: &str) -> Pair {
         Pair::new(
@@ -337,7 +357,15 @@ mod tests {
             "{tag}"
         );
         for key in [
-            &k.consent, &k.lapse, &k.history, &k.dedup, &k.stream, &k.due, &k.trimmed,
+            &k.consent,
+            &k.lapse,
+            &k.history,
+            &k.dedup,
+            &k.stream,
+            &k.due,
+            &k.trimmed,
+            &k.records_received,
+            &k.records_event,
         ] {
             assert!(key.starts_with(&tag), "{key} lacks {tag}");
         }

@@ -188,6 +188,7 @@ mod error;
 mod events;
 mod inspect;
 pub mod keys;
+mod records_chain;
 mod reply;
 mod requests;
 mod routing;
