@@ -26,6 +26,9 @@ use crate::helpers::*;
 use crate::redis_harness::RedisServer;
 
 const API_AUTH: (&str, &str) = ("authorization", "Bearer test-api-key-7c1e");
+/// A refusal is answered before its body is read, and the server then closes the connection:
+/// requests here use a connection each, so the client never reuses one being closed.
+const CLOSE: (&str, &str) = ("connection", "close");
 /// A business the scoped client below may not see.
 const OTHER: &str = "+14155550100";
 const SCOPED_KEY: &str = "json-scoped-key-01";
@@ -82,7 +85,7 @@ fn bearer(key: &str) -> String {
 
 async fn post_json(app: &TestApp, path: &str, key: Option<&str>, body: impl Into<Bytes>) -> Answer {
     let auth = key.map(bearer);
-    let mut headers = vec![JSON];
+    let mut headers = vec![JSON, CLOSE];
     if let Some(a) = &auth {
         headers.push(("authorization", a.as_str()));
     }
@@ -374,7 +377,7 @@ async fn issue13_json_check_errors_are_clear_and_name_the_field() {
     ];
     for (path, key, json, body, status, error, field) in cases {
         let auth = key.map(bearer);
-        let mut headers = vec![];
+        let mut headers = vec![CLOSE];
         if json {
             headers.push(JSON);
         }
