@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::checks::Checker;
 use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
+use crate::consent_requests::ConsentRequests;
 use crate::domain::DateRules;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::auth::{self, AuthSource, ClientsError, Guard};
@@ -156,6 +157,13 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    // issue 13: consent requests, shared by the gRPC API and the HTTP port.
+    let requests = Arc::new(ConsentRequests::new(
+        store.clone(),
+        clock,
+        &config.attribution,
+        config.max_clock_skew,
+    ));
     let security = WebhookSecurity::from_config(&config)?;
     let http_state = Arc::new(HttpState {
         security,
@@ -175,6 +183,7 @@ pub async fn run(
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
         auth: auth.clone(),
+        requests: requests.clone(),
         checker: Arc::new(Checker::new(store.clone(), clock, metrics.clone())),
         batches: Arc::new(Semaphore::new(http_port::MAX_BATCHES_IN_FLIGHT)),
     });
@@ -194,7 +203,8 @@ pub async fn run(
             stall_timeout: config.stream_stall_timeout,
         },
         clock,
-    );
+    )
+    .with_attribution(requests.clone(), config.attribution.unattributed);
     let api = Traced::new(Guard::new(api.into_server(), auth, metrics));
     let routes = Routes::new(health_service)
         .add_service(reflection)

@@ -197,8 +197,19 @@ pub async fn watch(
             println!("{kind} cursor={}", event.cursor);
             continue;
         }
+        // issue 13: who asked and the customer's name, when known.
+        let mut attribution = String::new();
+        if !event.team.is_empty() {
+            attribution.push_str(&format!(" team={:?}", event.team));
+        }
+        if !event.customer_name.is_empty() {
+            attribution.push_str(&format!(" customer_name={:?}", event.customer_name));
+        }
+        if event.late_attribution {
+            attribution.push_str(" late_attribution=true");
+        }
         println!(
-            "{kind} business={} customer={} permanent={} decided_at={} expires_at={} cursor={}",
+            "{kind} business={} customer={} permanent={} decided_at={} expires_at={}{attribution} cursor={}",
             event.business_number,
             event.customer_number,
             event.permanent,

@@ -52,6 +52,10 @@ enum Command {
         include_denials: bool,
         #[arg(long)]
         include_expiries: bool,
+        /// Only grants attributed to these teams (repeatable; issue 13). Denials and expiries
+        /// reach every team.
+        #[arg(long = "team")]
+        teams: Vec<String>,
         /// Resume after this cursor.
         #[arg(long)]
         resume_after: Option<String>,
@@ -121,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             businesses,
             include_denials,
             include_expiries,
+            teams,
             resume_after,
         } => {
             let request = pb::StreamGrantsRequest {
@@ -128,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
                 include_denials,
                 include_expiries,
                 resume_after: resume_after.unwrap_or_default(),
+                teams,
                 ..Default::default()
             };
             finish(cli::watch(&conn, request).await);

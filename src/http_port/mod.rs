@@ -10,7 +10,9 @@
 //!   `POST /v1/check-batch`, streamed), `check_json` their wire format, `api_error` their
 //!   refusals mapped to a status in one `match`;
 //! - `body`: reading a JSON body within a route's size cap and the body deadline;
-//! - `reply`: what handlers answer.
+//! - `reply`: what handlers answer;
+//! - `consent_requests` (issue 13): `POST /v1/consent-requests`, registering the consent
+//!   requests a team sent (JSON, API key with the `register` scope).
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing.
@@ -30,6 +32,7 @@ mod api_error;
 mod body;
 mod check_api;
 mod check_json;
+mod consent_requests;
 mod error;
 mod probes;
 mod reply;
@@ -53,6 +56,7 @@ pub use webhooks::WebhookSecurity;
 use crate::accept::{AcceptPolicy, serve_connections};
 use crate::checks::Checker;
 use crate::clock::Clock;
+use crate::consent_requests::ConsentRequests;
 use crate::grpc_api::auth::AuthSource;
 use crate::ingest::IngestContext;
 use crate::metrics::Metrics;
@@ -80,6 +84,8 @@ pub struct HttpState {
     pub checker: Arc<Checker>,
     /// issue 13: one permit per check batch being answered ([`MAX_BATCHES_IN_FLIGHT`]).
     pub batches: Arc<tokio::sync::Semaphore>,
+    /// issue 13: consent requests (`POST /v1/consent-requests`).
+    pub requests: Arc<ConsentRequests>,
 }
 
 /// Slow-client and connection limits of the port.

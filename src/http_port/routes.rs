@@ -10,6 +10,7 @@
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
 //! | POST   | `/v1/check`            | [`check_api::check`]                 |
 //! | POST   | `/v1/check-batch`      | [`check_api::check_batch`]           |
+//! | POST   | `/v1/consent-requests` | [`consent_requests::register`] (issue 13) |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
 //! `http` span whose fields are the route (the path of the table, never the raw path), the
@@ -27,7 +28,7 @@ use tracing::field::Empty;
 
 use super::api_error::CheckApiError;
 use super::reply::{Body, Counted, Reply, boxed};
-use super::{HttpState, WebhookError, check_api, probes, webhooks};
+use super::{HttpState, WebhookError, check_api, consent_requests, probes, webhooks};
 use crate::metrics::{ApiRoute, Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -41,10 +42,12 @@ enum Endpoint {
     WhatsAppSubscription,
     Check,
     CheckBatch,
+    /// issue 13
+    ConsentRequests,
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 7] = [
+const PATHS: [&str; 8] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -52,6 +55,7 @@ const PATHS: [&str; 7] = [
     "/webhooks/whatsapp",
     "/v1/check",
     "/v1/check-batch",
+    "/v1/consent-requests",
 ];
 
 /// The table: which endpoint answers `method` on `path`.
@@ -65,6 +69,7 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
         (&Method::POST, "/v1/check") => Ok(Endpoint::Check),
         (&Method::POST, "/v1/check-batch") => Ok(Endpoint::CheckBatch),
+        (&Method::POST, "/v1/consent-requests") => Ok(Endpoint::ConsentRequests),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
     }
@@ -146,6 +151,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
         Ok(Endpoint::Check) => Ok(json_api(check_api::check(state, req).await)),
         Ok(Endpoint::CheckBatch) => Ok(json_api(check_api::check_batch(state, req).await)),
+        Ok(Endpoint::ConsentRequests) => consent_requests::register(state, req).await,
         Err(e) => Err(e),
     };
     let (response, counted) = match result {

@@ -288,6 +288,56 @@ mod tests {
         assert_eq!(d.evidence.body_sha256, body_sha256(SAMPLE.as_bytes()));
     }
 
+    /// issue 13 (attribution): the customer's profile name is kept when it is plausible, and
+    /// never fails the reply.
+    #[test]
+    fn the_customers_profile_name_is_kept_when_plausible() {
+        let d = &parse(SAMPLE.as_bytes(), &ctx()).unwrap()[0];
+        assert_eq!(d.customer_name.as_deref(), Some("Sheena Nelson"));
+        assert_eq!(d.attribution, None);
+        let with_contacts = |contacts: Value| {
+            let mut v: Value = serde_json::from_str(SAMPLE).unwrap();
+            v["entry"][0]["changes"][0]["value"]["contacts"] = contacts;
+            one(&v).customer_name
+        };
+        let cases = [
+            (
+                "another contact's name",
+                json!([{ "profile": { "name": "X" }, "wa_id": "16505550000" }]),
+                None,
+            ),
+            (
+                "no wa_id, only contact",
+                json!([{ "profile": { "name": " Ana " } }]),
+                Some("Ana"),
+            ),
+            ("no profile", json!([{ "wa_id": "16505551234" }]), None),
+            (
+                "name not a string",
+                json!([{ "profile": { "name": 5 }, "wa_id": "16505551234" }]),
+                None,
+            ),
+            (
+                "control character",
+                json!([{ "profile": { "name": "a\nb" }, "wa_id": "16505551234" }]),
+                None,
+            ),
+            (
+                "too long",
+                json!([{ "profile": { "name": "n".repeat(257) }, "wa_id": "16505551234" }]),
+                None,
+            ),
+            (
+                "blank",
+                json!([{ "profile": { "name": "  " }, "wa_id": "16505551234" }]),
+                None,
+            ),
+        ];
+        for (name, contacts, want) in cases {
+            assert_eq!(with_contacts(contacts).as_deref(), want, "{name}");
+        }
+    }
+
     #[test]
     fn replies_map_to_the_right_choice() {
         let cases: Vec<(&str, Value, Choice, &str)> = vec![

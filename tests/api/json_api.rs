@@ -740,6 +740,23 @@ impl ConsentStore for FailingReads {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+    // issue 13 (attribution)
+    async fn register_request(
+        &self,
+        request: &callgate::domain::ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &callgate::store::RequestPolicy,
+    ) -> Result<callgate::store::RegisterOutcome, StoreError> {
+        self.inner.register_request(request, now, policy).await
+    }
+    async fn request_budget(
+        &self,
+        pair: &Pair,
+        now: DateTime<Utc>,
+        policy: &callgate::store::RequestPolicy,
+    ) -> Result<callgate::domain::Budget, StoreError> {
+        self.inner.request_budget(pair, now, policy).await
+    }
 }
 
 fn failing_after(ok_reads: usize) -> Arc<FailingReads> {

@@ -32,8 +32,11 @@
 //!   second read: this repeats the current decision's body that the history also holds (about
 //!   150 bytes per pair, twice more for a live temporary grant's lapse record), memory spent
 //!   on purpose so that the hot path is a plain `MGET`.
-//! - An **event** is a stream entry with fields `k` (`g` granted, `d` denied, `e` expired) and
+//! - An **event** is a stream entry with fields `k` (`g` granted, `d` denied, `e` expired; issue
+//!   13: `G` / `D` for the event of a late attribution) and
 //!   `d` = `<business digits>:<customer digits>:<D>`.
+//! - issue 13: a decision body may end with optional sections (customer name, attribution) and
+//!   a **registration** is `<sent at>,<trailer>`: see the issue 13 block below.
 //!
 //! Anything that does not decode is [`StoreError::Corrupt`]: a store that cannot read a consent
 //! must not answer as if there were none. Decoding checks that the stored dedup id is the

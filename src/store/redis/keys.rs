@@ -19,6 +19,9 @@
 //! {callgate:s07-3}:e                        the shard's event log (STREAM)
 //! {callgate:s07-3}:due                      temporary grants by expiry ms (ZSET, member = pair)
 //! {callgate:s07-3}:trimmed                  newest event id trimmed from `e` (STRING)
+//! {callgate:s07-3}:r:<business>:<customer>  issue 13: registered consent requests (HASH
+//!                                           request message id → registration; PEXPIRE)
+//! {callgate:s07-3}:q:<business>:<customer>  issue 13: their send times (ZSET id → sent ms)
 //! ```
 //!
 //! # How the hash tags are chosen: an even spread over a default 3-master cluster
@@ -149,6 +152,16 @@ pub struct PairKeys {
     pub trimmed: String,
 }
 
+/// issue 13 (attribution): the keys of one pair's consent requests (same shard as its
+/// [`PairKeys`]).
+#[derive(Debug, Clone)]
+pub struct RequestKeys {
+    /// `r:`: registrations by request message id.
+    pub requests: String,
+    /// `q:`: request message ids by send time.
+    pub sent: String,
+}
+
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
@@ -220,6 +233,17 @@ impl Keys {
         }
     }
 
+    /// issue 13 (attribution): the keys of the pair's consent requests.
+    pub fn requests(&self, pair: &Pair) -> RequestKeys {
+        let shard = shard_of(pair);
+        let member = member(pair);
+        let base = self.shard_prefix(shard);
+        RequestKeys {
+            requests: format!("{base}r:{member}"),
+            sent: format!("{base}q:{member}"),
+        }
+    }
+
     /// A `SCAN … MATCH` pattern for every key of every shard under this prefix (the prefix's
     /// glob characters escaped). It may also match another prefix that begins with this one
     /// and `:s`; [`kind_of`](Self::kind_of) tells those apart.
@@ -285,6 +309,10 @@ mod tests {
         assert_eq!(k.member, "919000000000:919876543210");
         assert_eq!(k.consent, format!("{tag}c:919000000000:919876543210"));
         assert_eq!(k.lapse, format!("{tag}x:919000000000:919876543210"));
+        let r = keys.requests(&pair("+919000000000", "+919876543210"));
+        for key in [&r.requests, &r.sent] {
+            assert!(key.starts_with(&tag), "{key} lacks {tag}");
+        }
         let (shard, consent, lapse) = keys.current(&pair("+919000000000", "+919876543210"));
         assert_eq!((shard, consent, lapse), (k.shard, k.consent, k.lapse));
     }

@@ -136,6 +136,22 @@
 //! the new master sweeps that lapse again, and a subscriber that read the first `EXPIRED`
 //! from the old master may see a second one (exactly once holds when no write is lost).
 //!
+//! # Consent requests (issue 13)
+//!
+//! A pair's registered consent requests live beside its decisions, on its shard: `r:` (request
+//! message id → registration: send time and the attribution trailer, see `codec.rs`) and `q:`
+//! (ids by send time, for the budget). `requests.lua` registers one request atomically: purge
+//! past the retention, refuse a retry with other fields, check the budget (`budget_fits`, the
+//! twin of [`fits`](crate::domain::attribution::fits)), store, and attribute the replies
+//! recorded before it (which `requests.rs` found by reading and decoding the history; the script
+//! refuses if the history grew meanwhile, and the registration is tried again): append the
+//! trailer to their history entries and, when one is current, to `c:`/`x:` with `KEEPTTL`,
+//! logging an event with kind `G`/`D` when it is a live grant or a denial. `record.lua`'s issue
+//! 13 block appends a matching registration's trailer to a new reply's body. `r:`/`q:` expire as
+//! a whole at the newest registration's retention. So check and insert of the budget are one
+//! script: two registrations racing cannot both take the last request. A budget read is one
+//! `ZRANGE q:`, answered by the domain's rule.
+//!
 //! # Failure behaviour
 //!
 //! On a standalone Redis, checks and writes share one multiplexed connection (`TCP_NODELAY`,
@@ -172,6 +188,7 @@ mod events;
 mod inspect;
 pub mod keys;
 mod reply;
+mod requests;
 mod routing;
 mod store;
 
@@ -188,6 +205,13 @@ const RECORD_LUA: &str = concat!(
     include_str!("lib.lua"),
     include_str!("record.lua")
 );
+/// issue 13: `requests.lua` (registration, budget, late attribution) with the shared helpers
+/// of `lib.lua` before it, every key declared.
+const REQUESTS_LUA: &str = concat!(
+    "#!lua\n",
+    include_str!("lib.lua"),
+    include_str!("requests.lua")
+);
 /// `claim_expired.lua` with the shared helpers of `lib.lua` before it (no `#!lua`: see the
 /// script's header).
 const CLAIM_EXPIRED_LUA: &str = concat!(include_str!("lib.lua"), include_str!("claim_expired.lua"));
@@ -201,8 +225,13 @@ mod tests {
         // The flags line must stay the first line of record.lua's source, or Redis runs it as
         // a flag-less script.
         assert!(RECORD_LUA.starts_with("#!lua\n"));
+        assert!(REQUESTS_LUA.starts_with("#!lua\n"));
         assert!(!CLAIM_EXPIRED_LUA.starts_with("#!"));
-        for (name, source) in [("record", RECORD_LUA), ("claim_expired", CLAIM_EXPIRED_LUA)] {
+        for (name, source) in [
+            ("record", RECORD_LUA),
+            ("claim_expired", CLAIM_EXPIRED_LUA),
+            ("requests", REQUESTS_LUA),
+        ] {
             for helper in ["b36", "header", "trimmed_by", "next_event_id", "now_ms"] {
                 let definitions = source.matches(&format!("local function {helper}(")).count();
                 assert_eq!(

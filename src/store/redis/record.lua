@@ -23,6 +23,9 @@
 -- ARGV[5] event retention (ms)
 -- ARGV[6] the pair as due-index member "<business>:<customer>"
 -- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
+-- -- issue 13 (attribution):
+-- KEYS[8] requests     {p:sNN}:r:<pair>  HASH request message id -> registration
+-- ARGV[8] the reply's paired message id ('' if none)
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written).
 
@@ -69,6 +72,23 @@ if seen then
   return 3
 end
 
+-- -- issue 13 (attribution) ------------------------------------------------------------
+-- A reply to a registered request carries the registration's trailer (attribution, and its
+-- customer name) at the end of its body. One with no registration yet is recorded as it is;
+-- requests.lua attributes it when the registration lands.
+local body = ARGV[1]
+if ARGV[8] ~= '' then
+  local reg = redis.call('HGET', KEYS[8], ARGV[8])
+  if reg then
+    local comma = string.find(reg, ',', 1, true)
+    if not comma then
+      return redis.error_reply('CORRUPT unreadable consent request')
+    end
+    body = body .. string.sub(reg, comma + 1)
+  end
+end
+-- -- end issue 13 ------------------------------------------------------------------------
+
 -- The current decision: the consent key; without one (none yet, or a temporary grant that
 -- lapsed and expired natively), the lapse record, which only ever holds a temporary grant.
 -- Same reading as RedisStore::current (store.rs) and claim_expired.lua.
@@ -99,11 +119,11 @@ end
 
 redis.call('HSET', KEYS[7], new.id, ARGV[7])
 if not applied then
-  redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
+  redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. body)
   return 1
 end
-redis.call('RPUSH', KEYS[3], 'a' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
-local value = new.id .. ARGV[1]
+redis.call('RPUSH', KEYS[3], 'a' .. new.id .. ARGV[3] .. ',' .. body)
+local value = new.id .. body
 
 local now = now_ms()
 if new.r == 0 then
@@ -134,6 +154,6 @@ if ARGV[4] ~= '' then
     redis.call('SET', KEYS[6], gone)
   end
   redis.call('XADD', KEYS[4], 'MINID', '=', minid, next_event_id(KEYS[4]), 'k', ARGV[4], 'd',
-    ARGV[6] .. ':' .. ARGV[1])
+    ARGV[6] .. ':' .. body)
 end
 return 0

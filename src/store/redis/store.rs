@@ -17,10 +17,10 @@ use super::keys::{self, Keys};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
-use crate::domain::{Choice, ConsentEvent, Decision, Pair};
+use crate::domain::{Budget, Choice, ConsentEvent, ConsentRequest, Decision, Pair};
 use crate::store::{
-    ConsentStore, Cursor, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome, StoreError,
-    StreamId, check_deliveries,
+    ConsentStore, Cursor, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
+    RegisterOutcome, RequestPolicy, StoreError, StreamId, check_deliveries,
 };
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
 const CLAIM_BATCH: usize = 500;
@@ -34,6 +34,8 @@ pub struct RedisStore {
     pub(super) backend: Backend,
     pub(super) record_script: Script,
     pub(super) claim_script: Script,
+    /// issue 13: `requests.lua`.
+    pub(super) requests_script: Script,
     /// Stream keys in shard order, for XREAD.
     pub(super) streams: Vec<String>,
     /// Trimmed-id marks in shard order, for the range check of `read_events`.
@@ -65,6 +67,7 @@ impl RedisStore {
             backend,
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
+            requests_script: Script::new(super::REQUESTS_LUA),
             config,
         };
         store.ping().await?;
@@ -207,7 +210,7 @@ fn by_shard(decisions: &[Decision]) -> Vec<(usize, Vec<usize>)> {
 impl RedisStore {
     /// The `WAIT` timeout: half the store timeout, so the write before it and the round trip
     /// fit in the rest.
-    fn wait_ms(&self) -> u64 {
+    pub(super) fn wait_ms(&self) -> u64 {
         (self.config.timeout.as_millis() as u64 / 2).max(1)
     }
 
@@ -250,6 +253,10 @@ impl RedisStore {
                 .arg(self.config.event_retention.as_millis() as u64)
                 .arg(&k.member)
                 .arg(decision.fingerprint().as_slice());
+            // issue 13 (attribution): the pair's registrations.
+            invocation
+                .key(self.keys.requests(&decision.pair).requests)
+                .arg(&decision.evidence.paired_message_id);
             pipe.invoke_script(&invocation);
             if atomic {
                 pipe.ignore(); // `QUEUED`; the results come with EXEC.
@@ -661,6 +668,26 @@ impl ConsentStore for RedisStore {
             }
         }
         Ok(published)
+    }
+
+    // ---- issue 13 (attribution): in requests.rs ----
+
+    async fn register_request(
+        &self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<RegisterOutcome, StoreError> {
+        self.register(request, now, policy).await
+    }
+
+    async fn request_budget(
+        &self,
+        pair: &Pair,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<Budget, StoreError> {
+        self.budget(pair, now, policy).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
