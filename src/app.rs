@@ -19,7 +19,7 @@ use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::auth::{self, AuthSource, ClientsError, Guard};
 use crate::grpc_api::{Api, StreamLimits, Traced};
 use crate::grpc_port::{self, GrpcLimits};
-use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
+use crate::http_port::{self, Console, HttpLimits, HttpState, WebhookSecurity};
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
 use crate::pb;
@@ -172,6 +172,7 @@ pub async fn run(
         metrics: metrics.clone(),
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
+        console: Console::new(auth.clone(), tls.is_some()),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,

@@ -13,5 +13,5 @@ pub use event::{ConsentEvent, EventKind, HistoryEntry, HistoryOutcome};
 pub use phone::{PhoneError, PhoneNumber};
 pub use rules::{
     Arbitration, ConsentState, DateRules, Redelivery, Verdict, arbitrate, decide, evaluate,
-    ordering_time, redelivery, temporary_expiry,
+    ordering_time, redelivery, state_at, temporary_expiry,
 };

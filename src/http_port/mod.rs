@@ -6,7 +6,8 @@
 //! - `webhooks`: the webhook handlers and how they authenticate senders;
 //! - `probes`: `/healthz`, `/readyz`, `/metrics`;
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
-//! - `reply`: what handlers answer.
+//! - `reply`: what handlers answer;
+//! - `console`: the compliance console's pages (`/console`), with its own sessions.
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing.
@@ -22,6 +23,7 @@
 //! `header_timeout`. An HTTP/2 preface is refused like any malformed request: HTTP/2 would let
 //! one connection carry many requests past the connection cap, outside these deadlines.
 
+mod console;
 mod error;
 mod probes;
 mod reply;
@@ -37,6 +39,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use console::Console;
 pub use error::WebhookError;
 pub use webhooks::WebhookSecurity;
 
@@ -61,6 +64,8 @@ pub struct HttpState {
     pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
+    /// The compliance console: its sessions and overview cache.
+    pub console: Console,
 }
 
 /// Slow-client and connection limits of the port.

@@ -8,6 +8,7 @@
 //! | POST   | `/webhooks/doubletick` | [`webhooks::doubletick`]             |
 //! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
+//! | any    | `/console...`          | [`console::handle`] (its own table)  |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
 //! `http` span whose fields are the route (the path of the table, never the raw path), the
@@ -25,7 +26,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::reply::Reply;
-use super::{HttpState, WebhookError, probes, webhooks};
+use super::{HttpState, WebhookError, console, probes, webhooks};
 use crate::metrics::{Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -37,6 +38,7 @@ enum Endpoint {
     DoubleTick,
     WhatsApp,
     WhatsAppSubscription,
+    Console(console::Page),
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
@@ -50,6 +52,11 @@ const PATHS: [&str; 5] = [
 
 /// The table: which endpoint answers `method` on `path`.
 fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
+    match console::resolve(method, path) {
+        Some(Ok(page)) => return Ok(Endpoint::Console(page)),
+        Some(Err(())) => return Err(WebhookError::MethodNotAllowed),
+        None => {}
+    }
     match (method, path) {
         (&Method::GET, "/healthz") => Ok(Endpoint::Healthz),
         (&Method::GET, "/readyz") => Ok(Endpoint::Readyz),
@@ -94,6 +101,7 @@ pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Respons
     let path = req.uri().path();
     let route = PATHS
         .iter()
+        .chain(console::PATHS.iter())
         .find(|p| **p == path)
         .copied()
         .unwrap_or("other");
@@ -117,6 +125,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Full<Byte
         Ok(Endpoint::DoubleTick) => webhooks::doubletick(state, req).await,
         Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
+        Ok(Endpoint::Console(page)) => Ok(Reply::probe(console::handle(state, page, req).await)),
         Err(e) => Err(e),
     };
     let (response, outcome) = match result {
