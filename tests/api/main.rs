@@ -12,6 +12,7 @@ mod check;
 mod cli;
 mod cluster;
 mod conformance;
+mod console;
 mod dates_and_duplicates;
 mod ingest;
 mod lifecycle;
