@@ -7,7 +7,7 @@
 //! one step, just as the Redis store does it in one Lua script. Readers take the lock shared.
 //! The event log is a single shard.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -15,13 +15,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::records::{RecordedDecision, RecordsPage, RecordsPosition, RecordsRange, TimeField};
 use super::{
     ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
-    StoreError, StreamId, check_deliveries,
+    StoreError, StreamId, check_deliveries, records,
 };
 use crate::domain::{
-    Arbitration, Choice, ConsentEvent, Decision, EventKind, HistoryEntry, HistoryOutcome, Pair,
-    Redelivery, arbitrate, redelivery,
+    Arbitration, ChainLink, Choice, ConsentEvent, Decision, EventKind, GENESIS, HistoryEntry,
+    HistoryOutcome, Pair, PhoneNumber, Redelivery, arbitrate, redelivery,
 };
 
 /// Limits of the in-memory event log.
@@ -49,10 +50,17 @@ pub struct MemoryStore {
     head: watch::Sender<StreamId>,
 }
 
+/// Issue 14: one business's index in one order: index key → (pair, position).
+type RecordsIndex = BTreeMap<Vec<u8>, (Pair, u64)>;
+
 #[derive(Default)]
 struct State {
     current: HashMap<Pair, Decision>,
-    history: HashMap<Pair, Vec<HistoryEntry>>,
+    /// Each entry with its chain link (issue 14).
+    history: HashMap<Pair, Vec<(HistoryEntry, ChainLink)>>,
+    /// Issue 14: per business and time field, index key → (pair, position) (see
+    /// [`records`](super::records)).
+    records: HashMap<(PhoneNumber, TimeField), RecordsIndex>,
     /// Every delivery id recorded, with the fingerprint of what it said. Kept as long as the
     /// histories (forever, like the Redis store's `d:` hashes).
     dedup: HashMap<[u8; 16], [u8; 8]>,
@@ -130,17 +138,30 @@ impl State {
             Arbitration::Apply => RecordOutcome::Applied,
         };
         self.dedup.insert(id, fingerprint);
-        self.history
-            .entry(pair.clone())
-            .or_default()
-            .push(HistoryEntry {
-                decision: decision.clone(),
-                outcome: match outcome {
-                    RecordOutcome::Applied => HistoryOutcome::Applied,
-                    _ => HistoryOutcome::Stale,
-                },
-                received_at,
-            });
+        let entry = HistoryEntry {
+            decision: decision.clone(),
+            outcome: match outcome {
+                RecordOutcome::Applied => HistoryOutcome::Applied,
+                _ => HistoryOutcome::Stale,
+            },
+            received_at,
+        };
+        // issue 14: chain the entry to the one before it, and index it for its business.
+        let history = self.history.entry(pair.clone()).or_default();
+        let position = history.len() as u64;
+        let prev = history.last().map_or(GENESIS, |(_, link)| link.hash);
+        let link = ChainLink::new(position, prev, &entry);
+        for by in [TimeField::Event, TimeField::Received] {
+            let ms = by.of(&entry).timestamp_millis();
+            self.records
+                .entry((pair.business.clone(), by))
+                .or_default()
+                .insert(
+                    records::index_key(ms, &pair.customer, position),
+                    (pair.clone(), position),
+                );
+        }
+        history.push((entry, link));
         if outcome == RecordOutcome::Applied {
             if let Some(Choice::GrantTemporary { expires_at }) =
                 self.current.get(pair).map(|d| d.choice)
@@ -212,10 +233,67 @@ impl ConsentStore for MemoryStore {
         let state = self.read();
         let all = state.history.get(pair).map_or(&[][..], Vec::as_slice);
         let end = start.saturating_add(limit.max(1)).min(all.len());
-        let entries = all.get(start..end).map(<[_]>::to_vec).unwrap_or_default();
+        let page = all.get(start..end).unwrap_or_default();
         Ok(HistoryPage {
-            entries,
+            entries: page.iter().map(|(e, _)| e.clone()).collect(),
+            links: page.iter().map(|(_, l)| Some(*l)).collect(),
             next: (end < all.len()).then_some(end),
+        })
+    }
+
+    async fn records_page(
+        &self,
+        range: &RecordsRange,
+        after: Option<&RecordsPosition>,
+        limit: usize,
+    ) -> Result<RecordsPage, StoreError> {
+        use std::ops::Bound;
+        let limit = limit.max(1);
+        let state = self.read();
+        let Some(index) = state.records.get(&(range.business.clone(), range.by)) else {
+            return Ok(RecordsPage {
+                items: Vec::new(),
+                next: None,
+            });
+        };
+        let from = records::time_prefix(range.from.timestamp_millis()).into_bytes();
+        let to = records::time_prefix(range.to.timestamp_millis()).into_bytes();
+        if from >= to {
+            return Ok(RecordsPage {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let lower = match after {
+            Some(p) if p.key() >= from.as_slice() => Bound::Excluded(p.key().to_vec()),
+            _ => Bound::Included(from),
+        };
+        let mut items = Vec::new();
+        let mut last_key = None;
+        let mut more = false;
+        for (key, (pair, position)) in index.range((lower, Bound::Excluded(to))) {
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            let found = state
+                .history
+                .get(pair)
+                .and_then(|h| h.get(*position as usize));
+            items.push(RecordedDecision {
+                pair: pair.clone(),
+                position: *position,
+                entry: found.map(|(e, _)| e.clone()),
+                link: found.map(|(_, l)| *l),
+            });
+            last_key = Some(key.clone());
+        }
+        Ok(RecordsPage {
+            items,
+            next: more
+                .then_some(last_key)
+                .flatten()
+                .map(RecordsPosition::after_key),
         })
     }
 

@@ -20,6 +20,7 @@
 
 pub mod cursor;
 pub mod memory;
+pub mod records;
 pub mod redis;
 
 use std::time::Duration;
@@ -27,9 +28,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ConsentEvent, Decision, HistoryEntry, Pair, Redelivery, redelivery};
+use crate::domain::{
+    ChainLink, ConsentEvent, Decision, HistoryEntry, Pair, Redelivery, redelivery,
+};
 
 pub use cursor::{Cursor, CursorError, StreamId};
+pub use records::{RecordedDecision, RecordsPage, RecordsPosition, RecordsRange, TimeField};
 
 /// Senders retry for days; a retried delivery must still be recognised as a duplicate.
 pub const DEDUP_RETENTION: Duration = Duration::from_secs(8 * 24 * 3600);
@@ -103,6 +107,9 @@ pub fn check_deliveries(
 pub struct HistoryPage {
     /// Entries in arrival order.
     pub entries: Vec<HistoryEntry>,
+    /// Issue 14: the chain link of each entry (same length and order as `entries`); `None`
+    /// for a pre-chain entry (see [`crate::domain::chain`]).
+    pub links: Vec<Option<ChainLink>>,
     /// Position of the entry after this page, if there is one.
     pub next: Option<usize>,
 }
@@ -182,6 +189,19 @@ pub trait ConsentStore: Send + Sync + 'static {
             }
         }
     }
+
+    // ---- issue 14: a business's decisions, for exports and the console ----------------
+
+    /// At most `limit` (at least one) decisions of `range.business` whose `range.by` time is
+    /// in `[range.from, range.to)`, in the index order of [`records`] (time, customer,
+    /// position), strictly after `after` (from the start if `None`). Reads one page from the
+    /// store; a caller that pages through holds one page at a time.
+    async fn records_page(
+        &self,
+        range: &RecordsRange,
+        after: Option<&RecordsPosition>,
+        limit: usize,
+    ) -> Result<RecordsPage, StoreError>;
 
     /// Number of event-log shards; every cursor of this store has this many positions.
     fn shards(&self) -> usize;

@@ -14,14 +14,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use callgate::domain::chain::ChainWalk;
 use callgate::domain::{
-    Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
-    PhoneNumber, Source, evaluate, to_millis_precision,
+    ChainLink, Choice, ConsentState, Decision, EventKind, Evidence, GENESIS, HistoryEntry,
+    HistoryOutcome, Pair, PhoneNumber, Source, evaluate, to_millis_precision,
 };
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::store::{
-    ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError, StreamId, cursor_at,
+    ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, RecordedDecision,
+    RecordsPosition, RecordsRange, StoreError, StreamId, TimeField, cursor_at,
 };
 
 use crate::cluster_harness::RedisCluster;
@@ -974,6 +976,233 @@ pub async fn issue9_5_the_retained_log_starts_after_the_newest_trimmed_event(b: 
     );
 }
 
+// ---- issue 14: the records index and the hash chain --------------------------------------
+
+/// Every item of `range`, paging `size` at a time (bounded).
+async fn all_records(
+    store: &dyn ConsentStore,
+    range: &RecordsRange,
+    size: usize,
+) -> Vec<RecordedDecision> {
+    let mut out = Vec::new();
+    let mut after: Option<RecordsPosition> = None;
+    for _ in 0..1000 {
+        let page = store
+            .records_page(range, after.as_ref(), size)
+            .await
+            .expect("records_page");
+        assert!(page.items.len() <= size.max(1));
+        out.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return out,
+        }
+    }
+    panic!("records pages did not end");
+}
+
+/// Every entry of a pair's history with its link, through pages.
+async fn linked_history(
+    store: &dyn ConsentStore,
+    p: &Pair,
+) -> Vec<(HistoryEntry, Option<ChainLink>)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for _ in 0..1000 {
+        let page = store.history_page(p, start, 3).await.unwrap();
+        assert_eq!(page.entries.len(), page.links.len());
+        out.extend(page.entries.into_iter().zip(page.links));
+        match page.next {
+            Some(next) => start = next,
+            None => return out,
+        }
+    }
+    panic!("history pages did not end");
+}
+
+fn business_range(by: TimeField, from: DateTime<Utc>, to: DateTime<Utc>) -> RecordsRange {
+    RecordsRange {
+        business: phone("+919000000000"),
+        by,
+        from,
+        to,
+    }
+}
+
+/// Issue 14: a business's decisions, listed by received or by event time, in the documented
+/// order (time, customer, position), `from` inclusive, `to` exclusive, resumable in pages of
+/// any size, with exactly what each pair's history holds.
+pub async fn issue14_records_list_a_business_in_order_within_the_range(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let other_business = Pair::new(phone("+919111111111"), phone("+919870000001"));
+    // (customer, event time offset, received offset): several customers, ties in both times.
+    let plan: [(u32, i64, i64); 9] = [
+        (1, 50, 0),
+        (2, 10, 0),
+        (1, 40, 10),
+        (3, 40, 10),
+        (2, 30, 20),
+        (1, 5, 30),
+        (4, 60, 30),
+        (3, 60, 40),
+        (2, 0, 50),
+    ];
+    for (i, (c, event, received)) in plan.iter().enumerate() {
+        let d = decision(&pair(*c), Choice::Deny, t + ms(*event), &format!("r{i}"));
+        store.record(&[d], t + ms(*received)).await.unwrap();
+    }
+    let stray = decision(&other_business, Choice::Deny, t + ms(20), "other");
+    store.record(&[stray], t + ms(20)).await.unwrap();
+
+    // The expected listing, from the histories themselves.
+    let mut every = Vec::new();
+    for c in 1..=4 {
+        for (position, (entry, link)) in linked_history(&*store, &pair(c))
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            every.push(RecordedDecision {
+                pair: pair(c),
+                position: position as u64,
+                entry: Some(entry),
+                link,
+            });
+        }
+    }
+    assert_eq!(every.len(), plan.len());
+    for by in [TimeField::Received, TimeField::Event] {
+        let key = |r: &RecordedDecision| {
+            let e = r.entry.as_ref().unwrap();
+            (by.of(e), r.pair.customer.digits().to_owned(), r.position)
+        };
+        let mut want = every.clone();
+        want.sort_by_key(key);
+        for (from, to) in [
+            (0, 100),
+            (10, 40),
+            (30, 31),
+            (40, 40),
+            (50, 10),
+            (-100, 0),
+            (0, 1),
+        ] {
+            let range = business_range(by, t + ms(from), t + ms(to));
+            let expect: Vec<_> = want
+                .iter()
+                .filter(|r| {
+                    let at = by.of(r.entry.as_ref().unwrap());
+                    t + ms(from) <= at && at < t + ms(to)
+                })
+                .cloned()
+                .collect();
+            for size in [1, 2, 5, 100] {
+                let got = all_records(&*store, &range, size).await;
+                assert_eq!(got, expect, "{by:?} [{from}, {to}) in pages of {size}");
+            }
+        }
+    }
+    // Every item carries its chain link.
+    assert!(every.iter().all(|r| r.link.is_some()));
+    // Another business sees only its own.
+    let range = RecordsRange {
+        business: phone("+919111111111"),
+        by: TimeField::Received,
+        from: t,
+        to: t + ms(100),
+    };
+    let got = all_records(&*store, &range, 10).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].pair, other_business);
+}
+
+/// Issue 14: each entry is chained to the one before it (applied, stale, several decisions
+/// for one pair in one call); duplicates add nothing.
+pub async fn issue14_every_entry_is_chained_to_the_one_before(b: &dyn Backend) {
+    let store = b.store();
+    let p = pair(1);
+    let q = pair(2);
+    let t = now();
+    let first = decision(&p, Choice::GrantPermanent, t, "c1");
+    let stale = decision(&p, Choice::Deny, t - ms(100), "c2");
+    store.record(std::slice::from_ref(&first), t).await.unwrap();
+    store
+        .record(std::slice::from_ref(&stale), t + ms(1))
+        .await
+        .unwrap();
+    store
+        .record(std::slice::from_ref(&first), t + ms(2))
+        .await
+        .unwrap();
+    // One call: two decisions for p, one for q.
+    let call = [
+        decision(&p, Choice::Deny, t + ms(10), "c3"),
+        decision(&q, Choice::GrantPermanent, t + ms(10), "c4"),
+        decision(&p, temporary(t + ms(86_400_000)), t + ms(20), "c5"),
+    ];
+    assert_eq!(
+        store.record(&call, t + ms(3)).await.unwrap(),
+        vec![RecordOutcome::Applied; 3]
+    );
+    let history = linked_history(&*store, &p).await;
+    assert_eq!(history.len(), 4);
+    let mut prev = GENESIS;
+    let mut walk = ChainWalk::new();
+    for (i, (entry, link)) in history.iter().enumerate() {
+        let link = link.expect("chained");
+        assert_eq!(link.position, i as u64);
+        assert_eq!(link.prev, prev);
+        assert_eq!(
+            link.hash,
+            callgate::domain::chain::entry_hash(i as u64, &prev, entry)
+        );
+        prev = link.hash;
+        walk.entry(entry, Some(&link));
+    }
+    assert!(walk.breaks.is_empty(), "{:?}", walk.breaks);
+    assert_eq!(history[1].0.outcome, HistoryOutcome::Stale);
+    let q_history = linked_history(&*store, &q).await;
+    assert_eq!(q_history.len(), 1);
+    assert_eq!(q_history[0].1.unwrap().prev, GENESIS);
+}
+
+/// Issue 14: two replicas recording for one pair at once keep one unbroken chain (on Redis the
+/// script refuses a stale tip and the store retries).
+pub async fn issue14_concurrent_replicas_keep_one_chain(b: &dyn Backend) {
+    let store = b.store();
+    let replica = b.replica().await;
+    let p = pair(7);
+    let t = now();
+    let mut tasks = Vec::new();
+    for (r, s) in [store.clone(), replica].into_iter().enumerate() {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                let d = decision(&p, Choice::Deny, t + ms(i), &format!("x{r}-{i}"));
+                s.record(&[d], t + ms(i)).await.expect("record");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let history = linked_history(&*store, &p).await;
+    assert_eq!(history.len(), 30);
+    let mut walk = ChainWalk::new();
+    for (entry, link) in &history {
+        walk.entry(entry, link.as_ref());
+    }
+    assert!(walk.breaks.is_empty(), "{:?}", walk.breaks);
+    assert_eq!(walk.hashed, 30);
+    let range = business_range(TimeField::Received, t, t + ms(100));
+    let listed = all_records(&*store, &range, 7).await;
+    assert_eq!(listed.len(), 30);
+    let mut positions: Vec<u64> = listed.iter().map(|r| r.position).collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (0..30).collect::<Vec<_>>());
+}
+
 /// Runs every listed test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1035,4 +1264,7 @@ conformance!(
     history_pages_cover_the_history_once_in_arrival_order,
     issue9_5_events_of_different_pairs_come_back_in_recorded_order,
     issue9_5_the_retained_log_starts_after_the_newest_trimmed_event,
+    issue14_records_list_a_business_in_order_within_the_range,
+    issue14_every_entry_is_chained_to_the_one_before,
+    issue14_concurrent_replicas_keep_one_chain,
 );

@@ -23,7 +23,13 @@
 //!   evidence beside the times the rules derived from it.
 //! - A **history entry** (`h:` list, one per kept decision) is
 //!   `<outcome><dedup id><received>,<D>`: `a` applied or `s` stale, the 16 raw bytes of
-//!   [`Decision::dedup_id`], the arrival time in base 36.
+//!   [`Decision::dedup_id`], the arrival time in base 36. Issue 14: an entry recorded since the
+//!   hash chain exists is `<OUTCOME><dedup id><position>,<prev><hash><received>,<D>`: `A`
+//!   applied or `S` stale, its position in the history in base 36, the previous entry's hash
+//!   and its own (32 raw bytes each, see [`crate::domain::chain`]). Lower-case entries are
+//!   pre-chain.
+//! - Issue 14: a **records index** member (`br:`/`be:` sorted sets, all scores 0, read by lex
+//!   range) is the [`index_key`](crate::store::records::index_key) of an entry.
 //! - A **dedup hash** (`d:`) maps the 16 raw bytes of each kept decision's
 //!   [`Decision::dedup_id`] to the 8 raw bytes of its [`Decision::fingerprint`].
 //! - A **consent value** (`c:`, and `x:` for a temporary grant) is `<dedup id><D>`: the 16 raw
@@ -43,8 +49,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::rules::tie_rank;
 use crate::domain::{
-    Choice, ConsentEvent, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
-    PhoneNumber, Source,
+    ChainLink, Choice, ConsentEvent, Decision, EventKind, Evidence, Hash, HistoryEntry,
+    HistoryOutcome, Pair, PhoneNumber, Source,
 };
 use crate::store::StoreError;
 
@@ -293,18 +299,82 @@ pub fn encode_history(
     out
 }
 
-/// Decodes one history entry of `pair`.
+/// Decodes one history entry of `pair` (without its chain link).
 pub fn decode_history(pair: &Pair, bytes: &[u8]) -> Result<HistoryEntry, StoreError> {
+    decode_history_linked(pair, bytes).map(|(entry, _)| entry)
+}
+
+// ---- issue 14: chained history entries -------------------------------------------------
+
+/// The chain part of an entry as `record.lua` writes it after the dedup id:
+/// `<position>,<prev><hash>` (see the module docs).
+pub fn encode_link(link: &ChainLink) -> Vec<u8> {
+    let mut out = base36(link.position as i64).into_bytes();
+    out.push(b',');
+    out.extend_from_slice(&link.prev);
+    out.extend_from_slice(&link.hash);
+    out
+}
+
+/// A chained history entry as `record.lua` writes it (for tests and tools).
+pub fn encode_history_linked(
+    d: &Decision,
+    outcome: HistoryOutcome,
+    received_at: DateTime<Utc>,
+    link: &ChainLink,
+) -> Vec<u8> {
+    let mut out = vec![match outcome {
+        HistoryOutcome::Applied => b'A',
+        HistoryOutcome::Stale => b'S',
+    }];
+    out.extend_from_slice(&dedup_bytes(d));
+    out.extend_from_slice(&encode_link(link));
+    out.extend_from_slice(base36(received_at.timestamp_millis()).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(&encode_body(d));
+    out
+}
+
+/// The hash stored in a raw history entry, read the way `record.lua` reads the chain tip:
+/// `None` for a pre-chain entry (or one too damaged to hold a hash).
+pub fn stored_hash(bytes: &[u8]) -> Option<Hash> {
+    if !matches!(bytes.first(), Some(b'A' | b'S')) {
+        return None;
+    }
+    let rest = bytes.get(1 + DEDUP_ID_LEN..)?;
+    let comma = rest.iter().position(|b| *b == b',')?;
+    rest.get(comma + 1 + 32..comma + 1 + 64)?.try_into().ok()
+}
+
+/// Decodes one history entry of `pair` with its chain link (`None`: pre-chain).
+pub fn decode_history_linked(
+    pair: &Pair,
+    bytes: &[u8],
+) -> Result<(HistoryEntry, Option<ChainLink>), StoreError> {
     let mut r = Reader {
         rest: bytes,
         what: "history entry",
     };
-    let outcome = match r.byte()? {
-        b'a' => HistoryOutcome::Applied,
-        b's' => HistoryOutcome::Stale,
+    let (outcome, chained) = match r.byte()? {
+        b'a' => (HistoryOutcome::Applied, false),
+        b's' => (HistoryOutcome::Stale, false),
+        b'A' => (HistoryOutcome::Applied, true),
+        b'S' => (HistoryOutcome::Stale, true),
         _ => return Err(r.fail("unknown outcome")),
     };
     let id = r.take(DEDUP_ID_LEN)?;
+    let link = if chained {
+        let position = u64::try_from(r.time(b',')?).map_err(|_| r.fail("negative position"))?;
+        let prev = r.array::<32>()?;
+        let hash = r.array::<32>()?;
+        Some(ChainLink {
+            position,
+            prev,
+            hash,
+        })
+    } else {
+        None
+    };
     let received_at = millis(r.time(b',')?)?;
     let decision = decode_body(pair.clone(), &mut r)?;
     if dedup_bytes(&decision) != id {
@@ -312,11 +382,14 @@ pub fn decode_history(pair: &Pair, bytes: &[u8]) -> Result<HistoryEntry, StoreEr
             "history entry: dedup id does not match the decision",
         ));
     }
-    Ok(HistoryEntry {
-        decision,
-        outcome,
-        received_at,
-    })
+    Ok((
+        HistoryEntry {
+            decision,
+            outcome,
+            received_at,
+        },
+        link,
+    ))
 }
 
 /// A consent value `<dedup id><D>` as `record.lua` writes it to `c:` and `x:` (for tests and

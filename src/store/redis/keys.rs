@@ -19,6 +19,10 @@
 //! {callgate:s07-3}:e                        the shard's event log (STREAM)
 //! {callgate:s07-3}:due                      temporary grants by expiry ms (ZSET, member = pair)
 //! {callgate:s07-3}:trimmed                  newest event id trimmed from `e` (STRING)
+//! {callgate:s07-3}:br:<business>            issue 14: the business's history entries of this
+//!                                           shard by received time (ZSET, scores 0, members
+//!                                           `records::index_key`, read by lex range)
+//! {callgate:s07-3}:be:<business>            the same by event time
 //! ```
 //!
 //! # How the hash tags are chosen: an even spread over a default 3-master cluster
@@ -36,7 +40,8 @@
 //! data migration, and it changes the shape of every cursor subscribers hold (the cursor's
 //! version prefix changes with it, see [`crate::store::cursor`]).
 
-use crate::domain::Pair;
+use crate::domain::{Pair, PhoneNumber};
+use crate::store::records::TimeField;
 
 /// Number of shards. Fixed: cursors carry one position per shard. A multiple of 3, so each
 /// master of a default 3-master cluster gets the same number (see the module docs).
@@ -147,6 +152,10 @@ pub struct PairKeys {
     pub stream: String,
     pub due: String,
     pub trimmed: String,
+    /// Issue 14: the pair's business's records index of this shard, by received time.
+    pub records_received: String,
+    /// Issue 14: the same by event time.
+    pub records_event: String,
 }
 
 impl Keys {
@@ -216,8 +225,20 @@ impl Keys {
             stream: self.stream(shard),
             due: self.due(shard),
             trimmed: self.trimmed(shard),
+            records_received: self.records(shard, &pair.business, TimeField::Received),
+            records_event: self.records(shard, &pair.business, TimeField::Event),
             member,
         }
+    }
+
+    /// Issue 14: the records index of `business` in `shard` by `by` time (`br:` received,
+    /// `be:` event).
+    pub fn records(&self, shard: usize, business: &PhoneNumber, by: TimeField) -> String {
+        let kind = match by {
+            TimeField::Received => "br",
+            TimeField::Event => "be",
+        };
+        format!("{}{kind}:{}", self.shard_prefix(shard), business.digits())
     }
 
     /// A `SCAN … MATCH` pattern for every key of every shard under this prefix (the prefix's
@@ -251,7 +272,6 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::PhoneNumber;
 
     fn pair(b: &str, c: &str) -> Pair {
         Pair::new(
@@ -278,7 +298,15 @@ mod tests {
             "{tag}"
         );
         for key in [
-            &k.consent, &k.lapse, &k.history, &k.dedup, &k.stream, &k.due, &k.trimmed,
+            &k.consent,
+            &k.lapse,
+            &k.history,
+            &k.dedup,
+            &k.stream,
+            &k.due,
+            &k.trimmed,
+            &k.records_received,
+            &k.records_event,
         ] {
             assert!(key.starts_with(&tag), "{key} lacks {tag}");
         }

@@ -171,6 +171,7 @@ mod error;
 mod events;
 mod inspect;
 pub mod keys;
+mod records_chain;
 mod reply;
 mod routing;
 mod store;

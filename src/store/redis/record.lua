@@ -23,8 +23,21 @@
 -- ARGV[5] event retention (ms)
 -- ARGV[6] the pair as due-index member "<business>:<customer>"
 -- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
+-- -- issue 14: the hash chain and the records index --
+-- KEYS[8] records index by received time {p:sNN}:br:<business>  (ZSET, lex)
+-- KEYS[9] records index by event time    {p:sNN}:be:<business>  (ZSET, lex)
+-- ARGV[8]  the history length Rust expects (the new entry's position), decimal
+-- ARGV[9]  the hash Rust expects at the history's tip (32 raw bytes; zeros if the history is
+--          empty or its last entry is pre-chain)
+-- ARGV[10] the chain part of the entry if it is applied: "<position b36>,<prev><hash>"
+-- ARGV[11] the same if it is stale (the hash covers the outcome)
+-- ARGV[12] the entry's member in KEYS[8]; ARGV[13] in KEYS[9]
+-- SHA-256 is computed in Rust (Lua has none); the tip it was computed against is checked here,
+-- atomically. If the history moved meanwhile (another replica recorded for this pair), nothing
+-- is written and the script answers 4: Rust reads the new tip and tries again.
+-- -- end issue 14 --
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
--- is written).
+-- is written), 4 chain tip moved (nothing is written).
 
 -- Byte-wise string order, like Rust's `str::cmp` (Lua's `<` on strings follows the locale).
 local function cmp_bytes(a, b)
@@ -97,12 +110,31 @@ if current then
   applied = p > 0
 end
 
+-- issue 14: the chain tip must be the one Rust hashed against (see the header).
+local len = redis.call('LLEN', KEYS[3])
+if len ~= tonumber(ARGV[8]) then return 4 end
+local tip = string.rep('\0', 32)
+if len > 0 then
+  local last = redis.call('LINDEX', KEYS[3], -1)
+  local kind = string.sub(last, 1, 1)
+  if kind == 'A' or kind == 'S' then
+    local comma = string.find(last, ',', 18, true)
+    if comma and #last >= comma + 64 then
+      tip = string.sub(last, comma + 33, comma + 64)
+    end
+  end
+end
+if tip ~= ARGV[9] then return 4 end
+redis.call('ZADD', KEYS[8], 0, ARGV[12])
+redis.call('ZADD', KEYS[9], 0, ARGV[13])
+-- end issue 14
+
 redis.call('HSET', KEYS[7], new.id, ARGV[7])
 if not applied then
-  redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
+  redis.call('RPUSH', KEYS[3], 'S' .. new.id .. ARGV[11] .. ARGV[3] .. ',' .. ARGV[1]) -- issue 14: chained
   return 1
 end
-redis.call('RPUSH', KEYS[3], 'a' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
+redis.call('RPUSH', KEYS[3], 'A' .. new.id .. ARGV[10] .. ARGV[3] .. ',' .. ARGV[1]) -- issue 14: chained
 local value = new.id .. ARGV[1]
 
 local now = now_ms()

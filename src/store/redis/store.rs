@@ -14,13 +14,14 @@ use super::codec;
 use super::connection::Verdict;
 use super::error::{corrupt_reply, is_reply_error, map_error, unverifiable_policy};
 use super::keys::{self, Keys};
+use super::records_chain::{ChainPlan, MAX_CHAIN_RETRIES, Recorded, next_round};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
 use crate::domain::{Choice, ConsentEvent, Decision, Pair};
 use crate::store::{
-    ConsentStore, Cursor, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome, StoreError,
-    StreamId, check_deliveries,
+    ConsentStore, Cursor, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome, RecordsPage,
+    RecordsPosition, RecordsRange, StoreError, StreamId, check_deliveries,
 };
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
 const CLAIM_BATCH: usize = 500;
@@ -192,7 +193,7 @@ where
 }
 
 /// The indices of `decisions` grouped by shard (shard order; each group in call order).
-fn by_shard(decisions: &[Decision]) -> Vec<(usize, Vec<usize>)> {
+pub(super) fn by_shard(decisions: &[Decision]) -> Vec<(usize, Vec<usize>)> {
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
     for (i, d) in decisions.iter().enumerate() {
         groups[keys::shard_of(&d.pair)].push(i);
@@ -216,19 +217,20 @@ impl RedisStore {
     /// `WAIT replica_acks` when asked for. `WAIT` must follow `EXEC` (inside a transaction it
     /// does not block) and share the connection of the writes: it waits for this connection's
     /// writes. Returns one outcome per index, in order.
-    async fn record_group(
+    pub(super) async fn record_group(
         &self,
         all: &[Decision],
         indices: &[usize],
+        plans: &[ChainPlan],
         received_at: DateTime<Utc>,
         atomic: bool,
-    ) -> Result<Vec<RecordOutcome>, StoreError> {
+    ) -> Result<Vec<Recorded>, StoreError> {
         let received = codec::base36(received_at.timestamp_millis());
         let mut pipe = redis::pipe();
         if atomic {
             pipe.cmd("MULTI").ignore();
         }
-        for &i in indices {
+        for (&i, plan) in indices.iter().zip(plans) {
             let decision = &all[i];
             let k = self.keys.pair(&decision.pair);
             let event = ConsentEvent::for_applied(decision, received_at)
@@ -243,13 +245,21 @@ impl RedisStore {
                 .key(&k.due)
                 .key(&k.trimmed)
                 .key(&k.dedup)
+                .key(&k.records_received)
+                .key(&k.records_event)
                 .arg(codec::encode_body(decision))
                 .arg(codec::dedup_bytes(decision))
                 .arg(&received)
                 .arg(event)
                 .arg(self.config.event_retention.as_millis() as u64)
                 .arg(&k.member)
-                .arg(decision.fingerprint().as_slice());
+                .arg(decision.fingerprint().as_slice())
+                .arg(plan.position)
+                .arg(plan.prev.as_slice())
+                .arg(&plan.applied)
+                .arg(&plan.stale)
+                .arg(&plan.received_member)
+                .arg(&plan.event_member);
             pipe.invoke_script(&invocation);
             if atomic {
                 pipe.ignore(); // `QUEUED`; the results come with EXEC.
@@ -297,7 +307,10 @@ impl RedisStore {
         indices
             .iter()
             .zip(codes)
-            .map(|(&i, code)| Self::outcome(all, i, code))
+            .map(|(&i, code)| match code {
+                4 => Ok(Recorded::Moved),
+                code => Self::outcome(all, i, code).map(Recorded::Done),
+            })
             .collect()
     }
 
@@ -429,32 +442,41 @@ impl ConsentStore for RedisStore {
         if decisions.len() > 1 {
             self.precheck_deliveries(decisions).await?;
         }
-        if !self.is_cluster() {
-            // Standalone Redis: all decisions in one MULTI/EXEC, applied together or (on a
-            // connection error before EXEC) not at all.
-            let indices: Vec<usize> = (0..decisions.len()).collect();
-            return self
-                .record_group(decisions, &indices, received_at, decisions.len() > 1)
-                .await;
-        }
-        // Cluster: a transaction cannot span slots. Each shard's decisions go in one
-        // single-slot pipeline (in order, so a pair's decisions keep their order), the shards
-        // at once. Each decision is atomic by itself; the call is acknowledged only if every
-        // shard's were stored (and replicated, with replica acks). If one shard fails, the
-        // call fails, the sender retries it, and the decisions already stored are recognised
-        // as duplicates: all or none acknowledged, not all or none stored.
-        let groups = by_shard(decisions);
-        let results = all(&groups, |(_, g)| {
-            self.record_group(decisions, g, received_at, false)
-        })
-        .await;
-        let mut out = vec![RecordOutcome::Duplicate; decisions.len()];
-        for ((_, group), result) in groups.iter().zip(results) {
-            for (&i, outcome) in group.iter().zip(result?) {
-                out[i] = outcome;
+        // Issue 14: each round sends at most one decision per pair, chained to the tip read
+        // just before; a decision whose pair's history moved meanwhile is sent again in the
+        // next round (see `records_chain`).
+        let mut out: Vec<Option<RecordOutcome>> = vec![None; decisions.len()];
+        let mut moved_rounds = 0;
+        loop {
+            let round = next_round(decisions, &out);
+            if round.is_empty() {
+                break;
+            }
+            let plans = self.chain_plans(decisions, &round, received_at).await?;
+            let recorded = self
+                .record_round(decisions, &round, &plans, received_at)
+                .await?;
+            let mut moved = false;
+            for (&i, r) in round.iter().zip(recorded) {
+                match r {
+                    Recorded::Done(outcome) => out[i] = Some(outcome),
+                    Recorded::Moved => moved = true,
+                }
+            }
+            if moved {
+                moved_rounds += 1;
+                if moved_rounds > MAX_CHAIN_RETRIES {
+                    return Err(StoreError::Unavailable(format!(
+                        "a pair's history kept changing during {MAX_CHAIN_RETRIES} attempts to \
+                         record; not acknowledged, the sender will retry"
+                    )));
+                }
             }
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or(RecordOutcome::Duplicate))
+            .collect())
     }
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
@@ -529,13 +551,26 @@ impl ConsentStore for RedisStore {
             .await?;
         let next = (entries.len() > limit).then_some(last);
         entries.truncate(limit);
+        let (entries, links) = entries
+            .iter()
+            .map(|e| codec::decode_history_linked(pair, e))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         Ok(HistoryPage {
-            entries: entries
-                .iter()
-                .map(|e| codec::decode_history(pair, e))
-                .collect::<Result<_, _>>()?,
+            entries,
+            links,
             next,
         })
+    }
+
+    async fn records_page(
+        &self,
+        range: &RecordsRange,
+        after: Option<&RecordsPosition>,
+        limit: usize,
+    ) -> Result<RecordsPage, StoreError> {
+        self.records_page_impl(range, after, limit).await
     }
 
     fn shards(&self) -> usize {

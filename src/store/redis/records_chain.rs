@@ -1,0 +1,362 @@
+//! Issue 14 on Redis: chaining history entries as they are recorded, and reading a business's
+//! decisions through its records index.
+//!
+//! # Chaining: SHA-256 in Rust, the tip checked in the script (optimistic)
+//!
+//! Lua in Redis has no SHA-256, and the entry before a new one is only known for sure inside
+//! `record.lua`. So recording is optimistic: Rust reads each pair's chain tip (`LLEN` and the
+//! last entry, one pipelined round trip per call, per shard on a cluster), computes the new
+//! entry's hash for both outcomes (applied, stale: the script decides which, and the hash
+//! covers it), and passes the expected length and tip hash to the script. The script compares
+//! them with the history, atomically with the write; if another replica appended meanwhile it
+//! writes nothing and answers 4, and Rust reads the tip again and retries (at most
+//! [`MAX_CHAIN_RETRIES`] rounds, then the call fails unacknowledged and the sender retries).
+//!
+//! A call's decisions are sent in rounds of **at most one decision per pair**: the hash of a
+//! pair's second decision depends on the outcome of its first, which only the script knows.
+//! A call of decisions for different pairs is one round: on a standalone Redis one
+//! `MULTI`/`EXEC`, as before. A call with two decisions for one pair takes two rounds, each
+//! atomic: if the second fails, the call fails (503), the sender retries, and the first is
+//! recognised as a duplicate: acknowledged all or none, as on a cluster.
+//!
+//! The cost: one extra read round trip per webhook before the write (the check path is
+//! untouched), and 70 bytes more per history entry (position, previous and own hash).
+//!
+//! # The records index
+//!
+//! `record.lua` adds each new entry's [`index_key`](crate::store::records::index_key) to two
+//! lex sorted sets of its shard (`br:<business>` by received time, `be:<business>` by event
+//! time; see [`keys`](super::keys)), in the same script as the entry, so the index never
+//! names an entry that was not written. A page reads `ZRANGE … BYLEX LIMIT 0 n+1` from every
+//! shard (one slot each), merges them, keeps the first `n`, and reads those entries with one
+//! `LINDEX` each (pipelined per shard).
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use redis::Value;
+
+use super::SHARDS;
+use super::codec;
+use super::error::corrupt_reply;
+use super::keys;
+use super::routing::Route;
+use super::store::{RedisStore, all};
+use crate::domain::{ChainLink, Decision, GENESIS, Hash, HistoryEntry, HistoryOutcome, Pair};
+use crate::store::records::{self, RecordedDecision, RecordsPage, RecordsPosition, RecordsRange};
+use crate::store::{RecordOutcome, StoreError};
+
+/// Rounds in which some pair's history moved before a record call gives up.
+pub(super) const MAX_CHAIN_RETRIES: usize = 8;
+
+/// What recording one decision in a round did.
+pub(super) enum Recorded {
+    Done(RecordOutcome),
+    /// The pair's history moved since its tip was read: nothing written, try again.
+    Moved,
+}
+
+/// The chain arguments of one decision's `record.lua` call.
+#[derive(Clone)]
+pub(super) struct ChainPlan {
+    /// The history length expected (the new entry's position).
+    pub position: u64,
+    /// The tip hash expected.
+    pub prev: Hash,
+    /// The entry's chain part if applied, and if stale.
+    pub applied: Vec<u8>,
+    pub stale: Vec<u8>,
+    /// Its members in the records index by received and by event time.
+    pub received_member: Vec<u8>,
+    pub event_member: Vec<u8>,
+}
+
+/// The decisions (indices, in call order) of the next round: the first not yet recorded
+/// decision of each pair.
+pub(super) fn next_round(decisions: &[Decision], done: &[Option<RecordOutcome>]) -> Vec<usize> {
+    let mut pairs = HashSet::new();
+    let mut blocked = HashSet::new();
+    let mut round = Vec::new();
+    for (i, d) in decisions.iter().enumerate() {
+        if done[i].is_some() {
+            continue;
+        }
+        if blocked.contains(&d.pair) || !pairs.insert(d.pair.clone()) {
+            blocked.insert(d.pair.clone());
+            continue;
+        }
+        round.push(i);
+    }
+    round
+}
+
+/// Groups `indices` by the shard of their pair: (shard, positions into `indices`).
+fn by_shard_of(decisions: &[Decision], indices: &[usize]) -> Vec<(usize, Vec<usize>)> {
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+    for (at, &i) in indices.iter().enumerate() {
+        groups[keys::shard_of(&decisions[i].pair)].push(at);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .collect()
+}
+
+impl RedisStore {
+    /// Reads the chain tip of each decision's pair and plans its chain arguments.
+    pub(super) async fn chain_plans(
+        &self,
+        decisions: &[Decision],
+        round: &[usize],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<ChainPlan>, StoreError> {
+        let tip_pipe = |ats: &[usize]| {
+            let mut pipe = redis::pipe();
+            for &at in ats {
+                let history = self.keys.pair(&decisions[round[at]].pair).history;
+                pipe.cmd("LLEN").arg(&history);
+                pipe.cmd("LINDEX").arg(&history).arg(-1);
+            }
+            pipe
+        };
+        let mut tips: Vec<(u64, Hash)> = vec![(0, GENESIS); round.len()];
+        let groups: Vec<(Route, Vec<usize>)> = if self.is_cluster() {
+            by_shard_of(decisions, round)
+                .into_iter()
+                .map(|(shard, ats)| (Route::Shard(shard), ats))
+                .collect()
+        } else {
+            vec![(Route::Keyless, (0..round.len()).collect())]
+        };
+        let replies = all(&groups, |(route, ats)| {
+            let pipe = tip_pipe(ats);
+            async move { self.read_pipe::<Vec<Value>>(*route, &pipe).await }
+        })
+        .await;
+        for ((_, ats), reply) in groups.iter().zip(replies) {
+            let reply = reply?;
+            if reply.len() != 2 * ats.len() {
+                return Err(corrupt_reply("LLEN/LINDEX chain tip"));
+            }
+            for (&at, pair) in ats.iter().zip(reply.chunks(2)) {
+                let len: u64 =
+                    redis::from_redis_value(pair[0].clone()).map_err(|_| corrupt_reply("LLEN"))?;
+                let last: Option<Vec<u8>> = redis::from_redis_value(pair[1].clone())
+                    .map_err(|_| corrupt_reply("LINDEX"))?;
+                let tip = last
+                    .as_deref()
+                    .and_then(codec::stored_hash)
+                    .unwrap_or(GENESIS);
+                tips[at] = (len, tip);
+            }
+        }
+        Ok(round
+            .iter()
+            .zip(tips)
+            .map(|(&i, (position, prev))| {
+                let d = &decisions[i];
+                let link_for = |outcome| {
+                    let entry = HistoryEntry {
+                        decision: d.clone(),
+                        outcome,
+                        received_at,
+                    };
+                    codec::encode_link(&ChainLink::new(position, prev, &entry))
+                };
+                ChainPlan {
+                    position,
+                    prev,
+                    applied: link_for(HistoryOutcome::Applied),
+                    stale: link_for(HistoryOutcome::Stale),
+                    received_member: records::index_key(
+                        received_at.timestamp_millis(),
+                        &d.pair.customer,
+                        position,
+                    ),
+                    event_member: records::index_key(
+                        d.decided_at.timestamp_millis(),
+                        &d.pair.customer,
+                        position,
+                    ),
+                }
+            })
+            .collect())
+    }
+
+    /// Records one round (at most one decision per pair): on a standalone Redis in one
+    /// pipeline (`MULTI`/`EXEC` when several), on a cluster one pipeline per shard, at once.
+    pub(super) async fn record_round(
+        &self,
+        decisions: &[Decision],
+        round: &[usize],
+        plans: &[ChainPlan],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        if !self.is_cluster() {
+            return self
+                .record_group(decisions, round, plans, received_at, round.len() > 1)
+                .await;
+        }
+        let groups = by_shard_of(decisions, round);
+        let results = all(&groups, |(_, ats)| {
+            let indices: Vec<usize> = ats.iter().map(|&at| round[at]).collect();
+            let group_plans: Vec<ChainPlan> = ats.iter().map(|&at| plans[at].clone()).collect();
+            async move {
+                self.record_group(decisions, &indices, &group_plans, received_at, false)
+                    .await
+            }
+        })
+        .await;
+        let mut out: Vec<Option<Recorded>> = (0..round.len()).map(|_| None).collect();
+        for ((_, ats), result) in groups.iter().zip(results) {
+            for (&at, r) in ats.iter().zip(result?) {
+                out[at] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| corrupt_reply("record")))
+            .collect()
+    }
+
+    /// [`ConsentStore::records_page`](crate::store::ConsentStore::records_page) on Redis.
+    pub(super) async fn records_page_impl(
+        &self,
+        range: &RecordsRange,
+        after: Option<&RecordsPosition>,
+        limit: usize,
+    ) -> Result<RecordsPage, StoreError> {
+        let limit = limit.max(1);
+        let from = records::time_prefix(range.from.timestamp_millis()).into_bytes();
+        let to = records::time_prefix(range.to.timestamp_millis()).into_bytes();
+        if from >= to {
+            return Ok(RecordsPage {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let min = match after {
+            Some(p) if p.key() >= from.as_slice() => [b"(".as_slice(), p.key()].concat(),
+            _ => [b"[".as_slice(), &from].concat(),
+        };
+        let max = [b"(".as_slice(), &to].concat();
+        let zrange = |shard: usize| {
+            let mut cmd = redis::cmd("ZRANGE");
+            cmd.arg(self.keys.records(shard, &range.business, range.by))
+                .arg(&min)
+                .arg(&max)
+                .arg("BYLEX")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit + 1);
+            cmd
+        };
+        let per_shard: Vec<Vec<Vec<u8>>> = if self.is_cluster() {
+            all(0..SHARDS, |shard| {
+                let cmd = zrange(shard);
+                async move {
+                    self.read_cmd::<Vec<Vec<u8>>>(Route::Shard(shard), &cmd)
+                        .await
+                }
+            })
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?
+        } else {
+            let mut pipe = redis::pipe();
+            for shard in 0..SHARDS {
+                pipe.add_command(zrange(shard));
+            }
+            self.read_pipe(Route::Keyless, &pipe).await?
+        };
+        if per_shard.len() != SHARDS {
+            return Err(corrupt_reply("ZRANGE records"));
+        }
+        let mut merged: Vec<(Vec<u8>, usize)> = per_shard
+            .into_iter()
+            .enumerate()
+            .flat_map(|(shard, keys)| keys.into_iter().map(move |k| (k, shard)))
+            .collect();
+        merged.sort();
+        let more = merged.len() > limit;
+        merged.truncate(limit);
+        let (named, positions): (Vec<Pair>, Vec<u64>) = merged
+            .iter()
+            .map(|(key, _)| {
+                records::parse_index_key(key)
+                    .map(|(customer, position)| {
+                        (Pair::new(range.business.clone(), customer), position)
+                    })
+                    .ok_or_else(|| StoreError::Corrupt("records index member".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
+        // Read the entries the page names: one LINDEX each, pipelined per shard.
+        let lindex = |at: usize| {
+            let mut cmd = redis::cmd("LINDEX");
+            cmd.arg(self.keys.pair(&named[at]).history)
+                .arg(positions[at]);
+            cmd
+        };
+        let mut raw: Vec<Option<Vec<u8>>> = vec![None; merged.len()];
+        let groups: Vec<(Route, Vec<usize>)> = if self.is_cluster() {
+            let mut by: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+            for (at, (_, shard)) in merged.iter().enumerate() {
+                by[*shard].push(at);
+            }
+            by.into_iter()
+                .enumerate()
+                .filter(|(_, g)| !g.is_empty())
+                .map(|(s, g)| (Route::Shard(s), g))
+                .collect()
+        } else if merged.is_empty() {
+            Vec::new()
+        } else {
+            vec![(Route::Keyless, (0..merged.len()).collect())]
+        };
+        let replies = all(&groups, |(route, ats)| {
+            let mut pipe = redis::pipe();
+            for &at in ats {
+                pipe.add_command(lindex(at));
+            }
+            async move { self.read_pipe::<Vec<Option<Vec<u8>>>>(*route, &pipe).await }
+        })
+        .await;
+        for ((_, ats), reply) in groups.iter().zip(replies) {
+            let reply = reply?;
+            if reply.len() != ats.len() {
+                return Err(corrupt_reply("LINDEX records"));
+            }
+            for (&at, value) in ats.iter().zip(reply) {
+                raw[at] = value;
+            }
+        }
+        let mut items = Vec::with_capacity(merged.len());
+        for ((pair, position), value) in named.into_iter().zip(positions).zip(raw) {
+            let (entry, link) = match value {
+                Some(bytes) => {
+                    let (entry, link) = codec::decode_history_linked(&pair, &bytes)?;
+                    (Some(entry), link)
+                }
+                None => (None, None),
+            };
+            items.push(RecordedDecision {
+                pair,
+                position,
+                entry,
+                link,
+            });
+        }
+        Ok(RecordsPage {
+            next: more
+                .then(|| {
+                    merged
+                        .last()
+                        .map(|(k, _)| RecordsPosition::after_key(k.clone()))
+                })
+                .flatten(),
+            items,
+        })
+    }
+}
