@@ -646,6 +646,11 @@ async fn issue14_console_in_headless_chromium() {
     ] {
         assert!(timeline.contains(id), "{id} in the timeline");
     }
+    let chain = text(&browser, "#chain").await;
+    assert!(
+        chain.starts_with("Chain verified: each of the 3 hashed entries"),
+        "{chain}"
+    );
     // The number went in the body: the address names no number.
     let url = browser.current_url().await.unwrap();
     assert_eq!(url.path(), "/console/customer");

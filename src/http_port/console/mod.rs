@@ -49,6 +49,7 @@ use maud::Markup;
 use self::pages::{ChainStatus, CustomerView};
 use self::session::{Active, Sessions};
 use super::HttpState;
+use crate::domain::chain::{ChainLink, ChainWalk};
 use crate::domain::{HistoryEntry, Pair, PhoneNumber, evaluate};
 use crate::grpc_api::auth::{AuthSource, Caller, Refusal, Scope};
 use crate::secret::Secret;
@@ -105,6 +106,9 @@ const MAX_FORM: usize = 8 * 1024;
 const MAX_TIMELINE: usize = 1000;
 /// The history page size the customer page reads with.
 const TIMELINE_PAGE: usize = 250;
+/// Most entries of one pair the customer page verifies (its chain walk reads them all, one
+/// page at a time, keeping only the first [`MAX_TIMELINE`]).
+const MAX_CHAIN_WALK: usize = 100_000;
 
 /// The session cookie.
 const SESSION_COOKIE: &str = "callgate_session";
@@ -365,9 +369,7 @@ async fn post(
         }
         Page::Export => {
             let (_, caller) = authorise(console, &post).map_err(fail)?;
-            overview::export(state, &post.form, &caller)
-                .await
-                .map_err(fail)
+            export(state, &post.form, &caller).await.map_err(fail)
         }
         Page::Start | Page::Stylesheet => {
             Err(fail(ConsoleError::Unavailable("not a form".to_owned())))
@@ -483,14 +485,19 @@ async fn customer(
     let now = state.clock.now();
     let current = state.store.current(&pair).await?;
     let verdict = evaluate(current, now);
-    let (entries, truncated) = timeline(state, &pair).await?;
-    let chain = ChainStatus::Unavailable;
+    let Timeline {
+        entries,
+        links,
+        truncated,
+        chain,
+    } = timeline(state, &pair).await?;
     let view = CustomerView {
         business: &business,
         customer: &customer,
         verdict: &verdict,
         now,
         entries: &entries,
+        links: &links,
         truncated,
         chain,
     };
@@ -504,20 +511,70 @@ async fn customer(
     ))
 }
 
-/// The pair's first [`MAX_TIMELINE`] entries, and whether there are more.
-async fn timeline(state: &HttpState, pair: &Pair) -> Result<(Vec<HistoryEntry>, bool), StoreError> {
+/// A pair's record as the customer page shows it.
+struct Timeline {
+    /// The first [`MAX_TIMELINE`] entries, in arrival order, and their chain links.
+    entries: Vec<HistoryEntry>,
+    links: Vec<Option<ChainLink>>,
+    /// More entries exist than are kept.
+    truncated: bool,
+    chain: ChainStatus,
+}
+
+/// Reads the pair's whole history in pages (at most [`MAX_CHAIN_WALK`] entries), verifying
+/// its hash chain, and keeps the first [`MAX_TIMELINE`] entries to show.
+async fn timeline(state: &HttpState, pair: &Pair) -> Result<Timeline, StoreError> {
     let mut entries = Vec::new();
+    let mut links = Vec::new();
+    let mut walk = ChainWalk::new();
     let mut start = 0;
     loop {
-        let want = TIMELINE_PAGE.min(MAX_TIMELINE - entries.len());
-        let page = state.store.history_page(pair, start, want).await?;
-        entries.extend(page.entries);
+        let page = state.store.history_page(pair, start, TIMELINE_PAGE).await?;
+        for (i, entry) in page.entries.into_iter().enumerate() {
+            let link = page.links.get(i).copied().flatten();
+            walk.entry(&entry, link.as_ref());
+            if entries.len() < MAX_TIMELINE {
+                entries.push(entry);
+                links.push(link);
+            }
+        }
         match page.next {
-            Some(next) if next > start && entries.len() < MAX_TIMELINE => start = next,
-            Some(_) => return Ok((entries, true)),
-            None => return Ok((entries, false)),
+            Some(next) if next > start && (walk.len() as usize) < MAX_CHAIN_WALK => start = next,
+            _ => break,
         }
     }
+    let truncated = walk.len() as usize > entries.len();
+    let chain = if !walk.breaks.is_empty() {
+        ChainStatus::Broken {
+            breaks: walk.breaks,
+        }
+    } else if walk.hashed == 0 {
+        ChainStatus::Unavailable {
+            pre_chain: walk.pre_chain,
+        }
+    } else {
+        ChainStatus::Verified {
+            hashed: walk.hashed,
+            pre_chain: walk.pre_chain,
+        }
+    };
+    Ok(Timeline {
+        entries,
+        links,
+        truncated,
+        chain,
+    })
+}
+
+/// `POST /console/export`: the business's export, downloaded with the session.
+async fn export(
+    _state: &HttpState,
+    _form: &Form,
+    _caller: &Caller,
+) -> Result<Response<Full<Bytes>>, ConsoleError> {
+    Err(ConsoleError::Unavailable(
+        "exports are not built yet".into(),
+    ))
 }
 
 fn sorted(set: &std::collections::HashSet<PhoneNumber>) -> Vec<PhoneNumber> {

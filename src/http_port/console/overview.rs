@@ -24,19 +24,19 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-
 use bytes::Bytes;
-use http::Response;
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use super::chart::DayCounts;
-use super::pages::StateCounts;
+use super::pages::{self, OverviewView, StateCounts};
 use super::session::Active;
-use super::{ConsoleError, Form};
+use super::{ConsoleError, Form, business_of, html_response};
 use crate::domain::{Choice, ConsentState, HistoryEntry, HistoryOutcome, PhoneNumber, state_at};
 use crate::grpc_api::auth::Caller;
 use crate::http_port::HttpState;
+use crate::store::{RecordsPosition, RecordsRange, StoreError, TimeField};
 
 /// Days the chart shows, today (UTC) included.
 pub const DAYS: usize = 30;
@@ -239,27 +239,133 @@ impl StateCounter {
     }
 }
 
-/// `POST /console/overview` (waits for the per-business decision index).
+/// `POST /console/overview`: the business's overview, from the cache or computed now.
 pub(super) async fn page(
-    _state: &HttpState,
-    _form: &Form,
-    _active: &Active,
-    _caller: &Caller,
+    state: &HttpState,
+    form: &Form,
+    active: &Active,
+    caller: &Caller,
 ) -> Result<Response<Full<Bytes>>, ConsoleError> {
-    Err(ConsoleError::Unavailable(
-        "the overview needs the decision index".into(),
+    let business = business_of(form, caller)?;
+    let overview = overview_of(state, &business).await?;
+    let view = OverviewView {
+        business: &business,
+        now: state.clock.now(),
+        counts: &overview.counts,
+        days: &overview.days,
+        latest: &overview.latest,
+        partial: overview.partial.clone(),
+        computed_at: overview.computed_at,
+    };
+    Ok(html_response(
+        StatusCode::OK,
+        pages::layout(
+            &format!("Business {business}"),
+            Some(&active.csrf),
+            pages::overview(&active.csrf, &view),
+        ),
     ))
 }
 
-/// `POST /console/export` (waits for the export).
-pub(super) async fn export(
-    _state: &HttpState,
-    _form: &Form,
-    _caller: &Caller,
-) -> Result<Response<Full<Bytes>>, ConsoleError> {
-    Err(ConsoleError::Unavailable(
-        "exports are not built yet".into(),
-    ))
+/// The overview of `business`: cached if fresh, else computed in this replica's turn.
+async fn overview_of(
+    state: &HttpState,
+    business: &PhoneNumber,
+) -> Result<Arc<Overview>, ConsoleError> {
+    let cache = &state.console.overview;
+    if let Some(fresh) = cache.fresh(business, state.clock.now()) {
+        return Ok(fresh);
+    }
+    let Some(_turn) = cache.turn().await else {
+        return Err(ConsoleError::Busy(
+            "another overview is being computed on this server; try again in a moment",
+        ));
+    };
+    // Another request may have computed it while this one waited.
+    if let Some(fresh) = cache.fresh(business, state.clock.now()) {
+        return Ok(fresh);
+    }
+    let overview = Arc::new(compute(state, business).await?);
+    cache.keep(business.clone(), overview.clone());
+    Ok(overview)
+}
+
+/// Reads the business's decisions (by the time received) from `from`, in pages, feeding each
+/// to `each`; stops after [`MAX_SCAN`]. `Ok(false)`: stopped early.
+async fn scan(
+    state: &HttpState,
+    business: &PhoneNumber,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut each: impl FnMut(&HistoryEntry),
+) -> Result<bool, StoreError> {
+    let range = RecordsRange {
+        business: business.clone(),
+        by: TimeField::Received,
+        from,
+        to,
+    };
+    let mut after: Option<RecordsPosition> = None;
+    let mut read = 0;
+    loop {
+        let page = state
+            .store
+            .records_page(&range, after.as_ref(), SCAN_PAGE)
+            .await?;
+        for item in &page.items {
+            // An entry the index names but the history lost is the audit's business
+            // (`callgate audit verify`); the overview counts what is there.
+            if let Some(entry) = &item.entry {
+                each(entry);
+            }
+        }
+        read += page.items.len();
+        match page.next {
+            Some(next) if read < MAX_SCAN => after = Some(next),
+            Some(_) => return Ok(false),
+            None => return Ok(true),
+        }
+    }
+}
+
+/// Computes the overview of `business` now (see the module docs for its cost).
+async fn compute(state: &HttpState, business: &PhoneNumber) -> Result<Overview, StoreError> {
+    let now = state.clock.now();
+    // The end of the range is exclusive: one millisecond past now.
+    let to = now + TimeDelta::milliseconds(1);
+    let dates = &state.ingest.dates;
+    let lead = TimeDelta::from_std(dates.temporary_window + dates.max_clock_skew)
+        .unwrap_or(TimeDelta::MAX);
+    let chart_from = chart_start(now)
+        .checked_sub_signed(lead)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let mut chart = ChartBuilder::new(now);
+    let chart_complete = scan(state, business, chart_from, to, |e| chart.add(e)).await?;
+    let mut counter = StateCounter::default();
+    let counts_complete = scan(state, business, DateTime::<Utc>::MIN_UTC, to, |e| {
+        counter.add(e)
+    })
+    .await?;
+    let (days, latest) = chart.finish();
+    let partial = match (chart_complete, counts_complete) {
+        (true, true) => None,
+        (chart_ok, _) => Some(format!(
+            "Partial: this business has more than {MAX_SCAN} decisions{}; the {} read the              first {MAX_SCAN}. The export has every decision.",
+            if chart_ok { "" } else { " in the chart's days" },
+            if chart_ok {
+                "counts"
+            } else {
+                "chart, the latest decisions and the counts"
+            },
+        )),
+    };
+    Ok(Overview {
+        counts: counter.finish(now),
+        days,
+        latest,
+        partial,
+        computed_at: now,
+    })
 }
 
 #[cfg(test)]

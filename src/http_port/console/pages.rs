@@ -14,6 +14,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::chart::{self, DayCounts};
 use super::words;
+use crate::domain::chain::{ChainBreak, ChainLink};
 use crate::domain::{ConsentState, HistoryEntry, HistoryOutcome, PhoneNumber, Verdict};
 
 /// The chrome around every page: `signed_in` carries the session's CSRF token for the
@@ -119,14 +120,14 @@ pub fn home(csrf: &str, client: &str, businesses: Option<&[PhoneNumber]>) -> Mar
     )
 }
 
-/// Whether a pair's record checks out against its hash chain.
+/// Whether a pair's record checks out against its hash chain (`domain::chain`).
 pub enum ChainStatus {
-    /// Every entry links to the one before it.
-    Verified { entries: usize },
-    /// The first broken link, at this position (0-based) in the record.
-    Broken { position: usize, reason: String },
-    /// This store keeps no chain for these entries.
-    Unavailable,
+    /// Every hashed entry matches its hash and links to the one before it.
+    Verified { hashed: u64, pre_chain: u64 },
+    /// Where the chain is broken, and how.
+    Broken { breaks: Vec<ChainBreak> },
+    /// No entry of this record carries a hash (all recorded before the chain existed).
+    Unavailable { pre_chain: u64 },
 }
 
 /// What the customer page shows.
@@ -137,6 +138,8 @@ pub struct CustomerView<'a> {
     pub now: DateTime<Utc>,
     /// The record in arrival order (at most the page's cap).
     pub entries: &'a [HistoryEntry],
+    /// Each entry's chain link (`None`: recorded before the chain existed).
+    pub links: &'a [Option<ChainLink>],
     /// More entries exist than are shown.
     pub truncated: bool,
     pub chain: ChainStatus,
@@ -166,15 +169,27 @@ pub fn customer(view: &CustomerView<'_>) -> Markup {
         section aria-labelledby="chain-h" {
             h2 id="chain-h" { "Integrity" }
             @match &view.chain {
-                ChainStatus::Verified { entries } => p class="chain ok" id="chain" {
-                    "Chain verified: each of the " (entries)
-                    " entries carries the hash of the one before it; none was edited, removed or reordered."
+                ChainStatus::Verified { hashed, pre_chain } => p class="chain ok" id="chain" {
+                    "Chain verified: each of the " (hashed) " hashed entries matches its hash and \
+                     links to the one before it, so none was edited, removed or reordered."
+                    @if *pre_chain > 0 {
+                        " " (pre_chain) " earlier entries were recorded before the chain existed."
+                    }
                 },
-                ChainStatus::Broken { position, reason } => p class="chain no" id="chain" role="alert" {
-                    "Chain broken at entry " (position + 1) ": " (reason)
+                ChainStatus::Broken { breaks } => div class="chain no" id="chain" role="alert" {
+                    p { "Chain broken: this record was changed after it was written." }
+                    ul {
+                        @for b in breaks {
+                            li { "Entry #" (b.position + 1) ": " (b.kind) }
+                        }
+                    }
                 },
-                ChainStatus::Unavailable => p class="chain off" id="chain" {
-                    "This record carries no hash chain to verify."
+                ChainStatus::Unavailable { pre_chain } => p class="chain off" id="chain" {
+                    @if *pre_chain == 0 {
+                        "No entry to verify."
+                    } @else {
+                        "These " (pre_chain) " entries were recorded before the hash chain existed; there is nothing to verify."
+                    }
                 },
             }
         }
@@ -233,6 +248,11 @@ pub fn customer(view: &CustomerView<'_>) -> Markup {
                             }
                             dt { "Body SHA-256" }
                             dd class="mono hash" { (hex::encode(e.decision.evidence.body_sha256)) }
+                            dt { "Entry hash" }
+                            @match view.links.get(i).copied().flatten() {
+                                Some(link) => dd class="mono hash" { (hex::encode(link.hash)) },
+                                None => dd { "none (recorded before the chain)" },
+                            }
                         }
                     }
                 }

@@ -146,6 +146,7 @@ impl Sessions {
     }
 
     /// Sessions held (live or not yet swept).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map().len()
     }
