@@ -172,7 +172,8 @@ pub async fn run(
         metrics: metrics.clone(),
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
-        console: Console::new(auth.clone(), tls.is_some()),
+        auth: auth.clone(),
+        console: Console::new(tls.is_some()),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,

@@ -1,5 +1,6 @@
 //! Command-line client subcommands: `callgate check`, `callgate watch` and
-//! `callgate healthcheck`.
+//! `callgate healthcheck`; issue 14's `callgate export` and `callgate audit verify` live in
+//! [`records`].
 //!
 //! Small gRPC clients for demos and operations; they print one line per answer or event. They
 //! send an API key (`--token` or `CALLGATE_TOKEN`) and speak TLS when given the CA
@@ -20,6 +21,8 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+pub mod records;
 
 use crate::grpc_api::from_timestamp;
 use crate::pb::{self, consent_authority_client::ConsentAuthorityClient};

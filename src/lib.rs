@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod export;
 pub mod fanout;
 pub mod grpc_api;
 pub(crate) mod grpc_port;

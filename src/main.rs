@@ -6,7 +6,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use callgate::cli::records;
 use callgate::config::{self, Config, Flags};
+use callgate::export::Format;
 use callgate::store::ConsentStore;
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
@@ -68,6 +70,63 @@ enum Command {
     },
     /// Print a new random API key and its SHA-256 for the API clients file.
     Keygen,
+    /// Write every decision of a business in a time range to a file, NDJSON or CSV, from a
+    /// running callgate (issue 14; needs the `history` scope).
+    Export {
+        #[command(flatten)]
+        range: RangeFlags,
+        /// ndjson or csv
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+        /// The file to write (written as FILE.partial, renamed when complete)
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+    },
+    /// The tamper-evident record (issue 14).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// Issue 14: `callgate audit …`.
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chains: of an export file (--file), or of every pair of the given
+    /// businesses through a running callgate (--business). Exit code 2 if any chain is broken.
+    Verify {
+        /// An NDJSON export to check offline
+        #[arg(long, conflicts_with = "businesses")]
+        file: Option<std::path::PathBuf>,
+        /// Walk every pair of this business (repeatable)
+        #[arg(long = "business", required_unless_present = "file")]
+        businesses: Vec<String>,
+        /// Only pairs with a decision at or after this RFC 3339 time [default: all]
+        #[arg(long)]
+        from: Option<String>,
+        /// Only pairs with a decision before this RFC 3339 time [default: all]
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        conn: cli::ConnectArgs,
+    },
+}
+
+/// Issue 14: the range of `callgate export`.
+#[derive(clap::Args)]
+struct RangeFlags {
+    /// The business number
+    #[arg(long)]
+    business: String,
+    /// RFC 3339, inclusive
+    #[arg(long)]
+    from: String,
+    /// RFC 3339, exclusive
+    #[arg(long)]
+    to: String,
+    /// Which time the range is about: event or received
+    #[arg(long, default_value = "received")]
+    by: String,
 }
 
 #[derive(clap::Args, Default)]
@@ -137,7 +196,90 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", cli::keygen()?);
             Ok(())
         }
+        Command::Export {
+            range,
+            format,
+            out,
+            conn,
+        } => {
+            let rows = finish_records(export(&range, &format, &out, &conn).await);
+            eprintln!("exported {rows} decisions to {}", out.display());
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify {
+            file,
+            businesses,
+            from,
+            to,
+            conn,
+        }) => {
+            let report = finish_records(audit_verify(file, businesses, from, to, &conn).await);
+            let _ = report.print(&mut std::io::stdout());
+            if !report.breaks.is_empty() {
+                std::process::exit(records::EXIT_BROKEN);
+            }
+            Ok(())
+        }
     }
+}
+
+/// Issue 14: `callgate export`.
+async fn export(
+    range: &RangeFlags,
+    format: &str,
+    out: &std::path::Path,
+    conn: &cli::ConnectArgs,
+) -> Result<u64, records::RecordsError> {
+    let format = Format::parse(format).ok_or_else(|| records::RecordsError::Invalid {
+        field: "--format",
+        message: format!("{format:?}: must be ndjson or csv"),
+    })?;
+    let range = records::RangeArgs {
+        business: range.business.clone(),
+        from: records::parse_time("--from", &range.from)?,
+        to: records::parse_time("--to", &range.to)?,
+        by: range.by.clone(),
+    };
+    records::export(conn, &range, format, out).await
+}
+
+/// Issue 14: `callgate audit verify`.
+async fn audit_verify(
+    file: Option<std::path::PathBuf>,
+    businesses: Vec<String>,
+    from: Option<String>,
+    to: Option<String>,
+    conn: &cli::ConnectArgs,
+) -> Result<records::AuditReport, records::RecordsError> {
+    if let Some(file) = file {
+        return records::verify_file(&file);
+    }
+    let from = match from {
+        Some(f) => records::parse_time("--from", &f)?,
+        None => chrono::DateTime::UNIX_EPOCH,
+    };
+    let to = match to {
+        Some(t) => records::parse_time("--to", &t)?,
+        None => records::END_OF_TIME,
+    };
+    let ranges: Vec<records::RangeArgs> = businesses
+        .into_iter()
+        .map(|business| records::RangeArgs {
+            business,
+            from,
+            to,
+            by: "received".into(),
+        })
+        .collect();
+    records::verify_service(conn, &ranges).await
+}
+
+/// An export or audit failure is one line on stderr and exit code 1.
+fn finish_records<T>(result: Result<T, records::RecordsError>) -> T {
+    result.unwrap_or_else(|e| {
+        eprintln!("callgate: {e}");
+        std::process::exit(1);
+    })
 }
 
 /// A client subcommand's failure is one line on stderr and exit code 1: no backtrace, no

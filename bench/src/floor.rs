@@ -92,6 +92,17 @@ impl ConsentAuthority for Floor {
     ) -> Result<Response<pb::GetConsentHistoryResponse>, Status> {
         Err(Status::unimplemented("the floor keeps no history"))
     }
+
+    // issue 14
+    type ExportDecisionsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ExportedDecision, Status>> + Send>>;
+
+    async fn export_decisions(
+        &self,
+        _request: Request<pb::ExportDecisionsRequest>,
+    ) -> Result<Response<Self::ExportDecisionsStream>, Status> {
+        Err(Status::unimplemented("the floor keeps no history"))
+    }
 }
 
 /// Serves the floor on `listener` until `shutdown` completes.

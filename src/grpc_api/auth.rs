@@ -70,6 +70,8 @@ pub const RPC_SCOPES: &[(&str, Scope)] = &[
     ("CheckCallPermissions", Scope::Check),
     ("StreamGrants", Scope::Stream),
     ("GetConsentHistory", Scope::History),
+    // issue 14
+    ("ExportDecisions", Scope::History),
 ];
 
 /// The scope the gRPC `path` (`/callgate.v1.ConsentAuthority/Method`) needs, if it is listed.
@@ -356,7 +358,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn reason(&self) -> RefusalReason {
+    /// How the refusal is counted in `callgate_api_refusals_total`.
+    pub(crate) fn reason(&self) -> RefusalReason {
         match self {
             Refusal::MissingKey => RefusalReason::MissingKey,
             Refusal::MalformedKey => RefusalReason::MalformedKey,

@@ -4,11 +4,11 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
-    Verdict,
+    ChainLink, Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome,
+    Pair, Verdict,
 };
 use crate::pb;
-use crate::store::{Cursor, LoggedEvent};
+use crate::store::{Cursor, LoggedEvent, RecordedDecision};
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -96,6 +96,42 @@ pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
         expires_at: h.decision.choice.expires_at().map(timestamp),
         received_at: Some(timestamp(h.received_at)),
         evidence: Some(evidence(&h.decision.evidence)),
+        ..Default::default()
+    }
+}
+
+/// Issue 14: a history entry with its place in the pair's chain (`link` `None`: pre-chain, at
+/// `position`).
+pub fn chained_history_entry(
+    h: &HistoryEntry,
+    link: Option<&ChainLink>,
+    position: u64,
+) -> pb::HistoryEntry {
+    let mut entry = history_entry(h);
+    entry.position = link.map_or(position, |l| l.position);
+    if let Some(link) = link {
+        entry.prev_hash = hex::encode(link.prev);
+        entry.entry_hash = hex::encode(link.hash);
+    }
+    entry
+}
+
+/// Issue 14: one message of `ExportDecisions`.
+pub fn exported_decision(r: &RecordedDecision) -> pb::ExportedDecision {
+    let record = match (&r.entry, &r.link) {
+        (None, _) => crate::export::RECORD_GONE,
+        (Some(_), None) => crate::export::RECORD_PRE_CHAIN,
+        (Some(_), Some(_)) => crate::export::RECORD_CHAINED,
+    };
+    pb::ExportedDecision {
+        business_number: r.pair.business.to_string(),
+        customer_number: r.pair.customer.to_string(),
+        entry: r
+            .entry
+            .as_ref()
+            .map(|e| chained_history_entry(e, r.link.as_ref(), r.position)),
+        position: r.position,
+        record: record.to_owned(),
     }
 }
 

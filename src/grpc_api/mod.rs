@@ -27,11 +27,13 @@ pub use trace::Traced;
 
 use crate::clock::Clock;
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
+use crate::export;
 use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
 use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
-use crate::store::{ConsentStore, Cursor, CursorError, StoreError};
+use crate::store::{ConsentStore, Cursor, CursorError, RecordsRange, StoreError, TimeField};
 use auth::Caller;
+use futures_util::StreamExt;
 
 /// Most pairs one CheckCallPermissions call may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -332,6 +334,8 @@ impl Api {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ConsentEvent, Status>> + Send>>;
+/// Issue 14: the `ExportDecisions` stream.
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportedDecision, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ConsentAuthority for Api {
@@ -435,6 +439,56 @@ impl ConsentAuthority for Api {
         })))
     }
 
+    type ExportDecisionsStream = ExportStream;
+
+    /// Issue 14: one store page at a time ([`export::Pager`]); a page is read when the client
+    /// has taken the previous one (tonic's stream is pulled), so memory stays one page.
+    async fn export_decisions(
+        &self,
+        request: Request<pb::ExportDecisionsRequest>,
+    ) -> Result<Response<Self::ExportDecisionsStream>, Status> {
+        let caller = caller(&request)?;
+        let range = self.export_range(&caller, request.get_ref())?;
+        let mut pager = export::Pager::new(self.store.clone(), range);
+        // The first page before the answer: a store that is down is UNAVAILABLE at once.
+        let first = pager
+            .next_page()
+            .await
+            .map_err(self.store_failed(StoreOp::History))?
+            .unwrap_or_default();
+        let metrics = self.metrics.clone();
+        let pages = futures_util::stream::unfold(
+            (Some(first), Some(pager), metrics),
+            |(first, pager, metrics)| async move {
+                let mut pager = pager?;
+                let page = match first {
+                    Some(page) => Ok(Some(page)),
+                    None => pager.next_page().await,
+                };
+                match page {
+                    Ok(Some(page)) => Some((Ok(page), (None, Some(pager), metrics))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        metrics.store_error(StoreOp::History);
+                        // The error ends the stream: no pager after it.
+                        Some((Err(Status::from(ApiError::Store(e))), (None, None, metrics)))
+                    }
+                }
+            },
+        );
+        let messages = pages.flat_map(|page| {
+            let items: Vec<Result<pb::ExportedDecision, Status>> = match page {
+                Ok(items) => items
+                    .iter()
+                    .map(|r| Ok(convert::exported_decision(r)))
+                    .collect(),
+                Err(status) => vec![Err(status)],
+            };
+            futures_util::stream::iter(items)
+        });
+        Ok(Response::new(Box::pin(messages)))
+    }
+
     async fn get_consent_history(
         &self,
         request: Request<pb::GetConsentHistoryRequest>,
@@ -463,9 +517,55 @@ impl ConsentAuthority for Api {
         Ok(Response::new(pb::GetConsentHistoryResponse {
             business_number: pair.business.to_string(),
             customer_number: pair.customer.to_string(),
-            entries: page.entries.iter().map(convert::history_entry).collect(),
+            entries: page
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let link = page.links.get(i).copied().flatten();
+                    convert::chained_history_entry(e, link.as_ref(), (start + i) as u64)
+                })
+                .collect(),
             next_page_token: page.next.map(page_token).unwrap_or_default(),
         }))
+    }
+}
+
+impl Api {
+    /// Issue 14: the range an `ExportDecisions` request asks for, if `caller` may see it.
+    fn export_range(
+        &self,
+        caller: &Caller,
+        req: &pb::ExportDecisionsRequest,
+    ) -> Result<RecordsRange, ApiError> {
+        let business = phone("business_number", &req.business_number)?;
+        self.scope(caller, "business_number", &business)?;
+        let time = |field: &'static str, t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .and_then(from_timestamp)
+                .ok_or_else(|| ApiError::InvalidArgument(format!("{field}: required timestamp")))
+        };
+        let (from, to) = (time("from", &req.from)?, time("to", &req.to)?);
+        if from > to {
+            return Err(ApiError::InvalidArgument(format!(
+                "to: {} is before from {}",
+                to.to_rfc3339(),
+                from.to_rfc3339()
+            )));
+        }
+        let by = match pb::ExportTimeField::try_from(req.by) {
+            Ok(pb::ExportTimeField::Event) => TimeField::Event,
+            Ok(pb::ExportTimeField::Received | pb::ExportTimeField::Unspecified) => {
+                TimeField::Received
+            }
+            Err(_) => return Err(ApiError::InvalidArgument(format!("by: {} unknown", req.by))),
+        };
+        Ok(RecordsRange {
+            business,
+            by,
+            from,
+            to,
+        })
     }
 }
 

@@ -7,7 +7,8 @@
 //! - `probes`: `/healthz`, `/readyz`, `/metrics`;
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
 //! - `reply`: what handlers answer;
-//! - `console`: the compliance console's pages (`/console`), with its own sessions.
+//! - `console`: the compliance console's pages (`/console`), with its own sessions;
+//! - `export`: issue 14's `GET /v1/export` (a business's decisions as NDJSON or CSV, streamed).
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing.
@@ -25,6 +26,7 @@
 
 mod console;
 mod error;
+mod export;
 mod probes;
 mod reply;
 mod routes;
@@ -45,6 +47,7 @@ pub use webhooks::WebhookSecurity;
 
 use crate::accept::{AcceptPolicy, serve_connections};
 use crate::clock::Clock;
+use crate::grpc_api::auth::AuthSource;
 use crate::ingest::IngestContext;
 use crate::metrics::Metrics;
 use crate::store::ConsentStore;
@@ -64,6 +67,9 @@ pub struct HttpState {
     pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
+    /// The API clients (the gRPC API's), for endpoints that need an API key (issue 14's
+    /// export).
+    pub auth: Arc<AuthSource>,
     /// The compliance console: its sessions and overview cache.
     pub console: Console,
 }

@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 
 use crate::metrics::WebhookOutcome;
 
@@ -50,4 +51,17 @@ pub(super) fn typed_response(
         header::HeaderValue::from_static(content_type),
     );
     res
+}
+
+/// Why a streamed body stops early: the response is then aborted, not ended.
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every answer of the port: a whole one ([`Full`]) or a stream written as it is
+/// produced (issue 14: an export, with chunked transfer encoding). A stream that fails aborts
+/// the response.
+pub(super) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A whole answer as the port's [`Body`].
+pub(super) fn boxed(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }

@@ -8,6 +8,7 @@
 //! | POST   | `/webhooks/doubletick` | [`webhooks::doubletick`]             |
 //! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
+//! | GET    | `/v1/export`           | [`export::export`] (issue 14)        |
 //! | any    | `/console...`          | [`console::handle`] (its own table)  |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
@@ -18,15 +19,13 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::reply::Reply;
-use super::{HttpState, WebhookError, console, probes, webhooks};
+use super::reply::{Body, Reply, boxed};
+use super::{HttpState, WebhookError, console, export, probes, webhooks};
 use crate::metrics::{Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -38,16 +37,19 @@ enum Endpoint {
     DoubleTick,
     WhatsApp,
     WhatsAppSubscription,
+    /// issue 14
+    Export,
     Console(console::Page),
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 6] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/webhooks/doubletick",
     "/webhooks/whatsapp",
+    "/v1/export",
 ];
 
 /// The table: which endpoint answers `method` on `path`.
@@ -64,6 +66,7 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::POST, "/webhooks/doubletick") => Ok(Endpoint::DoubleTick),
         (&Method::POST, "/webhooks/whatsapp") => Ok(Endpoint::WhatsApp),
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
+        (&Method::GET, "/v1/export") => Ok(Endpoint::Export),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
     }
@@ -97,7 +100,7 @@ fn method_name(method: &Method) -> &'static str {
 }
 
 /// Answers one request inside its `http` span.
-pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let route = PATHS
         .iter()
@@ -115,17 +118,34 @@ pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Respons
     answer(state, req).instrument(span).await
 }
 
-async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
-    let result = match resolve(req.method(), &path) {
+    let endpoint = resolve(req.method(), &path);
+    if let Ok(Endpoint::Console(page)) = endpoint {
+        // issue 14: the console's pages (HTML, and its streamed export), not counted.
+        let response = console::handle(state, page, req).await;
+        tracing::Span::current().record("status", response.status().as_u16());
+        return response;
+    }
+    if let Ok(Endpoint::Export) = endpoint {
+        // issue 14: a streamed answer, not counted as a webhook.
+        let response = match export::export(state, &req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(state),
+        };
+        tracing::Span::current().record("status", response.status().as_u16());
+        return response;
+    }
+    let result = match endpoint {
         Ok(Endpoint::Healthz) => Ok(Reply::probe(probes::healthz())),
         Ok(Endpoint::Readyz) => Ok(Reply::probe(probes::ready(state).await)),
         Ok(Endpoint::Metrics) => Ok(Reply::probe(probes::metrics(&state.metrics))),
         Ok(Endpoint::DoubleTick) => webhooks::doubletick(state, req).await,
         Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
-        Ok(Endpoint::Console(page)) => Ok(Reply::probe(console::handle(state, page, req).await)),
+        Ok(Endpoint::Export) => Err(WebhookError::MethodNotAllowed),
+        Ok(Endpoint::Console(_)) => Err(WebhookError::MethodNotAllowed),
         Err(e) => Err(e),
     };
     let (response, outcome) = match result {
@@ -147,7 +167,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Full<Byte
         span.record("outcome", outcome.label());
     }
     tracing::debug!(elapsed = ?started.elapsed(), "answered");
-    response
+    boxed(response)
 }
 
 #[cfg(test)]
@@ -157,7 +177,7 @@ mod tests {
     #[test]
     fn the_table_routes_methods_and_paths() {
         use Endpoint::*;
-        let cases: [(Method, &str, Result<Endpoint, &str>); 11] = [
+        let cases: [(Method, &str, Result<Endpoint, &str>); 13] = [
             (Method::GET, "/healthz", Ok(Healthz)),
             (Method::GET, "/readyz", Ok(Readyz)),
             (Method::GET, "/metrics", Ok(Metrics)),
@@ -173,6 +193,8 @@ mod tests {
             (Method::POST, "/webhooks/other", Err("not_found")),
             (Method::GET, "/", Err("not_found")),
             (Method::GET, "/healthz/", Err("not_found")),
+            (Method::GET, "/v1/export", Ok(Export)),
+            (Method::POST, "/v1/export", Err("method_not_allowed")),
         ];
         for (method, path, want) in cases {
             let got = resolve(&method, path).map_err(|e| e.status().1.label());

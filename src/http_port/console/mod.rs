@@ -37,7 +37,6 @@ mod session;
 mod words;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -49,11 +48,15 @@ use maud::Markup;
 use self::pages::{ChainStatus, CustomerView};
 use self::session::{Active, Sessions};
 use super::HttpState;
+use super::export::{self, ExportError};
+use super::reply::{Body, boxed};
 use crate::domain::chain::{ChainLink, ChainWalk};
 use crate::domain::{HistoryEntry, Pair, PhoneNumber, evaluate};
-use crate::grpc_api::auth::{AuthSource, Caller, Refusal, Scope};
+use crate::export::Format;
+use crate::grpc_api::auth::{Caller, Refusal, Scope};
 use crate::secret::Secret;
-use crate::store::StoreError;
+use crate::store::{RecordsRange, StoreError, TimeField};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 
 pub use self::overview::OverviewCache;
 
@@ -118,30 +121,30 @@ const SIGN_IN_COOKIE: &str = "callgate_sign_in";
 /// The console's state on the HTTP port.
 pub struct Console {
     sessions: Sessions,
-    auth: Arc<AuthSource>,
     /// The port serves TLS: cookies are `Secure` and answers carry HSTS.
     tls: bool,
     overview: OverviewCache,
 }
 
 impl Console {
-    pub fn new(auth: Arc<AuthSource>, tls: bool) -> Self {
+    pub fn new(tls: bool) -> Self {
         Console {
             sessions: Sessions::default(),
-            auth,
             tls,
             overview: OverviewCache::default(),
         }
     }
+}
 
-    /// Admits `key` with the `history` scope, with the API clients in force now.
-    fn admit(&self, key: &Secret) -> Result<Caller, Refusal> {
-        let header = format!("Bearer {}", key.expose());
-        self.auth
-            .current()
-            .admit_scope(Scope::History, &[header.as_bytes()])
-            .map_err(|(_, refusal)| refusal)
-    }
+/// Admits `key` with the `history` scope, with the API clients in force now (the gRPC API's,
+/// reloaded when their file changes).
+fn admit(state: &HttpState, key: &Secret) -> Result<Caller, Refusal> {
+    let header = format!("Bearer {}", key.expose());
+    state
+        .auth
+        .current()
+        .admit_scope(Scope::History, &[header.as_bytes()])
+        .map_err(|(_, refusal)| refusal)
 }
 
 /// Why a console request was refused; [`ConsoleError::status`] is the one place it becomes
@@ -237,7 +240,7 @@ pub(super) async fn handle(
     state: &HttpState,
     page: Page,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let console = &state.console;
     let result = match page {
         Page::Stylesheet => Ok(stylesheet()),
@@ -270,12 +273,12 @@ pub(super) async fn handle(
 type Failed = (ConsoleError, Option<String>);
 
 /// `GET /console`: the start page of a live session, else the sign-in form.
-fn start(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn start(state: &HttpState, req: &Request<Incoming>) -> Response<Body> {
     let console = &state.console;
     let now = state.clock.now();
     if let Some(active) = cookie(req, SESSION_COOKIE).and_then(|id| console.sessions.find(&id, now))
     {
-        match console.admit(&active.key) {
+        match admit(state, &active.key) {
             Ok(caller) => {
                 let businesses = caller.businesses().map(sorted);
                 return html_response(
@@ -297,11 +300,7 @@ fn start(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// The sign-in form with a fresh sign-in token (and its cookie).
-fn sign_in_page(
-    console: &Console,
-    status: StatusCode,
-    error: Option<&str>,
-) -> Response<Full<Bytes>> {
+fn sign_in_page(console: &Console, status: StatusCode, error: Option<&str>) -> Response<Body> {
     let Ok(token) = session::sign_in_token() else {
         return html_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -340,7 +339,7 @@ async fn post(
     state: &HttpState,
     page: Page,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Failed> {
+) -> Result<Response<Body>, Failed> {
     let console = &state.console;
     let now = state.clock.now();
     let session = cookie(&req, SESSION_COOKIE).and_then(|id| console.sessions.find(&id, now));
@@ -356,19 +355,19 @@ async fn post(
         Page::SignIn => sign_in(state, &post, sign_in_cookie.as_deref()).map_err(fail),
         Page::SignOut => sign_out(state, &post).map_err(fail),
         Page::Customer => {
-            let (active, caller) = authorise(console, &post).map_err(fail)?;
+            let (active, caller) = authorise(state, &post).map_err(fail)?;
             customer(state, &post.form, &active, &caller)
                 .await
                 .map_err(fail)
         }
         Page::Overview => {
-            let (active, caller) = authorise(console, &post).map_err(fail)?;
+            let (active, caller) = authorise(state, &post).map_err(fail)?;
             overview::page(state, &post.form, &active, &caller)
                 .await
                 .map_err(fail)
         }
         Page::Export => {
-            let (_, caller) = authorise(console, &post).map_err(fail)?;
+            let (_, caller) = authorise(state, &post).map_err(fail)?;
             export(state, &post.form, &caller).await.map_err(fail)
         }
         Page::Start | Page::Stylesheet => {
@@ -378,17 +377,17 @@ async fn post(
 }
 
 /// The session of a POST, its CSRF token checked and its key admitted again.
-fn authorise(console: &Console, post: &Post) -> Result<(Active, Caller), ConsoleError> {
+fn authorise(state: &HttpState, post: &Post) -> Result<(Active, Caller), ConsoleError> {
     let Some(active) = post.session.clone() else {
         return Err(ConsoleError::SignedOut);
     };
     if !session::csrf_matches(&active.csrf, post.form.get("csrf")) {
         return Err(ConsoleError::Csrf);
     }
-    match console.admit(&active.key) {
+    match admit(state, &active.key) {
         Ok(caller) => Ok((active, caller)),
         Err(refusal) => {
-            console.sessions.close(&active.id);
+            state.console.sessions.close(&active.id);
             tracing::info!(reason = %refusal, "console session ended: its key is no longer admitted");
             Err(ConsoleError::SignedOut)
         }
@@ -401,14 +400,14 @@ fn sign_in(
     state: &HttpState,
     post: &Post,
     sign_in_cookie: Option<&str>,
-) -> Result<Response<Full<Bytes>>, ConsoleError> {
+) -> Result<Response<Body>, ConsoleError> {
     let console = &state.console;
     let expected = sign_in_cookie.unwrap_or("");
     if expected.is_empty() || !session::csrf_matches(expected, post.form.get("token")) {
         return Err(ConsoleError::Csrf);
     }
     let key = Secret::new(post.form.get("key").unwrap_or("").trim());
-    let caller = match console.admit(&key) {
+    let caller = match admit(state, &key) {
         Ok(caller) => caller,
         Err(refusal) => {
             tracing::info!(reason = %refusal, "console sign-in refused");
@@ -444,7 +443,7 @@ fn sign_in(
 }
 
 /// `POST /console/sign-out`.
-fn sign_out(state: &HttpState, post: &Post) -> Result<Response<Full<Bytes>>, ConsoleError> {
+fn sign_out(state: &HttpState, post: &Post) -> Result<Response<Body>, ConsoleError> {
     let Some(active) = &post.session else {
         return Ok(redirect("/console"));
     };
@@ -478,7 +477,7 @@ async fn customer(
     form: &Form,
     active: &Active,
     caller: &Caller,
-) -> Result<Response<Full<Bytes>>, ConsoleError> {
+) -> Result<Response<Body>, ConsoleError> {
     let business = business_of(form, caller)?;
     let customer = form.phone("customer")?;
     let pair = Pair::new(business.clone(), customer.clone());
@@ -566,15 +565,55 @@ async fn timeline(state: &HttpState, pair: &Pair) -> Result<Timeline, StoreError
     })
 }
 
-/// `POST /console/export`: the business's export, downloaded with the session.
+/// `POST /console/export`: the business's export, downloaded with the session. The same
+/// rows and streaming as `GET /v1/export` (`export::stream`); the form gives UTC days, both
+/// included.
 async fn export(
-    _state: &HttpState,
-    _form: &Form,
-    _caller: &Caller,
-) -> Result<Response<Full<Bytes>>, ConsoleError> {
-    Err(ConsoleError::Unavailable(
-        "exports are not built yet".into(),
-    ))
+    state: &HttpState,
+    form: &Form,
+    caller: &Caller,
+) -> Result<Response<Body>, ConsoleError> {
+    let business = business_of(form, caller)?;
+    let day = |field: &'static str| -> Result<DateTime<Utc>, ConsoleError> {
+        let raw = form.get(field).unwrap_or("").trim();
+        NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc())
+            .ok_or_else(|| ConsoleError::Field {
+                field,
+                message: format!("{raw:?} is not a day (YYYY-MM-DD)"),
+            })
+    };
+    let from = day("from")?;
+    let to = day("to")? + TimeDelta::days(1);
+    if to <= from {
+        return Err(ConsoleError::Field {
+            field: "to",
+            message: "is before from".into(),
+        });
+    }
+    let format = Format::parse(form.get("format").unwrap_or("csv")).ok_or(ConsoleError::Field {
+        field: "format",
+        message: "must be csv or ndjson".into(),
+    })?;
+    let by = TimeField::parse(form.get("by").unwrap_or("received")).ok_or(ConsoleError::Field {
+        field: "by",
+        message: "must be received or event".into(),
+    })?;
+    let range = RecordsRange {
+        business,
+        by,
+        from,
+        to,
+    };
+    export::stream(state, range, format, caller.name())
+        .await
+        .map_err(|e| match e {
+            ExportError::Store(e) => ConsoleError::Store(e),
+            ExportError::OtherBusiness(b) => ConsoleError::OtherBusiness(b),
+            other => ConsoleError::Unavailable(other.to_string()),
+        })
 }
 
 fn sorted(set: &std::collections::HashSet<PhoneNumber>) -> Vec<PhoneNumber> {
@@ -662,33 +701,33 @@ fn secure(tls: bool) -> &'static str {
     if tls { "; Secure" } else { "" }
 }
 
-fn set_cookie(response: &mut Response<Full<Bytes>>, value: &str) {
+fn set_cookie<B>(response: &mut Response<B>, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         response.headers_mut().append(header::SET_COOKIE, v);
     }
 }
 
 /// A page.
-fn html_response(status: StatusCode, markup: Markup) -> Response<Full<Bytes>> {
+fn html_response(status: StatusCode, markup: Markup) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from(markup.into_string())));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    res
+    boxed(res)
 }
 
 /// After a form that changed the session: back to `to` with a GET.
-fn redirect(to: &'static str) -> Response<Full<Bytes>> {
+fn redirect(to: &'static str) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = StatusCode::SEE_OTHER;
     res.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static(to));
-    res
+    boxed(res)
 }
 
-fn stylesheet() -> Response<Full<Bytes>> {
+fn stylesheet() -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from_static(
         include_str!("console.css").as_bytes(),
     )));
@@ -696,7 +735,7 @@ fn stylesheet() -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/css; charset=utf-8"),
     );
-    res
+    boxed(res)
 }
 
 /// The policy every console answer carries: no script from anywhere, styles and images only
@@ -704,7 +743,7 @@ fn stylesheet() -> Response<Full<Bytes>> {
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
      form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-fn security_headers(response: &mut Response<Full<Bytes>>, tls: bool) {
+fn security_headers<B>(response: &mut Response<B>, tls: bool) {
     let headers = response.headers_mut();
     let fixed = [
         ("content-security-policy", CONTENT_SECURITY_POLICY),

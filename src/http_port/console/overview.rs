@@ -24,10 +24,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use http::{Response, StatusCode};
-use http_body_util::Full;
 
 use super::chart::DayCounts;
 use super::pages::{self, OverviewView, StateCounts};
@@ -36,6 +34,7 @@ use super::{ConsoleError, Form, business_of, html_response};
 use crate::domain::{Choice, ConsentState, HistoryEntry, HistoryOutcome, PhoneNumber, state_at};
 use crate::grpc_api::auth::Caller;
 use crate::http_port::HttpState;
+use crate::http_port::reply::Body;
 use crate::store::{RecordsPosition, RecordsRange, StoreError, TimeField};
 
 /// Days the chart shows, today (UTC) included.
@@ -245,7 +244,7 @@ pub(super) async fn page(
     form: &Form,
     active: &Active,
     caller: &Caller,
-) -> Result<Response<Full<Bytes>>, ConsoleError> {
+) -> Result<Response<Body>, ConsoleError> {
     let business = business_of(form, caller)?;
     let overview = overview_of(state, &business).await?;
     let view = OverviewView {

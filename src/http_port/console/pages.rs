@@ -349,20 +349,20 @@ pub fn overview(csrf: &str, view: &OverviewView<'_>) -> Markup {
         }
         section class="card" aria-labelledby="export-h" {
             h2 id="export-h" { "Export decisions" }
-            p { "Every decision recorded for this business in the range, with its evidence. The start is included, the end excluded (UTC days)." }
+            p { "Every decision recorded for this business in the range, with its evidence and its place in the chain. Both days are included (UTC)." }
             form method="post" action="/console/export" {
                 input type="hidden" name="csrf" value=(csrf);
                 input type="hidden" name="business" value=(view.business);
                 div class="row" {
                     div {
-                        label for="from" { "From (UTC day)" }
+                        label for="from" { "From (UTC day, included)" }
                         input id="from" name="from" type="date" required
-                            value=(words::day(view.now - chrono::TimeDelta::days(30)));
+                            value=(words::day(view.now - chrono::TimeDelta::days(29)));
                     }
                     div {
-                        label for="to" { "To (UTC day, excluded)" }
+                        label for="to" { "To (UTC day, included)" }
                         input id="to" name="to" type="date" required
-                            value=(words::day(view.now + chrono::TimeDelta::days(1)));
+                            value=(words::day(view.now));
                     }
                 }
                 div class="row" {
