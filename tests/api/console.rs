@@ -32,6 +32,11 @@ const SCOPED_KEY: &str = "console-scoped-key-01";
 /// Check scope only: no console.
 const DIALER_KEY: &str = "console-dialer-key-02";
 
+/// Overrides the `chromedriver` binary the browser test runs.
+const CHROMEDRIVER_ENV: &str = "CHROMEDRIVER";
+/// Overrides the Chromium binary (default Debian's `/usr/bin/chromium`).
+const CHROMIUM_ENV: &str = "CHROMIUM";
+
 fn clients_file() -> tempfile::NamedTempFile {
     let text = format!(
         r#"
@@ -469,7 +474,7 @@ impl ChromeDriver {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
+        let child = Command::new(std::env::var(CHROMEDRIVER_ENV).unwrap_or_else(|_| "chromedriver".into()))
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -483,7 +488,7 @@ impl ChromeDriver {
         let caps = serde_json::json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
-                "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+                "binary": std::env::var(CHROMIUM_ENV).unwrap_or_else(|_| "/usr/bin/chromium".into()),
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                     "--window-size=1280,1400", "--no-first-run", "--disable-extensions",
