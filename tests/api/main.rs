@@ -14,6 +14,7 @@ mod cluster;
 mod conformance;
 mod console;
 mod dates_and_duplicates;
+mod export;
 mod ingest;
 mod lifecycle;
 mod metrics;
