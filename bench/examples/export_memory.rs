@@ -107,7 +107,11 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let started = Instant::now();
     let response = client.get(url.parse()?).await?;
-    anyhow::ensure!(response.status() == 200, "export answered {}", response.status());
+    anyhow::ensure!(
+        response.status() == 200,
+        "export answered {}",
+        response.status()
+    );
     let mut body = response.into_body();
     let (mut bytes, mut lines, mut chunks) = (0usize, 0usize, 0usize);
     while let Some(frame) = body.frame().await {

@@ -11,11 +11,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use callgate::domain::{Choice, Decision, Evidence, Pair, PhoneNumber, Source};
 use callgate::grpc_api::auth::key_digest;
+use callgate::store::ConsentStore;
+use callgate::store::redis::codec;
+use callgate::store::redis::keys::Keys;
+use callgate::store::redis::{RedisConfig, RedisStore};
 use chrono::{DateTime, TimeDelta, Utc};
 use fantoccini::{Client, ClientBuilder, Locator};
 use http_body_util::{BodyExt, Full};
@@ -24,6 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::helpers::*;
+use crate::redis_harness::RedisServer;
 
 /// A second business, which [`SCOPED_KEY`] may see and [`BUSINESS`] it may not.
 const OTHER: &str = "+14155550100";
@@ -457,6 +463,82 @@ async fn issue14_console_refuses_cross_site_and_tokenless_forms_and_scopes_keys(
     let after = post(csrf.clone()).await;
     assert_eq!(after.status, 401);
     assert!(after.body.contains("session has ended"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_console_shows_where_a_chain_edited_in_redis_breaks() {
+    let server = RedisServer::start();
+    let store: Arc<dyn ConsentStore> = Arc::new(
+        RedisStore::connect(RedisConfig::new(server.url()))
+            .await
+            .unwrap(),
+    );
+    let clients = clients_file();
+    let mut config = test_config();
+    config.api_clients_file = Some(clients.path().to_owned());
+    let app = spawn_app_with(config, store).await;
+    let seeded = seed(&app).await;
+    let http = Http::new(&app);
+    let (cookie, csrf) = http.session(API_KEY).await;
+    let fields = [
+        ("business", BUSINESS),
+        ("customer", CUSTOMER),
+        ("csrf", csrf.as_str()),
+    ];
+    let lookup = || http.form("/console/customer", &cookie, &fields);
+    let intact = lookup().await;
+    assert_eq!(intact.status, 200);
+    assert!(
+        intact
+            .body
+            .contains("Chain verified: each of the 3 hashed entries"),
+        "{}",
+        intact.body
+    );
+    assert!(intact.body.contains("May be called until"));
+
+    // Edit the customer's second entry in Redis (its received time), keeping its old hash.
+    let pair = Pair::new(phone(BUSINESS), phone(CUSTOMER));
+    let key = Keys::new("callgate").pair(&pair).history;
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let raw: Vec<u8> = redis::cmd("LINDEX")
+        .arg(&key)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (mut entry, link) = codec::decode_history_linked(&pair, &raw).unwrap();
+    assert_eq!(entry.decision.evidence.message_id, seeded[3].id);
+    entry.received_at += TimeDelta::milliseconds(1);
+    let forged = codec::encode_history_linked(
+        &entry.decision,
+        entry.outcome,
+        entry.received_at,
+        &link.unwrap(),
+    );
+    let _: () = redis::cmd("LSET")
+        .arg(&key)
+        .arg(1)
+        .arg(forged)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let broken = lookup().await;
+    assert_eq!(broken.status, 200);
+    assert!(broken.body.contains("Chain broken"), "{}", broken.body);
+    assert!(
+        broken
+            .body
+            .contains("Entry #2: edited: the entry does not match its hash"),
+        "{}",
+        broken.body
+    );
+    assert!(!broken.body.contains("Chain verified"));
 }
 
 // ---- the browser ----
