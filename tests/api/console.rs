@@ -786,6 +786,9 @@ async fn issue14_console_in_headless_chromium() {
     let latest = text(&browser, "#latest").await;
     assert!(latest.contains("+919876500003"));
     screenshot(&browser, "overview").await;
+    browser.set_window_size(390, 844).await.unwrap();
+    screenshot(&browser, "overview-phone").await;
+    browser.set_window_size(1280, 1400).await.unwrap();
 
     // The export: the browser downloads it with the session, and it holds every decision.
     browser
@@ -809,6 +812,23 @@ async fn issue14_console_in_headless_chromium() {
             s.id
         );
     }
+
+    // A customer of the latest decisions opens its record (a form post, no number in a URL).
+    browser
+        .find(Locator::Css(
+            "#latest button[aria-label='Show the record of +919876500002']",
+        ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let sentence = text(&browser, "#state-sentence").await;
+    assert!(
+        sentence.starts_with("May not be called: permission denied on "),
+        "{sentence}"
+    );
+    assert_eq!(browser.current_url().await.unwrap().query(), None);
 
     // Sign out: back to the sign-in form.
     submit(&browser, "/console/sign-out").await;

@@ -337,7 +337,17 @@ pub fn overview(csrf: &str, view: &OverviewView<'_>) -> Markup {
                             @for e in view.latest {
                                 tr {
                                     td { (words::when(e.received_at)) }
-                                    td class="mono" { (e.decision.pair.customer) }
+                                    td {
+                                        form method="post" action="/console/customer" class="inline" {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="hidden" name="business" value=(view.business);
+                                            input type="hidden" name="customer" value=(e.decision.pair.customer);
+                                            button type="submit" class="cell mono"
+                                                aria-label={ "Show the record of " (e.decision.pair.customer) } {
+                                                (e.decision.pair.customer)
+                                            }
+                                        }
+                                    }
                                     td { (words::choice_words(&e.decision.choice)) }
                                     td { @if e.outcome == HistoryOutcome::Stale { "Stale" } @else { "Applied" } }
                                 }
