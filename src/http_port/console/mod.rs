@@ -183,6 +183,25 @@ enum ConsoleError {
 }
 
 impl ConsoleError {
+    /// What the log says: a fixed word per kind (the message may name a business or echo a
+    /// form field, and no phone number goes to a log).
+    fn label(&self) -> &'static str {
+        match self {
+            ConsoleError::SignedOut => "signed_out",
+            ConsoleError::CrossSite => "cross_site",
+            ConsoleError::Csrf => "csrf",
+            ConsoleError::Field { field, .. } => field,
+            ConsoleError::OtherBusiness(_) => "other_business",
+            ConsoleError::UnsupportedMediaType => "unsupported_media_type",
+            ConsoleError::TooLarge => "body_too_large",
+            ConsoleError::BodyTimeout => "body_timeout",
+            ConsoleError::BodyRead(_) => "body_unreadable",
+            ConsoleError::Store(_) => "store_unavailable",
+            ConsoleError::Busy(_) => "busy",
+            ConsoleError::Unavailable(_) => "unavailable",
+        }
+    }
+
     fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ConsoleError::SignedOut => (StatusCode::UNAUTHORIZED, "Signed out"),
@@ -251,10 +270,13 @@ pub(super) async fn handle(
         Ok(response) => response,
         Err((e, signed_in)) => {
             let (status, title) = e.status();
-            if status.is_server_error() {
-                tracing::warn!(status = status.as_u16(), error = %e, "console request failed");
+            let reason = e.label();
+            if let ConsoleError::Store(store) = &e {
+                tracing::warn!(status = status.as_u16(), reason, error = %store, "console request failed");
+            } else if status.is_server_error() {
+                tracing::warn!(status = status.as_u16(), reason, "console request failed");
             } else {
-                tracing::info!(status = status.as_u16(), error = %e, "console request refused");
+                tracing::info!(status = status.as_u16(), reason, "console request refused");
             }
             if matches!(e, ConsoleError::SignedOut) {
                 sign_in_page(console, status, Some(&e.to_string()))
