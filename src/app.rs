@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tracing::Instrument;
 
+use crate::checks::Checker;
 use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
 use crate::domain::DateRules;
@@ -174,6 +176,8 @@ pub async fn run(
         tls: tls.as_ref().map(|t| t.http.clone()),
         auth: auth.clone(),
         console: Console::new(tls.is_some()),
+        checker: Arc::new(Checker::new(store.clone(), clock, metrics.clone())),
+        batches: Arc::new(Semaphore::new(http_port::MAX_BATCHES_IN_FLIGHT)),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,

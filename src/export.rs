@@ -18,8 +18,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    ChainLink, Choice, Decision, Evidence, Hash, HistoryEntry, HistoryOutcome, Pair, PhoneNumber,
-    Source,
+    Attribution, ChainLink, Choice, Decision, Evidence, Hash, HistoryEntry, HistoryOutcome, Pair,
+    PhoneNumber, Source,
 };
 use crate::pb;
 use crate::store::{ConsentStore, RecordedDecision, RecordsPosition, RecordsRange, StoreError};
@@ -236,6 +236,12 @@ impl ExportRow {
         self.body_sha256 = hex::encode(e.body_sha256);
         self.stated_event_time = time(e.stated_at);
         self.stated_expires_at = e.stated_expires_at.map(time).unwrap_or_default();
+        if let Some(a) = &d.attribution {
+            self.team = a.team.clone();
+            self.campaign = a.campaign.clone();
+            self.labels = a.labels.clone();
+        }
+        self.customer_name = d.customer_name.clone().unwrap_or_default();
     }
 
     /// The row of one message of the gRPC `ExportDecisions` stream.
@@ -270,6 +276,14 @@ impl ExportRow {
                 _ => "",
             }
             .into();
+            row.team = h.team.clone();
+            row.campaign = h.campaign.clone();
+            row.labels = h
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            row.customer_name = h.customer_name.clone();
             row.event_time = ts(&h.decided_at);
             row.received_time = ts(&h.received_at);
             row.expires_at = ts(&h.expires_at);
@@ -375,6 +389,14 @@ impl ExportRow {
                         &self.stated_expires_at,
                     )?,
                 },
+                // Issue 13: the attribution columns, if any (not hashed).
+                attribution: (!self.team.is_empty()).then(|| Attribution {
+                    request_message_id: self.paired_message_id.clone(),
+                    team: self.team.clone(),
+                    campaign: self.campaign.clone(),
+                    labels: self.labels.clone(),
+                }),
+                customer_name: (!self.customer_name.is_empty()).then(|| self.customer_name.clone()),
             },
             outcome,
             received_at: parse_time("received_time", &self.received_time)?,

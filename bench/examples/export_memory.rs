@@ -78,6 +78,8 @@ async fn main() -> anyhow::Result<()> {
                         stated_at: at,
                         stated_expires_at: None,
                     },
+                    attribution: None,
+                    customer_name: None,
                 }
             })
             .collect();

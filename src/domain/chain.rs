@@ -319,6 +319,8 @@ mod tests {
                     stated_at: t,
                     stated_expires_at: None,
                 },
+                attribution: None,
+                customer_name: None,
             },
             outcome: HistoryOutcome::Applied,
             received_at: t,

@@ -6,9 +6,13 @@
 //! Every call has been admitted by [`auth::Guard`] (key and scope) before a handler runs; the
 //! handlers then keep a client limited to some businesses to those businesses
 //! ([`auth::Caller::may_see`]), before the store is read.
+//!
+//! The checks themselves (parse, business scoping, store read, verdict, counting) are
+//! [`crate::checks::Checker`]'s, shared with the HTTP port's JSON checks; this module only
+//! turns requests into its queries and its answers into protobuf.
 
 pub mod auth;
-mod convert;
+pub(crate) mod convert;
 mod trace;
 
 use std::collections::HashSet;
@@ -25,11 +29,12 @@ use tonic::{Request, Response, Status};
 pub use convert::{from_timestamp, timestamp};
 pub use trace::Traced;
 
+use crate::checks::{self, CheckError, Checker, Query};
 use crate::clock::Clock;
-use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
+use crate::domain::{Pair, PhoneError, PhoneNumber};
 use crate::export;
 use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
-use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
+use crate::metrics::{CheckAnswer, CheckRpc, Metrics, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
 use crate::store::{ConsentStore, Cursor, CursorError, RecordsRange, StoreError, TimeField};
 use auth::Caller;
@@ -93,12 +98,16 @@ impl ApiError {
             _ => Some(CheckAnswer::InvalidArgument),
         }
     }
+}
 
-    fn code(&self) -> tonic::Code {
-        match self {
-            ApiError::OtherBusiness { .. } => tonic::Code::PermissionDenied,
-            ApiError::NoCaller => tonic::Code::Unauthenticated,
-            _ => tonic::Code::InvalidArgument,
+impl From<CheckError> for ApiError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Phone { field, source } => ApiError::Phone { field, source },
+            CheckError::OtherBusiness { field, business } => {
+                ApiError::OtherBusiness { field, business }
+            }
+            CheckError::Store(e) => ApiError::Store(e),
         }
     }
 }
@@ -124,7 +133,15 @@ impl From<ApiError> for Status {
 }
 
 fn phone(field: &'static str, raw: &str) -> Result<PhoneNumber, ApiError> {
-    PhoneNumber::parse(raw).map_err(|source| ApiError::Phone { field, source })
+    Ok(checks::phone(field, raw)?)
+}
+
+/// A check request as the shared [`Checker`] takes it.
+fn query(req: &pb::CheckCallPermissionRequest) -> Query<'_> {
+    Query {
+        business_number: &req.business_number,
+        customer_number: &req.customer_number,
+    }
 }
 
 fn pair(business: &str, customer: &str) -> Result<Pair, ApiError> {
@@ -153,6 +170,8 @@ pub struct Api {
     limits: StreamLimits,
     /// One permit per open StreamGrants subscription.
     subscriptions: Arc<Semaphore>,
+    /// Answers the checks (the HTTP port's JSON checks use the same code).
+    checker: Checker,
 }
 
 impl Api {
@@ -164,6 +183,7 @@ impl Api {
         clock: Clock,
     ) -> Self {
         Api {
+            checker: Checker::new(store.clone(), clock, metrics.clone()),
             store,
             clock,
             hub,
@@ -190,20 +210,7 @@ impl Api {
         field: &'static str,
         business: &PhoneNumber,
     ) -> Result<(), ApiError> {
-        if caller.may_see(business) {
-            return Ok(());
-        }
-        self.metrics
-            .api_refusal(caller.name(), RefusalReason::OtherBusiness);
-        tracing::info!(
-            client = caller.name(),
-            reason = RefusalReason::OtherBusiness.label(),
-            "api call refused"
-        );
-        Err(ApiError::OtherBusiness {
-            field,
-            business: business.clone(),
-        })
+        Ok(self.checker.admit_business(caller, field, business)?)
     }
 
     async fn check_one(
@@ -211,16 +218,12 @@ impl Api {
         caller: &Caller,
         req: &pb::CheckCallPermissionRequest,
     ) -> Result<(pb::CheckCallPermissionResponse, CheckAnswer), ApiError> {
-        let pair = pair(&req.business_number, &req.customer_number)?;
-        self.scope(caller, "business_number", &pair.business)?;
-        let current = self
-            .store
-            .current(&pair)
-            .await
-            .map_err(self.store_failed(StoreOp::Check))?;
-        let verdict = evaluate(current, self.clock.now());
-        let answer = CheckAnswer::State(verdict.state);
-        Ok((convert::check_response(&pair, verdict), answer))
+        let checked = self.checker.check(caller, query(req)).await?;
+        let answer = CheckAnswer::State(checked.verdict.state);
+        Ok((
+            convert::check_response(&checked.pair, checked.verdict),
+            answer,
+        ))
     }
 
     async fn check_many(
@@ -234,71 +237,21 @@ impl Api {
                 checks.len()
             )));
         }
-        let parsed: Vec<Result<Pair, ApiError>> = checks
-            .iter()
-            .map(|c| {
-                let pair = pair(&c.business_number, &c.customer_number)?;
-                self.scope(caller, "business_number", &pair.business)?;
-                Ok(pair)
-            })
-            .collect();
-        let valid: Vec<Pair> = parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .cloned()
-            .collect();
-        let currents = self.store.current_each(&valid).await;
+        let queries: Vec<Query<'_>> = checks.iter().map(query).collect();
         // Nothing answered: the store is down; the whole call is UNAVAILABLE.
-        if let Some(Err(e)) = currents.first()
-            && currents.iter().all(Result::is_err)
-        {
-            return Err(self.store_failed(StoreOp::Check)(e.clone()));
-        }
-        let mut currents = currents.into_iter();
-        let now = self.clock.now();
-        let results = parsed
+        let results = self.checker.check_each(caller, &queries).await?;
+        let results = results
             .into_iter()
-            .map(|p| {
-                let result = match p {
-                    Ok(pair) => match currents.next() {
-                        Some(Ok(current)) => {
-                            let verdict = evaluate(current, now);
-                            self.metrics.check(CheckAnswer::State(verdict.state));
-                            pb::check_result::Result::Answer(convert::check_response(
-                                &pair, verdict,
-                            ))
-                        }
-                        // This pair's part of the store failed (on a cluster, one master):
-                        // its own UNAVAILABLE, never an answer.
-                        Some(Err(e)) => {
-                            self.metrics.store_error(StoreOp::Check);
-                            self.metrics.check(CheckAnswer::Unavailable);
-                            pb::check_result::Result::Error(pb::CheckError {
-                                code: tonic::Code::Unavailable as i32,
-                                message: e.to_string(),
-                            })
-                        }
-                        None => {
-                            self.metrics.check(CheckAnswer::Unavailable);
-                            pb::check_result::Result::Error(pb::CheckError {
-                                code: tonic::Code::Unavailable as i32,
-                                message: "store gave no answer for this pair".into(),
-                            })
-                        }
-                    },
-                    Err(e) => {
-                        if let Some(answer) = e.check_answer() {
-                            self.metrics.check(answer);
-                        }
-                        pb::check_result::Result::Error(pb::CheckError {
-                            code: e.code() as i32,
-                            message: e.to_string(),
-                        })
-                    }
-                };
-                pb::CheckResult {
-                    result: Some(result),
-                }
+            .map(|r| pb::CheckResult {
+                result: Some(match r {
+                    Ok(c) => pb::check_result::Result::Answer(convert::check_response(
+                        &c.pair, c.verdict,
+                    )),
+                    Err(e) => pb::check_result::Result::Error(pb::CheckError {
+                        code: e.code() as i32,
+                        message: e.to_string(),
+                    }),
+                }),
             })
             .collect();
         Ok(pb::CheckCallPermissionsResponse { results })
@@ -339,6 +292,24 @@ type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportedDecision, Statu
 
 #[tonic::async_trait]
 impl ConsentAuthority for Api {
+    async fn register_consent_request(
+        &self,
+        _request: Request<pb::RegisterConsentRequestRequest>,
+    ) -> Result<Response<pb::RegisterConsentRequestResponse>, Status> {
+        Err(Status::unimplemented(
+            "RegisterConsentRequest: being built (issue 13)",
+        ))
+    }
+
+    async fn can_request_consent(
+        &self,
+        _request: Request<pb::CanRequestConsentRequest>,
+    ) -> Result<Response<pb::CanRequestConsentResponse>, Status> {
+        Err(Status::unimplemented(
+            "CanRequestConsent: being built (issue 13)",
+        ))
+    }
+
     async fn check_call_permission(
         &self,
         request: Request<pb::CheckCallPermissionRequest>,
@@ -350,11 +321,9 @@ impl ConsentAuthority for Api {
             Ok((_, label)) => Some(*label),
             Err(e) => e.check_answer(),
         };
+        // The checker counted the answer; the latency is the RPC's.
         match label {
-            Some(label) => {
-                self.metrics.check(label);
-                self.metrics.single_check_latency(label, started.elapsed());
-            }
+            Some(label) => self.metrics.single_check_latency(label, started.elapsed()),
             // A refusal (no caller, another business) is counted as a refusal, not an answer.
             None => self
                 .metrics

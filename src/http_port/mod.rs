@@ -6,9 +6,13 @@
 //! - `webhooks`: the webhook handlers and how they authenticate senders;
 //! - `probes`: `/healthz`, `/readyz`, `/metrics`;
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
-//! - `reply`: what handlers answer;
 //! - `console`: the compliance console's pages (`/console`), with its own sessions;
 //! - `export`: issue 14's `GET /v1/export` (a business's decisions as NDJSON or CSV, streamed).
+//! - `check_api`: the JSON checks for REST-only dialers (`POST /v1/check`,
+//!   `POST /v1/check-batch`, streamed), `check_json` their wire format, `api_error` their
+//!   refusals mapped to a status in one `match`;
+//! - `body`: reading a JSON body within a route's size cap and the body deadline;
+//! - `reply`: what handlers answer.
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing.
@@ -24,6 +28,10 @@
 //! `header_timeout`. An HTTP/2 preface is refused like any malformed request: HTTP/2 would let
 //! one connection carry many requests past the connection cap, outside these deadlines.
 
+mod api_error;
+mod body;
+mod check_api;
+mod check_json;
 mod console;
 mod error;
 mod export;
@@ -41,11 +49,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use check_api::{CHUNK, MAX_BATCHES_IN_FLIGHT};
+pub use check_json::{MAX_BATCH_BODY, MAX_BATCH_CHECKS, MAX_CHECK_BODY};
 pub use console::Console;
 pub use error::WebhookError;
 pub use webhooks::WebhookSecurity;
 
 use crate::accept::{AcceptPolicy, serve_connections};
+use crate::checks::Checker;
 use crate::clock::Clock;
 use crate::grpc_api::auth::AuthSource;
 use crate::ingest::IngestContext;
@@ -53,7 +64,8 @@ use crate::metrics::Metrics;
 use crate::store::ConsentStore;
 use crate::tls::TlsPort;
 
-/// Largest webhook body accepted.
+/// Largest webhook body accepted (the JSON checks have their own caps, [`MAX_CHECK_BODY`] and
+/// [`MAX_BATCH_BODY`]).
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// Shared state of the HTTP port.
@@ -67,11 +79,14 @@ pub struct HttpState {
     pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
-    /// The API clients (the gRPC API's), for endpoints that need an API key (issue 14's
-    /// export).
+    /// issue 13: the API clients of the JSON checks (the gRPC API's).
     pub auth: Arc<AuthSource>,
     /// The compliance console: its sessions and overview cache.
     pub console: Console,
+    /// issue 13: answers the JSON checks (the gRPC API's code).
+    pub checker: Arc<Checker>,
+    /// issue 13: one permit per check batch being answered ([`MAX_BATCHES_IN_FLIGHT`]).
+    pub batches: Arc<tokio::sync::Semaphore>,
 }
 
 /// Slow-client and connection limits of the port.

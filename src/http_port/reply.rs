@@ -1,36 +1,78 @@
-//! What a handler answers: a response, and for a webhook the outcome it counts as.
+//! What a handler answers: a response, and what the request counts as.
+
+use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::metrics::WebhookOutcome;
+use crate::metrics::{ApiOutcome, WebhookOutcome};
 
-/// A handler's successful answer. Refusals are [`WebhookError`](super::WebhookError)s instead.
+/// The body of every answer of the port: a whole one ([`Full`]), or a stream written as it is
+/// produced (a check batch's results, issue 14's exports, with chunked transfer encoding). A
+/// stream that fails ([`BoxError`]) aborts the response: its chunked body never ends properly,
+/// so a cut answer cannot pass for a whole one.
+pub(super) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What a request counts as, decided by the handler that knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Counted {
+    /// The probes: not counted.
+    Not,
+    /// `callgate_webhooks_total`.
+    Webhook(WebhookOutcome),
+    /// `callgate_http_api_requests_total`.
+    Api(ApiOutcome),
+}
+
+impl Counted {
+    /// The `outcome` field of the request's span.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Counted::Not => None,
+            Counted::Webhook(o) => Some(o.label()),
+            Counted::Api(o) => Some(o.label()),
+        }
+    }
+}
+
+/// A handler's successful answer. Refusals are [`WebhookError`](super::WebhookError)s (or,
+/// on the JSON API, [`CheckApiError`](super::api_error::CheckApiError)s) instead.
 pub(super) struct Reply {
-    pub response: Response<Full<Bytes>>,
-    /// What the request counts as in `callgate_webhooks_total`, decided by the handler that
-    /// knows it (stored, ignored, verified); `None` for the probes, which are not counted.
-    pub outcome: Option<WebhookOutcome>,
+    pub response: Response<Body>,
+    pub counted: Counted,
 }
 
 impl Reply {
     /// An answer of a probe (`/healthz`, `/readyz`, `/metrics`).
     pub fn probe(response: Response<Full<Bytes>>) -> Self {
         Reply {
-            response,
-            outcome: None,
+            response: boxed(response),
+            counted: Counted::Not,
         }
     }
 
     /// An answer of a webhook route.
     pub fn webhook(outcome: WebhookOutcome, response: Response<Full<Bytes>>) -> Self {
         Reply {
-            response,
-            outcome: Some(outcome),
+            response: boxed(response),
+            counted: Counted::Webhook(outcome),
         }
     }
+
+    /// An answer of the JSON API (possibly streamed).
+    pub fn api(outcome: ApiOutcome, response: Response<Body>) -> Self {
+        Reply {
+            response,
+            counted: Counted::Api(outcome),
+        }
+    }
+}
+
+/// A whole answer as the port's [`Body`].
+pub(super) fn boxed(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(|b| b.map_err(|never: Infallible| match never {}).boxed_unsync())
 }
 
 /// A JSON answer.
@@ -55,13 +97,3 @@ pub(super) fn typed_response(
 
 /// Why a streamed body stops early: the response is then aborted, not ended.
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body of every answer of the port: a whole one ([`Full`]) or a stream written as it is
-/// produced (issue 14: an export, with chunked transfer encoding). A stream that fails aborts
-/// the response.
-pub(super) type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-/// A whole answer as the port's [`Body`].
-pub(super) fn boxed(response: Response<Full<Bytes>>) -> Response<Body> {
-    response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
-}

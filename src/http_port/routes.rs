@@ -9,13 +9,16 @@
 //! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
 //! | GET    | `/v1/export`           | [`export::export`] (issue 14)        |
+//! | POST   | `/v1/check`            | [`check_api::check`]                 |
+//! | POST   | `/v1/check-batch`      | [`check_api::check_batch`]           |
 //! | any    | `/console...`          | [`console::handle`] (its own table)  |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
 //! `http` span whose fields are the route (the path of the table, never the raw path), the
 //! method, and on completion the status and outcome; the handlers' log lines (a refusal, a
-//! recorded decision) belong to it. Webhook requests are counted in `callgate_webhooks_total`
-//! here and nowhere else.
+//! recorded decision, a batch's store failure while it streams) belong to it. Webhook requests
+//! are counted in `callgate_webhooks_total` and JSON API requests in
+//! `callgate_http_api_requests_total`, here and nowhere else.
 
 use std::time::Instant;
 
@@ -24,9 +27,10 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::reply::{Body, Reply, boxed};
-use super::{HttpState, WebhookError, console, export, probes, webhooks};
-use crate::metrics::{Route, StoreOp};
+use super::api_error::CheckApiError;
+use super::reply::{Body, Counted, Reply, boxed};
+use super::{HttpState, WebhookError, check_api, console, export, probes, webhooks};
+use crate::metrics::{ApiRoute, Route, StoreOp};
 
 /// The endpoints of the table above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,19 +41,23 @@ enum Endpoint {
     DoubleTick,
     WhatsApp,
     WhatsAppSubscription,
+    Check,
+    CheckBatch,
     /// issue 14
     Export,
     Console(console::Page),
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 6] = [
+const PATHS: [&str; 8] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/webhooks/doubletick",
     "/webhooks/whatsapp",
     "/v1/export",
+    "/v1/check",
+    "/v1/check-batch",
 ];
 
 /// The table: which endpoint answers `method` on `path`.
@@ -67,6 +75,8 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::POST, "/webhooks/whatsapp") => Ok(Endpoint::WhatsApp),
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
         (&Method::GET, "/v1/export") => Ok(Endpoint::Export),
+        (&Method::POST, "/v1/check") => Ok(Endpoint::Check),
+        (&Method::POST, "/v1/check-batch") => Ok(Endpoint::CheckBatch),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
     }
@@ -80,6 +90,23 @@ fn webhook_route(path: &str) -> Option<Route> {
         p if p.starts_with("/webhooks/") => Some(Route::Other),
         _ => None,
     }
+}
+
+/// The JSON API metric's route of an endpoint; `None`: not a JSON API endpoint.
+fn api_route(endpoint: Endpoint) -> Option<ApiRoute> {
+    match endpoint {
+        Endpoint::Check => Some(ApiRoute::Check),
+        Endpoint::CheckBatch => Some(ApiRoute::CheckBatch),
+        _ => None,
+    }
+}
+
+/// A JSON API answer: the handler's reply, or its refusal's.
+fn json_api(result: Result<Reply, CheckApiError>) -> Reply {
+    result.unwrap_or_else(|e| {
+        let outcome = e.status().1;
+        Reply::api(outcome, boxed(e.into_response()))
+    })
 }
 
 /// The `method` span field: a standard method's name, else `other` (an extension method is
@@ -137,6 +164,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         tracing::Span::current().record("status", response.status().as_u16());
         return response;
     }
+    let api = endpoint.as_ref().ok().copied().and_then(api_route);
     let result = match endpoint {
         Ok(Endpoint::Healthz) => Ok(Reply::probe(probes::healthz())),
         Ok(Endpoint::Readyz) => Ok(Reply::probe(probes::ready(state).await)),
@@ -144,30 +172,43 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         Ok(Endpoint::DoubleTick) => webhooks::doubletick(state, req).await,
         Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
+        Ok(Endpoint::Check) => Ok(json_api(check_api::check(state, req).await)),
+        Ok(Endpoint::CheckBatch) => Ok(json_api(check_api::check_batch(state, req).await)),
+        // Answered above (issue 14).
         Ok(Endpoint::Export) => Err(WebhookError::MethodNotAllowed),
         Ok(Endpoint::Console(_)) => Err(WebhookError::MethodNotAllowed),
         Err(e) => Err(e),
     };
-    let (response, outcome) = match result {
-        Ok(reply) => (reply.response, reply.outcome),
+    let (response, counted) = match result {
+        Ok(reply) => (reply.response, reply.counted),
         Err(e) => {
             if matches!(e, WebhookError::Store(_)) {
                 state.metrics.store_error(StoreOp::Record);
             }
             let outcome = e.status().1;
-            (e.into_response(), Some(outcome))
+            (boxed(e.into_response()), Counted::Webhook(outcome))
         }
     };
-    if let (Some(route), Some(outcome)) = (webhook_route(&path), outcome) {
-        state.metrics.webhook(route, outcome, started.elapsed());
+    match counted {
+        Counted::Webhook(outcome) => {
+            if let Some(route) = webhook_route(&path) {
+                state.metrics.webhook(route, outcome, started.elapsed());
+            }
+        }
+        Counted::Api(outcome) => {
+            if let Some(route) = api {
+                state.metrics.api_request(route, outcome, started.elapsed());
+            }
+        }
+        Counted::Not => {}
     }
     let span = tracing::Span::current();
     span.record("status", response.status().as_u16());
-    if let Some(outcome) = outcome {
-        span.record("outcome", outcome.label());
+    if let Some(outcome) = counted.label() {
+        span.record("outcome", outcome);
     }
     tracing::debug!(elapsed = ?started.elapsed(), "answered");
-    boxed(response)
+    response
 }
 
 #[cfg(test)]
@@ -177,13 +218,16 @@ mod tests {
     #[test]
     fn the_table_routes_methods_and_paths() {
         use Endpoint::*;
-        let cases: [(Method, &str, Result<Endpoint, &str>); 13] = [
+        let cases: [(Method, &str, Result<Endpoint, &str>); 16] = [
             (Method::GET, "/healthz", Ok(Healthz)),
             (Method::GET, "/readyz", Ok(Readyz)),
             (Method::GET, "/metrics", Ok(Metrics)),
             (Method::POST, "/webhooks/doubletick", Ok(DoubleTick)),
             (Method::POST, "/webhooks/whatsapp", Ok(WhatsApp)),
             (Method::GET, "/webhooks/whatsapp", Ok(WhatsAppSubscription)),
+            (Method::POST, "/v1/check", Ok(Check)),
+            (Method::POST, "/v1/check-batch", Ok(CheckBatch)),
+            (Method::GET, "/v1/check", Err("method_not_allowed")),
             (
                 Method::GET,
                 "/webhooks/doubletick",

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use callgate::domain::attribution::Attribution;
 use callgate::domain::{Choice, Decision, Evidence, Pair, PhoneNumber, Source};
 use callgate::grpc_api::auth::key_digest;
 use callgate::store::ConsentStore;
@@ -102,6 +103,8 @@ fn decision(
             stated_at: at,
             stated_expires_at: None,
         },
+        attribution: None,
+        customer_name: None,
     }
 }
 
@@ -160,13 +163,18 @@ async fn seed(app: &TestApp) -> Vec<Seeded> {
     ];
     let mut seeded = Vec::new();
     for (customer, choice, decided, received, id) in feed {
-        app.store
-            .record(
-                &[decision(BUSINESS, customer, choice, decided, id)],
-                received,
-            )
-            .await
-            .unwrap();
+        let mut d = decision(BUSINESS, customer, choice, decided, id);
+        if id == "grant-2" {
+            // Attributed to the request that asked (issue 13), with Meta's profile name.
+            d.attribution = Some(Attribution {
+                request_message_id: "paired-grant-2".into(),
+                team: "collections".into(),
+                campaign: "nov-renewals".into(),
+                labels: [("region".to_owned(), "south".to_owned())].into(),
+            });
+            d.customer_name = Some("Asha Rao".into());
+        }
+        app.store.record(&[d], received).await.unwrap();
         let kind = if choice == Choice::Deny {
             "denials"
         } else {
@@ -725,6 +733,10 @@ async fn issue14_console_in_headless_chromium() {
     assert!(stale[0].text().await.unwrap().contains("stale-3"));
     let timeline = text(&browser, "ol.timeline").await;
     for id in [
+        "Asha Rao",
+        "collections",
+        "nov-renewals",
+        "region=south",
         "deny-1",
         "grant-2",
         "paired-grant-2",

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 
 use callgate::domain::{
-    Choice, Decision, Evidence, HistoryEntry, HistoryOutcome, Pair, PhoneNumber, Source,
-    to_millis_precision,
+    Attribution, Choice, Decision, Evidence, HistoryEntry, HistoryOutcome, Pair, PhoneNumber,
+    Source, to_millis_precision,
 };
 use callgate::export::{CSV_COLUMNS, ExportRow};
 use callgate::pb;
@@ -52,6 +52,15 @@ fn decision(p: &Pair, choice: Choice, at: DateTime<Utc>, msg: &str) -> Decision 
             stated_at: at,
             stated_expires_at: choice.expires_at(),
         },
+        // Issue 13: customer 2's decisions carry an attribution and a customer name (exported,
+        // not hashed).
+        attribution: (p.customer.digits().ends_with('2')).then(|| Attribution {
+            request_message_id: format!("ctx,\"{msg}\""),
+            team: "collections".into(),
+            campaign: "nov-2026".into(),
+            labels: [("region".to_owned(), "south, \"2\"".to_owned())].into(),
+        }),
+        customer_name: (p.customer.digits().ends_with('2')).then(|| "Asha \"A\", Rao".to_owned()),
     }
 }
 
@@ -203,6 +212,10 @@ async fn issue14_http_and_grpc_exports_hold_exactly_the_histories_in_both_format
         }
     }
     assert!(want.iter().any(|r| r.outcome == "stale"));
+    assert!(
+        want.iter()
+            .any(|r| r.team == "collections" && r.labels["region"] == "south, \"2\"")
+    );
     assert!(want.iter().any(|r| !r.expires_at.is_empty()));
     let received: Vec<&str> = want.iter().map(|r| r.received_time.as_str()).collect();
     let mut sorted = received.clone();

@@ -16,6 +16,7 @@ mod console;
 mod dates_and_duplicates;
 mod export;
 mod ingest;
+mod json_api;
 mod lifecycle;
 mod metrics;
 mod redaction;

@@ -401,6 +401,8 @@ mod tests {
                     stated_at: at,
                     stated_expires_at: None,
                 },
+                attribution: None,
+                customer_name: None,
             },
             outcome,
             received_at: at,

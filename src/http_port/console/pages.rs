@@ -246,6 +246,25 @@ pub fn customer(view: &CustomerView<'_>) -> Markup {
                                 dt { "Sender's customer id" }
                                 dd class="mono" { (e.decision.evidence.sender_customer_id) }
                             }
+                            @if let Some(name) = &e.decision.customer_name {
+                                dt { "Customer's name" }
+                                dd { (name) }
+                            }
+                            @if let Some(a) = &e.decision.attribution {
+                                dt { "Team" }
+                                dd { (a.team) }
+                                dt { "Campaign" }
+                                dd { (a.campaign) }
+                                @if !a.labels.is_empty() {
+                                    dt { "Labels" }
+                                    dd {
+                                        @for (i, (k, v)) in a.labels.iter().enumerate() {
+                                            @if i > 0 { ", " }
+                                            (k) "=" (v)
+                                        }
+                                    }
+                                }
+                            }
                             dt { "Body SHA-256" }
                             dd class="mono hash" { (hex::encode(e.decision.evidence.body_sha256)) }
                             dt { "Entry hash" }

@@ -133,6 +133,8 @@ mod tests {
                 stated_at: t(decided_at),
                 stated_expires_at: None,
             },
+            attribution: None,
+            customer_name: None,
         }
     }
 
