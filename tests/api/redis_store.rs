@@ -528,8 +528,9 @@ async fn keys_of_one_decision_share_a_hash_tag_and_pairs_spread_over_shards() {
     );
     store.record(&[temp], t).await.unwrap();
     let keys = all_keys(&mut conn).await;
-    // consent, lapse record, history, dedup hash, stream, due index.
-    assert_eq!(keys.len(), 6, "{keys:?}");
+    // consent, lapse record, history, dedup hash, stream, due index, and (issue 14) the
+    // business's records index of the shard by received and by event time.
+    assert_eq!(keys.len(), 8, "{keys:?}");
     let tags: BTreeSet<&str> = keys.iter().map(|k| hash_tag(k)).collect();
     assert_eq!(tags.len(), 1, "{keys:?}");
     assert!(tags.iter().all(|t| t.starts_with("callgate:s")), "{tags:?}");
@@ -682,6 +683,9 @@ async fn the_memory_report_counts_this_prefixs_keys_by_kind() {
     assert_eq!(
         counts,
         [
+            // issue 14: one records index per order per shard the business has pairs in.
+            ("be", shards.len() as u64),
+            ("br", shards.len() as u64),
             ("c", 40),
             ("d", 40),
             ("due", temporary_shards.len() as u64),
