@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of callgate. Installs what is missing first: redis-server (the Redis tests
 # start their own redis-server on free ports and never skip), promtool (Debian's `prometheus`
-# package: alert rule checks and unit tests) and the Python packages of the deployment tests
+# package: alert rule checks and unit tests), Debian's `chromium` and `chromium-driver` (the
+# console's browser test drives a real headless Chromium) and the Python packages of the deployment tests
 # and the Python client example (tests/deploy/requirements.txt, with pip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ apt_install() {
 }
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server redis-server
 command -v promtool >/dev/null 2>&1 || apt_install promtool prometheus
+command -v chromium >/dev/null 2>&1 || apt_install chromium chromium
+command -v chromedriver >/dev/null 2>&1 || apt_install chromedriver chromium-driver
 
 python=python3
 command -v "$python" >/dev/null 2>&1 || apt_install python3 python3

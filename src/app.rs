@@ -22,7 +22,7 @@ use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::auth::{self, AuthSource, ClientsError, Guard};
 use crate::grpc_api::{Api, StreamLimits, Traced};
 use crate::grpc_port::{self, GrpcLimits};
-use crate::http_port::{self, HttpLimits, HttpState, WebhookSecurity};
+use crate::http_port::{self, Console, HttpLimits, HttpState, WebhookSecurity};
 use crate::ingest::IngestContext;
 use crate::metrics::{Metrics, StoreOp};
 use crate::outbound::Outbound;
@@ -202,6 +202,7 @@ pub async fn run(
         tls: tls.as_ref().map(|t| t.http.clone()),
         auth: auth.clone(),
         requests: requests.clone(),
+        console: Console::new(tls.is_some()),
         checker: Arc::new(Checker::new(store.clone(), clock, metrics.clone())),
         batches: Arc::new(Semaphore::new(http_port::MAX_BATCHES_IN_FLIGHT)),
     });

@@ -22,5 +22,5 @@ pub use outbound::{EventKinds, EventTags, SigningKey, Subscription, Subscription
 pub use phone::{PhoneError, PhoneNumber};
 pub use rules::{
     Arbitration, ConsentState, DateRules, Redelivery, Verdict, arbitrate, decide, evaluate,
-    ordering_time, redelivery, temporary_expiry,
+    ordering_time, redelivery, state_at, temporary_expiry,
 };

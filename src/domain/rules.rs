@@ -204,17 +204,21 @@ impl Verdict {
     }
 }
 
+/// The state a current decision's `choice` puts a pair in at `now`.
+pub fn state_at(choice: &Choice, now: DateTime<Utc>) -> ConsentState {
+    match *choice {
+        Choice::Deny => ConsentState::Denied,
+        Choice::GrantPermanent => ConsentState::GrantedPermanent,
+        Choice::GrantTemporary { expires_at } if now < expires_at => ConsentState::GrantedTemporary,
+        Choice::GrantTemporary { .. } => ConsentState::Expired,
+    }
+}
+
 /// Evaluates the pair's current decision at `now`.
 pub fn evaluate(current: Option<Decision>, now: DateTime<Utc>) -> Verdict {
-    let state = match current.as_ref().map(|d| d.choice) {
-        None => ConsentState::NoConsent,
-        Some(Choice::Deny) => ConsentState::Denied,
-        Some(Choice::GrantPermanent) => ConsentState::GrantedPermanent,
-        Some(Choice::GrantTemporary { expires_at }) if now < expires_at => {
-            ConsentState::GrantedTemporary
-        }
-        Some(Choice::GrantTemporary { .. }) => ConsentState::Expired,
-    };
+    let state = current
+        .as_ref()
+        .map_or(ConsentState::NoConsent, |d| state_at(&d.choice, now));
     Verdict {
         state,
         decision: current,

@@ -193,14 +193,24 @@ pub(super) async fn export(
             .api_refusal(caller.name(), RefusalReason::OtherBusiness);
         return Err(ExportError::OtherBusiness(query.range.business));
     }
-    let format = query.format;
-    let mut pager = Pager::new(state.store.clone(), query.range);
+    stream(state, query.range, query.format, caller.name()).await
+}
+
+/// The export of `range` in `format` for an admitted `client` (business scoping already
+/// checked): `GET /v1/export` and the console's `POST /console/export` both answer with it.
+pub(super) async fn stream(
+    state: &HttpState,
+    range: RecordsRange,
+    format: Format,
+    client: &str,
+) -> Result<Response<Body>, ExportError> {
+    let mut pager = Pager::new(state.store.clone(), range);
     let first = pager
         .next_page()
         .await
         .map_err(ExportError::Store)?
         .unwrap_or_default();
-    tracing::info!(client = caller.name(), "export started");
+    tracing::info!(client, "export started");
     let mut head = format.head();
     for r in &first {
         format.write_row(&mut head, &crate::export::ExportRow::from_recorded(r));

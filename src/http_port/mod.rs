@@ -6,6 +6,8 @@
 //! - `webhooks`: the webhook handlers and how they authenticate senders;
 //! - `probes`: `/healthz`, `/readyz`, `/metrics`;
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
+//! - `console`: the compliance console's pages (`/console`), with its own sessions;
+//! - `export`: issue 14's `GET /v1/export` (a business's decisions as NDJSON or CSV, streamed).
 //! - `check_api`: the JSON checks for REST-only dialers (`POST /v1/check`,
 //!   `POST /v1/check-batch`, streamed), `check_json` their wire format, `api_error` their
 //!   refusals mapped to a status in one `match`;
@@ -34,6 +36,7 @@ mod body;
 mod check_api;
 mod check_json;
 mod consent_requests;
+mod console;
 mod error;
 mod export;
 mod probes;
@@ -52,6 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use check_api::{CHUNK, MAX_BATCHES_IN_FLIGHT};
 pub use check_json::{MAX_BATCH_BODY, MAX_BATCH_CHECKS, MAX_CHECK_BODY};
+pub use console::Console;
 pub use error::WebhookError;
 pub use webhooks::WebhookSecurity;
 
@@ -82,6 +86,8 @@ pub struct HttpState {
     pub tls: Option<Arc<TlsPort>>,
     /// issue 13: the API clients of the JSON checks (the gRPC API's).
     pub auth: Arc<AuthSource>,
+    /// The compliance console: its sessions and overview cache.
+    pub console: Console,
     /// issue 13: answers the JSON checks (the gRPC API's code).
     pub checker: Arc<Checker>,
     /// issue 13: one permit per check batch being answered ([`MAX_BATCHES_IN_FLIGHT`]).

@@ -12,6 +12,7 @@
 //! | POST   | `/v1/check-batch`      | [`check_api::check_batch`]           |
 //! | GET    | `/v1/export`           | [`export::export`] (issue 14)        |
 //! | POST   | `/v1/consent-requests` | [`consent_requests::register`] (issue 13) |
+//! | any    | `/console...`          | [`console::handle`] (its own table)  |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
 //! `http` span whose fields are the route (the path of the table, never the raw path), the
@@ -29,7 +30,9 @@ use tracing::field::Empty;
 
 use super::api_error::CheckApiError;
 use super::reply::{Body, Counted, Reply, boxed};
-use super::{HttpState, WebhookError, check_api, consent_requests, export, probes, webhooks};
+use super::{
+    HttpState, WebhookError, check_api, consent_requests, console, export, probes, webhooks,
+};
 use crate::metrics::{ApiRoute, Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -47,6 +50,7 @@ enum Endpoint {
     Export,
     /// issue 13
     ConsentRequests,
+    Console(console::Page),
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
@@ -64,6 +68,11 @@ const PATHS: [&str; 9] = [
 
 /// The table: which endpoint answers `method` on `path`.
 fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
+    match console::resolve(method, path) {
+        Some(Ok(page)) => return Ok(Endpoint::Console(page)),
+        Some(Err(())) => return Err(WebhookError::MethodNotAllowed),
+        None => {}
+    }
     match (method, path) {
         (&Method::GET, "/healthz") => Ok(Endpoint::Healthz),
         (&Method::GET, "/readyz") => Ok(Endpoint::Readyz),
@@ -129,6 +138,7 @@ pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Respons
     let path = req.uri().path();
     let route = PATHS
         .iter()
+        .chain(console::PATHS.iter())
         .find(|p| **p == path)
         .copied()
         .unwrap_or("other");
@@ -146,6 +156,12 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let endpoint = resolve(req.method(), &path);
+    if let Ok(Endpoint::Console(page)) = endpoint {
+        // issue 14: the console's pages (HTML, and its streamed export), not counted.
+        let response = console::handle(state, page, req).await;
+        tracing::Span::current().record("status", response.status().as_u16());
+        return response;
+    }
     if let Ok(Endpoint::Export) = endpoint {
         // issue 14: a streamed answer, not counted as a webhook.
         let response = match export::export(state, &req).await {
@@ -167,6 +183,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         Ok(Endpoint::CheckBatch) => Ok(json_api(check_api::check_batch(state, req).await)),
         Ok(Endpoint::Export) => Err(WebhookError::MethodNotAllowed),
         Ok(Endpoint::ConsentRequests) => consent_requests::register(state, req).await,
+        Ok(Endpoint::Console(_)) => Err(WebhookError::MethodNotAllowed),
         Err(e) => Err(e),
     };
     let (response, counted) = match result {

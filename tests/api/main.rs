@@ -13,6 +13,7 @@ mod check;
 mod cli;
 mod cluster;
 mod conformance;
+mod console;
 mod dates_and_duplicates;
 mod export;
 mod ingest;
