@@ -8,6 +8,7 @@
 //! The event log is a single shard.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -16,12 +17,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{
-    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome,
-    StoreError, StreamId, check_deliveries,
+    CallablePage, CallablePosition, ConsentStore, Cursor, CursorError, DeliveryConflict,
+    HistoryPage, LoggedEvent, RecordOutcome, StoreError, StreamId, callable, check_deliveries,
 };
 use crate::domain::{
     Arbitration, Choice, ConsentEvent, Decision, EventKind, HistoryEntry, HistoryOutcome, Pair,
-    Redelivery, arbitrate, redelivery,
+    PhoneNumber, Redelivery, arbitrate, redelivery,
 };
 
 /// Limits of the in-memory event log.
@@ -63,6 +64,9 @@ struct State {
     max_deleted: StreamId,
     /// Current temporary grants by expiry instant (ms), for the expiry sweep.
     due: BTreeSet<(i64, Pair)>,
+    /// Issue 13: per business, the customers whose current decision is a grant (possibly
+    /// lapsed, until the sweep claims it): the calling lists' index, in digit order.
+    callable: HashMap<PhoneNumber, BTreeSet<PhoneNumber>>,
 }
 
 impl MemoryStore {
@@ -153,11 +157,31 @@ impl State {
                     .insert((expires_at.timestamp_millis(), pair.clone()));
             }
             self.current.insert(pair.clone(), decision.clone());
+            // Issue 13: the calling lists' index follows the current decision.
+            match decision.choice {
+                Choice::Deny => self.unlist(pair),
+                Choice::GrantPermanent | Choice::GrantTemporary { .. } => {
+                    self.callable
+                        .entry(pair.business.clone())
+                        .or_default()
+                        .insert(pair.customer.clone());
+                }
+            }
             if let Some(event) = ConsentEvent::for_applied(decision, received_at) {
                 self.append(event, received_at, config);
             }
         }
         Ok(outcome)
+    }
+
+    /// Issue 13: takes `pair` off its business's calling-list index.
+    fn unlist(&mut self, pair: &Pair) {
+        if let Some(customers) = self.callable.get_mut(&pair.business) {
+            customers.remove(&pair.customer);
+            if customers.is_empty() {
+                self.callable.remove(&pair.business);
+            }
+        }
     }
 }
 
@@ -279,6 +303,7 @@ impl ConsentStore for MemoryStore {
                 if let Some(d) = state.current.get(&pair).cloned()
                     && matches!(d.choice, Choice::GrantTemporary { .. })
                 {
+                    state.unlist(&pair);
                     let event = ConsentEvent {
                         kind: EventKind::Expired,
                         decision: d,
@@ -296,5 +321,60 @@ impl ConsentStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn callable_page(
+        &self,
+        business: &PhoneNumber,
+        from: &CallablePosition,
+        limit: usize,
+        keep: callable::Keep<'_>,
+    ) -> Result<CallablePage, StoreError> {
+        let limit = limit.max(1);
+        // One shard: a position past it is the end.
+        if from.shard > 0 {
+            return Ok(CallablePage {
+                entries: Vec::new(),
+                next: None,
+            });
+        }
+        let state = self.read();
+        let Some(customers) = state.callable.get(business) else {
+            return Ok(CallablePage {
+                entries: Vec::new(),
+                next: None,
+            });
+        };
+        let lower = from.after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+        let mut entries = Vec::new();
+        let mut last = None;
+        for customer in customers
+            .range((lower, Bound::Unbounded))
+            .take(callable::scan_budget(limit))
+        {
+            let pair = Pair::new(business.clone(), customer.clone());
+            if let Some(d) = state.current.get(&pair)
+                && keep(d)
+            {
+                entries.push(d.clone());
+            }
+            last = Some(customer);
+            if entries.len() == limit {
+                break;
+            }
+        }
+        // More to read if something follows the last customer read.
+        let next = last
+            .filter(|l| {
+                customers
+                    .range((Bound::Excluded(*l), Bound::Unbounded))
+                    .next()
+                    .is_some()
+            })
+            .map(|l| CallablePosition {
+                shard: 0,
+                after: Some(l.clone()),
+            });
+        Ok(CallablePage { entries, next })
     }
 }

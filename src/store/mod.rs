@@ -18,6 +18,7 @@
 //!
 //! [`arbitrate`]: crate::domain::arbitrate
 
+pub mod callable;
 pub mod cursor;
 pub mod memory;
 pub mod redis;
@@ -27,8 +28,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ConsentEvent, Decision, HistoryEntry, Pair, Redelivery, redelivery};
+use crate::domain::{
+    ConsentEvent, Decision, HistoryEntry, Pair, PhoneNumber, Redelivery, redelivery,
+};
 
+pub use callable::{CallablePage, CallablePosition};
 pub use cursor::{Cursor, CursorError, StreamId};
 
 /// Senders retry for days; a retried delivery must still be recognised as a duplicate.
@@ -210,6 +214,22 @@ pub trait ConsentStore: Send + Sync + 'static {
 
     /// Readiness: `Ok` when the store can serve reads and writes.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    // ---- issue 13: calling lists (see `callable`) ----
+
+    /// One page of `business`'s calling list from `from`: the current decisions of the pairs
+    /// in the business's index of possibly-callable pairs that `keep` admits, at most `limit`
+    /// (at least one) of them, in list order. Reads at most
+    /// [`callable::scan_budget`]`(limit)` index entries, so a page may hold fewer than
+    /// `limit` (even none) and still have a `next`. Memory and work are bounded by `limit`,
+    /// whatever the size of the business.
+    async fn callable_page(
+        &self,
+        business: &PhoneNumber,
+        from: &CallablePosition,
+        limit: usize,
+        keep: callable::Keep<'_>,
+    ) -> Result<CallablePage, StoreError>;
 }
 
 /// A cursor pointing just before the first event logged at or after `since`.

@@ -19,6 +19,9 @@
 //! {callgate:s07-3}:e                        the shard's event log (STREAM)
 //! {callgate:s07-3}:due                      temporary grants by expiry ms (ZSET, member = pair)
 //! {callgate:s07-3}:trimmed                  newest event id trimmed from `e` (STRING)
+//! {callgate:s07-3}:l:<business>             issue 13: the business's customers in this shard
+//!                                           whose current decision is a grant (ZSET, score
+//!                                           0, member = customer digits, read BYLEX)
 //! ```
 //!
 //! # How the hash tags are chosen: an even spread over a default 3-master cluster
@@ -36,7 +39,7 @@
 //! data migration, and it changes the shape of every cursor subscribers hold (the cursor's
 //! version prefix changes with it, see [`crate::store::cursor`]).
 
-use crate::domain::Pair;
+use crate::domain::{Pair, PhoneNumber};
 
 /// Number of shards. Fixed: cursors carry one position per shard. A multiple of 3, so each
 /// master of a default 3-master cluster gets the same number (see the module docs).
@@ -220,6 +223,12 @@ impl Keys {
         }
     }
 
+    /// Issue 13: the calling-list index of `business`'s pairs in `shard` (see
+    /// `store/redis/callable.rs`).
+    pub fn callable(&self, shard: usize, business: &PhoneNumber) -> String {
+        format!("{}l:{}", self.shard_prefix(shard), business.digits())
+    }
+
     /// A `SCAN … MATCH` pattern for every key of every shard under this prefix (the prefix's
     /// glob characters escaped). It may also match another prefix that begins with this one
     /// and `:s`; [`kind_of`](Self::kind_of) tells those apart.
@@ -237,7 +246,7 @@ impl Keys {
     }
 
     /// The kind of one of this prefix's keys: its name after the shard's hash tag, up to the
-    /// next `:` (`c`, `x`, `h`, `e`, `due`, `trimmed`). `None` for any other key.
+    /// next `:` (`c`, `x`, `h`, `e`, `due`, `trimmed`, `l`). `None` for any other key.
     pub fn kind_of<'k>(&self, key: &'k str) -> Option<&'k str> {
         let rest = self
             .shard_prefixes

@@ -11,7 +11,8 @@
 //! `routing` (which connection a call takes, and how it runs: timeout, retry, `NOSCRIPT`),
 //! `connection` (standalone connections) and [`cluster`] (Redis Cluster connections), `events`
 //! (reading the sharded event log), `error` (redis-rs errors to `StoreError`), `reply` (reply
-//! shapes), `inspect` (memory report).
+//! shapes), `inspect` (memory report), `callable` (issue 13: reading the calling lists'
+//! per-business index).
 //!
 //! # Key layout: sharded, cluster-ready
 //!
@@ -163,6 +164,7 @@
 //! also refused as misconfigured (the error says so): callgate does not run on an unverified
 //! policy.
 
+mod callable;
 pub mod cluster;
 pub mod codec;
 mod config;

@@ -23,6 +23,10 @@
 -- ARGV[5] event retention (ms)
 -- ARGV[6] the pair as due-index member "<business>:<customer>"
 -- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
+-- issue 13 (calling lists):
+-- KEYS[8] calling-list index {p:sNN}:l:<business>  ZSET of the business's customers (in this
+--                                        shard) whose current decision is a grant
+-- ARGV[8] the customer's digits (the index member)
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written).
 
@@ -122,6 +126,16 @@ else
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[5], ARGV[6])
 end
+
+-- issue 13 (calling lists): the index follows the current decision. A grant (even one
+-- already lapsed: the sweep's claim removes it, and readers filter by their clock) is listed,
+-- a denial is not.
+if new.r == 2 then
+  redis.call('ZREM', KEYS[8], ARGV[8])
+else
+  redis.call('ZADD', KEYS[8], 0, ARGV[8])
+end
+-- end issue 13 (calling lists)
 
 if ARGV[4] ~= '' then
   local min = now - tonumber(ARGV[5])

@@ -17,10 +17,10 @@ use super::keys::{self, Keys};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
-use crate::domain::{Choice, ConsentEvent, Decision, Pair};
+use crate::domain::{Choice, ConsentEvent, Decision, Pair, PhoneNumber};
 use crate::store::{
-    ConsentStore, Cursor, DeliveryConflict, HistoryPage, LoggedEvent, RecordOutcome, StoreError,
-    StreamId, check_deliveries,
+    CallablePage, CallablePosition, ConsentStore, Cursor, DeliveryConflict, HistoryPage,
+    LoggedEvent, RecordOutcome, StoreError, StreamId, callable, check_deliveries,
 };
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
 const CLAIM_BATCH: usize = 500;
@@ -85,7 +85,7 @@ impl RedisStore {
     /// record (a temporary grant whose consent key expired natively), else no decision. The two
     /// must agree (the lapse record exists exactly while the current decision is a temporary
     /// grant, and then holds the same value); anything else is corrupt, never a default.
-    fn decode_current(
+    pub(super) fn decode_current(
         pair: &Pair,
         consent: Option<Vec<u8>>,
         lapse: Option<Vec<u8>>,
@@ -243,13 +243,16 @@ impl RedisStore {
                 .key(&k.due)
                 .key(&k.trimmed)
                 .key(&k.dedup)
+                // issue 13: the calling-list index (KEYS[8]); its member is ARGV[8].
+                .key(self.keys.callable(k.shard, &decision.pair.business))
                 .arg(codec::encode_body(decision))
                 .arg(codec::dedup_bytes(decision))
                 .arg(&received)
                 .arg(event)
                 .arg(self.config.event_retention.as_millis() as u64)
                 .arg(&k.member)
-                .arg(decision.fingerprint().as_slice());
+                .arg(decision.fingerprint().as_slice())
+                .arg(decision.pair.customer.digits());
             pipe.invoke_script(&invocation);
             if atomic {
                 pipe.ignore(); // `QUEUED`; the results come with EXEC.
@@ -738,5 +741,16 @@ impl ConsentStore for RedisStore {
             }
         }
         Ok(())
+    }
+
+    async fn callable_page(
+        &self,
+        business: &PhoneNumber,
+        from: &CallablePosition,
+        limit: usize,
+        keep: callable::Keep<'_>,
+    ) -> Result<CallablePage, StoreError> {
+        // Issue 13: see store/redis/callable.rs.
+        self.read_callable_page(business, from, limit, keep).await
     }
 }
