@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tracing::Instrument;
 
+use crate::calling_list::CallingLists;
 use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
 use crate::domain::DateRules;
@@ -172,6 +173,8 @@ pub async fn run(
         metrics: metrics.clone(),
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
+        auth: auth.clone(),
+        lists: CallingLists::new(store.clone()),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,

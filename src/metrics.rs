@@ -202,10 +202,14 @@ pub enum StoreOp {
     Events = 3,
     Sweep = 4,
     Ping = 5,
+    /// Issue 13: reading a calling list (ListCallable, `GET /v1/callable`).
+    List = 6,
 }
 
 impl StoreOp {
-    const LABELS: [&'static str; 6] = ["check", "record", "history", "events", "sweep", "ping"];
+    const LABELS: [&'static str; 7] = [
+        "check", "record", "history", "events", "sweep", "ping", "list",
+    ];
 }
 
 /// Why the gRPC API refused a call (the `reason` label of `callgate_api_refusals_total`).
@@ -259,7 +263,7 @@ pub struct Metrics {
     answer_latency: [Histogram; 7],
     webhooks: [[AtomicU64; WebhookOutcome::ALL.len()]; 3],
     webhook_latency: [Histogram; 3],
-    store_errors: [AtomicU64; 6],
+    store_errors: [AtomicU64; StoreOp::LABELS.len()],
     open_streams: AtomicI64,
     stream_events: AtomicU64,
     /// StreamGrants streams ended because their client stopped reading.

@@ -22,9 +22,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-pub use convert::{from_timestamp, timestamp};
+pub use convert::{from_timestamp, state_name, timestamp};
 pub use trace::Traced;
 
+use crate::calling_list::{CallingLists, ListError, ListQuery};
 use crate::clock::Clock;
 use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
 use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
@@ -151,6 +152,8 @@ pub struct Api {
     limits: StreamLimits,
     /// One permit per open StreamGrants subscription.
     subscriptions: Arc<Semaphore>,
+    /// Issue 13: ListCallable's pages.
+    lists: CallingLists,
 }
 
 impl Api {
@@ -162,6 +165,7 @@ impl Api {
         clock: Clock,
     ) -> Self {
         Api {
+            lists: CallingLists::new(store.clone()),
             store,
             clock,
             hub,
@@ -466,6 +470,64 @@ impl ConsentAuthority for Api {
             entries: page.entries.iter().map(convert::history_entry).collect(),
             next_page_token: page.next.map(page_token).unwrap_or_default(),
         }))
+    }
+
+    async fn list_callable(
+        &self,
+        request: Request<pb::ListCallableRequest>,
+    ) -> Result<Response<pb::ListCallableResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            self.list_page(&caller, request.get_ref()).await?,
+        ))
+    }
+}
+
+impl Api {
+    /// Issue 13: one page of a calling list.
+    async fn list_page(
+        &self,
+        caller: &Caller,
+        req: &pb::ListCallableRequest,
+    ) -> Result<pb::ListCallableResponse, ApiError> {
+        let query = ListQuery::parse(
+            &req.business_number,
+            &req.team,
+            &req.campaign,
+            req.page_size.into(),
+            &req.page_token,
+            self.lists.shards(),
+        )
+        .map_err(ApiError::from)?;
+        self.scope(caller, "business_number", &query.business)?;
+        let page = self
+            .lists
+            .page(&query, self.clock.now())
+            .await
+            .map_err(|e| match e {
+                ListError::Store(e) => self.store_failed(StoreOp::List)(e),
+                other => ApiError::from(other),
+            })?;
+        Ok(convert::callable_page(&page))
+    }
+}
+
+impl From<ListError> for ApiError {
+    fn from(e: ListError) -> Self {
+        match e {
+            ListError::Business(source) => ApiError::Phone {
+                field: "business_number",
+                source,
+            },
+            ListError::OtherBusiness(business) => ApiError::OtherBusiness {
+                field: "business_number",
+                business,
+            },
+            ListError::Store(e) => ApiError::Store(e),
+            other @ (ListError::NegativePageSize(_) | ListError::PageToken(_)) => {
+                ApiError::InvalidArgument(other.to_string())
+            }
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 //! - `webhooks`: the webhook handlers and how they authenticate senders;
 //! - `probes`: `/healthz`, `/readyz`, `/metrics`;
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
-//! - `reply`: what handlers answer.
+//! - `reply`: what handlers answer;
+//! - `callable` (issue 13): `GET /v1/callable`, a business's calling list as JSON or CSV,
+//!   streamed, for dialers that load lists over REST.
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing.
@@ -22,6 +24,7 @@
 //! `header_timeout`. An HTTP/2 preface is refused like any malformed request: HTTP/2 would let
 //! one connection carry many requests past the connection cap, outside these deadlines.
 
+mod callable;
 mod error;
 mod probes;
 mod reply;
@@ -41,7 +44,9 @@ pub use error::WebhookError;
 pub use webhooks::WebhookSecurity;
 
 use crate::accept::{AcceptPolicy, serve_connections};
+use crate::calling_list::CallingLists;
 use crate::clock::Clock;
+use crate::grpc_api::auth::AuthSource;
 use crate::ingest::IngestContext;
 use crate::metrics::Metrics;
 use crate::store::ConsentStore;
@@ -61,6 +66,11 @@ pub struct HttpState {
     pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
+    /// The API's clients (the gRPC API's keys, scopes and businesses), for the port's API
+    /// endpoints (issue 13: `/v1/callable`).
+    pub auth: Arc<AuthSource>,
+    /// Issue 13: the calling lists.
+    pub lists: CallingLists,
 }
 
 /// Slow-client and connection limits of the port.

@@ -8,6 +8,7 @@
 //! | POST   | `/webhooks/doubletick` | [`webhooks::doubletick`]             |
 //! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
+//! | GET    | `/v1/callable`         | [`callable::list`] (issue 13)        |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
 //! `http` span whose fields are the route (the path of the table, never the raw path), the
@@ -17,15 +18,13 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::reply::Reply;
-use super::{HttpState, WebhookError, probes, webhooks};
+use super::reply::{Body, Reply, full};
+use super::{HttpState, WebhookError, callable, probes, webhooks};
 use crate::metrics::{Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -37,15 +36,18 @@ enum Endpoint {
     DoubleTick,
     WhatsApp,
     WhatsAppSubscription,
+    /// Issue 13: a calling list.
+    Callable,
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 5] = [
+const PATHS: [&str; 6] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/webhooks/doubletick",
     "/webhooks/whatsapp",
+    "/v1/callable",
 ];
 
 /// The table: which endpoint answers `method` on `path`.
@@ -57,6 +59,7 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::POST, "/webhooks/doubletick") => Ok(Endpoint::DoubleTick),
         (&Method::POST, "/webhooks/whatsapp") => Ok(Endpoint::WhatsApp),
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
+        (&Method::GET, "/v1/callable") => Ok(Endpoint::Callable),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
     }
@@ -90,7 +93,7 @@ fn method_name(method: &Method) -> &'static str {
 }
 
 /// Answers one request inside its `http` span.
-pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let route = PATHS
         .iter()
@@ -107,7 +110,7 @@ pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Respons
     answer(state, req).instrument(span).await
 }
 
-async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let result = match resolve(req.method(), &path) {
@@ -117,6 +120,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Full<Byte
         Ok(Endpoint::DoubleTick) => webhooks::doubletick(state, req).await,
         Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
+        Ok(Endpoint::Callable) => Ok(callable::list(state, &req).await),
         Err(e) => Err(e),
     };
     let (response, outcome) = match result {
@@ -126,7 +130,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Full<Byte
                 state.metrics.store_error(StoreOp::Record);
             }
             let outcome = e.status().1;
-            (e.into_response(), Some(outcome))
+            (full(e.into_response()), Some(outcome))
         }
     };
     if let (Some(route), Some(outcome)) = (webhook_route(&path), outcome) {
@@ -148,7 +152,7 @@ mod tests {
     #[test]
     fn the_table_routes_methods_and_paths() {
         use Endpoint::*;
-        let cases: [(Method, &str, Result<Endpoint, &str>); 11] = [
+        let cases: [(Method, &str, Result<Endpoint, &str>); 13] = [
             (Method::GET, "/healthz", Ok(Healthz)),
             (Method::GET, "/readyz", Ok(Readyz)),
             (Method::GET, "/metrics", Ok(Metrics)),
@@ -164,6 +168,8 @@ mod tests {
             (Method::POST, "/webhooks/other", Err("not_found")),
             (Method::GET, "/", Err("not_found")),
             (Method::GET, "/healthz/", Err("not_found")),
+            (Method::GET, "/v1/callable", Ok(Callable)),
+            (Method::POST, "/v1/callable", Err("method_not_allowed")),
         ];
         for (method, path, want) in cases {
             let got = resolve(&method, path).map_err(|e| e.status().1.label());

@@ -345,7 +345,10 @@ impl ConsentStore for MemoryStore {
                 next: None,
             });
         };
-        let lower = from.after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+        let lower = from
+            .after
+            .as_ref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
         let mut entries = Vec::new();
         let mut last = None;
         for customer in customers

@@ -1012,7 +1012,10 @@ fn live_at(at: DateTime<Utc>) -> impl Fn(&Decision) -> bool + Send + Sync {
 }
 
 fn sorted_customers(decisions: &[Decision]) -> Vec<String> {
-    let mut c: Vec<String> = decisions.iter().map(|d| d.pair.customer.to_string()).collect();
+    let mut c: Vec<String> = decisions
+        .iter()
+        .map(|d| d.pair.customer.to_string())
+        .collect();
     c.sort();
     c
 }
@@ -1025,15 +1028,30 @@ pub async fn issue13_calling_list_holds_exactly_the_live_grants(b: &dyn Backend)
     // 0..4: permanent grants; 4: a live 7-day grant; 5: denied; 6: granted then denied;
     // 7: denied then granted; 8: a grant that lapsed already (the sweep has not run).
     for n in 0..4 {
-        decisions.push(decision(&pair(n), Choice::GrantPermanent, t - ms(100), &format!("p{n}")));
+        decisions.push(decision(
+            &pair(n),
+            Choice::GrantPermanent,
+            t - ms(100),
+            &format!("p{n}"),
+        ));
     }
     let live_temp = decision(&pair(4), temporary(t + ms(600_000)), t - ms(100), "t4");
     decisions.push(live_temp.clone());
     decisions.push(decision(&pair(5), Choice::Deny, t - ms(100), "d5"));
-    decisions.push(decision(&pair(6), Choice::GrantPermanent, t - ms(300), "g6"));
+    decisions.push(decision(
+        &pair(6),
+        Choice::GrantPermanent,
+        t - ms(300),
+        "g6",
+    ));
     decisions.push(decision(&pair(6), Choice::Deny, t - ms(200), "d6"));
     decisions.push(decision(&pair(7), Choice::Deny, t - ms(300), "d7"));
-    decisions.push(decision(&pair(7), Choice::GrantPermanent, t - ms(200), "g7"));
+    decisions.push(decision(
+        &pair(7),
+        Choice::GrantPermanent,
+        t - ms(200),
+        "g7",
+    ));
     decisions.push(decision(&pair(8), temporary(t - ms(50)), t - ms(900), "t8"));
     // Another business's grant is never on this business's list.
     let other = Pair::new(phone("+919111111111"), phone("+919876500001"));
@@ -1075,7 +1093,14 @@ pub async fn issue13_calling_list_pages_cover_each_pair_once(b: &dyn Backend) {
     let t = now();
     let business = phone("+919000000000");
     let batch: Vec<Decision> = (0..120)
-        .map(|n| decision(&pair(n), Choice::GrantPermanent, t - ms(10), &format!("g{n}")))
+        .map(|n| {
+            decision(
+                &pair(n),
+                Choice::GrantPermanent,
+                t - ms(10),
+                &format!("g{n}"),
+            )
+        })
         .collect();
     store.record(&batch, t).await.unwrap();
     let want = sorted_customers(&batch);
@@ -1085,11 +1110,20 @@ pub async fn issue13_calling_list_pages_cover_each_pair_once(b: &dyn Backend) {
         let mut dedup = got.clone();
         dedup.sort();
         dedup.dedup();
-        assert_eq!(dedup.len(), got.len(), "a pair listed twice (limit {limit})");
+        assert_eq!(
+            dedup.len(),
+            got.len(),
+            "a pair listed twice (limit {limit})"
+        );
         assert_eq!(dedup, want, "limit {limit}");
     }
     // A narrow predicate: short pages, still every admitted pair once, none other.
-    let odd = |d: &Decision| d.pair.customer.digits().ends_with(['1', '3', '5', '7', '9']);
+    let odd = |d: &Decision| {
+        d.pair
+            .customer
+            .digits()
+            .ends_with(['1', '3', '5', '7', '9'])
+    };
     let (listed, _) = list_all(&*store, &business, 10, &odd).await;
     let want_odd: Vec<String> = want
         .iter()

@@ -8,6 +8,7 @@ mod process;
 mod redis_harness;
 
 mod api_auth;
+mod calling_list;
 mod check;
 mod cli;
 mod cluster;

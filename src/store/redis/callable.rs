@@ -20,8 +20,8 @@ use super::error::corrupt_reply;
 use super::routing::Route;
 use super::{RedisStore, SHARDS};
 use crate::domain::{Pair, PhoneNumber};
-use crate::store::callable::{self, CallablePage, CallablePosition, Keep};
 use crate::store::StoreError;
+use crate::store::callable::{self, CallablePage, CallablePosition, Keep};
 
 impl RedisStore {
     /// [`ConsentStore::callable_page`](crate::store::ConsentStore::callable_page) on Redis.
