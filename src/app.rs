@@ -155,6 +155,8 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    // Issue 13: the calling lists, for both ports.
+    let lists = CallingLists::new(store.clone(), config.attribution.unattributed);
     let security = WebhookSecurity::from_config(&config)?;
     let http_state = Arc::new(HttpState {
         security,
@@ -174,7 +176,7 @@ pub async fn run(
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
         auth: auth.clone(),
-        lists: CallingLists::new(store.clone()),
+        lists: lists.clone(),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,
@@ -192,7 +194,8 @@ pub async fn run(
             stall_timeout: config.stream_stall_timeout,
         },
         clock,
-    );
+    )
+    .with_calling_lists(lists);
     let api = Traced::new(Guard::new(api.into_server(), auth, metrics));
     let routes = Routes::new(health_service)
         .add_service(reflection)

@@ -23,7 +23,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{ConsentState, Decision, PhoneError, PhoneNumber, evaluate};
+use crate::domain::{
+    AttributionFilter, ConsentState, Decision, PhoneError, PhoneNumber, UnattributedPolicy,
+    evaluate,
+};
 use crate::grpc_api::auth::Caller;
 use crate::store::{CallablePosition, ConsentStore, Cursor, StoreError};
 
@@ -73,13 +76,16 @@ pub struct ListFilter {
 
 impl ListFilter {
     /// True if `d` belongs on the list at `now`: a live grant (never a denial, never a lapsed
-    /// temporary grant, whatever the sweep did) that matches the filters.
-    pub fn admits(&self, d: &Decision, now: DateTime<Utc>) -> bool {
-        // Cheap test first: the index lists grants, so this is nearly always true.
-        if self.team.is_some() || self.campaign.is_some() {
-            return false;
-        }
-        evaluate(Some(d.clone()), now).allowed()
+    /// temporary grant, whatever the sweep did) whose attribution matches the filters. An
+    /// unattributed grant matches a team or campaign filter only under
+    /// [`UnattributedPolicy::AllTeams`] (`CALLGATE_UNATTRIBUTED_REPLIES`).
+    pub fn admits(&self, d: &Decision, now: DateTime<Utc>, policy: UnattributedPolicy) -> bool {
+        let filter = AttributionFilter {
+            teams: self.team.iter().cloned().collect(),
+            campaigns: self.campaign.iter().cloned().collect(),
+            labels: Default::default(),
+        };
+        filter.matches(d.attribution.as_ref(), policy) && evaluate(Some(d.clone()), now).allowed()
     }
 
     /// A digest binding a page token to the list it was issued for.
@@ -171,11 +177,13 @@ impl ListPage {
 #[derive(Clone)]
 pub struct CallingLists {
     store: Arc<dyn ConsentStore>,
+    /// Whether an unattributed grant is on every team's list or on none.
+    policy: UnattributedPolicy,
 }
 
 impl CallingLists {
-    pub fn new(store: Arc<dyn ConsentStore>) -> Self {
-        CallingLists { store }
+    pub fn new(store: Arc<dyn ConsentStore>, policy: UnattributedPolicy) -> Self {
+        CallingLists { store, policy }
     }
 
     /// The store's shard count (every snapshot cursor has one position per shard).
@@ -201,7 +209,8 @@ impl CallingLists {
             None => (CallablePosition::start(), self.store.head().await?),
         };
         let filter = &query.filter;
-        let keep = |d: &Decision| filter.admits(d, now);
+        let policy = self.policy;
+        let keep = |d: &Decision| filter.admits(d, now, policy);
         let page = self
             .store
             .callable_page(&query.business, &from, query.page_size, &keep)

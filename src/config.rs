@@ -46,6 +46,10 @@ pub const ENV_TLS_CERT: &str = "CALLGATE_TLS_CERT";
 pub const ENV_TLS_KEY: &str = "CALLGATE_TLS_KEY";
 pub const ENV_TLS_CLIENT_CA: &str = "CALLGATE_TLS_CLIENT_CA";
 pub const ENV_TLS_RELOAD_SECS: &str = "CALLGATE_TLS_RELOAD_SECS";
+// issue 13 (attribution)
+pub const ENV_UNATTRIBUTED_REPLIES: &str = "CALLGATE_UNATTRIBUTED_REPLIES";
+pub const ENV_REQUEST_LIMITS: &str = "CALLGATE_REQUEST_LIMITS";
+pub const ENV_REQUEST_RETENTION_SECS: &str = "CALLGATE_REQUEST_RETENTION_SECS";
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
@@ -72,6 +76,74 @@ pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_GRPC_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 pub const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// issue 13: Meta's request budget, `<max>/<window>` pairs (see [`parse_request_limits`]).
+pub const DEFAULT_REQUEST_LIMITS: &str = "1/24h,2/7d";
+/// issue 13: how long a registered consent request is kept after it was sent (at least the
+/// longest budget window); see [`crate::domain::attribution::retention`].
+pub const DEFAULT_REQUEST_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// issue 13 (attribution): consent requests, the request budget and the unattributed-reply
+/// policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributionConfig {
+    /// Whether team-filtered views (StreamGrants `teams`/`campaigns`/`labels`, ListCallable's
+    /// team and campaign) include replies that matched no registration.
+    pub unattributed: crate::domain::UnattributedPolicy,
+    /// The request budget per (business, customer).
+    pub request_limits: Vec<crate::domain::RequestLimit>,
+    /// How long a registration is kept after its `sent_at` (never less than the longest
+    /// budget window), and how long a reply waits for a registration that lands late.
+    pub request_retention: Duration,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig {
+            unattributed: crate::domain::UnattributedPolicy::default(),
+            request_limits: crate::domain::attribution::DEFAULT_REQUEST_LIMITS.to_vec(),
+            request_retention: DEFAULT_REQUEST_RETENTION,
+        }
+    }
+}
+
+/// Parses `CALLGATE_REQUEST_LIMITS`: comma-separated `<max>/<window>`, the window a number
+/// with a unit `s`, `m`, `h` or `d` (`1/24h,2/7d`).
+pub fn parse_request_limits(s: &str) -> Result<Vec<crate::domain::RequestLimit>, String> {
+    let limits = s
+        .split(',')
+        .map(|part| {
+            let (max, window) = part
+                .trim()
+                .split_once('/')
+                .ok_or_else(|| format!("{part:?} is not <max>/<window>"))?;
+            let max: u32 = max
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{max:?} is not a whole number above zero"))?;
+            let window = window.trim();
+            let (n, unit) = window.split_at(window.len().saturating_sub(1));
+            let unit = match unit {
+                "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return Err(format!("{window:?} needs a unit: s, m, h or d")),
+            };
+            let n: u64 = n
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{window:?} is not a whole number and a unit"))?;
+            Ok(crate::domain::RequestLimit {
+                max,
+                window: Duration::from_secs(n.saturating_mul(unit)),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(limits)
+}
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +235,8 @@ pub struct Config {
     /// Where the service reads the time: not a setting of the environment (always the
     /// system clock there); tests pass a [`Clock::tokio`] and pause it.
     pub clock: Clock,
+    /// issue 13: consent requests and attribution.
+    pub attribution: AttributionConfig,
 }
 
 /// PEM files for TLS on both ports.
@@ -288,7 +362,31 @@ impl Config {
                 });
             }
         };
+        // issue 13 (attribution)
+        let attribution = AttributionConfig {
+            unattributed: match raw(&None, ENV_UNATTRIBUTED_REPLIES) {
+                None => crate::domain::UnattributedPolicy::default(),
+                Some((value, name)) => crate::domain::UnattributedPolicy::parse(value.trim())
+                    .ok_or_else(|| ConfigError {
+                        name,
+                        value,
+                        problem: "must be all_teams or no_team".into(),
+                    })?,
+            },
+            request_limits: match raw(&None, ENV_REQUEST_LIMITS) {
+                None => crate::domain::attribution::DEFAULT_REQUEST_LIMITS.to_vec(),
+                Some((value, name)) => {
+                    parse_request_limits(&value).map_err(|problem| ConfigError {
+                        name,
+                        value,
+                        problem,
+                    })?
+                }
+            },
+            request_retention: secs(ENV_REQUEST_RETENTION_SECS, DEFAULT_REQUEST_RETENTION)?,
+        };
         Ok(Config {
+            attribution,
             http_addr: parsed(&flags.http_addr, ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR)?,
             grpc_addr: parsed(&flags.grpc_addr, ENV_GRPC_ADDR, DEFAULT_GRPC_ADDR)?,
             redis_url,
@@ -446,6 +544,48 @@ mod tests {
             c.api_clients_file,
             Some(PathBuf::from("/etc/callgate/clients.toml"))
         );
+    }
+
+    /// issue 13 (attribution)
+    #[test]
+    fn attribution_settings_come_from_their_variables() {
+        let c = Config::resolve(&Flags::default(), env(&[])).unwrap();
+        assert_eq!(c.attribution, AttributionConfig::default());
+        let c = Config::resolve(
+            &Flags::default(),
+            env(&[
+                (ENV_UNATTRIBUTED_REPLIES, "no_team"),
+                (ENV_REQUEST_LIMITS, "1/90s, 3/2d"),
+                (ENV_REQUEST_RETENTION_SECS, "60"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.attribution.unattributed,
+            crate::domain::UnattributedPolicy::NoTeam
+        );
+        let limits: Vec<_> = c
+            .attribution
+            .request_limits
+            .iter()
+            .map(|l| (l.max, l.window.as_secs()))
+            .collect();
+        assert_eq!(limits, [(1, 90), (3, 2 * 86_400)]);
+        assert_eq!(c.attribution.request_retention, Duration::from_secs(60));
+        for bad in ["", "1", "0/1d", "1/1w", "1/d", "x/1d"] {
+            assert!(parse_request_limits(bad).is_err(), "{bad:?}");
+        }
+        for (name, value) in [
+            (ENV_UNATTRIBUTED_REPLIES, "some"),
+            (ENV_REQUEST_LIMITS, "2 per week"),
+        ] {
+            assert_eq!(
+                Config::resolve(&Flags::default(), env(&[(name, value)]))
+                    .unwrap_err()
+                    .name,
+                name
+            );
+        }
     }
 
     #[test]

@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
                 include_denials,
                 include_expiries,
                 resume_after: resume_after.unwrap_or_default(),
-                since: None,
+                ..Default::default()
             };
             finish(cli::watch(&conn, request).await);
             Ok(())

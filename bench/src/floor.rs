@@ -46,6 +46,7 @@ impl Default for Floor {
                 }),
                 business_number: "+919000000000".into(),
                 customer_number: "+919800000000".into(),
+                ..Default::default()
             },
         }
     }
@@ -91,6 +92,20 @@ impl ConsentAuthority for Floor {
         _request: Request<pb::GetConsentHistoryRequest>,
     ) -> Result<Response<pb::GetConsentHistoryResponse>, Status> {
         Err(Status::unimplemented("the floor keeps no history"))
+    }
+
+    async fn register_consent_request(
+        &self,
+        _request: Request<pb::RegisterConsentRequestRequest>,
+    ) -> Result<Response<pb::RegisterConsentRequestResponse>, Status> {
+        Err(Status::unimplemented("the floor keeps no requests"))
+    }
+
+    async fn can_request_consent(
+        &self,
+        _request: Request<pb::CanRequestConsentRequest>,
+    ) -> Result<Response<pb::CanRequestConsentResponse>, Status> {
+        Err(Status::unimplemented("the floor keeps no requests"))
     }
 }
 

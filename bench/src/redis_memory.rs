@@ -161,6 +161,8 @@ impl Mix {
                 stated_at: decided_at,
                 stated_expires_at: choice.expires_at(),
             },
+            attribution: None,
+            customer_name: None,
         }
     }
 }

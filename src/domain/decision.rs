@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use super::attribution::Attribution;
 use super::phone::PhoneNumber;
 
 /// A (business, customer) pair: the unit consent is given for.
@@ -97,6 +98,14 @@ pub struct Decision {
     /// When the customer pressed the button (the event's own time, not when it reached us).
     pub decided_at: DateTime<Utc>,
     pub evidence: Evidence,
+    /// The registered request this reply answered (issue 13), if one matched its paired
+    /// message id. Not part of what the sender said: it never enters the dedup id or the
+    /// fingerprint, and it may be added after the decision was recorded (a registration that
+    /// landed late).
+    pub attribution: Option<Attribution>,
+    /// The customer's name when known: Meta's `contacts[].profile.name`, else the matching
+    /// registration's.
+    pub customer_name: Option<String>,
 }
 
 impl Decision {

@@ -19,6 +19,10 @@ pub struct ConsentEvent {
     pub kind: EventKind,
     /// The decision the event is about (for `Expired`, the grant that lapsed).
     pub decision: Decision,
+    /// True on the event published when a registration attributed a decision recorded before
+    /// it (issue 13, see [`LateAttribution`](super::attribution::LateAttribution)): the
+    /// consent did not change, its attribution did.
+    pub late_attribution: bool,
 }
 
 impl ConsentEvent {
@@ -35,6 +39,7 @@ impl ConsentEvent {
         Some(ConsentEvent {
             kind,
             decision: decision.clone(),
+            late_attribution: false,
         })
     }
 }

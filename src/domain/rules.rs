@@ -249,6 +249,8 @@ mod tests {
                 stated_at: at(decided),
                 stated_expires_at: None,
             },
+            attribution: None,
+            customer_name: None,
         }
     }
 

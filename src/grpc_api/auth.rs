@@ -47,6 +47,12 @@ pub enum Scope {
     History,
     /// Anything that writes through the API (no such RPC yet).
     Admin,
+    /// issue 13: RegisterConsentRequest and CanRequestConsent (and `POST /v1/consent-requests`
+    /// on the HTTP port). What a CRM or an automation tool holds: it says which requests a team
+    /// sent and asks the request budget, for its own businesses only; it reads no consent
+    /// (that is `check`) and administers nothing (that is `admin`), so a leaked CRM key can
+    /// mislabel attribution but never make a call allowed.
+    Register,
 }
 
 impl Scope {
@@ -56,6 +62,7 @@ impl Scope {
             Scope::Stream => "stream",
             Scope::History => "history",
             Scope::Admin => "admin",
+            Scope::Register => "register",
         }
     }
 }
@@ -70,6 +77,9 @@ pub const RPC_SCOPES: &[(&str, Scope)] = &[
     ("CheckCallPermissions", Scope::Check),
     ("StreamGrants", Scope::Stream),
     ("GetConsentHistory", Scope::History),
+    // issue 13
+    ("RegisterConsentRequest", Scope::Register),
+    ("CanRequestConsent", Scope::Register),
     // issue 13: a calling list is many checks at once.
     ("ListCallable", Scope::Check),
 ];

@@ -65,9 +65,58 @@ pub fn check_response(pair: &Pair, verdict: Verdict) -> pb::CheckCallPermissionR
             .and_then(|d| d.choice.expires_at())
             .map(timestamp),
         decided_at: d.as_ref().map(|d| timestamp(d.decided_at)),
-        evidence: d.map(|d| owned_evidence(d.evidence)),
         business_number: pair.business.to_string(),
         customer_number: pair.customer.to_string(),
+        ..with_attribution(d, |d, a| pb::CheckCallPermissionResponse {
+            evidence: Some(owned_evidence(d.evidence)),
+            team: a.team,
+            campaign: a.campaign,
+            labels: a.labels,
+            customer_name: a.customer_name,
+            ..Default::default()
+        })
+    }
+}
+
+/// issue 13: a decision's attribution and customer name as the proto's plain fields (empty
+/// when unattributed or unknown).
+#[derive(Default)]
+struct AttributionFields {
+    team: String,
+    campaign: String,
+    labels: std::collections::HashMap<String, String>,
+    customer_name: String,
+}
+
+fn attribution_fields(d: &Decision) -> AttributionFields {
+    let mut out = AttributionFields {
+        customer_name: d.customer_name.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Some(a) = &d.attribution {
+        out.team.clone_from(&a.team);
+        out.campaign.clone_from(&a.campaign);
+        out.labels = a
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+    out
+}
+
+/// Builds a message from an owned decision and its attribution fields; the default message
+/// when there is no decision.
+fn with_attribution<T: Default>(
+    d: Option<Decision>,
+    build: impl FnOnce(Decision, AttributionFields) -> T,
+) -> T {
+    match d {
+        Some(d) => {
+            let a = attribution_fields(&d);
+            build(d, a)
+        }
+        None => T::default(),
     }
 }
 
@@ -103,6 +152,18 @@ pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
         expires_at: h.decision.choice.expires_at().map(timestamp),
         received_at: Some(timestamp(h.received_at)),
         evidence: Some(evidence(&h.decision.evidence)),
+        ..attribution_of_entry(&h.decision)
+    }
+}
+
+fn attribution_of_entry(d: &Decision) -> pb::HistoryEntry {
+    let a = attribution_fields(d);
+    pb::HistoryEntry {
+        team: a.team,
+        campaign: a.campaign,
+        labels: a.labels,
+        customer_name: a.customer_name,
+        ..Default::default()
     }
 }
 
@@ -121,6 +182,19 @@ pub fn event(e: &LoggedEvent, cursor: &Cursor) -> pb::ConsentEvent {
         expires_at: d.choice.expires_at().map(timestamp),
         decided_at: Some(timestamp(d.decided_at)),
         evidence: Some(evidence(&d.evidence)),
+        late_attribution: e.event.late_attribution,
+        ..attribution_of_event(d)
+    }
+}
+
+fn attribution_of_event(d: &Decision) -> pb::ConsentEvent {
+    let a = attribution_fields(d);
+    pb::ConsentEvent {
+        team: a.team,
+        campaign: a.campaign,
+        labels: a.labels,
+        customer_name: a.customer_name,
+        ..Default::default()
     }
 }
 
@@ -139,10 +213,22 @@ pub fn callable_entry(d: &Decision, s: ConsentState) -> pb::CallableEntry {
         state: state(s) as i32,
         expires_at: d.choice.expires_at().map(timestamp),
         decided_at: Some(timestamp(d.decided_at)),
-        team: String::new(),
-        campaign: String::new(),
-        labels: Default::default(),
-        customer_name: String::new(),
+        team: d
+            .attribution
+            .as_ref()
+            .map(|a| a.team.clone())
+            .unwrap_or_default(),
+        campaign: d
+            .attribution
+            .as_ref()
+            .map(|a| a.campaign.clone())
+            .unwrap_or_default(),
+        labels: d
+            .attribution
+            .as_ref()
+            .map(|a| a.labels.clone().into_iter().collect())
+            .unwrap_or_default(),
+        customer_name: d.customer_name.clone().unwrap_or_default(),
     }
 }
 

@@ -165,7 +165,7 @@ impl Api {
         clock: Clock,
     ) -> Self {
         Api {
-            lists: CallingLists::new(store.clone()),
+            lists: CallingLists::new(store.clone(), Default::default()),
             store,
             clock,
             hub,
@@ -173,6 +173,13 @@ impl Api {
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions)),
             limits,
         }
+    }
+
+    /// Issue 13: ListCallable answers from `lists` (built with the configured unattributed
+    /// policy; without this call, the default policy).
+    pub fn with_calling_lists(mut self, lists: CallingLists) -> Self {
+        self.lists = lists;
+        self
     }
 
     /// Counts a store failure of `op` and passes the error on.
@@ -339,6 +346,24 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ConsentEvent, Status>> +
 
 #[tonic::async_trait]
 impl ConsentAuthority for Api {
+    async fn register_consent_request(
+        &self,
+        _request: Request<pb::RegisterConsentRequestRequest>,
+    ) -> Result<Response<pb::RegisterConsentRequestResponse>, Status> {
+        Err(Status::unimplemented(
+            "RegisterConsentRequest: being built (issue 13)",
+        ))
+    }
+
+    async fn can_request_consent(
+        &self,
+        _request: Request<pb::CanRequestConsentRequest>,
+    ) -> Result<Response<pb::CanRequestConsentResponse>, Status> {
+        Err(Status::unimplemented(
+            "CanRequestConsent: being built (issue 13)",
+        ))
+    }
+
     async fn check_call_permission(
         &self,
         request: Request<pb::CheckCallPermissionRequest>,

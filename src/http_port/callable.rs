@@ -55,6 +55,7 @@ enum Format {
 }
 
 /// A refused list request: the HTTP status, the error code, the message and the field at fault.
+#[derive(Debug)]
 struct Refused {
     status: StatusCode,
     code: &'static str,
@@ -382,9 +383,22 @@ fn json_entry(d: &Decision, state: ConsentState) -> Value {
     Value::Object(entry)
 }
 
-/// The attribution fields of an entry: team, campaign, labels, customer name.
-fn attribution(_d: &Decision) -> (String, String, Map<String, Value>, String) {
-    (String::new(), String::new(), Map::new(), String::new())
+/// The attribution fields of an entry: team, campaign, labels, customer name (empty when
+/// unattributed or unknown).
+fn attribution(d: &Decision) -> (String, String, Map<String, Value>, String) {
+    let name = d.customer_name.clone().unwrap_or_default();
+    match &d.attribution {
+        Some(a) => (
+            a.team.clone(),
+            a.campaign.clone(),
+            a.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect(),
+            name,
+        ),
+        None => (String::new(), String::new(), Map::new(), name),
+    }
 }
 
 /// Appends one CSV line (RFC 4180) for an entry.

@@ -66,6 +66,8 @@ pub fn parse(
             stated_at,
             stated_expires_at: stated_expiry,
         },
+        attribution: None,
+        customer_name: None,
     })
 }
 

@@ -6,7 +6,8 @@
 //! { "object": "whatsapp_business_account",
 //!   "entry": [{ "id": "<WABA id>", "changes": [{ "field": "messages", "value": {
 //!       "metadata": { "display_phone_number": "15550783881", "phone_number_id": "…" },
-//!       "contacts": [{ "wa_id": "16505551234", "user_id": "US.…" }],
+//!       "contacts": [{ "profile": { "name": "Sheena Nelson" }, "wa_id": "16505551234",
+//!                      "user_id": "US.…" }],
 //!       "messages": [{ "from": "16505551234", "from_user_id": "US.…", "id": "wamid.…",
 //!         "timestamp": "1767168000", "context": { "id": "wamid.<the permission request>" },
 //!         "type": "interactive", "interactive": { "type": "call_permission_reply",
@@ -34,6 +35,7 @@ use chrono::{DateTime, Utc};
 
 use super::payload::{Fields, MAX_ID_BYTES, MAX_LABEL_BYTES, PayloadError, Response, object};
 use super::{IngestContext, body_sha256};
+use crate::domain::attribution::MAX_CUSTOMER_NAME_BYTES;
 use crate::domain::{Decision, Evidence, Pair, PhoneNumber, Source, decide, to_millis_precision};
 
 /// The message `type` of every interactive reply.
@@ -103,6 +105,7 @@ fn decision(
     received_at: DateTime<Utc>,
 ) -> Result<Decision, PayloadError> {
     let customer = customer(message, value)?;
+    let customer_name = profile_name(value, &customer);
     let message_id = message.text("id", MAX_ID_BYTES)?.to_owned();
     let stated_at = to_millis_precision(message.unix_seconds("timestamp")?);
     let paired_message_id = match message.opt_object("context")? {
@@ -149,6 +152,33 @@ fn decision(
             stated_at,
             stated_expires_at: stated_expiry,
         },
+        attribution: None,
+        customer_name,
+    })
+}
+
+/// issue 13 (attribution): the customer's WhatsApp profile name, from the `value.contacts`
+/// entry whose `wa_id` is the customer (or the only entry, when it has no `wa_id`). A name
+/// is a courtesy for alerts, not consent evidence: one that is absent, not a string, longer
+/// than [`MAX_CUSTOMER_NAME_BYTES`] or holding a control character is left out rather than
+/// failing the reply (Meta would retry a refused body for days).
+fn profile_name(value: &Fields<'_>, customer: &PhoneNumber) -> Option<String> {
+    let contacts = value.opt_objects("contacts").ok()?;
+    let only = contacts.len() == 1;
+    contacts.iter().find_map(|contact| {
+        let is_customer = match contact.get("wa_id") {
+            Some(_) => contact.phone("wa_id").ok().as_ref() == Some(customer),
+            None => only,
+        };
+        if !is_customer {
+            return None;
+        }
+        let profile = contact.opt_object("profile").ok()??;
+        let name = profile.opt_str("name").ok()??.trim();
+        (!name.is_empty()
+            && name.len() <= MAX_CUSTOMER_NAME_BYTES
+            && !name.chars().any(char::is_control))
+        .then(|| name.to_owned())
     })
 }
 

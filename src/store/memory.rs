@@ -307,6 +307,7 @@ impl ConsentStore for MemoryStore {
                     let event = ConsentEvent {
                         kind: EventKind::Expired,
                         decision: d,
+                        late_attribution: false,
                     };
                     state.append(event, now, &self.config);
                     claimed += 1;

@@ -502,6 +502,8 @@ fn grant_decision(
             stated_at: at,
             stated_expires_at: None,
         },
+        attribution: None,
+        customer_name: None,
     }
 }
 

@@ -205,6 +205,8 @@ fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -
             stated_expires_at: choice.expires_at(),
             ..evidence(msg)
         },
+        attribution: None,
+        customer_name: None,
     }
 }
 
@@ -590,6 +592,8 @@ pub async fn history_keeps_arrival_order_and_all_evidence(b: &dyn Backend) {
             choice,
             decided_at,
             evidence,
+            attribution: None,
+            customer_name: None,
         };
         let received = t + ms(i as i64 * 7);
         let outcome = store

@@ -396,6 +396,8 @@ fn decision(i: usize, t: DateTime<Utc>) -> callgate::domain::Decision {
             stated_at: t,
             stated_expires_at: None,
         },
+        attribution: None,
+        customer_name: None,
     }
 }
 

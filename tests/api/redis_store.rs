@@ -42,6 +42,8 @@ fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -
             stated_at: decided_at,
             stated_expires_at: choice.expires_at(),
         },
+        attribution: None,
+        customer_name: None,
     }
 }
 

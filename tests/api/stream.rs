@@ -347,6 +347,8 @@ fn grant(i: usize, t: chrono::DateTime<Utc>) -> callgate::domain::Decision {
             stated_at: to_millis_precision(t),
             stated_expires_at: None,
         },
+        attribution: None,
+        customer_name: None,
     }
 }
 

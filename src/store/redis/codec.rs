@@ -43,8 +43,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::rules::tie_rank;
 use crate::domain::{
-    Choice, ConsentEvent, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
-    PhoneNumber, Source,
+    Choice, ConsentEvent, ConsentRequest, Decision, EventKind, Evidence, HistoryEntry,
+    HistoryOutcome, Pair, PhoneNumber, Source,
 };
 use crate::store::StoreError;
 
@@ -105,16 +105,7 @@ pub fn dedup_bytes(d: &Decision) -> Vec<u8> {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    let mut n = s.len();
-    loop {
-        let low = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(low);
-            break;
-        }
-        out.push(low | 0x80);
-    }
+    put_len(out, s.len());
     out.extend_from_slice(s.as_bytes());
 }
 
@@ -149,8 +140,156 @@ pub fn encode_body(d: &Decision) -> Vec<u8> {
         out.extend_from_slice(base36(t.timestamp_millis()).as_bytes());
     }
     out.push(b',');
+    // issue 13 (attribution): optional tagged sections after the fixed body.
+    if let Some(name) = &d.customer_name {
+        out.push(b'n');
+        put_str(&mut out, name);
+    }
+    if let Some(a) = &d.attribution {
+        put_attribution(&mut out, a);
+    }
     out
 }
+
+// ---- issue 13 (attribution) -------------------------------------------------------------
+//
+// A decision body may end with tagged sections, in this order, each optional:
+//
+// - `n<name>`: the customer's name the reply carried (Meta's profile name);
+// - `a<request id><team><campaign><label count><key><value>...`: the attribution (strings as
+//   everywhere, the count a LEB128 number);
+// - `N<name>`: the customer's name from the registration, used only when there is no `n`.
+//
+// The scripts never read them: `record.lua` and `requests.lua` attribute a reply by appending
+// a registration's stored trailer (`a…` and `N…`, see [`encode_request`]) to its body, so a
+// registration landing after its reply only ever appends bytes.
+//
+// A **registration** (`r:` hash, field = request message id) is `<sent at>,<trailer>`: the
+// send time in base 36, then exactly the bytes appended to an attributed reply's body.
+
+fn put_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let low = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(low);
+            break;
+        }
+        out.push(low | 0x80);
+    }
+}
+
+fn put_attribution(out: &mut Vec<u8>, a: &crate::domain::Attribution) {
+    out.push(b'a');
+    put_str(out, &a.request_message_id);
+    put_str(out, &a.team);
+    put_str(out, &a.campaign);
+    put_len(out, a.labels.len());
+    for (k, v) in &a.labels {
+        put_str(out, k);
+        put_str(out, v);
+    }
+}
+
+/// The trailer a reply to `request` gets: its attribution, and its customer name if any.
+pub fn request_trailer(request: &ConsentRequest) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_attribution(&mut out, &request.attribution());
+    if let Some(name) = &request.customer_name {
+        out.push(b'N');
+        put_str(&mut out, name);
+    }
+    out
+}
+
+/// A registration as stored in the pair's `r:` hash: `<sent at>,<trailer>`.
+pub fn encode_request(request: &ConsentRequest) -> Vec<u8> {
+    let mut out = base36(request.sent_at.timestamp_millis()).into_bytes();
+    out.push(b',');
+    out.extend_from_slice(&request_trailer(request));
+    out
+}
+
+/// Decodes a registration of `pair` stored under `request_message_id`.
+pub fn decode_request(pair: &Pair, bytes: &[u8]) -> Result<ConsentRequest, StoreError> {
+    let mut r = Reader {
+        rest: bytes,
+        what: "consent request",
+    };
+    let sent_at = millis(r.time(b',')?)?;
+    let (mut attribution, mut own, mut registered) = (None, None, None);
+    read_sections(&mut r, &mut attribution, &mut own, &mut registered)?;
+    let (Some(a), None) = (attribution, own) else {
+        return Err(r.fail("not a registration"));
+    };
+    Ok(ConsentRequest {
+        pair: pair.clone(),
+        request_message_id: a.request_message_id,
+        team: a.team,
+        campaign: a.campaign,
+        labels: a.labels,
+        sent_at,
+        customer_name: registered,
+    })
+}
+
+/// Reads the optional sections at the end of a body (or a registration) to the end.
+fn read_sections(
+    r: &mut Reader<'_>,
+    attribution: &mut Option<crate::domain::Attribution>,
+    own_name: &mut Option<String>,
+    registered_name: &mut Option<String>,
+) -> Result<(), StoreError> {
+    // Each tag at most once, in order.
+    let mut next_allowed = 0;
+    while !r.rest.is_empty() {
+        let (order, tag) = match r.byte()? {
+            b'n' => (0, b'n'),
+            b'a' => (1, b'a'),
+            b'N' => (2, b'N'),
+            _ => return Err(r.fail("unknown section")),
+        };
+        if order < next_allowed {
+            return Err(r.fail("sections out of order"));
+        }
+        next_allowed = order + 1;
+        match tag {
+            b'n' => *own_name = Some(r.string()?),
+            b'N' => *registered_name = Some(r.string()?),
+            _ => {
+                let request_message_id = r.string()?;
+                let team = r.string()?;
+                let campaign = r.string()?;
+                let count = r.len()?;
+                if count > crate::domain::attribution::MAX_LABELS {
+                    return Err(r.fail("too many labels"));
+                }
+                let mut labels = std::collections::BTreeMap::new();
+                for _ in 0..count {
+                    let k = r.string()?;
+                    labels.insert(k, r.string()?);
+                }
+                *attribution = Some(crate::domain::Attribution {
+                    request_message_id,
+                    team,
+                    campaign,
+                    labels,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stream field `k` of the event a late attribution publishes: `G` or `D` (the decision's
+/// own kind in upper case), so the event says the consent did not change, its attribution did.
+pub fn late_event_kind_code(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Denied => "D",
+        _ => "G",
+    }
+}
+// ---- end issue 13 -----------------------------------------------------------------------
 
 /// Reads a value front to back; every read that runs out or finds the wrong thing is corrupt.
 struct Reader<'a> {
@@ -205,13 +344,19 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String, StoreError> {
+        let len = self.len()?;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.fail("not UTF-8"))
+    }
+
+    /// A LEB128 length (at most five bytes).
+    fn len(&mut self) -> Result<usize, StoreError> {
         let mut len: usize = 0;
         for shift in (0..).step_by(7).take(5) {
             let b = self.byte()?;
             len |= usize::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
-                let bytes = self.take(len)?;
-                return String::from_utf8(bytes.to_vec()).map_err(|_| self.fail("not UTF-8"));
+                return Ok(len);
             }
         }
         Err(self.fail("length too long"))
@@ -258,6 +403,10 @@ fn decode_body(pair: Pair, r: &mut Reader<'_>) -> Result<Decision, StoreError> {
             parse_base36(t).ok_or_else(|| r.fail("unreadable stated expiry"))?,
         )?),
     };
+    // issue 13 (attribution): the optional sections.
+    let (mut attribution, mut own_name, mut registered_name) = (None, None, None);
+    read_sections(r, &mut attribution, &mut own_name, &mut registered_name)?;
+    let customer_name = own_name.or(registered_name);
     r.end()?;
     Ok(Decision {
         pair,
@@ -273,6 +422,8 @@ fn decode_body(pair: Pair, r: &mut Reader<'_>) -> Result<Decision, StoreError> {
             stated_at,
             stated_expires_at,
         },
+        attribution,
+        customer_name,
     })
 }
 
@@ -362,10 +513,13 @@ pub fn encode_event_decision(d: &Decision) -> Vec<u8> {
 
 /// Rebuilds an event from its stream fields `k` and `d`.
 pub fn decode_event(kind: &[u8], decision: &[u8]) -> Result<ConsentEvent, StoreError> {
-    let kind = match kind {
-        b"g" => EventKind::Granted,
-        b"d" => EventKind::Denied,
-        b"e" => EventKind::Expired,
+    let (kind, late_attribution) = match kind {
+        b"g" => (EventKind::Granted, false),
+        b"d" => (EventKind::Denied, false),
+        b"e" => (EventKind::Expired, false),
+        // issue 13 (attribution): a late attribution's event.
+        b"G" => (EventKind::Granted, true),
+        b"D" => (EventKind::Denied, true),
         other => {
             return Err(corrupt(format!(
                 "event kind {:?}",
@@ -389,6 +543,7 @@ pub fn decode_event(kind: &[u8], decision: &[u8]) -> Result<ConsentEvent, StoreE
     Ok(ConsentEvent {
         kind,
         decision: decode_body(Pair::new(business, customer), &mut r)?,
+        late_attribution,
     })
 }
 
@@ -409,6 +564,8 @@ mod tests {
             choice,
             decided_at: DateTime::from_timestamp_millis(1_767_000_000_123).unwrap(),
             evidence,
+            attribution: None,
+            customer_name: None,
         }
     }
 
@@ -553,11 +710,56 @@ mod tests {
                         e,
                         ConsentEvent {
                             kind,
-                            decision: d.clone()
+                            decision: d.clone(),
+                            late_attribution: false,
                         }
                     );
                 }
             }
+        }
+    }
+
+    /// issue 13 (attribution): names and attributions round-trip, and a registration's trailer
+    /// appended to a body (what the scripts do) decodes as the attributed decision.
+    #[test]
+    fn attributed_bodies_and_registrations_round_trip() {
+        let request = ConsentRequest {
+            pair: pair(),
+            request_message_id: "wamid.req|1".into(),
+            team: "premium".into(),
+            campaign: "".into(),
+            labels: [("tier".into(), "gold ✓".into()), ("k".into(), "".into())].into(),
+            sent_at: DateTime::from_timestamp_millis(1_767_000_000_000).unwrap(),
+            customer_name: Some("Asha Rao".into()),
+        };
+        let raw = encode_request(&request);
+        assert_eq!(decode_request(&pair(), &raw).unwrap(), request);
+        for own_name in [None, Some("Sheena Nelson".to_string())] {
+            let mut d = decision(choices()[2], evidences()[0].clone());
+            d.customer_name.clone_from(&own_name);
+            let mut body = encode_body(&d);
+            body.extend_from_slice(&request_trailer(&request));
+            let mut consent = dedup_bytes(&d);
+            consent.extend_from_slice(&body);
+            let got = decode_consent(&pair(), &consent).unwrap();
+            assert_eq!(got.attribution, Some(request.attribution()));
+            assert_eq!(
+                got.customer_name,
+                own_name.or(request.customer_name.clone()),
+                "the reply's own name comes first"
+            );
+            // Encoding the decoded decision gives a body that decodes the same.
+            assert_eq!(decode_consent(&pair(), &encode_consent(&got)).unwrap(), got);
+            let e = decode_event(b"G", &encode_event_decision(&got)).unwrap();
+            assert!(e.late_attribution);
+            assert_eq!(e.decision, got);
+        }
+        // Sections out of order, unknown or repeated are corrupt.
+        let d = decision(choices()[0], evidences()[0].clone());
+        for tail in [&b"z"[..], b"\x01a", b"n\x01an\x01b", b"N\x01an\x01b", b"Nx"] {
+            let mut raw = encode_consent(&d);
+            raw.extend_from_slice(tail);
+            assert!(decode_consent(&pair(), &raw).is_err(), "{tail:?}");
         }
     }
 
