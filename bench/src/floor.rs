@@ -107,6 +107,13 @@ impl ConsentAuthority for Floor {
     ) -> Result<Response<pb::CanRequestConsentResponse>, Status> {
         Err(Status::unimplemented("the floor keeps no requests"))
     }
+
+    async fn list_callable(
+        &self,
+        _request: Request<pb::ListCallableRequest>,
+    ) -> Result<Response<pb::ListCallableResponse>, Status> {
+        Err(Status::unimplemented("the floor keeps no calling lists"))
+    }
 }
 
 /// Serves the floor on `listener` until `shutdown` completes.
