@@ -156,9 +156,7 @@ async fn main() -> anyhow::Result<()> {
     let before = rss_kib();
     let mut peak = before;
     let started = Instant::now();
-    let uri = format!(
-        "http://{http_addr}/v1/callable?business_number=%2B919000000000&format=csv"
-    );
+    let uri = format!("http://{http_addr}/v1/callable?business_number=%2B919000000000&format=csv");
     let res = client.get(uri.parse()?).await?;
     anyhow::ensure!(res.status() == 200, "HTTP list answered {}", res.status());
     let mut body = res.into_body();

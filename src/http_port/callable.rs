@@ -30,6 +30,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use super::HttpState;
 use super::reply::{Body, BodyError, Reply, full, json_response};
@@ -270,6 +271,7 @@ async fn answer(state: &HttpState, req: &Request<Incoming>) -> Result<Response<B
         pending: Some(first),
         opening: Some(opening),
         done: false,
+        span: tracing::Span::current(),
     };
     let body = stream::unfold(stream_state, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -309,6 +311,8 @@ struct Streaming {
     /// The body's opening, written with the first chunk.
     opening: Option<String>,
     done: bool,
+    /// The request's `http` span: the pages read after the handler returned belong to it.
+    span: tracing::Span,
 }
 
 impl Streaming {
@@ -319,14 +323,21 @@ impl Streaming {
         }
         let page = match self.pending.take() {
             Some(page) => page,
-            None => match self.lists.page(&self.query, self.clock.now()).await {
+            None => match self
+                .lists
+                .page(&self.query, self.clock.now())
+                .instrument(self.span.clone())
+                .await
+            {
                 Ok(page) => page,
                 Err(e) => {
                     self.done = true;
                     if matches!(e, ListError::Store(_)) {
                         self.metrics.store_error(StoreOp::List);
                     }
-                    tracing::warn!(error = %e, "calling list cut short");
+                    self.span.in_scope(
+                        || tracing::warn!(error = %e, "calling list cut short: connection closed"),
+                    );
                     return Some(Err(Box::new(e)));
                 }
             },

@@ -536,3 +536,136 @@ async fn issue13_a_temporary_grant_leaves_the_list_at_its_instant_without_the_sw
     let (entries, _, _) = list_all(&app, 0).await;
     assert_eq!(numbers(&entries), BTreeSet::from([customer(2)]));
 }
+
+/// A memory store whose calling-list reads fail from the `fail_from`-th one on: a store that
+/// goes down while a list is being streamed.
+struct FailingLists {
+    inner: Arc<dyn ConsentStore>,
+    reads: std::sync::atomic::AtomicUsize,
+    fail_from: usize,
+}
+
+#[async_trait::async_trait]
+impl ConsentStore for FailingLists {
+    async fn record(
+        &self,
+        decisions: &[callgate::domain::Decision],
+        received_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<callgate::store::RecordOutcome>, callgate::store::StoreError> {
+        self.inner.record(decisions, received_at).await
+    }
+    async fn current(
+        &self,
+        pair: &callgate::domain::Pair,
+    ) -> Result<Option<callgate::domain::Decision>, callgate::store::StoreError> {
+        self.inner.current(pair).await
+    }
+    async fn current_many(
+        &self,
+        pairs: &[callgate::domain::Pair],
+    ) -> Result<Vec<Option<callgate::domain::Decision>>, callgate::store::StoreError> {
+        self.inner.current_many(pairs).await
+    }
+    async fn history_page(
+        &self,
+        pair: &callgate::domain::Pair,
+        start: usize,
+        limit: usize,
+    ) -> Result<callgate::store::HistoryPage, callgate::store::StoreError> {
+        self.inner.history_page(pair, start, limit).await
+    }
+    fn shards(&self) -> usize {
+        self.inner.shards()
+    }
+    async fn read_events(
+        &self,
+        after: &callgate::store::Cursor,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<callgate::store::LoggedEvent>, callgate::store::StoreError> {
+        self.inner.read_events(after, limit, wait).await
+    }
+    async fn head(&self) -> Result<callgate::store::Cursor, callgate::store::StoreError> {
+        self.inner.head().await
+    }
+    async fn retained_from(&self) -> Result<callgate::store::Cursor, callgate::store::StoreError> {
+        self.inner.retained_from().await
+    }
+    async fn claim_expired(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, callgate::store::StoreError> {
+        self.inner.claim_expired(now).await
+    }
+    async fn ping(&self) -> Result<(), callgate::store::StoreError> {
+        self.inner.ping().await
+    }
+    async fn callable_page(
+        &self,
+        business: &callgate::domain::PhoneNumber,
+        from: &callgate::store::CallablePosition,
+        limit: usize,
+        keep: callgate::store::callable::Keep<'_>,
+    ) -> Result<callgate::store::CallablePage, callgate::store::StoreError> {
+        let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= self.fail_from {
+            return Err(callgate::store::StoreError::Unavailable(
+                "test: the store went away".into(),
+            ));
+        }
+        self.inner.callable_page(business, from, limit, keep).await
+    }
+}
+
+#[tokio::test]
+async fn issue13_a_store_failure_is_a_503_before_the_answer_and_a_cut_transfer_after_it() {
+    let store = Arc::new(FailingLists {
+        inner: memory_store(),
+        reads: Default::default(),
+        fail_from: 1,
+    });
+    let app = spawn_app_with(test_config(), store.clone()).await;
+    let now = app.clock.now();
+    let decisions: Vec<_> = (0..1200)
+        .map(|i| grant_decision(&customer(i), i, now))
+        .collect();
+    app.store.record(&decisions, now).await.unwrap();
+    let auth = format!("Bearer {API_KEY}");
+    let headers = [("authorization", auth.as_str())];
+
+    // The first page (of 500) is read before the answer begins; the second read fails: the
+    // transfer is cut (hyper may not even have flushed the head by then), so the client
+    // cannot mistake a part of the list for all of it.
+    let req = http::Request::get(format!("http://{}{}", app.http, http_path("&format=csv")))
+        .header("authorization", auth.as_str())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let complete = match client.request(req).await {
+        Ok(res) => {
+            assert_eq!(res.status(), 200);
+            http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .is_ok()
+        }
+        Err(_) => false,
+    };
+    assert!(!complete, "a cut-short list must not read as complete");
+    assert!(store.reads.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+
+    // Down from the first read: a 503 with a JSON error, and nothing listed.
+    store.reads.store(1, std::sync::atomic::Ordering::SeqCst);
+    let a = app.request("GET", &http_path(""), &headers, "").await;
+    assert_eq!(
+        (a.status, &a.body["error"]),
+        (503, &"store_unavailable".into())
+    );
+    let err = app
+        .grpc()
+        .await
+        .list_callable(list_req(BUSINESS, 0, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+}
