@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::calling_list::CallingLists;
 use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
+use crate::consent_requests::ConsentRequests;
 use crate::domain::DateRules;
 use crate::fanout::{Hub, HubConfig, RING_CAPACITY};
 use crate::grpc_api::auth::{self, AuthSource, ClientsError, Guard};
@@ -155,6 +156,13 @@ pub async fn run(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    // issue 13: consent requests, shared by the gRPC API and the HTTP port.
+    let requests = Arc::new(ConsentRequests::new(
+        store.clone(),
+        clock,
+        &config.attribution,
+        config.max_clock_skew,
+    ));
     // Issue 13: the calling lists, for both ports.
     let lists = CallingLists::new(store.clone(), config.attribution.unattributed);
     let security = WebhookSecurity::from_config(&config)?;
@@ -176,6 +184,7 @@ pub async fn run(
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
         auth: auth.clone(),
+        requests: requests.clone(),
         lists: lists.clone(),
     });
     let http = tokio::spawn(http_port::serve(
@@ -195,6 +204,7 @@ pub async fn run(
         },
         clock,
     )
+    .with_attribution(requests.clone(), config.attribution.unattributed)
     .with_calling_lists(lists);
     let api = Traced::new(Guard::new(api.into_server(), auth, metrics));
     let routes = Routes::new(health_service)

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::domain::{EventKind, PhoneNumber};
+use crate::domain::{AttributionFilter, EventKind, PhoneNumber, UnattributedPolicy};
 use crate::metrics::Metrics;
 use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError, cursor_at};
 
@@ -250,12 +250,20 @@ pub struct Filter {
     pub businesses: HashSet<PhoneNumber>,
     pub include_denials: bool,
     pub include_expiries: bool,
+    /// issue 13: teams, campaigns, labels (empty: all). Applies to grants only: consent is
+    /// the pair's, so a denial or an expiry reaches every team's subscriber (a team removes a
+    /// customer it may not have listed, harmlessly, rather than keep one who said no).
+    pub attribution: AttributionFilter,
+    /// issue 13: whether an unattributed grant passes a non-empty attribution filter.
+    pub unattributed: UnattributedPolicy,
 }
 
 impl Filter {
     pub fn matches(&self, e: &LoggedEvent) -> bool {
         let kind_ok = match e.event.kind {
-            EventKind::Granted => true,
+            EventKind::Granted => self
+                .attribution
+                .matches(e.event.decision.attribution.as_ref(), self.unattributed),
             EventKind::Denied => self.include_denials,
             EventKind::Expired => self.include_expiries,
         };

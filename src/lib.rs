@@ -6,6 +6,7 @@ pub mod calling_list;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod consent_requests;
 pub mod domain;
 pub mod fanout;
 pub mod grpc_api;

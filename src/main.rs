@@ -188,6 +188,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 health_interval: config.redis_health_interval,
                 event_retention: config.event_retention,
                 replica_acks: config.redis_replica_acks,
+                request_retention: callgate::store::RequestPolicy::new(
+                    config.attribution.request_limits.clone(),
+                    config.attribution.request_retention,
+                )
+                .retention,
                 ..redis
             };
             let target = redis.redacted_url();

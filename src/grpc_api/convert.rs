@@ -4,9 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use crate::calling_list::ListPage;
+use crate::consent_requests::Registered;
 use crate::domain::{
-    Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
-    Verdict,
+    Budget, Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome,
+    Pair, Verdict,
 };
 use crate::pb;
 use crate::store::{Cursor, LoggedEvent};
@@ -203,6 +204,37 @@ pub fn checkpoint(cursor: &Cursor) -> pb::ConsentEvent {
         cursor: cursor.to_string(),
         kind: pb::EventKind::Checkpoint as i32,
         ..Default::default()
+    }
+}
+
+// ---- issue 13 (attribution) ----
+
+/// The request budget as the proto's answer (the pair's numbers when given).
+pub fn budget(pair: Option<&Pair>, b: &Budget) -> pb::CanRequestConsentResponse {
+    pb::CanRequestConsentResponse {
+        allowed: b.allowed,
+        next_allowed_at: Some(timestamp(b.next_allowed_at)),
+        limits: b
+            .uses
+            .iter()
+            .map(|u| pb::RequestLimitUse {
+                max: u.limit.max,
+                window_seconds: u.limit.window.as_secs(),
+                used: u.used,
+            })
+            .collect(),
+        business_number: pair.map(|p| p.business.to_string()).unwrap_or_default(),
+        customer_number: pair.map(|p| p.customer.to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn registered(pair: &Pair, r: &Registered) -> pb::RegisterConsentRequestResponse {
+    pb::RegisterConsentRequestResponse {
+        business_number: pair.business.to_string(),
+        customer_number: pair.customer.to_string(),
+        registered: r.new,
+        attributed_replies: u32::try_from(r.attributed).unwrap_or(u32::MAX),
+        budget: Some(budget(Some(pair), &r.budget)),
     }
 }
 

@@ -27,7 +27,11 @@ pub use trace::Traced;
 
 use crate::calling_list::{CallingLists, ListError, ListQuery};
 use crate::clock::Clock;
-use crate::domain::{Pair, PhoneError, PhoneNumber, evaluate};
+use crate::config::AttributionConfig;
+use crate::consent_requests::{ConsentRequests, RegisterError};
+use crate::domain::{
+    AttributionFilter, ConsentRequest, Pair, PhoneError, PhoneNumber, UnattributedPolicy, evaluate,
+};
 use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
 use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
@@ -79,6 +83,18 @@ pub enum ApiError {
     /// No admitted caller on the request (the guard did not run): refuse, never answer.
     #[error("call not authenticated")]
     NoCaller,
+    /// issue 13: a refused registration.
+    #[error(transparent)]
+    Register(RegisterError),
+}
+
+impl From<RegisterError> for ApiError {
+    fn from(e: RegisterError) -> Self {
+        match e {
+            RegisterError::Store(s) => ApiError::Store(s),
+            other => ApiError::Register(other),
+        }
+    }
 }
 
 impl ApiError {
@@ -118,8 +134,71 @@ impl From<ApiError> for Status {
             }
             ApiError::OtherBusiness { .. } => Status::permission_denied(e.to_string()),
             ApiError::NoCaller => Status::unauthenticated(e.to_string()),
+            ApiError::Register(RegisterError::Field(_)) => Status::invalid_argument(e.to_string()),
+            ApiError::Register(RegisterError::Conflict) => Status::already_exists(e.to_string()),
+            // The budget's answer in the details (a CanRequestConsentResponse) and its
+            // instant in a trailer, so a client need not parse the message.
+            ApiError::Register(RegisterError::OverBudget(budget)) => {
+                let details = prost::Message::encode_to_vec(&convert::budget(None, budget));
+                let mut status = Status::with_details(
+                    tonic::Code::ResourceExhausted,
+                    e.to_string(),
+                    details.into(),
+                );
+                if let Ok(v) = budget.next_allowed_at.to_rfc3339().parse() {
+                    status.metadata_mut().insert(NEXT_ALLOWED_AT_KEY, v);
+                }
+                status
+            }
+            ApiError::Register(RegisterError::Store(_)) => Status::unavailable(e.to_string()),
         }
     }
+}
+
+/// issue 13: trailer of a RegisterConsentRequest refused for the budget: when the next
+/// request fits (RFC 3339).
+pub const NEXT_ALLOWED_AT_KEY: &str = "callgate-next-allowed-at";
+
+/// issue 13: StreamGrants' `teams`, `campaigns` and `labels` as a filter.
+fn attribution_filter(req: &pb::StreamGrantsRequest) -> Result<AttributionFilter, ApiError> {
+    const MAX_FILTER_VALUES: usize = 100;
+    let n = req.teams.len() + req.campaigns.len() + req.labels.len();
+    if n > MAX_FILTER_VALUES {
+        return Err(ApiError::InvalidArgument(format!(
+            "teams, campaigns, labels: {n} values; at most {MAX_FILTER_VALUES} together"
+        )));
+    }
+    Ok(AttributionFilter {
+        teams: req.teams.clone(),
+        campaigns: req.campaigns.clone(),
+        labels: req
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    })
+}
+
+/// issue 13: a RegisterConsentRequest as the domain's registration (fields checked by
+/// [`ConsentRequest::validate`] when registered).
+fn consent_request(req: pb::RegisterConsentRequestRequest) -> Result<ConsentRequest, ApiError> {
+    let pair = pair(&req.business_number, &req.customer_number)?;
+    let sent_at = req
+        .sent_at
+        .as_ref()
+        .ok_or_else(|| ApiError::InvalidArgument("sent_at: is required".into()))?;
+    let sent_at = from_timestamp(sent_at)
+        .map(crate::domain::to_millis_precision)
+        .ok_or_else(|| ApiError::InvalidArgument("sent_at: is not a valid time".into()))?;
+    Ok(ConsentRequest {
+        pair,
+        request_message_id: req.request_message_id,
+        team: req.team,
+        campaign: req.campaign,
+        labels: req.labels.into_iter().collect(),
+        sent_at,
+        customer_name: Some(req.customer_name).filter(|n| !n.is_empty()),
+    })
 }
 
 fn phone(field: &'static str, raw: &str) -> Result<PhoneNumber, ApiError> {
@@ -152,6 +231,10 @@ pub struct Api {
     limits: StreamLimits,
     /// One permit per open StreamGrants subscription.
     subscriptions: Arc<Semaphore>,
+    /// issue 13: consent requests and the request budget.
+    requests: Arc<ConsentRequests>,
+    /// issue 13: whether StreamGrants' team filters let unattributed grants through.
+    unattributed: UnattributedPolicy,
     /// Issue 13: ListCallable's pages.
     lists: CallingLists,
 }
@@ -165,6 +248,13 @@ impl Api {
         clock: Clock,
     ) -> Self {
         Api {
+            requests: Arc::new(ConsentRequests::new(
+                store.clone(),
+                clock,
+                &AttributionConfig::default(),
+                crate::config::DEFAULT_MAX_CLOCK_SKEW,
+            )),
+            unattributed: UnattributedPolicy::default(),
             lists: CallingLists::new(store.clone(), Default::default()),
             store,
             clock,
@@ -173,6 +263,18 @@ impl Api {
             subscriptions: Arc::new(Semaphore::new(limits.max_subscriptions)),
             limits,
         }
+    }
+
+    /// issue 13: the consent requests and unattributed-reply policy in force (the defaults
+    /// until this is called).
+    pub fn with_attribution(
+        mut self,
+        requests: Arc<ConsentRequests>,
+        unattributed: UnattributedPolicy,
+    ) -> Self {
+        self.requests = requests;
+        self.unattributed = unattributed;
+        self
     }
 
     /// Issue 13: ListCallable answers from `lists` (built with the configured unattributed
@@ -348,20 +450,38 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ConsentEvent, Status>> +
 impl ConsentAuthority for Api {
     async fn register_consent_request(
         &self,
-        _request: Request<pb::RegisterConsentRequestRequest>,
+        request: Request<pb::RegisterConsentRequestRequest>,
     ) -> Result<Response<pb::RegisterConsentRequestResponse>, Status> {
-        Err(Status::unimplemented(
-            "RegisterConsentRequest: being built (issue 13)",
-        ))
+        let caller = caller(&request)?;
+        let request = consent_request(request.into_inner())?;
+        self.scope(&caller, "business_number", &request.pair.business)?;
+        let registered = self.requests.register(&request).await.map_err(|e| {
+            if let RegisterError::Store(s) = &e {
+                self.metrics.store_error(StoreOp::Record);
+                tracing::warn!(error = %s, "registration not stored");
+            }
+            ApiError::from(e)
+        })?;
+        Ok(Response::new(convert::registered(
+            &request.pair,
+            &registered,
+        )))
     }
 
     async fn can_request_consent(
         &self,
-        _request: Request<pb::CanRequestConsentRequest>,
+        request: Request<pb::CanRequestConsentRequest>,
     ) -> Result<Response<pb::CanRequestConsentResponse>, Status> {
-        Err(Status::unimplemented(
-            "CanRequestConsent: being built (issue 13)",
-        ))
+        let caller = caller(&request)?;
+        let req = request.get_ref();
+        let pair = pair(&req.business_number, &req.customer_number)?;
+        self.scope(&caller, "business_number", &pair.business)?;
+        let budget = self
+            .requests
+            .budget(&pair)
+            .await
+            .map_err(self.store_failed(StoreOp::Check))?;
+        Ok(Response::new(convert::budget(Some(&pair), &budget)))
     }
 
     async fn check_call_permission(
@@ -430,6 +550,8 @@ impl ConsentAuthority for Api {
             businesses,
             include_denials: req.include_denials,
             include_expiries: req.include_expiries,
+            attribution: attribution_filter(&req)?,
+            unattributed: self.unattributed,
         };
         let permit = self
             .subscriptions

@@ -7,6 +7,8 @@
 //! - `probes`: `/healthz`, `/readyz`, `/metrics`;
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
 //! - `reply`: what handlers answer;
+//! - `consent_requests` (issue 13): `POST /v1/consent-requests`, registering the consent
+//!   requests a team sent (JSON, API key with the `register` scope).
 //! - `callable` (issue 13): `GET /v1/callable`, a business's calling list as JSON or CSV,
 //!   streamed, for dialers that load lists over REST.
 //!
@@ -25,6 +27,7 @@
 //! one connection carry many requests past the connection cap, outside these deadlines.
 
 mod callable;
+mod consent_requests;
 mod error;
 mod probes;
 mod reply;
@@ -46,6 +49,7 @@ pub use webhooks::WebhookSecurity;
 use crate::accept::{AcceptPolicy, serve_connections};
 use crate::calling_list::CallingLists;
 use crate::clock::Clock;
+use crate::consent_requests::ConsentRequests;
 use crate::grpc_api::auth::AuthSource;
 use crate::ingest::IngestContext;
 use crate::metrics::Metrics;
@@ -67,8 +71,10 @@ pub struct HttpState {
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
     /// The API's clients (the gRPC API's keys, scopes and businesses), for the port's API
-    /// endpoints (issue 13: `/v1/callable`).
+    /// endpoints (issue 13: `/v1/consent-requests`, `/v1/callable`).
     pub auth: Arc<AuthSource>,
+    /// issue 13: consent requests (`POST /v1/consent-requests`).
+    pub requests: Arc<ConsentRequests>,
     /// Issue 13: the calling lists.
     pub lists: CallingLists,
 }

@@ -8,6 +8,7 @@
 //! | POST   | `/webhooks/doubletick` | [`webhooks::doubletick`]             |
 //! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
+//! | POST   | `/v1/consent-requests` | [`consent_requests::register`] (issue 13) |
 //! | GET    | `/v1/callable`         | [`callable::list`] (issue 13)        |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
@@ -24,7 +25,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::reply::{Body, Reply, full};
-use super::{HttpState, WebhookError, callable, probes, webhooks};
+use super::{HttpState, WebhookError, callable, consent_requests, probes, webhooks};
 use crate::metrics::{Route, StoreOp};
 
 /// The endpoints of the table above.
@@ -36,17 +37,20 @@ enum Endpoint {
     DoubleTick,
     WhatsApp,
     WhatsAppSubscription,
+    /// issue 13
+    ConsentRequests,
     /// Issue 13: a calling list.
     Callable,
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 6] = [
+const PATHS: [&str; 7] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/webhooks/doubletick",
     "/webhooks/whatsapp",
+    "/v1/consent-requests",
     "/v1/callable",
 ];
 
@@ -59,6 +63,7 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::POST, "/webhooks/doubletick") => Ok(Endpoint::DoubleTick),
         (&Method::POST, "/webhooks/whatsapp") => Ok(Endpoint::WhatsApp),
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
+        (&Method::POST, "/v1/consent-requests") => Ok(Endpoint::ConsentRequests),
         (&Method::GET, "/v1/callable") => Ok(Endpoint::Callable),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
@@ -120,6 +125,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         Ok(Endpoint::DoubleTick) => webhooks::doubletick(state, req).await,
         Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
+        Ok(Endpoint::ConsentRequests) => consent_requests::register(state, req).await,
         Ok(Endpoint::Callable) => Ok(callable::list(state, &req).await),
         Err(e) => Err(e),
     };

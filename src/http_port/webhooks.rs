@@ -81,7 +81,7 @@ impl WebhookSecurity {
 }
 
 /// Checks the content type and reads the body within the size and time limits.
-async fn read_json_body(
+pub(super) async fn read_json_body(
     req: Request<Incoming>,
     limits: &HttpLimits,
 ) -> Result<Bytes, WebhookError> {

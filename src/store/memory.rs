@@ -18,11 +18,13 @@ use tokio::sync::watch;
 
 use super::{
     CallablePage, CallablePosition, ConsentStore, Cursor, CursorError, DeliveryConflict,
-    HistoryPage, LoggedEvent, RecordOutcome, StoreError, StreamId, callable, check_deliveries,
+    HistoryPage, LoggedEvent, RecordOutcome, RegisterOutcome, RequestPolicy, StoreError, StreamId,
+    callable, check_deliveries,
 };
+use crate::domain::attribution::{attribute, budget, fits, late_attribution};
 use crate::domain::{
-    Arbitration, Choice, ConsentEvent, Decision, EventKind, HistoryEntry, HistoryOutcome, Pair,
-    PhoneNumber, Redelivery, arbitrate, redelivery,
+    Arbitration, Budget, Choice, ConsentEvent, ConsentRequest, Decision, EventKind, HistoryEntry,
+    HistoryOutcome, LateAttribution, Pair, PhoneNumber, Redelivery, arbitrate, redelivery,
 };
 
 /// Limits of the in-memory event log.
@@ -64,6 +66,9 @@ struct State {
     max_deleted: StreamId,
     /// Current temporary grants by expiry instant (ms), for the expiry sweep.
     due: BTreeSet<(i64, Pair)>,
+    /// issue 13: registered consent requests per pair, by request message id. Pruned past
+    /// their retention when the pair registers again.
+    requests: HashMap<Pair, HashMap<String, ConsentRequest>>,
     /// Issue 13: per business, the customers whose current decision is a grant (possibly
     /// lapsed, until the sweep claims it): the calling lists' index, in digit order.
     callable: HashMap<PhoneNumber, BTreeSet<PhoneNumber>>,
@@ -127,6 +132,16 @@ impl State {
             Redelivery::Duplicate => return Ok(RecordOutcome::Duplicate),
             conflict @ Redelivery::Conflict => return Err(conflict),
         }
+        // issue 13: a reply to a registered request carries its attribution.
+        let mut decision = decision.clone();
+        if let Some(request) = self
+            .requests
+            .get(&decision.pair)
+            .and_then(|r| r.get(&decision.evidence.paired_message_id))
+        {
+            attribute(&mut decision, request);
+        }
+        let decision = &decision;
         let pair = &decision.pair;
         let outcome = match arbitrate(self.current.get(pair), decision) {
             Arbitration::Duplicate => return Ok(RecordOutcome::Duplicate),
@@ -184,6 +199,69 @@ impl State {
         }
     }
 }
+
+// ---- issue 13 (attribution) --------------------------------------------------------------
+impl State {
+    fn register(
+        &mut self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+        config: &MemoryConfig,
+    ) -> RegisterOutcome {
+        let oldest = now - chrono::Duration::milliseconds(policy.retention_ms());
+        let pair = &request.pair;
+        let requests = self.requests.entry(pair.clone()).or_default();
+        requests.retain(|_, r| r.sent_at >= oldest);
+        if let Some(known) = requests.get(&request.request_message_id) {
+            return if known.same_as(request) {
+                RegisterOutcome::Duplicate
+            } else {
+                RegisterOutcome::Conflict
+            };
+        }
+        let sent: Vec<DateTime<Utc>> = requests.values().map(|r| r.sent_at).collect();
+        if !fits(&sent, request.sent_at, &policy.limits) {
+            return RegisterOutcome::OverBudget(budget(&sent, now, &policy.limits));
+        }
+        requests.insert(request.request_message_id.clone(), request.clone());
+        // Replies recorded before the registration (within its retention) gain it now.
+        let mut attributed = 0;
+        let mut announce = None;
+        let current = self.current.get(pair).cloned();
+        if let Some(entries) = self.history.get_mut(pair) {
+            for entry in entries.iter_mut().filter(|e| e.received_at >= oldest) {
+                if !attribute(&mut entry.decision, request) {
+                    continue;
+                }
+                attributed += 1;
+                let is_current = current
+                    .as_ref()
+                    .is_some_and(|c| c.dedup_digest() == entry.decision.dedup_digest());
+                if is_current {
+                    self.current.insert(pair.clone(), entry.decision.clone());
+                    if late_attribution(&entry.decision, true, now) == LateAttribution::Announce {
+                        announce = Some(entry.decision.clone());
+                    }
+                }
+            }
+        }
+        if let Some(decision) = announce {
+            let kind = match decision.choice {
+                Choice::Deny => EventKind::Denied,
+                _ => EventKind::Granted,
+            };
+            let event = ConsentEvent {
+                kind,
+                decision,
+                late_attribution: true,
+            };
+            self.append(event, now, config);
+        }
+        RegisterOutcome::Registered { attributed }
+    }
+}
+// ---- end issue 13 ------------------------------------------------------------------------
 
 #[async_trait]
 impl ConsentStore for MemoryStore {
@@ -323,6 +401,41 @@ impl ConsentStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    // ---- issue 13 (attribution) ----
+
+    async fn register_request(
+        &self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<RegisterOutcome, StoreError> {
+        let (outcome, head) = {
+            let mut state = self.write();
+            let outcome = state.register(request, now, policy, &self.config);
+            (outcome, state.last_id)
+        };
+        self.head
+            .send_if_modified(|h| std::mem::replace(h, head) != head);
+        Ok(outcome)
+    }
+
+    async fn request_budget(
+        &self,
+        pair: &Pair,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<Budget, StoreError> {
+        let state = self.read();
+        let sent: Vec<DateTime<Utc>> = state
+            .requests
+            .get(pair)
+            .map(|r| r.values().map(|r| r.sent_at).collect())
+            .unwrap_or_default();
+        Ok(budget(&sent, now, &policy.limits))
+    }
+
+    // ---- issue 13 (calling lists) ----
 
     async fn callable_page(
         &self,

@@ -29,7 +29,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    ConsentEvent, Decision, HistoryEntry, Pair, PhoneNumber, Redelivery, redelivery,
+    Budget, ConsentEvent, ConsentRequest, Decision, HistoryEntry, Pair, PhoneNumber, Redelivery,
+    RequestLimit, redelivery,
 };
 
 pub use callable::{CallablePage, CallablePosition};
@@ -136,6 +137,49 @@ pub enum StoreError {
     Conflict(#[from] DeliveryConflict),
 }
 
+// ---- issue 13 (attribution): consent requests -------------------------------------------
+
+/// How registrations are kept and budgeted (from [`AttributionConfig`]).
+///
+/// [`AttributionConfig`]: crate::config::AttributionConfig
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPolicy {
+    /// The request budget per pair.
+    pub limits: Vec<RequestLimit>,
+    /// Registrations are kept at least this long after their `sent_at` (never less than the
+    /// longest budget window: see [`RequestPolicy::retention`]); a reply waits as long for a
+    /// registration that lands after it.
+    pub retention: Duration,
+}
+
+impl RequestPolicy {
+    pub fn new(limits: Vec<RequestLimit>, retention: Duration) -> Self {
+        let retention = crate::domain::attribution::retention(&limits, retention);
+        RequestPolicy { limits, retention }
+    }
+
+    pub fn retention_ms(&self) -> i64 {
+        i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// What registering a consent request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// Stored. `attributed` replies recorded before it were attributed to it now.
+    Registered { attributed: usize },
+    /// The same registration was stored before (a retry): nothing changed.
+    Duplicate,
+    /// Refused: it does not fit the request budget. Nothing was stored. The budget is the one
+    /// at the time of the call.
+    OverBudget(Budget),
+    /// Refused: this request message id is registered for the pair with other fields (never
+    /// overwritten: one team cannot take another's request). Nothing was stored.
+    Conflict,
+}
+
+// ---- end issue 13 ------------------------------------------------------------------------
+
 /// The seam between callgate and its storage.
 #[async_trait]
 pub trait ConsentStore: Send + Sync + 'static {
@@ -215,6 +259,33 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// Readiness: `Ok` when the store can serve reads and writes.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    // ---- issue 13 (attribution): consent requests ----
+    //
+    // A registration is kept with its pair (same shard) for `policy.retention` after its
+    // `sent_at`. `record` attributes a reply whose paired message id matches a registration of
+    // the pair; a reply recorded first is attributed when its registration lands (within the
+    // retention): its history entry (and the current decision, if it is the one) gain the
+    // attribution, and if it is current and a live grant or a denial an event with
+    // `late_attribution` is logged (`domain::attribution::late_attribution`).
+
+    /// Registers `request` (already validated) if it fits the budget with the pair's other
+    /// registrations (`domain::attribution::fits` at its `sent_at`): check and insert in one
+    /// atomic step, so two registrations racing cannot both take the last request. `now` is
+    /// the app's clock (purging registrations past their retention).
+    async fn register_request(
+        &self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<RegisterOutcome, StoreError>;
+
+    /// The pair's request budget at `now` (`domain::attribution::budget`).
+    async fn request_budget(
+        &self,
+        pair: &Pair,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<Budget, StoreError>;
     // ---- issue 13: calling lists (see `callable`) ----
 
     /// One page of `business`'s calling list from `from`: the current decisions of the pairs

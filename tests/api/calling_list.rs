@@ -538,7 +538,8 @@ async fn issue13_a_temporary_grant_leaves_the_list_at_its_instant_without_the_sw
 }
 
 /// A memory store whose calling-list reads fail from the `fail_from`-th one on: a store that
-/// goes down while a list is being streamed.
+/// goes down while a list is being streamed. (Every other method delegates: a method added to
+/// the trait needs its line here.)
 struct FailingLists {
     inner: Arc<dyn ConsentStore>,
     reads: std::sync::atomic::AtomicUsize,
@@ -599,6 +600,22 @@ impl ConsentStore for FailingLists {
     }
     async fn ping(&self) -> Result<(), callgate::store::StoreError> {
         self.inner.ping().await
+    }
+    async fn register_request(
+        &self,
+        request: &callgate::domain::ConsentRequest,
+        now: chrono::DateTime<chrono::Utc>,
+        policy: &callgate::store::RequestPolicy,
+    ) -> Result<callgate::store::RegisterOutcome, callgate::store::StoreError> {
+        self.inner.register_request(request, now, policy).await
+    }
+    async fn request_budget(
+        &self,
+        pair: &callgate::domain::Pair,
+        now: chrono::DateTime<chrono::Utc>,
+        policy: &callgate::store::RequestPolicy,
+    ) -> Result<callgate::domain::Budget, callgate::store::StoreError> {
+        self.inner.request_budget(pair, now, policy).await
     }
     async fn callable_page(
         &self,

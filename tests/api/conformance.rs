@@ -15,14 +15,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use callgate::domain::{
-    Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry, HistoryOutcome, Pair,
-    PhoneNumber, Source, evaluate, to_millis_precision,
+    Choice, ConsentRequest, ConsentState, Decision, EventKind, Evidence, HistoryEntry,
+    HistoryOutcome, Pair, PhoneNumber, Source, evaluate, to_millis_precision,
 };
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::store::{
-    CallablePosition, ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome, StoreError,
-    StreamId, cursor_at,
+    CallablePosition, ConsentStore, Cursor, CursorError, LoggedEvent, RecordOutcome,
+    RegisterOutcome, RequestPolicy, StoreError, StreamId, cursor_at,
 };
 
 use crate::cluster_harness::RedisCluster;
@@ -979,6 +979,226 @@ pub async fn issue9_5_the_retained_log_starts_after_the_newest_trimmed_event(b: 
     );
 }
 
+// ---- issue 13 (attribution): consent requests ------------------------------------------
+
+fn policy() -> RequestPolicy {
+    RequestPolicy::new(
+        callgate::domain::attribution::DEFAULT_REQUEST_LIMITS.to_vec(),
+        Duration::from_secs(30 * 86_400),
+    )
+}
+
+fn request(pair: &Pair, id: &str, team: &str, sent_at: DateTime<Utc>) -> ConsentRequest {
+    ConsentRequest {
+        pair: pair.clone(),
+        request_message_id: id.to_owned(),
+        team: team.to_owned(),
+        campaign: format!("{team}-q1"),
+        labels: [("tier".to_owned(), "gold".to_owned())].into(),
+        sent_at,
+        customer_name: Some("Asha Rao".to_owned()),
+    }
+}
+
+/// A reply answering `request_id`.
+fn reply(pair: &Pair, choice: Choice, at: DateTime<Utc>, msg: &str, request_id: &str) -> Decision {
+    let mut d = decision(pair, choice, at, msg);
+    d.evidence.paired_message_id = request_id.to_owned();
+    d
+}
+
+fn attributed(mut d: Decision, r: &ConsentRequest) -> Decision {
+    d.attribution = Some(r.attribution());
+    if d.customer_name.is_none() {
+        d.customer_name.clone_from(&r.customer_name);
+    }
+    d
+}
+
+pub async fn issue13_a_reply_to_a_registered_request_is_attributed(b: &dyn Backend) {
+    let store = b.store();
+    let (p, t) = (pair(1), now());
+    let r = request(&p, "req-1", "premium", t - ms(60_000));
+    assert_eq!(
+        store.register_request(&r, t, &policy()).await.unwrap(),
+        RegisterOutcome::Registered { attributed: 0 }
+    );
+    // The reply carries its own (Meta profile) name: it comes first.
+    let mut d = reply(&p, Choice::GrantPermanent, t, "m1", "req-1");
+    d.customer_name = Some("Sheena Nelson".into());
+    store.record(std::slice::from_ref(&d), t).await.unwrap();
+    let want = attributed(d, &r);
+    assert_eq!(want.customer_name.as_deref(), Some("Sheena Nelson"));
+    assert_eq!(store.current(&p).await.unwrap(), Some(want.clone()));
+    assert_eq!(store.history(&p).await.unwrap()[0].decision, want);
+    assert_eq!(
+        kinds(&all_events(&*store).await),
+        vec![(EventKind::Granted, want)]
+    );
+    // A reply to another request (or none) of the same pair is not attributed.
+    let other = reply(&p, Choice::Deny, t + ms(1), "m2", "req-unknown");
+    store.record(std::slice::from_ref(&other), t).await.unwrap();
+    assert_eq!(store.current(&p).await.unwrap(), Some(other));
+    // The same request id for another pair attributes nothing there.
+    let q = pair(2);
+    let d = reply(&q, Choice::GrantPermanent, t, "m3", "req-1");
+    store.record(std::slice::from_ref(&d), t).await.unwrap();
+    assert_eq!(store.current(&q).await.unwrap(), Some(d));
+}
+
+pub async fn issue13_a_reply_before_its_registration_is_attributed_when_it_lands(b: &dyn Backend) {
+    let store = b.store();
+    let (p, t) = (pair(1), now());
+    let d = reply(&p, Choice::GrantPermanent, t, "m1", "req-late");
+    store.record(std::slice::from_ref(&d), t).await.unwrap();
+    assert_eq!(store.current(&p).await.unwrap(), Some(d.clone()));
+    let head = store.head().await.unwrap();
+    let r = request(&p, "req-late", "retention", t - ms(1000));
+    assert_eq!(
+        store.register_request(&r, t, &policy()).await.unwrap(),
+        RegisterOutcome::Registered { attributed: 1 }
+    );
+    let want = attributed(d, &r);
+    assert_eq!(store.current(&p).await.unwrap(), Some(want.clone()));
+    assert_eq!(store.history(&p).await.unwrap()[0].decision, want);
+    let late = events_after(&*store, &head).await;
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].event.kind, EventKind::Granted);
+    assert!(late[0].event.late_attribution);
+    assert_eq!(late[0].event.decision, want);
+    // Registering again (a retry) changes nothing and publishes nothing.
+    assert_eq!(
+        store.register_request(&r, t, &policy()).await.unwrap(),
+        RegisterOutcome::Duplicate
+    );
+    let mut after = head.clone();
+    after.advance(late[0].shard, late[0].id);
+    assert!(events_after(&*store, &after).await.is_empty());
+
+    // A stale reply (a newer denial is current) gains the attribution in the history only.
+    let q = pair(2);
+    let old = reply(&q, Choice::GrantPermanent, t, "g", "req-a");
+    let deny = reply(&q, Choice::Deny, t + ms(10), "d", "req-b");
+    store.record(&[old.clone(), deny.clone()], t).await.unwrap();
+    let head = store.head().await.unwrap();
+    let ra = request(&q, "req-a", "premium", t - ms(2 * 86_400_000));
+    assert_eq!(
+        store.register_request(&ra, t, &policy()).await.unwrap(),
+        RegisterOutcome::Registered { attributed: 1 }
+    );
+    let history = store.history(&q).await.unwrap();
+    assert_eq!(history[0].decision, attributed(old, &ra));
+    assert_eq!(history[1].decision, deny);
+    assert_eq!(store.current(&q).await.unwrap(), Some(deny));
+    assert!(events_after(&*store, &head).await.is_empty());
+
+    // A lapsed temporary grant: attributed, not announced.
+    let x = pair(3);
+    let lapsed = reply(&x, temporary(t - ms(5)), t - ms(100), "tmp", "req-t");
+    store
+        .record(std::slice::from_ref(&lapsed), t)
+        .await
+        .unwrap();
+    let head = store.head().await.unwrap();
+    let rt = request(&x, "req-t", "acquisition", t - ms(3 * 86_400_000));
+    assert_eq!(
+        store.register_request(&rt, t, &policy()).await.unwrap(),
+        RegisterOutcome::Registered { attributed: 1 }
+    );
+    assert_eq!(
+        store.current(&x).await.unwrap(),
+        Some(attributed(lapsed, &rt))
+    );
+    assert!(events_after(&*store, &head).await.is_empty());
+}
+
+pub async fn issue13_the_budget_refuses_a_second_in_24_h_and_a_third_in_7_days(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let day = 86_400_000;
+    let policy = policy();
+    // A second within 24 h: refused until 24 h after the first.
+    let p = pair(1);
+    let first = request(&p, "r1", "premium", t - ms(3_600_000));
+    assert!(matches!(
+        store.register_request(&first, t, &policy).await.unwrap(),
+        RegisterOutcome::Registered { .. }
+    ));
+    let second = request(&p, "r2", "retention", t);
+    match store.register_request(&second, t, &policy).await.unwrap() {
+        RegisterOutcome::OverBudget(budget) => {
+            assert!(!budget.allowed);
+            assert_eq!(budget.next_allowed_at, first.sent_at + ms(day));
+            assert_eq!(budget.uses[0].used, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    let budget = store.request_budget(&p, t, &policy).await.unwrap();
+    assert_eq!(
+        (budget.allowed, budget.next_allowed_at),
+        (false, first.sent_at + ms(day))
+    );
+    // A registration sent earlier but registered later still counts (senders race).
+    let earlier = request(&p, "r0", "acquisition", t - ms(2 * 3_600_000));
+    assert!(matches!(
+        store.register_request(&earlier, t, &policy).await.unwrap(),
+        RegisterOutcome::OverBudget(_)
+    ));
+
+    // A third within 7 days: refused until 7 days after the first.
+    let q = pair(2);
+    let a = request(&q, "a", "premium", t - ms(3 * day));
+    let b2 = request(&q, "b", "retention", t - ms(day + 1));
+    for r in [&a, &b2] {
+        assert!(matches!(
+            store.register_request(r, t, &policy).await.unwrap(),
+            RegisterOutcome::Registered { .. }
+        ));
+    }
+    let c = request(&q, "c", "acquisition", t);
+    match store.register_request(&c, t, &policy).await.unwrap() {
+        RegisterOutcome::OverBudget(budget) => {
+            assert_eq!(budget.next_allowed_at, a.sent_at + ms(7 * day));
+            assert_eq!((budget.uses[0].used, budget.uses[1].used), (0, 2));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same id with other fields is a conflict; nothing changes.
+    let mut stolen = a.clone();
+    stolen.team = "acquisition".into();
+    assert_eq!(
+        store.register_request(&stolen, t, &policy).await.unwrap(),
+        RegisterOutcome::Conflict
+    );
+    let d = reply(&q, Choice::GrantPermanent, t, "m", "a");
+    store.record(std::slice::from_ref(&d), t).await.unwrap();
+    assert_eq!(store.current(&q).await.unwrap(), Some(attributed(d, &a)));
+    // A fresh pair may send one now.
+    let fresh = store.request_budget(&pair(3), t, &policy).await.unwrap();
+    assert_eq!((fresh.allowed, fresh.next_allowed_at), (true, t));
+}
+
+pub async fn issue13_racing_registrations_cannot_both_take_the_last_request(b: &dyn Backend) {
+    let store = b.store();
+    let (p, t) = (pair(1), now());
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let store = store.clone();
+            let r = request(&p, &format!("race-{i}"), &format!("team{i}"), t);
+            tokio::spawn(async move { store.register_request(&r, t, &policy()).await })
+        })
+        .collect();
+    let mut registered = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            RegisterOutcome::Registered { .. } => registered += 1,
+            RegisterOutcome::OverBudget(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(registered, 1);
+}
+
 // ---- issue 13: calling lists ------------------------------------------------------------
 
 /// Every entry of `business`'s calling list that `keep` admits, read in pages of `limit`
@@ -1215,6 +1435,10 @@ conformance!(
     history_pages_cover_the_history_once_in_arrival_order,
     issue9_5_events_of_different_pairs_come_back_in_recorded_order,
     issue9_5_the_retained_log_starts_after_the_newest_trimmed_event,
+    issue13_a_reply_to_a_registered_request_is_attributed,
+    issue13_a_reply_before_its_registration_is_attributed_when_it_lands,
+    issue13_the_budget_refuses_a_second_in_24_h_and_a_third_in_7_days,
+    issue13_racing_registrations_cannot_both_take_the_last_request,
     issue13_calling_list_holds_exactly_the_live_grants,
     issue13_calling_list_pages_cover_each_pair_once,
 );

@@ -36,6 +36,10 @@ pub struct RedisConfig {
     pub health_interval: Duration,
     /// Events older than this are trimmed from the log.
     pub event_retention: Duration,
+    /// issue 13: how long a reply that matched no registration waits for one (its pending
+    /// index `u:` expires after this). The effective request retention of
+    /// [`RequestPolicy`](crate::store::RequestPolicy).
+    pub request_retention: Duration,
 }
 
 impl RedisConfig {
@@ -52,6 +56,7 @@ impl RedisConfig {
             timeout: DEFAULT_REDIS_TIMEOUT,
             health_interval: DEFAULT_REDIS_HEALTH_INTERVAL,
             event_retention: DEFAULT_EVENT_RETENTION,
+            request_retention: crate::config::DEFAULT_REQUEST_RETENTION,
         }
     }
 

@@ -19,6 +19,11 @@
 //! {callgate:s07-3}:e                        the shard's event log (STREAM)
 //! {callgate:s07-3}:due                      temporary grants by expiry ms (ZSET, member = pair)
 //! {callgate:s07-3}:trimmed                  newest event id trimmed from `e` (STRING)
+//! {callgate:s07-3}:r:<business>:<customer>  issue 13: registered consent requests (HASH
+//!                                           request message id → registration; PEXPIRE)
+//! {callgate:s07-3}:q:<business>:<customer>  issue 13: their send times (ZSET id → sent ms)
+//! {callgate:s07-3}:u:<business>:<customer>  issue 13: replies waiting for a registration
+//!                                           (HASH paired id → history positions; PEXPIRE)
 //! {callgate:s07-3}:l:<business>             issue 13: the business's customers in this shard
 //!                                           whose current decision is a grant (ZSET, score
 //!                                           0, member = customer digits, read BYLEX)
@@ -152,6 +157,18 @@ pub struct PairKeys {
     pub trimmed: String,
 }
 
+/// issue 13 (attribution): the keys of one pair's consent requests (same shard as its
+/// [`PairKeys`]).
+#[derive(Debug, Clone)]
+pub struct RequestKeys {
+    /// `r:`: registrations by request message id.
+    pub requests: String,
+    /// `q:`: request message ids by send time.
+    pub sent: String,
+    /// `u:`: replies recorded before their registration, by paired message id.
+    pub pending: String,
+}
+
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         Keys {
@@ -220,6 +237,18 @@ impl Keys {
             due: self.due(shard),
             trimmed: self.trimmed(shard),
             member,
+        }
+    }
+
+    /// issue 13 (attribution): the keys of the pair's consent requests.
+    pub fn requests(&self, pair: &Pair) -> RequestKeys {
+        let shard = shard_of(pair);
+        let member = member(pair);
+        let base = self.shard_prefix(shard);
+        RequestKeys {
+            requests: format!("{base}r:{member}"),
+            sent: format!("{base}q:{member}"),
+            pending: format!("{base}u:{member}"),
         }
     }
 
@@ -294,6 +323,10 @@ mod tests {
         assert_eq!(k.member, "919000000000:919876543210");
         assert_eq!(k.consent, format!("{tag}c:919000000000:919876543210"));
         assert_eq!(k.lapse, format!("{tag}x:919000000000:919876543210"));
+        let r = keys.requests(&pair("+919000000000", "+919876543210"));
+        for key in [&r.requests, &r.sent, &r.pending] {
+            assert!(key.starts_with(&tag), "{key} lacks {tag}");
+        }
         let (shard, consent, lapse) = keys.current(&pair("+919000000000", "+919876543210"));
         assert_eq!((shard, consent, lapse), (k.shard, k.consent, k.lapse));
     }

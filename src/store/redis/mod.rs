@@ -174,6 +174,7 @@ mod events;
 mod inspect;
 pub mod keys;
 mod reply;
+mod requests;
 mod routing;
 mod store;
 
@@ -190,6 +191,13 @@ const RECORD_LUA: &str = concat!(
     include_str!("lib.lua"),
     include_str!("record.lua")
 );
+/// issue 13: `requests.lua` (registration, budget, late attribution) with the shared helpers
+/// of `lib.lua` before it, every key declared.
+const REQUESTS_LUA: &str = concat!(
+    "#!lua\n",
+    include_str!("lib.lua"),
+    include_str!("requests.lua")
+);
 /// `claim_expired.lua` with the shared helpers of `lib.lua` before it (no `#!lua`: see the
 /// script's header).
 const CLAIM_EXPIRED_LUA: &str = concat!(include_str!("lib.lua"), include_str!("claim_expired.lua"));
@@ -203,8 +211,13 @@ mod tests {
         // The flags line must stay the first line of record.lua's source, or Redis runs it as
         // a flag-less script.
         assert!(RECORD_LUA.starts_with("#!lua\n"));
+        assert!(REQUESTS_LUA.starts_with("#!lua\n"));
         assert!(!CLAIM_EXPIRED_LUA.starts_with("#!"));
-        for (name, source) in [("record", RECORD_LUA), ("claim_expired", CLAIM_EXPIRED_LUA)] {
+        for (name, source) in [
+            ("record", RECORD_LUA),
+            ("claim_expired", CLAIM_EXPIRED_LUA),
+            ("requests", REQUESTS_LUA),
+        ] {
             for helper in ["b36", "header", "trimmed_by", "next_event_id", "now_ms"] {
                 let definitions = source.matches(&format!("local function {helper}(")).count();
                 assert_eq!(

@@ -23,10 +23,16 @@
 -- ARGV[5] event retention (ms)
 -- ARGV[6] the pair as due-index member "<business>:<customer>"
 -- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
+-- -- issue 13 (attribution):
+-- KEYS[8] requests     {p:sNN}:r:<pair>  HASH request message id -> registration
+-- KEYS[9] pending      {p:sNN}:u:<pair>  HASH paired message id -> history positions of
+--                                        replies that matched no registration yet
+-- ARGV[8] the reply's paired message id ('' if none)
+-- ARGV[9] how long a reply waits for its registration (ms)
 -- issue 13 (calling lists):
--- KEYS[8] calling-list index {p:sNN}:l:<business>  ZSET of the business's customers (in this
---                                        shard) whose current decision is a grant
--- ARGV[8] the customer's digits (the index member)
+-- KEYS[10] calling-list index {p:sNN}:l:<business>  ZSET of the business's customers (in
+--                                        this shard) whose current decision is a grant
+-- ARGV[10] the customer's digits (the index member)
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written).
 
@@ -73,6 +79,33 @@ if seen then
   return 3
 end
 
+-- -- issue 13 (attribution) ------------------------------------------------------------
+-- A reply to a registered request carries the registration's trailer (attribution, and its
+-- customer name) at the end of its body; one with no registration yet is remembered in u:
+-- (below, once its history position is known) for requests.lua to attribute later.
+local body = ARGV[1]
+local pending = false
+if ARGV[8] ~= '' then
+  local reg = redis.call('HGET', KEYS[8], ARGV[8])
+  if reg then
+    local comma = string.find(reg, ',', 1, true)
+    if not comma then
+      return redis.error_reply('CORRUPT unreadable consent request')
+    end
+    body = body .. string.sub(reg, comma + 1)
+  else
+    pending = true
+  end
+end
+local function remember_pending(length)
+  if not pending then return end
+  local positions = redis.call('HGET', KEYS[9], ARGV[8])
+  local pos = string.format('%.0f', length - 1)
+  redis.call('HSET', KEYS[9], ARGV[8], positions and (positions .. ',' .. pos) or pos)
+  redis.call('PEXPIRE', KEYS[9], ARGV[9])
+end
+-- -- end issue 13 ------------------------------------------------------------------------
+
 -- The current decision: the consent key; without one (none yet, or a temporary grant that
 -- lapsed and expired natively), the lapse record, which only ever holds a temporary grant.
 -- Same reading as RedisStore::current (store.rs) and claim_expired.lua.
@@ -103,11 +136,11 @@ end
 
 redis.call('HSET', KEYS[7], new.id, ARGV[7])
 if not applied then
-  redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
+  remember_pending(redis.call('RPUSH', KEYS[3], 's' .. new.id .. ARGV[3] .. ',' .. body))
   return 1
 end
-redis.call('RPUSH', KEYS[3], 'a' .. new.id .. ARGV[3] .. ',' .. ARGV[1])
-local value = new.id .. ARGV[1]
+remember_pending(redis.call('RPUSH', KEYS[3], 'a' .. new.id .. ARGV[3] .. ',' .. body))
+local value = new.id .. body
 
 local now = now_ms()
 if new.r == 0 then
@@ -131,9 +164,9 @@ end
 -- already lapsed: the sweep's claim removes it, and readers filter by their clock) is listed,
 -- a denial is not.
 if new.r == 2 then
-  redis.call('ZREM', KEYS[8], ARGV[8])
+  redis.call('ZREM', KEYS[10], ARGV[10])
 else
-  redis.call('ZADD', KEYS[8], 0, ARGV[8])
+  redis.call('ZADD', KEYS[10], 0, ARGV[10])
 end
 -- end issue 13 (calling lists)
 
@@ -148,6 +181,6 @@ if ARGV[4] ~= '' then
     redis.call('SET', KEYS[6], gone)
   end
   redis.call('XADD', KEYS[4], 'MINID', '=', minid, next_event_id(KEYS[4]), 'k', ARGV[4], 'd',
-    ARGV[6] .. ':' .. ARGV[1])
+    ARGV[6] .. ':' .. body)
 end
 return 0

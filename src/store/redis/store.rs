@@ -17,10 +17,11 @@ use super::keys::{self, Keys};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
-use crate::domain::{Choice, ConsentEvent, Decision, Pair, PhoneNumber};
+use crate::domain::{Budget, Choice, ConsentEvent, ConsentRequest, Decision, Pair, PhoneNumber};
 use crate::store::{
     CallablePage, CallablePosition, ConsentStore, Cursor, DeliveryConflict, HistoryPage,
-    LoggedEvent, RecordOutcome, StoreError, StreamId, callable, check_deliveries,
+    LoggedEvent, RecordOutcome, RegisterOutcome, RequestPolicy, StoreError, StreamId, callable,
+    check_deliveries,
 };
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
 const CLAIM_BATCH: usize = 500;
@@ -34,6 +35,8 @@ pub struct RedisStore {
     pub(super) backend: Backend,
     pub(super) record_script: Script,
     pub(super) claim_script: Script,
+    /// issue 13: `requests.lua`.
+    pub(super) requests_script: Script,
     /// Stream keys in shard order, for XREAD.
     pub(super) streams: Vec<String>,
     /// Trimmed-id marks in shard order, for the range check of `read_events`.
@@ -65,6 +68,7 @@ impl RedisStore {
             backend,
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
+            requests_script: Script::new(super::REQUESTS_LUA),
             config,
         };
         store.ping().await?;
@@ -207,7 +211,7 @@ fn by_shard(decisions: &[Decision]) -> Vec<(usize, Vec<usize>)> {
 impl RedisStore {
     /// The `WAIT` timeout: half the store timeout, so the write before it and the round trip
     /// fit in the rest.
-    fn wait_ms(&self) -> u64 {
+    pub(super) fn wait_ms(&self) -> u64 {
         (self.config.timeout.as_millis() as u64 / 2).max(1)
     }
 
@@ -243,15 +247,24 @@ impl RedisStore {
                 .key(&k.due)
                 .key(&k.trimmed)
                 .key(&k.dedup)
-                // issue 13: the calling-list index (KEYS[8]); its member is ARGV[8].
-                .key(self.keys.callable(k.shard, &decision.pair.business))
                 .arg(codec::encode_body(decision))
                 .arg(codec::dedup_bytes(decision))
                 .arg(&received)
                 .arg(event)
                 .arg(self.config.event_retention.as_millis() as u64)
                 .arg(&k.member)
-                .arg(decision.fingerprint().as_slice())
+                .arg(decision.fingerprint().as_slice());
+            // issue 13 (attribution): the pair's registrations and pending replies.
+            let r = self.keys.requests(&decision.pair);
+            invocation
+                .key(&r.requests)
+                .key(&r.pending)
+                .arg(&decision.evidence.paired_message_id)
+                .arg(self.config.request_retention.as_millis() as u64);
+            // issue 13 (calling lists): the business's calling-list index in this shard
+            // (KEYS[10]); its member, the customer (ARGV[10]).
+            invocation
+                .key(self.keys.callable(k.shard, &decision.pair.business))
                 .arg(decision.pair.customer.digits());
             pipe.invoke_script(&invocation);
             if atomic {
@@ -664,6 +677,26 @@ impl ConsentStore for RedisStore {
             }
         }
         Ok(published)
+    }
+
+    // ---- issue 13 (attribution): in requests.rs ----
+
+    async fn register_request(
+        &self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<RegisterOutcome, StoreError> {
+        self.register(request, now, policy).await
+    }
+
+    async fn request_budget(
+        &self,
+        pair: &Pair,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<Budget, StoreError> {
+        self.budget(pair, now, policy).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
