@@ -24,5 +24,6 @@ mod replicas;
 mod resume;
 mod security;
 mod stream;
+mod team_workflow;
 mod tls;
 mod transport_limits;
