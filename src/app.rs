@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tracing::Instrument;
 
 use crate::calling_list::CallingLists;
+use crate::checks::Checker;
 use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
 use crate::consent_requests::ConsentRequests;
@@ -184,6 +186,8 @@ pub async fn run(
         clock,
         tls: tls.as_ref().map(|t| t.http.clone()),
         auth: auth.clone(),
+        checker: Arc::new(Checker::new(store.clone(), clock, metrics.clone())),
+        batches: Arc::new(Semaphore::new(http_port::MAX_BATCHES_IN_FLIGHT)),
         requests: requests.clone(),
         lists: lists.clone(),
     });

@@ -3,6 +3,7 @@
 pub(crate) mod accept;
 pub mod app;
 pub mod calling_list;
+pub mod checks;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -12,6 +13,12 @@ pub mod fanout;
 pub mod grpc_api;
 pub(crate) mod grpc_port;
 pub(crate) mod http_port;
+/// The limits of the HTTP port's JSON checks (`POST /v1/check`, `POST /v1/check-batch`).
+pub mod json_checks {
+    pub use crate::http_port::{
+        CHUNK, MAX_BATCH_BODY, MAX_BATCH_CHECKS, MAX_BATCHES_IN_FLIGHT, MAX_CHECK_BODY,
+    };
+}
 pub mod ingest;
 pub mod metrics;
 /// OpenTelemetry span export (cargo feature `otlp`), set up by the binary's `main`.

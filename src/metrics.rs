@@ -193,6 +193,78 @@ impl WebhookOutcome {
     }
 }
 
+// ---- issue 13: the HTTP port's JSON checks ----
+
+/// The HTTP port's JSON API routes (the `route` label of `callgate_http_api_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiRoute {
+    /// `POST /v1/check`.
+    Check = 0,
+    /// `POST /v1/check-batch`.
+    CheckBatch = 1,
+}
+
+impl ApiRoute {
+    const LABELS: [&'static str; 2] = ["check", "check_batch"];
+}
+
+/// What happened to a JSON API request: the `outcome` label of
+/// `callgate_http_api_requests_total`, and for a refusal the stable `error` code of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiOutcome {
+    /// 200: answered (a batch: its stream started).
+    Answered = 0,
+    Unauthorized = 1,
+    Forbidden = 2,
+    UnsupportedMediaType = 3,
+    BodyTooLarge = 4,
+    BodyTimeout = 5,
+    BodyUnreadable = 6,
+    InvalidJson = 7,
+    InvalidField = 8,
+    TooManyChecks = 9,
+    StoreUnavailable = 10,
+    /// Too many batches in progress on this replica.
+    Busy = 11,
+}
+
+impl ApiOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [ApiOutcome; 12] = [
+        ApiOutcome::Answered,
+        ApiOutcome::Unauthorized,
+        ApiOutcome::Forbidden,
+        ApiOutcome::UnsupportedMediaType,
+        ApiOutcome::BodyTooLarge,
+        ApiOutcome::BodyTimeout,
+        ApiOutcome::BodyUnreadable,
+        ApiOutcome::InvalidJson,
+        ApiOutcome::InvalidField,
+        ApiOutcome::TooManyChecks,
+        ApiOutcome::StoreUnavailable,
+        ApiOutcome::Busy,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ApiOutcome::Answered => "answered",
+            ApiOutcome::Unauthorized => "unauthorized",
+            ApiOutcome::Forbidden => "forbidden",
+            ApiOutcome::UnsupportedMediaType => "unsupported_media_type",
+            ApiOutcome::BodyTooLarge => "body_too_large",
+            ApiOutcome::BodyTimeout => "body_timeout",
+            ApiOutcome::BodyUnreadable => "body_unreadable",
+            ApiOutcome::InvalidJson => "invalid_json",
+            ApiOutcome::InvalidField => "invalid_field",
+            ApiOutcome::TooManyChecks => "too_many_checks",
+            ApiOutcome::StoreUnavailable => "store_unavailable",
+            ApiOutcome::Busy => "busy",
+        }
+    }
+}
+
+// ---- end issue 13 ----
+
 /// Store operations, for the error counter.
 #[derive(Debug, Clone, Copy)]
 pub enum StoreOp {
@@ -263,6 +335,9 @@ pub struct Metrics {
     answer_latency: [Histogram; 7],
     webhooks: [[AtomicU64; WebhookOutcome::ALL.len()]; 3],
     webhook_latency: [Histogram; 3],
+    /// issue 13: JSON API requests by route and outcome, and their time to the response head.
+    api_requests: [[AtomicU64; ApiOutcome::ALL.len()]; 2],
+    api_latency: [Histogram; 2],
     store_errors: [AtomicU64; StoreOp::LABELS.len()],
     open_streams: AtomicI64,
     stream_events: AtomicU64,
@@ -313,6 +388,13 @@ impl Metrics {
     pub fn webhook(&self, route: Route, outcome: WebhookOutcome, d: Duration) {
         self.webhooks[route as usize][outcome as usize].fetch_add(1, Relaxed);
         self.webhook_latency[route as usize].observe(d);
+    }
+
+    /// Counts a JSON API request with its outcome and the time to its response head (a
+    /// batch's: its first chunk of answers).
+    pub fn api_request(&self, route: ApiRoute, outcome: ApiOutcome, d: Duration) {
+        self.api_requests[route as usize][outcome as usize].fetch_add(1, Relaxed);
+        self.api_latency[route as usize].observe(d);
     }
 
     pub fn store_error(&self, op: StoreOp) {
@@ -437,7 +519,39 @@ impl Metrics {
 
         let _ = writeln!(
             out,
-            "# HELP callgate_api_refusals_total gRPC calls refused, by client and reason."
+            "# HELP callgate_http_api_requests_total HTTP JSON API requests, by route and outcome."
+        );
+        let _ = writeln!(out, "# TYPE callgate_http_api_requests_total counter");
+        for (r, route) in ApiRoute::LABELS.iter().enumerate() {
+            for outcome in ApiOutcome::ALL {
+                let n = self.api_requests[r][outcome as usize].load(Relaxed);
+                if n > 0 || outcome == ApiOutcome::Answered {
+                    let _ = writeln!(
+                        out,
+                        "callgate_http_api_requests_total{{route=\"{route}\",outcome=\"{}\"}} {n}",
+                        outcome.label()
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP callgate_http_api_duration_seconds Time to the response head of an HTTP JSON \
+             API request (a batch: its first chunk of answers)."
+        );
+        let _ = writeln!(out, "# TYPE callgate_http_api_duration_seconds histogram");
+        for (route, h) in ApiRoute::LABELS.iter().zip(&self.api_latency) {
+            h.render(
+                &mut out,
+                "callgate_http_api_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_api_refusals_total API calls (gRPC and HTTP JSON) refused, by client \
+             and reason."
         );
         let _ = writeln!(out, "# TYPE callgate_api_refusals_total counter");
         let refusals = self
@@ -543,6 +657,30 @@ mod tests {
         let labels: std::collections::HashSet<_> =
             WebhookOutcome::ALL.iter().map(|o| o.label()).collect();
         assert_eq!(labels.len(), WebhookOutcome::ALL.len());
+    }
+
+    #[test]
+    fn api_outcomes_are_listed_once_in_index_order() {
+        for (i, outcome) in ApiOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{outcome:?}");
+        }
+        let labels: std::collections::HashSet<_> =
+            ApiOutcome::ALL.iter().map(|o| o.label()).collect();
+        assert_eq!(labels.len(), ApiOutcome::ALL.len());
+        let m = Metrics::default();
+        m.api_request(
+            ApiRoute::CheckBatch,
+            ApiOutcome::TooManyChecks,
+            Duration::from_millis(1),
+        );
+        let out = m.render();
+        for needle in [
+            "callgate_http_api_requests_total{route=\"check\",outcome=\"answered\"} 0",
+            "callgate_http_api_requests_total{route=\"check_batch\",outcome=\"too_many_checks\"} 1",
+            "callgate_http_api_duration_seconds_count{route=\"check_batch\"} 1",
+        ] {
+            assert!(out.contains(needle), "missing {needle}:\n{out}");
+        }
     }
 
     #[test]

@@ -368,7 +368,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn reason(&self) -> RefusalReason {
+    pub fn reason(&self) -> RefusalReason {
         match self {
             Refusal::MissingKey => RefusalReason::MissingKey,
             Refusal::MalformedKey => RefusalReason::MalformedKey,

@@ -6,9 +6,13 @@
 //! Every call has been admitted by [`auth::Guard`] (key and scope) before a handler runs; the
 //! handlers then keep a client limited to some businesses to those businesses
 //! ([`auth::Caller::may_see`]), before the store is read.
+//!
+//! The checks themselves (parse, business scoping, store read, verdict, counting) are
+//! [`crate::checks::Checker`]'s, shared with the HTTP port's JSON checks; this module only
+//! turns requests into its queries and its answers into protobuf.
 
 pub mod auth;
-mod convert;
+pub(crate) mod convert;
 mod trace;
 
 use std::collections::HashSet;
@@ -26,14 +30,15 @@ pub use convert::{from_timestamp, state_name, timestamp};
 pub use trace::Traced;
 
 use crate::calling_list::{CallingLists, ListError, ListQuery};
+use crate::checks::{self, CheckError, Checker, Query};
 use crate::clock::Clock;
 use crate::config::AttributionConfig;
 use crate::consent_requests::{ConsentRequests, RegisterError};
 use crate::domain::{
-    AttributionFilter, ConsentRequest, Pair, PhoneError, PhoneNumber, UnattributedPolicy, evaluate,
+    AttributionFilter, ConsentRequest, Pair, PhoneError, PhoneNumber, UnattributedPolicy,
 };
 use crate::fanout::{Filter, Hub, Item, Start, Subscription, SubscriptionError};
-use crate::metrics::{CheckAnswer, CheckRpc, Metrics, RefusalReason, StoreOp};
+use crate::metrics::{CheckAnswer, CheckRpc, Metrics, StoreOp};
 use crate::pb::{self, consent_authority_server::ConsentAuthority};
 use crate::store::{ConsentStore, Cursor, CursorError, StoreError};
 use auth::Caller;
@@ -108,12 +113,16 @@ impl ApiError {
             _ => Some(CheckAnswer::InvalidArgument),
         }
     }
+}
 
-    fn code(&self) -> tonic::Code {
-        match self {
-            ApiError::OtherBusiness { .. } => tonic::Code::PermissionDenied,
-            ApiError::NoCaller => tonic::Code::Unauthenticated,
-            _ => tonic::Code::InvalidArgument,
+impl From<CheckError> for ApiError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Phone { field, source } => ApiError::Phone { field, source },
+            CheckError::OtherBusiness { field, business } => {
+                ApiError::OtherBusiness { field, business }
+            }
+            CheckError::Store(e) => ApiError::Store(e),
         }
     }
 }
@@ -202,7 +211,15 @@ fn consent_request(req: pb::RegisterConsentRequestRequest) -> Result<ConsentRequ
 }
 
 fn phone(field: &'static str, raw: &str) -> Result<PhoneNumber, ApiError> {
-    PhoneNumber::parse(raw).map_err(|source| ApiError::Phone { field, source })
+    Ok(checks::phone(field, raw)?)
+}
+
+/// A check request as the shared [`Checker`] takes it.
+fn query(req: &pb::CheckCallPermissionRequest) -> Query<'_> {
+    Query {
+        business_number: &req.business_number,
+        customer_number: &req.customer_number,
+    }
 }
 
 fn pair(business: &str, customer: &str) -> Result<Pair, ApiError> {
@@ -231,6 +248,8 @@ pub struct Api {
     limits: StreamLimits,
     /// One permit per open StreamGrants subscription.
     subscriptions: Arc<Semaphore>,
+    /// Answers the checks (the HTTP port's JSON checks use the same code).
+    checker: Checker,
     /// issue 13: consent requests and the request budget.
     requests: Arc<ConsentRequests>,
     /// issue 13: whether StreamGrants' team filters let unattributed grants through.
@@ -248,6 +267,7 @@ impl Api {
         clock: Clock,
     ) -> Self {
         Api {
+            checker: Checker::new(store.clone(), clock, metrics.clone()),
             requests: Arc::new(ConsentRequests::new(
                 store.clone(),
                 clock,
@@ -301,20 +321,7 @@ impl Api {
         field: &'static str,
         business: &PhoneNumber,
     ) -> Result<(), ApiError> {
-        if caller.may_see(business) {
-            return Ok(());
-        }
-        self.metrics
-            .api_refusal(caller.name(), RefusalReason::OtherBusiness);
-        tracing::info!(
-            client = caller.name(),
-            reason = RefusalReason::OtherBusiness.label(),
-            "api call refused"
-        );
-        Err(ApiError::OtherBusiness {
-            field,
-            business: business.clone(),
-        })
+        Ok(self.checker.admit_business(caller, field, business)?)
     }
 
     async fn check_one(
@@ -322,16 +329,12 @@ impl Api {
         caller: &Caller,
         req: &pb::CheckCallPermissionRequest,
     ) -> Result<(pb::CheckCallPermissionResponse, CheckAnswer), ApiError> {
-        let pair = pair(&req.business_number, &req.customer_number)?;
-        self.scope(caller, "business_number", &pair.business)?;
-        let current = self
-            .store
-            .current(&pair)
-            .await
-            .map_err(self.store_failed(StoreOp::Check))?;
-        let verdict = evaluate(current, self.clock.now());
-        let answer = CheckAnswer::State(verdict.state);
-        Ok((convert::check_response(&pair, verdict), answer))
+        let checked = self.checker.check(caller, query(req)).await?;
+        let answer = CheckAnswer::State(checked.verdict.state);
+        Ok((
+            convert::check_response(&checked.pair, checked.verdict),
+            answer,
+        ))
     }
 
     async fn check_many(
@@ -345,71 +348,21 @@ impl Api {
                 checks.len()
             )));
         }
-        let parsed: Vec<Result<Pair, ApiError>> = checks
-            .iter()
-            .map(|c| {
-                let pair = pair(&c.business_number, &c.customer_number)?;
-                self.scope(caller, "business_number", &pair.business)?;
-                Ok(pair)
-            })
-            .collect();
-        let valid: Vec<Pair> = parsed
-            .iter()
-            .filter_map(|p| p.as_ref().ok())
-            .cloned()
-            .collect();
-        let currents = self.store.current_each(&valid).await;
+        let queries: Vec<Query<'_>> = checks.iter().map(query).collect();
         // Nothing answered: the store is down; the whole call is UNAVAILABLE.
-        if let Some(Err(e)) = currents.first()
-            && currents.iter().all(Result::is_err)
-        {
-            return Err(self.store_failed(StoreOp::Check)(e.clone()));
-        }
-        let mut currents = currents.into_iter();
-        let now = self.clock.now();
-        let results = parsed
+        let results = self.checker.check_each(caller, &queries).await?;
+        let results = results
             .into_iter()
-            .map(|p| {
-                let result = match p {
-                    Ok(pair) => match currents.next() {
-                        Some(Ok(current)) => {
-                            let verdict = evaluate(current, now);
-                            self.metrics.check(CheckAnswer::State(verdict.state));
-                            pb::check_result::Result::Answer(convert::check_response(
-                                &pair, verdict,
-                            ))
-                        }
-                        // This pair's part of the store failed (on a cluster, one master):
-                        // its own UNAVAILABLE, never an answer.
-                        Some(Err(e)) => {
-                            self.metrics.store_error(StoreOp::Check);
-                            self.metrics.check(CheckAnswer::Unavailable);
-                            pb::check_result::Result::Error(pb::CheckError {
-                                code: tonic::Code::Unavailable as i32,
-                                message: e.to_string(),
-                            })
-                        }
-                        None => {
-                            self.metrics.check(CheckAnswer::Unavailable);
-                            pb::check_result::Result::Error(pb::CheckError {
-                                code: tonic::Code::Unavailable as i32,
-                                message: "store gave no answer for this pair".into(),
-                            })
-                        }
-                    },
-                    Err(e) => {
-                        if let Some(answer) = e.check_answer() {
-                            self.metrics.check(answer);
-                        }
-                        pb::check_result::Result::Error(pb::CheckError {
-                            code: e.code() as i32,
-                            message: e.to_string(),
-                        })
-                    }
-                };
-                pb::CheckResult {
-                    result: Some(result),
-                }
+            .map(|r| pb::CheckResult {
+                result: Some(match r {
+                    Ok(c) => pb::check_result::Result::Answer(convert::check_response(
+                        &c.pair, c.verdict,
+                    )),
+                    Err(e) => pb::check_result::Result::Error(pb::CheckError {
+                        code: e.code() as i32,
+                        message: e.to_string(),
+                    }),
+                }),
             })
             .collect();
         Ok(pb::CheckCallPermissionsResponse { results })
@@ -495,11 +448,9 @@ impl ConsentAuthority for Api {
             Ok((_, label)) => Some(*label),
             Err(e) => e.check_answer(),
         };
+        // The checker counted the answer; the latency is the RPC's.
         match label {
-            Some(label) => {
-                self.metrics.check(label);
-                self.metrics.single_check_latency(label, started.elapsed());
-            }
+            Some(label) => self.metrics.single_check_latency(label, started.elapsed()),
             // A refusal (no caller, another business) is counted as a refusal, not an answer.
             None => self
                 .metrics

@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 use super::HttpState;
-use super::reply::{Body, BodyError, Reply, full, json_response};
+use super::reply::{Body, Reply, StreamError, boxed, json_response};
 use crate::calling_list::{CallingLists, ListError, ListPage, ListQuery};
 use crate::domain::{ConsentState, Decision};
 use crate::grpc_api::auth::Scope;
@@ -84,7 +84,7 @@ impl Refused {
         if let Some(field) = self.field {
             body["field"] = field.into();
         }
-        full(json_response(self.status, &body))
+        boxed(json_response(self.status, &body))
     }
 }
 
@@ -152,7 +152,7 @@ fn params(query: &str) -> Result<Params, Refused> {
 
 /// Answers `GET /v1/callable`.
 pub(super) async fn list(state: &HttpState, req: &Request<Incoming>) -> Reply {
-    Reply::api(match answer(state, req).await {
+    Reply::list(match answer(state, req).await {
         Ok(response) => response,
         Err(refused) => refused.into_response(),
     })
@@ -317,7 +317,7 @@ struct Streaming {
 
 impl Streaming {
     /// The next chunk of the body, `None` when it is complete, an error to cut it short.
-    async fn next_chunk(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
+    async fn next_chunk(&mut self) -> Option<Result<Frame<Bytes>, StreamError>> {
         if self.done {
             return None;
         }

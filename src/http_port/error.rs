@@ -10,6 +10,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use super::MAX_BODY;
+use super::body::BodyError;
 use super::reply::json_response;
 use crate::ingest::PayloadError;
 use crate::ingest::auth::AuthError;
@@ -43,6 +44,17 @@ pub enum WebhookError {
     Conflict(DeliveryConflict),
     #[error("decision not stored, retry later: {0}")]
     Store(StoreError),
+}
+
+impl From<BodyError> for WebhookError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::UnsupportedMediaType => WebhookError::UnsupportedMediaType,
+            BodyError::TooLarge(_) => WebhookError::TooLarge,
+            BodyError::Timeout => WebhookError::BodyTimeout,
+            BodyError::Read(e) => WebhookError::BodyRead(e),
+        }
+    }
 }
 
 impl From<StoreError> for WebhookError {

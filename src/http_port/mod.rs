@@ -6,6 +6,11 @@
 //! - `webhooks`: the webhook handlers and how they authenticate senders;
 //! - `probes`: `/healthz`, `/readyz`, `/metrics`;
 //! - `error`: [`WebhookError`], mapped to an HTTP status and error code in one `match`;
+//! - `check_api`: the JSON checks for REST-only dialers (`POST /v1/check`,
+//!   `POST /v1/check-batch`, streamed), `check_json` their wire format, `api_error` their
+//!   refusals mapped to a status in one `match`;
+//! - `body`: reading a JSON body within a route's size cap and the body deadline;
+//! - `reply`: what handlers answer.
 //! - `reply`: what handlers answer;
 //! - `consent_requests` (issue 13): `POST /v1/consent-requests`, registering the consent
 //!   requests a team sent (JSON, API key with the `register` scope).
@@ -26,7 +31,11 @@
 //! `header_timeout`. An HTTP/2 preface is refused like any malformed request: HTTP/2 would let
 //! one connection carry many requests past the connection cap, outside these deadlines.
 
+mod api_error;
+mod body;
 mod callable;
+mod check_api;
+mod check_json;
 mod consent_requests;
 mod error;
 mod probes;
@@ -43,11 +52,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use check_api::{CHUNK, MAX_BATCHES_IN_FLIGHT};
+pub use check_json::{MAX_BATCH_BODY, MAX_BATCH_CHECKS, MAX_CHECK_BODY};
 pub use error::WebhookError;
 pub use webhooks::WebhookSecurity;
 
 use crate::accept::{AcceptPolicy, serve_connections};
 use crate::calling_list::CallingLists;
+use crate::checks::Checker;
 use crate::clock::Clock;
 use crate::consent_requests::ConsentRequests;
 use crate::grpc_api::auth::AuthSource;
@@ -56,7 +68,8 @@ use crate::metrics::Metrics;
 use crate::store::ConsentStore;
 use crate::tls::TlsPort;
 
-/// Largest webhook body accepted.
+/// Largest webhook body accepted (the JSON checks have their own caps, [`MAX_CHECK_BODY`] and
+/// [`MAX_BATCH_BODY`]).
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// Shared state of the HTTP port.
@@ -70,9 +83,13 @@ pub struct HttpState {
     pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
-    /// The API's clients (the gRPC API's keys, scopes and businesses), for the port's API
-    /// endpoints (issue 13: `/v1/consent-requests`, `/v1/callable`).
+    /// issue 13: the API clients of the port's API endpoints (the gRPC API's keys, scopes and
+    /// businesses): the JSON checks, `/v1/consent-requests`, `/v1/callable`.
     pub auth: Arc<AuthSource>,
+    /// issue 13: answers the JSON checks (the gRPC API's code).
+    pub checker: Arc<Checker>,
+    /// issue 13: one permit per check batch being answered ([`MAX_BATCHES_IN_FLIGHT`]).
+    pub batches: Arc<tokio::sync::Semaphore>,
     /// issue 13: consent requests (`POST /v1/consent-requests`).
     pub requests: Arc<ConsentRequests>,
     /// Issue 13: the calling lists.

@@ -1,58 +1,89 @@
-//! What a handler answers: a response, and for a webhook the outcome it counts as.
+//! What a handler answers: a response, and what the request counts as.
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 
-use crate::metrics::WebhookOutcome;
+use crate::metrics::{ApiOutcome, WebhookOutcome};
 
-/// Why a streamed body stopped before its end (the connection is then cut, so the client sees
-/// an incomplete answer, never a short one that looks complete).
-pub(super) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+/// Why a streamed body stopped before its end (issue 13: a calling list whose store read failed
+/// after the 200 began). The connection is then cut, so the client sees an incomplete answer,
+/// never a short one that looks complete.
+pub(super) type StreamError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body of every answer of the port: a whole one ([`Full`]) or a streamed one (issue 13:
-/// a calling list), boxed.
-pub(super) type Body = UnsyncBoxBody<Bytes, BodyError>;
+/// The body of every answer of the port: a whole one ([`Full`]), or a stream written as it is
+/// produced (a check batch's results, a calling list; chunked transfer encoding).
+pub(super) type Body = UnsyncBoxBody<Bytes, StreamError>;
 
-/// A whole body as a [`Body`].
-pub(super) fn full(response: Response<Full<Bytes>>) -> Response<Body> {
-    response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+/// What a request counts as, decided by the handler that knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Counted {
+    /// The probes: not counted.
+    Not,
+    /// `callgate_webhooks_total`.
+    Webhook(WebhookOutcome),
+    /// `callgate_http_api_requests_total`.
+    Api(ApiOutcome),
 }
 
-/// A handler's successful answer. Refusals are [`WebhookError`](super::WebhookError)s instead.
+impl Counted {
+    /// The `outcome` field of the request's span.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Counted::Not => None,
+            Counted::Webhook(o) => Some(o.label()),
+            Counted::Api(o) => Some(o.label()),
+        }
+    }
+}
+
+/// A handler's successful answer. Refusals are [`WebhookError`](super::WebhookError)s (or,
+/// on the JSON API, [`CheckApiError`](super::api_error::CheckApiError)s) instead.
 pub(super) struct Reply {
     pub response: Response<Body>,
-    /// What the request counts as in `callgate_webhooks_total`, decided by the handler that
-    /// knows it (stored, ignored, verified); `None` for the probes, which are not counted.
-    pub outcome: Option<WebhookOutcome>,
+    pub counted: Counted,
 }
 
 impl Reply {
     /// An answer of a probe (`/healthz`, `/readyz`, `/metrics`).
     pub fn probe(response: Response<Full<Bytes>>) -> Self {
         Reply {
-            response: full(response),
-            outcome: None,
-        }
-    }
-
-    /// An answer of a route that is not a webhook (issue 13: the calling list), whole or
-    /// streamed.
-    pub fn api(response: Response<Body>) -> Self {
-        Reply {
-            response,
-            outcome: None,
+            response: boxed(response),
+            counted: Counted::Not,
         }
     }
 
     /// An answer of a webhook route.
     pub fn webhook(outcome: WebhookOutcome, response: Response<Full<Bytes>>) -> Self {
         Reply {
-            response: full(response),
-            outcome: Some(outcome),
+            response: boxed(response),
+            counted: Counted::Webhook(outcome),
         }
     }
+
+    /// Issue 13: a calling list (`GET /v1/callable`), whole or streamed. Not counted in
+    /// `callgate_http_api_requests_total` (its routes are the JSON checks'); its refusals are
+    /// logged in the request's span and its store failures counted as `op="list"`.
+    pub fn list(response: Response<Body>) -> Self {
+        Reply {
+            response,
+            counted: Counted::Not,
+        }
+    }
+
+    /// An answer of the JSON API (possibly streamed).
+    pub fn api(outcome: ApiOutcome, response: Response<Body>) -> Self {
+        Reply {
+            response,
+            counted: Counted::Api(outcome),
+        }
+    }
+}
+
+/// A whole answer as the port's [`Body`].
+pub(super) fn boxed(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
 /// A JSON answer.

@@ -8,14 +8,17 @@
 //! | POST   | `/webhooks/doubletick` | [`webhooks::doubletick`]             |
 //! | POST   | `/webhooks/whatsapp`   | [`webhooks::whatsapp`]               |
 //! | GET    | `/webhooks/whatsapp`   | [`webhooks::whatsapp_subscription`]  |
+//! | POST   | `/v1/check`            | [`check_api::check`]                 |
+//! | POST   | `/v1/check-batch`      | [`check_api::check_batch`]           |
 //! | POST   | `/v1/consent-requests` | [`consent_requests::register`] (issue 13) |
 //! | GET    | `/v1/callable`         | [`callable::list`] (issue 13)        |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
 //! `http` span whose fields are the route (the path of the table, never the raw path), the
 //! method, and on completion the status and outcome; the handlers' log lines (a refusal, a
-//! recorded decision) belong to it. Webhook requests are counted in `callgate_webhooks_total`
-//! here and nowhere else.
+//! recorded decision, a batch's store failure while it streams) belong to it. Webhook requests
+//! are counted in `callgate_webhooks_total` and JSON API requests in
+//! `callgate_http_api_requests_total`, here and nowhere else.
 
 use std::time::Instant;
 
@@ -24,9 +27,10 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use super::reply::{Body, Reply, full};
-use super::{HttpState, WebhookError, callable, consent_requests, probes, webhooks};
-use crate::metrics::{Route, StoreOp};
+use super::api_error::CheckApiError;
+use super::reply::{Body, Counted, Reply, boxed};
+use super::{HttpState, WebhookError, callable, check_api, consent_requests, probes, webhooks};
+use crate::metrics::{ApiRoute, Route, StoreOp};
 
 /// The endpoints of the table above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +41,8 @@ enum Endpoint {
     DoubleTick,
     WhatsApp,
     WhatsAppSubscription,
+    Check,
+    CheckBatch,
     /// issue 13
     ConsentRequests,
     /// Issue 13: a calling list.
@@ -44,12 +50,14 @@ enum Endpoint {
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 7] = [
+const PATHS: [&str; 9] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/webhooks/doubletick",
     "/webhooks/whatsapp",
+    "/v1/check",
+    "/v1/check-batch",
     "/v1/consent-requests",
     "/v1/callable",
 ];
@@ -63,6 +71,8 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::POST, "/webhooks/doubletick") => Ok(Endpoint::DoubleTick),
         (&Method::POST, "/webhooks/whatsapp") => Ok(Endpoint::WhatsApp),
         (&Method::GET, "/webhooks/whatsapp") => Ok(Endpoint::WhatsAppSubscription),
+        (&Method::POST, "/v1/check") => Ok(Endpoint::Check),
+        (&Method::POST, "/v1/check-batch") => Ok(Endpoint::CheckBatch),
         (&Method::POST, "/v1/consent-requests") => Ok(Endpoint::ConsentRequests),
         (&Method::GET, "/v1/callable") => Ok(Endpoint::Callable),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
@@ -78,6 +88,23 @@ fn webhook_route(path: &str) -> Option<Route> {
         p if p.starts_with("/webhooks/") => Some(Route::Other),
         _ => None,
     }
+}
+
+/// The JSON API metric's route of an endpoint; `None`: not a JSON API endpoint.
+fn api_route(endpoint: Endpoint) -> Option<ApiRoute> {
+    match endpoint {
+        Endpoint::Check => Some(ApiRoute::Check),
+        Endpoint::CheckBatch => Some(ApiRoute::CheckBatch),
+        _ => None,
+    }
+}
+
+/// A JSON API answer: the handler's reply, or its refusal's.
+fn json_api(result: Result<Reply, CheckApiError>) -> Reply {
+    result.unwrap_or_else(|e| {
+        let outcome = e.status().1;
+        Reply::api(outcome, boxed(e.into_response()))
+    })
 }
 
 /// The `method` span field: a standard method's name, else `other` (an extension method is
@@ -118,34 +145,48 @@ pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Respons
 async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
-    let result = match resolve(req.method(), &path) {
+    let endpoint = resolve(req.method(), &path);
+    let api = endpoint.as_ref().ok().copied().and_then(api_route);
+    let result = match endpoint {
         Ok(Endpoint::Healthz) => Ok(Reply::probe(probes::healthz())),
         Ok(Endpoint::Readyz) => Ok(Reply::probe(probes::ready(state).await)),
         Ok(Endpoint::Metrics) => Ok(Reply::probe(probes::metrics(&state.metrics))),
         Ok(Endpoint::DoubleTick) => webhooks::doubletick(state, req).await,
         Ok(Endpoint::WhatsApp) => webhooks::whatsapp(state, req).await,
         Ok(Endpoint::WhatsAppSubscription) => webhooks::whatsapp_subscription(state, &req),
+        Ok(Endpoint::Check) => Ok(json_api(check_api::check(state, req).await)),
+        Ok(Endpoint::CheckBatch) => Ok(json_api(check_api::check_batch(state, req).await)),
         Ok(Endpoint::ConsentRequests) => consent_requests::register(state, req).await,
         Ok(Endpoint::Callable) => Ok(callable::list(state, &req).await),
         Err(e) => Err(e),
     };
-    let (response, outcome) = match result {
-        Ok(reply) => (reply.response, reply.outcome),
+    let (response, counted) = match result {
+        Ok(reply) => (reply.response, reply.counted),
         Err(e) => {
             if matches!(e, WebhookError::Store(_)) {
                 state.metrics.store_error(StoreOp::Record);
             }
             let outcome = e.status().1;
-            (full(e.into_response()), Some(outcome))
+            (boxed(e.into_response()), Counted::Webhook(outcome))
         }
     };
-    if let (Some(route), Some(outcome)) = (webhook_route(&path), outcome) {
-        state.metrics.webhook(route, outcome, started.elapsed());
+    match counted {
+        Counted::Webhook(outcome) => {
+            if let Some(route) = webhook_route(&path) {
+                state.metrics.webhook(route, outcome, started.elapsed());
+            }
+        }
+        Counted::Api(outcome) => {
+            if let Some(route) = api {
+                state.metrics.api_request(route, outcome, started.elapsed());
+            }
+        }
+        Counted::Not => {}
     }
     let span = tracing::Span::current();
     span.record("status", response.status().as_u16());
-    if let Some(outcome) = outcome {
-        span.record("outcome", outcome.label());
+    if let Some(outcome) = counted.label() {
+        span.record("outcome", outcome);
     }
     tracing::debug!(elapsed = ?started.elapsed(), "answered");
     response
@@ -158,13 +199,16 @@ mod tests {
     #[test]
     fn the_table_routes_methods_and_paths() {
         use Endpoint::*;
-        let cases: [(Method, &str, Result<Endpoint, &str>); 13] = [
+        let cases: [(Method, &str, Result<Endpoint, &str>); 16] = [
             (Method::GET, "/healthz", Ok(Healthz)),
             (Method::GET, "/readyz", Ok(Readyz)),
             (Method::GET, "/metrics", Ok(Metrics)),
             (Method::POST, "/webhooks/doubletick", Ok(DoubleTick)),
             (Method::POST, "/webhooks/whatsapp", Ok(WhatsApp)),
             (Method::GET, "/webhooks/whatsapp", Ok(WhatsAppSubscription)),
+            (Method::POST, "/v1/check", Ok(Check)),
+            (Method::POST, "/v1/check-batch", Ok(CheckBatch)),
+            (Method::GET, "/v1/check", Err("method_not_allowed")),
             (
                 Method::GET,
                 "/webhooks/doubletick",

@@ -13,11 +13,11 @@
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use super::body;
 use super::reply::{Reply, json_response, typed_response};
 use super::{HttpLimits, HttpState, MAX_BODY, WebhookError};
 use crate::config::{Config, ENV_WEBHOOK_TOKENS, ENV_WHATSAPP_APP_SECRET};
@@ -80,35 +80,13 @@ impl WebhookSecurity {
     }
 }
 
-/// Checks the content type and reads the body within the size and time limits.
+/// Checks the content type and reads the body within the webhook size and time limits (also
+/// `POST /v1/consent-requests`'s).
 pub(super) async fn read_json_body(
     req: Request<Incoming>,
     limits: &HttpLimits,
 ) -> Result<Bytes, WebhookError> {
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(WebhookError::TooLarge);
-    }
-    if !is_json {
-        return Err(WebhookError::UnsupportedMediaType);
-    }
-    let body = Limited::new(req.into_body(), MAX_BODY);
-    match tokio::time::timeout(limits.body_timeout, body.collect()).await {
-        Err(_) => Err(WebhookError::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(WebhookError::TooLarge),
-        Ok(Err(e)) => Err(WebhookError::BodyRead(e.to_string())),
-    }
+    Ok(body::read_json(req, MAX_BODY, limits.body_timeout).await?)
 }
 
 /// DoubleTick's webhook: shared secret, then parse, then store.

@@ -15,6 +15,7 @@ mod cluster;
 mod conformance;
 mod dates_and_duplicates;
 mod ingest;
+mod json_api;
 mod lifecycle;
 mod metrics;
 mod redaction;

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::helpers::*;
 
-fn sign(body: &str) -> String {
+pub fn sign(body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
     mac.update(body.as_bytes());
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
