@@ -181,23 +181,27 @@ async fn list(app: &TestApp, team: &str) -> BTreeMap<String, pb::CallableEntry> 
         .collect()
 }
 
-/// Events until (and without) the grant of `marker`.
-async fn events_until(s: &mut Streaming<pb::ConsentEvent>, marker: &str) -> Vec<pb::ConsentEvent> {
+/// Reads events (checkpoints skipped) into `events` until one satisfies `until` (kept too).
+async fn read_until(
+    s: &mut Streaming<pb::ConsentEvent>,
+    events: &mut Vec<pb::ConsentEvent>,
+    until: impl Fn(&pb::ConsentEvent) -> bool,
+) {
     tokio::time::timeout(WAIT, async {
-        let mut events = Vec::new();
         loop {
             let e = s.message().await.unwrap().expect("stream ended");
             if e.kind == EventKind::Checkpoint as i32 {
                 continue;
             }
-            if e.customer_number == marker {
-                return events;
-            }
+            let done = until(&e);
             events.push(e);
+            if done {
+                return;
+            }
         }
     })
     .await
-    .expect("the marker did not arrive")
+    .expect("the awaited event did not arrive")
 }
 
 fn granted(events: &[pb::ConsentEvent]) -> BTreeMap<String, (String, String)> {
@@ -330,15 +334,26 @@ async fn issue13_three_teams_register_customers_answer_and_each_team_lists_and_f
     .await
     .expect("the 7-day grant did not leave the list");
 
-    // A marker grant per team closes each stream's story.
+    // The sweep announces the lapse (every team hears it) ...
+    let mut seen: Vec<Vec<pb::ConsentEvent>> = vec![Vec::new(); TEAMS.len()];
+    for (s, events) in streams.iter_mut().zip(seen.iter_mut()) {
+        read_until(s, events, |e| {
+            e.kind == EventKind::Expired as i32 && e.customer_number == c2
+        })
+        .await;
+    }
+    // ... and a marker grant per team closes each stream's story: what came before it is all
+    // the stream delivered.
     for (i, team) in TEAMS.iter().enumerate() {
         let marker = customer(900 + i);
         register(&app, &marker, &format!("paired-marker-{i}"), team, None).await;
         doubletick_answer(&app, &marker, &format!("marker-{i}"), "accept", true).await;
     }
-    let mut seen: Vec<Vec<pb::ConsentEvent>> = Vec::new();
-    for (i, s) in streams.iter_mut().enumerate() {
-        seen.push(events_until(s, &customer(900 + i)).await);
+    for (i, (s, events)) in streams.iter_mut().zip(seen.iter_mut()).enumerate() {
+        let marker = customer(900 + i);
+        read_until(s, events, |e| e.customer_number == marker).await;
+        let last = events.pop().unwrap();
+        assert_eq!(last.kind, EventKind::Granted as i32);
     }
     // Exactly its grants, with the name where known.
     let want: [BTreeMap<String, (String, String)>; 3] = [
