@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tracing::Instrument;
 
+use crate::calling_list::CallingLists;
 use crate::checks::Checker;
 use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
@@ -182,6 +183,8 @@ pub async fn run(
         &config.attribution,
         config.max_clock_skew,
     ));
+    // Issue 13: the calling lists, for both ports.
+    let lists = CallingLists::new(store.clone(), config.attribution.unattributed);
     let security = WebhookSecurity::from_config(&config)?;
     let http_state = Arc::new(HttpState {
         security,
@@ -205,6 +208,7 @@ pub async fn run(
         console: Console::new(tls.is_some()),
         checker: Arc::new(Checker::new(store.clone(), clock, metrics.clone())),
         batches: Arc::new(Semaphore::new(http_port::MAX_BATCHES_IN_FLIGHT)),
+        lists: lists.clone(),
     });
     let http = tokio::spawn(http_port::serve(
         listeners.http,
@@ -224,7 +228,8 @@ pub async fn run(
         clock,
     )
     .with_attribution(requests.clone(), config.attribution.unattributed)
-    .with_outbound(outbound);
+    .with_outbound(outbound)
+    .with_calling_lists(lists);
     let api = Traced::new(Guard::new(api.into_server(), auth, metrics));
     let routes = Routes::new(health_service)
         .add_service(reflection)

@@ -2,6 +2,7 @@
 
 pub(crate) mod accept;
 pub mod app;
+pub mod calling_list;
 pub mod checks;
 pub mod cli;
 pub mod clock;

@@ -274,10 +274,14 @@ pub enum StoreOp {
     Events = 3,
     Sweep = 4,
     Ping = 5,
+    /// Issue 13: reading a calling list (ListCallable, `GET /v1/callable`).
+    List = 6,
 }
 
 impl StoreOp {
-    const LABELS: [&'static str; 6] = ["check", "record", "history", "events", "sweep", "ping"];
+    const LABELS: [&'static str; 7] = [
+        "check", "record", "history", "events", "sweep", "ping", "list",
+    ];
 }
 
 /// Why the gRPC API refused a call (the `reason` label of `callgate_api_refusals_total`).
@@ -409,7 +413,7 @@ pub struct Metrics {
     /// issue 13: JSON API requests by route and outcome, and their time to the response head.
     api_requests: [[AtomicU64; ApiOutcome::ALL.len()]; 2],
     api_latency: [Histogram; 2],
-    store_errors: [AtomicU64; 6],
+    store_errors: [AtomicU64; StoreOp::LABELS.len()],
     open_streams: AtomicI64,
     stream_events: AtomicU64,
     /// StreamGrants streams ended because their client stopped reading.

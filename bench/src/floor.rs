@@ -162,6 +162,13 @@ impl ConsentAuthority for Floor {
     ) -> Result<Response<pb::WebhookSubscription>, Status> {
         Err(Status::unimplemented("the floor delivers no webhooks"))
     }
+
+    async fn list_callable(
+        &self,
+        _request: Request<pb::ListCallableRequest>,
+    ) -> Result<Response<pb::ListCallableResponse>, Status> {
+        Err(Status::unimplemented("the floor keeps no calling lists"))
+    }
 }
 
 /// Serves the floor on `listener` until `shutdown` completes.

@@ -39,7 +39,7 @@ use crate::metrics::{Metrics, RefusalReason, UNAUTHENTICATED_CLIENT};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// CheckCallPermission and CheckCallPermissions.
+    /// CheckCallPermission, CheckCallPermissions and ListCallable (and `GET /v1/callable`).
     Check,
     /// StreamGrants.
     Stream,
@@ -89,6 +89,8 @@ pub const RPC_SCOPES: &[(&str, Scope)] = &[
     // issue 13
     ("RegisterConsentRequest", Scope::Register),
     ("CanRequestConsent", Scope::Register),
+    // issue 13: a calling list is many checks at once.
+    ("ListCallable", Scope::Check),
 ];
 
 /// The scope the gRPC `path` (`/callgate.v1.ConsentAuthority/Method`) needs, if it is listed.

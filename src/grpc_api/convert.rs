@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::calling_list::ListPage;
 use crate::consent_requests::Registered;
 use crate::domain::{
     Budget, ChainLink, Choice, ConsentState, Decision, EventKind, Evidence, HistoryEntry,
@@ -33,6 +34,12 @@ fn evidence(e: &Evidence) -> pb::Evidence {
         stated_decided_at: Some(timestamp(e.stated_at)),
         stated_expires_at: e.stated_expires_at.map(timestamp),
     }
+}
+
+/// The proto name of a state (`CONSENT_STATE_GRANTED_PERMANENT`), as the HTTP port's JSON and
+/// CSV spell it.
+pub fn state_name(s: ConsentState) -> &'static str {
+    state(s).as_str_name()
 }
 
 fn state(s: ConsentState) -> pb::ConsentState {
@@ -263,5 +270,45 @@ pub fn registered(pair: &Pair, r: &Registered) -> pb::RegisterConsentRequestResp
         registered: r.new,
         attributed_replies: u32::try_from(r.attributed).unwrap_or(u32::MAX),
         budget: Some(budget(Some(pair), &r.budget)),
+    }
+}
+
+/// Issue 13: one entry of a calling list (a live grant and its state).
+pub fn callable_entry(d: &Decision, s: ConsentState) -> pb::CallableEntry {
+    pb::CallableEntry {
+        customer_number: d.pair.customer.to_string(),
+        state: state(s) as i32,
+        expires_at: d.choice.expires_at().map(timestamp),
+        decided_at: Some(timestamp(d.decided_at)),
+        team: d
+            .attribution
+            .as_ref()
+            .map(|a| a.team.clone())
+            .unwrap_or_default(),
+        campaign: d
+            .attribution
+            .as_ref()
+            .map(|a| a.campaign.clone())
+            .unwrap_or_default(),
+        labels: d
+            .attribution
+            .as_ref()
+            .map(|a| a.labels.clone().into_iter().collect())
+            .unwrap_or_default(),
+        customer_name: d.customer_name.clone().unwrap_or_default(),
+    }
+}
+
+/// Issue 13: a page of a calling list.
+pub fn callable_page(page: &ListPage) -> pb::ListCallableResponse {
+    pb::ListCallableResponse {
+        business_number: page.business.to_string(),
+        entries: page
+            .entries
+            .iter()
+            .map(|(d, s)| callable_entry(d, *s))
+            .collect(),
+        next_page_token: page.next_page_token().unwrap_or_default(),
+        snapshot_cursor: page.snapshot_cursor.to_string(),
     }
 }

@@ -27,9 +27,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-pub use convert::{from_timestamp, timestamp};
+pub use convert::{from_timestamp, state_name, timestamp};
 pub use trace::Traced;
 
+use crate::calling_list::{CallingLists, ListError, ListQuery};
 use crate::checks::{self, CheckError, Checker, Query};
 use crate::clock::Clock;
 use crate::config::AttributionConfig;
@@ -258,6 +259,8 @@ pub struct Api {
     requests: Arc<ConsentRequests>,
     /// issue 13: whether StreamGrants' team filters let unattributed grants through.
     unattributed: UnattributedPolicy,
+    /// Issue 13: ListCallable's pages.
+    lists: CallingLists,
 }
 
 impl Api {
@@ -277,6 +280,7 @@ impl Api {
                 crate::config::DEFAULT_MAX_CLOCK_SKEW,
             )),
             unattributed: UnattributedPolicy::default(),
+            lists: CallingLists::new(store.clone(), Default::default()),
             store,
             clock,
             hub,
@@ -302,6 +306,13 @@ impl Api {
     /// Issue 17: serves the outbound webhook admin RPCs with `outbound`.
     pub fn with_outbound(mut self, outbound: Arc<crate::outbound::Outbound>) -> Self {
         self.outbound = Some(outbound);
+        self
+    }
+
+    /// Issue 13: ListCallable answers from `lists` (built with the configured unattributed
+    /// policy; without this call, the default policy).
+    pub fn with_calling_lists(mut self, lists: CallingLists) -> Self {
+        self.lists = lists;
         self
     }
 
@@ -674,6 +685,16 @@ impl ConsentAuthority for Api {
     ) -> Result<Response<pb::WebhookSubscription>, Status> {
         self.replay_webhook(request).await
     }
+
+    async fn list_callable(
+        &self,
+        request: Request<pb::ListCallableRequest>,
+    ) -> Result<Response<pb::ListCallableResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            self.list_page(&caller, request.get_ref()).await?,
+        ))
+    }
 }
 
 impl Api {
@@ -711,6 +732,52 @@ impl Api {
             from,
             to,
         })
+    }
+
+    /// Issue 13: one page of a calling list.
+    async fn list_page(
+        &self,
+        caller: &Caller,
+        req: &pb::ListCallableRequest,
+    ) -> Result<pb::ListCallableResponse, ApiError> {
+        let query = ListQuery::parse(
+            &req.business_number,
+            &req.team,
+            &req.campaign,
+            req.page_size.into(),
+            &req.page_token,
+            self.lists.shards(),
+        )
+        .map_err(ApiError::from)?;
+        self.scope(caller, "business_number", &query.business)?;
+        let page = self
+            .lists
+            .page(&query, self.clock.now())
+            .await
+            .map_err(|e| match e {
+                ListError::Store(e) => self.store_failed(StoreOp::List)(e),
+                other => ApiError::from(other),
+            })?;
+        Ok(convert::callable_page(&page))
+    }
+}
+
+impl From<ListError> for ApiError {
+    fn from(e: ListError) -> Self {
+        match e {
+            ListError::Business(source) => ApiError::Phone {
+                field: "business_number",
+                source,
+            },
+            ListError::OtherBusiness(business) => ApiError::OtherBusiness {
+                field: "business_number",
+                business,
+            },
+            ListError::Store(e) => ApiError::Store(e),
+            other @ (ListError::NegativePageSize(_) | ListError::PageToken(_)) => {
+                ApiError::InvalidArgument(other.to_string())
+            }
+        }
     }
 }
 

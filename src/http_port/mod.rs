@@ -12,10 +12,13 @@
 //!   `POST /v1/check-batch`, streamed), `check_json` their wire format, `api_error` their
 //!   refusals mapped to a status in one `match`;
 //! - `body`: reading a JSON body within a route's size cap and the body deadline;
+//! - `reply`: what handlers answer.
 //! - `reply`: what handlers answer;
 //! - `export`: issue 14's `GET /v1/export` (a business's decisions as NDJSON or CSV, streamed).
 //! - `consent_requests` (issue 13): `POST /v1/consent-requests`, registering the consent
 //!   requests a team sent (JSON, API key with the `register` scope).
+//! - `callable` (issue 13): `GET /v1/callable`, a business's calling list as JSON or CSV,
+//!   streamed, for dialers that load lists over REST.
 //!
 //! A webhook is answered 200 only after its decision is stored; a refused request stores
 //! nothing.
@@ -33,6 +36,7 @@
 
 mod api_error;
 mod body;
+mod callable;
 mod check_api;
 mod check_json;
 mod consent_requests;
@@ -60,6 +64,7 @@ pub use error::WebhookError;
 pub use webhooks::WebhookSecurity;
 
 use crate::accept::{AcceptPolicy, serve_connections};
+use crate::calling_list::CallingLists;
 use crate::checks::Checker;
 use crate::clock::Clock;
 use crate::consent_requests::ConsentRequests;
@@ -84,7 +89,8 @@ pub struct HttpState {
     pub clock: Clock,
     /// TLS for this port; `None`: plain TCP.
     pub tls: Option<Arc<TlsPort>>,
-    /// issue 13: the API clients of the JSON checks (the gRPC API's).
+    /// issue 13: the API clients of the port's API endpoints (the gRPC API's keys, scopes and
+    /// businesses): the JSON checks, `/v1/consent-requests`, `/v1/callable`.
     pub auth: Arc<AuthSource>,
     /// The compliance console: its sessions and overview cache.
     pub console: Console,
@@ -94,6 +100,8 @@ pub struct HttpState {
     pub batches: Arc<tokio::sync::Semaphore>,
     /// issue 13: consent requests (`POST /v1/consent-requests`).
     pub requests: Arc<ConsentRequests>,
+    /// Issue 13: the calling lists.
+    pub lists: CallingLists,
 }
 
 /// Slow-client and connection limits of the port.

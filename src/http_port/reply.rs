@@ -1,7 +1,5 @@
 //! What a handler answers: a response, and what the request counts as.
 
-use std::convert::Infallible;
-
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -61,6 +59,16 @@ impl Reply {
         }
     }
 
+    /// Issue 13: a calling list (`GET /v1/callable`), whole or streamed. Not counted in
+    /// `callgate_http_api_requests_total` (its routes are the JSON checks'); its refusals are
+    /// logged in the request's span and its store failures counted as `op="list"`.
+    pub fn list(response: Response<Body>) -> Self {
+        Reply {
+            response,
+            counted: Counted::Not,
+        }
+    }
+
     /// An answer of the JSON API (possibly streamed).
     pub fn api(outcome: ApiOutcome, response: Response<Body>) -> Self {
         Reply {
@@ -72,7 +80,10 @@ impl Reply {
 
 /// A whole answer as the port's [`Body`].
 pub(super) fn boxed(response: Response<Full<Bytes>>) -> Response<Body> {
-    response.map(|b| b.map_err(|never: Infallible| match never {}).boxed_unsync())
+    response.map(|b| {
+        b.map_err(|never: std::convert::Infallible| match never {})
+            .boxed_unsync()
+    })
 }
 
 /// A JSON answer.

@@ -12,6 +12,7 @@
 //! | POST   | `/v1/check-batch`      | [`check_api::check_batch`]           |
 //! | GET    | `/v1/export`           | [`export::export`] (issue 14)        |
 //! | POST   | `/v1/consent-requests` | [`consent_requests::register`] (issue 13) |
+//! | GET    | `/v1/callable`         | [`callable::list`] (issue 13)        |
 //! | any    | `/console...`          | [`console::handle`] (its own table)  |
 //!
 //! Another method on one of these paths is 405, any other path 404. Every request runs in one
@@ -31,7 +32,8 @@ use tracing::field::Empty;
 use super::api_error::CheckApiError;
 use super::reply::{Body, Counted, Reply, boxed};
 use super::{
-    HttpState, WebhookError, check_api, consent_requests, console, export, probes, webhooks,
+    HttpState, WebhookError, callable, check_api, consent_requests, console, export, probes,
+    webhooks,
 };
 use crate::metrics::{ApiRoute, Route, StoreOp};
 
@@ -51,10 +53,12 @@ enum Endpoint {
     /// issue 13
     ConsentRequests,
     Console(console::Page),
+    /// Issue 13: a calling list.
+    Callable,
 }
 
 /// The paths the port serves: the `route` of a request's span (`other` for anything else).
-const PATHS: [&str; 9] = [
+const PATHS: [&str; 10] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -64,6 +68,7 @@ const PATHS: [&str; 9] = [
     "/v1/check-batch",
     "/v1/export",
     "/v1/consent-requests",
+    "/v1/callable",
 ];
 
 /// The table: which endpoint answers `method` on `path`.
@@ -84,6 +89,7 @@ fn resolve(method: &Method, path: &str) -> Result<Endpoint, WebhookError> {
         (&Method::POST, "/v1/check-batch") => Ok(Endpoint::CheckBatch),
         (&Method::GET, "/v1/export") => Ok(Endpoint::Export),
         (&Method::POST, "/v1/consent-requests") => Ok(Endpoint::ConsentRequests),
+        (&Method::GET, "/v1/callable") => Ok(Endpoint::Callable),
         (_, p) if PATHS.contains(&p) => Err(WebhookError::MethodNotAllowed),
         (_, p) => Err(WebhookError::NotFound(p.to_owned())),
     }
@@ -184,6 +190,7 @@ async fn answer(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
         Ok(Endpoint::Export) => Err(WebhookError::MethodNotAllowed),
         Ok(Endpoint::ConsentRequests) => consent_requests::register(state, req).await,
         Ok(Endpoint::Console(_)) => Err(WebhookError::MethodNotAllowed),
+        Ok(Endpoint::Callable) => Ok(callable::list(state, &req).await),
         Err(e) => Err(e),
     };
     let (response, counted) = match result {
@@ -225,7 +232,7 @@ mod tests {
     #[test]
     fn the_table_routes_methods_and_paths() {
         use Endpoint::*;
-        let cases: [(Method, &str, Result<Endpoint, &str>); 16] = [
+        let cases: [(Method, &str, Result<Endpoint, &str>); 18] = [
             (Method::GET, "/healthz", Ok(Healthz)),
             (Method::GET, "/readyz", Ok(Readyz)),
             (Method::GET, "/metrics", Ok(Metrics)),
@@ -246,6 +253,8 @@ mod tests {
             (Method::GET, "/healthz/", Err("not_found")),
             (Method::GET, "/v1/export", Ok(Export)),
             (Method::POST, "/v1/export", Err("method_not_allowed")),
+            (Method::GET, "/v1/callable", Ok(Callable)),
+            (Method::POST, "/v1/callable", Err("method_not_allowed")),
         ];
         for (method, path, want) in cases {
             let got = resolve(&method, path).map_err(|e| e.status().1.label());

@@ -80,7 +80,8 @@ impl WebhookSecurity {
     }
 }
 
-/// Checks the content type and reads the body within the webhook size and time limits.
+/// Checks the content type and reads the body within the webhook size and time limits (also
+/// `POST /v1/consent-requests`'s).
 pub(super) async fn read_json_body(
     req: Request<Incoming>,
     limits: &HttpLimits,

@@ -8,6 +8,7 @@
 //! The event log is a single shard.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -18,9 +19,9 @@ use tokio::sync::watch;
 use super::records::{RecordedDecision, RecordsPage, RecordsPosition, RecordsRange, TimeField};
 use super::webhooks::MemoryWebhooks;
 use super::{
-    ConsentStore, Cursor, CursorError, DeliveryConflict, HistoryPage, Lease, LoggedEvent, Progress,
-    RecordOutcome, RegisterOutcome, RequestPolicy, StoreError, StreamId, WebhookRecord,
-    check_deliveries, records,
+    CallablePage, CallablePosition, ConsentStore, Cursor, CursorError, DeliveryConflict,
+    HistoryPage, Lease, LoggedEvent, Progress, RecordOutcome, RegisterOutcome, RequestPolicy,
+    StoreError, StreamId, WebhookRecord, callable, check_deliveries, records,
 };
 use crate::domain::attribution::{attribute, budget, fits, late_attribution};
 use crate::domain::{
@@ -80,6 +81,9 @@ struct State {
     /// issue 13: registered consent requests per pair, by request message id. Pruned past
     /// their retention when the pair registers again.
     requests: HashMap<Pair, HashMap<String, ConsentRequest>>,
+    /// Issue 13: per business, the customers whose current decision is a grant (possibly
+    /// lapsed, until the sweep claims it): the calling lists' index, in digit order.
+    callable: HashMap<PhoneNumber, BTreeSet<PhoneNumber>>,
 }
 
 impl MemoryStore {
@@ -194,11 +198,31 @@ impl State {
                     .insert((expires_at.timestamp_millis(), pair.clone()));
             }
             self.current.insert(pair.clone(), decision.clone());
+            // Issue 13: the calling lists' index follows the current decision.
+            match decision.choice {
+                Choice::Deny => self.unlist(pair),
+                Choice::GrantPermanent | Choice::GrantTemporary { .. } => {
+                    self.callable
+                        .entry(pair.business.clone())
+                        .or_default()
+                        .insert(pair.customer.clone());
+                }
+            }
             if let Some(event) = ConsentEvent::for_applied(decision, received_at) {
                 self.append(event, received_at, config);
             }
         }
         Ok(outcome)
+    }
+
+    /// Issue 13: takes `pair` off its business's calling-list index.
+    fn unlist(&mut self, pair: &Pair) {
+        if let Some(customers) = self.callable.get_mut(&pair.business) {
+            customers.remove(&pair.customer);
+            if customers.is_empty() {
+                self.callable.remove(&pair.business);
+            }
+        }
     }
 }
 
@@ -441,6 +465,7 @@ impl ConsentStore for MemoryStore {
                 if let Some(d) = state.current.get(&pair).cloned()
                     && matches!(d.choice, Choice::GrantTemporary { .. })
                 {
+                    state.unlist(&pair);
                     let event = ConsentEvent {
                         kind: EventKind::Expired,
                         decision: d,
@@ -539,5 +564,65 @@ impl ConsentStore for MemoryStore {
     async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
         self.webhooks.release(id, holder, token);
         Ok(())
+    }
+
+    // ---- issue 13 (calling lists) ----
+
+    async fn callable_page(
+        &self,
+        business: &PhoneNumber,
+        from: &CallablePosition,
+        limit: usize,
+        keep: callable::Keep<'_>,
+    ) -> Result<CallablePage, StoreError> {
+        let limit = limit.max(1);
+        // One shard: a position past it is the end.
+        if from.shard > 0 {
+            return Ok(CallablePage {
+                entries: Vec::new(),
+                next: None,
+            });
+        }
+        let state = self.read();
+        let Some(customers) = state.callable.get(business) else {
+            return Ok(CallablePage {
+                entries: Vec::new(),
+                next: None,
+            });
+        };
+        let lower = from
+            .after
+            .as_ref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let mut entries = Vec::new();
+        let mut last = None;
+        for customer in customers
+            .range((lower, Bound::Unbounded))
+            .take(callable::scan_budget(limit))
+        {
+            let pair = Pair::new(business.clone(), customer.clone());
+            if let Some(d) = state.current.get(&pair)
+                && keep(d)
+            {
+                entries.push(d.clone());
+            }
+            last = Some(customer);
+            if entries.len() == limit {
+                break;
+            }
+        }
+        // More to read if something follows the last customer read.
+        let next = last
+            .filter(|l| {
+                customers
+                    .range((Bound::Excluded(*l), Bound::Unbounded))
+                    .next()
+                    .is_some()
+            })
+            .map(|l| CallablePosition {
+                shard: 0,
+                after: Some(l.clone()),
+            });
+        Ok(CallablePage { entries, next })
     }
 }

@@ -20,6 +20,7 @@
 //!
 //! [`arbitrate`]: crate::domain::arbitrate
 
+pub mod callable;
 pub mod cursor;
 pub mod memory;
 pub mod records;
@@ -32,10 +33,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Budget, ChainLink, ConsentEvent, ConsentRequest, Decision, HistoryEntry, Pair, Redelivery,
-    RequestLimit, Subscription, redelivery,
+    Budget, ChainLink, ConsentEvent, ConsentRequest, Decision, HistoryEntry, Pair, PhoneNumber,
+    Redelivery, RequestLimit, Subscription, redelivery,
 };
 
+pub use callable::{CallablePage, CallablePosition};
 pub use cursor::{Cursor, CursorError, StreamId};
 pub use records::{RecordedDecision, RecordsPage, RecordsPosition, RecordsRange, TimeField};
 pub use webhooks::{Lease, Progress, WebhookRecord};
@@ -349,6 +351,21 @@ pub trait ConsentStore: Send + Sync + 'static {
     /// Gives the lease up (if `holder` still holds it with `token`), so another replica may
     /// take over at once.
     async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError>;
+    // ---- issue 13: calling lists (see `callable`) ----
+
+    /// One page of `business`'s calling list from `from`: the current decisions of the pairs
+    /// in the business's index of possibly-callable pairs that `keep` admits, at most `limit`
+    /// (at least one) of them, in list order. Reads at most
+    /// [`callable::scan_budget`]`(limit)` index entries, so a page may hold fewer than
+    /// `limit` (even none) and still have a `next`. Memory and work are bounded by `limit`,
+    /// whatever the size of the business.
+    async fn callable_page(
+        &self,
+        business: &PhoneNumber,
+        from: &CallablePosition,
+        limit: usize,
+        keep: callable::Keep<'_>,
+    ) -> Result<CallablePage, StoreError>;
 }
 
 /// A cursor pointing just before the first event logged at or after `since`.

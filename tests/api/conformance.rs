@@ -23,9 +23,9 @@ use callgate::domain::{
 use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::store::{
-    ConsentStore, Cursor, CursorError, Lease, LoggedEvent, Progress, RecordOutcome,
-    RecordedDecision, RecordsPosition, RecordsRange, RegisterOutcome, RequestPolicy, StoreError,
-    StreamId, TimeField, WebhookRecord, cursor_at,
+    CallablePosition, ConsentStore, Cursor, CursorError, Lease, LoggedEvent, Progress,
+    RecordOutcome, RecordedDecision, RecordsPosition, RecordsRange, RegisterOutcome, RequestPolicy,
+    StoreError, StreamId, TimeField, WebhookRecord, cursor_at,
 };
 
 use crate::cluster_harness::RedisCluster;
@@ -1633,6 +1633,181 @@ pub async fn issue17_webhook_lease_is_exclusive_and_fenced(b: &dyn Backend) {
     ));
 }
 
+// ---- issue 13: calling lists ------------------------------------------------------------
+
+/// Every entry of `business`'s calling list that `keep` admits, read in pages of `limit`
+/// (bounded number of pages), with the size of each page.
+async fn list_all(
+    store: &dyn ConsentStore,
+    business: &PhoneNumber,
+    limit: usize,
+    keep: &(dyn Fn(&Decision) -> bool + Send + Sync),
+) -> (Vec<Decision>, Vec<usize>) {
+    let mut pos = CallablePosition::start();
+    let mut all = Vec::new();
+    let mut sizes = Vec::new();
+    for _ in 0..1000 {
+        let page = store
+            .callable_page(business, &pos, limit, keep)
+            .await
+            .expect("callable_page");
+        assert!(page.entries.len() <= limit, "page larger than asked");
+        sizes.push(page.entries.len());
+        all.extend(page.entries);
+        match page.next {
+            Some(next) => {
+                assert_ne!(next, pos, "a page must move the position");
+                pos = next;
+            }
+            None => return (all, sizes),
+        }
+    }
+    panic!("calling list did not end");
+}
+
+fn live_at(at: DateTime<Utc>) -> impl Fn(&Decision) -> bool + Send + Sync {
+    move |d: &Decision| evaluate(Some(d.clone()), at).allowed()
+}
+
+fn sorted_customers(decisions: &[Decision]) -> Vec<String> {
+    let mut c: Vec<String> = decisions
+        .iter()
+        .map(|d| d.pair.customer.to_string())
+        .collect();
+    c.sort();
+    c
+}
+
+pub async fn issue13_calling_list_holds_exactly_the_live_grants(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let business = phone("+919000000000");
+    let mut decisions = Vec::new();
+    // 0..4: permanent grants; 4: a live 7-day grant; 5: denied; 6: granted then denied;
+    // 7: denied then granted; 8: a grant that lapsed already (the sweep has not run).
+    for n in 0..4 {
+        decisions.push(decision(
+            &pair(n),
+            Choice::GrantPermanent,
+            t - ms(100),
+            &format!("p{n}"),
+        ));
+    }
+    let live_temp = decision(&pair(4), temporary(t + ms(600_000)), t - ms(100), "t4");
+    decisions.push(live_temp.clone());
+    decisions.push(decision(&pair(5), Choice::Deny, t - ms(100), "d5"));
+    decisions.push(decision(
+        &pair(6),
+        Choice::GrantPermanent,
+        t - ms(300),
+        "g6",
+    ));
+    decisions.push(decision(&pair(6), Choice::Deny, t - ms(200), "d6"));
+    decisions.push(decision(&pair(7), Choice::Deny, t - ms(300), "d7"));
+    decisions.push(decision(
+        &pair(7),
+        Choice::GrantPermanent,
+        t - ms(200),
+        "g7",
+    ));
+    decisions.push(decision(&pair(8), temporary(t - ms(50)), t - ms(900), "t8"));
+    // Another business's grant is never on this business's list.
+    let other = Pair::new(phone("+919111111111"), phone("+919876500001"));
+    decisions.push(decision(&other, Choice::GrantPermanent, t - ms(100), "o1"));
+    for d in &decisions {
+        store.record(std::slice::from_ref(d), t).await.unwrap();
+    }
+    let (listed, _) = list_all(&*store, &business, 3, &live_at(t)).await;
+    let want: Vec<String> = [0, 1, 2, 3, 4, 7]
+        .iter()
+        .map(|n| pair(*n).customer.to_string())
+        .collect();
+    assert_eq!(sorted_customers(&listed), want);
+    // Each entry is the authoritative current decision, evidence and all.
+    let temp = listed.iter().find(|d| d.pair == pair(4)).unwrap();
+    assert_eq!(temp, &live_temp);
+    for d in &listed {
+        assert_eq!(store.current(&d.pair).await.unwrap().as_ref(), Some(d));
+    }
+    // The lapsed grant is still in the index until the sweep claims it; a reader's clock
+    // filters it out meanwhile (above). After the claim it is gone from the index too.
+    let (everything, _) = list_all(&*store, &business, 100, &|_| true).await;
+    assert!(everything.iter().any(|d| d.pair == pair(8)));
+    assert!(store.claim_expired(t).await.unwrap() >= 1);
+    let (everything, _) = list_all(&*store, &business, 100, &|_| true).await;
+    assert!(!everything.iter().any(|d| d.pair == pair(8)));
+    assert_eq!(sorted_customers(&everything), want);
+    // A 7-day grant leaves the list at its instant, whatever the sweep did.
+    let (at_expiry, _) = list_all(&*store, &business, 100, &live_at(t + ms(600_000))).await;
+    assert!(!at_expiry.iter().any(|d| d.pair == pair(4)));
+    assert_eq!(at_expiry.len(), want.len() - 1);
+    // A business with no grant has an empty list.
+    let (none, sizes) = list_all(&*store, &phone("+919222222222"), 10, &live_at(t)).await;
+    assert!(none.is_empty(), "{sizes:?}");
+}
+
+pub async fn issue13_calling_list_pages_cover_each_pair_once(b: &dyn Backend) {
+    let store = b.store();
+    let t = now();
+    let business = phone("+919000000000");
+    let batch: Vec<Decision> = (0..120)
+        .map(|n| {
+            decision(
+                &pair(n),
+                Choice::GrantPermanent,
+                t - ms(10),
+                &format!("g{n}"),
+            )
+        })
+        .collect();
+    store.record(&batch, t).await.unwrap();
+    let want = sorted_customers(&batch);
+    for limit in [1, 7, 1000] {
+        let (listed, _) = list_all(&*store, &business, limit, &live_at(t)).await;
+        let got: Vec<String> = listed.iter().map(|d| d.pair.customer.to_string()).collect();
+        let mut dedup = got.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(
+            dedup.len(),
+            got.len(),
+            "a pair listed twice (limit {limit})"
+        );
+        assert_eq!(dedup, want, "limit {limit}");
+    }
+    // A narrow predicate: short pages, still every admitted pair once, none other.
+    let odd = |d: &Decision| {
+        d.pair
+            .customer
+            .digits()
+            .ends_with(['1', '3', '5', '7', '9'])
+    };
+    let (listed, _) = list_all(&*store, &business, 10, &odd).await;
+    let want_odd: Vec<String> = want
+        .iter()
+        .filter(|c| c.ends_with(['1', '3', '5', '7', '9']))
+        .cloned()
+        .collect();
+    assert_eq!(sorted_customers(&listed), want_odd);
+    // A page that stops mid-way is resumed from its position, not from the start.
+    let first = store
+        .callable_page(&business, &CallablePosition::start(), 50, &live_at(t))
+        .await
+        .unwrap();
+    assert_eq!(first.entries.len(), 50);
+    let second = store
+        .callable_page(&business, first.next.as_ref().unwrap(), 50, &live_at(t))
+        .await
+        .unwrap();
+    assert!(second.entries.iter().all(|d| !first.entries.contains(d)));
+    // Denying a listed pair takes it off the list.
+    let denied = decision(&pair(3), Choice::Deny, t, "deny3");
+    store.record(&[denied], t).await.unwrap();
+    let (listed, _) = list_all(&*store, &business, 1000, &live_at(t)).await;
+    assert_eq!(listed.len(), 119);
+    assert!(!listed.iter().any(|d| d.pair == pair(3)));
+}
+
 /// Runs every listed test function against both stores.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1704,4 +1879,6 @@ conformance!(
     issue13_no_reply_is_missed_when_replies_race_the_registration,
     issue17_webhook_records_round_trip_and_changes_are_versioned,
     issue17_webhook_lease_is_exclusive_and_fenced,
+    issue13_calling_list_holds_exactly_the_live_grants,
+    issue13_calling_list_pages_cover_each_pair_once,
 );

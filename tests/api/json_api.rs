@@ -809,6 +809,16 @@ impl ConsentStore for FailingReads {
     async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
         self.inner.webhook_release(id, holder, token).await
     }
+
+    async fn callable_page(
+        &self,
+        business: &callgate::domain::PhoneNumber,
+        from: &callgate::store::CallablePosition,
+        limit: usize,
+        keep: callgate::store::callable::Keep<'_>,
+    ) -> Result<callgate::store::CallablePage, StoreError> {
+        self.inner.callable_page(business, from, limit, keep).await
+    }
 }
 
 fn failing_after(ok_reads: usize) -> Arc<FailingReads> {

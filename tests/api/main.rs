@@ -9,6 +9,7 @@ mod redis_harness;
 
 mod api_auth;
 mod attribution;
+mod calling_list;
 mod check;
 mod cli;
 mod cluster;
@@ -28,5 +29,6 @@ mod replicas;
 mod resume;
 mod security;
 mod stream;
+mod team_workflow;
 mod tls;
 mod transport_limits;

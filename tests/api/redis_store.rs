@@ -528,9 +528,10 @@ async fn keys_of_one_decision_share_a_hash_tag_and_pairs_spread_over_shards() {
     );
     store.record(&[temp], t).await.unwrap();
     let keys = all_keys(&mut conn).await;
-    // consent, lapse record, history, dedup hash, stream, due index, and (issue 14) the
-    // business's records index of the shard by received and by event time.
-    assert_eq!(keys.len(), 8, "{keys:?}");
+    // consent, lapse record, history, dedup hash, stream, due index, (issue 14) the
+    // business's records index of the shard by received and by event time, and (issue 13)
+    // the business's calling-list index in the pair's shard.
+    assert_eq!(keys.len(), 9, "{keys:?}");
     let tags: BTreeSet<&str> = keys.iter().map(|k| hash_tag(k)).collect();
     assert_eq!(tags.len(), 1, "{keys:?}");
     assert!(tags.iter().all(|t| t.starts_with("callgate:s")), "{tags:?}");
@@ -668,6 +669,12 @@ async fn the_memory_report_counts_this_prefixs_keys_by_kind() {
         .filter(|d| matches!(d.choice, Choice::GrantTemporary { .. }))
         .map(|d| Keys::new("callgate").pair(&d.pair).shard)
         .collect();
+    // Issue 13: one calling-list index per (shard, business) holding a grant.
+    let granted_shards: BTreeSet<usize> = decisions
+        .iter()
+        .filter(|d| !matches!(d.choice, Choice::Deny))
+        .map(|d| Keys::new("callgate").pair(&d.pair).shard)
+        .collect();
 
     let report = store.memory_report(3, 1).await.unwrap();
     let mut conn = raw(&server).await;
@@ -691,6 +698,7 @@ async fn the_memory_report_counts_this_prefixs_keys_by_kind() {
             ("due", temporary_shards.len() as u64),
             ("e", shards.len() as u64),
             ("h", 40),
+            ("l", granted_shards.len() as u64),
             ("x", 10),
         ]
     );

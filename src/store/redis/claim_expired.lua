@@ -64,6 +64,13 @@ for i = 1, #due, 2 do
       redis.call('XADD', KEYS[2], 'MINID', '=', minid, next_event_id(KEYS[2]), 'k', 'e', 'd',
         member .. ':' .. cur.body)
       published = published + 1
+      -- issue 13 (calling lists): the lapsed grant leaves its business's calling-list
+      -- index `l:<business>` (same shard, same slot), member = the customer's digits.
+      local business, customer = string.match(member, '^(%d+):(%d+)$')
+      if business then
+        redis.call('ZREM', ARGV[3] .. 'l:' .. business, customer)
+      end
+      -- end issue 13 (calling lists)
     end
   end
 end

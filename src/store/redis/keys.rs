@@ -26,6 +26,9 @@
 //! {callgate:s07-3}:r:<business>:<customer>  issue 13: registered consent requests (HASH
 //!                                           request message id → registration; PEXPIRE)
 //! {callgate:s07-3}:q:<business>:<customer>  issue 13: their send times (ZSET id → sent ms)
+//! {callgate:s07-3}:l:<business>             issue 13: the business's customers in this shard
+//!                                           whose current decision is a grant (ZSET, score
+//!                                           0, member = customer digits, read BYLEX)
 //! ```
 //!
 //! # How the hash tags are chosen: an even spread over a default 3-master cluster
@@ -265,6 +268,12 @@ impl Keys {
         }
     }
 
+    /// Issue 13: the calling-list index of `business`'s pairs in `shard` (see
+    /// `store/redis/callable.rs`).
+    pub fn callable(&self, shard: usize, business: &PhoneNumber) -> String {
+        format!("{}l:{}", self.shard_prefix(shard), business.digits())
+    }
+
     /// A `SCAN … MATCH` pattern for every key of every shard under this prefix (the prefix's
     /// glob characters escaped). It may also match another prefix that begins with this one
     /// and `:s`; [`kind_of`](Self::kind_of) tells those apart.
@@ -282,7 +291,7 @@ impl Keys {
     }
 
     /// The kind of one of this prefix's keys: its name after the shard's hash tag, up to the
-    /// next `:` (`c`, `x`, `h`, `e`, `due`, `trimmed`). `None` for any other key.
+    /// next `:` (`c`, `x`, `h`, `e`, `due`, `trimmed`, `l`). `None` for any other key.
     pub fn kind_of<'k>(&self, key: &'k str) -> Option<&'k str> {
         let rest = self
             .shard_prefixes

@@ -12,7 +12,8 @@
 //! `connection` (standalone connections) and [`cluster`] (Redis Cluster connections), `events`
 //! (reading the sharded event log), `error` (redis-rs errors to `StoreError`), `reply` (reply
 //! shapes), `inspect` (memory report), `webhooks` (issue 17: outbound webhook subscriptions, their
-//! lease and fenced cursor, with the `webhook_*.lua` scripts).
+//! lease and fenced cursor, with the `webhook_*.lua` scripts), `callable` (issue 13: reading the
+//! calling lists' per-business index).
 //!
 //! # Key layout: sharded, cluster-ready
 //!
@@ -180,6 +181,7 @@
 //! also refused as misconfigured (the error says so): callgate does not run on an unverified
 //! policy.
 
+mod callable;
 pub mod cluster;
 pub mod codec;
 mod config;

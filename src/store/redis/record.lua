@@ -39,6 +39,10 @@
 -- -- issue 13 (attribution):
 -- KEYS[10] requests    {p:sNN}:r:<pair>  HASH request message id -> registration
 -- ARGV[14] the reply's paired message id ('' if none)
+-- issue 13 (calling lists):
+-- KEYS[11] calling-list index {p:sNN}:l:<business>  ZSET of the business's customers (in
+--                                        this shard) whose current decision is a grant
+-- ARGV[15] the customer's digits (the index member)
 -- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written), 4 chain tip moved (nothing is written).
 
@@ -174,6 +178,16 @@ else
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[5], ARGV[6])
 end
+
+-- issue 13 (calling lists): the index follows the current decision. A grant (even one
+-- already lapsed: the sweep's claim removes it, and readers filter by their clock) is listed,
+-- a denial is not.
+if new.r == 2 then
+  redis.call('ZREM', KEYS[11], ARGV[15])
+else
+  redis.call('ZADD', KEYS[11], 0, ARGV[15])
+end
+-- end issue 13 (calling lists)
 
 if ARGV[4] ~= '' then
   local min = now - tonumber(ARGV[5])

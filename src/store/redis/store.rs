@@ -18,11 +18,14 @@ use super::records_chain::{ChainPlan, MAX_CHAIN_RETRIES, Recorded, next_round};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
-use crate::domain::{Budget, Choice, ConsentEvent, ConsentRequest, Decision, Pair, Subscription};
+use crate::domain::{
+    Budget, Choice, ConsentEvent, ConsentRequest, Decision, Pair, PhoneNumber, Subscription,
+};
 use crate::store::{
-    ConsentStore, Cursor, DeliveryConflict, HistoryPage, Lease, LoggedEvent, Progress,
-    RecordOutcome, RecordsPage, RecordsPosition, RecordsRange, RegisterOutcome, RequestPolicy,
-    StoreError, StreamId, WebhookRecord, check_deliveries,
+    CallablePage, CallablePosition, ConsentStore, Cursor, DeliveryConflict, HistoryPage, Lease,
+    LoggedEvent, Progress, RecordOutcome, RecordsPage, RecordsPosition, RecordsRange,
+    RegisterOutcome, RequestPolicy, StoreError, StreamId, WebhookRecord, callable,
+    check_deliveries,
 };
 
 /// Lapsed grants claimed per shard per script call, so one call never blocks Redis for long.
@@ -91,7 +94,7 @@ impl RedisStore {
     /// record (a temporary grant whose consent key expired natively), else no decision. The two
     /// must agree (the lapse record exists exactly while the current decision is a temporary
     /// grant, and then holds the same value); anything else is corrupt, never a default.
-    fn decode_current(
+    pub(super) fn decode_current(
         pair: &Pair,
         consent: Option<Vec<u8>>,
         lapse: Option<Vec<u8>>,
@@ -269,6 +272,11 @@ impl RedisStore {
             invocation
                 .key(self.keys.requests(&decision.pair).requests)
                 .arg(&decision.evidence.paired_message_id);
+            // issue 13 (calling lists): the business's calling-list index in this shard
+            // (KEYS[11]); its member, the customer (ARGV[15]).
+            invocation
+                .key(self.keys.callable(k.shard, &decision.pair.business))
+                .arg(decision.pair.customer.digits());
             pipe.invoke_script(&invocation);
             if atomic {
                 pipe.ignore(); // `QUEUED`; the results come with EXEC.
@@ -847,5 +855,16 @@ impl ConsentStore for RedisStore {
 
     async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
         self.webhook_release_impl(id, holder, token).await
+    }
+
+    async fn callable_page(
+        &self,
+        business: &PhoneNumber,
+        from: &CallablePosition,
+        limit: usize,
+        keep: callable::Keep<'_>,
+    ) -> Result<CallablePage, StoreError> {
+        // Issue 13: see store/redis/callable.rs.
+        self.read_callable_page(business, from, limit, keep).await
     }
 }
