@@ -46,8 +46,20 @@ use crate::domain::{ChainLink, Decision, GENESIS, Hash, HistoryEntry, HistoryOut
 use crate::store::records::{self, RecordedDecision, RecordsPage, RecordsPosition, RecordsRange};
 use crate::store::{RecordOutcome, StoreError};
 
-/// Rounds in which some pair's history moved before a record call gives up.
-pub(super) const MAX_CHAIN_RETRIES: usize = 8;
+/// Rounds in which some pair's history moved before a record call gives up. Writers of one
+/// pair that race each lose at most one round to each other, so this bounds how many may race
+/// (a customer's own deliveries: a handful) with room to spare.
+pub(super) const MAX_CHAIN_RETRIES: usize = 48;
+
+/// A short random pause (up to `round` ms, at most 16 ms) before a writer that lost a race
+/// for a pair's history tries again, so racing writers spread out instead of colliding again
+/// in lockstep. Shared by the record rounds and the registrations (`requests.rs`).
+pub(super) async fn contention_pause(round: usize) {
+    use std::hash::BuildHasher;
+    let cap = round.clamp(1, 16) as u64;
+    let spread = std::collections::hash_map::RandomState::new().hash_one(round) % (cap * 1000);
+    tokio::time::sleep(std::time::Duration::from_micros(spread)).await;
+}
 
 /// What recording one decision in a round did.
 pub(super) enum Recorded {

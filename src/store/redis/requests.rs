@@ -34,7 +34,7 @@ fn limits_arg(policy: &RequestPolicy) -> String {
 }
 
 /// Registration attempts when replies keep landing between reading the history and the script.
-const MAX_ATTEMPTS: usize = 5;
+const MAX_ATTEMPTS: usize = super::records_chain::MAX_CHAIN_RETRIES;
 
 fn millis(ms: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt_reply("request time"))
@@ -47,10 +47,11 @@ impl RedisStore {
         now: DateTime<Utc>,
         policy: &RequestPolicy,
     ) -> Result<RegisterOutcome, StoreError> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 1..=MAX_ATTEMPTS {
             if let Some(outcome) = self.register_once(request, now, policy).await? {
                 return Ok(outcome);
             }
+            super::records_chain::contention_pause(attempt).await;
         }
         Err(StoreError::Unavailable(format!(
             "the customer's history kept changing during {MAX_ATTEMPTS} registration attempts; \

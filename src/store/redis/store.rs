@@ -14,7 +14,7 @@ use super::codec;
 use super::connection::Verdict;
 use super::error::{corrupt_reply, is_reply_error, map_error, unverifiable_policy};
 use super::keys::{self, Keys};
-use super::records_chain::{ChainPlan, MAX_CHAIN_RETRIES, Recorded, next_round};
+use super::records_chain::{ChainPlan, MAX_CHAIN_RETRIES, Recorded, contention_pause, next_round};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
@@ -488,6 +488,7 @@ impl ConsentStore for RedisStore {
                          record; not acknowledged, the sender will retry"
                     )));
                 }
+                contention_pause(moved_rounds).await;
             }
         }
         Ok(out
