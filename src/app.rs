@@ -14,6 +14,7 @@ use tonic::service::Routes;
 use tracing::Instrument;
 
 use crate::calling_list::CallingLists;
+use crate::check_cache::CheckCache;
 use crate::checks::Checker;
 use crate::clock::Clock;
 use crate::config::{Config, ENV_TLS_CERT, ENV_TLS_KEY};
@@ -118,11 +119,24 @@ pub async fn run(
         ));
     }
     let metrics = Arc::new(Metrics::default());
+    // Issue 16: one check cache per replica, fed by the fan-out tailer and shared by both
+    // front ends' checks through one `Checker`.
+    let cache = config.check_cache.enabled.then(|| {
+        Arc::new(CheckCache::new(
+            &config.check_cache,
+            store.shards(),
+            clock,
+            metrics.clone(),
+        ))
+    });
+    let checker =
+        Arc::new(Checker::new(store.clone(), clock, metrics.clone()).with_cache(cache.clone()));
     let (hub, tailer) = Hub::start(
         store.clone(),
         HubConfig {
             checkpoint: config.checkpoint_interval,
             ring_capacity: RING_CAPACITY,
+            cache,
         },
         metrics.clone(),
         stop.clone(),
@@ -206,7 +220,7 @@ pub async fn run(
         auth: auth.clone(),
         requests: requests.clone(),
         console: Console::new(tls.is_some()),
-        checker: Arc::new(Checker::new(store.clone(), clock, metrics.clone())),
+        checker: checker.clone(),
         batches: Arc::new(Semaphore::new(http_port::MAX_BATCHES_IN_FLIGHT)),
         lists: lists.clone(),
     });
@@ -229,7 +243,8 @@ pub async fn run(
     )
     .with_attribution(requests.clone(), config.attribution.unattributed)
     .with_outbound(outbound)
-    .with_calling_lists(lists);
+    .with_calling_lists(lists)
+    .with_checker(checker);
     let api = Traced::new(Guard::new(api.into_server(), auth, metrics));
     let routes = Routes::new(health_service)
         .add_service(reflection)

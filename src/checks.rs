@@ -11,11 +11,18 @@
 //!
 //! What it returns is domain values ([`Checked`]) and [`CheckError`]; each front end turns
 //! them into its own wire format and status at its edge.
+//!
+//! Issue 16: with the replica's [`CheckCache`], a check whose pair is cached in a fresh shard
+//! is answered from memory (still evaluated at the clock's now); a miss reads the store (one
+//! `current_each` for a batch's misses) and fills the cache with the stamp taken *before*
+//! the read. A check may ask for an answer at least as fresh as a token ([`Freshness`]:
+//! `at_least_as_fresh`), parsed here for both front ends ([`Checker::freshness`]).
 
 use std::sync::Arc;
 
+use crate::check_cache::{CheckCache, Freshness, Lookup, Stamp};
 use crate::clock::Clock;
-use crate::domain::{Pair, PhoneError, PhoneNumber, Verdict, evaluate};
+use crate::domain::{Decision, Pair, PhoneError, PhoneNumber, Verdict, evaluate};
 use crate::grpc_api::auth::Caller;
 use crate::metrics::{CheckAnswer, Metrics, RefusalReason, StoreOp};
 use crate::store::{ConsentStore, StoreError};
@@ -38,6 +45,12 @@ pub enum CheckError {
     /// The store did not answer for this pair: never an answer, always an error.
     #[error(transparent)]
     Store(StoreError),
+    /// Issue 16: `field` is not a consistency token.
+    #[error("{field}: {message}")]
+    Token {
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl CheckError {
@@ -48,6 +61,7 @@ impl CheckError {
             CheckError::Phone { .. } => tonic::Code::InvalidArgument,
             CheckError::OtherBusiness { .. } => tonic::Code::PermissionDenied,
             CheckError::Store(_) => tonic::Code::Unavailable,
+            CheckError::Token { .. } => tonic::Code::InvalidArgument,
         }
     }
 
@@ -58,25 +72,27 @@ impl CheckError {
             CheckError::Phone { .. } => Some(CheckAnswer::InvalidArgument),
             CheckError::OtherBusiness { .. } => None,
             CheckError::Store(_) => Some(CheckAnswer::Unavailable),
+            CheckError::Token { .. } => Some(CheckAnswer::InvalidArgument),
         }
     }
 
     /// The field at fault, for errors that have one.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            CheckError::Phone { field, .. } | CheckError::OtherBusiness { field, .. } => {
-                Some(field)
-            }
+            CheckError::Phone { field, .. }
+            | CheckError::OtherBusiness { field, .. }
+            | CheckError::Token { field, .. } => Some(field),
             CheckError::Store(_) => None,
         }
     }
 }
 
-/// An answered check: the pair (normalised) and the verdict at the clock's "now".
+/// An answered check: the pair (normalised) and the verdict at the clock's "now" (its
+/// decision shared with the check cache).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub pair: Pair,
-    pub verdict: Verdict,
+    pub verdict: Verdict<Arc<Decision>>,
 }
 
 /// One check as a front end received it: the two numbers as spelled by the client.
@@ -97,6 +113,8 @@ pub struct Checker {
     /// The "now" every check is evaluated at.
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Issue 16: the replica's check cache (`None`: every check reads the store).
+    cache: Option<Arc<CheckCache>>,
 }
 
 impl Checker {
@@ -105,7 +123,22 @@ impl Checker {
             store,
             clock,
             metrics,
+            cache: None,
         }
+    }
+
+    /// Issue 16: answers from `cache` when it can (the one every front end of this replica
+    /// shares, fed by the fan-out tailer).
+    pub fn with_cache(mut self, cache: Option<Arc<CheckCache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Issue 16: the `at_least_as_fresh` token a client gave in `field` (empty: the default
+    /// bound). Unparseable: INVALID_ARGUMENT naming the field, never ignored.
+    pub fn freshness(&self, field: &'static str, raw: &str) -> Result<Freshness, CheckError> {
+        Freshness::parse(raw, self.store.shards())
+            .map_err(|message| CheckError::Token { field, message })
     }
 
     /// Refuses (and counts) a question about a business `caller` may not see.
@@ -141,23 +174,106 @@ impl Checker {
         Ok(pair)
     }
 
-    /// One check, counted in `callgate_checks_total` (a refusal is counted as a refusal).
-    pub async fn check(&self, caller: &Caller, query: Query<'_>) -> Result<Checked, CheckError> {
-        let result = self.answer_one(caller, query).await;
+    /// One check, at least as fresh as `need`, counted in `callgate_checks_total` (a
+    /// refusal is counted as a refusal).
+    pub async fn check(
+        &self,
+        caller: &Caller,
+        query: Query<'_>,
+        need: &Freshness,
+    ) -> Result<Checked, CheckError> {
+        let result = self.answer_one(caller, query, need).await;
         if let Some(answer) = Self::counted_as(&result) {
             self.metrics.check(answer);
         }
         result
     }
 
-    async fn answer_one(&self, caller: &Caller, query: Query<'_>) -> Result<Checked, CheckError> {
+    async fn answer_one(
+        &self,
+        caller: &Caller,
+        query: Query<'_>,
+        need: &Freshness,
+    ) -> Result<Checked, CheckError> {
         let pair = self.pair(caller, query)?;
-        let current = self.store.current(&pair).await.map_err(|e| {
+        let current = self.current(&pair, need).await.map_err(|e| {
             self.metrics.store_error(StoreOp::Check);
             CheckError::Store(e)
         })?;
         let verdict = evaluate(current, self.clock.now());
         Ok(Checked { pair, verdict })
+    }
+
+    /// The pair's current decision: from the cache when it may answer, else from the store
+    /// (filling the cache with the stamp taken before the read).
+    async fn current(
+        &self,
+        pair: &Pair,
+        need: &Freshness,
+    ) -> Result<Option<Arc<Decision>>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return Ok(self.store.current(pair).await?.map(Arc::new));
+        };
+        let shard = self.store.shard_of(pair);
+        if let Lookup::Hit(d) = cache.lookup(pair, shard, need) {
+            return Ok(d);
+        }
+        let stamp = cache.stamp(shard);
+        let current = self.store.current(pair).await?.map(Arc::new);
+        cache.fill(pair, stamp, current.clone());
+        Ok(current)
+    }
+
+    /// The current decisions of `pairs` (in order): the cache's hits, and one
+    /// `current_each` for the misses.
+    async fn current_each(
+        &self,
+        pairs: &[Pair],
+        need: &Freshness,
+    ) -> Vec<Result<Option<Arc<Decision>>, StoreError>> {
+        let Some(cache) = &self.cache else {
+            return self
+                .store
+                .current_each(pairs)
+                .await
+                .into_iter()
+                .map(|r| r.map(|d| d.map(Arc::new)))
+                .collect();
+        };
+        let mut out: Vec<Option<Result<Option<Arc<Decision>>, StoreError>>> =
+            Vec::with_capacity(pairs.len());
+        // Misses: their index in `pairs` and the stamp of their shard before the read.
+        let mut misses: Vec<(usize, Stamp)> = Vec::new();
+        for (i, pair) in pairs.iter().enumerate() {
+            let shard = self.store.shard_of(pair);
+            match cache.lookup(pair, shard, need) {
+                Lookup::Hit(d) => out.push(Some(Ok(d))),
+                Lookup::Read(_) => {
+                    out.push(None);
+                    misses.push((i, cache.stamp(shard)));
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let asked: Vec<Pair> = misses.iter().map(|(i, _)| pairs[*i].clone()).collect();
+            let read = self.store.current_each(&asked).await;
+            for ((i, stamp), r) in misses.into_iter().zip(read) {
+                let r = r.map(|d| d.map(Arc::new));
+                if let Ok(d) = &r {
+                    cache.fill(&pairs[i], stamp, d.clone());
+                }
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "store gave no answer for this pair".into(),
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// How a check's result counts in `callgate_checks_total`.
@@ -176,6 +292,7 @@ impl Checker {
         &self,
         caller: &Caller,
         queries: &[Query<'_>],
+        need: &Freshness,
     ) -> Result<Vec<Result<Checked, CheckError>>, StoreError> {
         let parsed: Vec<Result<Pair, CheckError>> =
             queries.iter().map(|q| self.pair(caller, *q)).collect();
@@ -187,7 +304,7 @@ impl Checker {
         let currents = if valid.is_empty() {
             Vec::new()
         } else {
-            self.store.current_each(&valid).await
+            self.current_each(&valid, need).await
         };
         // Nothing answered: the store is down.
         if let Some(Err(e)) = currents.first()
@@ -268,6 +385,7 @@ mod tests {
                     q("0123", "+919876543210"),
                     q("919000000000", "00919876543211"),
                 ],
+                &Freshness::Bounded,
             )
             .await
             .unwrap();
@@ -292,7 +410,11 @@ mod tests {
     #[tokio::test]
     async fn a_batch_of_only_bad_numbers_asks_the_store_nothing_and_is_answered() {
         let results = checker()
-            .check_each(&Caller::unrestricted(), &[q("x", "y"), q("", "")])
+            .check_each(
+                &Caller::unrestricted(),
+                &[q("x", "y"), q("", "")],
+                &Freshness::Bounded,
+            )
             .await
             .unwrap();
         assert!(results.iter().all(|r| matches!(

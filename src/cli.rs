@@ -168,6 +168,9 @@ pub async fn check(
         .check_call_permission(pb::CheckCallPermissionRequest {
             business_number: business.to_owned(),
             customer_number: customer.to_owned(),
+            // It prints the deciding message id.
+            include_evidence: true,
+            at_least_as_fresh: String::new(),
         })
         .await?
         .into_inner();

@@ -61,6 +61,11 @@ pub const ENV_OUTBOUND_SECRET_OVERLAP_SECS: &str = "CALLGATE_OUTBOUND_SECRET_OVE
 pub const ENV_UNATTRIBUTED_REPLIES: &str = "CALLGATE_UNATTRIBUTED_REPLIES";
 pub const ENV_REQUEST_LIMITS: &str = "CALLGATE_REQUEST_LIMITS";
 pub const ENV_REQUEST_RETENTION_SECS: &str = "CALLGATE_REQUEST_RETENTION_SECS";
+// issue 16: the replica-local check cache (see `check_cache`).
+pub const ENV_CHECK_CACHE: &str = "CALLGATE_CHECK_CACHE";
+pub const ENV_CHECK_CACHE_TTL_SECS: &str = "CALLGATE_CHECK_CACHE_TTL_SECS";
+pub const ENV_CHECK_CACHE_MAX_STALENESS_MS: &str = "CALLGATE_CHECK_CACHE_MAX_STALENESS_MS";
+pub const ENV_CHECK_CACHE_ENTRIES: &str = "CALLGATE_CHECK_CACHE_ENTRIES";
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50051";
@@ -101,6 +106,16 @@ pub const DEFAULT_OUTBOUND_RETRY_FOR: Duration = Duration::from_secs(3 * 24 * 36
 /// After a rotation the previous secret keeps signing this long.
 pub const DEFAULT_OUTBOUND_SECRET_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 /// issue 13: Meta's request budget, `<max>/<window>` pairs (see [`parse_request_limits`]).
+/// issue 16: longest life of a check-cache entry (a grant's own expiry ends it sooner).
+pub const DEFAULT_CHECK_CACHE_TTL: Duration = Duration::from_secs(1800);
+/// issue 16: B, the staleness bound of an answer from the check cache. The issue's bound is
+/// at most 100 ms; larger values (up to [`MAX_CHECK_CACHE_STALENESS`]) trade freshness for
+/// fewer store reads and are the operator's choice.
+pub const DEFAULT_CHECK_CACHE_MAX_STALENESS: Duration = Duration::from_millis(100);
+/// issue 16: the largest B accepted.
+pub const MAX_CHECK_CACHE_STALENESS: Duration = Duration::from_secs(10);
+/// issue 16: most pairs the check cache holds.
+pub const DEFAULT_CHECK_CACHE_ENTRIES: usize = 200_000;
 pub const DEFAULT_REQUEST_LIMITS: &str = "1/24h,2/7d";
 /// issue 13: how long a registered consent request is kept after it was sent (at least the
 /// longest budget window); see [`crate::domain::attribution::retention`].
@@ -263,6 +278,8 @@ pub struct Config {
     pub clock: Clock,
     /// issue 13: consent requests and attribution.
     pub attribution: AttributionConfig,
+    /// issue 16: the replica-local check cache.
+    pub check_cache: crate::check_cache::CheckCacheConfig,
 }
 
 /// PEM files for TLS on both ports.
@@ -443,7 +460,42 @@ impl Config {
             },
             request_retention: secs(ENV_REQUEST_RETENTION_SECS, DEFAULT_REQUEST_RETENTION)?,
         };
+        let check_cache = crate::check_cache::CheckCacheConfig {
+            enabled: match raw(&None, ENV_CHECK_CACHE) {
+                None => true,
+                Some((value, name)) => match value.trim() {
+                    "on" | "true" | "1" => true,
+                    "off" | "false" | "0" => false,
+                    _ => {
+                        return Err(ConfigError {
+                            name,
+                            value,
+                            problem: "must be on or off".into(),
+                        });
+                    }
+                },
+            },
+            ttl: secs(ENV_CHECK_CACHE_TTL_SECS, DEFAULT_CHECK_CACHE_TTL)?,
+            max_staleness: match millis(
+                ENV_CHECK_CACHE_MAX_STALENESS_MS,
+                DEFAULT_CHECK_CACHE_MAX_STALENESS,
+            )? {
+                b if b > MAX_CHECK_CACHE_STALENESS => {
+                    return Err(ConfigError {
+                        name: ENV_CHECK_CACHE_MAX_STALENESS_MS,
+                        value: b.as_millis().to_string(),
+                        problem: format!(
+                            "must be at most {} ms (the issue's bound is 100 ms)",
+                            MAX_CHECK_CACHE_STALENESS.as_millis()
+                        ),
+                    });
+                }
+                b => b,
+            },
+            entries: count(ENV_CHECK_CACHE_ENTRIES, DEFAULT_CHECK_CACHE_ENTRIES)?,
+        };
         Ok(Config {
+            check_cache,
             outbound,
             attribution,
             http_addr: parsed(&flags.http_addr, ENV_HTTP_ADDR, DEFAULT_HTTP_ADDR)?,
@@ -545,6 +597,48 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.outbound.retry_for, Duration::from_secs(259_200));
         assert_eq!(c.outbound.allow, AllowList::default());
+        assert_eq!(
+            c.check_cache,
+            crate::check_cache::CheckCacheConfig {
+                enabled: true,
+                ttl: Duration::from_secs(1800),
+                max_staleness: Duration::from_millis(100),
+                entries: 200_000,
+            }
+        );
+    }
+
+    #[test]
+    fn check_cache_settings_come_from_their_variables() {
+        let c = Config::resolve(
+            &Flags::default(),
+            env(&[
+                (ENV_CHECK_CACHE, "off"),
+                (ENV_CHECK_CACHE_TTL_SECS, "60"),
+                (ENV_CHECK_CACHE_MAX_STALENESS_MS, "50"),
+                (ENV_CHECK_CACHE_ENTRIES, "1000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.check_cache,
+            crate::check_cache::CheckCacheConfig {
+                enabled: false,
+                ttl: Duration::from_secs(60),
+                max_staleness: Duration::from_millis(50),
+                entries: 1000,
+            }
+        );
+        for (name, value) in [
+            (ENV_CHECK_CACHE, "maybe"),
+            (ENV_CHECK_CACHE_TTL_SECS, "0"),
+            (ENV_CHECK_CACHE_MAX_STALENESS_MS, "0"),
+            (ENV_CHECK_CACHE_MAX_STALENESS_MS, "10001"),
+            (ENV_CHECK_CACHE_ENTRIES, "0"),
+        ] {
+            let err = Config::resolve(&Flags::default(), env(&[(name, value)])).unwrap_err();
+            assert_eq!(err.name, name, "{value}");
+        }
     }
 
     #[test]

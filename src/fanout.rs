@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::check_cache::CheckCache;
 use crate::domain::{AttributionFilter, EventKind, PhoneNumber, UnattributedPolicy};
 use crate::metrics::Metrics;
 use crate::store::{ConsentStore, Cursor, CursorError, LoggedEvent, StoreError, cursor_at};
@@ -91,6 +92,8 @@ pub struct HubConfig {
     pub checkpoint: Duration,
     /// Events kept in the ring (the fan-out's whole memory, shared by all subscribers).
     pub ring_capacity: usize,
+    /// Issue 16: the replica's check cache, fed by the tailer (`None`: no cache).
+    pub cache: Option<Arc<CheckCache>>,
 }
 
 impl Hub {
@@ -105,7 +108,13 @@ impl Hub {
         let (ring, _) = broadcast::channel(config.ring_capacity.max(1));
         let (head_tx, head) = watch::channel(None);
         let tailer = tokio::spawn(
-            tail(store.clone(), ring.clone(), head_tx, shutdown.clone())
+            tail(
+                store.clone(),
+                ring.clone(),
+                head_tx,
+                config.cache.clone(),
+                shutdown.clone(),
+            )
                 .instrument(tracing::info_span!("fanout_tailer")),
         );
         let hub = Hub {
@@ -188,12 +197,20 @@ impl Hub {
     }
 }
 
+/// Follows the log into the ring (and, issue 16, into the check cache: each read's events are
+/// applied, then every shard is marked heard at the time the read was *sent*; any failure or
+/// gap flushes the cache, which then answers nothing until a read succeeds again).
 async fn tail(
     store: Arc<dyn ConsentStore>,
     ring: broadcast::Sender<Published>,
     head: watch::Sender<Option<Cursor>>,
+    cache: Option<Arc<CheckCache>>,
     shutdown: CancellationToken,
 ) {
+    // With a cache, a quiet log must still refresh `heard_at` well within its bound.
+    let wait = cache
+        .as_ref()
+        .map_or(TAIL_WAIT, |c| c.tail_wait().min(TAIL_WAIT));
     let mut cursor = loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -206,14 +223,28 @@ async fn tail(
             }
         }
     };
+    if let Some(cache) = &cache {
+        cache.start(&cursor);
+    }
     head.send_replace(Some(cursor.clone()));
     loop {
+        let sent_at = cache.as_ref().map(|c| c.now());
         let read = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = store.read_events(&cursor, READ_BATCH, TAIL_WAIT) => r,
+            r = store.read_events(&cursor, READ_BATCH, wait) => r,
         };
         match read {
             Ok(events) => {
+                // A full batch may not hold everything committed before the read was sent
+                // (the rest comes with the next read): only a read that returned less than it
+                // may have covers the log up to its send time.
+                let complete = events.len() < READ_BATCH;
+                if let Some(cache) = &cache {
+                    cache.apply(&events);
+                    if complete && let Some(sent_at) = sent_at {
+                        cache.heard(sent_at);
+                    }
+                }
                 if events.is_empty() {
                     continue;
                 }
@@ -230,13 +261,22 @@ async fn tail(
                     shard,
                     "event tailer fell behind the retained log; skipping ahead"
                 );
+                if let Some(cache) = &cache {
+                    cache.flush();
+                }
                 let _ = ring.send(Published::Gap);
                 if let Ok(c) = store.head().await {
                     cursor = c;
+                    if let Some(cache) = &cache {
+                        cache.start(&cursor);
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "event tailer read failed; retrying");
+                if let Some(cache) = &cache {
+                    cache.flush();
+                }
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }

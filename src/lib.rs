@@ -3,6 +3,7 @@
 pub(crate) mod accept;
 pub mod app;
 pub mod calling_list;
+pub mod check_cache;
 pub mod checks;
 pub mod cli;
 pub mod clock;

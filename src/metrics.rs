@@ -284,6 +284,40 @@ impl StoreOp {
     ];
 }
 
+/// Issue 16: how the replica's check cache took part in one check (the `result` label of
+/// `callgate_check_cache_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Answered from the cache.
+    Hit = 0,
+    /// No usable entry (none, past its deadline, or from before a flush): read the store.
+    Miss = 1,
+    /// The pair's shard had not heard from the store within the staleness bound: read the
+    /// store.
+    StaleShard = 2,
+    /// The check's `at_least_as_fresh` token was newer than what the shard had applied: read
+    /// the store.
+    Token = 3,
+}
+
+impl CacheResult {
+    pub const ALL: [CacheResult; 4] = [
+        CacheResult::Hit,
+        CacheResult::Miss,
+        CacheResult::StaleShard,
+        CacheResult::Token,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::StaleShard => "stale_shard",
+            CacheResult::Token => "token",
+        }
+    }
+}
+
 /// Why the gRPC API refused a call (the `reason` label of `callgate_api_refusals_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalReason {
@@ -422,6 +456,11 @@ pub struct Metrics {
     /// by the fan-out itself).
     stream_catch_ups: AtomicU64,
     expired: AtomicU64,
+    /// Issue 16: checks by how the check cache took part, its flushes, and the oldest
+    /// shard's `heard_at` (unix ms; 0: some shard has not heard from the store).
+    check_cache: [AtomicU64; CacheResult::ALL.len()],
+    check_cache_flushes: AtomicU64,
+    check_cache_oldest_heard_ms: AtomicI64,
     /// Whether the store answered the last readiness probe (what `/readyz` and gRPC health say).
     ready: AtomicBool,
 }
@@ -501,6 +540,26 @@ impl Metrics {
         self.stream_catch_ups.load(Relaxed)
     }
 
+    /// Issue 16: one check's part of the check cache.
+    pub fn check_cache(&self, result: CacheResult) {
+        self.check_cache[result as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Issue 16: checks counted with `result` so far.
+    pub fn check_cache_count(&self, result: CacheResult) -> u64 {
+        self.check_cache[result as usize].load(Relaxed)
+    }
+
+    /// Issue 16: a shard of the check cache was flushed (tailer error, gap, restart).
+    pub fn check_cache_flushed(&self) {
+        self.check_cache_flushes.fetch_add(1, Relaxed);
+    }
+
+    /// Issue 16: the oldest shard's `heard_at` (unix ms), 0 when one never heard.
+    pub fn check_cache_heard(&self, oldest_ms: i64) {
+        self.check_cache_oldest_heard_ms.store(oldest_ms, Relaxed);
+    }
+
     pub fn expired(&self, n: usize) {
         self.expired.fetch_add(n as u64, Relaxed);
     }
@@ -549,6 +608,21 @@ impl Metrics {
         for a in CheckAnswer::ALL {
             let n = self.checks[a.index()].load(Relaxed);
             let _ = writeln!(out, "callgate_checks_total{{answer=\"{}\"}} {n}", a.label());
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP callgate_check_cache_total Checks by how the replica's check cache took \
+             part (issue 16)."
+        );
+        let _ = writeln!(out, "# TYPE callgate_check_cache_total counter");
+        for r in CacheResult::ALL {
+            let n = self.check_cache[r as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "callgate_check_cache_total{{result=\"{}\"}} {n}",
+                r.label()
+            );
         }
 
         let _ = writeln!(
@@ -676,7 +750,7 @@ impl Metrics {
             let _ = writeln!(out, "callgate_store_errors_total{{op=\"{op}\"}} {n}");
         }
 
-        let gauges: [(&str, &str, &str, i64); 6] = [
+        let gauges: [(&str, &str, &str, i64); 8] = [
             (
                 "callgate_ready",
                 "gauge",
@@ -706,6 +780,20 @@ impl Metrics {
                 "counter",
                 "Times a slow subscriber fell out of the fan-out ring and read from the store.",
                 self.stream_catch_ups.load(Relaxed) as i64,
+            ),
+            (
+                "callgate_check_cache_flushes_total",
+                "counter",
+                "Times a shard of the check cache was flushed (tailer error, gap, restart).",
+                self.check_cache_flushes.load(Relaxed) as i64,
+            ),
+            (
+                "callgate_check_cache_oldest_heard_ms",
+                "gauge",
+                "Unix ms at which the least recently heard log shard's tailer read was sent \
+                 (0: a shard has not heard); checks of a shard older than the staleness bound \
+                 go to the store.",
+                self.check_cache_oldest_heard_ms.load(Relaxed),
             ),
             (
                 "callgate_grants_expired_total",

@@ -187,14 +187,15 @@ pub enum ConsentState {
     Expired,
 }
 
-/// The answer to "may we call now?", with the decision it rests on.
+/// The answer to "may we call now?", with the decision it rests on: owned (`Decision`, the
+/// default) or shared (`Arc<Decision>`, as the replica's check cache holds it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub struct Verdict<D = Decision> {
     pub state: ConsentState,
-    pub decision: Option<Decision>,
+    pub decision: Option<D>,
 }
 
-impl Verdict {
+impl<D> Verdict<D> {
     /// The only thing a dialer needs. True for live grants, false for everything else.
     pub fn allowed(&self) -> bool {
         matches!(
@@ -214,11 +215,11 @@ pub fn state_at(choice: &Choice, now: DateTime<Utc>) -> ConsentState {
     }
 }
 
-/// Evaluates the pair's current decision at `now`.
-pub fn evaluate(current: Option<Decision>, now: DateTime<Utc>) -> Verdict {
+/// Evaluates the pair's current decision at `now` (owned, or shared behind an `Arc`).
+pub fn evaluate<D: std::borrow::Borrow<Decision>>(current: Option<D>, now: DateTime<Utc>) -> Verdict<D> {
     let state = current
         .as_ref()
-        .map_or(ConsentState::NoConsent, |d| state_at(&d.choice, now));
+        .map_or(ConsentState::NoConsent, |d| state_at(&d.borrow().choice, now));
     Verdict {
         state,
         decision: current,

@@ -1,6 +1,8 @@
 //! Domain values → protobuf messages (and protobuf timestamps → times): every mapping
 //! between the two lives here; the handlers only assemble these pieces into responses.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::calling_list::ListPage;
@@ -52,30 +54,42 @@ fn state(s: ConsentState) -> pb::ConsentState {
     }
 }
 
-/// The answer to a check. Takes the verdict by value: the hot path moves the evidence strings
-/// into the response instead of copying them.
-pub fn check_response(pair: &Pair, verdict: Verdict) -> pb::CheckCallPermissionResponse {
+/// The answer to a check. Takes the verdict by value: when this answer holds the only
+/// reference to the decision (a store read that was not cached), the evidence strings move
+/// into the response instead of being copied. Issue 16: the evidence only when asked for
+/// (`include_evidence`); the hot path then encodes none of it.
+pub fn check_response(
+    pair: &Pair,
+    verdict: Verdict<Arc<Decision>>,
+    include_evidence: bool,
+) -> pb::CheckCallPermissionResponse {
     let allowed = verdict.allowed();
     let state = state(verdict.state) as i32;
-    let d = verdict.decision;
+    let Some(d) = verdict.decision else {
+        return pb::CheckCallPermissionResponse {
+            allowed,
+            state,
+            business_number: pair.business.to_string(),
+            customer_number: pair.customer.to_string(),
+            ..Default::default()
+        };
+    };
+    let a = attribution_fields(&d);
     pb::CheckCallPermissionResponse {
         allowed,
         state,
-        expires_at: d
-            .as_ref()
-            .and_then(|d| d.choice.expires_at())
-            .map(timestamp),
-        decided_at: d.as_ref().map(|d| timestamp(d.decided_at)),
+        expires_at: d.choice.expires_at().map(timestamp),
+        decided_at: Some(timestamp(d.decided_at)),
         business_number: pair.business.to_string(),
         customer_number: pair.customer.to_string(),
-        ..with_attribution(d, |d, a| pb::CheckCallPermissionResponse {
-            evidence: Some(owned_evidence(d.evidence)),
-            team: a.team,
-            campaign: a.campaign,
-            labels: a.labels,
-            customer_name: a.customer_name,
-            ..Default::default()
-        })
+        evidence: include_evidence.then(|| match Arc::try_unwrap(d) {
+            Ok(d) => owned_evidence(d.evidence),
+            Err(shared) => evidence(&shared.evidence),
+        }),
+        team: a.team,
+        campaign: a.campaign,
+        labels: a.labels,
+        customer_name: a.customer_name,
     }
 }
 
@@ -104,21 +118,6 @@ fn attribution_fields(d: &Decision) -> AttributionFields {
             .collect();
     }
     out
-}
-
-/// Builds a message from an owned decision and its attribution fields; the default message
-/// when there is no decision.
-fn with_attribution<T: Default>(
-    d: Option<Decision>,
-    build: impl FnOnce(Decision, AttributionFields) -> T,
-) -> T {
-    match d {
-        Some(d) => {
-            let a = attribution_fields(&d);
-            build(d, a)
-        }
-        None => T::default(),
-    }
 }
 
 fn owned_evidence(e: Evidence) -> pb::Evidence {

@@ -126,6 +126,7 @@ impl From<CheckError> for ApiError {
                 ApiError::OtherBusiness { field, business }
             }
             CheckError::Store(e) => ApiError::Store(e),
+            e @ CheckError::Token { .. } => ApiError::InvalidArgument(e.to_string()),
         }
     }
 }
@@ -253,8 +254,9 @@ pub struct Api {
     subscriptions: Arc<Semaphore>,
     /// Issue 17: outbound webhooks (the admin RPCs); `None`: those RPCs are UNIMPLEMENTED.
     outbound: Option<Arc<crate::outbound::Outbound>>,
-    /// Answers the checks (the HTTP port's JSON checks use the same code).
-    checker: Checker,
+    /// Answers the checks (the HTTP port's JSON checks use the same code, and, issue 16, the
+    /// same `Checker` with the same check cache).
+    checker: Arc<Checker>,
     /// issue 13: consent requests and the request budget.
     requests: Arc<ConsentRequests>,
     /// issue 13: whether StreamGrants' team filters let unattributed grants through.
@@ -272,7 +274,7 @@ impl Api {
         clock: Clock,
     ) -> Self {
         Api {
-            checker: Checker::new(store.clone(), clock, metrics.clone()),
+            checker: Arc::new(Checker::new(store.clone(), clock, metrics.clone())),
             requests: Arc::new(ConsentRequests::new(
                 store.clone(),
                 clock,
@@ -316,6 +318,13 @@ impl Api {
         self
     }
 
+    /// Issue 16: answers checks with `checker` (the one the HTTP port shares, with the
+    /// replica's check cache) instead of an uncached one of its own.
+    pub fn with_checker(mut self, checker: Arc<Checker>) -> Self {
+        self.checker = checker;
+        self
+    }
+
     /// Counts a store failure of `op` and passes the error on.
     fn store_failed(&self, op: StoreOp) -> impl Fn(StoreError) -> ApiError + '_ {
         move |e| {
@@ -341,10 +350,17 @@ impl Api {
         caller: &Caller,
         req: &pb::CheckCallPermissionRequest,
     ) -> Result<(pb::CheckCallPermissionResponse, CheckAnswer), ApiError> {
-        let checked = self.checker.check(caller, query(req)).await?;
+        let need = match self.checker.freshness("at_least_as_fresh", &req.at_least_as_fresh) {
+            Ok(need) => need,
+            Err(e) => {
+                self.metrics.check(CheckAnswer::InvalidArgument);
+                return Err(e.into());
+            }
+        };
+        let checked = self.checker.check(caller, query(req), &need).await?;
         let answer = CheckAnswer::State(checked.verdict.state);
         Ok((
-            convert::check_response(&checked.pair, checked.verdict),
+            convert::check_response(&checked.pair, checked.verdict, req.include_evidence),
             answer,
         ))
     }
@@ -352,23 +368,40 @@ impl Api {
     async fn check_many(
         &self,
         caller: &Caller,
-        checks: &[pb::CheckCallPermissionRequest],
+        req: &pb::CheckCallPermissionsRequest,
     ) -> Result<pb::CheckCallPermissionsResponse, ApiError> {
+        let checks = &req.checks;
         if checks.len() > MAX_BATCH {
             return Err(ApiError::InvalidArgument(format!(
                 "checks: {} pairs; at most {MAX_BATCH} per call",
                 checks.len()
             )));
         }
+        // issue 16: the batch's freshness and evidence flag apply to every pair; an item's
+        // own would be ambiguous, so it is refused rather than ignored.
+        if let Some(i) = checks
+            .iter()
+            .position(|c| !c.at_least_as_fresh.is_empty() || c.include_evidence)
+        {
+            return Err(ApiError::InvalidArgument(format!(
+                "checks[{i}]: at_least_as_fresh and include_evidence are set on the batch \
+                 request (CheckCallPermissionsRequest), not on its checks"
+            )));
+        }
+        let need = self
+            .checker
+            .freshness("at_least_as_fresh", &req.at_least_as_fresh)?;
         let queries: Vec<Query<'_>> = checks.iter().map(query).collect();
         // Nothing answered: the store is down; the whole call is UNAVAILABLE.
-        let results = self.checker.check_each(caller, &queries).await?;
+        let results = self.checker.check_each(caller, &queries, &need).await?;
         let results = results
             .into_iter()
             .map(|r| pb::CheckResult {
                 result: Some(match r {
                     Ok(c) => pb::check_result::Result::Answer(convert::check_response(
-                        &c.pair, c.verdict,
+                        &c.pair,
+                        c.verdict,
+                        req.include_evidence,
                     )),
                     Err(e) => pb::check_result::Result::Error(pb::CheckError {
                         code: e.code() as i32,
@@ -479,7 +512,7 @@ impl ConsentAuthority for Api {
     ) -> Result<Response<pb::CheckCallPermissionsResponse>, Status> {
         let started = Instant::now();
         let caller = caller(&request)?;
-        let answer = self.check_many(&caller, &request.get_ref().checks).await;
+        let answer = self.check_many(&caller, request.get_ref()).await;
         if let Some(answer) = answer.as_ref().err().and_then(ApiError::check_answer) {
             self.metrics.check(answer);
         }

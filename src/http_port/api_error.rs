@@ -132,6 +132,10 @@ impl CheckApiError {
                     ApiOutcome::StoreUnavailable,
                     e.code(),
                 ),
+                // Issue 16: an unparseable `at_least_as_fresh`.
+                CheckError::Token { .. } => {
+                    (StatusCode::BAD_REQUEST, ApiOutcome::InvalidField, e.code())
+                }
             },
             CheckApiError::Store(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

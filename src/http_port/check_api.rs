@@ -37,10 +37,11 @@ use super::HttpState;
 use super::api_error::CheckApiError;
 use super::body;
 use super::check_json::{
-    self, CheckRequest, MAX_BATCH_BODY, MAX_CHECK_BODY, RESULT_SEPARATOR, RESULTS_CLOSE,
+    self, BatchRequest, CheckRequest, MAX_BATCH_BODY, MAX_CHECK_BODY, RESULT_SEPARATOR, RESULTS_CLOSE,
     RESULTS_OPEN,
 };
 use super::reply::{Reply, boxed, json_response};
+use crate::check_cache::Freshness;
 use crate::checks::{Checker, Query};
 use crate::grpc_api::auth::{Caller, Scope};
 use crate::grpc_api::convert::check_response;
@@ -85,9 +86,16 @@ pub(super) async fn check(
 ) -> Result<Reply, CheckApiError> {
     let caller = admit(state, &req)?;
     let body = body::read_json(req, MAX_CHECK_BODY, state.limits.body_timeout).await?;
-    let request = check_json::parse_check(&body)?;
-    let checked = state.checker.check(&caller, request.query()).await?;
-    let answer = check_json::answer(check_response(&checked.pair, checked.verdict));
+    let (request, options) = check_json::parse_check(&body)?;
+    let need = state
+        .checker
+        .freshness("at_least_as_fresh", &options.at_least_as_fresh)?;
+    let checked = state.checker.check(&caller, request.query(), &need).await?;
+    let answer = check_json::answer(check_response(
+        &checked.pair,
+        checked.verdict,
+        options.include_evidence,
+    ));
     Ok(Reply::api(
         ApiOutcome::Answered,
         boxed(json_response(StatusCode::OK, &answer)),
@@ -106,12 +114,17 @@ pub(super) async fn check_batch(
         .try_acquire_owned()
         .map_err(|_| CheckApiError::Busy(MAX_BATCHES_IN_FLIGHT))?;
     let body = body::read_json(req, MAX_BATCH_BODY, state.limits.body_timeout).await?;
-    let checks = check_json::parse_batch(&body)?;
+    let BatchRequest { checks, options } = check_json::parse_batch(&body)?;
     drop(body);
+    let need = state
+        .checker
+        .freshness("at_least_as_fresh", &options.at_least_as_fresh)?;
     tracing::debug!(checks = checks.len(), "check batch");
     let mut batch = Batch {
         checker: state.checker.clone(),
         caller,
+        need,
+        include_evidence: options.include_evidence,
         checks: checks.into_iter(),
         written: 0,
         failed: None,
@@ -147,6 +160,9 @@ pub(super) async fn check_batch(
 struct Batch {
     checker: Arc<Checker>,
     caller: Caller,
+    /// Issue 16: how fresh every answer must be, and whether answers carry evidence.
+    need: Freshness,
+    include_evidence: bool,
     /// The checks not yet answered (each one's strings are freed as it is taken).
     checks: std::vec::IntoIter<CheckRequest>,
     /// Results written so far.
@@ -178,14 +194,20 @@ impl Batch {
             None if chunk.is_empty() => Ok(Vec::new()),
             None => {
                 let queries: Vec<Query<'_>> = chunk.iter().map(CheckRequest::query).collect();
-                self.checker.check_each(&self.caller, &queries).await
+                self.checker
+                    .check_each(&self.caller, &queries, &self.need)
+                    .await
             }
         };
         match results {
             Ok(results) => {
                 for result in results {
                     let item = match result {
-                        Ok(c) => check_json::item_answer(check_response(&c.pair, c.verdict)),
+                        Ok(c) => check_json::item_answer(check_response(
+                            &c.pair,
+                            c.verdict,
+                            self.include_evidence,
+                        )),
                         Err(e) => check_json::item_error(e.code(), &e.to_string()),
                     };
                     self.write(&mut out, &item);

@@ -42,6 +42,22 @@ pub struct CheckRequest {
     pub customer_number: String,
 }
 
+/// Issue 16: what a check (or a whole batch) asks beyond the pair: `at_least_as_fresh` (a
+/// consistency token or an RFC 3339 time, parsed by the checker; empty: the default bound) and
+/// `include_evidence`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CheckOptions {
+    pub at_least_as_fresh: String,
+    pub include_evidence: bool,
+}
+
+/// `POST /v1/check-batch`'s body: the checks and the options that apply to all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BatchRequest {
+    pub checks: Vec<CheckRequest>,
+    pub options: CheckOptions,
+}
+
 impl CheckRequest {
     pub fn query(&self) -> Query<'_> {
         Query {
@@ -128,8 +144,9 @@ impl Ctx {
     }
 }
 
-/// Parses `POST /v1/check`'s body: `{"business_number": ..., "customer_number": ...}`.
-pub fn parse_check(body: &[u8]) -> Result<CheckRequest, BodyProblem> {
+/// Parses `POST /v1/check`'s body: `{"business_number": ..., "customer_number": ...}`, and
+/// optionally (issue 16) `"at_least_as_fresh": "<token>"` and `"include_evidence": true`.
+pub fn parse_check(body: &[u8]) -> Result<(CheckRequest, CheckOptions), BodyProblem> {
     let ctx = Ctx::new();
     parse_with(
         body,
@@ -142,8 +159,9 @@ pub fn parse_check(body: &[u8]) -> Result<CheckRequest, BodyProblem> {
 }
 
 /// Parses `POST /v1/check-batch`'s body: `{"checks": [{...}, ...]}`, at most
-/// [`MAX_BATCH_CHECKS`] checks.
-pub fn parse_batch(body: &[u8]) -> Result<Vec<CheckRequest>, BodyProblem> {
+/// [`MAX_BATCH_CHECKS`] checks, and optionally (issue 16) `at_least_as_fresh` and
+/// `include_evidence` for the whole batch.
+pub fn parse_batch(body: &[u8]) -> Result<BatchRequest, BodyProblem> {
     let ctx = Ctx::new();
     parse_with(body, &ctx, BatchSeed { ctx: &ctx })
 }
@@ -166,7 +184,7 @@ struct BatchSeed<'c> {
 }
 
 impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
-    type Value = Vec<CheckRequest>;
+    type Value = BatchRequest;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -174,7 +192,7 @@ impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for BatchSeed<'_> {
-    type Value = Vec<CheckRequest>;
+    type Value = BatchRequest;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(r#"an object {"checks": [...]}"#)
@@ -182,22 +200,74 @@ impl<'de> Visitor<'de> for BatchSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut checks = None;
+        let mut options = OptionSlots::default();
         while let Some(key) = map.next_key::<String>()? {
-            if key != "checks" {
-                *self.ctx.unknown.borrow_mut() = key;
-                self.ctx.at(Loc::UnknownField);
-                return Err(de::Error::custom(
-                    "unknown field; a batch has only `checks`",
-                ));
+            if key == "checks" {
+                self.ctx.at(Loc::Field("checks"));
+                if checks.is_some() {
+                    return Err(de::Error::custom("given twice"));
+                }
+                checks = Some(map.next_value_seed(ChecksSeed { ctx: self.ctx })?);
+                continue;
             }
-            self.ctx.at(Loc::Field("checks"));
-            if checks.is_some() {
-                return Err(de::Error::custom("given twice"));
+            if options.take(&key, &mut map, |f| self.ctx.at(Loc::Field(f)))? {
+                continue;
             }
-            checks = Some(map.next_value_seed(ChecksSeed { ctx: self.ctx })?);
+            *self.ctx.unknown.borrow_mut() = key;
+            self.ctx.at(Loc::UnknownField);
+            return Err(de::Error::custom(
+                "unknown field; a batch has `checks`, `at_least_as_fresh` and \
+                 `include_evidence`",
+            ));
         }
         self.ctx.at(Loc::Field("checks"));
-        checks.ok_or_else(|| de::Error::custom("is required"))
+        Ok(BatchRequest {
+            checks: checks.ok_or_else(|| de::Error::custom("is required"))?,
+            options: options.into_options(),
+        })
+    }
+}
+
+/// Issue 16: the optional fields of a single check or a batch, each given at most once.
+#[derive(Default)]
+struct OptionSlots {
+    at_least_as_fresh: Option<String>,
+    include_evidence: Option<bool>,
+}
+
+impl OptionSlots {
+    /// Reads `key`'s value if it is one of the options (true), after `at` names the field.
+    fn take<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        at: impl Fn(&'static str),
+    ) -> Result<bool, A::Error> {
+        match key {
+            "at_least_as_fresh" => {
+                at("at_least_as_fresh");
+                if self.at_least_as_fresh.is_some() {
+                    return Err(de::Error::custom("given twice"));
+                }
+                self.at_least_as_fresh = Some(map.next_value::<String>()?);
+            }
+            "include_evidence" => {
+                at("include_evidence");
+                if self.include_evidence.is_some() {
+                    return Err(de::Error::custom("given twice"));
+                }
+                self.include_evidence = Some(map.next_value::<bool>()?);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn into_options(self) -> CheckOptions {
+        CheckOptions {
+            at_least_as_fresh: self.at_least_as_fresh.unwrap_or_default(),
+            include_evidence: self.include_evidence.unwrap_or(false),
+        }
     }
 }
 
@@ -240,7 +310,7 @@ impl<'de> Visitor<'de> for ChecksSeed<'_> {
                 item: Some(i),
             };
             match seq.next_element_seed(seed)? {
-                Some(check) => checks.push(check),
+                Some((check, _)) => checks.push(check),
                 None => return Ok(checks),
             }
         }
@@ -264,7 +334,7 @@ impl CheckSeed<'_> {
 }
 
 impl<'de> DeserializeSeed<'de> for CheckSeed<'_> {
-    type Value = CheckRequest;
+    type Value = (CheckRequest, CheckOptions);
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -272,7 +342,7 @@ impl<'de> DeserializeSeed<'de> for CheckSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for CheckSeed<'_> {
-    type Value = CheckRequest;
+    type Value = (CheckRequest, CheckOptions);
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(r#"an object {"business_number": "...", "customer_number": "..."}"#)
@@ -281,19 +351,33 @@ impl<'de> Visitor<'de> for CheckSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut business = None;
         let mut customer = None;
+        let mut options = OptionSlots::default();
         while let Some(key) = map.next_key::<String>()? {
             let (field, slot) = match key.as_str() {
                 "business_number" => ("business_number", &mut business),
                 "customer_number" => ("customer_number", &mut customer),
                 _ => {
+                    // A single check's options; a batch's checks take them from the batch.
+                    if self.item.is_none()
+                        && options.take(&key, &mut map, |f| self.at_field(f))?
+                    {
+                        continue;
+                    }
                     *self.ctx.unknown.borrow_mut() = key;
                     self.ctx.at(match self.item {
                         Some(i) => Loc::ItemUnknown(i),
                         None => Loc::UnknownField,
                     });
-                    return Err(de::Error::custom(
-                        "unknown field; a check has business_number and customer_number",
-                    ));
+                    return Err(de::Error::custom(match self.item {
+                        Some(_) => {
+                            "unknown field; a check has business_number and customer_number \
+                             (at_least_as_fresh and include_evidence go on the batch)"
+                        }
+                        None => {
+                            "unknown field; a check has business_number, customer_number, \
+                             at_least_as_fresh and include_evidence"
+                        }
+                    }));
                 }
             };
             self.at_field(field);
@@ -310,10 +394,13 @@ impl<'de> Visitor<'de> for CheckSeed<'_> {
             self.at_field("customer_number");
             return Err(de::Error::custom("is required"));
         };
-        Ok(CheckRequest {
-            business_number,
-            customer_number,
-        })
+        Ok((
+            CheckRequest {
+                business_number,
+                customer_number,
+            },
+            options.into_options(),
+        ))
     }
 }
 
@@ -426,9 +513,30 @@ mod tests {
     fn single_checks_parse_and_name_the_field_at_fault() {
         assert_eq!(
             parse_check(br#"{"business_number":"+91 90000 00000","customer_number":"x"}"#),
-            Ok(req("+91 90000 00000", "x"))
+            Ok((req("+91 90000 00000", "x"), CheckOptions::default()))
         );
-        let cases: [(&[u8], Result<&str, &str>); 8] = [
+        assert_eq!(
+            parse_check(
+                br#"{"business_number":"1","customer_number":"2","at_least_as_fresh":"c2.1-0",
+                    "include_evidence":true}"#
+            ),
+            Ok((
+                req("1", "2"),
+                CheckOptions {
+                    at_least_as_fresh: "c2.1-0".into(),
+                    include_evidence: true,
+                }
+            ))
+        );
+        let cases: [(&[u8], Result<&str, &str>); 10] = [
+            (
+                br#"{"business_number":"1","customer_number":"2","include_evidence":"yes"}"#,
+                Ok("include_evidence"),
+            ),
+            (
+                br#"{"business_number":"1","customer_number":"2","at_least_as_fresh":1}"#,
+                Ok("at_least_as_fresh"),
+            ),
             (br#"{"business_number":"1"}"#, Ok("customer_number")),
             (br#"{"customer_number":"1"}"#, Ok("business_number")),
             (
@@ -470,9 +578,27 @@ mod tests {
             br#"{"checks":[{"business_number":"1","customer_number":"2"},
                 {"customer_number":"4","business_number":"3"}]}"#,
         );
-        assert_eq!(ok, Ok(vec![req("1", "2"), req("3", "4")]));
-        assert_eq!(parse_batch(br#"{"checks":[]}"#), Ok(vec![]));
-        let cases: [(&[u8], &str); 7] = [
+        assert_eq!(
+            ok.map(|b| b.checks),
+            Ok(vec![req("1", "2"), req("3", "4")])
+        );
+        assert_eq!(parse_batch(br#"{"checks":[]}"#), Ok(BatchRequest::default()));
+        assert_eq!(
+            parse_batch(br#"{"include_evidence":true,"checks":[],"at_least_as_fresh":"x"}"#),
+            Ok(BatchRequest {
+                checks: vec![],
+                options: CheckOptions {
+                    at_least_as_fresh: "x".into(),
+                    include_evidence: true,
+                },
+            })
+        );
+        let cases: [(&[u8], &str); 9] = [
+            (
+                br#"{"checks":[{"business_number":"1","customer_number":"2","include_evidence":true}]}"#,
+                "checks[0].include_evidence",
+            ),
+            (br#"{"checks":[],"include_evidence":1}"#, "include_evidence"),
             (br#"{}"#, "checks"),
             (br#"{"checks":{}}"#, "checks"),
             (br#"{"checks":[],"checks":[]}"#, "checks"),
@@ -507,7 +633,10 @@ mod tests {
         let body = |n: usize| format!(r#"{{"checks":[{}]}}"#, vec![one; n].join(","));
         let max = body(MAX_BATCH_CHECKS);
         assert!(max.len() < MAX_BATCH_BODY / 2, "{} bytes", max.len());
-        assert_eq!(parse_batch(max.as_bytes()).unwrap().len(), MAX_BATCH_CHECKS);
+        assert_eq!(
+            parse_batch(max.as_bytes()).unwrap().checks.len(),
+            MAX_BATCH_CHECKS
+        );
         assert_eq!(
             parse_batch(body(MAX_BATCH_CHECKS + 1).as_bytes()),
             Err(BodyProblem::TooMany)

@@ -28,7 +28,7 @@ use crate::ingest::auth::{
 };
 use crate::ingest::{doubletick, whatsapp};
 use crate::metrics::WebhookOutcome;
-use crate::store::RecordOutcome;
+use crate::store::{Cursor, RecordOutcome, Recorded, StreamId};
 
 /// How the webhook routes authenticate their senders.
 pub struct WebhookSecurity {
@@ -160,18 +160,22 @@ pub(super) fn whatsapp_subscription(
 }
 
 /// Stores decisions that arrived at `received_at`, then (and only then) answers 200 with what
-/// happened to each.
+/// happened to each, and (issue 16) a `consistency_token`: the cursor holding, per log shard,
+/// the position of this request's newest applied event (`0-0` elsewhere); when nothing was
+/// applied, the log's head. A check carrying it as `at_least_as_fresh` reflects this request
+/// on any replica.
 async fn store_decisions(
     state: &HttpState,
     decisions: Vec<Decision>,
     received_at: DateTime<Utc>,
 ) -> Result<Reply, WebhookError> {
-    let outcomes = state.store.record(&decisions, received_at).await?;
+    let recorded = state.store.record_logged(&decisions, received_at).await?;
+    let token = consistency_token(state, &recorded).await;
     let results: Vec<_> = decisions
         .iter()
-        .zip(&outcomes)
-        .map(|(d, outcome)| {
-            let outcome = match outcome {
+        .zip(&recorded)
+        .map(|(d, recorded)| {
+            let outcome = match recorded.outcome {
                 RecordOutcome::Applied => "applied",
                 RecordOutcome::Stale => "stale",
                 RecordOutcome::Duplicate => "duplicate",
@@ -193,7 +197,33 @@ async fn store_decisions(
         .collect();
     let res = json_response(
         StatusCode::OK,
-        &json!({ "status": "stored", "decisions": results }),
+        &json!({ "status": "stored", "decisions": results, "consistency_token": token }),
     );
     Ok(Reply::webhook(WebhookOutcome::Stored, res))
+}
+
+/// Issue 16: the read-your-writes token of a stored request (see [`store_decisions`]).
+async fn consistency_token(state: &HttpState, recorded: &[Recorded]) -> String {
+    let mut token = Cursor::uniform(state.store.shards(), StreamId::ZERO);
+    let mut logged = false;
+    for (shard, id) in recorded.iter().filter_map(|r| r.logged) {
+        token.advance(shard, id);
+        logged = true;
+    }
+    if logged {
+        return token.to_string();
+    }
+    // Nothing applied (duplicates, stale decisions): what the pair's state rests on is in
+    // the log before its head. If even that read fails, the time now (after `record`
+    // returned, so every write this request depends on was committed before it).
+    match state.store.head().await {
+        Ok(head) => head.to_string(),
+        Err(e) => {
+            tracing::warn!(error = %e, "log head unreadable; consistency token is a time");
+            state
+                .clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        }
+    }
 }

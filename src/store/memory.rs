@@ -20,7 +20,8 @@ use super::records::{RecordedDecision, RecordsPage, RecordsPosition, RecordsRang
 use super::webhooks::MemoryWebhooks;
 use super::{
     CallablePage, CallablePosition, ConsentStore, Cursor, CursorError, DeliveryConflict,
-    HistoryPage, Lease, LoggedEvent, Progress, RecordOutcome, RegisterOutcome, RequestPolicy,
+    HistoryPage, Lease, LoggedEvent, Progress, RecordOutcome, Recorded, RegisterOutcome,
+    RequestPolicy,
     StoreError, StreamId, WebhookRecord, callable, check_deliveries, records,
 };
 use crate::domain::attribution::{attribute, budget, fits, late_attribution};
@@ -108,7 +109,12 @@ impl MemoryStore {
 }
 
 impl State {
-    fn append(&mut self, event: ConsentEvent, now: DateTime<Utc>, config: &MemoryConfig) {
+    fn append(
+        &mut self,
+        event: ConsentEvent,
+        now: DateTime<Utc>,
+        config: &MemoryConfig,
+    ) -> StreamId {
         let ms = now.timestamp_millis().max(0) as u64;
         let id = if ms > self.last_id.ms {
             StreamId::new(ms, 0)
@@ -130,6 +136,7 @@ impl State {
                 break;
             }
         }
+        id
     }
 
     fn record_one(
@@ -137,12 +144,16 @@ impl State {
         decision: &Decision,
         received_at: DateTime<Utc>,
         config: &MemoryConfig,
-    ) -> Result<RecordOutcome, Redelivery> {
+    ) -> Result<Recorded, Redelivery> {
+        let done = |outcome| Recorded {
+            outcome,
+            logged: None,
+        };
         let id = decision.dedup_digest();
         let fingerprint = decision.fingerprint();
         match redelivery(self.dedup.get(&id).copied(), fingerprint) {
             Redelivery::New => {}
-            Redelivery::Duplicate => return Ok(RecordOutcome::Duplicate),
+            Redelivery::Duplicate => return Ok(done(RecordOutcome::Duplicate)),
             conflict @ Redelivery::Conflict => return Err(conflict),
         }
         // issue 13: a reply to a registered request carries its attribution.
@@ -157,7 +168,7 @@ impl State {
         let decision = &decision;
         let pair = &decision.pair;
         let outcome = match arbitrate(self.current.get(pair), decision) {
-            Arbitration::Duplicate => return Ok(RecordOutcome::Duplicate),
+            Arbitration::Duplicate => return Ok(done(RecordOutcome::Duplicate)),
             Arbitration::Stale => RecordOutcome::Stale,
             Arbitration::Apply => RecordOutcome::Applied,
         };
@@ -209,10 +220,14 @@ impl State {
                 }
             }
             if let Some(event) = ConsentEvent::for_applied(decision, received_at) {
-                self.append(event, received_at, config);
+                let id = self.append(event, received_at, config);
+                return Ok(Recorded {
+                    outcome,
+                    logged: Some((0, id)),
+                });
             }
         }
-        Ok(outcome)
+        Ok(done(outcome))
     }
 
     /// Issue 13: takes `pair` off its business's calling-list index.
@@ -297,6 +312,15 @@ impl ConsentStore for MemoryStore {
         decisions: &[Decision],
         received_at: DateTime<Utc>,
     ) -> Result<Vec<RecordOutcome>, StoreError> {
+        let recorded = self.record_logged(decisions, received_at).await?;
+        Ok(recorded.into_iter().map(|r| r.outcome).collect())
+    }
+
+    async fn record_logged(
+        &self,
+        decisions: &[Decision],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
         let (outcomes, head) = {
             let mut state = self.write();
             // The whole call is checked before anything is written: a conflict stores nothing.
@@ -407,6 +431,10 @@ impl ConsentStore for MemoryStore {
 
     fn shards(&self) -> usize {
         1
+    }
+
+    fn shard_of(&self, _pair: &Pair) -> usize {
+        0
     }
 
     async fn read_events(

@@ -57,6 +57,16 @@ pub enum RecordOutcome {
     Duplicate,
 }
 
+/// What recording one decision did, with the log position of the event it published, if
+/// any: issue 16's read-your-writes token is built from these positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    pub outcome: RecordOutcome,
+    /// `(shard, id)` of the event this decision published: set only for an applied decision
+    /// that logged one (a temporary grant already lapsed on arrival logs none).
+    pub logged: Option<(usize, StreamId)>,
+}
+
 /// A delivery whose message id was recorded before with another answer, time or expiry
 /// ([`Redelivery::Conflict`]). The whole call is refused and nothing of it is stored. Carries
 /// no phone number: it is logged and answered to the sender.
@@ -203,6 +213,25 @@ pub trait ConsentStore: Send + Sync + 'static {
         received_at: DateTime<Utc>,
     ) -> Result<Vec<RecordOutcome>, StoreError>;
 
+    /// [`record`](Self::record), with the log position of each applied decision's event
+    /// (issue 16: the webhook's `consistency_token`). By default no positions: a store that
+    /// cannot tell them makes the webhook answer with its head instead.
+    async fn record_logged(
+        &self,
+        decisions: &[Decision],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>, StoreError> {
+        Ok(self
+            .record(decisions, received_at)
+            .await?
+            .into_iter()
+            .map(|outcome| Recorded {
+                outcome,
+                logged: None,
+            })
+            .collect())
+    }
+
     /// The pair's current decision, if any (possibly a lapsed temporary grant).
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError>;
 
@@ -255,6 +284,10 @@ pub trait ConsentStore: Send + Sync + 'static {
 
     /// Number of event-log shards; every cursor of this store has this many positions.
     fn shards(&self) -> usize;
+
+    /// The event-log shard a pair's events go to (`0..shards()`); issue 16's check cache
+    /// keeps its freshness per shard.
+    fn shard_of(&self, pair: &Pair) -> usize;
 
     /// Events strictly after `after`, at most `limit`, in log order: the shards merged by event id,
     /// which is the order events were logged (ties, within one clock tick, by shard). If there are none

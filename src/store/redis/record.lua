@@ -43,7 +43,8 @@
 -- KEYS[11] calling-list index {p:sNN}:l:<business>  ZSET of the business's customers (in
 --                                        this shard) whose current decision is a grant
 -- ARGV[15] the customer's digits (the index member)
--- Returns 0 applied, 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
+-- Returns 0 applied (no event logged), the event's id "<ms>-<seq>" applied with an event
+-- (issue 16), 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
 -- is written), 4 chain tip moved (nothing is written).
 
 -- Byte-wise string order, like Rust's `str::cmp` (Lua's `<` on strings follows the locale).
@@ -199,7 +200,11 @@ if ARGV[4] ~= '' then
   if gone then
     redis.call('SET', KEYS[6], gone)
   end
-  redis.call('XADD', KEYS[4], 'MINID', '=', minid, next_event_id(KEYS[4]), 'k', ARGV[4], 'd',
+  -- issue 16: an applied decision that logged an event answers with the event's id (the
+  -- webhook's read-your-writes token is built from it).
+  local id = next_event_id(KEYS[4])
+  redis.call('XADD', KEYS[4], 'MINID', '=', minid, id, 'k', ARGV[4], 'd',
     ARGV[6] .. ':' .. body)
+  return id
 end
 return 0

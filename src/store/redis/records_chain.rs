@@ -44,7 +44,7 @@ use super::routing::Route;
 use super::store::{RedisStore, all};
 use crate::domain::{ChainLink, Decision, GENESIS, Hash, HistoryEntry, HistoryOutcome, Pair};
 use crate::store::records::{self, RecordedDecision, RecordsPage, RecordsPosition, RecordsRange};
-use crate::store::{RecordOutcome, StoreError};
+use crate::store::StoreError;
 
 /// Rounds in which some pair's history moved before a record call gives up. Writers of one
 /// pair that race each lose at most one round to each other, so this bounds how many may race
@@ -63,7 +63,7 @@ pub(super) async fn contention_pause(round: usize) {
 
 /// What recording one decision in a round did.
 pub(super) enum Recorded {
-    Done(RecordOutcome),
+    Done(crate::store::Recorded),
     /// The pair's history moved since its tip was read: nothing written, try again.
     Moved,
 }
@@ -85,7 +85,7 @@ pub(super) struct ChainPlan {
 
 /// The decisions (indices, in call order) of the next round: the first not yet recorded
 /// decision of each pair.
-pub(super) fn next_round(decisions: &[Decision], done: &[Option<RecordOutcome>]) -> Vec<usize> {
+pub(super) fn next_round<T>(decisions: &[Decision], done: &[Option<T>]) -> Vec<usize> {
     let mut pairs = HashSet::new();
     let mut blocked = HashSet::new();
     let mut round = Vec::new();

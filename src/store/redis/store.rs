@@ -305,7 +305,7 @@ impl RedisStore {
                 )));
             }
         }
-        let codes: Vec<i64> = if atomic {
+        let replies: Vec<Value> = if atomic {
             match replies.pop() {
                 Some(exec) if replies.is_empty() => {
                     redis::from_redis_value(exec).map_err(|_| corrupt_reply("EXEC"))?
@@ -314,19 +314,36 @@ impl RedisStore {
             }
         } else {
             replies
-                .into_iter()
-                .map(|v| redis::from_redis_value(v).map_err(|_| corrupt_reply("record")))
-                .collect::<Result<_, _>>()?
         };
-        if codes.len() != indices.len() {
+        if replies.len() != indices.len() {
             return Err(corrupt_reply("record"));
         }
         indices
             .iter()
-            .zip(codes)
-            .map(|(&i, code)| match code {
-                4 => Ok(Recorded::Moved),
-                code => Self::outcome(all, i, code).map(Recorded::Done),
+            .zip(replies)
+            .map(|(&i, reply)| {
+                // issue 16: an applied decision that logged an event answers with its id.
+                if let Some(id) = bytes_of(&reply) {
+                    let id = std::str::from_utf8(id)
+                        .ok()
+                        .and_then(StreamId::parse)
+                        .ok_or_else(|| corrupt_reply("record"))?;
+                    return Ok(Recorded::Done(crate::store::Recorded {
+                        outcome: RecordOutcome::Applied,
+                        logged: Some((keys::shard_of(&all[i].pair), id)),
+                    }));
+                }
+                let code: i64 =
+                    redis::from_redis_value(reply).map_err(|_| corrupt_reply("record"))?;
+                match code {
+                    4 => Ok(Recorded::Moved),
+                    code => Self::outcome(all, i, code).map(|outcome| {
+                        Recorded::Done(crate::store::Recorded {
+                            outcome,
+                            logged: None,
+                        })
+                    }),
+                }
             })
             .collect()
     }
@@ -450,6 +467,15 @@ impl ConsentStore for RedisStore {
         decisions: &[Decision],
         received_at: DateTime<Utc>,
     ) -> Result<Vec<RecordOutcome>, StoreError> {
+        let recorded = self.record_logged(decisions, received_at).await?;
+        Ok(recorded.into_iter().map(|r| r.outcome).collect())
+    }
+
+    async fn record_logged(
+        &self,
+        decisions: &[Decision],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<crate::store::Recorded>, StoreError> {
         if decisions.is_empty() {
             return Ok(Vec::new());
         }
@@ -462,7 +488,7 @@ impl ConsentStore for RedisStore {
         // Issue 14: each round sends at most one decision per pair, chained to the tip read
         // just before; a decision whose pair's history moved meanwhile is sent again in the
         // next round (see `records_chain`).
-        let mut out: Vec<Option<RecordOutcome>> = vec![None; decisions.len()];
+        let mut out: Vec<Option<crate::store::Recorded>> = vec![None; decisions.len()];
         let mut moved_rounds = 0;
         loop {
             let round = next_round(decisions, &out);
@@ -493,7 +519,12 @@ impl ConsentStore for RedisStore {
         }
         Ok(out
             .into_iter()
-            .map(|o| o.unwrap_or(RecordOutcome::Duplicate))
+            .map(|o| {
+                o.unwrap_or(crate::store::Recorded {
+                    outcome: RecordOutcome::Duplicate,
+                    logged: None,
+                })
+            })
             .collect())
     }
 
@@ -593,6 +624,10 @@ impl ConsentStore for RedisStore {
 
     fn shards(&self) -> usize {
         SHARDS
+    }
+
+    fn shard_of(&self, pair: &Pair) -> usize {
+        keys::shard_of(pair)
     }
 
     async fn read_events(

@@ -1,0 +1,664 @@
+//! Issue 16: the replica-local check cache. Current decisions of the pairs this replica was
+//! asked about, kept current by the event log the fan-out tailer already follows, so a check
+//! usually costs no store round trip, without bending consent.
+//!
+//! ```text
+//!   fan-out tailer ──read_events (sent at s)──► apply(events) ──► heard(s)
+//!                                                   │ upsert cached pairs by log position
+//!   Checker ──lookup──► fresh shard + live entry? ──► evaluate(entry, now)      (a hit)
+//!            └─miss──► stamp ──► store.current ──► fill(stamp, decision)        (a miss)
+//! ```
+//!
+//! **What an entry is.** `pair → (Option<Arc<Decision>>, position, deadline)`: the decision
+//! (`None`: the pair never answered, cached too), the log position of the shard it reflects,
+//! and a deadline `min(insert + TTL, the decision's expires_at)` fixed when it is inserted and
+//! never moved by a hit (SpiceDB #3431: a hit that extends an entry keeps an expired grant
+//! alive). A lookup at or after the deadline is a miss. An answer from the cache is still
+//! `domain::evaluate` of the entry at the clock's now: the cache holds decisions, never
+//! verdicts.
+//!
+//! **Per shard** of the event log (`ConsentStore::shards`, `ConsentStore::shard_of`): the
+//! position the tailer has applied, a generation (bumped by a flush: an entry of an older
+//! generation is never used), and `heard_at`, the app clock's time at which the tailer *sent*
+//! the last store read that completed and whose events were applied. A read sent at `s` covers
+//! everything committed before `s`, so everything committed before `heard_at` is in the cache
+//! (or in no entry at all).
+//!
+//! The rules, and why they keep consent:
+//! - **A cached answer is at most B old** (`CALLGATE_CHECK_CACHE_MAX_STALENESS_MS`): a shard
+//!   answers from memory only while `now - heard_at < B`. The tailer refreshes `heard_at` at
+//!   least every `B/4` on a quiet log; a stalled, failing or restarting tailer stops
+//!   refreshing it, so within B that shard's checks go to the store (which fails closed).
+//! - **An entry never outlives its grant**: the deadline is at most the decision's own expiry,
+//!   and every answer is evaluated at now anyway. An expiry writes nothing, so nothing else
+//!   would end it.
+//! - **A fill never overwrites a newer event**: before the store read of a miss the checker
+//!   takes a [`Stamp`] (the shard's generation and applied position). After the read it inserts
+//!   only if both are unchanged; the check under the shard's lock is the same lock under
+//!   which the tailer applies an event and then moves the applied position, so either the fill
+//!   lands first (and the event, newer than the stamp's position, then overwrites it) or the
+//!   event was applied first (the position moved, and the fill is dropped: the read is
+//!   answered but not cached). Events only update pairs already cached, by position and
+//!   monotone (never back to a smaller position).
+//! - **Eviction is safe**: when full, any entry may be dropped. The fill rule above does not
+//!   depend on whether an entry was present, only on the shard's stamp, so an event that
+//!   found no entry (evicted, or not yet filled) cannot be undone by a later fill: that fill's
+//!   stamp predates the event and is refused.
+//! - **A flush** (a tailer read error, a gap in the log, the tailer's (re)start) bumps the
+//!   shard's generation, so no entry cached before it is used again, and forgets `heard_at`,
+//!   so the shard goes to the store until the tailer reads again.
+//! - **Read your writes** ([`Freshness`]): a check carrying a token is answered from memory
+//!   only if the shard's applied position has reached the token's position for that shard (a
+//!   time: if `heard_at` has reached it); otherwise it reads the store.
+//!
+//! The hot path (a lookup) reads two atomics of the shard, then takes one of [`SEGMENTS`]
+//! short mutexes chosen by the pair's hash (never held across I/O or while waiting for
+//! another lock), and allocates nothing but the `Arc` clone. Time comes from the [`Clock`].
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::clock::Clock;
+use crate::domain::{Decision, Pair};
+use crate::metrics::{CacheResult, Metrics};
+use crate::store::{Cursor, CursorError, LoggedEvent, StreamId};
+
+/// The map is split in this many independently locked segments (by the pair's hash).
+pub const SEGMENTS: usize = 64;
+
+/// `heard_at` of a shard that has not heard from the store since its last flush.
+const NEVER: i64 = i64::MIN;
+
+/// Settings of the check cache (from `CALLGATE_CHECK_CACHE*`, see `crate::config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckCacheConfig {
+    /// `CALLGATE_CHECK_CACHE`: on by default.
+    pub enabled: bool,
+    /// Longest life of an entry (a grant's own expiry ends it sooner).
+    pub ttl: Duration,
+    /// B: a shard answers from memory only while its tailer heard from the store this
+    /// recently.
+    pub max_staleness: Duration,
+    /// Most entries kept (across all segments).
+    pub entries: usize,
+}
+
+impl Default for CheckCacheConfig {
+    fn default() -> Self {
+        CheckCacheConfig {
+            enabled: true,
+            ttl: crate::config::DEFAULT_CHECK_CACHE_TTL,
+            max_staleness: crate::config::DEFAULT_CHECK_CACHE_MAX_STALENESS,
+            entries: crate::config::DEFAULT_CHECK_CACHE_ENTRIES,
+        }
+    }
+}
+
+impl CheckCacheConfig {
+    /// How long one blocking read of the tailer may wait: a quarter of B, so a quiet log
+    /// still refreshes `heard_at` well within B (the brief's bound is B/2; a quarter leaves
+    /// room for the read's round trip).
+    pub fn tail_wait(&self) -> Duration {
+        (self.max_staleness / 4).max(Duration::from_millis(1))
+    }
+}
+
+/// How fresh a check's answer must be (issue 16's `at_least_as_fresh`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Freshness {
+    /// Within the staleness bound B (the default).
+    #[default]
+    Bounded,
+    /// At least every event up to this cursor (a webhook's `consistency_token`, or any
+    /// StreamGrants cursor).
+    AtLeast(Cursor),
+    /// At least every event committed before this time.
+    Since(DateTime<Utc>),
+}
+
+impl Freshness {
+    /// Parses a token: a cursor of this log, or an RFC 3339 time. The error says what is
+    /// wrong, without the field's name (the caller adds it).
+    pub fn parse(token: &str, shards: usize) -> Result<Freshness, String> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Ok(Freshness::Bounded);
+        }
+        if let Ok(t) = DateTime::parse_from_rfc3339(token) {
+            return Ok(Freshness::Since(t.with_timezone(&Utc)));
+        }
+        match Cursor::parse(token, shards) {
+            Ok(c) => Ok(Freshness::AtLeast(c)),
+            Err(CursorError::Malformed) => Err(
+                "not a consistency token: give the `consistency_token` of a webhook's 200, a \
+                 StreamGrants cursor, or an RFC 3339 time"
+                    .into(),
+            ),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Where a shard stood before a miss's store read (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    shard: usize,
+    generation: u64,
+    applied: StreamId,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The pair's current decision (`None`: it never answered), fresh enough.
+    Hit(Option<Arc<Decision>>),
+    /// Read the store, for this reason (never `Hit`).
+    Read(CacheResult),
+}
+
+/// One cached pair.
+#[derive(Debug)]
+struct Entry {
+    decision: Option<Arc<Decision>>,
+    /// The shard's log position this entry reflects.
+    position: StreamId,
+    /// Insert time + TTL: the horizon an event's update may shorten, never extend.
+    ttl_end: DateTime<Utc>,
+    /// `min(ttl_end, the decision's expiry)`: a lookup at or after it is a miss.
+    deadline: DateTime<Utc>,
+    /// The shard's generation when it was inserted.
+    generation: u64,
+}
+
+fn deadline(decision: Option<&Decision>, ttl_end: DateTime<Utc>) -> DateTime<Utc> {
+    match decision.and_then(|d| d.choice.expires_at()) {
+        Some(expires_at) => expires_at.min(ttl_end),
+        None => ttl_end,
+    }
+}
+
+/// A log shard's state. Writers (the tailer, fills) take `state`; lookups read the atomics.
+struct Shard {
+    state: Mutex<ShardState>,
+    /// Mirror of `state.generation`.
+    generation: AtomicU64,
+    /// Mirror of `state.heard_at`, in µs since the epoch ([`NEVER`]: not heard).
+    heard_at_us: AtomicI64,
+}
+
+struct ShardState {
+    generation: u64,
+    /// The newest event of this shard applied to the cache.
+    applied: StreamId,
+    heard_at: Option<DateTime<Utc>>,
+}
+
+/// The replica's check cache. Shared (`Arc`) by both front ends' `Checker` and the tailer.
+pub struct CheckCache {
+    clock: Clock,
+    tail_wait: Duration,
+    ttl: TimeDelta,
+    bound_us: i64,
+    segment_capacity: usize,
+    hasher: std::collections::hash_map::RandomState,
+    segments: Box<[Mutex<HashMap<Pair, Entry>>]>,
+    shards: Box<[Shard]>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for CheckCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckCache")
+            .field("shards", &self.shards.len())
+            .field("ttl", &self.ttl)
+            .field("bound_us", &self.bound_us)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+impl CheckCache {
+    /// An empty cache for a store of `shards` log shards. No shard is fresh until the tailer
+    /// [`start`](Self::start)s and then [`heard`](Self::heard) from the store.
+    pub fn new(
+        config: &CheckCacheConfig,
+        shards: usize,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        CheckCache {
+            clock,
+            tail_wait: config.tail_wait(),
+            ttl: TimeDelta::from_std(config.ttl).unwrap_or(TimeDelta::MAX),
+            bound_us: i64::try_from(config.max_staleness.as_micros()).unwrap_or(i64::MAX),
+            segment_capacity: config.entries.div_ceil(SEGMENTS).max(1),
+            hasher: Default::default(),
+            segments: (0..SEGMENTS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| Shard {
+                    state: Mutex::new(ShardState {
+                        generation: 0,
+                        applied: StreamId::ZERO,
+                        heard_at: None,
+                    }),
+                    generation: AtomicU64::new(0),
+                    heard_at_us: AtomicI64::new(NEVER),
+                })
+                .collect(),
+            metrics,
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The app clock's now (the tailer stamps its reads with it).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The longest a blocking read of the tailer may wait ([`CheckCacheConfig::tail_wait`]).
+    pub fn tail_wait(&self) -> Duration {
+        self.tail_wait
+    }
+
+    fn segment(&self, pair: &Pair) -> &Mutex<HashMap<Pair, Entry>> {
+        &self.segments[(self.hasher.hash_one(pair) % SEGMENTS as u64) as usize]
+    }
+
+    fn shard(&self, shard: usize) -> &Shard {
+        &self.shards[shard.min(self.shards.len() - 1)]
+    }
+
+    /// The pair's cached decision if its shard is fresh enough for `need` and its entry is
+    /// usable at the clock's now; else why the store must be read. Counted in
+    /// `callgate_check_cache_total`.
+    pub fn lookup(&self, pair: &Pair, shard: usize, need: &Freshness) -> Lookup {
+        let found = self.find(pair, shard, need);
+        self.metrics.check_cache(match &found {
+            Lookup::Hit(_) => CacheResult::Hit,
+            Lookup::Read(r) => *r,
+        });
+        found
+    }
+
+    fn find(&self, pair: &Pair, shard_no: usize, need: &Freshness) -> Lookup {
+        let now = micros(self.clock.now());
+        let shard = self.shard(shard_no);
+        let heard = shard.heard_at_us.load(Ordering::Acquire);
+        if heard == NEVER || now.saturating_sub(heard) >= self.bound_us {
+            return Lookup::Read(CacheResult::StaleShard);
+        }
+        match need {
+            Freshness::Bounded => {}
+            Freshness::Since(t) => {
+                if heard < micros(*t) {
+                    return Lookup::Read(CacheResult::Token);
+                }
+            }
+            Freshness::AtLeast(c) => {
+                if lock(&shard.state).applied < c.get(shard_no) {
+                    return Lookup::Read(CacheResult::Token);
+                }
+            }
+        }
+        let generation = shard.generation.load(Ordering::Acquire);
+        let segment = lock(self.segment(pair));
+        match segment.get(pair) {
+            Some(e) if e.generation == generation && now < micros(e.deadline) => {
+                Lookup::Hit(e.decision.clone())
+            }
+            _ => Lookup::Read(CacheResult::Miss),
+        }
+    }
+
+    /// Where `shard` stands now: take it before a miss's store read.
+    pub fn stamp(&self, shard: usize) -> Stamp {
+        let state = lock(&self.shard(shard).state);
+        Stamp {
+            shard,
+            generation: state.generation,
+            applied: state.applied,
+        }
+    }
+
+    /// Caches what a store read begun after `stamp` returned for `pair`, unless the shard
+    /// applied an event or was flushed since the stamp (then the read is answered but not
+    /// cached). True if it was cached.
+    pub fn fill(&self, pair: &Pair, stamp: Stamp, decision: Option<Arc<Decision>>) -> bool {
+        let now = self.clock.now();
+        let ttl_end = now.checked_add_signed(self.ttl).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let deadline = deadline(decision.as_deref(), ttl_end);
+        if deadline <= now {
+            return false; // an expired grant: nothing to save
+        }
+        let state = lock(&self.shard(stamp.shard).state);
+        if state.generation != stamp.generation || state.applied != stamp.applied {
+            return false;
+        }
+        let mut segment = lock(self.segment(pair));
+        if let Some(e) = segment.get(pair)
+            && e.generation == state.generation
+            && e.position > stamp.applied
+        {
+            return false; // cannot happen (positions never pass `applied`): keep the newer
+        }
+        if segment.len() >= self.segment_capacity && !segment.contains_key(pair) {
+            // Full: drop any entry (see the module docs for why that is safe).
+            if let Some(victim) = segment.keys().next().cloned() {
+                segment.remove(&victim);
+            }
+        }
+        segment.insert(
+            pair.clone(),
+            Entry {
+                decision,
+                position: stamp.applied,
+                ttl_end,
+                deadline,
+                generation: state.generation,
+            },
+        );
+        true
+    }
+
+    /// The tailer's (re)start at `head`: every shard is flushed and starts at `head`.
+    pub fn start(&self, head: &Cursor) {
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut state = lock(&shard.state);
+            Self::flush_locked(shard, &mut state);
+            state.applied = head.get(i);
+        }
+        self.metrics.check_cache_flushed();
+        self.report_heard();
+    }
+
+    /// Forgets every shard's entries and `heard_at` (a tailer read error or a gap in the log):
+    /// until the tailer reads again, every check goes to the store.
+    pub fn flush(&self) {
+        for shard in self.shards.iter() {
+            Self::flush_locked(shard, &mut lock(&shard.state));
+        }
+        self.metrics.check_cache_flushed();
+        self.report_heard();
+    }
+
+    fn flush_locked(shard: &Shard, state: &mut ShardState) {
+        state.generation += 1;
+        state.heard_at = None;
+        shard.generation.store(state.generation, Ordering::Release);
+        shard.heard_at_us.store(NEVER, Ordering::Release);
+    }
+
+    /// Applies events read from the log, in log order: each updates its pair's entry if the
+    /// pair is cached (never back to an older position), then moves its shard's applied
+    /// position, both under the shard's lock (the fill rule depends on it).
+    pub fn apply(&self, events: &[LoggedEvent]) {
+        for e in events {
+            let shard = self.shard(e.shard);
+            let mut state = lock(&shard.state);
+            if e.id <= state.applied {
+                continue;
+            }
+            let pair = &e.event.decision.pair;
+            {
+                let mut segment = lock(self.segment(pair));
+                if let Some(entry) = segment.get_mut(pair)
+                    && entry.generation == state.generation
+                    && e.id > entry.position
+                {
+                    let decision = Arc::new(e.event.decision.clone());
+                    entry.deadline = deadline(Some(&decision), entry.ttl_end);
+                    entry.decision = Some(decision);
+                    entry.position = e.id;
+                }
+            }
+            state.applied = e.id;
+        }
+    }
+
+    /// The tailer's read sent at `sent_at` completed and its events were applied: every
+    /// shard has heard from the store at `sent_at`.
+    pub fn heard(&self, sent_at: DateTime<Utc>) {
+        for shard in self.shards.iter() {
+            let mut state = lock(&shard.state);
+            if state.heard_at.is_none_or(|h| h < sent_at) {
+                state.heard_at = Some(sent_at);
+                shard
+                    .heard_at_us
+                    .store(micros(sent_at), Ordering::Release);
+            }
+        }
+        self.report_heard();
+    }
+
+    fn report_heard(&self) {
+        let oldest = self
+            .shards
+            .iter()
+            .map(|s| s.heard_at_us.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(NEVER);
+        self.metrics
+            .check_cache_heard(if oldest == NEVER { 0 } else { oldest / 1000 });
+    }
+
+    /// Entries held (all segments), for tests and tools.
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(|s| lock(s).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Choice, ConsentEvent, ConsentState, EventKind, Evidence, PhoneNumber, Source, evaluate};
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_767_000_000_000 + ms).unwrap()
+    }
+
+    fn pair(n: u32) -> Pair {
+        Pair::new(
+            PhoneNumber::parse("+919000000000").unwrap(),
+            PhoneNumber::parse(&format!("+9198765{n:05}")).unwrap(),
+        )
+    }
+
+    fn decision(p: &Pair, choice: Choice, at: i64) -> Decision {
+        Decision {
+            pair: p.clone(),
+            choice,
+            decided_at: t(at),
+            evidence: Evidence {
+                source: Source::DoubleTick,
+                message_id: format!("m{at}"),
+                paired_message_id: String::new(),
+                response_source: "user_initiated".into(),
+                sender_customer_id: String::new(),
+                body_sha256: [0; 32],
+                stated_at: t(at),
+                stated_expires_at: None,
+            },
+            attribution: None,
+            customer_name: None,
+        }
+    }
+
+    fn event(id: u64, d: Decision) -> LoggedEvent {
+        LoggedEvent {
+            shard: 0,
+            id: StreamId::new(id, 0),
+            event: ConsentEvent {
+                kind: match d.choice {
+                    Choice::Deny => EventKind::Denied,
+                    _ => EventKind::Granted,
+                },
+                decision: d,
+                late_attribution: false,
+            },
+        }
+    }
+
+    fn cache(clock: Clock) -> CheckCache {
+        let cache = CheckCache::new(
+            &CheckCacheConfig::default(),
+            1,
+            clock,
+            Arc::new(Metrics::default()),
+        );
+        cache.start(&Cursor::uniform(1, StreamId::ZERO));
+        cache
+    }
+
+    fn state(l: &Lookup, now: DateTime<Utc>) -> Option<ConsentState> {
+        match l {
+            Lookup::Hit(d) => Some(evaluate(d.clone(), now).state),
+            Lookup::Read(_) => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shard_is_used_only_while_heard_within_the_bound() {
+        let clock = Clock::tokio_at(t(0));
+        let c = cache(clock);
+        let p = pair(1);
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::StaleShard));
+        let s = c.stamp(0);
+        assert!(c.fill(&p, s, None));
+        // Heard at t(0): fresh until t(100) exclusive.
+        c.heard(clock.now());
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Hit(None));
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Hit(None));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::StaleShard));
+        // A flush: nothing cached before it is used again, even once heard again.
+        c.heard(clock.now());
+        c.flush();
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::StaleShard));
+        c.heard(clock.now());
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::Miss));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_ends_on_time_however_many_hits_came_before() {
+        // Grant ending at T = t(10 s), TTL 30 min.
+        let clock = Clock::tokio_at(t(0));
+        let c = cache(clock);
+        let p = pair(2);
+        let grant = decision(&p, Choice::GrantTemporary { expires_at: t(10_000) }, 0);
+        let s = c.stamp(0);
+        assert!(c.fill(&p, s, Some(Arc::new(grant))));
+        let mut hits = 0;
+        while clock.now() < t(10_000 - 1) {
+            c.heard(clock.now());
+            let l = c.lookup(&p, 0, &Freshness::Bounded);
+            assert_eq!(state(&l, clock.now()), Some(ConsentState::GrantedTemporary));
+            hits += 1;
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert!(hits > 9_000);
+        c.heard(clock.now());
+        assert_eq!(clock.now(), t(9_999));
+        let l = c.lookup(&p, 0, &Freshness::Bounded);
+        assert_eq!(state(&l, clock.now()), Some(ConsentState::GrantedTemporary));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        c.heard(clock.now());
+        // At T: the entry's deadline has come; the store is asked.
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::Miss));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fill_stamped_before_an_event_is_dropped() {
+        let clock = Clock::tokio_at(t(0));
+        let c = cache(clock);
+        let p = pair(3);
+        let s = c.stamp(0);
+        // The read returns the old grant, but a denial was applied meanwhile (no entry yet).
+        c.apply(&[event(5, decision(&p, Choice::Deny, 5))]);
+        assert!(!c.fill(&p, s, Some(Arc::new(decision(&p, Choice::GrantPermanent, 1)))));
+        c.heard(clock.now());
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::Miss));
+        // A fill stamped after it is kept, and a later event overwrites it.
+        let s = c.stamp(0);
+        assert!(c.fill(&p, s, Some(Arc::new(decision(&p, Choice::Deny, 5)))));
+        c.apply(&[event(6, decision(&p, Choice::GrantPermanent, 6))]);
+        let l = c.lookup(&p, 0, &Freshness::Bounded);
+        assert_eq!(state(&l, clock.now()), Some(ConsentState::GrantedPermanent));
+        // An event already applied (an older position) changes nothing.
+        c.apply(&[event(4, decision(&p, Choice::Deny, 4))]);
+        let l = c.lookup(&p, 0, &Freshness::Bounded);
+        assert_eq!(state(&l, clock.now()), Some(ConsentState::GrantedPermanent));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_need_the_shard_to_have_applied_them() {
+        let clock = Clock::tokio_at(t(0));
+        let c = cache(clock);
+        let p = pair(4);
+        let s = c.stamp(0);
+        assert!(c.fill(&p, s, None));
+        c.heard(clock.now());
+        let token = Cursor::uniform(1, StreamId::new(7, 0));
+        let need = Freshness::AtLeast(token.clone());
+        assert_eq!(c.lookup(&p, 0, &need), Lookup::Read(CacheResult::Token));
+        c.apply(&[event(7, decision(&p, Choice::Deny, 7))]);
+        assert!(matches!(c.lookup(&p, 0, &need), Lookup::Hit(Some(_))));
+        let later = Freshness::Since(clock.now() + TimeDelta::milliseconds(1));
+        assert_eq!(c.lookup(&p, 0, &later), Lookup::Read(CacheResult::Token));
+        assert!(matches!(
+            c.lookup(&p, 0, &Freshness::Since(clock.now())),
+            Lookup::Hit(_)
+        ));
+    }
+
+    #[test]
+    fn tokens_parse_as_cursors_or_times() {
+        let c = Cursor::from_ids(vec![StreamId::new(5, 1), StreamId::ZERO]);
+        assert_eq!(
+            Freshness::parse(&c.to_string(), 2),
+            Ok(Freshness::AtLeast(c))
+        );
+        assert_eq!(
+            Freshness::parse("2026-11-25T10:00:00.5+05:30", 2),
+            Ok(Freshness::Since(
+                "2026-11-25T04:30:00.5Z".parse().unwrap()
+            ))
+        );
+        assert_eq!(Freshness::parse("", 2), Ok(Freshness::Bounded));
+        assert!(Freshness::parse("yesterday", 2).unwrap_err().contains("consistency_token"));
+        assert!(Freshness::parse("c2.1-1", 2).unwrap_err().contains("shards"));
+    }
+
+    #[test]
+    fn eviction_keeps_the_bound() {
+        let config = CheckCacheConfig {
+            entries: SEGMENTS * 2,
+            ..Default::default()
+        };
+        let c = CheckCache::new(&config, 1, Clock::System, Arc::new(Metrics::default()));
+        for n in 0..1000 {
+            let s = c.stamp(0);
+            c.fill(&pair(n), s, None);
+        }
+        assert!(c.len() <= SEGMENTS * 2, "{}", c.len());
+    }
+}
