@@ -14,6 +14,11 @@ use callgate::store::memory::{MemoryConfig, MemoryStore};
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::{app, cli, pb, telemetry};
 
+/// mimalloc, not the system allocator (issue 16: BENCHMARKS.md measures both).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The crate version, plus the git commit when the build knew it (see build.rs).
 const BUILD_VERSION: &str = env!("CALLGATE_BUILD_VERSION");
 

@@ -75,6 +75,7 @@ fn request(i: u64) -> pb::CheckCallPermissionRequest {
     pb::CheckCallPermissionRequest {
         business_number: population::business(i),
         customer_number: population::customer(i),
+        ..Default::default()
     }
 }
 
@@ -161,7 +162,10 @@ impl Worker for BatchWorker {
         let answer = self
             .connections
             .pick()
-            .check_call_permissions(pb::CheckCallPermissionsRequest { checks })
+            .check_call_permissions(pb::CheckCallPermissionsRequest {
+                checks,
+                ..Default::default()
+            })
             .await;
         let results = match answer {
             Ok(a) => a.into_inner().results,

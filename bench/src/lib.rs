@@ -5,7 +5,8 @@
 //! - `population`: the deterministic numbering shared by `preload` and `check`;
 //! - `runner`: the closed loop (workers, warm-up, request and time budgets);
 //! - `histogram`: the latency histogram; `report`: one line (or JSON object) per scenario;
-//! - `grpc`, `http`, `propagation`: the scenarios' workers; `floor`: the floor server;
+//! - `grpc`, `http`, `propagation`, `staleness`: the scenarios' workers; `floor`: the floor
+//!   server;
 //! - `subscribers`: many open StreamGrants streams and the service's memory with them;
 //! - `target`: loopback-only address resolution;
 //! - `redis_memory`: not a load test: fills an empty Redis through the Redis store and reports
@@ -26,6 +27,7 @@ pub mod propagation;
 pub mod redis_memory;
 pub mod report;
 pub mod runner;
+pub mod staleness;
 pub mod subscribers;
 pub mod target;
 
@@ -99,6 +101,8 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Time from a webhook's 200 to a StreamGrants subscriber receiving its event.
     Propagation(PropagationArgs),
+    /// Time from a denial's 200 on one replica to DENIED on another (the staleness bound).
+    Staleness(StalenessArgs),
     /// Serve a do-nothing ConsentAuthority (the floor) until Ctrl-C.
     Floor(FloorArgs),
     /// Hold many StreamGrants subscribers, fan events out to all, read the service's memory.
@@ -250,6 +254,18 @@ pub struct PropagationArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct StalenessArgs {
+    /// Replica A: its HTTP port takes the webhooks (`--http-addr`).
+    #[command(flatten)]
+    pub http: HttpArgs,
+    /// Replica B's gRPC address: the checks go there.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct FloorArgs {
     /// Listen address of the floor server.
     #[arg(long, default_value = "127.0.0.1:50061")]
@@ -316,6 +332,7 @@ pub async fn run(
         Command::Batch(a) => batch(a, remote, &out).await,
         Command::Ingest(a) => ingest(a, remote, &out).await,
         Command::Propagation(a) => propagate(a, remote, &out).await,
+        Command::Staleness(a) => staleness(a, remote, &out).await,
         Command::Subscribers(a) => hold_subscribers(a, remote, &out).await,
         Command::RedisMemory(a) => redis_memory::run(a, remote, out.json).await,
         Command::Floor(a) => {
@@ -718,4 +735,34 @@ mod tests {
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
+}
+
+async fn staleness(a: StalenessArgs, remote: bool, out: &Output) -> Result<u64, BenchError> {
+    let bounds = a.load.bounds(Defaults {
+        concurrency: 1,
+        requests: 500,
+        duration: 60.0,
+    })?;
+    let http_addr = target::resolve(&a.http.http_addr, remote).await?;
+    let grpc_addr = target::resolve(&a.addr, remote).await?;
+    let writer = http::WebhookClient::new(http_addr, a.http.token.as_deref(), bounds.concurrency)?;
+    let readers = grpc::connect(grpc_addr, bounds.concurrency).await?;
+    let (next, run_id) = (Arc::new(AtomicU64::new(0)), run_id());
+    let workers = readers
+        .into_iter()
+        .map(|reader| staleness::StalenessWorker {
+            writer: writer.clone(),
+            reader,
+            next: next.clone(),
+            run_id,
+        })
+        .collect();
+    let measured = runner::run(bounds, workers).await;
+    Ok(out.report(&Report {
+        scenario: "staleness".into(),
+        target: format!("{http_addr} -> {grpc_addr}"),
+        concurrency: bounds.concurrency,
+        connections: None,
+        measured,
+    }))
 }

@@ -20,6 +20,8 @@ pub const MAX_POPULATION: u64 = 100_000_000;
 pub const DEFAULT_POPULATION: u64 = 100_000;
 /// The business the propagation scenario posts for and subscribes to (outside the population).
 pub const PROPAGATION_BUSINESS: &str = "+919100000000";
+/// The business the staleness scenario posts and checks for (outside the population).
+pub const STALENESS_BUSINESS: &str = "+919100000001";
 
 /// What the customer of a pair answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,11 @@ pub fn ingest_customer(n: u64) -> String {
 /// Customer number of the `n`th propagation webhook (outside the population).
 pub fn propagation_customer(n: u64) -> String {
     format!("+9196{:08}", n % MAX_POPULATION)
+}
+
+/// Customer number of the `n`th staleness probe (outside the population).
+pub fn staleness_customer(n: u64) -> String {
+    format!("+9195{:08}", n % MAX_POPULATION)
 }
 
 /// Kind of pair `i`: 50% permanent, 20% temporary, 20% denied, 10% unknown.
