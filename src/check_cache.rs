@@ -340,7 +340,9 @@ impl CheckCache {
     /// cached). True if it was cached.
     pub fn fill(&self, pair: &Pair, stamp: Stamp, decision: Option<Arc<Decision>>) -> bool {
         let now = self.clock.now();
-        let ttl_end = now.checked_add_signed(self.ttl).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let ttl_end = now
+            .checked_add_signed(self.ttl)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let deadline = deadline(decision.as_deref(), ttl_end);
         if deadline <= now {
             return false; // an expired grant: nothing to save
@@ -437,9 +439,7 @@ impl CheckCache {
             let mut state = lock(&shard.state);
             if state.heard_at.is_none_or(|h| h < sent_at) {
                 state.heard_at = Some(sent_at);
-                shard
-                    .heard_at_us
-                    .store(micros(sent_at), Ordering::Release);
+                shard.heard_at_us.store(micros(sent_at), Ordering::Release);
             }
         }
         self.report_heard();
@@ -469,7 +469,9 @@ impl CheckCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Choice, ConsentEvent, ConsentState, EventKind, Evidence, PhoneNumber, Source, evaluate};
+    use crate::domain::{
+        Choice, ConsentEvent, ConsentState, EventKind, Evidence, PhoneNumber, Source, evaluate,
+    };
 
     fn t(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_767_000_000_000 + ms).unwrap()
@@ -540,7 +542,10 @@ mod tests {
         let clock = Clock::tokio_at(t(0));
         let c = cache(clock);
         let p = pair(1);
-        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::StaleShard));
+        assert_eq!(
+            c.lookup(&p, 0, &Freshness::Bounded),
+            Lookup::Read(CacheResult::StaleShard)
+        );
         let s = c.stamp(0);
         assert!(c.fill(&p, s, None));
         // Heard at t(0): fresh until t(100) exclusive.
@@ -549,13 +554,22 @@ mod tests {
         tokio::time::advance(Duration::from_millis(99)).await;
         assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Hit(None));
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::StaleShard));
+        assert_eq!(
+            c.lookup(&p, 0, &Freshness::Bounded),
+            Lookup::Read(CacheResult::StaleShard)
+        );
         // A flush: nothing cached before it is used again, even once heard again.
         c.heard(clock.now());
         c.flush();
-        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::StaleShard));
+        assert_eq!(
+            c.lookup(&p, 0, &Freshness::Bounded),
+            Lookup::Read(CacheResult::StaleShard)
+        );
         c.heard(clock.now());
-        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::Miss));
+        assert_eq!(
+            c.lookup(&p, 0, &Freshness::Bounded),
+            Lookup::Read(CacheResult::Miss)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -564,7 +578,13 @@ mod tests {
         let clock = Clock::tokio_at(t(0));
         let c = cache(clock);
         let p = pair(2);
-        let grant = decision(&p, Choice::GrantTemporary { expires_at: t(10_000) }, 0);
+        let grant = decision(
+            &p,
+            Choice::GrantTemporary {
+                expires_at: t(10_000),
+            },
+            0,
+        );
         let s = c.stamp(0);
         assert!(c.fill(&p, s, Some(Arc::new(grant))));
         let mut hits = 0;
@@ -583,7 +603,10 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         c.heard(clock.now());
         // At T: the entry's deadline has come; the store is asked.
-        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::Miss));
+        assert_eq!(
+            c.lookup(&p, 0, &Freshness::Bounded),
+            Lookup::Read(CacheResult::Miss)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -594,9 +617,16 @@ mod tests {
         let s = c.stamp(0);
         // The read returns the old grant, but a denial was applied meanwhile (no entry yet).
         c.apply(&[event(5, decision(&p, Choice::Deny, 5))]);
-        assert!(!c.fill(&p, s, Some(Arc::new(decision(&p, Choice::GrantPermanent, 1)))));
+        assert!(!c.fill(
+            &p,
+            s,
+            Some(Arc::new(decision(&p, Choice::GrantPermanent, 1)))
+        ));
         c.heard(clock.now());
-        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Read(CacheResult::Miss));
+        assert_eq!(
+            c.lookup(&p, 0, &Freshness::Bounded),
+            Lookup::Read(CacheResult::Miss)
+        );
         // A fill stamped after it is kept, and a later event overwrites it.
         let s = c.stamp(0);
         assert!(c.fill(&p, s, Some(Arc::new(decision(&p, Choice::Deny, 5)))));
@@ -639,13 +669,19 @@ mod tests {
         );
         assert_eq!(
             Freshness::parse("2026-11-25T10:00:00.5+05:30", 2),
-            Ok(Freshness::Since(
-                "2026-11-25T04:30:00.5Z".parse().unwrap()
-            ))
+            Ok(Freshness::Since("2026-11-25T04:30:00.5Z".parse().unwrap()))
         );
         assert_eq!(Freshness::parse("", 2), Ok(Freshness::Bounded));
-        assert!(Freshness::parse("yesterday", 2).unwrap_err().contains("consistency_token"));
-        assert!(Freshness::parse("c2.1-1", 2).unwrap_err().contains("shards"));
+        assert!(
+            Freshness::parse("yesterday", 2)
+                .unwrap_err()
+                .contains("consistency_token")
+        );
+        assert!(
+            Freshness::parse("c2.1-1", 2)
+                .unwrap_err()
+                .contains("shards")
+        );
     }
 
     #[test]

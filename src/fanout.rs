@@ -115,7 +115,7 @@ impl Hub {
                 config.cache.clone(),
                 shutdown.clone(),
             )
-                .instrument(tracing::info_span!("fanout_tailer")),
+            .instrument(tracing::info_span!("fanout_tailer")),
         );
         let hub = Hub {
             store,

@@ -216,10 +216,13 @@ pub fn state_at(choice: &Choice, now: DateTime<Utc>) -> ConsentState {
 }
 
 /// Evaluates the pair's current decision at `now` (owned, or shared behind an `Arc`).
-pub fn evaluate<D: std::borrow::Borrow<Decision>>(current: Option<D>, now: DateTime<Utc>) -> Verdict<D> {
-    let state = current
-        .as_ref()
-        .map_or(ConsentState::NoConsent, |d| state_at(&d.borrow().choice, now));
+pub fn evaluate<D: std::borrow::Borrow<Decision>>(
+    current: Option<D>,
+    now: DateTime<Utc>,
+) -> Verdict<D> {
+    let state = current.as_ref().map_or(ConsentState::NoConsent, |d| {
+        state_at(&d.borrow().choice, now)
+    });
     Verdict {
         state,
         decision: current,

@@ -350,7 +350,10 @@ impl Api {
         caller: &Caller,
         req: &pb::CheckCallPermissionRequest,
     ) -> Result<(pb::CheckCallPermissionResponse, CheckAnswer), ApiError> {
-        let need = match self.checker.freshness("at_least_as_fresh", &req.at_least_as_fresh) {
+        let need = match self
+            .checker
+            .freshness("at_least_as_fresh", &req.at_least_as_fresh)
+        {
             Ok(need) => need,
             Err(e) => {
                 self.metrics.check(CheckAnswer::InvalidArgument);

@@ -37,8 +37,8 @@ use super::HttpState;
 use super::api_error::CheckApiError;
 use super::body;
 use super::check_json::{
-    self, BatchRequest, CheckRequest, MAX_BATCH_BODY, MAX_CHECK_BODY, RESULT_SEPARATOR, RESULTS_CLOSE,
-    RESULTS_OPEN,
+    self, BatchRequest, CheckRequest, MAX_BATCH_BODY, MAX_CHECK_BODY, RESULT_SEPARATOR,
+    RESULTS_CLOSE, RESULTS_OPEN,
 };
 use super::reply::{Reply, boxed, json_response};
 use crate::check_cache::Freshness;

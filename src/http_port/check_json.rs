@@ -358,9 +358,7 @@ impl<'de> Visitor<'de> for CheckSeed<'_> {
                 "customer_number" => ("customer_number", &mut customer),
                 _ => {
                     // A single check's options; a batch's checks take them from the batch.
-                    if self.item.is_none()
-                        && options.take(&key, &mut map, |f| self.at_field(f))?
-                    {
+                    if self.item.is_none() && options.take(&key, &mut map, |f| self.at_field(f))? {
                         continue;
                     }
                     *self.ctx.unknown.borrow_mut() = key;
@@ -578,11 +576,11 @@ mod tests {
             br#"{"checks":[{"business_number":"1","customer_number":"2"},
                 {"customer_number":"4","business_number":"3"}]}"#,
         );
+        assert_eq!(ok.map(|b| b.checks), Ok(vec![req("1", "2"), req("3", "4")]));
         assert_eq!(
-            ok.map(|b| b.checks),
-            Ok(vec![req("1", "2"), req("3", "4")])
+            parse_batch(br#"{"checks":[]}"#),
+            Ok(BatchRequest::default())
         );
-        assert_eq!(parse_batch(br#"{"checks":[]}"#), Ok(BatchRequest::default()));
         assert_eq!(
             parse_batch(br#"{"include_evidence":true,"checks":[],"at_least_as_fresh":"x"}"#),
             Ok(BatchRequest {

@@ -21,8 +21,7 @@ use super::webhooks::MemoryWebhooks;
 use super::{
     CallablePage, CallablePosition, ConsentStore, Cursor, CursorError, DeliveryConflict,
     HistoryPage, Lease, LoggedEvent, Progress, RecordOutcome, Recorded, RegisterOutcome,
-    RequestPolicy,
-    StoreError, StreamId, WebhookRecord, callable, check_deliveries, records,
+    RequestPolicy, StoreError, StreamId, WebhookRecord, callable, check_deliveries, records,
 };
 use crate::domain::attribution::{attribute, budget, fits, late_attribution};
 use crate::domain::{

@@ -60,6 +60,7 @@ fn check_req(business: &str) -> pb::CheckCallPermissionRequest {
     pb::CheckCallPermissionRequest {
         business_number: business.into(),
         customer_number: CUSTOMER.into(),
+        ..Default::default()
     }
 }
 
@@ -117,6 +118,7 @@ async fn missing_unknown_and_retired_keys_are_unauthenticated_and_scopes_are_enf
     let batch = dialer
         .check_call_permissions(pb::CheckCallPermissionsRequest {
             checks: vec![check_req(BUSINESS), check_req(OTHER)],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -245,6 +247,7 @@ async fn a_client_limited_to_one_business_sees_nothing_of_another() {
     let batch = streamer
         .check_call_permissions(pb::CheckCallPermissionsRequest {
             checks: vec![check_req(BUSINESS), check_req(OTHER), check_req("12ab")],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -539,6 +539,7 @@ async fn issue13_bad_registrations_are_refused_naming_the_field_and_store_nothin
         .check_call_permission(pb::CheckCallPermissionRequest {
             business_number: BUSINESS.into(),
             customer_number: ASHA.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -578,6 +578,9 @@ impl ConsentStore for FailingLists {
     fn shards(&self) -> usize {
         self.inner.shards()
     }
+    fn shard_of(&self, pair: &callgate::domain::Pair) -> usize {
+        self.inner.shard_of(pair)
+    }
     async fn read_events(
         &self,
         after: &callgate::store::Cursor,

@@ -10,6 +10,7 @@ fn req(business: &str, customer: &str) -> pb::CheckCallPermissionRequest {
     pb::CheckCallPermissionRequest {
         business_number: business.into(),
         customer_number: customer.into(),
+        ..Default::default()
     }
 }
 
@@ -56,7 +57,10 @@ async fn batch_answers_in_order_with_per_item_errors() {
     let results = app
         .grpc()
         .await
-        .check_call_permissions(pb::CheckCallPermissionsRequest { checks })
+        .check_call_permissions(pb::CheckCallPermissionsRequest {
+            checks,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -92,7 +96,10 @@ async fn a_batch_over_the_limit_is_refused_whole() {
     let err = app
         .grpc()
         .await
-        .check_call_permissions(pb::CheckCallPermissionsRequest { checks })
+        .check_call_permissions(pb::CheckCallPermissionsRequest {
+            checks,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -101,7 +108,10 @@ async fn a_batch_over_the_limit_is_refused_whole() {
     let ok = app
         .grpc()
         .await
-        .check_call_permissions(pb::CheckCallPermissionsRequest { checks: full })
+        .check_call_permissions(pb::CheckCallPermissionsRequest {
+            checks: full,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -121,6 +121,7 @@ fn single(customer: &str) -> pb::CheckCallPermissionRequest {
     pb::CheckCallPermissionRequest {
         business_number: BUSINESS.into(),
         customer_number: customer.into(),
+        ..Default::default()
     }
 }
 
@@ -168,6 +169,7 @@ async fn two_callgates_on_one_cluster_agree_and_see_each_others_denials_at_once(
     let batch = grpc_a
         .check_call_permissions(pb::CheckCallPermissionsRequest {
             checks: customers.iter().map(|c| single(c)).collect(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -380,6 +382,7 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
             let mut samples = Vec::new();
             let request = pb::CheckCallPermissionsRequest {
                 checks: known.iter().map(|c| single(c)).collect(),
+                ..Default::default()
             };
             let mut rounds = 0;
             while !stop.load(Ordering::Relaxed) && rounds < 5_000 {
@@ -612,6 +615,7 @@ async fn a_master_killed_under_load_fails_only_its_shards_until_promotion_and_lo
         let answer = grpc
             .check_call_permissions(pb::CheckCallPermissionsRequest {
                 checks: chunk.iter().map(|w| single(&w.customer)).collect(),
+                ..Default::default()
             })
             .await
             .unwrap()

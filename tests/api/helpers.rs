@@ -264,6 +264,7 @@ impl Endpoints {
             .check_call_permission(pb::CheckCallPermissionRequest {
                 business_number: business.into(),
                 customer_number: customer.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

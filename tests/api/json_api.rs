@@ -609,10 +609,14 @@ async fn a_full_batch_answers_in_order_and_in_place(store: Arc<dyn ConsentStore>
             .map(|c| pb::CheckCallPermissionRequest {
                 business_number: BUSINESS.into(),
                 customer_number: c.clone(),
+                ..Default::default()
             })
             .collect();
         let grpc_results = grpc
-            .check_call_permissions(pb::CheckCallPermissionsRequest { checks })
+            .check_call_permissions(pb::CheckCallPermissionsRequest {
+                checks,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -727,6 +731,9 @@ impl ConsentStore for FailingReads {
     }
     fn shards(&self) -> usize {
         self.inner.shards()
+    }
+    fn shard_of(&self, pair: &Pair) -> usize {
+        self.inner.shard_of(pair)
     }
     async fn read_events(
         &self,

@@ -46,6 +46,7 @@ async fn metrics_count_checks_webhooks_and_streams_without_phone_numbers() {
         .check_call_permission(callgate::pb::CheckCallPermissionRequest {
             business_number: "bad".into(),
             customer_number: CUSTOMER.into(),
+            ..Default::default()
         })
         .await;
     let _stream = app

@@ -57,6 +57,7 @@ async fn a_corrupt_stored_value_reaches_no_error_and_no_log_with_the_pairs_numbe
         .check_call_permission(callgate::pb::CheckCallPermissionRequest {
             business_number: BUSINESS.into(),
             customer_number: CUSTOMER.into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

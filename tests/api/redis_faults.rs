@@ -100,6 +100,7 @@ async fn check(app: &TestApp, customer: &str) -> Result<bool, Code> {
         .check_call_permission(pb::CheckCallPermissionRequest {
             business_number: BUSINESS.into(),
             customer_number: customer.into(),
+            ..Default::default()
         })
         .await
         .map(|a| a.into_inner().allowed)

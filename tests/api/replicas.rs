@@ -139,6 +139,7 @@ async fn with_redis_down_nothing_is_allowed_and_everything_recovers_without_a_re
         .check_call_permission(pb::CheckCallPermissionRequest {
             business_number: BUSINESS.into(),
             customer_number: CUSTOMER.into(),
+            ..Default::default()
         })
         .await
         .expect_err("a check answered while Redis was down");
@@ -150,7 +151,9 @@ async fn with_redis_down_nothing_is_allowed_and_everything_recovers_without_a_re
             checks: vec![pb::CheckCallPermissionRequest {
                 business_number: BUSINESS.into(),
                 customer_number: CUSTOMER.into(),
+                ..Default::default()
             }],
+            ..Default::default()
         })
         .await;
     assert_eq!(batch.expect_err("batch answered").code(), Code::Unavailable);
@@ -177,6 +180,7 @@ async fn with_redis_down_nothing_is_allowed_and_everything_recovers_without_a_re
             .check_call_permission(pb::CheckCallPermissionRequest {
                 business_number: BUSINESS.into(),
                 customer_number: CUSTOMER.into(),
+                ..Default::default()
             })
             .await;
         answer.is_ok_and(|a| a.into_inner().allowed)

@@ -365,6 +365,7 @@ async fn a_slow_subscriber_falls_back_to_the_store_instead_of_buffering() {
         HubConfig {
             checkpoint: Duration::from_secs(60),
             ring_capacity: RING,
+            cache: None,
         },
         Arc::default(),
         stop.clone(),

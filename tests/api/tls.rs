@@ -109,6 +109,7 @@ async fn check_over(channel: Channel) -> Result<pb::CheckCallPermissionResponse,
         .check_call_permission(pb::CheckCallPermissionRequest {
             business_number: BUSINESS.into(),
             customer_number: CUSTOMER.into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

@@ -321,6 +321,7 @@ fn check_request() -> pb::CheckCallPermissionRequest {
     pb::CheckCallPermissionRequest {
         business_number: BUSINESS.into(),
         customer_number: CUSTOMER.into(),
+        ..Default::default()
     }
 }
 

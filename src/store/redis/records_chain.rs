@@ -43,8 +43,8 @@ use super::keys;
 use super::routing::Route;
 use super::store::{RedisStore, all};
 use crate::domain::{ChainLink, Decision, GENESIS, Hash, HistoryEntry, HistoryOutcome, Pair};
-use crate::store::records::{self, RecordedDecision, RecordsPage, RecordsPosition, RecordsRange};
 use crate::store::StoreError;
+use crate::store::records::{self, RecordedDecision, RecordsPage, RecordsPosition, RecordsRange};
 
 /// Rounds in which some pair's history moved before a record call gives up. Writers of one
 /// pair that race each lose at most one round to each other, so this bounds how many may race
