@@ -47,6 +47,11 @@
 //! - **A flush** (a tailer read error, a gap in the log, the tailer's (re)start) bumps the
 //!   shard's generation, so no entry cached before it is used again, and forgets `heard_at`,
 //!   so the shard goes to the store until the tailer reads again.
+//! - **This replica's own writes** ([`CheckCache::wrote`]): after recording, the webhook
+//!   handler leaves a *hole* at the pair, at its event's position: a miss until the tailer
+//!   applies that event (which fills the hole with the event's decision), and never replaced
+//!   by a fill stamped before it. A client checking on the replica that answered its webhook
+//!   sees its write at once; on other replicas within B.
 //! - **Read your writes** ([`Freshness`]): a check carrying a token is answered from memory
 //!   only if the shard's applied position has reached the token's position for that shard (a
 //!   time: if `heard_at` has reached it); otherwise it reads the store.
@@ -165,6 +170,10 @@ pub enum Lookup {
 #[derive(Debug)]
 struct Entry {
     decision: Option<Arc<Decision>>,
+    /// A write of this replica is pending at `position`: the entry is unusable (a miss) until
+    /// the tailer applies that event, and no fill stamped before it may replace it (see
+    /// [`CheckCache::wrote`]).
+    hole: bool,
     /// The shard's log position this entry reflects.
     position: StreamId,
     /// Insert time + TTL: the horizon an event's update may shorten, never extend.
@@ -318,7 +327,7 @@ impl CheckCache {
         let generation = shard.generation.load(Ordering::Acquire);
         let segment = lock(self.segment(pair));
         match segment.get(pair) {
-            Some(e) if e.generation == generation && now < micros(e.deadline) => {
+            Some(e) if e.generation == generation && !e.hole && now < micros(e.deadline) => {
                 Lookup::Hit(e.decision.clone())
             }
             _ => Lookup::Read(CacheResult::Miss),
@@ -368,6 +377,7 @@ impl CheckCache {
             pair.clone(),
             Entry {
                 decision,
+                hole: false,
                 position: stamp.applied,
                 ttl_end,
                 deadline,
@@ -420,16 +430,54 @@ impl CheckCache {
                 let mut segment = lock(self.segment(pair));
                 if let Some(entry) = segment.get_mut(pair)
                     && entry.generation == state.generation
-                    && e.id > entry.position
+                    && (e.id > entry.position || (entry.hole && e.id == entry.position))
                 {
                     let decision = Arc::new(e.event.decision.clone());
                     entry.deadline = deadline(Some(&decision), entry.ttl_end);
                     entry.decision = Some(decision);
                     entry.position = e.id;
+                    entry.hole = false;
                 }
             }
             state.applied = e.id;
         }
+    }
+
+    /// This replica recorded a decision for `pair` that changed its current decision:
+    /// `logged` is the `(shard, id)` of the event it published, `None` if it published none
+    /// (a temporary grant already lapsed on arrival). Until the tailer applies that event the
+    /// pair is answered from the store, and no fill stamped before the write may bring the
+    /// old decision back: a client that checks on this replica after the webhook's 200 sees
+    /// its write, without a token. Without an event the pair is never answered from memory
+    /// on this replica until a flush or its TTL (no event would ever update it).
+    pub fn wrote(&self, pair: &Pair, shard: usize, logged: Option<StreamId>) {
+        let now = self.clock.now();
+        let ttl_end = now
+            .checked_add_signed(self.ttl)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let state = lock(&self.shard(shard).state);
+        let position = logged.unwrap_or(StreamId::new(u64::MAX, u64::MAX));
+        if position <= state.applied {
+            return; // the tailer applied it already (updating the entry, if any)
+        }
+        let mut segment = lock(self.segment(pair));
+        if segment.len() >= self.segment_capacity
+            && !segment.contains_key(pair)
+            && let Some(victim) = segment.keys().next().cloned()
+        {
+            segment.remove(&victim);
+        }
+        segment.insert(
+            pair.clone(),
+            Entry {
+                decision: None,
+                hole: true,
+                position,
+                ttl_end,
+                deadline: ttl_end,
+                generation: state.generation,
+            },
+        );
     }
 
     /// The tailer's read sent at `sent_at` completed and its events were applied: every

@@ -134,6 +134,20 @@ impl Checker {
         self
     }
 
+    /// Issue 16: what this replica just recorded (`decisions` and the store's answer for
+    /// each), so its own checks see it before the tailer brings the events
+    /// ([`CheckCache::wrote`]).
+    pub fn wrote(&self, decisions: &[Decision], recorded: &[crate::store::Recorded]) {
+        let Some(cache) = &self.cache else { return };
+        for (d, r) in decisions.iter().zip(recorded) {
+            if r.outcome != crate::store::RecordOutcome::Applied {
+                continue;
+            }
+            let shard = self.store.shard_of(&d.pair);
+            cache.wrote(&d.pair, shard, r.logged.map(|(_, id)| id));
+        }
+    }
+
     /// Issue 16: the `at_least_as_fresh` token a client gave in `field` (empty: the default
     /// bound). Unparseable: INVALID_ARGUMENT naming the field, never ignored.
     pub fn freshness(&self, field: &'static str, raw: &str) -> Result<Freshness, CheckError> {

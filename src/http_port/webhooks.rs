@@ -170,6 +170,8 @@ async fn store_decisions(
     received_at: DateTime<Utc>,
 ) -> Result<Reply, WebhookError> {
     let recorded = state.store.record_logged(&decisions, received_at).await?;
+    // Issue 16: this replica's checks see these writes at once.
+    state.checker.wrote(&decisions, &recorded);
     let token = consistency_token(state, &recorded).await;
     let results: Vec<_> = decisions
         .iter()

@@ -153,7 +153,7 @@ async fn issue9_1_temporary_grant_stated_to_end_in_year_9999_ends_within_the_win
     body["expirationTimestamp"] = 253_402_300_799i64.into();
     let answer = app.post_doubletick(body.to_string()).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    let check = app.check(BUSINESS, CUSTOMER).await;
+    let check = app.check_with_evidence(BUSINESS, CUSTOMER).await;
     assert_eq!(check.state, ConsentState::GrantedTemporary as i32);
     let week = 7 * 24 * 3600;
     assert_eq!(check.expires_at.unwrap().seconds, t.timestamp() + week);

@@ -271,6 +271,26 @@ impl Endpoints {
             .into_inner()
     }
 
+    /// A check that asks for the deciding decision's evidence (issue 16: only sent when
+    /// asked).
+    pub async fn check_with_evidence(
+        &self,
+        business: &str,
+        customer: &str,
+    ) -> pb::CheckCallPermissionResponse {
+        self.grpc()
+            .await
+            .check_call_permission(pb::CheckCallPermissionRequest {
+                business_number: business.into(),
+                customer_number: customer.into(),
+                include_evidence: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn state(&self, business: &str, customer: &str) -> ConsentState {
         ConsentState::try_from(self.check(business, customer).await.state).unwrap()
     }

@@ -45,7 +45,7 @@ async fn temporary_sample_keeps_its_explicit_expiry_as_evidence() {
     let app = spawn_app().await;
     app.post_doubletick(fixture("doubletick/accept-temporary.json"))
         .await;
-    let check = app.check(BUSINESS, CUSTOMER).await;
+    let check = app.check_with_evidence(BUSINESS, CUSTOMER).await;
     assert_eq!(check.expires_at.unwrap().seconds, 1_768_470_600);
     let evidence = check.evidence.unwrap();
     assert_eq!(evidence.source, "doubletick");

@@ -56,7 +56,11 @@ async fn rig(password: Option<&str>) -> Rig {
     let store = RedisStore::connect(RedisConfig::new(proxy.url(password)))
         .await
         .expect("connect through the proxy");
-    let app = spawn_app_with(test_config(), Arc::new(store)).await;
+    // These tests are about the store path failing closed: issue 16's check cache (which
+    // answers from memory within its staleness bound) is off; `check_cache` covers it.
+    let mut config = test_config();
+    config.check_cache.enabled = false;
+    let app = spawn_app_with(config, Arc::new(store)).await;
     post(&app, CUSTOMER, "g-before").await;
     assert_eq!(check(&app, CUSTOMER).await, Ok(true));
     let mut stream = app.stream(pb::StreamGrantsRequest::default()).await;

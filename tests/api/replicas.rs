@@ -128,7 +128,14 @@ async fn decisions_survive_a_callgate_restart() {
 #[tokio::test]
 async fn with_redis_down_nothing_is_allowed_and_everything_recovers_without_a_restart() {
     let mut redis = RedisServer::start_with(RedisOptions::aof());
-    let (_p, api) = replica(&redis, &[("CALLGATE_REDIS_TIMEOUT_MS", "200")]);
+    // The store path fails closed; the check cache (tested in `check_cache`) is off.
+    let (_p, api) = replica(
+        &redis,
+        &[
+            ("CALLGATE_REDIS_TIMEOUT_MS", "200"),
+            ("CALLGATE_CHECK_CACHE", "off"),
+        ],
+    );
     post(&api, CUSTOMER, "m1", "accept", Some(true)).await;
     assert!(api.check(BUSINESS, CUSTOMER).await.allowed);
 

@@ -198,7 +198,9 @@ async fn meta_webhooks_need_a_valid_signature_of_the_raw_body() {
 
     let answer = post_whatsapp(&app, &wa, Some(&good)).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    let check = app.check("+15550783881", "+16505551234").await;
+    let check = app
+        .check_with_evidence("+15550783881", "+16505551234")
+        .await;
     // The sample's grant ended on 2026-01-16: it arrives already expired.
     assert_eq!(check.state, ConsentState::Expired as i32);
     let evidence = check.evidence.unwrap();
@@ -292,7 +294,9 @@ async fn a_meta_batch_stores_each_permission_reply_and_ignores_everything_else()
             .status,
         200
     );
-    let check = app.check("+15550783881", "+16505551234").await;
+    let check = app
+        .check_with_evidence("+15550783881", "+16505551234")
+        .await;
     assert_eq!(check.state, ConsentState::Denied as i32);
     assert_eq!(check.evidence.unwrap().response_source, "automatic");
 }
