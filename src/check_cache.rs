@@ -745,4 +745,256 @@ mod tests {
         }
         assert!(c.len() <= SEGMENTS * 2, "{}", c.len());
     }
+
+    // ---- property: random interleavings against a model store ---------------------------
+
+    /// One step of a random schedule.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Another replica records a decision for pair `p`: deny, permanent grant, or a
+        /// temporary grant ending `ms` from now.
+        Write {
+            p: usize,
+            kind: u8,
+            ms: u16,
+        },
+        /// The same, recorded by this replica (the cache is told: [`CheckCache::wrote`]).
+        LocalWrite {
+            p: usize,
+            kind: u8,
+            ms: u16,
+        },
+        /// The sweep logs `Expired` for a lapsed temporary grant of `p` (no state change).
+        Expire {
+            p: usize,
+        },
+        /// The tailer sends a read (it covers the log as it is now).
+        TailerSend,
+        /// The read in flight completes: its events are applied, the shards heard.
+        TailerComplete,
+        /// The tailer's read fails: flush.
+        TailerError,
+        /// The tailer fell behind the retained log: the unread events are skipped, and it
+        /// restarts at the head (the cache flushed and started there).
+        TailerGap,
+        /// A check misses and starts its fill: stamp, then the store read (now, or when it
+        /// finishes if `late`).
+        StartFill {
+            p: usize,
+            late: bool,
+        },
+        /// The `i`-th pending fill (mod their number) finishes.
+        FinishFill {
+            i: usize,
+        },
+        Advance {
+            ms: u16,
+        },
+        Check {
+            p: usize,
+        },
+    }
+
+    /// Pairs in a schedule: few, so steps meet on the same pair often.
+    const PAIRS: usize = 2;
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..PAIRS, 0..3u8, 1..400u16).prop_map(|(p, kind, ms)| Step::Write { p, kind, ms }),
+            (0..PAIRS, 0..3u8, 1..400u16).prop_map(|(p, kind, ms)| Step::Write { p, kind, ms }),
+            (0..PAIRS, 0..3u8, 1..400u16).prop_map(|(p, kind, ms)| Step::LocalWrite {
+                p,
+                kind,
+                ms
+            }),
+            (0..PAIRS).prop_map(|p| Step::Expire { p }),
+            Just(Step::TailerSend),
+            Just(Step::TailerSend),
+            Just(Step::TailerComplete),
+            Just(Step::TailerComplete),
+            Just(Step::TailerError),
+            Just(Step::TailerGap),
+            (0..PAIRS, any::<bool>()).prop_map(|(p, late)| Step::StartFill { p, late }),
+            (0..PAIRS, any::<bool>()).prop_map(|(p, late)| Step::StartFill { p, late }),
+            (0..8usize).prop_map(|i| Step::FinishFill { i }),
+            (0..8usize).prop_map(|i| Step::FinishFill { i }),
+            (0..250u16).prop_map(|ms| Step::Advance { ms }),
+            (0..PAIRS).prop_map(|p| Step::Check { p }),
+            (0..PAIRS).prop_map(|p| Step::Check { p }),
+            (0..PAIRS).prop_map(|p| Step::Check { p }),
+        ]
+    }
+
+    /// The model store: per pair, every version of its current decision with the instant it
+    /// was committed; the log of events.
+    struct Model {
+        versions: Vec<Vec<(DateTime<Utc>, Option<Decision>)>>,
+        log: Vec<LoggedEvent>,
+        next_id: u64,
+        decided: i64,
+    }
+
+    impl Model {
+        fn current(&self, p: usize) -> Option<Decision> {
+            self.versions[p].last().and_then(|(_, d)| d.clone())
+        }
+
+        /// Whether `d` was the pair's current decision at some instant of `[from, to]`.
+        fn held_within(
+            &self,
+            p: usize,
+            d: Option<&Decision>,
+            from: DateTime<Utc>,
+            to: DateTime<Utc>,
+        ) -> bool {
+            let v = &self.versions[p];
+            v.iter().enumerate().any(|(k, (since, version))| {
+                let until = v.get(k + 1).map(|(t, _)| *t);
+                version.as_ref() == d && *since <= to && until.is_none_or(|u| u > from)
+            })
+        }
+    }
+
+    fn shard_of(p: usize) -> usize {
+        p % 2
+    }
+
+    fn run(steps: Vec<Step>) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prop_assert;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let clock = Clock::tokio_at(t(0));
+            let config = CheckCacheConfig::default();
+            let bound = TimeDelta::from_std(config.max_staleness).unwrap();
+            let cache = CheckCache::new(&config, 2, clock, Arc::new(Metrics::default()));
+            let pairs: Vec<Pair> = (0..PAIRS).map(|n| pair(10 + n as u32)).collect();
+            let mut model = Model {
+                versions: vec![vec![(t(-1_000_000), None)]; PAIRS],
+                log: Vec::new(),
+                next_id: 1,
+                decided: 0,
+            };
+            // The tailer: its cursor (events applied), the read in flight (log length and
+            // send time).
+            let mut applied = 0usize;
+            let mut in_flight: Option<(usize, DateTime<Utc>)> = None;
+            cache.start(&Cursor::uniform(2, StreamId::ZERO));
+            let mut fills: Vec<(usize, Stamp, Option<Option<Decision>>)> = Vec::new();
+            for step in steps {
+                let now = clock.now();
+                match step {
+                    Step::Write { p, kind, ms } | Step::LocalWrite { p, kind, ms } => {
+                        model.decided += 1;
+                        let choice = match kind {
+                            0 => Choice::Deny,
+                            1 => Choice::GrantPermanent,
+                            _ => Choice::GrantTemporary {
+                                expires_at: now + TimeDelta::milliseconds(ms.into()),
+                            },
+                        };
+                        let mut d = decision(&pairs[p], choice, model.decided);
+                        d.evidence.message_id = format!("w{}", model.decided);
+                        let id = StreamId::new(model.next_id, 0);
+                        model.next_id += 1;
+                        model.versions[p].push((now, Some(d.clone())));
+                        let mut e = event(0, d);
+                        e.shard = shard_of(p);
+                        e.id = id;
+                        model.log.push(e);
+                        if matches!(step, Step::LocalWrite { .. }) {
+                            cache.wrote(&pairs[p], shard_of(p), Some(id));
+                        }
+                    }
+                    Step::Expire { p } => {
+                        if let Some(d) = model.current(p)
+                            && matches!(d.choice, Choice::GrantTemporary { expires_at } if expires_at <= now)
+                        {
+                            let mut e = event(0, d);
+                            e.event.kind = EventKind::Expired;
+                            e.shard = shard_of(p);
+                            e.id = StreamId::new(model.next_id, 0);
+                            model.next_id += 1;
+                            model.log.push(e);
+                        }
+                    }
+                    Step::TailerSend => {
+                        if in_flight.is_none() {
+                            in_flight = Some((model.log.len(), now));
+                        }
+                    }
+                    Step::TailerComplete => {
+                        if let Some((upto, sent)) = in_flight.take() {
+                            cache.apply(&model.log[applied..upto]);
+                            applied = upto;
+                            cache.heard(sent);
+                        }
+                    }
+                    Step::TailerError => {
+                        in_flight = None;
+                        cache.flush();
+                    }
+                    Step::TailerGap => {
+                        in_flight = None;
+                        applied = model.log.len();
+                        let mut head = Cursor::uniform(2, StreamId::ZERO);
+                        for e in &model.log {
+                            head.advance(e.shard, e.id);
+                        }
+                        cache.flush();
+                        cache.start(&head);
+                    }
+                    Step::StartFill { p, late } => {
+                        let stamp = cache.stamp(shard_of(p));
+                        let read = (!late).then(|| model.current(p));
+                        fills.push((p, stamp, read));
+                    }
+                    Step::FinishFill { i } => {
+                        if !fills.is_empty() {
+                            let (p, stamp, read) = fills.remove(i % fills.len());
+                            let d = read.unwrap_or_else(|| model.current(p));
+                            cache.fill(&pairs[p], stamp, d.map(Arc::new));
+                        }
+                    }
+                    Step::Advance { ms } => {
+                        tokio::time::advance(Duration::from_millis(ms.into())).await;
+                    }
+                    Step::Check { p } => {
+                        if let Lookup::Hit(d) =
+                            cache.lookup(&pairs[p], shard_of(p), &Freshness::Bounded)
+                        {
+                            let verdict = evaluate(d.clone(), now);
+                            if verdict.allowed() {
+                                let d = d.as_deref().unwrap();
+                                prop_assert!(
+                                    d.choice.expires_at().is_none_or(|e| e > now),
+                                    "ALLOW of a lapsed grant"
+                                );
+                            }
+                            prop_assert!(
+                                model.held_within(p, d.as_deref(), now - bound, now),
+                                "answer {:?} was not the store's state within [now - B, now]",
+                                d.as_ref().map(|d| &d.evidence.message_id)
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+        #[test]
+        fn every_cached_answer_is_the_stores_state_within_the_bound(
+            steps in proptest::collection::vec(step(), 1..160)
+        ) {
+            run(steps)?;
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod api_auth;
 mod attribution;
 mod calling_list;
 mod check;
+mod check_cache;
 mod cli;
 mod cluster;
 mod conformance;
