@@ -56,10 +56,20 @@ class Callgate:
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.timeout = timeout
 
-    def check(self, business, customer):
-        """The CheckCallPermissionResponse; raises grpc.RpcError on any failure."""
+    def check(self, business, customer, include_evidence=False, at_least_as_fresh=""):
+        """The CheckCallPermissionResponse; raises grpc.RpcError on any failure.
+
+        `include_evidence`: also return the deciding decision's evidence (not sent otherwise).
+        `at_least_as_fresh`: a webhook 200's `consistency_token` (or a StreamGrants cursor, or
+        an RFC 3339 time): the answer reflects at least that write, on any replica.
+        """
         return self.stub.CheckCallPermission(
-            pb.CheckCallPermissionRequest(business_number=business, customer_number=customer),
+            pb.CheckCallPermissionRequest(
+                business_number=business,
+                customer_number=customer,
+                include_evidence=include_evidence,
+                at_least_as_fresh=at_least_as_fresh,
+            ),
             metadata=self.metadata,
             timeout=self.timeout,
         )
