@@ -26,14 +26,20 @@ pub struct ConsentEvent {
 }
 
 impl ConsentEvent {
-    /// The event a newly applied decision publishes, if any.
+    /// The event a newly applied decision publishes (always one; an `Option` for the
+    /// stores' sake).
     ///
     /// A temporary grant that had already lapsed when it arrived publishes no `Granted` (nobody
-    /// should add that customer to a calling list); the expiry sweep announces it as `Expired`.
+    /// should add that customer to a calling list) but its `Expired`, at once (issue 16: the
+    /// pair's current decision changed, and every replica's check cache learns of changes from
+    /// the log only). The stores then keep it out of the due index, so the sweep does not
+    /// announce it a second time.
     pub fn for_applied(decision: &Decision, received_at: DateTime<Utc>) -> Option<Self> {
         let kind = match decision.choice {
             Choice::Deny => EventKind::Denied,
-            Choice::GrantTemporary { expires_at } if expires_at <= received_at => return None,
+            Choice::GrantTemporary { expires_at } if expires_at <= received_at => {
+                EventKind::Expired
+            }
             Choice::GrantPermanent | Choice::GrantTemporary { .. } => EventKind::Granted,
         };
         Some(ConsentEvent {

@@ -203,7 +203,13 @@ impl State {
                 self.due
                     .remove(&(expires_at.timestamp_millis(), pair.clone()));
             }
-            if let Choice::GrantTemporary { expires_at } = decision.choice {
+            let event = ConsentEvent::for_applied(decision, received_at);
+            // Issue 16: a grant already lapsed on arrival is announced `Expired` now, so it is
+            // not due (and not listed) any more.
+            let lapsed = event.as_ref().is_some_and(|e| e.kind == EventKind::Expired);
+            if let Choice::GrantTemporary { expires_at } = decision.choice
+                && !lapsed
+            {
                 self.due
                     .insert((expires_at.timestamp_millis(), pair.clone()));
             }
@@ -211,6 +217,7 @@ impl State {
             // Issue 13: the calling lists' index follows the current decision.
             match decision.choice {
                 Choice::Deny => self.unlist(pair),
+                Choice::GrantTemporary { .. } if lapsed => self.unlist(pair),
                 Choice::GrantPermanent | Choice::GrantTemporary { .. } => {
                     self.callable
                         .entry(pair.business.clone())
@@ -218,7 +225,7 @@ impl State {
                         .insert(pair.customer.clone());
                 }
             }
-            if let Some(event) = ConsentEvent::for_applied(decision, received_at) {
+            if let Some(event) = event {
                 let id = self.append(event, received_at, config);
                 return Ok(Recorded {
                     outcome,

@@ -62,8 +62,8 @@ pub enum RecordOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
     pub outcome: RecordOutcome,
-    /// `(shard, id)` of the event this decision published: set only for an applied decision
-    /// that logged one (a temporary grant already lapsed on arrival logs none).
+    /// `(shard, id)` of the event this decision published: set for an applied decision (both
+    /// stores log one for every applied decision; a store that cannot tell leaves it unset).
     pub logged: Option<(usize, StreamId)>,
 }
 

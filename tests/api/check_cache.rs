@@ -553,6 +553,63 @@ async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound()
     app.stop().await;
 }
 
+/// A late delivery: a temporary grant newer than the cached permanent grant but already lapsed
+/// when it arrived (recorded by another replica) reaches this replica's cache through the log
+/// like any change: every check sent B or more after it was recorded answers EXPIRED.
+#[tokio::test]
+async fn check_cache_a_grant_lapsed_on_arrival_reaches_every_cache_within_the_bound() {
+    let inner = memory_store();
+    let customer = "+919876500005";
+    let t = ms(Utc::now());
+    inner
+        .record(
+            &[decision(
+                customer,
+                Choice::GrantPermanent,
+                t - TimeDelta::seconds(10),
+                "g",
+            )],
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let app = spawn_app_with(test_config(), inner.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hits = cache_count(&app, "hit").await;
+        assert!(app.check(BUSINESS, customer).await.allowed);
+        if cache_count(&app, "hit").await > hits {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never a hit");
+    }
+    let lapsed = decision(
+        customer,
+        Choice::GrantTemporary {
+            expires_at: t - TimeDelta::seconds(1),
+        },
+        t - TimeDelta::seconds(2),
+        "late",
+    );
+    inner.record(&[lapsed], Utc::now()).await.unwrap();
+    let recorded = app.clock.now();
+    let bound = TimeDelta::from_std(B).unwrap();
+    loop {
+        let sent = app.clock.now();
+        let answer = app.check(BUSINESS, customer).await;
+        if sent - recorded >= bound {
+            assert!(
+                !answer.allowed,
+                "ALLOW {:?} after the lapsed grant",
+                sent - recorded
+            );
+            assert_eq!(answer.state, pb::ConsentState::Expired as i32);
+            break;
+        }
+    }
+    app.stop().await;
+}
+
 /// A tailer read error flushes: no answer comes from entries cached before it (the denial
 /// below reaches the store but not the log reader, and is answered at once).
 #[tokio::test]

@@ -19,7 +19,8 @@
 -- ARGV[1] the decision body D "<rank><decided>,<expires>,<evidence...>" (times in base 36)
 -- ARGV[2] the decision's dedup id (16 raw bytes)
 -- ARGV[3] received at (base 36 ms)
--- ARGV[4] event kind to publish if applied ("g", "d", or "" for none)
+-- ARGV[4] event kind to publish if applied ("g", "d", "e" for a temporary grant already lapsed
+--         on arrival (issue 16: announced now, not by the sweep), or "" for none)
 -- ARGV[5] event retention (ms)
 -- ARGV[6] the pair as due-index member "<business>:<customer>"
 -- ARGV[7] the decision's fingerprint (8 raw bytes: what the sender said)
@@ -173,17 +174,23 @@ if new.r == 0 then
     redis.call('DEL', KEYS[1])
   end
   redis.call('SET', KEYS[2], value)
-  redis.call('ZADD', KEYS[5], new.e, ARGV[6])
+  if ARGV[4] == 'e' then
+    -- issue 16: lapsed on arrival (by the caller's clock): its EXPIRED is published below,
+    -- now, so it is not due for the sweep.
+    redis.call('ZREM', KEYS[5], ARGV[6])
+  else
+    redis.call('ZADD', KEYS[5], new.e, ARGV[6])
+  end
 else
   redis.call('SET', KEYS[1], value)
   redis.call('DEL', KEYS[2])
   redis.call('ZREM', KEYS[5], ARGV[6])
 end
 
--- issue 13 (calling lists): the index follows the current decision. A grant (even one
--- already lapsed: the sweep's claim removes it, and readers filter by their clock) is listed,
--- a denial is not.
-if new.r == 2 then
+-- issue 13 (calling lists): the index follows the current decision. A grant (even one that
+-- lapses later: the sweep's claim removes it, and readers filter by their clock) is listed,
+-- a denial is not, nor (issue 16) a grant already lapsed on arrival (announced EXPIRED now).
+if new.r == 2 or ARGV[4] == 'e' then
   redis.call('ZREM', KEYS[11], ARGV[15])
 else
   redis.call('ZADD', KEYS[11], 0, ARGV[15])
