@@ -27,7 +27,7 @@ pub enum Read {
     /// `callable_page` (a calling list's page).
     CallablePage,
     /// `read_events` (the fan-out tailer, catch-ups, outbound delivery).
-    ReadEvents,
+    Events,
 }
 
 /// What happens before an intercepted read: `Err` fails it (nothing is asked of the real
@@ -91,7 +91,7 @@ impl<H: Hooks> ConsentStore for Intercepted<H> {
         limit: usize,
         wait: Duration,
     ) -> Result<Vec<LoggedEvent>, StoreError> {
-        self.hooks.before(Read::ReadEvents).await?;
+        self.hooks.before(Read::Events).await?;
         self.inner.read_events(after, limit, wait).await
     }
     async fn head(&self) -> Result<Cursor, StoreError> {
