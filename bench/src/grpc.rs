@@ -75,7 +75,6 @@ fn request(i: u64) -> pb::CheckCallPermissionRequest {
     pb::CheckCallPermissionRequest {
         business_number: population::business(i),
         customer_number: population::customer(i),
-        ..Default::default()
     }
 }
 
@@ -162,10 +161,7 @@ impl Worker for BatchWorker {
         let answer = self
             .connections
             .pick()
-            .check_call_permissions(pb::CheckCallPermissionsRequest {
-                checks,
-                ..Default::default()
-            })
+            .check_call_permissions(pb::CheckCallPermissionsRequest { checks })
             .await;
         let results = match answer {
             Ok(a) => a.into_inner().results,

@@ -50,7 +50,6 @@ impl StalenessWorker {
             .check_call_permission(pb::CheckCallPermissionRequest {
                 business_number: population::STALENESS_BUSINESS.to_owned(),
                 customer_number: customer.to_owned(),
-                ..Default::default()
             })
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
