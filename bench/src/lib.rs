@@ -643,6 +643,36 @@ async fn hold_subscribers(
     Ok(want.saturating_sub(o.delivered))
 }
 
+async fn staleness(a: StalenessArgs, remote: bool, out: &Output) -> Result<u64, BenchError> {
+    let bounds = a.load.bounds(Defaults {
+        concurrency: 1,
+        requests: 500,
+        duration: 60.0,
+    })?;
+    let http_addr = target::resolve(&a.http.http_addr, remote).await?;
+    let grpc_addr = target::resolve(&a.addr, remote).await?;
+    let writer = http::WebhookClient::new(http_addr, a.http.token.as_deref(), bounds.concurrency)?;
+    let readers = grpc::connect(grpc_addr, bounds.concurrency).await?;
+    let (next, run_id) = (Arc::new(AtomicU64::new(0)), run_id());
+    let workers = readers
+        .into_iter()
+        .map(|reader| staleness::StalenessWorker {
+            writer: writer.clone(),
+            reader,
+            next: next.clone(),
+            run_id,
+        })
+        .collect();
+    let measured = runner::run(bounds, workers).await;
+    Ok(out.report(&Report {
+        scenario: "staleness".into(),
+        target: format!("{http_addr} -> {grpc_addr}"),
+        concurrency: bounds.concurrency,
+        connections: None,
+        measured,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,34 +765,4 @@ mod tests {
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }
-}
-
-async fn staleness(a: StalenessArgs, remote: bool, out: &Output) -> Result<u64, BenchError> {
-    let bounds = a.load.bounds(Defaults {
-        concurrency: 1,
-        requests: 500,
-        duration: 60.0,
-    })?;
-    let http_addr = target::resolve(&a.http.http_addr, remote).await?;
-    let grpc_addr = target::resolve(&a.addr, remote).await?;
-    let writer = http::WebhookClient::new(http_addr, a.http.token.as_deref(), bounds.concurrency)?;
-    let readers = grpc::connect(grpc_addr, bounds.concurrency).await?;
-    let (next, run_id) = (Arc::new(AtomicU64::new(0)), run_id());
-    let workers = readers
-        .into_iter()
-        .map(|reader| staleness::StalenessWorker {
-            writer: writer.clone(),
-            reader,
-            next: next.clone(),
-            run_id,
-        })
-        .collect();
-    let measured = runner::run(bounds, workers).await;
-    Ok(out.report(&Report {
-        scenario: "staleness".into(),
-        target: format!("{http_addr} -> {grpc_addr}"),
-        concurrency: bounds.concurrency,
-        connections: None,
-        measured,
-    }))
 }

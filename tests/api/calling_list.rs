@@ -15,6 +15,7 @@ use callgate::store::redis::{RedisConfig, RedisStore};
 use tonic::Code;
 
 use crate::helpers::*;
+use crate::intercepted_store::{Hooks, Intercepted, Read};
 use crate::redis_harness::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -537,171 +538,38 @@ async fn issue13_a_temporary_grant_leaves_the_list_at_its_instant_without_the_sw
     assert_eq!(numbers(&entries), BTreeSet::from([customer(2)]));
 }
 
-/// A memory store whose calling-list reads fail from the `fail_from`-th one on: a store that
-/// goes down while a list is being streamed. (Every other method delegates: a method added to
-/// the trait needs its line here.)
+/// Calling-list reads fail from the `fail_from`-th one on: a store that goes down while a list
+/// is being streamed.
 struct FailingLists {
-    inner: Arc<dyn ConsentStore>,
     reads: std::sync::atomic::AtomicUsize,
     fail_from: usize,
 }
 
 #[async_trait::async_trait]
-impl ConsentStore for FailingLists {
-    async fn record(
-        &self,
-        decisions: &[callgate::domain::Decision],
-        received_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<callgate::store::RecordOutcome>, callgate::store::StoreError> {
-        self.inner.record(decisions, received_at).await
-    }
-    async fn current(
-        &self,
-        pair: &callgate::domain::Pair,
-    ) -> Result<Option<callgate::domain::Decision>, callgate::store::StoreError> {
-        self.inner.current(pair).await
-    }
-    async fn current_many(
-        &self,
-        pairs: &[callgate::domain::Pair],
-    ) -> Result<Vec<Option<callgate::domain::Decision>>, callgate::store::StoreError> {
-        self.inner.current_many(pairs).await
-    }
-    async fn history_page(
-        &self,
-        pair: &callgate::domain::Pair,
-        start: usize,
-        limit: usize,
-    ) -> Result<callgate::store::HistoryPage, callgate::store::StoreError> {
-        self.inner.history_page(pair, start, limit).await
-    }
-    fn shards(&self) -> usize {
-        self.inner.shards()
-    }
-    fn shard_of(&self, pair: &callgate::domain::Pair) -> usize {
-        self.inner.shard_of(pair)
-    }
-    async fn read_events(
-        &self,
-        after: &callgate::store::Cursor,
-        limit: usize,
-        wait: Duration,
-    ) -> Result<Vec<callgate::store::LoggedEvent>, callgate::store::StoreError> {
-        self.inner.read_events(after, limit, wait).await
-    }
-    async fn head(&self) -> Result<callgate::store::Cursor, callgate::store::StoreError> {
-        self.inner.head().await
-    }
-    async fn retained_from(&self) -> Result<callgate::store::Cursor, callgate::store::StoreError> {
-        self.inner.retained_from().await
-    }
-    async fn claim_expired(
-        &self,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<usize, callgate::store::StoreError> {
-        self.inner.claim_expired(now).await
-    }
-    async fn ping(&self) -> Result<(), callgate::store::StoreError> {
-        self.inner.ping().await
-    }
-    async fn register_request(
-        &self,
-        request: &callgate::domain::ConsentRequest,
-        now: chrono::DateTime<chrono::Utc>,
-        policy: &callgate::store::RequestPolicy,
-    ) -> Result<callgate::store::RegisterOutcome, callgate::store::StoreError> {
-        self.inner.register_request(request, now, policy).await
-    }
-    async fn request_budget(
-        &self,
-        pair: &callgate::domain::Pair,
-        now: chrono::DateTime<chrono::Utc>,
-        policy: &callgate::store::RequestPolicy,
-    ) -> Result<callgate::domain::Budget, callgate::store::StoreError> {
-        self.inner.request_budget(pair, now, policy).await
-    }
-    async fn callable_page(
-        &self,
-        business: &callgate::domain::PhoneNumber,
-        from: &callgate::store::CallablePosition,
-        limit: usize,
-        keep: callgate::store::callable::Keep<'_>,
-    ) -> Result<callgate::store::CallablePage, callgate::store::StoreError> {
+impl Hooks for FailingLists {
+    async fn before(&self, read: Read) -> Result<(), callgate::store::StoreError> {
+        if read != Read::CallablePage {
+            return Ok(());
+        }
         let n = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if n >= self.fail_from {
             return Err(callgate::store::StoreError::Unavailable(
                 "test: the store went away".into(),
             ));
         }
-        self.inner.callable_page(business, from, limit, keep).await
-    }
-    async fn records_page(
-        &self,
-        range: &callgate::store::RecordsRange,
-        after: Option<&callgate::store::RecordsPosition>,
-        limit: usize,
-    ) -> Result<callgate::store::RecordsPage, callgate::store::StoreError> {
-        self.inner.records_page(range, after, limit).await
-    }
-    // issue 17: outbound webhook subscriptions, passed through.
-    async fn webhook_create(
-        &self,
-        subscription: &callgate::domain::Subscription,
-        cursor: &callgate::store::Cursor,
-    ) -> Result<(), callgate::store::StoreError> {
-        self.inner.webhook_create(subscription, cursor).await
-    }
-    async fn webhook_list(
-        &self,
-    ) -> Result<Vec<callgate::store::WebhookRecord>, callgate::store::StoreError> {
-        self.inner.webhook_list().await
-    }
-    async fn webhook_get(
-        &self,
-        id: &str,
-    ) -> Result<Option<callgate::store::WebhookRecord>, callgate::store::StoreError> {
-        self.inner.webhook_get(id).await
-    }
-    async fn webhook_replace(
-        &self,
-        record: &callgate::store::WebhookRecord,
-    ) -> Result<bool, callgate::store::StoreError> {
-        self.inner.webhook_replace(record).await
-    }
-    async fn webhook_lease(
-        &self,
-        id: &str,
-        holder: &str,
-        ttl: Duration,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<callgate::store::Lease, callgate::store::StoreError> {
-        self.inner.webhook_lease(id, holder, ttl, now).await
-    }
-    async fn webhook_progress(
-        &self,
-        id: &str,
-        token: u64,
-        progress: &callgate::store::Progress,
-    ) -> Result<bool, callgate::store::StoreError> {
-        self.inner.webhook_progress(id, token, progress).await
-    }
-    async fn webhook_release(
-        &self,
-        id: &str,
-        holder: &str,
-        token: u64,
-    ) -> Result<(), callgate::store::StoreError> {
-        self.inner.webhook_release(id, holder, token).await
+        Ok(())
     }
 }
 
 #[tokio::test]
 async fn issue13_a_store_failure_is_a_503_before_the_answer_and_a_cut_transfer_after_it() {
-    let store = Arc::new(FailingLists {
-        inner: memory_store(),
-        reads: Default::default(),
-        fail_from: 1,
-    });
+    let store = Intercepted::new(
+        memory_store(),
+        FailingLists {
+            reads: Default::default(),
+            fail_from: 1,
+        },
+    );
     let app = spawn_app_with(test_config(), store.clone()).await;
     let now = app.clock.now();
     let decisions: Vec<_> = (0..1200)
@@ -730,10 +598,13 @@ async fn issue13_a_store_failure_is_a_503_before_the_answer_and_a_cut_transfer_a
         Err(_) => false,
     };
     assert!(!complete, "a cut-short list must not read as complete");
-    assert!(store.reads.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(store.hooks.reads.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 
     // Down from the first read: a 503 with a JSON error, and nothing listed.
-    store.reads.store(1, std::sync::atomic::Ordering::SeqCst);
+    store
+        .hooks
+        .reads
+        .store(1, std::sync::atomic::Ordering::SeqCst);
     let a = app.request("GET", &http_path(""), &headers, "").await;
     assert_eq!(
         (a.status, &a.body["error"]),

@@ -12,32 +12,25 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use callgate::domain::{
-    Budget, Choice, ConsentRequest, Decision, Evidence, Pair, PhoneNumber, Source, Subscription,
-};
+use callgate::domain::{Choice, Decision, Evidence, Pair, PhoneNumber, Source};
 use callgate::pb;
-use callgate::store::callable::Keep;
 use callgate::store::redis::{RedisConfig, RedisStore};
-use callgate::store::{
-    CallablePage, CallablePosition, ConsentStore, Cursor, HistoryPage, Lease, LoggedEvent,
-    Progress, RecordOutcome, Recorded, RecordsPage, RecordsPosition, RecordsRange, RegisterOutcome,
-    RequestPolicy, StoreError, WebhookRecord,
-};
+use callgate::store::{ConsentStore, StoreError};
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
 
 use crate::helpers::*;
+use crate::intercepted_store::{Hooks, Intercepted, Read};
 use crate::process::CallgateProcess;
 use crate::redis_harness::RedisServer;
 
 /// The default staleness bound B.
 const B: Duration = Duration::from_millis(100);
 
-// ---- a store whose reads a test can hold, stall or fail --------------------------------
+// ---- hooks that hold, stall or fail the reads the cache depends on -------------------------
 
-/// A real store with switches in front of the reads the cache depends on.
-struct Gated {
-    inner: Arc<dyn ConsentStore>,
+/// Switches for [`Intercepted`]: replies held, the log's reads stalled or failed.
+struct Gates {
     /// While true, `current`/`current_many` *replies* (the read already done) are held.
     hold_replies: watch::Sender<bool>,
     /// Replies held so far.
@@ -51,168 +44,53 @@ struct Gated {
     event_reads: AtomicUsize,
 }
 
-impl Gated {
-    fn new(inner: Arc<dyn ConsentStore>) -> Arc<Self> {
-        Arc::new(Gated {
-            inner,
+type Gated = Intercepted<Gates>;
+
+fn gated(inner: Arc<dyn ConsentStore>) -> Arc<Gated> {
+    Intercepted::new(
+        inner,
+        Gates {
             hold_replies: watch::channel(false).0,
             held: AtomicUsize::new(0),
             stall_events: watch::channel(false).0,
             fail_events: AtomicBool::new(false),
             failed_reads: AtomicUsize::new(0),
             event_reads: AtomicUsize::new(0),
-        })
-    }
+        },
+    )
+}
 
-    async fn released(&self, gate: &watch::Sender<bool>) {
-        let mut open = gate.subscribe();
-        let _ = open.wait_for(|closed| !*closed).await;
-    }
-
-    async fn reply<T>(&self, reply: T) -> T {
-        if *self.hold_replies.borrow() {
-            self.held.fetch_add(1, Ordering::SeqCst);
-            self.released(&self.hold_replies).await;
-        }
-        reply
-    }
+async fn released(gate: &watch::Sender<bool>) {
+    let mut open = gate.subscribe();
+    let _ = open.wait_for(|closed| !*closed).await;
 }
 
 #[async_trait]
-impl ConsentStore for Gated {
-    async fn record(
-        &self,
-        decisions: &[Decision],
-        received_at: DateTime<Utc>,
-    ) -> Result<Vec<RecordOutcome>, StoreError> {
-        self.inner.record(decisions, received_at).await
-    }
-    async fn record_logged(
-        &self,
-        decisions: &[Decision],
-        received_at: DateTime<Utc>,
-    ) -> Result<Vec<Recorded>, StoreError> {
-        self.inner.record_logged(decisions, received_at).await
-    }
-    async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
-        let reply = self.inner.current(pair).await;
-        self.reply(reply).await
-    }
-    async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError> {
-        let reply = self.inner.current_many(pairs).await;
-        self.reply(reply).await
-    }
-    async fn history_page(
-        &self,
-        pair: &Pair,
-        start: usize,
-        limit: usize,
-    ) -> Result<HistoryPage, StoreError> {
-        self.inner.history_page(pair, start, limit).await
-    }
-    async fn records_page(
-        &self,
-        range: &RecordsRange,
-        after: Option<&RecordsPosition>,
-        limit: usize,
-    ) -> Result<RecordsPage, StoreError> {
-        self.inner.records_page(range, after, limit).await
-    }
-    fn shards(&self) -> usize {
-        self.inner.shards()
-    }
-    fn shard_of(&self, pair: &Pair) -> usize {
-        self.inner.shard_of(pair)
-    }
-    async fn read_events(
-        &self,
-        after: &Cursor,
-        limit: usize,
-        wait: Duration,
-    ) -> Result<Vec<LoggedEvent>, StoreError> {
-        self.released(&self.stall_events).await;
-        if self.fail_events.load(Ordering::SeqCst) {
-            self.failed_reads.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable(
-                "injected: event log unreachable".into(),
-            ));
+impl Hooks for Gates {
+    async fn before(&self, read: Read) -> Result<(), StoreError> {
+        if read == Read::Events {
+            released(&self.stall_events).await;
+            if self.fail_events.load(Ordering::SeqCst) {
+                self.failed_reads.fetch_add(1, Ordering::SeqCst);
+                return Err(StoreError::Unavailable(
+                    "injected: event log unreachable".into(),
+                ));
+            }
         }
-        let r = self.inner.read_events(after, limit, wait).await;
-        self.event_reads.fetch_add(1, Ordering::SeqCst);
-        r
+        Ok(())
     }
-    async fn head(&self) -> Result<Cursor, StoreError> {
-        self.inner.head().await
-    }
-    async fn retained_from(&self) -> Result<Cursor, StoreError> {
-        self.inner.retained_from().await
-    }
-    async fn claim_expired(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.inner.claim_expired(now).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn register_request(
-        &self,
-        request: &ConsentRequest,
-        now: DateTime<Utc>,
-        policy: &RequestPolicy,
-    ) -> Result<RegisterOutcome, StoreError> {
-        self.inner.register_request(request, now, policy).await
-    }
-    async fn request_budget(
-        &self,
-        pair: &Pair,
-        now: DateTime<Utc>,
-        policy: &RequestPolicy,
-    ) -> Result<Budget, StoreError> {
-        self.inner.request_budget(pair, now, policy).await
-    }
-    async fn webhook_create(
-        &self,
-        subscription: &Subscription,
-        cursor: &Cursor,
-    ) -> Result<(), StoreError> {
-        self.inner.webhook_create(subscription, cursor).await
-    }
-    async fn webhook_list(&self) -> Result<Vec<WebhookRecord>, StoreError> {
-        self.inner.webhook_list().await
-    }
-    async fn webhook_get(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
-        self.inner.webhook_get(id).await
-    }
-    async fn webhook_replace(&self, record: &WebhookRecord) -> Result<bool, StoreError> {
-        self.inner.webhook_replace(record).await
-    }
-    async fn webhook_lease(
-        &self,
-        id: &str,
-        holder: &str,
-        ttl: Duration,
-        now: DateTime<Utc>,
-    ) -> Result<Lease, StoreError> {
-        self.inner.webhook_lease(id, holder, ttl, now).await
-    }
-    async fn webhook_progress(
-        &self,
-        id: &str,
-        token: u64,
-        progress: &Progress,
-    ) -> Result<bool, StoreError> {
-        self.inner.webhook_progress(id, token, progress).await
-    }
-    async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
-        self.inner.webhook_release(id, holder, token).await
-    }
-    async fn callable_page(
-        &self,
-        business: &PhoneNumber,
-        from: &CallablePosition,
-        limit: usize,
-        keep: Keep<'_>,
-    ) -> Result<CallablePage, StoreError> {
-        self.inner.callable_page(business, from, limit, keep).await
+
+    async fn after(&self, read: Read) {
+        match read {
+            Read::Events => {
+                self.event_reads.fetch_add(1, Ordering::SeqCst);
+            }
+            Read::Current | Read::CurrentMany if *self.hold_replies.borrow() => {
+                self.held.fetch_add(1, Ordering::SeqCst);
+                released(&self.hold_replies).await;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -434,18 +312,18 @@ async fn check_cache_a_late_fill_never_brings_an_allow_back() {
         )
         .await
         .unwrap();
-    let store = Gated::new(inner.clone());
+    let store = gated(inner.clone());
     let app = spawn_app_with(test_config(), store.clone()).await;
     let mut stream = app.stream(denials()).await;
 
     // A check misses, reads the grant, and its reply is held.
-    store.hold_replies.send_replace(true);
+    store.hooks.hold_replies.send_replace(true);
     let endpoints = Endpoints::new(app.http, app.grpc);
     let held = tokio::spawn(async move { endpoints.check(BUSINESS, customer).await });
     until(
         "the check's read was not held",
         Duration::from_secs(10),
-        || store.held.load(Ordering::SeqCst) >= 1,
+        || store.hooks.held.load(Ordering::SeqCst) >= 1,
     )
     .await;
     // Another replica records a denial; this one's tailer applies it.
@@ -463,7 +341,7 @@ async fn check_cache_a_late_fill_never_brings_an_allow_back() {
         .unwrap();
     denial_applied(&mut stream, customer).await;
     // The held reply (read before the denial) is answered, but must not be cached.
-    store.hold_replies.send_replace(false);
+    store.hooks.hold_replies.send_replace(false);
     assert!(held.await.unwrap().allowed, "the held read saw the grant");
     let hits = cache_count(&app, "hit").await;
     for _ in 0..50 {
@@ -493,7 +371,7 @@ async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound()
         )
         .await
         .unwrap();
-    let store = Gated::new(inner.clone());
+    let store = gated(inner.clone());
     let app = spawn_app_with(test_config(), store.clone()).await;
     // Warm: answered from memory.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -507,12 +385,12 @@ async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound()
     }
     // Stall the tailer's reads (the one in flight, at most a quarter of B, completes), then
     // record a denial (another replica's write).
-    let reads = store.event_reads.load(Ordering::SeqCst);
-    store.stall_events.send_replace(true);
+    let reads = store.hooks.event_reads.load(Ordering::SeqCst);
+    store.hooks.stall_events.send_replace(true);
     until(
         "the read in flight never ended",
         Duration::from_secs(10),
-        || store.event_reads.load(Ordering::SeqCst) > reads,
+        || store.hooks.event_reads.load(Ordering::SeqCst) > reads,
     )
     .await;
     let stalled_at = app.clock.now();
@@ -549,7 +427,7 @@ async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound()
     }
     assert!(cache_count(&app, "stale_shard").await > stale);
     println!("stalled tailer: {allowed_within_bound} stale ALLOWs within B, then store reads");
-    store.stall_events.send_replace(false);
+    store.hooks.stall_events.send_replace(false);
     app.stop().await;
 }
 
@@ -624,7 +502,7 @@ async fn check_cache_a_tailer_read_error_flushes_the_cache() {
         )
         .await
         .unwrap();
-    let store = Gated::new(inner.clone());
+    let store = gated(inner.clone());
     let app = spawn_app_with(test_config(), store.clone()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -635,9 +513,9 @@ async fn check_cache_a_tailer_read_error_flushes_the_cache() {
         }
         assert!(tokio::time::Instant::now() < deadline, "never a hit");
     }
-    store.fail_events.store(true, Ordering::SeqCst);
+    store.hooks.fail_events.store(true, Ordering::SeqCst);
     until("the tailer never failed", Duration::from_secs(10), || {
-        store.failed_reads.load(Ordering::SeqCst) >= 1
+        store.hooks.failed_reads.load(Ordering::SeqCst) >= 1
     })
     .await;
     inner
@@ -657,12 +535,12 @@ async fn check_cache_a_tailer_read_error_flushes_the_cache() {
         "answered from an entry cached before the tailer's error"
     );
     // Recovered: fresh again, and answering from memory.
-    store.fail_events.store(false, Ordering::SeqCst);
-    let reads = store.event_reads.load(Ordering::SeqCst);
+    store.hooks.fail_events.store(false, Ordering::SeqCst);
+    let reads = store.hooks.event_reads.load(Ordering::SeqCst);
     until(
         "the tailer never recovered",
         Duration::from_secs(10),
-        || store.event_reads.load(Ordering::SeqCst) > reads + 1,
+        || store.hooks.event_reads.load(Ordering::SeqCst) > reads + 1,
     )
     .await;
     for _ in 0..10 {

@@ -10,19 +10,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use callgate::domain::{Decision, Pair};
 use callgate::grpc_api::{auth::key_digest, from_timestamp};
 use callgate::json_checks::{CHUNK, MAX_BATCH_BODY, MAX_BATCH_CHECKS, MAX_BATCHES_IN_FLIGHT};
 use callgate::pb::{self, check_result};
 use callgate::store::redis::{RedisConfig, RedisStore};
-use callgate::store::{ConsentStore, Cursor, HistoryPage, LoggedEvent, RecordOutcome, StoreError};
-use chrono::{DateTime, SecondsFormat, Utc};
+use callgate::store::{ConsentStore, StoreError};
+use chrono::{SecondsFormat, Utc};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::intercepted_store::{Hooks, Intercepted, Read};
 use crate::redis_harness::RedisServer;
 
 const API_AUTH: (&str, &str) = ("authorization", "Bearer test-api-key-7c1e");
@@ -695,17 +695,21 @@ async fn issue13_a_50000_check_batch_is_answered_in_order_and_in_place_on_redis(
     a_full_batch_answers_in_order_and_in_place(redis_store(&server).await).await;
 }
 
-/// The memory store, whose batch reads fail from the `ok_reads + 1`-th on (and whose single
-/// reads fail once any batch read failed): a store that goes down in the middle of a batch,
-/// at a known place.
+/// Batch reads fail from the `ok_reads + 1`-th on (and single reads once any batch read
+/// failed): a store that goes down in the middle of a batch, at a known place.
 struct FailingReads {
-    inner: Arc<dyn ConsentStore>,
     ok_reads: usize,
     reads: AtomicUsize,
 }
 
-impl FailingReads {
-    fn down(&self) -> Result<(), StoreError> {
+#[async_trait]
+impl Hooks for FailingReads {
+    async fn before(&self, read: Read) -> Result<(), StoreError> {
+        match read {
+            Read::CurrentMany => self.reads.fetch_add(1, Ordering::SeqCst),
+            Read::Current => 0,
+            _ => return Ok(()),
+        };
         if self.reads.load(Ordering::SeqCst) > self.ok_reads {
             return Err(StoreError::Unavailable(
                 "injected: connection refused".into(),
@@ -715,145 +719,14 @@ impl FailingReads {
     }
 }
 
-#[async_trait]
-impl ConsentStore for FailingReads {
-    async fn record(
-        &self,
-        decisions: &[Decision],
-        received_at: DateTime<Utc>,
-    ) -> Result<Vec<RecordOutcome>, StoreError> {
-        self.inner.record(decisions, received_at).await
-    }
-    async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
-        self.down()?;
-        self.inner.current(pair).await
-    }
-    async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        self.down()?;
-        self.inner.current_many(pairs).await
-    }
-    async fn history_page(
-        &self,
-        pair: &Pair,
-        start: usize,
-        limit: usize,
-    ) -> Result<HistoryPage, StoreError> {
-        self.inner.history_page(pair, start, limit).await
-    }
-    async fn records_page(
-        &self,
-        range: &callgate::store::RecordsRange,
-        after: Option<&callgate::store::RecordsPosition>,
-        limit: usize,
-    ) -> Result<callgate::store::RecordsPage, StoreError> {
-        self.inner.records_page(range, after, limit).await
-    }
-    fn shards(&self) -> usize {
-        self.inner.shards()
-    }
-    fn shard_of(&self, pair: &Pair) -> usize {
-        self.inner.shard_of(pair)
-    }
-    async fn read_events(
-        &self,
-        after: &Cursor,
-        limit: usize,
-        wait: Duration,
-    ) -> Result<Vec<LoggedEvent>, StoreError> {
-        self.inner.read_events(after, limit, wait).await
-    }
-    async fn head(&self) -> Result<Cursor, StoreError> {
-        self.inner.head().await
-    }
-    async fn retained_from(&self) -> Result<Cursor, StoreError> {
-        self.inner.retained_from().await
-    }
-    async fn claim_expired(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.inner.claim_expired(now).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    // issue 13 (attribution)
-    async fn register_request(
-        &self,
-        request: &callgate::domain::ConsentRequest,
-        now: DateTime<Utc>,
-        policy: &callgate::store::RequestPolicy,
-    ) -> Result<callgate::store::RegisterOutcome, StoreError> {
-        self.inner.register_request(request, now, policy).await
-    }
-    async fn request_budget(
-        &self,
-        pair: &Pair,
-        now: DateTime<Utc>,
-        policy: &callgate::store::RequestPolicy,
-    ) -> Result<callgate::domain::Budget, StoreError> {
-        self.inner.request_budget(pair, now, policy).await
-    }
-
-    // issue 17: outbound webhook subscriptions, passed through.
-    async fn webhook_create(
-        &self,
-        subscription: &callgate::domain::Subscription,
-        cursor: &Cursor,
-    ) -> Result<(), StoreError> {
-        self.inner.webhook_create(subscription, cursor).await
-    }
-    async fn webhook_list(&self) -> Result<Vec<callgate::store::WebhookRecord>, StoreError> {
-        self.inner.webhook_list().await
-    }
-    async fn webhook_get(
-        &self,
-        id: &str,
-    ) -> Result<Option<callgate::store::WebhookRecord>, StoreError> {
-        self.inner.webhook_get(id).await
-    }
-    async fn webhook_replace(
-        &self,
-        record: &callgate::store::WebhookRecord,
-    ) -> Result<bool, StoreError> {
-        self.inner.webhook_replace(record).await
-    }
-    async fn webhook_lease(
-        &self,
-        id: &str,
-        holder: &str,
-        ttl: Duration,
-        now: DateTime<Utc>,
-    ) -> Result<callgate::store::Lease, StoreError> {
-        self.inner.webhook_lease(id, holder, ttl, now).await
-    }
-    async fn webhook_progress(
-        &self,
-        id: &str,
-        token: u64,
-        progress: &callgate::store::Progress,
-    ) -> Result<bool, StoreError> {
-        self.inner.webhook_progress(id, token, progress).await
-    }
-    async fn webhook_release(&self, id: &str, holder: &str, token: u64) -> Result<(), StoreError> {
-        self.inner.webhook_release(id, holder, token).await
-    }
-
-    async fn callable_page(
-        &self,
-        business: &callgate::domain::PhoneNumber,
-        from: &callgate::store::CallablePosition,
-        limit: usize,
-        keep: callgate::store::callable::Keep<'_>,
-    ) -> Result<callgate::store::CallablePage, StoreError> {
-        self.inner.callable_page(business, from, limit, keep).await
-    }
-}
-
-fn failing_after(ok_reads: usize) -> Arc<FailingReads> {
-    Arc::new(FailingReads {
-        inner: memory_store(),
-        ok_reads,
-        reads: AtomicUsize::new(0),
-    })
+fn failing_after(ok_reads: usize) -> Arc<Intercepted<FailingReads>> {
+    Intercepted::new(
+        memory_store(),
+        FailingReads {
+            ok_reads,
+            reads: AtomicUsize::new(0),
+        },
+    )
 }
 
 fn granted_batch(n: usize) -> String {
@@ -894,7 +767,7 @@ async fn issue13_a_store_failure_after_the_stream_started_turns_every_remaining_
         }
     }
     // The store was not asked again once it had failed.
-    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(store.hooks.reads.load(Ordering::SeqCst), 2);
     let metrics = String::from_utf8(app.get_raw("/metrics").await.body.to_vec()).unwrap();
     let unavailable = format!(
         "callgate_checks_total{{answer=\"unavailable\"}} {}",

@@ -4,6 +4,7 @@
 mod cluster_harness;
 mod fault_proxy;
 mod helpers;
+mod intercepted_store;
 mod process;
 mod redis_harness;
 
