@@ -54,6 +54,13 @@ for store in redis:50091 memory:50093; do
   run "$name batch1000 c1" batch --addr 127.0.0.1:$port --floor-addr 127.0.0.1:50061 --population 100000 \
     --batch-size 1000 --concurrency 1 --connections 1 --duration 10
 done
+# Like for like with the floor, which always sends evidence: callgate asked for it too.
+if "$cg" --help >/dev/null 2>&1 && "$B" check --help | grep -q include-evidence; then
+  run "redis check c64 with evidence" check --addr 127.0.0.1:50091 --floor-addr 127.0.0.1:50061 \
+    --population 100000 --concurrency 64 --connections 2 --duration 10 --rounds 3 --include-evidence
+  run "redis batch1000 c1 with evidence" batch --addr 127.0.0.1:50091 --floor-addr 127.0.0.1:50061 \
+    --population 100000 --batch-size 1000 --concurrency 1 --connections 1 --duration 10 --include-evidence
+fi
 
 run "redis ingest c32" ingest --http-addr 127.0.0.1:8090 --token bench --concurrency 32 --duration 10
 run "redis propagation" propagation --http-addr 127.0.0.1:8090 --addr 127.0.0.1:50091 --token bench --requests 1000

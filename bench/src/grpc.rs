@@ -79,6 +79,15 @@ fn request(i: u64) -> pb::CheckCallPermissionRequest {
     }
 }
 
+/// A single check of pair `i`, with the evidence if `evidence` (callgate leaves it out unless
+/// asked; the floor always sends it).
+fn single(i: u64, evidence: bool) -> pb::CheckCallPermissionRequest {
+    pb::CheckCallPermissionRequest {
+        include_evidence: evidence,
+        ..request(i)
+    }
+}
+
 /// Checks one answer for pair `i` and counts it, or counts an error naming the pair.
 ///
 /// The floor's answers (evidence source [`floor::SOURCE`]) are constant, so they are counted as
@@ -127,6 +136,8 @@ pub struct CheckWorker {
     pub connections: Connections,
     pub rng: Rng,
     pub population: u64,
+    /// Ask for the evidence (`include_evidence`).
+    pub evidence: bool,
 }
 
 impl Worker for CheckWorker {
@@ -135,7 +146,7 @@ impl Worker for CheckWorker {
         match self
             .connections
             .pick()
-            .check_call_permission(request(i))
+            .check_call_permission(single(i, self.evidence))
             .await
         {
             Ok(answer) => verify(i, answer.get_ref(), tally),
@@ -151,6 +162,8 @@ pub struct BatchWorker {
     pub rng: Rng,
     pub population: u64,
     pub size: usize,
+    /// Ask for the evidence (`include_evidence`, for the whole batch).
+    pub evidence: bool,
 }
 
 impl Worker for BatchWorker {
@@ -164,6 +177,7 @@ impl Worker for BatchWorker {
             .pick()
             .check_call_permissions(pb::CheckCallPermissionsRequest {
                 checks,
+                include_evidence: self.evidence,
                 ..Default::default()
             })
             .await;

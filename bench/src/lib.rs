@@ -217,6 +217,10 @@ pub struct CompareArgs {
     /// Seed of the pair choice (same seed, same pairs).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Ask callgate for each answer's evidence (`include_evidence`); without it callgate
+    /// leaves the evidence out, while the floor always sends it.
+    #[arg(long)]
+    pub include_evidence: bool,
 }
 
 #[derive(Debug, Args)]
@@ -485,10 +489,12 @@ async fn check(a: CheckArgs, remote: bool, out: &Output) -> Result<u64, BenchErr
         rounds: a.compare.rounds,
         bounds,
     };
+    let evidence = a.compare.include_evidence;
     against_floor(plan, remote, out, |connections, w| grpc::CheckWorker {
         connections,
         rng: population::Rng::new(seed, w),
         population: n,
+        evidence,
     })
     .await
 }
@@ -513,11 +519,13 @@ async fn batch(a: BatchArgs, remote: bool, out: &Output) -> Result<u64, BenchErr
         rounds: a.compare.rounds,
         bounds,
     };
+    let evidence = a.compare.include_evidence;
     against_floor(plan, remote, out, |connections, w| grpc::BatchWorker {
         connections,
         rng: population::Rng::new(seed, w),
         population: n,
         size,
+        evidence,
     })
     .await
 }
@@ -734,6 +742,7 @@ mod tests {
                 connections: connections.clone(),
                 rng: population::Rng::new(1, w),
                 population: 1000,
+                evidence: false,
             })
             .collect();
         let m = runner::run(bounds, workers).await;
@@ -748,6 +757,7 @@ mod tests {
                 rng: population::Rng::new(1, w),
                 population: 1000,
                 size: 100,
+                evidence: false,
             })
             .collect();
         let m = runner::run(
