@@ -19,8 +19,12 @@
 //! atomic: if the second fails, the call fails (503), the sender retries, and the first is
 //! recognised as a duplicate: acknowledged all or none, as on a cluster.
 //!
-//! The cost: one extra read round trip per webhook before the write (the check path is
-//! untouched), and 70 bytes more per history entry (position, previous and own hash).
+//! The first round does not read: it guesses that each pair's history is empty (most answers
+//! are a customer's first), and the script's tip check refuses a wrong guess before writing
+//! anything; only the pairs it refused go on, with their tips read ([`Tips`]). The cost: a
+//! first answer, one round trip as before issue 14; an answer for a pair with history, a read
+//! round trip and one refused script call more (the check path is untouched); and 70 bytes
+//! more per history entry (position, previous and own hash).
 //!
 //! # The records index
 //!
@@ -115,14 +119,72 @@ fn by_shard_of(decisions: &[Decision], indices: &[usize]) -> Vec<(usize, Vec<usi
         .collect()
 }
 
+/// Where the chain tips of a round come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tips {
+    /// Guessed: every pair's history is empty (a customer's first answer, the common case).
+    /// No read; the script refuses a wrong guess (answer 4) before writing anything, and the
+    /// pair goes to the next round with its tip read. A first answer then costs one round trip
+    /// instead of two; an answer for a pair with history costs one refused script call more.
+    GuessEmpty,
+    /// Read from the store just before the round.
+    Read,
+}
+
 impl RedisStore {
-    /// Reads the chain tip of each decision's pair and plans its chain arguments.
+    /// The chain tip of each decision's pair (guessed or read, see [`Tips`]) and its chain
+    /// arguments.
     pub(super) async fn chain_plans(
         &self,
         decisions: &[Decision],
         round: &[usize],
         received_at: DateTime<Utc>,
+        tips: Tips,
     ) -> Result<Vec<ChainPlan>, StoreError> {
+        let tips = match tips {
+            Tips::GuessEmpty => vec![(0, GENESIS); round.len()],
+            Tips::Read => self.read_tips(decisions, round).await?,
+        };
+        Ok(round
+            .iter()
+            .zip(tips)
+            .map(|(&i, (position, prev))| {
+                let d = &decisions[i];
+                let link_for = |outcome| {
+                    let entry = HistoryEntry {
+                        decision: d.clone(),
+                        outcome,
+                        received_at,
+                    };
+                    codec::encode_link(&ChainLink::new(position, prev, &entry))
+                };
+                ChainPlan {
+                    position,
+                    prev,
+                    applied: link_for(HistoryOutcome::Applied),
+                    stale: link_for(HistoryOutcome::Stale),
+                    received_member: records::index_key(
+                        received_at.timestamp_millis(),
+                        &d.pair.customer,
+                        position,
+                    ),
+                    event_member: records::index_key(
+                        d.decided_at.timestamp_millis(),
+                        &d.pair.customer,
+                        position,
+                    ),
+                }
+            })
+            .collect())
+    }
+
+    /// Reads the chain tip (history length, last hash) of each decision's pair: one pipelined
+    /// round trip (per shard on a cluster).
+    async fn read_tips(
+        &self,
+        decisions: &[Decision],
+        round: &[usize],
+    ) -> Result<Vec<(u64, Hash)>, StoreError> {
         let tip_pipe = |ats: &[usize]| {
             let mut pipe = redis::pipe();
             for &at in ats {
@@ -163,37 +225,7 @@ impl RedisStore {
                 tips[at] = (len, tip);
             }
         }
-        Ok(round
-            .iter()
-            .zip(tips)
-            .map(|(&i, (position, prev))| {
-                let d = &decisions[i];
-                let link_for = |outcome| {
-                    let entry = HistoryEntry {
-                        decision: d.clone(),
-                        outcome,
-                        received_at,
-                    };
-                    codec::encode_link(&ChainLink::new(position, prev, &entry))
-                };
-                ChainPlan {
-                    position,
-                    prev,
-                    applied: link_for(HistoryOutcome::Applied),
-                    stale: link_for(HistoryOutcome::Stale),
-                    received_member: records::index_key(
-                        received_at.timestamp_millis(),
-                        &d.pair.customer,
-                        position,
-                    ),
-                    event_member: records::index_key(
-                        d.decided_at.timestamp_millis(),
-                        &d.pair.customer,
-                        position,
-                    ),
-                }
-            })
-            .collect())
+        Ok(tips)
     }
 
     /// Records one round (at most one decision per pair): on a standalone Redis in one

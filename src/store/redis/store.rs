@@ -14,7 +14,9 @@ use super::codec;
 use super::connection::Verdict;
 use super::error::{corrupt_reply, is_reply_error, map_error, unverifiable_policy};
 use super::keys::{self, Keys};
-use super::records_chain::{ChainPlan, MAX_CHAIN_RETRIES, Recorded, contention_pause, next_round};
+use super::records_chain::{
+    ChainPlan, MAX_CHAIN_RETRIES, Recorded, Tips, contention_pause, next_round,
+};
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
@@ -490,12 +492,19 @@ impl ConsentStore for RedisStore {
         // next round (see `records_chain`).
         let mut out: Vec<Option<crate::store::Recorded>> = vec![None; decisions.len()];
         let mut moved_rounds = 0;
+        // The first round guesses empty histories (no read); a wrong guess is refused by the
+        // script and is no contention: that pair's next round reads its tip, without a pause.
+        let mut tips = Tips::GuessEmpty;
         loop {
             let round = next_round(decisions, &out);
             if round.is_empty() {
                 break;
             }
-            let plans = self.chain_plans(decisions, &round, received_at).await?;
+            let guessed = tips == Tips::GuessEmpty;
+            let plans = self
+                .chain_plans(decisions, &round, received_at, tips)
+                .await?;
+            tips = Tips::Read;
             let recorded = self
                 .record_round(decisions, &round, &plans, received_at)
                 .await?;
@@ -506,7 +515,7 @@ impl ConsentStore for RedisStore {
                     Recorded::Moved => moved = true,
                 }
             }
-            if moved {
+            if moved && !guessed {
                 moved_rounds += 1;
                 if moved_rounds > MAX_CHAIN_RETRIES {
                     return Err(StoreError::Unavailable(format!(
