@@ -26,9 +26,11 @@
 //!
 //! The rules, and why they keep consent:
 //! - **A cached answer is at most B old** (`CALLGATE_CHECK_CACHE_MAX_STALENESS_MS`): a shard
-//!   answers from memory only while `now - heard_at < B`. The tailer refreshes `heard_at` at
-//!   least every `B/4` on a quiet log; a stalled, failing or restarting tailer stops
-//!   refreshing it, so within B that shard's checks go to the store (which fails closed).
+//!   answers from memory only while `now - heard_at < B`. The tailer refreshes `heard_at` when
+//!   its reads return, and on a quiet log a probe beside it every `B/4` (a non-blocking read
+//!   after the applied positions that finds nothing: [`position`](CheckCache::position),
+//!   [`heard_if_still`](CheckCache::heard_if_still)); a stalled, failing or restarting tailer
+//!   leaves events unread, so the probe finds them and marks nothing, so within B that shard's checks go to the store (which fails closed).
 //! - **An entry never outlives its grant**: the deadline is at most the decision's own expiry,
 //!   and every answer is evaluated at now anyway. An expiry writes nothing, so nothing else
 //!   would end it.
@@ -493,6 +495,36 @@ impl CheckCache {
         self.report_heard();
     }
 
+    /// Where the cache stands, for a freshness probe ([`heard_if_still`](Self::heard_if_still)):
+    /// every shard's applied position, and its generation.
+    pub fn position(&self) -> (Cursor, Vec<u64>) {
+        let (ids, generations) = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let state = lock(&shard.state);
+                (state.applied, state.generation)
+            })
+            .unzip();
+        (Cursor::from_ids(ids), generations)
+    }
+
+    /// A probe sent at `sent_at` found nothing in the log after [`position`](Self::position)'s
+    /// cursor: everything committed before `sent_at` is applied, so each shard not flushed
+    /// since (its generation still `generations[i]`) has heard from the store at `sent_at`.
+    /// (The tailer's blocking read alone cannot keep a quiet log fresh: an idle Redis ends a
+    /// `BLOCK` only at its next cron tick, up to 100 ms late at the default `hz`.)
+    pub fn heard_if_still(&self, sent_at: DateTime<Utc>, generations: &[u64]) {
+        for (shard, &generation) in self.shards.iter().zip(generations) {
+            let mut state = lock(&shard.state);
+            if state.generation == generation && state.heard_at.is_none_or(|h| h < sent_at) {
+                state.heard_at = Some(sent_at);
+                shard.heard_at_us.store(micros(sent_at), Ordering::Release);
+            }
+        }
+        self.report_heard();
+    }
+
     fn report_heard(&self) {
         let oldest = self
             .shards
@@ -614,6 +646,40 @@ mod tests {
             Lookup::Read(CacheResult::StaleShard)
         );
         c.heard(clock.now());
+        assert_eq!(
+            c.lookup(&p, 0, &Freshness::Bounded),
+            Lookup::Read(CacheResult::Miss)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_marks_heard_only_the_shards_not_flushed_since_it_looked() {
+        let clock = Clock::tokio_at(t(0));
+        let c = cache(clock);
+        let p = pair(4);
+        assert!(c.fill(&p, c.stamp(0), None));
+        // The probe looked (applied position, generation), then found nothing newer.
+        let (applied, generations) = c.position();
+        assert_eq!(applied, Cursor::uniform(1, StreamId::ZERO));
+        c.heard_if_still(clock.now(), &generations);
+        assert_eq!(c.lookup(&p, 0, &Freshness::Bounded), Lookup::Hit(None));
+        // Events applied later move the position the next probe looks from.
+        c.apply(&[event(7, decision(&pair(5), Choice::Deny, 7))]);
+        assert_eq!(c.position().0, Cursor::uniform(1, StreamId::new(7, 0)));
+        // A flush between looking and marking: the shard stays unheard.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let (_, generations) = c.position();
+        c.flush();
+        c.heard_if_still(clock.now(), &generations);
+        assert_eq!(
+            c.lookup(&p, 0, &Freshness::Bounded),
+            Lookup::Read(CacheResult::StaleShard)
+        );
+        // A probe never moves `heard_at` back.
+        c.heard(clock.now());
+        let (_, generations) = c.position();
+        c.heard_if_still(clock.now() - TimeDelta::milliseconds(99), &generations);
+        tokio::time::advance(Duration::from_millis(50)).await;
         assert_eq!(
             c.lookup(&p, 0, &Freshness::Bounded),
             Lookup::Read(CacheResult::Miss)

@@ -22,7 +22,8 @@
 //! - Issue 16: the tailer also feeds the replica's check cache ([`CheckCache`]): each read's
 //!   events are applied before they are published, then every shard is marked heard at the
 //!   time the read was sent; a failed read or a gap flushes the cache. With a cache, a blocking
-//!   read waits at most a quarter of its staleness bound, so a quiet log stays fresh.
+//!   read waits at most a quarter of its staleness bound, and a probe beside the tailer
+//!   (`probe_freshness`) marks a quiet log heard every quarter of it.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -111,14 +112,18 @@ impl Hub {
     ) -> (Hub, JoinHandle<()>) {
         let (ring, _) = broadcast::channel(config.ring_capacity.max(1));
         let (head_tx, head) = watch::channel(None);
+        let tailer = tail(
+            store.clone(),
+            ring.clone(),
+            head_tx,
+            config.cache.clone(),
+            shutdown.clone(),
+        );
+        let probe = probe_freshness(store.clone(), config.cache.clone(), shutdown.clone());
         let tailer = tokio::spawn(
-            tail(
-                store.clone(),
-                ring.clone(),
-                head_tx,
-                config.cache.clone(),
-                shutdown.clone(),
-            )
+            async move {
+                tokio::join!(tailer, probe);
+            }
             .instrument(tracing::info_span!("fanout_tailer")),
         );
         let hub = Hub {
@@ -198,6 +203,41 @@ impl Hub {
     /// counted in the hub's metrics).
     pub fn catch_ups(&self) -> u64 {
         self.metrics.stream_catch_ups()
+    }
+}
+
+/// Issue 16: keeps the check cache's shards fresh on a quiet log. Every quarter of the
+/// staleness bound it asks the store, without waiting, for one event after the cache's applied
+/// positions; none means everything committed before the probe was sent is applied, so the
+/// shards are marked heard at that time ([`CheckCache::heard_if_still`]). The tailer's
+/// blocking read does the same when it returns, but an idle Redis ends a `BLOCK` only at its
+/// next cron tick (up to 100 ms late at the default `hz`), which alone would let shards go
+/// stale between events. A probe that finds events, or fails, marks nothing: the tailer
+/// applies them (or flushes).
+async fn probe_freshness(
+    store: Arc<dyn ConsentStore>,
+    cache: Option<Arc<CheckCache>>,
+    shutdown: CancellationToken,
+) {
+    let Some(cache) = cache else { return };
+    let mut tick = tokio::time::interval(cache.tail_wait());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sent_at = cache.now();
+        let (applied, generations) = cache.position();
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = store.read_events(&applied, 1, Duration::ZERO) => r,
+        };
+        if let Ok(events) = read
+            && events.is_empty()
+        {
+            cache.heard_if_still(sent_at, &generations);
+        }
     }
 }
 
