@@ -650,7 +650,23 @@ async fn fill(browser: &Client, css: &str, value: &str) {
     field.send_keys(value).await.unwrap();
 }
 
+/// Submits a form and waits until the browser has left the page it was on (the old page's
+/// root element went stale), so what the test reads next is the answer's page, not the form's.
 async fn submit(browser: &Client, form_action: &str) {
+    let old_page = browser.find(Locator::Css("html")).await.unwrap();
+    click_submit(browser, form_action).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Each probe is a WebDriver round trip; no sleep is needed between them.
+    while old_page.tag_name().await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{form_action}: the page did not change within 10 s"
+        );
+    }
+}
+
+/// Clicks a form's submit button, for a form whose answer is a download (the page stays).
+async fn click_submit(browser: &Client, form_action: &str) {
     browser
         .find(Locator::Css(&format!(
             "form[action='{form_action}'] button[type=submit]"
@@ -810,7 +826,7 @@ async fn issue14_console_in_headless_chromium() {
         .select_by_value("csv")
         .await
         .unwrap();
-    submit(&browser, "/console/export").await;
+    click_submit(&browser, "/console/export").await;
     let file = downloaded(downloads.path()).await;
     let csv = std::fs::read_to_string(&file).unwrap();
     let mut reader = csv.lines();
