@@ -357,6 +357,19 @@ async fn check_cache_a_late_fill_never_brings_an_allow_back() {
     app.stop().await;
 }
 
+/// Checks `customer` (who must be allowed) until an answer came from the cache (a hit).
+async fn allowed_from_memory(app: &TestApp, customer: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hits = cache_count(app, "hit").await;
+        assert!(app.check(BUSINESS, customer).await.allowed);
+        if cache_count(app, "hit").await > hits {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never a hit");
+    }
+}
+
 /// Stalled tailer: with the log's reads stalled, a denial recorded meanwhile is answered
 /// DENIED by every check sent B or more after the stall began.
 #[tokio::test]
@@ -374,15 +387,7 @@ async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound()
     let store = gated(inner.clone());
     let app = spawn_app_with(test_config(), store.clone()).await;
     // Warm: answered from memory.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let hits = cache_count(&app, "hit").await;
-        assert!(app.check(BUSINESS, customer).await.allowed);
-        if cache_count(&app, "hit").await > hits {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never a hit");
-    }
+    allowed_from_memory(&app, customer).await;
     // Stall the tailer's reads (the one in flight, at most a quarter of B, completes), then
     // record a denial (another replica's write).
     let reads = store.hooks.event_reads.load(Ordering::SeqCst);
@@ -452,15 +457,7 @@ async fn check_cache_a_grant_lapsed_on_arrival_reaches_every_cache_within_the_bo
         .await
         .unwrap();
     let app = spawn_app_with(test_config(), inner.clone()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let hits = cache_count(&app, "hit").await;
-        assert!(app.check(BUSINESS, customer).await.allowed);
-        if cache_count(&app, "hit").await > hits {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never a hit");
-    }
+    allowed_from_memory(&app, customer).await;
     let lapsed = decision(
         customer,
         Choice::GrantTemporary {
@@ -504,15 +501,7 @@ async fn check_cache_a_tailer_read_error_flushes_the_cache() {
         .unwrap();
     let store = gated(inner.clone());
     let app = spawn_app_with(test_config(), store.clone()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let hits = cache_count(&app, "hit").await;
-        assert!(app.check(BUSINESS, customer).await.allowed);
-        if cache_count(&app, "hit").await > hits {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never a hit");
-    }
+    allowed_from_memory(&app, customer).await;
     store.hooks.fail_events.store(true, Ordering::SeqCst);
     until("the tailer never failed", Duration::from_secs(10), || {
         store.hooks.failed_reads.load(Ordering::SeqCst) >= 1
