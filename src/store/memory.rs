@@ -313,15 +313,6 @@ impl State {
 
 #[async_trait]
 impl ConsentStore for MemoryStore {
-    async fn record(
-        &self,
-        decisions: &[Decision],
-        received_at: DateTime<Utc>,
-    ) -> Result<Vec<RecordOutcome>, StoreError> {
-        let recorded = self.record_logged(decisions, received_at).await?;
-        Ok(recorded.into_iter().map(|r| r.outcome).collect())
-    }
-
     async fn record_logged(
         &self,
         decisions: &[Decision],

@@ -204,32 +204,25 @@ pub enum RegisterOutcome {
 pub trait ConsentStore: Send + Sync + 'static {
     /// Records decisions atomically: all of them are stored, or (on error) none is acknowledged.
     /// For each: de-duplicate, arbitrate against the current decision, append to the history, and
-    /// publish an event if applied. Returns one outcome per decision, in order. A delivery that
-    /// conflicts with a recorded one (same id, another fingerprint) fails the whole call with
-    /// [`StoreError::Conflict`] and nothing is stored.
-    async fn record(
-        &self,
-        decisions: &[Decision],
-        received_at: DateTime<Utc>,
-    ) -> Result<Vec<RecordOutcome>, StoreError>;
-
-    /// [`record`](Self::record), with the log position of each applied decision's event
-    /// (issue 16: the webhook's `consistency_token`). By default no positions: a store that
-    /// cannot tell them makes the webhook answer with its head instead.
+    /// publish an event if applied. Returns one outcome per decision, in order, with the log
+    /// position of each applied decision's event (issue 16: the webhook's `consistency_token`;
+    /// `None` where no event was logged). A delivery that conflicts with a recorded one (same
+    /// id, another fingerprint) fails the whole call with [`StoreError::Conflict`] and nothing
+    /// is stored.
     async fn record_logged(
         &self,
         decisions: &[Decision],
         received_at: DateTime<Utc>,
-    ) -> Result<Vec<Recorded>, StoreError> {
-        Ok(self
-            .record(decisions, received_at)
-            .await?
-            .into_iter()
-            .map(|outcome| Recorded {
-                outcome,
-                logged: None,
-            })
-            .collect())
+    ) -> Result<Vec<Recorded>, StoreError>;
+
+    /// [`record_logged`](Self::record_logged) without the log positions.
+    async fn record(
+        &self,
+        decisions: &[Decision],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<RecordOutcome>, StoreError> {
+        let recorded = self.record_logged(decisions, received_at).await?;
+        Ok(recorded.into_iter().map(|r| r.outcome).collect())
     }
 
     /// The pair's current decision, if any (possibly a lapsed temporary grant).

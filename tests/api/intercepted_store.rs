@@ -12,8 +12,8 @@ use callgate::domain::{Budget, ConsentRequest, Decision, Pair, PhoneNumber, Subs
 use callgate::store::callable::Keep;
 use callgate::store::{
     CallablePage, CallablePosition, ConsentStore, Cursor, HistoryPage, Lease, LoggedEvent,
-    Progress, RecordOutcome, Recorded, RecordsPage, RecordsPosition, RecordsRange, RegisterOutcome,
-    RequestPolicy, StoreError, WebhookRecord,
+    Progress, Recorded, RecordsPage, RecordsPosition, RecordsRange, RegisterOutcome, RequestPolicy,
+    StoreError, WebhookRecord,
 };
 use chrono::{DateTime, Utc};
 
@@ -54,13 +54,6 @@ impl<H: Hooks> Intercepted<H> {
 
 #[async_trait]
 impl<H: Hooks> ConsentStore for Intercepted<H> {
-    async fn record(
-        &self,
-        decisions: &[Decision],
-        received_at: DateTime<Utc>,
-    ) -> Result<Vec<RecordOutcome>, StoreError> {
-        self.inner.record(decisions, received_at).await
-    }
     async fn record_logged(
         &self,
         decisions: &[Decision],

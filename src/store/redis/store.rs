@@ -464,15 +464,6 @@ impl RedisStore {
 
 #[async_trait]
 impl ConsentStore for RedisStore {
-    async fn record(
-        &self,
-        decisions: &[Decision],
-        received_at: DateTime<Utc>,
-    ) -> Result<Vec<RecordOutcome>, StoreError> {
-        let recorded = self.record_logged(decisions, received_at).await?;
-        Ok(recorded.into_iter().map(|r| r.outcome).collect())
-    }
-
     async fn record_logged(
         &self,
         decisions: &[Decision],
