@@ -153,14 +153,17 @@ pub struct IngestWorker {
     pub next: Arc<AtomicU64>,
     /// Makes message ids unique across runs against the same service.
     pub run_id: u64,
+    /// The number of pairs the webhooks cycle over (0: a new pair for each).
+    pub pairs: u64,
 }
 
 impl Worker for IngestWorker {
     async fn call(&mut self, tally: &mut Tally) -> Step {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let pair = if self.pairs == 0 { n } else { n % self.pairs };
         let body = population::webhook_body(
-            &population::business(n),
-            &population::ingest_customer(n),
+            &population::business(pair),
+            &population::ingest_customer(pair),
             &format!("bench-ingest-{}-{n}", self.run_id),
             Kind::Permanent,
             chrono::Utc::now(),

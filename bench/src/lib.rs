@@ -244,6 +244,11 @@ pub struct IngestArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub load: LoadArgs,
+    /// Spread the webhooks over this many pairs, cycling (0: every webhook a new pair). With
+    /// fewer pairs than webhooks, most webhooks answer for a pair that already has a history:
+    /// the recording path that reads the pair's chain tip.
+    #[arg(long, default_value_t = 0)]
+    pub pairs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -544,6 +549,7 @@ async fn ingest(a: IngestArgs, remote: bool, out: &Output) -> Result<u64, BenchE
             client: client.clone(),
             next: next.clone(),
             run_id,
+            pairs: a.pairs,
         })
         .collect();
     let measured = runner::run(bounds, workers).await;

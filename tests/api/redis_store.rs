@@ -633,6 +633,66 @@ async fn issue9_6_recording_never_reads_the_history() {
     assert!(stats.contains("cmdstat_hget:"), "{stats}");
 }
 
+/// Issue 16: an answer for a pair that already has a history costs two script calls (the
+/// first guesses an empty history and is refused with the real tip, the second is chained to
+/// that tip) and no read of the tip of its own; a customer's first answer, one script call.
+#[tokio::test]
+async fn an_answer_for_a_pair_with_history_is_chained_to_the_tip_the_refusal_reported() {
+    let server = RedisServer::start();
+    let store = connect(&server).await;
+    let mut conn = raw(&server).await;
+    let p = pair(12);
+    let t = now();
+    let calls = |stats: &str, command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let mut recorded = Vec::new();
+    for (i, choice) in [Choice::GrantPermanent, Choice::Deny, Choice::GrantPermanent]
+        .into_iter()
+        .enumerate()
+    {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let d = decision(
+            &p,
+            choice,
+            t + chrono::Duration::seconds(i as i64),
+            &format!("m{i}"),
+        );
+        assert_eq!(
+            store.record(&[d], now()).await.unwrap(),
+            vec![RecordOutcome::Applied]
+        );
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        recorded.push((calls(&stats, "evalsha"), calls(&stats, "llen")));
+    }
+    // (script calls, LLEN calls): each script reads the length once, and nothing else does.
+    assert_eq!(recorded, vec![(1, 1), (2, 2), (2, 2)]);
+    // The chain is whole: every entry links to the one before it.
+    let history = store.history(&p).await.unwrap();
+    assert_eq!(history.len(), 3);
+    let page = store.history_page(&p, 0, 10).await.unwrap();
+    let links: Vec<_> = page.links.iter().map(|l| l.clone().unwrap()).collect();
+    assert_eq!(links[0].prev, callgate::domain::GENESIS);
+    assert_eq!(links[1].prev, links[0].hash);
+    assert_eq!(links[2].prev, links[1].hash);
+    assert_eq!(
+        links.iter().map(|l| l.position).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+}
+
 /// The store's memory report (used by `callgate-bench redis-memory`) counts exactly this
 /// prefix's keys by kind, and measures a bounded sample of each.
 #[tokio::test]

@@ -35,7 +35,8 @@
 -- ARGV[12] the entry's member in KEYS[8]; ARGV[13] in KEYS[9]
 -- SHA-256 is computed in Rust (Lua has none); the tip it was computed against is checked here,
 -- atomically. If the history moved meanwhile (another replica recorded for this pair), nothing
--- is written and the script answers 4: Rust reads the new tip and tries again.
+-- is written and the script answers {4, length, tip}: the history's length and tip hash as
+-- they are, which Rust chains its next try to.
 -- -- end issue 14 --
 -- -- issue 13 (attribution):
 -- KEYS[10] requests    {p:sNN}:r:<pair>  HASH request message id -> registration
@@ -46,7 +47,7 @@
 -- ARGV[15] the customer's digits (the index member)
 -- Returns 0 applied (no event logged), the event's id "<ms>-<seq>" applied with an event
 -- (issue 16), 1 stale, 2 duplicate, 3 conflict (same id, another fingerprint: nothing
--- is written), 4 chain tip moved (nothing is written).
+-- is written), {4, length, tip} chain tip moved (nothing is written; the tip as it is).
 
 -- Byte-wise string order, like Rust's `str::cmp` (Lua's `<` on strings follows the locale).
 local function cmp_bytes(a, b)
@@ -136,9 +137,9 @@ if current then
   applied = p > 0
 end
 
--- issue 14: the chain tip must be the one Rust hashed against (see the header).
+-- issue 14: the chain tip must be the one Rust hashed against (see the header). If it is
+-- not, the answer carries the tip as it is, so Rust's next try needs no read of its own.
 local len = redis.call('LLEN', KEYS[3])
-if len ~= tonumber(ARGV[8]) then return 4 end
 local tip = string.rep('\0', 32)
 if len > 0 then
   local last = redis.call('LINDEX', KEYS[3], -1)
@@ -150,7 +151,7 @@ if len > 0 then
     end
   end
 end
-if tip ~= ARGV[9] then return 4 end
+if len ~= tonumber(ARGV[8]) or tip ~= ARGV[9] then return { 4, len, tip } end
 redis.call('ZADD', KEYS[8], 0, ARGV[12])
 redis.call('ZADD', KEYS[9], 0, ARGV[13])
 -- end issue 14

@@ -21,10 +21,11 @@
 //!
 //! The first round does not read: it guesses that each pair's history is empty (most answers
 //! are a customer's first), and the script's tip check refuses a wrong guess before writing
-//! anything; only the pairs it refused go on, with their tips read ([`Tips`]). The cost: a
-//! first answer, one round trip as before issue 14; an answer for a pair with history, a read
-//! round trip and one refused script call more (the check path is untouched); and 70 bytes
-//! more per history entry (position, previous and own hash).
+//! anything, answering with the tip it found; only the pairs it refused go on, chained to that
+//! tip ([`Tips`]). A tip is read from the store only for a pair no script has answered for in
+//! this call (its second decision in one call). The cost: a first answer, one round trip as
+//! before issue 14; an answer for a pair with history, one refused script call more (the check
+//! path is untouched); and 70 bytes more per history entry (position, previous and own hash).
 //!
 //! # The records index
 //!
@@ -65,11 +66,16 @@ pub(super) async fn contention_pause(round: usize) {
     tokio::time::sleep(std::time::Duration::from_micros(spread)).await;
 }
 
+/// A pair's chain tip: its history's length and its last entry's hash ([`GENESIS`] when
+/// empty or pre-chain).
+pub(super) type Tip = (u64, Hash);
+
 /// What recording one decision in a round did.
 pub(super) enum Recorded {
     Done(crate::store::Recorded),
-    /// The pair's history moved since its tip was read: nothing written, try again.
-    Moved,
+    /// The pair's history was not at the tip the entry was chained to: nothing written. The
+    /// script answers with the tip it found, which the next try chains to.
+    Moved(Tip),
 }
 
 /// The chain arguments of one decision's `record.lua` call.
@@ -120,15 +126,16 @@ fn by_shard_of(decisions: &[Decision], indices: &[usize]) -> Vec<(usize, Vec<usi
 }
 
 /// Where the chain tips of a round come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Tips {
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Tips<'a> {
     /// Guessed: every pair's history is empty (a customer's first answer, the common case).
-    /// No read; the script refuses a wrong guess (answer 4) before writing anything, and the
-    /// pair goes to the next round with its tip read. A first answer then costs one round trip
-    /// instead of two; an answer for a pair with history costs one refused script call more.
+    /// No read; the script refuses a wrong guess (answer 4) before writing anything, and
+    /// answers with the pair's real tip, which the next round chains to. A first answer then
+    /// costs one round trip; an answer for a pair with history, one refused script call more.
     GuessEmpty,
-    /// Read from the store just before the round.
-    Read,
+    /// One per decision of the round: the tip a refused script call answered with, or `None`
+    /// (none known: read from the store just before the round, in one pipelined round trip).
+    Known(&'a [Option<Tip>]),
 }
 
 impl RedisStore {
@@ -139,11 +146,32 @@ impl RedisStore {
         decisions: &[Decision],
         round: &[usize],
         received_at: DateTime<Utc>,
-        tips: Tips,
+        tips: Tips<'_>,
     ) -> Result<Vec<ChainPlan>, StoreError> {
         let tips = match tips {
             Tips::GuessEmpty => vec![(0, GENESIS); round.len()],
-            Tips::Read => self.read_tips(decisions, round).await?,
+            Tips::Known(known) => {
+                let unknown: Vec<usize> = round
+                    .iter()
+                    .zip(known)
+                    .filter(|(_, tip)| tip.is_none())
+                    .map(|(&i, _)| i)
+                    .collect();
+                let mut read = if unknown.is_empty() {
+                    Vec::new()
+                } else {
+                    self.read_tips(decisions, &unknown).await?
+                }
+                .into_iter();
+                known
+                    .iter()
+                    .map(|tip| match tip {
+                        Some(tip) => Some(*tip),
+                        None => read.next(),
+                    })
+                    .collect::<Option<Vec<Tip>>>()
+                    .ok_or_else(|| corrupt_reply("LLEN/LINDEX chain tip"))?
+            }
         };
         Ok(round
             .iter()
@@ -184,7 +212,7 @@ impl RedisStore {
         &self,
         decisions: &[Decision],
         round: &[usize],
-    ) -> Result<Vec<(u64, Hash)>, StoreError> {
+    ) -> Result<Vec<Tip>, StoreError> {
         let tip_pipe = |ats: &[usize]| {
             let mut pipe = redis::pipe();
             for &at in ats {
@@ -194,7 +222,7 @@ impl RedisStore {
             }
             pipe
         };
-        let mut tips: Vec<(u64, Hash)> = vec![(0, GENESIS); round.len()];
+        let mut tips: Vec<Tip> = vec![(0, GENESIS); round.len()];
         let groups: Vec<(Route, Vec<usize>)> = if self.is_cluster() {
             by_shard_of(decisions, round)
                 .into_iter()

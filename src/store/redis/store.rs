@@ -15,7 +15,7 @@ use super::connection::Verdict;
 use super::error::{corrupt_reply, is_reply_error, map_error, unverifiable_policy};
 use super::keys::{self, Keys};
 use super::records_chain::{
-    ChainPlan, MAX_CHAIN_RETRIES, Recorded, Tips, contention_pause, next_round,
+    ChainPlan, MAX_CHAIN_RETRIES, Recorded, Tip, Tips, contention_pause, next_round,
 };
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
@@ -335,10 +335,12 @@ impl RedisStore {
                         logged: Some((keys::shard_of(&all[i].pair), id)),
                     }));
                 }
+                if let Value::Array(moved) = &reply {
+                    return Self::moved_tip(moved).map(Recorded::Moved);
+                }
                 let code: i64 =
                     redis::from_redis_value(reply).map_err(|_| corrupt_reply("record"))?;
                 match code {
-                    4 => Ok(Recorded::Moved),
                     code => Self::outcome(all, i, code).map(|outcome| {
                         Recorded::Done(crate::store::Recorded {
                             outcome,
@@ -348,6 +350,22 @@ impl RedisStore {
                 }
             })
             .collect()
+    }
+
+    /// The tip in `record.lua`'s answer `{4, length, tip}`: the pair's history was not at the
+    /// tip the entry was chained to.
+    fn moved_tip(reply: &[Value]) -> Result<Tip, StoreError> {
+        let bad = || corrupt_reply("record (chain tip moved)");
+        match reply {
+            [Value::Int(4), Value::Int(len), tip] => {
+                let len = u64::try_from(*len).map_err(|_| bad())?;
+                let tip: crate::domain::Hash = bytes_of(tip)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(bad)?;
+                Ok((len, tip))
+            }
+            _ => Err(bad()),
+        }
     }
 
     /// One `claim_expired.lua` call for shard `shard`: at most [`CLAIM_BATCH`] grants that
@@ -482,20 +500,27 @@ impl ConsentStore for RedisStore {
         // just before; a decision whose pair's history moved meanwhile is sent again in the
         // next round (see `records_chain`).
         let mut out: Vec<Option<crate::store::Recorded>> = vec![None; decisions.len()];
+        // The tip a refused script call found, per decision: its next round chains to it.
+        let mut found: Vec<Option<Tip>> = vec![None; decisions.len()];
         let mut moved_rounds = 0;
         // The first round guesses empty histories (no read); a wrong guess is refused by the
-        // script and is no contention: that pair's next round reads its tip, without a pause.
-        let mut tips = Tips::GuessEmpty;
+        // script and is no contention: that pair's next round chains to the tip the script
+        // answered with, without a pause.
+        let mut first = true;
         loop {
             let round = next_round(decisions, &out);
             if round.is_empty() {
                 break;
             }
-            let guessed = tips == Tips::GuessEmpty;
+            let known: Vec<Option<Tip>> = round.iter().map(|&i| found[i].take()).collect();
+            let tips = if first {
+                Tips::GuessEmpty
+            } else {
+                Tips::Known(&known)
+            };
             let plans = self
                 .chain_plans(decisions, &round, received_at, tips)
                 .await?;
-            tips = Tips::Read;
             let recorded = self
                 .record_round(decisions, &round, &plans, received_at)
                 .await?;
@@ -503,10 +528,13 @@ impl ConsentStore for RedisStore {
             for (&i, r) in round.iter().zip(recorded) {
                 match r {
                     Recorded::Done(outcome) => out[i] = Some(outcome),
-                    Recorded::Moved => moved = true,
+                    Recorded::Moved(tip) => {
+                        found[i] = Some(tip);
+                        moved = true;
+                    }
                 }
             }
-            if moved && !guessed {
+            if moved && !first {
                 moved_rounds += 1;
                 if moved_rounds > MAX_CHAIN_RETRIES {
                     return Err(StoreError::Unavailable(format!(
@@ -516,6 +544,7 @@ impl ConsentStore for RedisStore {
                 }
                 contention_pause(moved_rounds).await;
             }
+            first = false;
         }
         Ok(out
             .into_iter()
