@@ -340,14 +340,12 @@ impl RedisStore {
                 }
                 let code: i64 =
                     redis::from_redis_value(reply).map_err(|_| corrupt_reply("record"))?;
-                match code {
-                    code => Self::outcome(all, i, code).map(|outcome| {
-                        Recorded::Done(crate::store::Recorded {
-                            outcome,
-                            logged: None,
-                        })
-                    }),
-                }
+                Self::outcome(all, i, code).map(|outcome| {
+                    Recorded::Done(crate::store::Recorded {
+                        outcome,
+                        logged: None,
+                    })
+                })
             })
             .collect()
     }
