@@ -683,7 +683,7 @@ async fn an_answer_for_a_pair_with_history_is_chained_to_the_tip_the_refusal_rep
     let history = store.history(&p).await.unwrap();
     assert_eq!(history.len(), 3);
     let page = store.history_page(&p, 0, 10).await.unwrap();
-    let links: Vec<_> = page.links.iter().map(|l| l.clone().unwrap()).collect();
+    let links: Vec<_> = page.links.iter().map(|l| l.unwrap()).collect();
     assert_eq!(links[0].prev, callgate::domain::GENESIS);
     assert_eq!(links[1].prev, links[0].hash);
     assert_eq!(links[2].prev, links[1].hash);
