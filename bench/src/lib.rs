@@ -24,6 +24,7 @@ pub mod histogram;
 pub mod http;
 pub mod population;
 pub mod propagation;
+pub mod redis_floor;
 pub mod redis_memory;
 pub mod report;
 pub mod runner;
@@ -109,6 +110,9 @@ pub enum Command {
     Subscribers(SubscribersArgs),
     /// Fill an empty Redis through the Redis store and report its memory per stored consent.
     RedisMemory(redis_memory::RedisMemoryArgs),
+    /// Write the same consents into an empty Redis in the most compact layout known (not
+    /// the store's): the memory floor the `redis-memory` figure is compared with.
+    RedisMemoryFloor(redis_floor::RedisFloorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +348,7 @@ pub async fn run(
         Command::Staleness(a) => staleness(a, remote, &out).await,
         Command::Subscribers(a) => hold_subscribers(a, remote, &out).await,
         Command::RedisMemory(a) => redis_memory::run(a, remote, out.json).await,
+        Command::RedisMemoryFloor(a) => redis_floor::run(a, remote, out.json).await,
         Command::Floor(a) => {
             let addr = target::resolve(&a.addr, remote).await?;
             let listener = tokio::net::TcpListener::bind(addr)
