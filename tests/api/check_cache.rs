@@ -327,18 +327,7 @@ async fn check_cache_a_late_fill_never_brings_an_allow_back() {
     )
     .await;
     // Another replica records a denial; this one's tailer applies it.
-    inner
-        .record(
-            &[decision(
-                customer,
-                Choice::Deny,
-                t + TimeDelta::seconds(1),
-                "d",
-            )],
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    record_denial(&inner, customer, t).await;
     denial_applied(&mut stream, customer).await;
     // The held reply (read before the denial) is answered, but must not be cached.
     store.hooks.hold_replies.send_replace(false);
@@ -370,12 +359,17 @@ async fn allowed_from_memory(app: &TestApp, customer: &str) {
     }
 }
 
-/// Stalled tailer: with the log's reads stalled, a denial recorded meanwhile is answered
-/// DENIED by every check sent B or more after the stall began.
-#[tokio::test]
-async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound() {
+/// A replica on a gated memory store holding a permanent grant for one customer (decided at
+/// `t`), warmed until it answers that customer from memory.
+struct Warm {
+    inner: Arc<dyn ConsentStore>,
+    store: Arc<Gated>,
+    app: TestApp,
+    t: DateTime<Utc>,
+}
+
+async fn warm_gated_replica(customer: &str) -> Warm {
     let inner = memory_store();
-    let customer = "+919876500002";
     let t = ms(Utc::now());
     inner
         .record(
@@ -386,19 +380,18 @@ async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound()
         .unwrap();
     let store = gated(inner.clone());
     let app = spawn_app_with(test_config(), store.clone()).await;
-    // Warm: answered from memory.
     allowed_from_memory(&app, customer).await;
-    // Stall the tailer's reads (the one in flight, at most a quarter of B, completes), then
-    // record a denial (another replica's write).
-    let reads = store.hooks.event_reads.load(Ordering::SeqCst);
-    store.hooks.stall_events.send_replace(true);
-    until(
-        "the read in flight never ended",
-        Duration::from_secs(10),
-        || store.hooks.event_reads.load(Ordering::SeqCst) > reads,
-    )
-    .await;
-    let stalled_at = app.clock.now();
+    Warm {
+        inner,
+        store,
+        app,
+        t,
+    }
+}
+
+/// Another replica's write: a denial for `customer` one second after `t`, straight into the
+/// store (behind any gate).
+async fn record_denial(inner: &Arc<dyn ConsentStore>, customer: &str, t: DateTime<Utc>) {
     inner
         .record(
             &[decision(
@@ -411,6 +404,31 @@ async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound()
         )
         .await
         .unwrap();
+}
+
+/// Stalled tailer: with the log's reads stalled, a denial recorded meanwhile is answered
+/// DENIED by every check sent B or more after the stall began.
+#[tokio::test]
+async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound() {
+    let customer = "+919876500002";
+    let Warm {
+        inner,
+        store,
+        app,
+        t,
+    } = warm_gated_replica(customer).await;
+    // Stall the tailer's reads (the one in flight, at most a quarter of B, completes), then
+    // record a denial (another replica's write).
+    let reads = store.hooks.event_reads.load(Ordering::SeqCst);
+    store.hooks.stall_events.send_replace(true);
+    until(
+        "the read in flight never ended",
+        Duration::from_secs(10),
+        || store.hooks.event_reads.load(Ordering::SeqCst) > reads,
+    )
+    .await;
+    let stalled_at = app.clock.now();
+    record_denial(&inner, customer, t).await;
     let stale = cache_count(&app, "stale_shard").await;
     let bound = TimeDelta::from_std(B).unwrap();
     let mut allowed_within_bound = 0;
@@ -489,36 +507,19 @@ async fn check_cache_a_grant_lapsed_on_arrival_reaches_every_cache_within_the_bo
 /// below reaches the store but not the log reader, and is answered at once).
 #[tokio::test]
 async fn check_cache_a_tailer_read_error_flushes_the_cache() {
-    let inner = memory_store();
     let customer = "+919876500003";
-    let t = ms(Utc::now());
-    inner
-        .record(
-            &[decision(customer, Choice::GrantPermanent, t, "g")],
-            Utc::now(),
-        )
-        .await
-        .unwrap();
-    let store = gated(inner.clone());
-    let app = spawn_app_with(test_config(), store.clone()).await;
-    allowed_from_memory(&app, customer).await;
+    let Warm {
+        inner,
+        store,
+        app,
+        t,
+    } = warm_gated_replica(customer).await;
     store.hooks.fail_events.store(true, Ordering::SeqCst);
     until("the tailer never failed", Duration::from_secs(10), || {
         store.hooks.failed_reads.load(Ordering::SeqCst) >= 1
     })
     .await;
-    inner
-        .record(
-            &[decision(
-                customer,
-                Choice::Deny,
-                t + TimeDelta::seconds(1),
-                "d",
-            )],
-            Utc::now(),
-        )
-        .await
-        .unwrap();
+    record_denial(&inner, customer, t).await;
     assert!(
         !app.check(BUSINESS, customer).await.allowed,
         "answered from an entry cached before the tailer's error"
