@@ -63,6 +63,11 @@ if "$cg" --help >/dev/null 2>&1 && "$B" check --help | grep -q include-evidence;
 fi
 
 run "redis ingest c32" ingest --http-addr 127.0.0.1:8090 --token bench --concurrency 32 --duration 10
+# Answers for pairs that already have a history (the pairs the line above wrote first).
+if "$B" ingest --help | grep -q -- --pairs; then
+  run "redis ingest c32, pairs with a history" ingest --http-addr 127.0.0.1:8090 --token bench \
+    --concurrency 32 --duration 10 --pairs 20000
+fi
 run "redis propagation" propagation --http-addr 127.0.0.1:8090 --addr 127.0.0.1:50091 --token bench --requests 1000
 
 # The staleness bound under load: denials on A, checks on B, while 32 checkers load B.
@@ -79,3 +84,6 @@ done
 
 redis-server --port 6395 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes >/dev/null
 run "redis memory" redis-memory --redis-url redis://127.0.0.1:6395 --consents 200000
+# The same consents in the most compact layout known (not the store's): the memory floor.
+redis-cli -p 6395 flushall >/dev/null
+run "redis memory floor" redis-memory-floor --redis-url redis://127.0.0.1:6395 --consents 200000

@@ -633,13 +633,14 @@ async fn issue9_6_recording_never_reads_the_history() {
     assert!(stats.contains("cmdstat_hget:"), "{stats}");
 }
 
-/// Issue 16: an answer for a pair that already has a history costs two script calls (the
-/// first guesses an empty history and is refused with the real tip, the second is chained to
-/// that tip) and no read of the tip of its own; a customer's first answer, one script call.
+/// Issue 16: recording guesses the pair's chain tip without a read: the tip this replica last
+/// wrote, else an empty history. A right guess costs one script call; a wrong one is refused
+/// before anything is written and answered with the real tip, and the second call chains to
+/// it: two script calls, and never a read of the tip of its own. The chain stays whole.
 #[tokio::test]
-async fn an_answer_for_a_pair_with_history_is_chained_to_the_tip_the_refusal_reported() {
+async fn recording_guesses_the_chain_tip_and_a_wrong_guess_costs_one_refused_call() {
     let server = RedisServer::start();
-    let store = connect(&server).await;
+    let (a, b) = (connect(&server).await, connect(&server).await);
     let mut conn = raw(&server).await;
     let p = pair(12);
     let t = now();
@@ -651,15 +652,25 @@ async fn an_answer_for_a_pair_with_history_is_chained_to_the_tip_the_refusal_rep
             .map_or(0, |n| n.parse().unwrap())
     };
     let mut recorded = Vec::new();
-    for (i, choice) in [Choice::GrantPermanent, Choice::Deny, Choice::GrantPermanent]
-        .into_iter()
-        .enumerate()
-    {
+    // (replica, what it knows of the pair's tip)
+    let steps = [
+        (&a, "nothing: the history is empty"),
+        (&b, "nothing, and the history is not empty"),
+        (&b, "the tip it wrote"),
+        (&a, "an old tip (b wrote since)"),
+        (&a, "the tip it wrote"),
+    ];
+    for (i, (store, _)) in steps.iter().enumerate() {
         let _: () = redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query_async(&mut conn)
             .await
             .unwrap();
+        let choice = if i % 2 == 0 {
+            Choice::GrantPermanent
+        } else {
+            Choice::Deny
+        };
         let d = decision(
             &p,
             choice,
@@ -675,22 +686,19 @@ async fn an_answer_for_a_pair_with_history_is_chained_to_the_tip_the_refusal_rep
             .query_async(&mut conn)
             .await
             .unwrap();
+        // (script calls, LLEN calls): each script reads the length once, nothing else does.
         recorded.push((calls(&stats, "evalsha"), calls(&stats, "llen")));
     }
-    // (script calls, LLEN calls): each script reads the length once, and nothing else does.
-    assert_eq!(recorded, vec![(1, 1), (2, 2), (2, 2)]);
+    assert_eq!(recorded, vec![(1, 1), (2, 2), (1, 1), (2, 2), (1, 1)]);
     // The chain is whole: every entry links to the one before it.
-    let history = store.history(&p).await.unwrap();
-    assert_eq!(history.len(), 3);
-    let page = store.history_page(&p, 0, 10).await.unwrap();
+    let page = a.history_page(&p, 0, 10).await.unwrap();
     let links: Vec<_> = page.links.iter().map(|l| l.unwrap()).collect();
+    assert_eq!(links.len(), steps.len());
     assert_eq!(links[0].prev, callgate::domain::GENESIS);
-    assert_eq!(links[1].prev, links[0].hash);
-    assert_eq!(links[2].prev, links[1].hash);
-    assert_eq!(
-        links.iter().map(|l| l.position).collect::<Vec<_>>(),
-        [0, 1, 2]
-    );
+    for (at, pair) in links.windows(2).enumerate() {
+        assert_eq!(pair[1].prev, pair[0].hash, "entry {}", at + 1);
+        assert_eq!(pair[1].position, at as u64 + 1);
+    }
 }
 
 /// The store's memory report (used by `callgate-bench redis-memory`) counts exactly this

@@ -19,13 +19,15 @@
 //! atomic: if the second fails, the call fails (503), the sender retries, and the first is
 //! recognised as a duplicate: acknowledged all or none, as on a cluster.
 //!
-//! The first round does not read: it guesses that each pair's history is empty (most answers
-//! are a customer's first), and the script's tip check refuses a wrong guess before writing
-//! anything, answering with the tip it found; only the pairs it refused go on, chained to that
-//! tip ([`Tips`]). A tip is read from the store only for a pair no script has answered for in
-//! this call (its second decision in one call). The cost: a first answer, one round trip as
-//! before issue 14; an answer for a pair with history, one refused script call more (the check
-//! path is untouched); and 70 bytes more per history entry (position, previous and own hash).
+//! The first round does not read: it guesses each pair's tip, as this replica last wrote it
+//! ([`TipMemo`]) or else an empty history (most answers are a customer's first), and the
+//! script's tip check refuses a wrong guess before writing anything, answering with the tip
+//! it found; only the pairs it refused go on, chained to that tip ([`Tips`]). A tip is read
+//! from the store only for a pair no script has answered for in this call (its second
+//! decision in one call). The cost: a first answer, or one for a pair this replica wrote
+//! last, one round trip as before issue 14; any other answer for a pair with history, one
+//! refused script call more (the check path is untouched); and 70 bytes more per history
+//! entry (position, previous and own hash).
 //!
 //! # The records index
 //!
@@ -36,7 +38,7 @@
 //! shard (one slot each), merges them, keeps the first `n`, and reads those entries with one
 //! `LINDEX` each (pipelined per shard).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use redis::Value;
@@ -70,6 +72,51 @@ pub(super) async fn contention_pause(round: usize) {
 /// empty or pre-chain).
 pub(super) type Tip = (u64, Hash);
 
+/// The chain tips this replica last wrote, or was told by a refused script call, by pair: the
+/// first round's guess ([`Tips::Guess`]). Only a hint: a wrong guess (another replica wrote
+/// since, an entry from a registration, an evicted or colliding slot) is refused by the
+/// script before anything is written, and costs what no memo would. Bounded: two generations
+/// of at most [`TIP_MEMO_GENERATION`] pairs each (about 4 MB at most); the older one is dropped
+/// when the younger fills.
+#[derive(Debug, Default)]
+pub(super) struct TipMemo {
+    generations: std::sync::Mutex<[HashMap<u64, Tip>; 2]>,
+}
+
+/// Pairs per generation of the [`TipMemo`].
+pub(super) const TIP_MEMO_GENERATION: usize = 32 * 1024;
+
+impl TipMemo {
+    fn slot(pair: &Pair) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::hash::DefaultHasher::new();
+        pair.hash(&mut h);
+        h.finish()
+    }
+
+    /// The pair's last known tip, else an empty history's.
+    pub(super) fn guess(&self, pair: &Pair) -> Tip {
+        let slot = Self::slot(pair);
+        let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations
+            .iter()
+            .find_map(|g| g.get(&slot).copied())
+            .unwrap_or((0, GENESIS))
+    }
+
+    /// Remembers the pair's tip (after a write, or as a refusal reported it).
+    pub(super) fn learn(&self, pair: &Pair, tip: Tip) {
+        let slot = Self::slot(pair);
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        let [young, old] = &mut *generations;
+        old.remove(&slot);
+        young.insert(slot, tip);
+        if young.len() >= TIP_MEMO_GENERATION {
+            *old = std::mem::take(young);
+        }
+    }
+}
+
 /// What recording one decision in a round did.
 pub(super) enum Recorded {
     Done(crate::store::Recorded),
@@ -88,6 +135,9 @@ pub(super) struct ChainPlan {
     /// The entry's chain part if applied, and if stale.
     pub applied: Vec<u8>,
     pub stale: Vec<u8>,
+    /// The entry's own hash if applied, and if stale: the pair's next tip.
+    pub applied_hash: Hash,
+    pub stale_hash: Hash,
     /// Its members in the records index by received and by event time.
     pub received_member: Vec<u8>,
     pub event_member: Vec<u8>,
@@ -128,11 +178,13 @@ fn by_shard_of(decisions: &[Decision], indices: &[usize]) -> Vec<(usize, Vec<usi
 /// Where the chain tips of a round come from.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Tips<'a> {
-    /// Guessed: every pair's history is empty (a customer's first answer, the common case).
-    /// No read; the script refuses a wrong guess (answer 4) before writing anything, and
-    /// answers with the pair's real tip, which the next round chains to. A first answer then
-    /// costs one round trip; an answer for a pair with history, one refused script call more.
-    GuessEmpty,
+    /// Guessed, without a read: the tip this replica last wrote or was told for the pair
+    /// ([`TipMemo`]), else an empty history (a customer's first answer, the common case). The
+    /// script refuses a wrong guess (answer 4) before writing anything, and answers with the
+    /// pair's real tip, which the next round chains to. A first answer, or an answer for a
+    /// pair this replica wrote last, costs one round trip; any other answer for a pair with
+    /// history, one refused script call more.
+    Guess,
     /// One per decision of the round: the tip a refused script call answered with, or `None`
     /// (none known: read from the store just before the round, in one pipelined round trip).
     Known(&'a [Option<Tip>]),
@@ -149,7 +201,10 @@ impl RedisStore {
         tips: Tips<'_>,
     ) -> Result<Vec<ChainPlan>, StoreError> {
         let tips = match tips {
-            Tips::GuessEmpty => vec![(0, GENESIS); round.len()],
+            Tips::Guess => round
+                .iter()
+                .map(|&i| self.tip_memo.guess(&decisions[i].pair))
+                .collect(),
             Tips::Known(known) => {
                 let unknown: Vec<usize> = round
                     .iter()
@@ -184,13 +239,19 @@ impl RedisStore {
                         outcome,
                         received_at,
                     };
-                    codec::encode_link(&ChainLink::new(position, prev, &entry))
+                    ChainLink::new(position, prev, &entry)
                 };
+                let (applied, stale) = (
+                    link_for(HistoryOutcome::Applied),
+                    link_for(HistoryOutcome::Stale),
+                );
                 ChainPlan {
                     position,
                     prev,
-                    applied: link_for(HistoryOutcome::Applied),
-                    stale: link_for(HistoryOutcome::Stale),
+                    applied: codec::encode_link(&applied),
+                    stale: codec::encode_link(&stale),
+                    applied_hash: applied.hash,
+                    stale_hash: stale.hash,
                     received_member: records::index_key(
                         received_at.timestamp_millis(),
                         &d.pair.customer,
@@ -430,5 +491,40 @@ impl RedisStore {
                 .flatten(),
             items,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PhoneNumber;
+
+    fn pair(n: usize) -> Pair {
+        Pair::new(
+            PhoneNumber::parse("+919000000001").unwrap(),
+            PhoneNumber::parse(&format!("+9198{n:08}")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_tip_memo_guesses_what_it_learned_last_and_stays_bounded() {
+        let memo = TipMemo::default();
+        assert_eq!(memo.guess(&pair(1)), (0, GENESIS));
+        memo.learn(&pair(1), (1, [1; 32]));
+        memo.learn(&pair(1), (2, [2; 32]));
+        assert_eq!(memo.guess(&pair(1)), (2, [2; 32]));
+        // Fill the young generation: pair 1 moves to the old one and is still known...
+        for n in 2..=TIP_MEMO_GENERATION {
+            memo.learn(&pair(n), (1, [3; 32]));
+        }
+        assert_eq!(memo.guess(&pair(1)), (2, [2; 32]));
+        // ...until the next generation fills too: then it is forgotten, and the memo never
+        // holds more than two generations.
+        for n in 0..TIP_MEMO_GENERATION {
+            memo.learn(&pair(TIP_MEMO_GENERATION + 1 + n), (1, [4; 32]));
+        }
+        assert_eq!(memo.guess(&pair(1)), (0, GENESIS));
+        let generations = memo.generations.lock().unwrap();
+        assert!(generations.iter().all(|g| g.len() <= TIP_MEMO_GENERATION));
     }
 }

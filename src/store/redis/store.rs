@@ -15,7 +15,7 @@ use super::connection::Verdict;
 use super::error::{corrupt_reply, is_reply_error, map_error, unverifiable_policy};
 use super::keys::{self, Keys};
 use super::records_chain::{
-    ChainPlan, MAX_CHAIN_RETRIES, Recorded, Tip, Tips, contention_pause, next_round,
+    ChainPlan, MAX_CHAIN_RETRIES, Recorded, Tip, TipMemo, Tips, contention_pause, next_round,
 };
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
@@ -48,6 +48,8 @@ pub struct RedisStore {
     pub(super) streams: Vec<String>,
     /// Trimmed-id marks in shard order, for the range check of `read_events`.
     pub(super) trimmed: Vec<String>,
+    /// Issue 16: the chain tips this replica last saw, the first recording round's guess.
+    pub(super) tip_memo: TipMemo,
 }
 
 impl fmt::Debug for RedisStore {
@@ -76,6 +78,7 @@ impl RedisStore {
             record_script: Script::new(RECORD_LUA),
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
             requests_script: Script::new(super::REQUESTS_LUA),
+            tip_memo: TipMemo::default(),
             config,
         };
         store.ping().await?;
@@ -501,9 +504,9 @@ impl ConsentStore for RedisStore {
         // The tip a refused script call found, per decision: its next round chains to it.
         let mut found: Vec<Option<Tip>> = vec![None; decisions.len()];
         let mut moved_rounds = 0;
-        // The first round guesses empty histories (no read); a wrong guess is refused by the
-        // script and is no contention: that pair's next round chains to the tip the script
-        // answered with, without a pause.
+        // The first round guesses (no read: the memo's tip, else an empty history); a wrong
+        // guess is refused by the script and is no contention: that pair's next round chains
+        // to the tip the script answered with, without a pause.
         let mut first = true;
         loop {
             let round = next_round(decisions, &out);
@@ -512,7 +515,7 @@ impl ConsentStore for RedisStore {
             }
             let known: Vec<Option<Tip>> = round.iter().map(|&i| found[i].take()).collect();
             let tips = if first {
-                Tips::GuessEmpty
+                Tips::Guess
             } else {
                 Tips::Known(&known)
             };
@@ -523,10 +526,23 @@ impl ConsentStore for RedisStore {
                 .record_round(decisions, &round, &plans, received_at)
                 .await?;
             let mut moved = false;
-            for (&i, r) in round.iter().zip(recorded) {
+            for ((&i, r), plan) in round.iter().zip(recorded).zip(&plans) {
+                let pair = &decisions[i].pair;
                 match r {
-                    Recorded::Done(outcome) => out[i] = Some(outcome),
+                    Recorded::Done(done) => {
+                        // The entry written is the pair's new tip (a duplicate wrote none).
+                        let written = match done.outcome {
+                            RecordOutcome::Applied => Some(plan.applied_hash),
+                            RecordOutcome::Stale => Some(plan.stale_hash),
+                            RecordOutcome::Duplicate => None,
+                        };
+                        if let Some(hash) = written {
+                            self.tip_memo.learn(pair, (plan.position + 1, hash));
+                        }
+                        out[i] = Some(done);
+                    }
                     Recorded::Moved(tip) => {
+                        self.tip_memo.learn(pair, tip);
                         found[i] = Some(tip);
                         moved = true;
                     }
