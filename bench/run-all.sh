@@ -63,10 +63,14 @@ if "$cg" --help >/dev/null 2>&1 && "$B" check --help | grep -q include-evidence;
 fi
 
 run "redis ingest c32" ingest --http-addr 127.0.0.1:8090 --token bench --concurrency 32 --duration 10
-# Answers for pairs that already have a history (the pairs the line above wrote first).
+# Answers for pairs that already have a history (pairs the line above wrote): on the replica
+# that wrote them (its tip memo guesses right), then on the other one (every guess wrong: each
+# webhook is refused once with the real tip, then recorded).
 if "$B" ingest --help | grep -q -- --pairs; then
-  run "redis ingest c32, pairs with a history" ingest --http-addr 127.0.0.1:8090 --token bench \
-    --concurrency 32 --duration 10 --pairs 20000
+  run "redis ingest c32, pairs with a history, same replica" ingest --http-addr 127.0.0.1:8090 \
+    --token bench --concurrency 32 --duration 10 --pairs 20000
+  run "redis ingest c32, pairs with a history, other replica" ingest --http-addr 127.0.0.1:8091 \
+    --token bench --concurrency 32 --duration 8 --pairs 100000
 fi
 run "redis propagation" propagation --http-addr 127.0.0.1:8090 --addr 127.0.0.1:50091 --token bench --requests 1000
 
