@@ -81,6 +81,24 @@ if not new or #ARGV[2] ~= 16 then
 end
 new.id = ARGV[2]
 
+-- issue 14: the chain tip must be the one Rust hashed against (see the header). If it is
+-- not, the answer carries the tip as it is, so Rust's next try needs no read of its own.
+-- Checked first: a wrong guess (issue 16: the tip is guessed, not read) costs two reads, and
+-- the try chained to the real tip does everything below (a duplicate, a conflict included).
+local len = redis.call('LLEN', KEYS[3])
+local tip = string.rep('\0', 32)
+if len > 0 then
+  local last = redis.call('LINDEX', KEYS[3], -1)
+  local kind = string.sub(last, 1, 1)
+  if kind == 'A' or kind == 'S' then
+    local comma = string.find(last, ',', 18, true)
+    if comma and #last >= comma + 64 then
+      tip = string.sub(last, comma + 33, comma + 64)
+    end
+  end
+end
+if len ~= tonumber(ARGV[8]) or tip ~= ARGV[9] then return { 4, len, tip } end
+
 -- De-duplication by delivery (pair, sender, message id), the twin of
 -- `domain::rules::redelivery`: one HGET, whatever the length of the history.
 if #ARGV[7] ~= 8 then
@@ -137,21 +155,7 @@ if current then
   applied = p > 0
 end
 
--- issue 14: the chain tip must be the one Rust hashed against (see the header). If it is
--- not, the answer carries the tip as it is, so Rust's next try needs no read of its own.
-local len = redis.call('LLEN', KEYS[3])
-local tip = string.rep('\0', 32)
-if len > 0 then
-  local last = redis.call('LINDEX', KEYS[3], -1)
-  local kind = string.sub(last, 1, 1)
-  if kind == 'A' or kind == 'S' then
-    local comma = string.find(last, ',', 18, true)
-    if comma and #last >= comma + 64 then
-      tip = string.sub(last, comma + 33, comma + 64)
-    end
-  end
-end
-if len ~= tonumber(ARGV[8]) or tip ~= ARGV[9] then return { 4, len, tip } end
+-- issue 14: the chain tip was checked first (above).
 redis.call('ZADD', KEYS[8], 0, ARGV[12])
 redis.call('ZADD', KEYS[9], 0, ARGV[13])
 -- end issue 14
