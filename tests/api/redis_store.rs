@@ -636,7 +636,8 @@ async fn issue9_6_recording_never_reads_the_history() {
 /// Issue 16: recording guesses the pair's chain tip without a read: the tip this replica last
 /// wrote, else an empty history. A right guess costs one script call; a wrong one is refused
 /// before anything is written and answered with the real tip, and the second call chains to
-/// it: two script calls, and never a read of the tip of its own. The chain stays whole.
+/// it: two script calls. While most pairs it did not know had a history, a replica reads the
+/// tip first instead (a read and one script call). The chain stays whole.
 #[tokio::test]
 async fn recording_guesses_the_chain_tip_and_a_wrong_guess_costs_one_refused_call() {
     let server = RedisServer::start();
@@ -690,6 +691,28 @@ async fn recording_guesses_the_chain_tip_and_a_wrong_guess_costs_one_refused_cal
         recorded.push((calls(&stats, "evalsha"), calls(&stats, "llen")));
     }
     assert_eq!(recorded, vec![(1, 1), (2, 2), (1, 1), (2, 2), (1, 1)]);
+    // Replica b has since met only returning customers it did not know (one, above): for the
+    // next such pair it reads the tip first (one LLEN outside the script), and needs one script
+    // call, not two.
+    let q = pair(13);
+    let first = decision(&q, Choice::GrantPermanent, t, "q0");
+    a.record(&[first], now()).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let second = decision(&q, Choice::Deny, t + chrono::Duration::seconds(1), "q1");
+    assert_eq!(
+        b.record(&[second], now()).await.unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((calls(&stats, "evalsha"), calls(&stats, "llen")), (1, 2));
     // The chain is whole: every entry links to the one before it.
     let page = a.history_page(&p, 0, 10).await.unwrap();
     let links: Vec<_> = page.links.iter().map(|l| l.unwrap()).collect();

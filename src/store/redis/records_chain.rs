@@ -19,15 +19,17 @@
 //! atomic: if the second fails, the call fails (503), the sender retries, and the first is
 //! recognised as a duplicate: acknowledged all or none, as on a cluster.
 //!
-//! The first round does not read: it guesses each pair's tip, as this replica last wrote it
-//! ([`TipMemo`]) or else an empty history (most answers are a customer's first), and the
-//! script's tip check refuses a wrong guess before writing anything, answering with the tip
-//! it found; only the pairs it refused go on, chained to that tip ([`Tips`]). A tip is read
-//! from the store only for a pair no script has answered for in this call (its second
-//! decision in one call). The cost: a first answer, or one for a pair this replica wrote
-//! last, one round trip as before issue 14; any other answer for a pair with history, one
-//! refused script call more (the check path is untouched); and 70 bytes more per history
-//! entry (position, previous and own hash).
+//! The first round usually does not read: it chains each decision to the tip this replica
+//! last wrote for the pair ([`TipMemo`]), or else guesses an empty history (most answers are a
+//! customer's first), and the script's tip check refuses a wrong guess before writing
+//! anything, answering with the tip it found; only the pairs it refused go on, chained to that
+//! tip. While most recent pairs the memo did not know turned out to have a history (a wave of
+//! returning customers), the first round reads their tips instead ([`FirstTip::Read`]): a
+//! pipelined read costs less than a refused script call. A tip is also read for a pair's
+//! second decision in one call. The cost: a first answer, or one for a pair this replica wrote
+//! last, one round trip as before issue 14; any other answer for a pair with history, a read
+//! or one refused script call more (the check path is untouched); and 70 bytes more per
+//! history entry (position, previous and own hash).
 //!
 //! # The records index
 //!
@@ -39,6 +41,7 @@
 //! `LINDEX` each (pipelined per shard).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use redis::Value;
@@ -72,19 +75,52 @@ pub(super) async fn contention_pause(round: usize) {
 /// empty or pre-chain).
 pub(super) type Tip = (u64, Hash);
 
-/// The chain tips this replica last wrote, or was told by a refused script call, by pair: the
-/// first round's guess ([`Tips::Guess`]). Only a hint: a wrong guess (another replica wrote
-/// since, an entry from a registration, an evicted or colliding slot) is refused by the
-/// script before anything is written, and costs what no memo would. Bounded: two generations
-/// of at most [`TIP_MEMO_GENERATION`] pairs each (about 4 MB at most); the older one is dropped
-/// when the younger fills.
+/// How the first round of a record call chains a decision: to a tip guessed without a read,
+/// or to one read first. Whatever it guessed, the script checks the tip and refuses a wrong
+/// one before writing anything, answering with the real tip, which the next round chains to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FirstTip {
+    /// The tip this replica last wrote, or was told, for the pair ([`TipMemo`]).
+    Memo(Tip),
+    /// An empty history: a customer's first answer. Right: one round trip. Wrong: one refused
+    /// script call more.
+    Empty,
+    /// Read first (one pipelined `LLEN`/`LINDEX`, cheaper than a refused script call): chosen
+    /// while most recent pairs the memo did not know already had a history.
+    Read,
+}
+
+impl FirstTip {
+    /// The tip it chains to, `None` when it is read.
+    pub(super) fn tip(self) -> Option<Tip> {
+        match self {
+            FirstTip::Memo(tip) => Some(tip),
+            FirstTip::Empty => Some((0, GENESIS)),
+            FirstTip::Read => None,
+        }
+    }
+}
+
+/// The chain tips this replica last wrote, or was told by a refused script call, by pair, and
+/// how often a pair it did not know had an empty history: the first round's choice
+/// ([`FirstTip`]). Only hints: a wrong one (another replica wrote since, an entry from a
+/// registration, an evicted or colliding slot) is refused by the script before anything is
+/// written. Bounded: two generations of at most [`TIP_MEMO_GENERATION`] pairs each (about
+/// 4 MB at most); the older one is dropped when the younger fills.
 #[derive(Debug, Default)]
 pub(super) struct TipMemo {
     generations: std::sync::Mutex<[HashMap<u64, Tip>; 2]>,
+    /// Of the recent pairs the memo did not know (halved every [`FIRST_ANSWER_WINDOW`]), how
+    /// many there were, and how many had an empty history.
+    unknown: AtomicU64,
+    empty: AtomicU64,
 }
 
 /// Pairs per generation of the [`TipMemo`].
 pub(super) const TIP_MEMO_GENERATION: usize = 32 * 1024;
+
+/// The window of the first-answer share: both counts are halved when it is reached.
+const FIRST_ANSWER_WINDOW: u64 = 1024;
 
 impl TipMemo {
     fn slot(pair: &Pair) -> u64 {
@@ -94,14 +130,41 @@ impl TipMemo {
         h.finish()
     }
 
-    /// The pair's last known tip, else an empty history's.
-    pub(super) fn guess(&self, pair: &Pair) -> Tip {
+    /// The pair's last known tip.
+    pub(super) fn known(&self, pair: &Pair) -> Option<Tip> {
         let slot = Self::slot(pair);
         let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-        generations
-            .iter()
-            .find_map(|g| g.get(&slot).copied())
-            .unwrap_or((0, GENESIS))
+        generations.iter().find_map(|g| g.get(&slot).copied())
+    }
+
+    /// How the first round chains the pair's decision: the known tip; else an empty history
+    /// while at least half the recent unknown pairs had one (a customer's first answer is the
+    /// common case, and where it is, a guess saves the read); else a read.
+    pub(super) fn first_tip(&self, pair: &Pair) -> FirstTip {
+        if let Some(tip) = self.known(pair) {
+            return FirstTip::Memo(tip);
+        }
+        let unknown = self.unknown.load(Ordering::Relaxed);
+        if self.empty.load(Ordering::Relaxed) * 2 >= unknown {
+            FirstTip::Empty
+        } else {
+            FirstTip::Read
+        }
+    }
+
+    /// Counts a pair the memo did not know: whether its history was empty.
+    pub(super) fn observe_unknown(&self, was_empty: bool) {
+        let unknown = self.unknown.fetch_add(1, Ordering::Relaxed) + 1;
+        let empty = if was_empty {
+            self.empty.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.empty.load(Ordering::Relaxed)
+        };
+        if unknown >= FIRST_ANSWER_WINDOW {
+            // Racing writers may lose an increment here: the share is a hint.
+            self.unknown.store(unknown / 2, Ordering::Relaxed);
+            self.empty.store(empty.min(unknown) / 2, Ordering::Relaxed);
+        }
     }
 
     /// Remembers the pair's tip (after a write, or as a refusal reported it).
@@ -175,59 +238,37 @@ fn by_shard_of(decisions: &[Decision], indices: &[usize]) -> Vec<(usize, Vec<usi
         .collect()
 }
 
-/// Where the chain tips of a round come from.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Tips<'a> {
-    /// Guessed, without a read: the tip this replica last wrote or was told for the pair
-    /// ([`TipMemo`]), else an empty history (a customer's first answer, the common case). The
-    /// script refuses a wrong guess (answer 4) before writing anything, and answers with the
-    /// pair's real tip, which the next round chains to. A first answer, or an answer for a
-    /// pair this replica wrote last, costs one round trip; any other answer for a pair with
-    /// history, one refused script call more.
-    Guess,
-    /// One per decision of the round: the tip a refused script call answered with, or `None`
-    /// (none known: read from the store just before the round, in one pipelined round trip).
-    Known(&'a [Option<Tip>]),
-}
-
 impl RedisStore {
-    /// The chain tip of each decision's pair (guessed or read, see [`Tips`]) and its chain
-    /// arguments.
+    /// The chain arguments of each decision of a round, chained to its tip in `known` (one per
+    /// decision: a guess, or the tip a refused script call answered with), or, where that is
+    /// `None`, to the tip read from the store just before (one pipelined round trip).
     pub(super) async fn chain_plans(
         &self,
         decisions: &[Decision],
         round: &[usize],
         received_at: DateTime<Utc>,
-        tips: Tips<'_>,
+        known: &[Option<Tip>],
     ) -> Result<Vec<ChainPlan>, StoreError> {
-        let tips = match tips {
-            Tips::Guess => round
-                .iter()
-                .map(|&i| self.tip_memo.guess(&decisions[i].pair))
-                .collect(),
-            Tips::Known(known) => {
-                let unknown: Vec<usize> = round
-                    .iter()
-                    .zip(known)
-                    .filter(|(_, tip)| tip.is_none())
-                    .map(|(&i, _)| i)
-                    .collect();
-                let mut read = if unknown.is_empty() {
-                    Vec::new()
-                } else {
-                    self.read_tips(decisions, &unknown).await?
-                }
-                .into_iter();
-                known
-                    .iter()
-                    .map(|tip| match tip {
-                        Some(tip) => Some(*tip),
-                        None => read.next(),
-                    })
-                    .collect::<Option<Vec<Tip>>>()
-                    .ok_or_else(|| corrupt_reply("LLEN/LINDEX chain tip"))?
-            }
-        };
+        let unknown: Vec<usize> = round
+            .iter()
+            .zip(known)
+            .filter(|(_, tip)| tip.is_none())
+            .map(|(&i, _)| i)
+            .collect();
+        let mut read = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            self.read_tips(decisions, &unknown).await?
+        }
+        .into_iter();
+        let tips = known
+            .iter()
+            .map(|tip| match tip {
+                Some(tip) => Some(*tip),
+                None => read.next(),
+            })
+            .collect::<Option<Vec<Tip>>>()
+            .ok_or_else(|| corrupt_reply("LLEN/LINDEX chain tip"))?;
         Ok(round
             .iter()
             .zip(tips)
@@ -507,24 +548,46 @@ mod tests {
     }
 
     #[test]
-    fn the_tip_memo_guesses_what_it_learned_last_and_stays_bounded() {
+    fn the_tip_memo_knows_what_it_learned_last_and_stays_bounded() {
         let memo = TipMemo::default();
-        assert_eq!(memo.guess(&pair(1)), (0, GENESIS));
+        assert_eq!(memo.known(&pair(1)), None);
         memo.learn(&pair(1), (1, [1; 32]));
         memo.learn(&pair(1), (2, [2; 32]));
-        assert_eq!(memo.guess(&pair(1)), (2, [2; 32]));
+        assert_eq!(memo.first_tip(&pair(1)), FirstTip::Memo((2, [2; 32])));
         // Fill the young generation: pair 1 moves to the old one and is still known...
         for n in 2..=TIP_MEMO_GENERATION {
             memo.learn(&pair(n), (1, [3; 32]));
         }
-        assert_eq!(memo.guess(&pair(1)), (2, [2; 32]));
+        assert_eq!(memo.known(&pair(1)), Some((2, [2; 32])));
         // ...until the next generation fills too: then it is forgotten, and the memo never
         // holds more than two generations.
         for n in 0..TIP_MEMO_GENERATION {
             memo.learn(&pair(TIP_MEMO_GENERATION + 1 + n), (1, [4; 32]));
         }
-        assert_eq!(memo.guess(&pair(1)), (0, GENESIS));
+        assert_eq!(memo.known(&pair(1)), None);
         let generations = memo.generations.lock().unwrap();
         assert!(generations.iter().all(|g| g.len() <= TIP_MEMO_GENERATION));
+    }
+
+    #[test]
+    fn an_unknown_pair_is_guessed_empty_while_most_unknown_pairs_were_first_answers() {
+        let memo = TipMemo::default();
+        let stranger = pair(7);
+        assert_eq!(memo.first_tip(&stranger), FirstTip::Empty);
+        assert_eq!(FirstTip::Empty.tip(), Some((0, GENESIS)));
+        // Returning customers the memo did not know: read first.
+        for _ in 0..10 {
+            memo.observe_unknown(false);
+        }
+        assert_eq!(memo.first_tip(&stranger), FirstTip::Read);
+        assert_eq!(FirstTip::Read.tip(), None);
+        // First answers again: back to guessing, within a window.
+        for _ in 0..FIRST_ANSWER_WINDOW {
+            memo.observe_unknown(true);
+        }
+        assert_eq!(memo.first_tip(&stranger), FirstTip::Empty);
+        // The counts stay bounded by the window.
+        assert!(memo.unknown.load(Ordering::Relaxed) < FIRST_ANSWER_WINDOW);
+        assert!(memo.empty.load(Ordering::Relaxed) <= memo.unknown.load(Ordering::Relaxed));
     }
 }

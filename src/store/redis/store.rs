@@ -15,7 +15,7 @@ use super::connection::Verdict;
 use super::error::{corrupt_reply, is_reply_error, map_error, unverifiable_policy};
 use super::keys::{self, Keys};
 use super::records_chain::{
-    ChainPlan, MAX_CHAIN_RETRIES, Recorded, Tip, TipMemo, Tips, contention_pause, next_round,
+    ChainPlan, FirstTip, MAX_CHAIN_RETRIES, Recorded, Tip, TipMemo, contention_pause, next_round,
 };
 use super::reply::{bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
@@ -504,30 +504,47 @@ impl ConsentStore for RedisStore {
         // The tip a refused script call found, per decision: its next round chains to it.
         let mut found: Vec<Option<Tip>> = vec![None; decisions.len()];
         let mut moved_rounds = 0;
-        // The first round guesses (no read: the memo's tip, else an empty history); a wrong
-        // guess is refused by the script and is no contention: that pair's next round chains
-        // to the tip the script answered with, without a pause.
+        // The first round mostly guesses (see `FirstTip`); a wrong guess is refused by the
+        // script and is no contention: that pair's next round chains to the tip the script
+        // answered with, without a pause.
         let mut first = true;
         loop {
             let round = next_round(decisions, &out);
             if round.is_empty() {
                 break;
             }
-            let known: Vec<Option<Tip>> = round.iter().map(|&i| found[i].take()).collect();
-            let tips = if first {
-                Tips::Guess
+            // The first round: the memo's tip, a guess or a read (`FirstTip`); later rounds:
+            // the tip a refused script call answered with, or a read.
+            let first_tips: Vec<FirstTip> = if first {
+                round
+                    .iter()
+                    .map(|&i| self.tip_memo.first_tip(&decisions[i].pair))
+                    .collect()
             } else {
-                Tips::Known(&known)
+                Vec::new()
+            };
+            let known: Vec<Option<Tip>> = if first {
+                first_tips.iter().map(|t| t.tip()).collect()
+            } else {
+                round.iter().map(|&i| found[i].take()).collect()
             };
             let plans = self
-                .chain_plans(decisions, &round, received_at, tips)
+                .chain_plans(decisions, &round, received_at, &known)
                 .await?;
             let recorded = self
                 .record_round(decisions, &round, &plans, received_at)
                 .await?;
             let mut moved = false;
-            for ((&i, r), plan) in round.iter().zip(recorded).zip(&plans) {
+            for (at, ((&i, r), plan)) in round.iter().zip(recorded).zip(&plans).enumerate() {
                 let pair = &decisions[i].pair;
+                // A pair the memo did not know: was its history empty?
+                match (first_tips.get(at), &r) {
+                    (Some(FirstTip::Empty), r) => self
+                        .tip_memo
+                        .observe_unknown(!matches!(r, Recorded::Moved(_))),
+                    (Some(FirstTip::Read), _) => self.tip_memo.observe_unknown(plan.position == 0),
+                    _ => {}
+                }
                 match r {
                     Recorded::Done(done) => {
                         // The entry written is the pair's new tip (a duplicate wrote none).
