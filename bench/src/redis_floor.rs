@@ -310,19 +310,7 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
              throwaway server, e.g. `redis-server --port 6395 --save '' --appendonly no`)"
         )));
     }
-    let used = |info: String| -> Result<u64, BenchError> {
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| BenchError::Invalid("INFO memory has no used_memory".into()))
-    };
-    let before = used(
-        redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await
-            .map_err(fail("INFO"))?,
-    )?;
+    let before = used_memory(&mut conn).await?;
 
     let tags = shard_tags("callgate");
     let shards = tags.len();
@@ -465,13 +453,7 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
             .await
             .map_err(fail("write"))?;
     }
-    let after = used(
-        redis::cmd("INFO")
-            .arg("memory")
-            .query_async(&mut conn)
-            .await
-            .map_err(fail("INFO"))?,
-    )?;
+    let after = used_memory(&mut conn).await?;
     let keys: u64 = redis::cmd("DBSIZE")
         .query_async(&mut conn)
         .await
@@ -567,6 +549,19 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
         );
     }
     Ok(0)
+}
+
+/// `used_memory` of `INFO memory`.
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64, BenchError> {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .map_err(|e| BenchError::Invalid(format!("INFO: {e}")))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| BenchError::Invalid("INFO memory has no used_memory".into()))
 }
 
 /// `host` and `port` of a `redis://` URL (the floor needs no other form).
