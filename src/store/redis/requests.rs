@@ -109,24 +109,9 @@ impl RedisStore {
             .arg(waiting);
         let mut pipe = redis::pipe();
         pipe.invoke_script(&invocation);
-        let acks = self.config.replica_acks;
-        if acks > 0 {
-            pipe.cmd("WAIT").arg(acks).arg(self.wait_ms());
-        }
+        self.wait_for_replicas(&mut pipe);
         let mut replies: Vec<Value> = self.query_scripts(Route::Shard(shard), true, &pipe).await?;
-        if acks > 0 {
-            let acked: i64 = replies
-                .pop()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .ok_or_else(|| corrupt_reply("WAIT"))?;
-            if acked < i64::from(acks) {
-                return Err(StoreError::Unavailable(format!(
-                    "the registration reached {acked} of the {acks} replicas required \
-                     (CALLGATE_REDIS_REPLICA_ACKS) within {} ms; not acknowledged",
-                    self.wait_ms()
-                )));
-            }
-        }
+        self.replicas_reached(&mut replies, "the registration")?;
         let reply: Vec<i64> = match replies.pop() {
             Some(v) if replies.is_empty() => {
                 redis::from_redis_value(v).map_err(|_| corrupt_reply("requests"))?

@@ -290,26 +290,10 @@ impl RedisStore {
         if atomic {
             pipe.cmd("EXEC");
         }
-        let acks = self.config.replica_acks;
-        if acks > 0 {
-            pipe.cmd("WAIT").arg(acks).arg(self.wait_ms());
-        }
+        self.wait_for_replicas(&mut pipe);
         let shard = keys::shard_of(&all[indices[0]].pair);
         let mut replies: Vec<Value> = self.query_scripts(Route::Shard(shard), true, &pipe).await?;
-        if acks > 0 {
-            let acked: i64 = replies
-                .pop()
-                .and_then(|v| redis::from_redis_value(v).ok())
-                .ok_or_else(|| corrupt_reply("WAIT"))?;
-            if acked < i64::from(acks) {
-                return Err(StoreError::Unavailable(format!(
-                    "the write reached {acked} of the {acks} replicas required \
-                     (CALLGATE_REDIS_REPLICA_ACKS) within {} ms; not acknowledged, the sender \
-                     will retry",
-                    self.wait_ms()
-                )));
-            }
-        }
+        self.replicas_reached(&mut replies, "the write")?;
         let replies: Vec<Value> = if atomic {
             match replies.pop() {
                 Some(exec) if replies.is_empty() => {
@@ -351,6 +335,42 @@ impl RedisStore {
                 })
             })
             .collect()
+    }
+
+    /// Ends a write pipeline with `WAIT replica_acks` when asked for. It must follow `EXEC`
+    /// (inside a transaction it does not block) and share the writes' connection.
+    pub(super) fn wait_for_replicas(&self, pipe: &mut redis::Pipeline) {
+        let acks = self.config.replica_acks;
+        if acks > 0 {
+            pipe.cmd("WAIT").arg(acks).arg(self.wait_ms());
+        }
+    }
+
+    /// Takes `WAIT`'s reply (see [`wait_for_replicas`](Self::wait_for_replicas)) off the end
+    /// of `replies`, and refuses `what` (unacknowledged: the sender retries) if it reached
+    /// fewer replicas than required.
+    pub(super) fn replicas_reached(
+        &self,
+        replies: &mut Vec<Value>,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let acks = self.config.replica_acks;
+        if acks == 0 {
+            return Ok(());
+        }
+        let acked: i64 = replies
+            .pop()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .ok_or_else(|| corrupt_reply("WAIT"))?;
+        if acked < i64::from(acks) {
+            return Err(StoreError::Unavailable(format!(
+                "{what} reached {acked} of the {acks} replicas required \
+                 (CALLGATE_REDIS_REPLICA_ACKS) within {} ms; not acknowledged, the sender will \
+                 retry",
+                self.wait_ms()
+            )));
+        }
+        Ok(())
     }
 
     /// The tip in `record.lua`'s answer `{4, length, tip}`: the pair's history was not at the
