@@ -156,15 +156,6 @@ async fn allowed_at(api: &Endpoints, customer: &str, token: &str) -> bool {
         .allowed
 }
 
-/// Waits (bounded) until `done` holds, polling.
-async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 async fn redis_store(server: &RedisServer) -> Arc<dyn ConsentStore> {
     let mut config = RedisConfig::new(server.url());
     config.timeout = Duration::from_secs(5);
@@ -320,10 +311,10 @@ async fn check_cache_a_late_fill_never_brings_an_allow_back() {
     store.hooks.hold_replies.send_replace(true);
     let endpoints = Endpoints::new(app.http, app.grpc);
     let held = tokio::spawn(async move { endpoints.check(BUSINESS, customer).await });
-    until(
+    eventually(
         "the check's read was not held",
         Duration::from_secs(10),
-        || store.hooks.held.load(Ordering::SeqCst) >= 1,
+        || std::future::ready(store.hooks.held.load(Ordering::SeqCst) >= 1),
     )
     .await;
     // Another replica records a denial; this one's tailer applies it.
@@ -421,10 +412,10 @@ async fn check_cache_a_stalled_tailer_fails_over_to_the_store_within_the_bound()
     // record a denial (another replica's write).
     let reads = store.hooks.event_reads.load(Ordering::SeqCst);
     store.hooks.stall_events.send_replace(true);
-    until(
+    eventually(
         "the read in flight never ended",
         Duration::from_secs(10),
-        || store.hooks.event_reads.load(Ordering::SeqCst) > reads,
+        || std::future::ready(store.hooks.event_reads.load(Ordering::SeqCst) > reads),
     )
     .await;
     let stalled_at = app.clock.now();
@@ -515,8 +506,8 @@ async fn check_cache_a_tailer_read_error_flushes_the_cache() {
         t,
     } = warm_gated_replica(customer).await;
     store.hooks.fail_events.store(true, Ordering::SeqCst);
-    until("the tailer never failed", Duration::from_secs(10), || {
-        store.hooks.failed_reads.load(Ordering::SeqCst) >= 1
+    eventually("the tailer never failed", Duration::from_secs(10), || {
+        std::future::ready(store.hooks.failed_reads.load(Ordering::SeqCst) >= 1)
     })
     .await;
     record_denial(&inner, customer, t).await;
@@ -527,10 +518,10 @@ async fn check_cache_a_tailer_read_error_flushes_the_cache() {
     // Recovered: fresh again, and answering from memory.
     store.hooks.fail_events.store(false, Ordering::SeqCst);
     let reads = store.hooks.event_reads.load(Ordering::SeqCst);
-    until(
+    eventually(
         "the tailer never recovered",
         Duration::from_secs(10),
-        || store.hooks.event_reads.load(Ordering::SeqCst) > reads + 1,
+        || std::future::ready(store.hooks.event_reads.load(Ordering::SeqCst) > reads + 1),
     )
     .await;
     for _ in 0..10 {

@@ -362,3 +362,19 @@ pub fn doubletick(
     }
     v.to_string()
 }
+
+/// Polls `done` every 10 ms until it returns true; fails the test with `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

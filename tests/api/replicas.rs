@@ -81,22 +81,6 @@ fn summary(events: &[pb::ConsentEvent]) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// Polls `f` (bounded) until it returns true.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !f().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_webhook_posted_to_one_replica_is_visible_to_a_check_on_the_other() {
     let redis = RedisServer::start();
