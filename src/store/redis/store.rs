@@ -535,18 +535,16 @@ impl ConsentStore for RedisStore {
             }
             // The first round: the memo's tip, a guess or a read (`FirstTip`); later rounds:
             // the tip a refused script call answered with, or a read.
-            let first_tips: Vec<FirstTip> = if first {
-                round
+            let (first_tips, known): (Vec<FirstTip>, Vec<Option<Tip>>) = if first {
+                let tips: Vec<FirstTip> = round
                     .iter()
                     .map(|&i| self.tip_memo.first_tip(&decisions[i].pair))
-                    .collect()
+                    .collect();
+                let known = tips.iter().map(|t| t.tip()).collect();
+                (tips, known)
             } else {
-                Vec::new()
-            };
-            let known: Vec<Option<Tip>> = if first {
-                first_tips.iter().map(|t| t.tip()).collect()
-            } else {
-                round.iter().map(|&i| found[i].take()).collect()
+                let known = round.iter().map(|&i| found[i].take()).collect();
+                (Vec::new(), known)
             };
             let plans = self
                 .chain_plans(decisions, &round, received_at, &known)
