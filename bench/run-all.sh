@@ -91,3 +91,12 @@ run "redis memory" redis-memory --redis-url redis://127.0.0.1:6395 --consents 20
 # The same consents in the most compact layout known (not the store's): the memory floor.
 redis-cli -p 6395 flushall >/dev/null
 run "redis memory floor" redis-memory-floor --redis-url redis://127.0.0.1:6395 --consents 200000
+# At the issue's own scale (1,000,000 consents: every per-business sorted set is past 128
+# members), the store and the floor with sorted-set and with packed indexes, native expiry kept.
+redis-cli -p 6395 flushall >/dev/null
+run "redis memory, 1M" redis-memory --redis-url redis://127.0.0.1:6395 --consents 1000000
+for indexes in sorted-sets packed; do
+  redis-cli -p 6395 flushall >/dev/null
+  run "redis memory floor, 1M, $indexes indexes" redis-memory-floor \
+    --redis-url redis://127.0.0.1:6395 --consents 1000000 --native-expiry --indexes "$indexes"
+done

@@ -19,6 +19,17 @@
 //! - **per-business indexes** by received and by event time, the **due index** and the
 //!   **calling list**, as sorted sets with binary members.
 //!
+//! Variants, to tell which choices the bytes depend on (BENCHMARKS.md, "The floor at scale"):
+//!
+//! - `--indexes packed`: the per-business indexes as packed chunk strings instead of sorted
+//!   sets ([`write_packed_indexes`]). A sorted set stays a listpack only up to 128 members;
+//!   past that (a business with more than ~2,300 decisions over 18 shards) each member costs
+//!   a skiplist node and a dict entry, and at 1,000,000 consents the three indexes cost more
+//!   than the whole target;
+//! - `--native-expiry`: a one-byte lease key per live temporary grant, with `PXAT`, so Redis
+//!   still ends a grant on time (a hash field cannot expire in Redis 7.0);
+//! - `--history stream`: one stream per shard instead of fixed segments.
+//!
 //! It is a measurement of bytes, not a store: no script, no event log (not counted in the
 //! target), no concurrency control. Same safety rules as `redis-memory`: loopback only unless
 //! `--allow-remote`, and the database must be empty.
@@ -49,6 +60,81 @@ pub struct RedisFloorArgs {
     /// Seed of the decision mix (as `redis-memory --seed`).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Where packed history entries go: fixed-size `segments` (`SETRANGE`), or one `stream`
+    /// per shard (`XADD`, an entry's pointer is its stream id's sequence).
+    #[arg(long, value_enum, default_value_t = HistoryLayout::Segments)]
+    pub history: HistoryLayout,
+    /// Keep native expiry: every live temporary grant also gets a one-byte lease key with
+    /// `PXAT` at its expiry (`t:<pair>`), which Redis deletes on time.
+    #[arg(long)]
+    pub native_expiry: bool,
+    /// How the per-business indexes (by received time `br`, by event time `be`, the calling
+    /// list `l`) are kept: Redis sorted sets with binary members, packed into fixed-size
+    /// chunk strings (`bri`, `bei`, `li`; see [`write_packed_indexes`]), or not at all (to
+    /// measure what they cost).
+    #[arg(long, value_enum, default_value_t = IndexLayout::SortedSets)]
+    pub indexes: IndexLayout,
+}
+
+/// How the floor keeps the per-business indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IndexLayout {
+    /// Sorted sets with binary members (listpack up to 128 members, then a skiplist).
+    SortedSets,
+    /// Posting lists of entry pointers and sorted customer arrays in 1 KiB chunk strings.
+    Packed,
+    /// No per-business index.
+    None,
+}
+
+/// A packed index chunk: 1 KiB less the string header and terminator.
+pub const CHUNK: usize = 1024 - 16;
+
+/// Customers per calling-list chunk, in bytes: whole 7-byte customers, three quarters of a
+/// chunk (a B-tree's leaves average about that under inserts and deletes).
+pub const CALLING_LIST_FILL: usize = CHUNK * 3 / 4 / 7 * 7;
+const _: () = assert!(
+    CALLING_LIST_FILL.is_multiple_of(7)
+        && CALLING_LIST_FILL <= CHUNK * 3 / 4
+        && CALLING_LIST_FILL + 7 > CHUNK * 3 / 4
+);
+
+/// Writes the packed indexes: every (shard, business) posting list of entry pointers in full
+/// chunks (append-only: only the last chunk has room), and every calling list as sorted
+/// 7-byte customers filled to three quarters of each chunk (what a B-tree's leaves average
+/// under inserts and deletes).
+fn write_packed_indexes(
+    pipe: &mut redis::Pipeline,
+    postings: &HashMap<String, Vec<u8>>,
+    callable: &HashMap<String, std::collections::BTreeSet<[u8; 7]>>,
+) {
+    let mut write = |key: &str, bytes: &[u8], per_chunk: usize| {
+        for (n, chunk) in bytes.chunks(per_chunk).enumerate() {
+            let name = format!("{key}:{n}");
+            pipe.cmd("SETRANGE")
+                .arg(&name)
+                .arg(CHUNK - 1)
+                .arg(&[0u8][..])
+                .ignore();
+            pipe.cmd("SETRANGE").arg(&name).arg(0).arg(chunk).ignore();
+        }
+    };
+    for (key, bytes) in postings {
+        write(key, bytes, CHUNK);
+    }
+    for (key, customers) in callable {
+        let bytes: Vec<u8> = customers.iter().flatten().copied().collect();
+        write(key, &bytes, CALLING_LIST_FILL);
+    }
+}
+
+/// Where the floor's history entries are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryLayout {
+    /// Fixed-size per-shard strings written with `SETRANGE`.
+    Segments,
+    /// One stream per shard, one entry per decision.
+    Stream,
 }
 
 /// Size of a history segment: 16 KiB less the string header and terminator, so each
@@ -324,6 +410,8 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
     let mut segments: Vec<Segments> = (0..shards).map(|_| Segments::default()).collect();
     let mut pairs: HashMap<Pair, PairState> = HashMap::new();
     let (mut entry_bytes, mut hot_bytes, mut hot_count) = (0u64, 0u64, 0u64);
+    let mut postings: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut callable: HashMap<String, std::collections::BTreeSet<[u8; 7]>> = HashMap::new();
     let mut pipe = redis::pipe();
     let mut queued = 0;
     for i in 0..a.consents {
@@ -354,7 +442,16 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
         );
         entry_bytes += packed.len() as u64;
         let seg = &mut segments[shard];
-        if !seg.opened || seg.used + packed.len() > SEGMENT {
+        if a.history == HistoryLayout::Stream {
+            // The pointer is the entry's stream sequence (ids `1-<n>`).
+            seg.used += 1;
+            pipe.cmd("XADD")
+                .arg(format!("{{{tag}}}:g"))
+                .arg(format!("1-{}", seg.used))
+                .arg("e")
+                .arg(&packed)
+                .ignore();
+        } else if !seg.opened || seg.used + packed.len() > SEGMENT {
             if seg.opened {
                 seg.number += 1;
             }
@@ -371,19 +468,40 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
             segment: seg.number,
             offset: seg.used as u16,
         };
-        pipe.cmd("SETRANGE")
-            .arg(format!("{{{tag}}}:g:{}", seg.number))
-            .arg(seg.used)
-            .arg(&packed)
-            .ignore();
-        seg.used += packed.len();
+        let at = if a.history == HistoryLayout::Stream {
+            Pointer {
+                segment: seg.used as u64,
+                offset: 0,
+            }
+        } else {
+            pipe.cmd("SETRANGE")
+                .arg(format!("{{{tag}}}:g:{}", seg.number))
+                .arg(seg.used)
+                .arg(&packed)
+                .ignore();
+            seg.used += packed.len();
+            at
+        };
 
         let customer = phone_bytes(d.pair.customer.digits());
         let business = d.pair.business.digits();
-        for (kind, ms) in [
+        let indexes = [
             ("br", received_at.timestamp_millis()),
             ("be", d.decided_at.timestamp_millis()),
-        ] {
+        ];
+        if a.indexes == IndexLayout::Packed {
+            for (kind, _) in indexes {
+                let list = postings
+                    .entry(format!("{{{tag}}}:{kind}i:{business}"))
+                    .or_default();
+                put_pointer(list, at);
+            }
+        }
+        for (kind, ms) in indexes
+            .iter()
+            .filter(|_| a.indexes == IndexLayout::SortedSets)
+        {
+            let (kind, ms) = (*kind, *ms);
             pipe.cmd("ZADD")
                 .arg(format!("{{{tag}}}:{kind}:{business}"))
                 .arg(0)
@@ -409,6 +527,14 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
             let list = format!("{{{tag}}}:l:{business}");
             match current.choice {
                 Choice::GrantTemporary { expires_at } => {
+                    if a.native_expiry {
+                        pipe.cmd("SET")
+                            .arg([format!("{{{tag}}}:t:").as_bytes(), &field].concat())
+                            .arg(&b"1"[..])
+                            .arg("PXAT")
+                            .arg(expires_at.timestamp_millis())
+                            .ignore();
+                    }
                     pipe.cmd("ZADD")
                         .arg(&due)
                         .arg(expires_at.timestamp_millis())
@@ -417,16 +543,36 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
                 }
                 _ => {
                     pipe.cmd("ZREM").arg(&due).arg(&field).ignore();
+                    if a.native_expiry {
+                        pipe.cmd("DEL")
+                            .arg([format!("{{{tag}}}:t:").as_bytes(), &field].concat())
+                            .ignore();
+                    }
                 }
             }
-            if current.choice == Choice::Deny {
-                pipe.cmd("ZREM").arg(&list).arg(&customer[..]).ignore();
-            } else {
-                pipe.cmd("ZADD")
-                    .arg(&list)
-                    .arg(0)
-                    .arg(&customer[..])
-                    .ignore();
+            let granted = current.choice != Choice::Deny;
+            match a.indexes {
+                IndexLayout::Packed => {
+                    let set = callable
+                        .entry(format!("{{{tag}}}:li:{business}"))
+                        .or_default();
+                    if granted {
+                        set.insert(customer);
+                    } else {
+                        set.remove(&customer);
+                    }
+                }
+                IndexLayout::SortedSets if granted => {
+                    pipe.cmd("ZADD")
+                        .arg(&list)
+                        .arg(0)
+                        .arg(&customer[..])
+                        .ignore();
+                }
+                IndexLayout::SortedSets => {
+                    pipe.cmd("ZREM").arg(&list).arg(&customer[..]).ignore();
+                }
+                IndexLayout::None => {}
             }
         }
         pairs.insert(
@@ -448,7 +594,8 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
             queued = 0;
         }
     }
-    if queued > 0 {
+    write_packed_indexes(&mut pipe, &postings, &callable);
+    if queued > 0 || !postings.is_empty() || !callable.is_empty() {
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(fail("write"))?;
@@ -577,6 +724,46 @@ fn host_port(url: &str) -> Result<(String, u16), BenchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_indexes_fill_their_chunks_as_charged() {
+        let mut pipe = redis::pipe();
+        let postings = HashMap::from([("{t}:bri:1".to_owned(), vec![9u8; CHUNK + 5])]);
+        let customers: std::collections::BTreeSet<[u8; 7]> = (0..200u8).map(|i| [i; 7]).collect();
+        let callable = HashMap::from([("{t}:li:1".to_owned(), customers)]);
+        write_packed_indexes(&mut pipe, &postings, &callable);
+        // Each chunk is created at full size, then filled from offset 0.
+        let mut filled: HashMap<String, usize> = HashMap::new();
+        let args: Vec<Vec<Vec<u8>>> = pipe
+            .cmd_iter()
+            .map(|c| {
+                c.args_iter()
+                    .map(|a| match a {
+                        redis::Arg::Simple(b) => b.to_vec(),
+                        _ => Vec::new(),
+                    })
+                    .collect()
+            })
+            .collect();
+        for cmd in args.chunks(2) {
+            assert_eq!(cmd[0][2], (CHUNK - 1).to_string().into_bytes());
+            assert_eq!(cmd[1][2], b"0");
+            filled.insert(
+                String::from_utf8(cmd[1][1].clone()).unwrap(),
+                cmd[1][3].len(),
+            );
+        }
+        // A posting list fills whole chunks; only the last has room.
+        assert_eq!(filled["{t}:bri:1:0"], CHUNK);
+        assert_eq!(filled["{t}:bri:1:1"], 5);
+        // A calling list holds whole customers, three quarters of a chunk each.
+        let total: usize = (0..3)
+            .filter_map(|n| filled.get(&format!("{{t}}:li:1:{n}")))
+            .sum();
+        assert_eq!(total, 200 * 7);
+        assert_eq!(filled["{t}:li:1:0"], CALLING_LIST_FILL);
+        assert_eq!(filled.len(), 2 + (200 * 7usize).div_ceil(CALLING_LIST_FILL));
+    }
 
     #[test]
     fn packed_text_round_trips_and_is_smaller_for_message_ids() {
