@@ -8,11 +8,15 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 
 use callgate::domain::{
-    Choice, Decision, EventKind, Evidence, Pair, PhoneNumber, Source, to_millis_precision,
+    Choice, ConsentRequest, Decision, EventKind, Evidence, Pair, PhoneNumber, Source,
+    to_millis_precision,
 };
 use callgate::store::redis::keys::Keys;
 use callgate::store::redis::{RedisConfig, RedisStore};
-use callgate::store::{ConsentStore, Cursor, DEDUP_RETENTION, RecordOutcome, StoreError, StreamId};
+use callgate::store::{
+    ConsentStore, Cursor, DEDUP_RETENTION, RecordOutcome, RegisterOutcome, RequestPolicy,
+    StoreError, StreamId,
+};
 
 use crate::redis_harness::{RedisOptions, RedisServer};
 
@@ -847,6 +851,33 @@ async fn with_replica_acks_a_write_is_acknowledged_only_once_a_replica_holds_it(
         on_replica.current(&pair(2)).await.unwrap(),
         Some(both[1].clone())
     );
+    // A consent request's registration takes the same path: acknowledged once the replica
+    // holds it, so the replica counts it in the pair's budget.
+    let policy = request_policy();
+    let request = consent_request(&pair(1), "req-1", t);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let outcome = loop {
+        // On a loaded machine WAIT may run out (the store timeout's half): the sender retries,
+        // and the retry finds the stored registration.
+        match store.register_request(&request, t, &policy).await {
+            Ok(outcome) => break outcome,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        matches!(
+            outcome,
+            RegisterOutcome::Registered { attributed: 0 } | RegisterOutcome::Duplicate
+        ),
+        "{outcome:?}"
+    );
+    let budget = on_replica
+        .request_budget(&pair(1), t, &policy)
+        .await
+        .unwrap();
+    assert!(budget.uses.iter().all(|u| u.used == 1), "{budget:?}");
+    assert!(!budget.uses.is_empty());
 
     // No replica: the write is stored on the primary but not acknowledged.
     drop(replica);
@@ -862,9 +893,35 @@ async fn with_replica_acks_a_write_is_acknowledged_only_once_a_replica_holds_it(
     };
     // Refused because no replica acknowledged (or, on a loaded machine, because the WAIT
     // and the write did not fit in the store timeout): either way, never acknowledged.
-    match &err {
+    let refused = |err: &StoreError| match err {
         StoreError::Unavailable(m) => assert!(m.contains("CALLGATE_REDIS_REPLICA_ACKS"), "{m}"),
         StoreError::Timeout(_) => {}
         other => panic!("{other:?}"),
+    };
+    refused(&err);
+    // So is a registration: the primary knows it has no replica now.
+    let err = store
+        .register_request(&consent_request(&pair(3), "req-2", t), t, &policy)
+        .await
+        .expect_err("a registration no replica holds was acknowledged");
+    refused(&err);
+}
+
+fn request_policy() -> RequestPolicy {
+    RequestPolicy::new(
+        callgate::domain::attribution::DEFAULT_REQUEST_LIMITS.to_vec(),
+        Duration::from_secs(30 * 86_400),
+    )
+}
+
+fn consent_request(pair: &Pair, id: &str, sent_at: DateTime<Utc>) -> ConsentRequest {
+    ConsentRequest {
+        pair: pair.clone(),
+        request_message_id: id.to_owned(),
+        team: "premium".to_owned(),
+        campaign: "premium-q1".to_owned(),
+        labels: Default::default(),
+        sent_at,
+        customer_name: None,
     }
 }
