@@ -24,6 +24,7 @@ pub mod histogram;
 pub mod http;
 pub mod population;
 pub mod propagation;
+pub mod record_prototype;
 pub mod redis_floor;
 pub mod redis_memory;
 pub mod report;
@@ -113,6 +114,9 @@ pub enum Command {
     /// Write the same consents into an empty Redis in the most compact layout known (not
     /// the store's): the memory floor the `redis-memory` figure is compared with.
     RedisMemoryFloor(redis_floor::RedisFloorArgs),
+    /// Record the same consents through a prototype of the packed layout's record script:
+    /// Redis CPU per call, calls per second, bytes per consent (docs/redis-layout-v2.md).
+    RedisRecordPrototype(record_prototype::RecordPrototypeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +353,7 @@ pub async fn run(
         Command::Subscribers(a) => hold_subscribers(a, remote, &out).await,
         Command::RedisMemory(a) => redis_memory::run(a, remote, out.json).await,
         Command::RedisMemoryFloor(a) => redis_floor::run(a, remote, out.json).await,
+        Command::RedisRecordPrototype(a) => record_prototype::run(a, remote, out.json).await,
         Command::Floor(a) => {
             let addr = target::resolve(&a.addr, remote).await?;
             let listener = tokio::net::TcpListener::bind(addr)

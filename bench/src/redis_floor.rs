@@ -311,13 +311,13 @@ pub fn pack_entry(entry: &HistoryEntry, hash: &[u8; 32], previous: Option<(u64, 
 
 /// A phone number's digits as 7 big-endian bytes of the number (E.164: at most 15 digits,
 /// no leading zero).
-fn phone_bytes(digits: &str) -> [u8; 7] {
+pub(crate) fn phone_bytes(digits: &str) -> [u8; 7] {
     let n: u64 = digits.parse().unwrap_or(0);
     let b = n.to_be_bytes();
     [b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
-fn pair_bytes(pair: &Pair) -> Vec<u8> {
+pub(crate) fn pair_bytes(pair: &Pair) -> Vec<u8> {
     [
         phone_bytes(pair.business.digits()),
         phone_bytes(pair.customer.digits()),
@@ -605,45 +605,7 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
         .query_async(&mut conn)
         .await
         .map_err(fail("DBSIZE"))?;
-    // Every key's MEMORY USAGE, summed by kind (the name after the shard's tag).
-    let mut by_kind: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .map_err(fail("SCAN"))?;
-        let mut usage = redis::pipe();
-        for key in &batch {
-            usage
-                .cmd("MEMORY")
-                .arg("USAGE")
-                .arg(key)
-                .arg("SAMPLES")
-                .arg(0);
-        }
-        let sizes: Vec<u64> = usage
-            .query_async(&mut conn)
-            .await
-            .map_err(fail("MEMORY USAGE"))?;
-        for (key, size) in batch.iter().zip(sizes) {
-            let name = String::from_utf8_lossy(key);
-            let kind = name
-                .split_once("}:")
-                .map_or("?", |(_, rest)| rest.split(':').next().unwrap_or(rest))
-                .to_owned();
-            let slot = by_kind.entry(kind).or_default();
-            slot.0 += 1;
-            slot.1 += size;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let by_kind = usage_by_kind(&mut conn).await?;
     let delta = after.saturating_sub(before);
     let per_consent = delta as f64 / a.consents as f64;
     let mean_entry = entry_bytes as f64 / a.consents as f64;
@@ -698,8 +660,66 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
     Ok(0)
 }
 
+/// Every key of the database by kind (the name after the shard's tag, up to the next `:`).
+pub(crate) async fn keys_by_kind(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<std::collections::BTreeMap<String, Vec<Vec<u8>>>, BenchError> {
+    let mut by_kind: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .map_err(|e| BenchError::Invalid(format!("SCAN: {e}")))?;
+        for key in batch {
+            let name = String::from_utf8_lossy(&key);
+            let kind = name
+                .split_once("}:")
+                .map_or("?", |(_, rest)| rest.split(':').next().unwrap_or(rest))
+                .to_owned();
+            by_kind.entry(kind).or_default().push(key);
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(by_kind);
+        }
+    }
+}
+
+/// Every key's `MEMORY USAGE`, summed by kind ([`keys_by_kind`]): kind → (keys, bytes).
+pub(crate) async fn usage_by_kind(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<std::collections::BTreeMap<String, (u64, u64)>, BenchError> {
+    let mut usage = std::collections::BTreeMap::new();
+    for (kind, keys) in keys_by_kind(conn).await? {
+        let mut bytes = 0;
+        for batch in keys.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for key in batch {
+                pipe.cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0);
+            }
+            let sizes: Vec<u64> = pipe
+                .query_async(conn)
+                .await
+                .map_err(|e| BenchError::Invalid(format!("MEMORY USAGE: {e}")))?;
+            bytes += sizes.iter().sum::<u64>();
+        }
+        usage.insert(kind, (keys.len() as u64, bytes));
+    }
+    Ok(usage)
+}
+
 /// `used_memory` of `INFO memory`.
-async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64, BenchError> {
+pub(crate) async fn used_memory(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<u64, BenchError> {
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(conn)
@@ -712,7 +732,7 @@ async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64
 }
 
 /// `host` and `port` of a `redis://` URL (the floor needs no other form).
-fn host_port(url: &str) -> Result<(String, u16), BenchError> {
+pub(crate) fn host_port(url: &str) -> Result<(String, u16), BenchError> {
     let bad = || BenchError::Invalid(format!("--redis-url {url:?}: expected redis://HOST:PORT"));
     let rest = url.strip_prefix("redis://").ok_or_else(bad)?;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);

@@ -1,0 +1,254 @@
+-- callgate-bench redis-record-prototype: what recording ONE decision costs Redis in the
+-- packed layout of docs/redis-layout-v2.md. A measuring prototype, not the store's script:
+-- the store's record.lua (src/store/redis/record.lua) is the one that records. lib.lua (the
+-- store's helpers: trimmed_by, next_event_id, now_ms) is put in front of this source.
+--
+-- No shebang: like claim_expired.lua, it builds its key names from the shard prefix; every
+-- key shares the shard's hash tag (one slot).
+--
+-- ARGV[1]  shard prefix "{callgate:sNN-k}:"
+-- ARGV[2]  hot-record bucket key suffix ("p:<n>")
+-- ARGV[3]  the pair as a hash field (business and customer, 7 bytes each)
+-- ARGV[4]  the business's digits (index key names)
+-- ARGV[5]  the customer (7 bytes)
+-- ARGV[6]  the new decision's rank (0 temporary grant, 1 permanent grant, 2 denial)
+-- ARGV[7]  its decided time (ms)
+-- ARGV[8]  its expiry (ms; 0 if none)
+-- ARGV[9]  its dedup id (16 bytes; the first 4 are the entry's dedup tag)
+-- ARGV[10] the chain tip Rust hashed against (32 bytes; zeros for an empty history)
+-- ARGV[11] the entry's own hash if applied; ARGV[12] if stale (32 bytes each)
+-- ARGV[13] the entry's flags byte (without the back-pointer and outcome bits)
+-- ARGV[14] the rest of the entry (times, texts, body hash)
+-- ARGV[15] the event's body; ARGV[16] event retention (ms)
+-- Returns 0 applied, 1 stale, 2 duplicate, {4, tip} tip moved.
+--
+-- Formats (all binary, big-endian):
+--   pointer      3 B segment number, 2 B offset
+--   entry        flags (bit 6: a back pointer follows the hash; bit 2: stale), dedup tag
+--                (4 B), own hash (32 B), [back pointer], the rest
+--   hot record   flags (bits 0-1 rank, bit 2 an expiry follows, bit 3 newest != current),
+--                decided (6 B), [expiry (6 B)], dedup id (16 B), current pointer,
+--                [newest pointer]
+--   m            the shard's meta HASH, read with one HMGET and written with one HSET per
+--                call: `g` the open segment's pointer (number, write offset); `r<business>`
+--                the open bri chunk (number, used bytes); `e<business>` the last bei chunk
+--                (id, its newest time: an event-time record at or after it is appended);
+--                `n<business>` the last chunk id given out
+--   bri chunks   pointers in arrival order; bei chunks: decided (6 B) + pointer, sorted;
+--                li chunks: customers (7 B), sorted. Directories `xe`/`xl` (ZSET: each
+--                sorted chunk's first key → its id).
+
+local SEGMENT = 16368
+local CHUNK = 1008
+local WALK = 32
+
+local P = ARGV[1]
+local bucket = P .. ARGV[2]
+local field = ARGV[3]
+local business = ARGV[4]
+
+-- Big-endian unsigned numbers of n bytes (Redis's bundled `struct` library, in C).
+local function u(s, at, n) return (struct.unpack('>I' .. n, s, at)) end
+local function bytes(v, n) return struct.pack('>I' .. n, v) end
+local function entry_key(ptr) return P .. 'g:' .. u(ptr, 1, 3) end
+
+-- The hot record, parsed.
+local hot = redis.call('HGET', bucket, field)
+local cur
+if hot then
+  local f = string.byte(hot, 1)
+  local at = 8
+  cur = { r = f % 4, t = u(hot, 2, 6) }
+  if math.floor(f / 4) % 2 == 1 then at = at + 6 end
+  cur.id = string.sub(hot, at, at + 15)
+  cur.ptr = string.sub(hot, at + 16, at + 20)
+  cur.newest = cur.ptr
+  if math.floor(f / 8) % 2 == 1 then cur.newest = string.sub(hot, at + 21, at + 25) end
+  cur.e = (math.floor(f / 4) % 2 == 1) and u(hot, 8, 6) or nil
+end
+
+-- The chain tip, then de-duplication: a walk of the pair's newest entries.
+local tip = string.rep('\0', 32)
+if cur then
+  local ptr = cur.newest
+  local tag = string.sub(ARGV[9], 1, 4)
+  for step = 1, WALK do
+    local off = u(ptr, 4, 2)
+    local head = redis.call('GETRANGE', entry_key(ptr), off, off + 41)
+    if step == 1 then tip = string.sub(head, 6, 37) end
+    if string.sub(head, 2, 5) == tag then return 2 end
+    if math.floor(string.byte(head, 1) / 64) % 2 == 0 then break end
+    ptr = string.sub(head, 38, 42)
+  end
+end
+if tip ~= ARGV[10] then return { 4, tip } end
+
+-- Arbitrate (the ordering rule of record.lua: time, rank, dedup id).
+local rank, t, e = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local applied = true
+if cur then
+  if t ~= cur.t then applied = t > cur.t
+  elseif rank ~= cur.r then applied = rank > cur.r
+  elseif ARGV[9] == cur.id then return 2
+  else applied = ARGV[9] > cur.id end
+end
+
+-- Append the entry to the shard's open segment.
+local M = P .. 'm'
+local meta = redis.call('HMGET', M, 'g', 'r' .. business, 'e' .. business)
+local gn, open, last = meta[1], meta[2], meta[3]
+local seg, off = 0, 0
+if gn then seg, off = u(gn, 1, 3), u(gn, 4, 2) end
+local flags = string.byte(ARGV[13]) + (cur and 64 or 0) + (applied and 0 or 4)
+local entry = string.char(flags) .. string.sub(ARGV[9], 1, 4)
+  .. (applied and ARGV[11] or ARGV[12]) .. (cur and cur.newest or '') .. ARGV[14]
+if not gn or off + #entry > SEGMENT then
+  if gn then seg = seg + 1 end
+  off = 0
+  redis.call('SETRANGE', P .. 'g:' .. seg, SEGMENT - 1, '\0')
+end
+local ptr = bytes(seg, 3) .. bytes(off, 2)
+redis.call('SETRANGE', P .. 'g:' .. seg, off, entry)
+local meta_out = { 'g', bytes(seg, 3) .. bytes(off + #entry, 2) }
+
+-- A chunked sorted array of fixed-width records, with a directory ZSET (first key → chunk
+-- id). Records sort by their leading `keyw` bytes, a number (`key`); an insert of a record
+-- already there, or a removal of one that is not, changes nothing. Returns the id of the
+-- chunk it edited and, if that chunk split, the new (right) chunk's id and its newest key.
+-- Chunk `lid`, if given, is the padded last chunk: `lused` bytes, then zeros to CHUNK; it is
+-- written back padded, and its new length returned last. A first chunk is padded if `lid` is
+-- false. (Padded in one SET: growing an existing string allocates twice what it needs.)
+local function padded_to_chunk(s) return s .. string.rep('\0', CHUNK - #s) end
+
+local function sorted_edit(name, dir, width, keyw, rec, key, insert, lid, lused)
+  local ks = string.format('%.0f', key) -- (tostring keeps 14 digits only)
+  local found = redis.call('ZREVRANGEBYSCORE', dir, ks, '-inf', 'LIMIT', 0, 1)[1]
+  if not found then found = redis.call('ZRANGE', dir, 0, 0)[1] end
+  if not found then
+    if not insert then return end
+    local id = redis.call('HINCRBY', M, 'n' .. business, 1)
+    redis.call('SET', P .. name .. ':' .. business .. ':' .. id,
+      lid == false and padded_to_chunk(rec) or rec)
+    redis.call('ZADD', dir, ks, id)
+    return tonumber(id)
+  end
+  local ck = P .. name .. ':' .. business .. ':' .. found
+  local chunk = redis.call('GET', ck) or ''
+  local padded = lid ~= nil and tonumber(found) == lid
+  if padded then chunk = string.sub(chunk, 1, lused) end
+  local n = #chunk / width
+  local pos = n -- records before the new one (mostly appends: scan from the end)
+  while pos > 0 and u(chunk, (pos - 1) * width + 1, keyw) > key do
+    pos = pos - 1
+  end
+  local same = false
+  for i = pos, 1, -1 do
+    if u(chunk, (i - 1) * width + 1, keyw) ~= key then break end
+    if string.sub(chunk, (i - 1) * width + 1, i * width) == rec then
+      same, pos = true, i
+      break
+    end
+  end
+  if insert then
+    if same then return tonumber(found) end
+    chunk = string.sub(chunk, 1, pos * width) .. rec .. string.sub(chunk, pos * width + 1)
+    if pos == 0 then redis.call('ZADD', dir, ks, found) end
+    local split, newest
+    if #chunk > CHUNK then
+      local half = math.floor(#chunk / width / 2) * width
+      split = redis.call('HINCRBY', M, 'n' .. business, 1)
+      local right = string.sub(chunk, half + 1)
+      redis.call('SET', P .. name .. ':' .. business .. ':' .. split, right)
+      redis.call('ZADD', dir, string.format('%.0f', u(right, 1, keyw)), split)
+      newest = u(right, #right - width + 1, keyw)
+      chunk = string.sub(chunk, 1, half)
+      if padded then
+        -- The right half is the new last chunk; the left one is exact from now on.
+        redis.call('SET', P .. name .. ':' .. business .. ':' .. split, padded_to_chunk(right))
+        redis.call('SET', ck, chunk)
+        return tonumber(found), split, newest, #right
+      end
+    end
+    redis.call('SET', ck, padded and padded_to_chunk(chunk) or chunk)
+    return tonumber(found), split, newest, #chunk
+  elseif same then
+    chunk = string.sub(chunk, 1, (pos - 1) * width) .. string.sub(chunk, pos * width + 1)
+    if chunk == '' then
+      redis.call('DEL', ck)
+      redis.call('ZREM', dir, found)
+    else
+      redis.call('SET', ck, chunk)
+    end
+  end
+  return tonumber(found)
+end
+
+-- The time indexes: arrival order (append), event time (sorted; appended when it is the
+-- newest time, which it almost always is).
+local rn, rused = 0, 0
+if open then rn, rused = u(open, 1, 3), u(open, 4, 2) end
+if not open or rused + 5 > CHUNK then
+  if open then rn = rn + 1 end
+  rused = 0
+  redis.call('SETRANGE', P .. 'bri:' .. business .. ':' .. rn, CHUNK - 1, '\0')
+end
+redis.call('SETRANGE', P .. 'bri:' .. business .. ':' .. rn, rused, ptr)
+table.insert(meta_out, 'r' .. business)
+table.insert(meta_out, bytes(rn, 3) .. bytes(rused + 5, 2))
+
+local xe = P .. 'xe:' .. business
+local rec = bytes(t, 6) .. ptr
+local lid, lused, lkey
+if last then lid, lused, lkey = u(last, 1, 3), u(last, 4, 2), u(last, 6, 6) end
+if last and t >= lkey and lused + 11 <= CHUNK then
+  -- The common case: the newest event time, appended to the padded last chunk.
+  redis.call('SETRANGE', P .. 'bei:' .. business .. ':' .. lid, lused, rec)
+  lused, lkey = lused + 11, t
+else
+  local id, split, newest, len = sorted_edit('bei', xe, 11, 6, rec, t, true, lid or false, lused)
+  if not last then
+    lid, lused, lkey = id, 11, t
+  elseif id == lid then
+    if split then lid, lkey = tonumber(split), newest end
+    lused = len
+  end
+end
+table.insert(meta_out, 'e' .. business)
+table.insert(meta_out, bytes(lid, 3) .. bytes(lused, 2) .. bytes(lkey, 6))
+redis.call('HSET', M, unpack(meta_out))
+
+if not applied then
+  -- The newest entry moved; the current decision did not.
+  local f = string.byte(hot, 1)
+  local body = hot
+  if math.floor(f / 8) % 2 == 1 then body = string.sub(hot, 1, #hot - 5) else f = f + 8 end
+  redis.call('HSET', bucket, field, string.char(f) .. string.sub(body, 2) .. ptr)
+  return 1
+end
+
+-- The hot record, the lease (native expiry), the due index, the calling list.
+local hf = rank + (e > 0 and 4 or 0)
+redis.call('HSET', bucket, field, string.char(hf) .. bytes(t, 6) .. (e > 0 and bytes(e, 6) or '')
+  .. ARGV[9] .. ptr)
+local lease = P .. 't:' .. field
+if rank == 0 then
+  redis.call('SET', lease, '1', 'PXAT', string.format('%.0f', e))
+  redis.call('ZADD', P .. 'due', string.format('%.0f', e), field)
+else
+  if cur and cur.r == 0 then
+    redis.call('DEL', lease)
+    redis.call('ZREM', P .. 'due', field)
+  end
+end
+sorted_edit('li', P .. 'xl:' .. business, 7, 7, ARGV[5], u(ARGV[5], 1, 7), rank ~= 2)
+
+-- The event, as record.lua logs it.
+local now = now_ms()
+local min = now - tonumber(ARGV[16])
+if min < 0 then min = 0 end
+local minid = string.format('%.0f', min) .. '-0'
+local gone = trimmed_by(P .. 'e', min, minid)
+if gone then redis.call('SET', P .. 'trimmed', gone) end
+redis.call('XADD', P .. 'e', 'MINID', '=', minid, next_event_id(P .. 'e'), 'k',
+  rank == 2 and 'd' or 'g', 'd', ARGV[15])
+return 0
