@@ -44,9 +44,14 @@
 //! - issue 13: a decision body may end with optional sections (customer name, attribution) and
 //!   a **registration** is `<sent at>,<trailer>`: see the issue 13 block below.
 //!
+//! - Layout v2 (`docs/redis-layout-v2.md`): the packed entries, hot records and pointers of
+//!   [`packed`], which the store does not write yet.
+//!
 //! Anything that does not decode is [`StoreError::Corrupt`]: a store that cannot read a consent
 //! must not answer as if there were none. Decoding checks that the stored dedup id is the
 //! decision's own, so a damaged entry cannot pass for another decision.
+
+pub mod packed;
 
 use chrono::{DateTime, Utc};
 
@@ -149,15 +154,20 @@ pub fn encode_body(d: &Decision) -> Vec<u8> {
         out.extend_from_slice(base36(t.timestamp_millis()).as_bytes());
     }
     out.push(b',');
-    // issue 13 (attribution): optional tagged sections after the fixed body.
+    put_sections(&mut out, d);
+    out
+}
+
+/// issue 13 (attribution): the optional tagged sections after a body's fixed fields (v1's
+/// body and layout v2's packed entry both end with them).
+fn put_sections(out: &mut Vec<u8>, d: &Decision) {
     if let Some(name) = &d.customer_name {
         out.push(b'n');
-        put_str(&mut out, name);
+        put_str(out, name);
     }
     if let Some(a) = &d.attribution {
-        put_attribution(&mut out, a);
+        put_attribution(out, a);
     }
-    out
 }
 
 // ---- issue 13 (attribution) -------------------------------------------------------------
