@@ -17,15 +17,13 @@
 -- ARGV[9]  its dedup id (16 bytes; the first 4 are the entry's dedup tag)
 -- ARGV[10] the chain tip Rust hashed against (32 bytes; zeros for an empty history)
 -- ARGV[11] the entry's own hash if applied; ARGV[12] if stale (32 bytes each)
--- ARGV[13] the entry's flags byte (without the back-pointer and outcome bits)
--- ARGV[14] the rest of the entry (times, texts, body hash)
--- ARGV[15] the event's body; ARGV[16] event retention (ms)
+-- ARGV[13] the entry as applied, without a back pointer (codec::packed::encode_entry)
+-- ARGV[14] the event's body; ARGV[15] event retention (ms)
 -- Returns 0 applied, 1 stale, 2 duplicate, {4, tip} tip moved.
 --
--- Formats (all binary, big-endian):
---   pointer      3 B segment number, 2 B offset
---   entry        flags (bit 6: a back pointer follows the hash; bit 2: stale), dedup tag
---                (4 B), own hash (32 B), [back pointer], the rest
+-- Formats: src/store/redis/codec/packed.rs (pointer, entry, hot record); in short
+--   entry        flags (bit 2 stale, bit 6 a back pointer follows the hash), length (2 B),
+--                dedup tag (4 B), own hash (32 B), [back pointer (5 B)], the rest
 --   hot record   flags (bits 0-1 rank, bit 2 an expiry follows, bit 3 newest != current),
 --                decided (6 B), [expiry (6 B)], dedup id (16 B), current pointer,
 --                [newest pointer]
@@ -74,11 +72,11 @@ if cur then
   local tag = string.sub(ARGV[9], 1, 4)
   for step = 1, WALK do
     local off = u(ptr, 4, 2)
-    local head = redis.call('GETRANGE', entry_key(ptr), off, off + 41)
-    if step == 1 then tip = string.sub(head, 6, 37) end
-    if string.sub(head, 2, 5) == tag then return 2 end
+    local head = redis.call('GETRANGE', entry_key(ptr), off, off + 43)
+    if step == 1 then tip = string.sub(head, 8, 39) end
+    if string.sub(head, 4, 7) == tag then return 2 end
     if math.floor(string.byte(head, 1) / 64) % 2 == 0 then break end
-    ptr = string.sub(head, 38, 42)
+    ptr = string.sub(head, 40, 44)
   end
 end
 if tip ~= ARGV[10] then return { 4, tip } end
@@ -99,9 +97,11 @@ local meta = redis.call('HMGET', M, 'g', 'r' .. business, 'e' .. business)
 local gn, open, last = meta[1], meta[2], meta[3]
 local seg, off = 0, 0
 if gn then seg, off = u(gn, 1, 3), u(gn, 4, 2) end
-local flags = string.byte(ARGV[13]) + (cur and 64 or 0) + (applied and 0 or 4)
-local entry = string.char(flags) .. string.sub(ARGV[9], 1, 4)
-  .. (applied and ARGV[11] or ARGV[12]) .. (cur and cur.newest or '') .. ARGV[14]
+local packed = ARGV[13]
+local flags = string.byte(packed, 1) + (cur and 64 or 0) + (applied and 0 or 4)
+local entry = string.char(flags) .. bytes(#packed + (cur and 5 or 0), 2)
+  .. string.sub(packed, 4, 7) .. (applied and ARGV[11] or ARGV[12])
+  .. (cur and cur.newest or '') .. string.sub(packed, 40)
 if not gn or off + #entry > SEGMENT then
   if gn then seg = seg + 1 end
   off = 0
@@ -244,11 +244,11 @@ sorted_edit('li', P .. 'xl:' .. business, 7, 7, ARGV[5], u(ARGV[5], 1, 7), rank 
 
 -- The event, as record.lua logs it.
 local now = now_ms()
-local min = now - tonumber(ARGV[16])
+local min = now - tonumber(ARGV[15])
 if min < 0 then min = 0 end
 local minid = string.format('%.0f', min) .. '-0'
 local gone = trimmed_by(P .. 'e', min, minid)
 if gone then redis.call('SET', P .. 'trimmed', gone) end
 redis.call('XADD', P .. 'e', 'MINID', '=', minid, next_event_id(P .. 'e'), 'k',
-  rank == 2 and 'd' or 'g', 'd', ARGV[15])
+  rank == 2 and 'd' or 'g', 'd', ARGV[14])
 return 0

@@ -25,9 +25,11 @@ use chrono::Utc;
 use clap::Args;
 use serde_json::json;
 
-use crate::redis_floor::{
-    host_port, keys_by_kind, pack_entry, pair_bytes, phone_bytes, usage_by_kind, used_memory,
+use callgate::store::redis::codec::packed::{
+    HotRecord, Pointer, decode_entry, encode_entry, entry_len, pair_field, phone_bytes,
 };
+
+use crate::redis_floor::{host_port, keys_by_kind, usage_by_kind, used_memory};
 use crate::redis_memory::Mix;
 use crate::{BenchError, target};
 
@@ -49,9 +51,6 @@ pub struct RecordPrototypeArgs {
     /// Script calls per pipeline (in flight on the one connection).
     #[arg(long, default_value_t = 32)]
     pub pipeline: usize,
-    /// Pairs per hot-record bucket (as `redis-memory-floor`).
-    #[arg(long, default_value_t = 64)]
-    pub pairs_per_bucket: u64,
     /// Seed of the decision mix (as `redis-memory --seed`).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -65,9 +64,10 @@ fn rank(choice: &Choice) -> u8 {
     }
 }
 
-/// What Rust knows of a pair: its current decision and chain tip.
+/// What Rust knows of a pair: its current decision (and when it arrived) and chain tip.
 struct PairState {
     current: Decision,
+    current_received: chrono::DateTime<Utc>,
     tip: [u8; 32],
     position: u64,
 }
@@ -86,9 +86,9 @@ pub async fn run(
     allow_remote: bool,
     json_out: bool,
 ) -> Result<u64, BenchError> {
-    if a.consents == 0 || a.pipeline == 0 || a.pairs_per_bucket == 0 {
+    if a.consents == 0 || a.pipeline == 0 {
         return Err(BenchError::Invalid(
-            "--consents, --pipeline and --pairs-per-bucket must be at least 1".into(),
+            "--consents and --pipeline must be at least 1".into(),
         ));
     }
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
@@ -127,7 +127,7 @@ pub async fn run(
 
     let tags = shard_tags("callgate");
     let shards = tags.len() as u64;
-    let buckets = (a.consents * 9 / 10 / a.pairs_per_bucket / shards).max(1);
+    let buckets = hot_buckets(a.consents, shards);
     let mix = Mix {
         seed: a.seed,
         start: callgate::domain::to_millis_precision(Utc::now()),
@@ -155,12 +155,12 @@ pub async fn run(
             };
             let as_applied = ChainLink::new(position, tip, &entry(HistoryOutcome::Applied));
             let as_stale = ChainLink::new(position, tip, &entry(HistoryOutcome::Stale));
-            // pack_entry: flags, the rest, then the hash; the script places the hash and the
-            // back pointer after the flags and the dedup tag.
-            let packed = pack_entry(&entry(HistoryOutcome::Applied), &as_applied.hash, None);
-            let flags = packed[0] & !(4 | 64);
-            let rest = &packed[1..packed.len() - 32];
-            let field = pair_bytes(&d.pair);
+            // The codec's entry as applied, without a back pointer: the script puts in the
+            // pointer to the pair's newest entry (only Redis knows where it is), and the
+            // stale flag and hash if the decision is stale.
+            let packed = encode_entry(&entry(HistoryOutcome::Applied), &as_applied.hash, None)
+                .map_err(|e| BenchError::Invalid(format!("packing an entry: {e}")))?;
+            let field = pair_field(&d.pair);
             let shard = shard_of(&d.pair);
             let bucket = u64::from(fnv1a(&field)) / shards % buckets;
             let body: String = format!(
@@ -181,7 +181,7 @@ pub async fn run(
                 .arg(format!("p:{bucket}"))
                 .arg(&field)
                 .arg(d.pair.business.digits())
-                .arg(&phone_bytes(d.pair.customer.digits())[..])
+                .arg(&phone_bytes(&d.pair.customer)[..])
                 .arg(rank(&d.choice))
                 .arg(d.decided_at.timestamp_millis())
                 .arg(d.choice.expires_at().map_or(0, |e| e.timestamp_millis()))
@@ -189,8 +189,7 @@ pub async fn run(
                 .arg(&tip[..])
                 .arg(&as_applied.hash[..])
                 .arg(&as_stale.hash[..])
-                .arg(&[flags][..])
-                .arg(rest)
+                .arg(&packed)
                 .arg(body)
                 .arg(retention_ms);
             let state = PairState {
@@ -198,6 +197,10 @@ pub async fn run(
                     d.clone()
                 } else {
                     previous.map_or_else(|| d.clone(), |p| p.current.clone())
+                },
+                current_received: match previous {
+                    Some(p) if !applied => p.current_received,
+                    _ => received_at,
                 },
                 tip: if applied {
                     as_applied.hash
@@ -320,6 +323,12 @@ pub async fn run(
     Ok(outcomes.duplicate + outcomes.tip_moved + problems.len() as u64)
 }
 
+/// Hot-record buckets per shard for `consents` (90% of them a pair's first decision), about
+/// 64 pairs a bucket.
+fn hot_buckets(consents: u64, shards: u64) -> u64 {
+    (consents * 9 / 10 / 64 / shards).max(1)
+}
+
 /// Checks that the script did the work it is charged for: one hot record per pair, one
 /// lease per live temporary grant expiring with it, every consent in the event-time index,
 /// each calling list exactly the pairs whose current decision is a grant, and every sorted
@@ -347,6 +356,68 @@ async fn verify(
     if hot != pairs.len() as u64 {
         problems.push(format!("{hot} hot records for {} pairs", pairs.len()));
     }
+    // Every hot record and the entry it points at decode with the codec (src/store/redis/
+    // codec/packed.rs) as the pair's current decision, with its evidence and arrival time.
+    let shards = tags.len() as u64;
+    let buckets = hot_buckets(consents, shards);
+    let all: Vec<(&Pair, &PairState)> = pairs.iter().collect();
+    let mut unreadable = 0;
+    for batch in all.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for (pair, _) in batch {
+            let field = pair_field(pair);
+            let bucket = u64::from(fnv1a(&field)) / shards % buckets;
+            pipe.cmd("HGET")
+                .arg(format!("{{{}}}:p:{bucket}", tags[shard_of(pair)]))
+                .arg(&field[..]);
+        }
+        let records: Vec<Vec<u8>> = pipe.query_async(conn).await.map_err(fail("HGET"))?;
+        let mut pipe = redis::pipe();
+        let mut read = Vec::new();
+        for ((pair, state), bytes) in batch.iter().zip(records) {
+            let Ok(record) = HotRecord::decode(&bytes) else {
+                unreadable += 1;
+                continue;
+            };
+            if record.choice != state.current.choice
+                || record.decided_at != state.current.decided_at
+                || record.dedup_id != state.current.dedup_digest()
+            {
+                unreadable += 1;
+                continue;
+            }
+            let Pointer { segment, offset } = record.current;
+            pipe.cmd("GETRANGE")
+                .arg(format!("{{{}}}:g:{segment}", tags[shard_of(pair)]))
+                .arg(offset)
+                .arg(usize::from(offset) + 2);
+            read.push((pair, state, segment, offset));
+        }
+        let heads: Vec<Vec<u8>> = pipe.query_async(conn).await.map_err(fail("GETRANGE"))?;
+        let mut pipe = redis::pipe();
+        for ((pair, _, segment, offset), head) in read.iter().zip(&heads) {
+            let len = entry_len(head).unwrap_or(3);
+            pipe.cmd("GETRANGE")
+                .arg(format!("{{{}}}:g:{segment}", tags[shard_of(pair)]))
+                .arg(*offset)
+                .arg(usize::from(*offset) + len - 1);
+        }
+        let entries: Vec<Vec<u8>> = pipe.query_async(conn).await.map_err(fail("GETRANGE"))?;
+        for ((pair, state, _, _), bytes) in read.iter().zip(entries) {
+            let good = decode_entry(pair, &bytes).is_ok_and(|(e, _)| {
+                e.entry.decision == state.current
+                    && e.entry.received_at == state.current_received
+                    && e.entry.outcome == HistoryOutcome::Applied
+            });
+            unreadable += usize::from(!good);
+        }
+    }
+    if unreadable > 0 {
+        problems.push(format!(
+            "{unreadable} pairs whose hot record or current entry is not the codec's reading of \
+             their current decision"
+        ));
+    }
     let temporary = pairs
         .values()
         .filter(|p| matches!(p.current.choice, Choice::GrantTemporary { .. }))
@@ -363,7 +434,7 @@ async fn verify(
         .filter_map(|(pair, p)| {
             let expires = p.current.choice.expires_at()?.timestamp_millis();
             let prefix = format!("{{{}}}:t:", tags[shard_of(pair)]);
-            Some(([prefix.as_bytes(), &pair_bytes(pair)].concat(), expires))
+            Some(([prefix.as_bytes(), &pair_field(pair)[..]].concat(), expires))
         })
         .collect();
     let mut wrong = 0;

@@ -37,6 +37,9 @@
 use std::collections::HashMap;
 
 use callgate::domain::{ChainLink, Choice, Decision, GENESIS, HistoryEntry, HistoryOutcome, Pair};
+use callgate::store::redis::codec::packed::{
+    HotRecord, POINTER_LEN, Pointer, encode_entry, pair_field, phone_bytes,
+};
 use callgate::store::redis::keys::{fnv1a, shard_of, shard_tags};
 use chrono::Utc;
 use clap::Args;
@@ -141,222 +144,19 @@ pub enum HistoryLayout {
 /// segment's allocation is exactly one 16 KiB allocator class.
 pub const SEGMENT: usize = 16 * 1024 - 16;
 
-/// The base64url alphabet: message ids of this alphabet are packed 6 bits a character.
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// Response sources spelled as one byte.
-const KNOWN_TEXT: [&str; 3] = ["user_initiated", "business_initiated", ""];
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn put_time(out: &mut Vec<u8>, ms: i64) {
-    out.extend_from_slice(&ms.to_be_bytes()[2..]);
-}
-
-/// A text field, as compactly as it round-trips: a known constant (one byte), base64url
-/// text with or without a `wamid.` prefix (a tag, a length and 6 bits a character), or raw
-/// (a tag, a length, the bytes).
-pub fn put_text(out: &mut Vec<u8>, s: &str) {
-    if let Some(known) = KNOWN_TEXT.iter().position(|k| *k == s) {
-        out.push(0x80 | known as u8);
-        return;
-    }
-    let (tag, body) = match s.strip_prefix("wamid.") {
-        Some(rest) => (1u8, rest),
-        None => (2u8, s),
-    };
-    let sixes: Option<Vec<u8>> = body
-        .bytes()
-        .map(|b| ALPHABET.iter().position(|a| *a == b).map(|p| p as u8))
-        .collect();
-    match sixes {
-        Some(sixes) if !body.is_empty() => {
-            out.push(tag);
-            put_varint(out, body.len() as u64);
-            let mut acc = 0u32;
-            let mut bits = 0;
-            for six in sixes {
-                acc = (acc << 6) | u32::from(six);
-                bits += 6;
-                while bits >= 8 {
-                    bits -= 8;
-                    out.push((acc >> bits) as u8);
-                }
-            }
-            if bits > 0 {
-                out.push((acc << (8 - bits)) as u8);
-            }
-        }
-        _ => {
-            out.push(0);
-            put_varint(out, s.len() as u64);
-            out.extend_from_slice(s.as_bytes());
-        }
-    }
-}
-
-/// The inverse of [`put_text`], for the round-trip test: the text and the bytes it took.
-pub fn get_text(bytes: &[u8]) -> Option<(String, usize)> {
-    let (&tag, rest) = bytes.split_first()?;
-    if tag & 0x80 != 0 {
-        return Some((KNOWN_TEXT.get(usize::from(tag & 0x7f))?.to_string(), 1));
-    }
-    let (len, used) = get_varint(rest)?;
-    let len = usize::try_from(len).ok()?;
-    let rest = &rest[used..];
-    if tag == 0 {
-        let text = std::str::from_utf8(rest.get(..len)?).ok()?.to_owned();
-        return Some((text, 1 + used + len));
-    }
-    let packed = len.checked_mul(6)?.div_ceil(8);
-    let mut text = String::from(if tag == 1 { "wamid." } else { "" });
-    let (mut acc, mut bits) = (0u32, 0);
-    let mut chars = 0;
-    for b in rest.get(..packed)? {
-        acc = (acc << 8) | u32::from(*b);
-        bits += 8;
-        while bits >= 6 && chars < len {
-            bits -= 6;
-            text.push(char::from(ALPHABET[((acc >> bits) & 63) as usize]));
-            chars += 1;
-        }
-        acc &= (1 << bits) - 1;
-    }
-    (chars == len).then_some((text, 1 + used + packed))
-}
-
-fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, b) in bytes.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
-}
-
-/// Where an entry is: its segment's number in its shard, and its offset.
-#[derive(Debug, Clone, Copy)]
-struct Pointer {
-    segment: u64,
-    offset: u16,
-}
-
-fn put_pointer(out: &mut Vec<u8>, p: Pointer) {
-    put_varint(out, p.segment);
-    out.extend_from_slice(&p.offset.to_be_bytes());
-}
-
-fn rank(choice: &Choice) -> u8 {
-    match choice {
-        Choice::GrantTemporary { .. } => 0,
-        Choice::GrantPermanent => 1,
-        Choice::Deny => 2,
-    }
-}
-
-/// One history entry, packed: every field of the decision, its evidence, its outcome, its
-/// arrival time and its chain hash, and a pointer to the pair's previous entry.
-pub fn pack_entry(entry: &HistoryEntry, hash: &[u8; 32], previous: Option<(u64, u16)>) -> Vec<u8> {
-    let d = &entry.decision;
-    let e = &d.evidence;
-    let mut out = Vec::with_capacity(160);
-    let stated_differs = e.stated_at != d.decided_at;
-    let stated_expiry_differs = e.stated_expires_at != d.choice.expires_at();
-    let flags = rank(&d.choice)
-        | (u8::from(entry.outcome == HistoryOutcome::Stale) << 2)
-        | (u8::from(matches!(e.source, callgate::domain::Source::DoubleTick)) << 3)
-        | (u8::from(stated_differs) << 4)
-        | (u8::from(stated_expiry_differs) << 5)
-        | (u8::from(previous.is_some()) << 6)
-        | (u8::from(d.attribution.is_some() || d.customer_name.is_some()) << 7);
-    out.push(flags);
-    put_time(&mut out, d.decided_at.timestamp_millis());
-    if let Some(expires) = d.choice.expires_at() {
-        put_time(&mut out, expires.timestamp_millis());
-    }
-    let lag = entry.received_at.timestamp_millis() - d.decided_at.timestamp_millis();
-    put_varint(&mut out, ((lag << 1) ^ (lag >> 63)) as u64);
-    if stated_differs {
-        put_time(&mut out, e.stated_at.timestamp_millis());
-    }
-    if stated_expiry_differs {
-        put_time(
-            &mut out,
-            e.stated_expires_at.map_or(0, |t| t.timestamp_millis()),
-        );
-    }
-    put_text(&mut out, &e.message_id);
-    put_text(&mut out, &e.paired_message_id);
-    put_text(&mut out, &e.response_source);
-    put_text(&mut out, &e.sender_customer_id);
-    out.extend_from_slice(&e.body_sha256);
-    out.extend_from_slice(hash);
-    if let Some((segment, offset)) = previous {
-        put_pointer(&mut out, Pointer { segment, offset });
-    }
-    out
-}
-
-/// A phone number's digits as 7 big-endian bytes of the number (E.164: at most 15 digits,
-/// no leading zero).
-pub(crate) fn phone_bytes(digits: &str) -> [u8; 7] {
-    let n: u64 = digits.parse().unwrap_or(0);
-    let b = n.to_be_bytes();
-    [b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
-}
-
-pub(crate) fn pair_bytes(pair: &Pair) -> Vec<u8> {
-    [
-        phone_bytes(pair.business.digits()),
-        phone_bytes(pair.customer.digits()),
-    ]
-    .concat()
-}
-
-/// The hot record: what a check and the record script read: rank, decided and expiry times,
-/// the current decision's dedup id (the tie-break), and pointers to its entry and (if
-/// another) to the pair's newest entry (the chain tip and the start of the dedup walk).
-fn pack_hot(d: &Decision, current: Pointer, newest: Pointer) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40);
-    let same = current.segment == newest.segment && current.offset == newest.offset;
-    out.push(rank(&d.choice) | (u8::from(!same) << 2));
-    put_time(&mut out, d.decided_at.timestamp_millis());
-    if let Some(expires) = d.choice.expires_at() {
-        put_time(&mut out, expires.timestamp_millis());
-    }
-    out.extend_from_slice(&d.dedup_digest());
-    put_pointer(&mut out, current);
-    if !same {
-        put_pointer(&mut out, newest);
-    }
-    out
-}
-
 /// An index member: a time (8 bytes, sign flipped, so members sort by time), the customer
 /// and the entry's pointer.
-fn index_member(ms: i64, customer: &[u8; 7], at: Pointer) -> Vec<u8> {
+fn index_member(ms: i64, customer: &[u8; 7], at: [u8; POINTER_LEN]) -> Vec<u8> {
     let mut out = ((ms as u64) ^ (1 << 63)).to_be_bytes().to_vec();
     out.extend_from_slice(customer);
-    put_pointer(&mut out, at);
+    out.extend_from_slice(&at);
     out
 }
 
 /// Per shard: the open segment and its write offset.
 #[derive(Default)]
 struct Segments {
-    number: u64,
+    number: u32,
     used: usize,
     opened: bool,
 }
@@ -435,11 +235,8 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
         };
         let (position, prev) = previous.map_or((0, GENESIS), |p| (p.position + 1, p.hash));
         let link = ChainLink::new(position, prev, &entry);
-        let packed = pack_entry(
-            &entry,
-            &link.hash,
-            previous.map(|p| (p.newest.segment, p.newest.offset)),
-        );
+        let packed = encode_entry(&entry, &link.hash, previous.map(|p| p.newest))
+            .map_err(|e| BenchError::Invalid(format!("packing an entry: {e}")))?;
         entry_bytes += packed.len() as u64;
         let seg = &mut segments[shard];
         if a.history == HistoryLayout::Stream {
@@ -470,7 +267,7 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
         };
         let at = if a.history == HistoryLayout::Stream {
             Pointer {
-                segment: seg.used as u64,
+                segment: seg.used as u32,
                 offset: 0,
             }
         } else {
@@ -483,7 +280,10 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
             at
         };
 
-        let customer = phone_bytes(d.pair.customer.digits());
+        let customer = phone_bytes(&d.pair.customer);
+        let at_bytes = at
+            .encode()
+            .map_err(|e| BenchError::Invalid(format!("packing a pointer: {e}")))?;
         let business = d.pair.business.digits();
         let indexes = [
             ("br", received_at.timestamp_millis()),
@@ -494,7 +294,7 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
                 let list = postings
                     .entry(format!("{{{tag}}}:{kind}i:{business}"))
                     .or_default();
-                put_pointer(list, at);
+                list.extend_from_slice(&at_bytes);
             }
         }
         for (kind, ms) in indexes
@@ -505,17 +305,25 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
             pipe.cmd("ZADD")
                 .arg(format!("{{{tag}}}:{kind}:{business}"))
                 .arg(0)
-                .arg(index_member(ms, &customer, at))
+                .arg(index_member(ms, &customer, at_bytes))
                 .ignore();
         }
         let (current, current_at) = match (applied, previous) {
             (false, Some(p)) => (p.current.clone(), p.current_at),
             _ => (d.clone(), at),
         };
-        let hot = pack_hot(&current, current_at, at);
+        let hot = HotRecord {
+            choice: current.choice,
+            decided_at: current.decided_at,
+            dedup_id: current.dedup_digest(),
+            current: current_at,
+            newest: at,
+        }
+        .encode()
+        .map_err(|e| BenchError::Invalid(format!("packing a hot record: {e}")))?;
         hot_bytes += hot.len() as u64;
         hot_count += u64::from(previous.is_none());
-        let field = pair_bytes(&d.pair);
+        let field = pair_field(&d.pair);
         let bucket = u64::from(fnv1a(&field)) / shards as u64 % buckets;
         pipe.cmd("HSET")
             .arg(format!("{{{tag}}}:p:{bucket}"))
@@ -783,64 +591,5 @@ mod tests {
         assert_eq!(total, 200 * 7);
         assert_eq!(filled["{t}:li:1:0"], CALLING_LIST_FILL);
         assert_eq!(filled.len(), 2 + (200 * 7usize).div_ceil(CALLING_LIST_FILL));
-    }
-
-    #[test]
-    fn packed_text_round_trips_and_is_smaller_for_message_ids() {
-        for s in [
-            "wamid.9OprpBGHpe0z8SWAscW9iytRf_DKE",
-            "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQUFERjg0NDY5QjQ4OUVBRjY2NwA=",
-            "dtc_nrGs7ZKrQ330LDRkx-",
-            "US.50998927459015447772",
-            "user_initiated",
-            "",
-            "wamid.",
-            "ünïcode, commas | pipes",
-        ] {
-            let mut out = Vec::new();
-            put_text(&mut out, s);
-            out.extend_from_slice(b"tail");
-            let (back, used) = get_text(&out).unwrap();
-            assert_eq!(back, s);
-            assert_eq!(&out[used..], b"tail");
-        }
-        let mut out = Vec::new();
-        put_text(&mut out, "wamid.9OprpBGHpe0z8SWAscW9iytRf_DKE");
-        // 29 characters of 6 bits: 22 bytes, a tag and a length.
-        assert_eq!(out.len(), 24);
-    }
-
-    #[test]
-    fn an_entry_holds_every_field_it_is_charged_for() {
-        let mix = Mix {
-            seed: 1,
-            start: chrono::DateTime::from_timestamp_millis(1_767_000_000_000).unwrap(),
-        };
-        let d = mix.decision(3);
-        let entry = HistoryEntry {
-            decision: d.clone(),
-            outcome: HistoryOutcome::Applied,
-            received_at: d.decided_at,
-        };
-        let packed = pack_entry(&entry, &[7; 32], None);
-        let e = &d.evidence;
-        let mut fields = Vec::new();
-        for s in [
-            &e.message_id,
-            &e.paired_message_id,
-            &e.response_source,
-            &e.sender_customer_id,
-        ] {
-            put_text(&mut fields, s);
-        }
-        // flags, decided at, (expiry), arrival lag, the four texts, two hashes.
-        let expiry = if d.choice.expires_at().is_some() {
-            6
-        } else {
-            0
-        };
-        assert_eq!(packed.len(), 1 + 6 + expiry + 1 + fields.len() + 64);
-        assert!(packed.windows(32).any(|w| w == e.body_sha256));
-        assert!(packed.ends_with(&[7; 32]));
     }
 }

@@ -96,7 +96,6 @@ async fn the_record_prototype_keeps_every_structure_it_is_charged_for() {
             redis_url: redis.url(),
             consents: 3_000,
             pipeline: 32,
-            pairs_per_bucket: 64,
             seed: 7,
         },
         false,
