@@ -137,10 +137,14 @@ local function sorted_edit(name, dir, width, keyw, rec, key, insert, lid, lused)
   local padded = lid ~= nil and tonumber(found) == lid
   if padded then chunk = string.sub(chunk, 1, lused) end
   local n = #chunk / width
-  local pos = n -- records before the new one (mostly appends: scan from the end)
-  while pos > 0 and u(chunk, (pos - 1) * width + 1, keyw) > key do
-    pos = pos - 1
+  -- pos: how many records sort at or before `key` (a binary search: a chunk holds up to
+  -- ~140 records, and each probe is a struct.unpack).
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if u(chunk, mid * width + 1, keyw) <= key then lo = mid + 1 else hi = mid end
   end
+  local pos = lo
   local same = false
   for i = pos, 1, -1 do
     if u(chunk, (i - 1) * width + 1, keyw) ~= key then break end
@@ -240,7 +244,11 @@ else
     redis.call('ZREM', P .. 'due', field)
   end
 end
-sorted_edit('li', P .. 'xl:' .. business, 7, 7, ARGV[5], u(ARGV[5], 1, 7), rank ~= 2)
+-- A denial for a pair with no decision or a denial is not listed: nothing to remove. (A
+-- grant's listing may have been removed by the expiry sweep, so a grant is always inserted.)
+if rank ~= 2 or (cur and cur.r ~= 2) then
+  sorted_edit('li', P .. 'xl:' .. business, 7, 7, ARGV[5], u(ARGV[5], 1, 7), rank ~= 2)
+end
 
 -- The event, as record.lua logs it.
 local now = now_ms()
