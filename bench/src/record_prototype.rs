@@ -29,9 +29,11 @@ use callgate::store::redis::codec::packed::{
     HotRecord, Pointer, decode_entry, encode_entry, entry_len, pair_field, phone_bytes,
 };
 
-use crate::redis_floor::{host_port, keys_by_kind, usage_by_kind, used_memory};
+use crate::BenchError;
+use crate::redis_floor::{
+    by_kind_json, connect_empty, keys_by_kind, print_by_kind, usage_by_kind, used_memory,
+};
 use crate::redis_memory::Mix;
-use crate::{BenchError, target};
 
 /// The script: the store's shared helpers (`lib.lua`: the event id and trim rules), then the
 /// prototype.
@@ -92,26 +94,10 @@ pub async fn run(
         ));
     }
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
-    let (host, port) = host_port(&a.redis_url)?;
-    target::resolve(&format!("{host}:{port}"), allow_remote).await?;
+    let mut conn = connect_empty(&a.redis_url, allow_remote).await?;
     let fail = |what: &'static str| {
         move |e: redis::RedisError| BenchError::Invalid(format!("{what}: {e}"))
     };
-    let client = redis::Client::open(a.redis_url.as_str()).map_err(fail("--redis-url"))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(fail("cannot connect"))?;
-    let size: u64 = redis::cmd("DBSIZE")
-        .query_async(&mut conn)
-        .await
-        .map_err(fail("DBSIZE"))?;
-    if size != 0 {
-        return Err(BenchError::Invalid(format!(
-            "refusing to run: the database holds {size} keys (DBSIZE must be 0; use a \
-             throwaway server, e.g. `redis-server --port 6395 --save '' --appendonly no`)"
-        )));
-    }
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(SCRIPT)
@@ -282,10 +268,7 @@ pub async fn run(
                 "script_calls": calls,
                 "redis_usec_per_call": usec_per_call,
                 "bytes_per_consent_without_event_log": per_consent,
-                "by_kind": by_kind
-                    .iter()
-                    .map(|(k, (n, b))| (k.clone(), json!({"keys": n, "bytes": b, "bytes_per_consent": *b as f64 / a.consents as f64})))
-                    .collect::<serde_json::Map<_, _>>(),
+                "by_kind": by_kind_json(&by_kind, a.consents),
             })
         );
     } else {
@@ -309,13 +292,7 @@ pub async fn run(
              {delta} B, of which the event log {log} B: used_memory fell by that when it was \
              deleted)"
         );
-        println!("by key kind (MEMORY USAGE of every key):");
-        for (kind, (keys, bytes)) in &by_kind {
-            println!(
-                "  {kind:<7} {keys:>7} keys {bytes:>11} B {:>7.1} B/consent",
-                *bytes as f64 / a.consents as f64
-            );
-        }
+        print_by_kind(&by_kind, a.consents);
     }
     for problem in &problems {
         eprintln!("layout check failed: {problem}");

@@ -176,26 +176,10 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
         ));
     }
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
-    let (host, port) = host_port(&a.redis_url)?;
-    target::resolve(&format!("{host}:{port}"), allow_remote).await?;
+    let mut conn = connect_empty(&a.redis_url, allow_remote).await?;
     let fail = |what: &'static str| {
         move |e: redis::RedisError| BenchError::Invalid(format!("{what}: {e}"))
     };
-    let client = redis::Client::open(a.redis_url.as_str()).map_err(fail("--redis-url"))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(fail("cannot connect"))?;
-    let size: u64 = redis::cmd("DBSIZE")
-        .query_async(&mut conn)
-        .await
-        .map_err(fail("DBSIZE"))?;
-    if size != 0 {
-        return Err(BenchError::Invalid(format!(
-            "refusing to run: the database holds {size} keys (DBSIZE must be 0; use a \
-             throwaway server, e.g. `redis-server --port 6395 --save '' --appendonly no`)"
-        )));
-    }
     let before = used_memory(&mut conn).await?;
 
     let tags = shard_tags("callgate");
@@ -434,10 +418,7 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
                 "bytes_per_consent": per_consent,
                 "mean_entry_bytes": mean_entry,
                 "mean_hot_record_bytes": mean_hot,
-                "by_kind": by_kind
-                    .iter()
-                    .map(|(k, (n, b))| (k.clone(), json!({"keys": n, "bytes": b, "bytes_per_consent": *b as f64 / a.consents as f64})))
-                    .collect::<serde_json::Map<_, _>>(),
+                "by_kind": by_kind_json(&by_kind, a.consents),
             })
         );
     } else {
@@ -450,15 +431,7 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
         println!("packed:    history entry {mean_entry:.1} B, hot record {mean_hot:.1} B (means)");
         println!("used_memory before {before} B, after {after} B, delta {delta} B");
         println!("bytes per consent (no event log): {per_consent:.1}");
-        println!("by key kind (MEMORY USAGE of every key):");
-        let mut counted = 0;
-        for (kind, (keys, bytes)) in &by_kind {
-            counted += bytes;
-            println!(
-                "  {kind:<4} {keys:>7} keys {bytes:>11} B {:>7.1} B/consent",
-                *bytes as f64 / a.consents as f64
-            );
-        }
+        let counted = print_by_kind(&by_kind, a.consents);
         println!(
             "  other                  {:>11} B {:>7.1} B/consent (main dict, allocator)",
             delta.saturating_sub(counted),
@@ -522,6 +495,70 @@ pub(crate) async fn usage_by_kind(
         usage.insert(kind, (keys.len() as u64, bytes));
     }
     Ok(usage)
+}
+
+/// A connection to the Redis at `url`, which must be on loopback (unless `allow_remote`) and
+/// empty: the layout tools write into a throwaway database only.
+pub(crate) async fn connect_empty(
+    url: &str,
+    allow_remote: bool,
+) -> Result<redis::aio::MultiplexedConnection, BenchError> {
+    let (host, port) = host_port(url)?;
+    target::resolve(&format!("{host}:{port}"), allow_remote).await?;
+    let fail = |what: &'static str| {
+        move |e: redis::RedisError| BenchError::Invalid(format!("{what}: {e}"))
+    };
+    let client = redis::Client::open(url).map_err(fail("--redis-url"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(fail("cannot connect"))?;
+    let size: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut conn)
+        .await
+        .map_err(fail("DBSIZE"))?;
+    if size != 0 {
+        return Err(BenchError::Invalid(format!(
+            "refusing to run: the database holds {size} keys (DBSIZE must be 0; use a \
+             throwaway server, e.g. `redis-server --port 6395 --save '' --appendonly no`)"
+        )));
+    }
+    Ok(conn)
+}
+
+/// [`usage_by_kind`] as JSON: kind → keys, bytes, bytes per consent.
+pub(crate) fn by_kind_json(
+    by_kind: &std::collections::BTreeMap<String, (u64, u64)>,
+    consents: u64,
+) -> serde_json::Value {
+    by_kind
+        .iter()
+        .map(|(k, (n, b))| {
+            let per = *b as f64 / consents as f64;
+            (
+                k.clone(),
+                json!({"keys": n, "bytes": b, "bytes_per_consent": per}),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Prints [`usage_by_kind`], a line a kind; returns the bytes counted.
+pub(crate) fn print_by_kind(
+    by_kind: &std::collections::BTreeMap<String, (u64, u64)>,
+    consents: u64,
+) -> u64 {
+    println!("by key kind (MEMORY USAGE of every key):");
+    let mut counted = 0;
+    for (kind, (keys, bytes)) in by_kind {
+        counted += bytes;
+        println!(
+            "  {kind:<7} {keys:>7} keys {bytes:>11} B {:>7.1} B/consent",
+            *bytes as f64 / consents as f64
+        );
+    }
+    counted
 }
 
 /// `used_memory` of `INFO memory`.

@@ -127,6 +127,19 @@ fn get_time(r: &mut Reader<'_>) -> Result<DateTime<Utc>, StoreError> {
     ]))
 }
 
+/// The choice whose rank is in the low two bits of `flags`; a temporary grant's expiry is
+/// read next.
+fn get_choice(r: &mut Reader<'_>, flags: u8) -> Result<Choice, StoreError> {
+    Ok(match flags & 3 {
+        0 => Choice::GrantTemporary {
+            expires_at: get_time(r)?,
+        },
+        1 => Choice::GrantPermanent,
+        2 => Choice::Deny,
+        _ => return Err(r.fail("unknown choice")),
+    })
+}
+
 /// The base64url alphabet: texts made of it are packed 6 bits a character.
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -343,14 +356,7 @@ pub fn decode_entry(pair: &Pair, bytes: &[u8]) -> Result<(PackedEntry, usize), S
         None
     };
     let decided_at = get_time(&mut r)?;
-    let choice = match flags & 3 {
-        0 => Choice::GrantTemporary {
-            expires_at: get_time(&mut r)?,
-        },
-        1 => Choice::GrantPermanent,
-        2 => Choice::Deny,
-        _ => return Err(r.fail("unknown choice")),
-    };
+    let choice = get_choice(&mut r, flags)?;
     let zigzag = get_varint(&mut r)?;
     let lag = (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64);
     let received_at = decided_at
@@ -472,14 +478,7 @@ impl HotRecord {
             return Err(r.fail("flags"));
         }
         let decided_at = get_time(&mut r)?;
-        let choice = match flags & 3 {
-            0 => Choice::GrantTemporary {
-                expires_at: get_time(&mut r)?,
-            },
-            1 => Choice::GrantPermanent,
-            2 => Choice::Deny,
-            _ => return Err(r.fail("unknown choice")),
-        };
+        let choice = get_choice(&mut r, flags)?;
         let dedup_id = r.array::<16>()?;
         let pointer = |r: &mut Reader<'_>| {
             Pointer::decode(r.take(POINTER_LEN)?).ok_or_else(|| r.fail("pointer"))
