@@ -1216,14 +1216,14 @@ pub async fn issue14_concurrent_replicas_keep_one_chain(b: &dyn Backend) {
 
 // ---- issue 13 (attribution): consent requests ------------------------------------------
 
-fn policy() -> RequestPolicy {
+pub(crate) fn policy() -> RequestPolicy {
     RequestPolicy::new(
         callgate::domain::attribution::DEFAULT_REQUEST_LIMITS.to_vec(),
         Duration::from_secs(30 * 86_400),
     )
 }
 
-fn request(pair: &Pair, id: &str, team: &str, sent_at: DateTime<Utc>) -> ConsentRequest {
+pub(crate) fn request(pair: &Pair, id: &str, team: &str, sent_at: DateTime<Utc>) -> ConsentRequest {
     ConsentRequest {
         pair: pair.clone(),
         request_message_id: id.to_owned(),

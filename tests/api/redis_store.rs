@@ -8,16 +8,15 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 
 use callgate::domain::{
-    Choice, ConsentRequest, Decision, EventKind, Evidence, Pair, PhoneNumber, Source,
-    to_millis_precision,
+    Choice, Decision, EventKind, Evidence, Pair, PhoneNumber, Source, to_millis_precision,
 };
 use callgate::store::redis::keys::Keys;
 use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::store::{
-    ConsentStore, Cursor, DEDUP_RETENTION, RecordOutcome, RegisterOutcome, RequestPolicy,
-    StoreError, StreamId,
+    ConsentStore, Cursor, DEDUP_RETENTION, RecordOutcome, RegisterOutcome, StoreError, StreamId,
 };
 
+use crate::conformance::{policy, request};
 use crate::redis_harness::{RedisOptions, RedisServer};
 
 fn pair(n: u32) -> Pair {
@@ -853,13 +852,13 @@ async fn with_replica_acks_a_write_is_acknowledged_only_once_a_replica_holds_it(
     );
     // A consent request's registration takes the same path: acknowledged once the replica
     // holds it, so the replica counts it in the pair's budget.
-    let policy = request_policy();
-    let request = consent_request(&pair(1), "req-1", t);
+    let policy = policy();
+    let registration = request(&pair(1), "req-1", "premium", t);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let outcome = loop {
         // On a loaded machine WAIT may run out (the store timeout's half): the sender retries,
         // and the retry finds the stored registration.
-        match store.register_request(&request, t, &policy).await {
+        match store.register_request(&registration, t, &policy).await {
             Ok(outcome) => break outcome,
             Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
         }
@@ -901,27 +900,8 @@ async fn with_replica_acks_a_write_is_acknowledged_only_once_a_replica_holds_it(
     refused(&err);
     // So is a registration: the primary knows it has no replica now.
     let err = store
-        .register_request(&consent_request(&pair(3), "req-2", t), t, &policy)
+        .register_request(&request(&pair(3), "req-2", "premium", t), t, &policy)
         .await
         .expect_err("a registration no replica holds was acknowledged");
     refused(&err);
-}
-
-fn request_policy() -> RequestPolicy {
-    RequestPolicy::new(
-        callgate::domain::attribution::DEFAULT_REQUEST_LIMITS.to_vec(),
-        Duration::from_secs(30 * 86_400),
-    )
-}
-
-fn consent_request(pair: &Pair, id: &str, sent_at: DateTime<Utc>) -> ConsentRequest {
-    ConsentRequest {
-        pair: pair.clone(),
-        request_message_id: id.to_owned(),
-        team: "premium".to_owned(),
-        campaign: "premium-q1".to_owned(),
-        labels: Default::default(),
-        sent_at,
-        customer_name: None,
-    }
 }
