@@ -26,7 +26,7 @@
 --                dedup tag (4 B), own hash (32 B), [back pointer (5 B)], the rest
 --   hot record   flags (bits 0-1 rank, bit 2 an expiry follows, bit 3 newest != current),
 --                decided (6 B), [expiry (6 B)], dedup id (16 B), current pointer,
---                [newest pointer]
+--                [newest pointer], the history length (varint)
 --   m            the shard's meta HASH, read with one HMGET and written with one HSET per
 --                call: `g` the open segment's pointer (number, write offset); `r<business>`
 --                the open bri chunk (number, used bytes); `e<business>` the last bei chunk
@@ -61,8 +61,29 @@ if hot then
   cur.id = string.sub(hot, at, at + 15)
   cur.ptr = string.sub(hot, at + 16, at + 20)
   cur.newest = cur.ptr
-  if math.floor(f / 8) % 2 == 1 then cur.newest = string.sub(hot, at + 21, at + 25) end
+  local tail = at + 21
+  if math.floor(f / 8) % 2 == 1 then
+    cur.newest = string.sub(hot, at + 21, at + 25)
+    tail = at + 26
+  end
   cur.e = (math.floor(f / 4) % 2 == 1) and u(hot, 8, 6) or nil
+  -- The history length, a varint (7 bits a byte, low first).
+  cur.n = 0
+  local scale = 1
+  repeat
+    local b = string.byte(hot, tail)
+    cur.n = cur.n + (b % 128) * scale
+    scale, tail = scale * 128, tail + 1
+  until b < 128
+end
+local count = (cur and cur.n or 0) + 1
+local function varint(v)
+  local out = ''
+  while v >= 128 do
+    out = out .. string.char(128 + v % 128)
+    v = math.floor(v / 128)
+  end
+  return out .. string.char(v)
 end
 
 -- The chain tip, then de-duplication: a walk of the pair's newest entries.
@@ -224,16 +245,17 @@ redis.call('HSET', M, unpack(meta_out))
 if not applied then
   -- The newest entry moved; the current decision did not.
   local f = string.byte(hot, 1)
-  local body = hot
-  if math.floor(f / 8) % 2 == 1 then body = string.sub(hot, 1, #hot - 5) else f = f + 8 end
-  redis.call('HSET', bucket, field, string.char(f) .. string.sub(body, 2) .. ptr)
+  local fixed = 1 + 6 + (cur.e and 6 or 0) + 16 + 5
+  if math.floor(f / 8) % 2 == 0 then f = f + 8 end
+  redis.call('HSET', bucket, field, string.char(f) .. string.sub(hot, 2, fixed) .. ptr
+    .. varint(count))
   return 1
 end
 
 -- The hot record, the lease (native expiry), the due index, the calling list.
 local hf = rank + (e > 0 and 4 or 0)
 redis.call('HSET', bucket, field, string.char(hf) .. bytes(t, 6) .. (e > 0 and bytes(e, 6) or '')
-  .. ARGV[9] .. ptr)
+  .. ARGV[9] .. ptr .. varint(count))
 local lease = P .. 't:' .. field
 if rank == 0 then
   redis.call('SET', lease, '1', 'PXAT', string.format('%.0f', e))

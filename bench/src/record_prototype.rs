@@ -359,6 +359,7 @@ async fn verify(
             if record.choice != state.current.choice
                 || record.decided_at != state.current.decided_at
                 || record.dedup_id != state.current.dedup_digest()
+                || record.count != state.position + 1
             {
                 unreadable += 1;
                 continue;

@@ -302,6 +302,7 @@ pub async fn run(a: RedisFloorArgs, allow_remote: bool, json_out: bool) -> Resul
             dedup_id: current.dedup_digest(),
             current: current_at,
             newest: at,
+            count: position + 1,
         }
         .encode()
         .map_err(|e| BenchError::Invalid(format!("packing a hot record: {e}")))?;

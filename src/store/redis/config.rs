@@ -36,6 +36,21 @@ pub struct RedisConfig {
     pub health_interval: Duration,
     /// Events older than this are trimmed from the log.
     pub event_retention: Duration,
+    /// The key layout written and read. [`Layout::V1`] is the only one the service uses; v2
+    /// is being built (`docs/redis-layout-v2.md`) and is set only by tests.
+    pub layout: Layout,
+}
+
+/// The key layout of a store (`docs/redis-layout-v2.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Per-pair keys: `c:`, `x:`, `h:`, `d:` (`keys.rs`).
+    #[default]
+    V1,
+    /// **In progress, not for production**: packed history segments, hot-record buckets and
+    /// leases (`layout_v2.rs`). Built so far: recording, checks, histories, expiry and events;
+    /// every other operation refuses with `Unavailable`.
+    V2,
 }
 
 impl RedisConfig {
@@ -52,6 +67,7 @@ impl RedisConfig {
             timeout: DEFAULT_REDIS_TIMEOUT,
             health_interval: DEFAULT_REDIS_HEALTH_INTERVAL,
             event_retention: DEFAULT_EVENT_RETENTION,
+            layout: Layout::V1,
         }
     }
 
@@ -85,6 +101,7 @@ impl fmt::Debug for RedisConfig {
             .field("timeout", &self.timeout)
             .field("health_interval", &self.health_interval)
             .field("event_retention", &self.event_retention)
+            .field("layout", &self.layout)
             .finish()
     }
 }

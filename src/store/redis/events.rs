@@ -9,11 +9,11 @@ use redis::Value;
 
 use super::connection::{BlockingPool, SharedConnection, Verdict};
 use super::error::{corrupt_reply, map_error};
-use super::reply::{bytes_of, decode_entry, newest_id};
+use super::reply::{Decoded, bytes_of, decode_entry, newest_id};
 use super::routing::Route;
 use super::store::all;
 use super::{RedisStore, SHARDS};
-use crate::store::{Cursor, CursorError, LoggedEvent, StoreError, StreamId};
+use crate::store::{Cursor, CursorError, StoreError, StreamId};
 
 /// On a cluster, how often a waiting event-log read looks again (see `read_events`).
 const CLUSTER_POLL: Duration = Duration::from_millis(20);
@@ -26,7 +26,7 @@ impl RedisStore {
         shard: usize,
         after: StreamId,
         limit: usize,
-    ) -> Result<Vec<LoggedEvent>, StoreError> {
+    ) -> Result<Vec<Decoded>, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(&self.trimmed[shard]);
         pipe.cmd("XREAD")
@@ -53,7 +53,7 @@ impl RedisStore {
     pub(super) fn decode_xread(
         &self,
         reply: &Value,
-        events: &mut Vec<LoggedEvent>,
+        events: &mut Vec<Decoded>,
     ) -> Result<(), StoreError> {
         let streams: Vec<(&Value, &Value)> = match reply {
             Value::Nil => Vec::new(),
@@ -93,7 +93,7 @@ impl RedisStore {
         after: &Cursor,
         limit: usize,
         wait: Duration,
-    ) -> Result<Vec<LoggedEvent>, StoreError> {
+    ) -> Result<Vec<Decoded>, StoreError> {
         // One round trip: the range check (the newest trimmed id of every shard), then the
         // read, blocking if asked to. If the cursor is out of range, retained events follow
         // it (a trim never removes the entry just added), so the XREAD returns at once.
@@ -158,7 +158,7 @@ impl RedisStore {
         after: &Cursor,
         limit: usize,
         wait: Duration,
-    ) -> Result<Vec<LoggedEvent>, StoreError> {
+    ) -> Result<Vec<Decoded>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut events = Vec::new();

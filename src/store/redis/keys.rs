@@ -138,6 +138,17 @@ pub fn shard_of(pair: &Pair) -> usize {
     (fnv1a(member(pair).as_bytes()) as usize) % SHARDS
 }
 
+/// Layout v2: hot-record buckets per shard (`p:<n>`), a layout constant like [`SHARDS`]:
+/// about 64 pairs a bucket at 1.2 million pairs. Past 128 pairs a bucket still works, at
+/// about 40 bytes more a pair (Redis converts the hash from a listpack to a table).
+pub const HOT_BUCKETS: u64 = 1024;
+
+/// Layout v2: the hot-record bucket of a pair's field (`codec::packed::pair_field`) in its
+/// shard. The shard took the hash's low digits (`fnv1a % SHARDS`), so the bucket uses the rest.
+pub fn hot_bucket(field: &[u8; 14]) -> u16 {
+    (u64::from(fnv1a(field)) / SHARDS as u64 % HOT_BUCKETS) as u16
+}
+
 /// Builds key names under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {

@@ -190,6 +190,7 @@ mod error;
 mod events;
 mod inspect;
 pub mod keys;
+mod layout_v2;
 mod records_chain;
 mod reply;
 mod requests;
@@ -197,7 +198,7 @@ mod routing;
 mod store;
 mod webhooks;
 
-pub use config::RedisConfig;
+pub use config::{Layout, RedisConfig};
 pub use inspect::{KindUsage, MemoryReport, MemoryUsage, RedisAddress};
 pub use keys::SHARDS;
 pub use store::RedisStore;
@@ -220,6 +221,23 @@ const REQUESTS_LUA: &str = concat!(
 /// `claim_expired.lua` with the shared helpers of `lib.lua` before it (no `#!lua`: see the
 /// script's header).
 const CLAIM_EXPIRED_LUA: &str = concat!(include_str!("lib.lua"), include_str!("claim_expired.lua"));
+/// Layout v2 (`layout_v2.rs`): its scripts, each with `lib.lua` and `v2_lib.lua` before it (no
+/// `#!lua`: they name keys they only know once they have read).
+const V2_RECORD_LUA: &str = concat!(
+    include_str!("lib.lua"),
+    include_str!("v2_lib.lua"),
+    include_str!("v2_record.lua")
+);
+const V2_READ_LUA: &str = concat!(
+    include_str!("lib.lua"),
+    include_str!("v2_lib.lua"),
+    include_str!("v2_read.lua")
+);
+const V2_CLAIM_LUA: &str = concat!(
+    include_str!("lib.lua"),
+    include_str!("v2_lib.lua"),
+    include_str!("v2_claim.lua")
+);
 
 #[cfg(test)]
 mod tests {

@@ -315,6 +315,10 @@ impl RedisStore {
         decisions: &[Decision],
         round: &[usize],
     ) -> Result<Vec<Tip>, StoreError> {
+        if self.v2() {
+            let pairs: Vec<Pair> = round.iter().map(|&i| decisions[i].pair.clone()).collect();
+            return self.v2_read_tips(&pairs).await;
+        }
         let tip_pipe = |ats: &[usize]| {
             let mut pipe = redis::pipe();
             for &at in ats {

@@ -5,6 +5,7 @@ use redis::Value;
 
 use super::codec;
 use super::error::corrupt_reply;
+use super::layout_v2::{Lapsed, decode_lapsed};
 use crate::store::{LoggedEvent, StoreError, StreamId};
 
 pub(super) fn bytes_of(v: &Value) -> Option<&[u8]> {
@@ -34,8 +35,17 @@ pub(super) fn pairs_of(v: &Value) -> Option<Vec<(&Value, &Value)>> {
     }
 }
 
+/// A stream entry decoded: an event, or (layout v2) an EXPIRED event still to be read from
+/// the lapsed grant's entry. (The large variant is the common one: boxing it would allocate
+/// for every event read.)
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Decoded {
+    Event(LoggedEvent),
+    Lapsed(Lapsed),
+}
+
 /// Decodes one stream entry `[id, [field, value, ...]]`.
-pub(super) fn decode_entry(shard: usize, entry: &Value) -> Result<LoggedEvent, StoreError> {
+pub(super) fn decode_entry(shard: usize, entry: &Value) -> Result<Decoded, StoreError> {
     let Value::Array(parts) = entry else {
         return Err(corrupt_reply("stream entry"));
     };
@@ -56,11 +66,14 @@ pub(super) fn decode_entry(shard: usize, entry: &Value) -> Result<LoggedEvent, S
             "event {id} in shard {shard} lacks fields"
         )));
     };
-    Ok(LoggedEvent {
+    if kind == b"x" {
+        return decode_lapsed(shard, id, decision).map(Decoded::Lapsed);
+    }
+    Ok(Decoded::Event(LoggedEvent {
         shard,
         id,
         event: codec::decode_event(kind, decision)?,
-    })
+    }))
 }
 
 /// The id of the one entry of an `XREVRANGE … COUNT 1` reply, zero for an empty stream.

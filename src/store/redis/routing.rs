@@ -9,7 +9,10 @@ use tokio::time::Instant;
 use super::cluster::{self, Conn, Lanes};
 use super::connection::{self, BlockingPool, Lease, SharedConnection, Verdict};
 use super::error::{is_noscript, map_error};
-use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, REQUESTS_LUA, RedisConfig, RedisStore, SHARDS};
+use super::{
+    CLAIM_EXPIRED_LUA, RECORD_LUA, REQUESTS_LUA, RedisConfig, RedisStore, SHARDS, V2_CLAIM_LUA,
+    V2_READ_LUA, V2_RECORD_LUA,
+};
 use crate::store::StoreError;
 
 /// How the store reaches Redis.
@@ -281,7 +284,14 @@ impl RedisStore {
     /// replica promoted later answers `NOSCRIPT` and gets them then.
     pub(super) async fn load_scripts(&self) -> Result<(), StoreError> {
         if self.is_cluster() {
-            for source in [RECORD_LUA, CLAIM_EXPIRED_LUA, REQUESTS_LUA] {
+            for source in [
+                RECORD_LUA,
+                CLAIM_EXPIRED_LUA,
+                REQUESTS_LUA,
+                V2_RECORD_LUA,
+                V2_READ_LUA,
+                V2_CLAIM_LUA,
+            ] {
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(source);
                 self.attempt_routed::<String>(Route::Keyless, false, Call::Cmd(&load))
@@ -293,7 +303,10 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.record_script)
             .load_script(&self.claim_script)
-            .load_script(&self.requests_script);
+            .load_script(&self.requests_script)
+            .load_script(&self.v2_record_script)
+            .load_script(&self.v2_read_script)
+            .load_script(&self.v2_claim_script);
         self.attempt_routed::<Vec<String>>(Route::Keyless, false, Call::Pipe(&pipe))
             .await?
             .map(drop)

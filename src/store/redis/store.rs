@@ -17,7 +17,7 @@ use super::keys::{self, Keys};
 use super::records_chain::{
     ChainPlan, FirstTip, MAX_CHAIN_RETRIES, Recorded, Tip, TipMemo, contention_pause, next_round,
 };
-use super::reply::{bytes_of, newest_id, pairs_of};
+use super::reply::{Decoded, bytes_of, newest_id, pairs_of};
 use super::routing::{Backend, Call, Route};
 use super::{CLAIM_EXPIRED_LUA, RECORD_LUA, RedisConfig, SHARDS};
 use crate::domain::{
@@ -50,6 +50,10 @@ pub struct RedisStore {
     pub(super) trimmed: Vec<String>,
     /// Issue 16: the chain tips this replica last saw, the first recording round's guess.
     pub(super) tip_memo: TipMemo,
+    /// Layout v2's scripts (`layout_v2.rs`).
+    pub(super) v2_record_script: Script,
+    pub(super) v2_read_script: Script,
+    pub(super) v2_claim_script: Script,
 }
 
 impl fmt::Debug for RedisStore {
@@ -79,6 +83,9 @@ impl RedisStore {
             claim_script: Script::new(CLAIM_EXPIRED_LUA),
             requests_script: Script::new(super::REQUESTS_LUA),
             tip_memo: TipMemo::default(),
+            v2_record_script: Script::new(super::V2_RECORD_LUA),
+            v2_read_script: Script::new(super::V2_READ_LUA),
+            v2_claim_script: Script::new(super::V2_CLAIM_LUA),
             config,
         };
         store.ping().await?;
@@ -245,6 +252,13 @@ impl RedisStore {
         }
         for (&i, plan) in indices.iter().zip(plans) {
             let decision = &all[i];
+            if self.v2() {
+                pipe.invoke_script(&self.v2_record_call(decision, plan, received_at)?);
+                if atomic {
+                    pipe.ignore(); // `QUEUED`; the results come with EXEC.
+                }
+                continue;
+            }
             let k = self.keys.pair(&decision.pair);
             let event = ConsentEvent::for_applied(decision, received_at)
                 .map(|e| codec::event_kind_code(e.kind))
@@ -392,6 +406,9 @@ impl RedisStore {
     /// One `claim_expired.lua` call for shard `shard`: at most [`CLAIM_BATCH`] grants that
     /// lapsed at or before `now_ms`.
     fn claim_call(&self, shard: usize, now_ms: i64) -> redis::ScriptInvocation<'_> {
+        if self.v2() {
+            return self.v2_claim_call(shard, now_ms, CLAIM_BATCH);
+        }
         let mut invocation = self.claim_script.prepare_invoke();
         invocation
             .key(self.keys.due(shard))
@@ -515,7 +532,11 @@ impl ConsentStore for RedisStore {
         // its script; several are checked first, in one round trip per shard (see the module
         // docs for the one race this leaves).
         if decisions.len() > 1 {
-            self.precheck_deliveries(decisions).await?;
+            if self.v2() {
+                self.v2_precheck_deliveries(decisions).await?;
+            } else {
+                self.precheck_deliveries(decisions).await?;
+            }
         }
         // Issue 14: each round sends at most one decision per pair, chained to the tip read
         // just before; a decision whose pair's history moved meanwhile is sent again in the
@@ -607,6 +628,12 @@ impl ConsentStore for RedisStore {
     }
 
     async fn current(&self, pair: &Pair) -> Result<Option<Decision>, StoreError> {
+        if self.v2() {
+            let mut one = self.v2_current_each(std::slice::from_ref(pair)).await;
+            return one
+                .pop()
+                .unwrap_or_else(|| Err(corrupt_reply("layout v2 current")));
+        }
         let (shard, consent, lapse) = self.keys.current(pair);
         let mut values: Vec<Option<Vec<u8>>> = self
             .read_cmd(
@@ -623,6 +650,9 @@ impl ConsentStore for RedisStore {
     async fn current_many(&self, pairs: &[Pair]) -> Result<Vec<Option<Decision>>, StoreError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.v2() {
+            return self.v2_current_each(pairs).await.into_iter().collect();
         }
         if self.is_cluster() {
             return self.current_each_cluster(pairs).await.into_iter().collect();
@@ -653,6 +683,9 @@ impl ConsentStore for RedisStore {
     }
 
     async fn current_each(&self, pairs: &[Pair]) -> Vec<Result<Option<Decision>, StoreError>> {
+        if self.v2() && self.is_cluster() {
+            return self.v2_current_each(pairs).await;
+        }
         if self.is_cluster() {
             return self.current_each_cluster(pairs).await;
         }
@@ -666,6 +699,9 @@ impl ConsentStore for RedisStore {
         start: usize,
         limit: usize,
     ) -> Result<HistoryPage, StoreError> {
+        if self.v2() {
+            return self.v2_history_page(pair, start, limit).await;
+        }
         let k = self.keys.pair(pair);
         let limit = limit.max(1);
         // One entry more than asked, to know whether another page follows.
@@ -697,6 +733,9 @@ impl ConsentStore for RedisStore {
         after: Option<&RecordsPosition>,
         limit: usize,
     ) -> Result<RecordsPage, StoreError> {
+        if self.v2() {
+            return Err(Self::v2_unbuilt("a records page"));
+        }
         self.records_page_impl(range, after, limit).await
     }
 
@@ -718,13 +757,23 @@ impl ConsentStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut events = match &self.backend {
+        let decoded = match &self.backend {
             Backend::Single { conn, blocking, .. } => {
                 self.read_events_single(conn, blocking, after, limit, wait)
                     .await?
             }
             Backend::Cluster { .. } => self.read_events_cluster(after, limit, wait).await?,
         };
+        // Layout v2's EXPIRED events name the lapsed grant's entry: read them.
+        let mut events = Vec::with_capacity(decoded.len());
+        let mut lapsed = Vec::new();
+        for d in decoded {
+            match d {
+                Decoded::Event(e) => events.push(e),
+                Decoded::Lapsed(l) => lapsed.push(l),
+            }
+        }
+        events.extend(self.v2_resolve(lapsed).await?);
         // Merge the shards by log position: ids are stamped by the masters' clocks (one clock
         // on a standalone Redis), so (id, shard) order is the order events were logged. COUNT
         // applies per stream; the first `limit` of the merge are all among the shards' first
@@ -837,6 +886,10 @@ impl ConsentStore for RedisStore {
         now: DateTime<Utc>,
         policy: &RequestPolicy,
     ) -> Result<RegisterOutcome, StoreError> {
+        if self.v2() {
+            // requests.lua attributes replies recorded before the registration in v1's keys.
+            return Err(Self::v2_unbuilt("a consent request's registration"));
+        }
         self.register(request, now, policy).await
     }
 
@@ -978,6 +1031,9 @@ impl ConsentStore for RedisStore {
         limit: usize,
         keep: callable::Keep<'_>,
     ) -> Result<CallablePage, StoreError> {
+        if self.v2() {
+            return Err(Self::v2_unbuilt("a calling-list page"));
+        }
         // Issue 13: see store/redis/callable.rs.
         self.read_callable_page(business, from, limit, keep).await
     }

@@ -15,14 +15,16 @@
 //! dedup tag (4)   the first bytes of the decision's dedup id
 //! hash (32)       the entry's own chain hash (the previous one is the prior entry's own)
 //! [back pointer (5)]   the pair's previous entry
-//! decided (6)  [expires (6)]  arrival lag (zig-zag varint)  [stated (6)]  [stated expiry:
-//! 0, or 1 and 6 bytes]
+//! decided (6)  [expires (6)]  arrival lag (zig-zag varint)  [stated (8)]  [stated expiry:
+//! 0, or 1 and 8 bytes]
 //! message id, paired id, response source, sender id   (packed texts)
 //! body hash (32)
 //! sections   the optional customer name and attribution, as in the v1 body (to the end)
 //! ```
 //!
-//! Times are signed 48-bit milliseconds (about 1830 to 2109); a time outside that range is
+//! Times callgate derives (decided, expires) are signed 48-bit milliseconds (about 2490 BC to
+//! AD 6429); what a sender stated is kept whatever it said, as signed 64-bit milliseconds
+//! (only when it differs from the derived time). A derived time outside its range is
 //! refused, never truncated. The position and the dedup id are not stored: the position is
 //! the entry's place in its pair's chain, and the dedup id is derived from the decision (the
 //! tag lets a dedup walk skip entries without decoding them, and decoding checks it).
@@ -30,7 +32,8 @@
 //! A **hot record** (a field of a bucket hash; what a check and the record script read):
 //! flags (bits 0-1 rank, 2 an expiry follows, 3 the newest entry is not the current one),
 //! decided (6), [expires (6)], the current decision's dedup id (16), a pointer to its entry,
-//! [a pointer to the pair's newest entry].
+//! [a pointer to the pair's newest entry], the pair's history length (varint: the next
+//! entry's chain position).
 
 use chrono::{DateTime, Utc};
 
@@ -125,6 +128,11 @@ fn get_time(r: &mut Reader<'_>) -> Result<DateTime<Utc>, StoreError> {
     millis(i64::from_be_bytes([
         fill, fill, b[0], b[1], b[2], b[3], b[4], b[5],
     ]))
+}
+
+/// A time a sender stated: signed 64-bit milliseconds.
+fn get_stated(r: &mut Reader<'_>) -> Result<DateTime<Utc>, StoreError> {
+    millis(i64::from_be_bytes(r.array::<8>()?))
 }
 
 /// The choice whose rank is in the low two bits of `flags`; a temporary grant's expiry is
@@ -290,14 +298,14 @@ pub fn encode_entry(
     let lag = (entry.received_at - d.decided_at).num_milliseconds();
     put_varint(&mut out, ((lag << 1) ^ (lag >> 63)) as u64);
     if stated_differs {
-        put_time(&mut out, e.stated_at)?;
+        out.extend_from_slice(&e.stated_at.timestamp_millis().to_be_bytes());
     }
     if stated_expiry_differs {
         match e.stated_expires_at {
             None => out.push(0),
             Some(t) => {
                 out.push(1);
-                put_time(&mut out, t)?;
+                out.extend_from_slice(&t.timestamp_millis().to_be_bytes());
             }
         }
     }
@@ -363,14 +371,14 @@ pub fn decode_entry(pair: &Pair, bytes: &[u8]) -> Result<(PackedEntry, usize), S
         .checked_add_signed(chrono::Duration::milliseconds(lag))
         .ok_or_else(|| r.fail("arrival time"))?;
     let stated_at = if flags & STATED_DIFFERS != 0 {
-        get_time(&mut r)?
+        get_stated(&mut r)?
     } else {
         decided_at
     };
     let stated_expires_at = if flags & STATED_EXPIRY_DIFFERS != 0 {
         match r.byte()? {
             0 => None,
-            1 => Some(get_time(&mut r)?),
+            1 => Some(get_stated(&mut r)?),
             _ => return Err(r.fail("stated expiry")),
         }
     } else {
@@ -445,6 +453,8 @@ pub struct HotRecord {
     pub dedup_id: [u8; 16],
     pub current: Pointer,
     pub newest: Pointer,
+    /// Entries in the pair's history: the position the next one is chained at.
+    pub count: u64,
 }
 
 impl HotRecord {
@@ -465,6 +475,7 @@ impl HotRecord {
         if self.newest != self.current {
             out.extend_from_slice(&self.newest.encode()?);
         }
+        put_varint(&mut out, self.count);
         Ok(out)
     }
 
@@ -489,6 +500,7 @@ impl HotRecord {
         } else {
             current
         };
+        let count = get_varint(&mut r)?;
         r.end()?;
         Ok(HotRecord {
             choice,
@@ -496,6 +508,7 @@ impl HotRecord {
             dedup_id,
             current,
             newest,
+            count,
         })
     }
 }
@@ -515,6 +528,15 @@ mod tests {
     /// A time in the packed range, to the millisecond.
     fn time() -> impl Strategy<Value = DateTime<Utc>> {
         (-TIME_LIMIT..TIME_LIMIT).prop_map(|ms| DateTime::from_timestamp_millis(ms).unwrap())
+    }
+
+    /// Any time chrono holds, to the millisecond: what a sender states is kept as said.
+    fn any_time() -> impl Strategy<Value = DateTime<Utc>> {
+        let (min, max) = (
+            DateTime::<Utc>::MIN_UTC.timestamp_millis(),
+            DateTime::<Utc>::MAX_UTC.timestamp_millis(),
+        );
+        (min..=max).prop_map(|ms| DateTime::from_timestamp_millis(ms).unwrap())
     }
 
     /// Texts of every packed form: known ones, message ids, base64url, anything.
@@ -557,8 +579,8 @@ mod tests {
                 Just(t.map_or(Choice::Deny, |expires_at| Choice::GrantTemporary { expires_at })),
             ]),
             decided_at in time(),
-            stated_at in prop::option::of(time()),
-            stated_expires_at in prop::option::of(prop::option::of(time())),
+            stated_at in prop::option::of(any_time()),
+            stated_expires_at in prop::option::of(prop::option::of(any_time())),
             doubletick in any::<bool>(),
             texts in (text(), text(), text(), text()),
             body_sha256 in any::<[u8; 32]>(),
@@ -640,6 +662,7 @@ mod tests {
             d in decision(),
             current in pointer(),
             newest in prop::option::of(pointer()),
+            count in any::<u64>(),
         ) {
             let hot = HotRecord {
                 choice: d.choice,
@@ -647,6 +670,7 @@ mod tests {
                 dedup_id: d.dedup_digest(),
                 current,
                 newest: newest.unwrap_or(current),
+                count,
             };
             prop_assert_eq!(HotRecord::decode(&hot.encode().unwrap()).unwrap(), hot);
         }

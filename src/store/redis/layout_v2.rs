@@ -1,0 +1,490 @@
+//! Layout v2 (`docs/redis-layout-v2.md`, steps 2 and 3 in progress): the store's operations
+//! on packed history segments, hot-record buckets and leases. **Not for production**: only
+//! tests select it ([`Layout::V2`](super::Layout::V2)). Built: recording (dedup, ordering,
+//! chain, attribution of a reply to a request registered before it, time indexes, calling
+//! list, event), checks, histories, the expiry sweep and its events. Not built yet: records
+//! pages, calling-list pages, registrations, the inspector and memory report, migration;
+//! those refuse with `Unavailable` (see [`RedisStore::v2_unbuilt`]).
+//!
+//! Scripts: `v2_record.lua`, `v2_read.lua` (reads that follow a pointer), `v2_claim.lua`,
+//! sharing `v2_lib.lua`. Formats: [`codec::packed`](super::codec::packed).
+
+use chrono::{DateTime, Utc};
+use redis::Value;
+
+use super::codec::{self, packed};
+use super::error::corrupt_reply;
+use super::keys::{self, hot_bucket};
+use super::reply::bytes_of;
+use super::routing::Route;
+use super::store::{RedisStore, all};
+use super::{Layout, SHARDS};
+use crate::domain::{
+    ChainLink, ConsentEvent, Decision, EventKind, GENESIS, HistoryEntry, HistoryOutcome, Pair,
+};
+use crate::store::{HistoryPage, LoggedEvent, StoreError, StreamId};
+
+use super::records_chain::{ChainPlan, Tip};
+
+/// An EXPIRED event of layout v2 as logged: the lapsed grant's pair and entry pointer (kind
+/// `x`), decoded once the entry is read ([`RedisStore::v2_resolve`]).
+#[derive(Debug, Clone)]
+pub(super) struct Lapsed {
+    pub shard: usize,
+    pub id: StreamId,
+    pub pair: Pair,
+    pub pointer: [u8; packed::POINTER_LEN],
+}
+
+/// Decodes the payload of a kind-`x` event: the pair's field (14 bytes), then the pointer.
+pub(super) fn decode_lapsed(
+    shard: usize,
+    id: StreamId,
+    payload: &[u8],
+) -> Result<Lapsed, StoreError> {
+    let bad = || StoreError::Corrupt(format!("expiry event {id} in shard {shard}"));
+    if payload.len() != 14 + packed::POINTER_LEN {
+        return Err(bad());
+    }
+    let number = |b: &[u8]| {
+        let b: [u8; 7] = b.try_into().map_err(|_| bad())?;
+        packed::phone_from_bytes(&b)
+    };
+    Ok(Lapsed {
+        shard,
+        id,
+        pair: Pair::new(number(&payload[..7])?, number(&payload[7..14])?),
+        pointer: payload[14..].try_into().map_err(|_| bad())?,
+    })
+}
+
+/// A pair's hot-record bucket number and field.
+fn bucket_and_field(pair: &Pair) -> (u16, [u8; 14]) {
+    let field = packed::pair_field(pair);
+    (hot_bucket(&field), field)
+}
+
+/// The sender as the scripts compare it (an entry's flag bit 3): "1" DoubleTick, "0" WhatsApp.
+fn source_flag(d: &Decision) -> &'static str {
+    if d.evidence.source == crate::domain::Source::DoubleTick {
+        "1"
+    } else {
+        "0"
+    }
+}
+
+/// The expiry the sender stated, in ms, or "" for none.
+fn stated_expiry(d: &Decision) -> String {
+    d.evidence
+        .stated_expires_at
+        .map(|t| t.timestamp_millis().to_string())
+        .unwrap_or_default()
+}
+
+/// Reads a script reply that is an array of bulk strings.
+fn strings(reply: Value, what: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+    redis::from_redis_value(reply).map_err(|_| corrupt_reply(what))
+}
+
+impl RedisStore {
+    /// Whether this store writes and reads layout v2.
+    pub(super) fn v2(&self) -> bool {
+        self.config.layout == Layout::V2
+    }
+
+    /// The refusal of an operation layout v2 does not have yet.
+    pub(super) fn v2_unbuilt(what: &str) -> StoreError {
+        StoreError::Unavailable(format!(
+            "{what} is not built for Redis layout v2 yet (docs/redis-layout-v2.md)"
+        ))
+    }
+
+    /// One `v2_record.lua` call: `decision`, chained as `plan` says.
+    pub(super) fn v2_record_call(
+        &self,
+        decision: &Decision,
+        plan: &ChainPlan,
+        received_at: DateTime<Utc>,
+    ) -> Result<redis::ScriptInvocation<'_>, StoreError> {
+        let d = decision;
+        let shard = keys::shard_of(&d.pair);
+        let prefix = self.keys.shard_prefix(shard);
+        let (bucket, field) = bucket_and_field(&d.pair);
+        let as_applied = HistoryEntry {
+            decision: d.clone(),
+            outcome: HistoryOutcome::Applied,
+            received_at,
+        };
+        let entry = packed::encode_entry(&as_applied, &plan.applied_hash, None)?;
+        let event = ConsentEvent::for_applied(d, received_at)
+            .map(|e| codec::event_kind_code(e.kind))
+            .unwrap_or("");
+        let mut event_body = keys::member(&d.pair).into_bytes();
+        event_body.push(b':');
+        event_body.extend_from_slice(&codec::encode_body(d));
+        let mut message_id = Vec::new();
+        packed::put_text(&mut message_id, &d.evidence.message_id);
+        let mut call = self.v2_record_script.prepare_invoke();
+        call.key(format!("{prefix}p:{bucket}"))
+            .arg(&prefix)
+            .arg(&bucket.to_be_bytes()[..])
+            .arg(&field[..])
+            .arg(d.pair.business.digits())
+            .arg(&field[7..])
+            .arg(crate::domain::rules::tie_rank(&d.choice))
+            .arg(d.decided_at.timestamp_millis())
+            .arg(d.choice.expires_at().map_or(0, |t| t.timestamp_millis()))
+            .arg(&d.dedup_digest()[..])
+            .arg(plan.position)
+            .arg(&plan.prev[..])
+            .arg(&plan.applied_hash[..])
+            .arg(&plan.stale_hash[..])
+            .arg(entry)
+            .arg(event_body)
+            .arg(self.config.event_retention.as_millis() as u64)
+            .arg(event)
+            .arg(&d.fingerprint()[..])
+            .arg(message_id)
+            .arg(d.evidence.stated_at.timestamp_millis())
+            .arg(stated_expiry(d))
+            .arg(&d.evidence.paired_message_id)
+            .arg(self.keys.requests(&d.pair).requests)
+            .arg(source_flag(d));
+        Ok(call)
+    }
+
+    /// One `v2_read.lua` call of `mode` `c` (current entries) or `t` (chain tips) for `pairs`,
+    /// all in `shard`.
+    fn v2_pairs_call<'p>(
+        &self,
+        mode: &str,
+        shard: usize,
+        pairs: impl Iterator<Item = &'p Pair>,
+    ) -> redis::ScriptInvocation<'_> {
+        let prefix = self.keys.shard_prefix(shard);
+        let mut call = self.v2_read_script.prepare_invoke();
+        call.key(format!("{prefix}m")).arg(&prefix).arg(mode);
+        for pair in pairs {
+            let (bucket, field) = bucket_and_field(pair);
+            call.arg(bucket).arg(&field[..]);
+        }
+        call
+    }
+
+    /// Runs one read-script call per group (a shard and the indices of its items): on one
+    /// Redis all in one pipeline, on a cluster each shard by itself, at once. Returns each
+    /// group's reply, in order.
+    async fn v2_read_groups(
+        &self,
+        calls: Vec<(usize, redis::ScriptInvocation<'_>)>,
+    ) -> Vec<Result<Value, StoreError>> {
+        if self.is_cluster() {
+            return all(&calls, |(shard, call)| async move {
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(call);
+                let mut replies: Vec<Value> = self
+                    .query_scripts(Route::Shard(*shard), true, &pipe)
+                    .await?;
+                replies.pop().ok_or_else(|| corrupt_reply("layout v2 read"))
+            })
+            .await;
+        }
+        let mut pipe = redis::pipe();
+        for (_, call) in &calls {
+            pipe.invoke_script(call);
+        }
+        match self
+            .query_scripts::<Vec<Value>>(Route::Keyless, true, &pipe)
+            .await
+        {
+            Ok(replies) if replies.len() == calls.len() => replies.into_iter().map(Ok).collect(),
+            Ok(_) => calls
+                .iter()
+                .map(|_| Err(corrupt_reply("layout v2 read")))
+                .collect(),
+            Err(e) => calls.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// Pairs grouped by shard: (shard, indices into `pairs`), in shard order.
+    fn v2_by_shard(pairs: &[Pair]) -> Vec<(usize, Vec<usize>)> {
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, pair) in pairs.iter().enumerate() {
+            groups[keys::shard_of(pair)].push(i);
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .collect()
+    }
+
+    /// For a call of several decisions: whether each one's delivery was seen, and what it said
+    /// (one script call per shard); refuses the call before anything is written if one
+    /// conflicts, as v1's precheck does.
+    pub(super) async fn v2_precheck_deliveries(
+        &self,
+        decisions: &[Decision],
+    ) -> Result<(), StoreError> {
+        let pairs: Vec<Pair> = decisions.iter().map(|d| d.pair.clone()).collect();
+        let groups = Self::v2_by_shard(&pairs);
+        let calls = groups
+            .iter()
+            .map(|(shard, ix)| {
+                let prefix = self.keys.shard_prefix(*shard);
+                let mut call = self.v2_read_script.prepare_invoke();
+                call.key(format!("{prefix}m")).arg(&prefix).arg("d");
+                for &i in ix {
+                    let d = &decisions[i];
+                    let (bucket, field) = bucket_and_field(&d.pair);
+                    let mut message_id = Vec::new();
+                    packed::put_text(&mut message_id, &d.evidence.message_id);
+                    call.arg(bucket)
+                        .arg(&field[..])
+                        .arg(&d.dedup_digest()[..4])
+                        .arg(message_id)
+                        .arg(source_flag(d))
+                        .arg(crate::domain::rules::tie_rank(&d.choice))
+                        .arg(d.evidence.stated_at.timestamp_millis())
+                        .arg(stated_expiry(d));
+                }
+                (*shard, call)
+            })
+            .collect();
+        let replies = self.v2_read_groups(calls).await;
+        // What `check_deliveries` compares: the fingerprint stored for the delivery. Layout
+        // v2 stores none (it is derived from the entry); the script compared the fields
+        // instead, so "said the same" is this decision's own fingerprint and "said something
+        // else" any other.
+        let mut seen: Vec<Option<[u8; 8]>> = vec![None; decisions.len()];
+        for ((_, ix), reply) in groups.iter().zip(replies) {
+            let codes: Vec<i64> = redis::from_redis_value(reply?)
+                .map_err(|_| corrupt_reply("layout v2 dedup precheck"))?;
+            if codes.len() != ix.len() {
+                return Err(corrupt_reply("layout v2 dedup precheck"));
+            }
+            for (&i, code) in ix.iter().zip(codes) {
+                let own = decisions[i].fingerprint();
+                seen[i] = match code {
+                    0 => None,
+                    2 => Some(own),
+                    3 => Some(own.map(|b| !b)),
+                    _ => return Err(corrupt_reply("layout v2 dedup precheck")),
+                };
+            }
+        }
+        crate::store::check_deliveries(decisions, &seen)?;
+        Ok(())
+    }
+
+    /// The chain tips (history length, newest hash) of `pairs`.
+    pub(super) async fn v2_read_tips(&self, pairs: &[Pair]) -> Result<Vec<Tip>, StoreError> {
+        let groups = Self::v2_by_shard(pairs);
+        let calls = groups
+            .iter()
+            .map(|(shard, ix)| {
+                (
+                    *shard,
+                    self.v2_pairs_call("t", *shard, ix.iter().map(|&i| &pairs[i])),
+                )
+            })
+            .collect();
+        let replies = self.v2_read_groups(calls).await;
+        let mut tips = vec![(0, GENESIS); pairs.len()];
+        for ((_, ix), reply) in groups.iter().zip(replies) {
+            let Value::Array(values) = reply? else {
+                return Err(corrupt_reply("layout v2 chain tips"));
+            };
+            if values.len() != 2 * ix.len() {
+                return Err(corrupt_reply("layout v2 chain tips"));
+            }
+            for (&i, v) in ix.iter().zip(values.chunks(2)) {
+                let count: u64 = redis::from_redis_value(v[0].clone())
+                    .map_err(|_| corrupt_reply("layout v2 chain tips"))?;
+                let hash = bytes_of(&v[1]).ok_or_else(|| corrupt_reply("layout v2 chain tips"))?;
+                tips[i] = if count == 0 {
+                    (0, GENESIS)
+                } else {
+                    let hash = hash
+                        .try_into()
+                        .map_err(|_| corrupt_reply("layout v2 chain tips"))?;
+                    (count, hash)
+                };
+            }
+        }
+        Ok(tips)
+    }
+
+    /// Each pair's current decision, read from the entry its hot record points at: one script
+    /// call per shard. On a cluster a failing shard fails only its own pairs.
+    pub(super) async fn v2_current_each(
+        &self,
+        pairs: &[Pair],
+    ) -> Vec<Result<Option<Decision>, StoreError>> {
+        let groups = Self::v2_by_shard(pairs);
+        let calls = groups
+            .iter()
+            .map(|(shard, ix)| {
+                (
+                    *shard,
+                    self.v2_pairs_call("c", *shard, ix.iter().map(|&i| &pairs[i])),
+                )
+            })
+            .collect();
+        let replies = self.v2_read_groups(calls).await;
+        let mut out: Vec<Result<Option<Decision>, StoreError>> =
+            (0..pairs.len()).map(|_| Ok(None)).collect();
+        for ((_, ix), reply) in groups.iter().zip(replies) {
+            let entries = reply.and_then(|r| strings(r, "layout v2 current"));
+            match entries {
+                Ok(entries) if entries.len() == ix.len() => {
+                    for (&i, entry) in ix.iter().zip(entries) {
+                        out[i] = Self::v2_decode_current(&pairs[i], &entry);
+                    }
+                }
+                Ok(_) => ix
+                    .iter()
+                    .for_each(|&i| out[i] = Err(corrupt_reply("layout v2 current"))),
+                Err(e) => ix.iter().for_each(|&i| out[i] = Err(e.clone())),
+            }
+        }
+        out
+    }
+
+    /// The current decision in `entry` (empty: none). Its entry must be an applied one.
+    fn v2_decode_current(pair: &Pair, entry: &[u8]) -> Result<Option<Decision>, StoreError> {
+        if entry.is_empty() {
+            return Ok(None);
+        }
+        let (read, _) = packed::decode_entry(pair, entry)?;
+        if read.entry.outcome != HistoryOutcome::Applied {
+            return Err(StoreError::Corrupt(
+                "layout v2: the current decision's entry is a stale one".into(),
+            ));
+        }
+        Ok(Some(read.entry.decision))
+    }
+
+    /// A page of the pair's history: the script walks the pair's back pointers (every entry
+    /// of the pair, one call), and the page is cut here.
+    pub(super) async fn v2_history_page(
+        &self,
+        pair: &Pair,
+        start: usize,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let shard = keys::shard_of(pair);
+        let prefix = self.keys.shard_prefix(shard);
+        let (bucket, field) = bucket_and_field(pair);
+        let mut call = self.v2_read_script.prepare_invoke();
+        call.key(format!("{prefix}m"))
+            .arg(&prefix)
+            .arg("h")
+            .arg(bucket)
+            .arg(&field[..]);
+        let reply = self
+            .v2_read_groups(vec![(shard, call)])
+            .await
+            .pop()
+            .ok_or_else(|| corrupt_reply("layout v2 history"))??;
+        let entries = strings(reply, "layout v2 history")?;
+        let limit = limit.max(1);
+        let mut prev = GENESIS;
+        let mut page = HistoryPage {
+            entries: Vec::new(),
+            links: Vec::new(),
+            next: None,
+        };
+        for (position, bytes) in entries.iter().enumerate() {
+            let (read, _) = packed::decode_entry(pair, bytes)?;
+            let link = ChainLink {
+                position: position as u64,
+                prev,
+                hash: read.hash,
+            };
+            prev = read.hash;
+            if position < start {
+                continue;
+            }
+            if page.entries.len() == limit {
+                page.next = Some(position);
+                break;
+            }
+            page.entries.push(read.entry);
+            page.links.push(Some(link));
+        }
+        Ok(page)
+    }
+
+    /// One `v2_claim.lua` call for `shard`: at most `batch` grants lapsed at `now_ms`.
+    pub(super) fn v2_claim_call(
+        &self,
+        shard: usize,
+        now_ms: i64,
+        batch: usize,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut call = self.v2_claim_script.prepare_invoke();
+        call.key(self.keys.due(shard))
+            .key(&self.streams[shard])
+            .key(&self.trimmed[shard])
+            .arg(now_ms)
+            .arg(batch)
+            .arg(self.keys.shard_prefix(shard))
+            .arg(self.config.event_retention.as_millis() as u64);
+        call
+    }
+
+    /// Decodes layout v2's EXPIRED events: reads the lapsed grants' entries (one script call
+    /// per shard) and returns them as events.
+    pub(super) async fn v2_resolve(
+        &self,
+        lapsed: Vec<Lapsed>,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        if lapsed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
+        for (i, l) in lapsed.iter().enumerate() {
+            groups[l.shard].push(i);
+        }
+        let groups: Vec<(usize, Vec<usize>)> = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .collect();
+        let calls = groups
+            .iter()
+            .map(|(shard, ix)| {
+                let prefix = self.keys.shard_prefix(*shard);
+                let mut call = self.v2_read_script.prepare_invoke();
+                call.key(format!("{prefix}m")).arg(&prefix).arg("p");
+                for &i in ix {
+                    call.arg(&lapsed[i].pointer[..]);
+                }
+                (*shard, call)
+            })
+            .collect();
+        let replies = self.v2_read_groups(calls).await;
+        let mut out = Vec::with_capacity(lapsed.len());
+        for ((_, ix), reply) in groups.iter().zip(replies) {
+            let entries = strings(reply?, "layout v2 expiry events")?;
+            if entries.len() != ix.len() {
+                return Err(corrupt_reply("layout v2 expiry events"));
+            }
+            for (&i, bytes) in ix.iter().zip(entries) {
+                let l = &lapsed[i];
+                let (read, _) = packed::decode_entry(&l.pair, &bytes)?;
+                out.push(LoggedEvent {
+                    shard: l.shard,
+                    id: l.id,
+                    event: ConsentEvent {
+                        kind: EventKind::Expired,
+                        decision: read.entry.decision,
+                        late_attribution: false,
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,50 @@
+-- Layout v2 (docs/redis-layout-v2.md): claims lapsed temporary grants of ONE shard and
+-- publishes one EXPIRED event for each; the twin of claim_expired.lua. lib.lua and
+-- v2_lib.lua are put in front of this source. Called by `layout_v2.rs` for every shard.
+--
+-- Exactly once across replicas: the ZREM of a due-index member inside this script IS the
+-- claim. It publishes only if the pair's current decision is still the temporary grant with
+-- the expiry the index entry was made for. The event names the grant's entry (kind "x", the
+-- pair's field then the entry's pointer): readers decode the entry, which never changes.
+-- The lapsed grant leaves its business's calling list.
+--
+-- KEYS[1] due index    {p:sNN}:due  (score = expiry ms, member = field .. bucket (2 bytes))
+-- KEYS[2] event stream {p:sNN}:e
+-- KEYS[3] trimmed mark {p:sNN}:trimmed
+-- ARGV[1] now (ms): claim grants with expiry <= now
+-- ARGV[2] at most this many members per call
+-- ARGV[3] the shard's key prefix
+-- ARGV[4] event retention (ms)
+-- Returns { events published, members claimed }.
+local P = ARGV[3]
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+local min = now_ms() - tonumber(ARGV[4])
+if min < 0 then min = 0 end
+local minid = string.format('%.0f', min) .. '-0'
+
+local published = 0
+for i = 1, #due, 2 do
+  local member, score = due[i], due[i + 1]
+  redis.call('ZREM', KEYS[1], member)
+  if #member ~= 16 then return redis.error_reply('CORRUPT due-index member') end
+  local field = string.sub(member, 1, 14)
+  local hot = redis.call('HGET', P .. 'p:' .. u(member, 15, 2), field)
+  local cur
+  if hot then
+    cur = parse_hot(hot)
+    if not cur then
+      return redis.error_reply('CORRUPT unreadable hot record of a lapsed grant')
+    end
+  end
+  if cur and cur.r == 0 and cur.e == tonumber(score) then
+    local gone = trimmed_by(KEYS[2], min, minid)
+    if gone then redis.call('SET', KEYS[3], gone) end
+    redis.call('XADD', KEYS[2], 'MINID', '=', minid, next_event_id(KEYS[2]), 'k', 'x', 'd',
+      field .. cur.ptr)
+    published = published + 1
+    local business = string.format('%.0f', u(field, 1, 7))
+    sorted_edit(P, business, 'li', P .. 'xl:' .. business, 7, 7, string.sub(field, 8, 14),
+      u(field, 8, 7), false)
+  end
+end
+return { published, #due / 2 }

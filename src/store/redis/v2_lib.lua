@@ -1,0 +1,231 @@
+-- Helpers shared by the layout v2 scripts (v2_record.lua, v2_read.lua, v2_claim.lua): ONE
+-- copy, put in front of each script's source when it is built (store/redis/mod.rs). Formats:
+-- codec/packed.rs and docs/redis-layout-v2.md. Only `local` functions, nothing that touches
+-- KEYS or ARGV.
+
+local SEGMENT = 16368
+local CHUNK = 1008
+-- Entries of a pair a dedup walk reads. A longer history keeps a dedup hash `d:<field>`
+-- (dedup tag -> pointers of the entries with that tag), filled when its WALK+1-th entry is
+-- written (v2_record.lua), so recording never reads more than WALK entries.
+local WALK = 32
+
+-- Big-endian unsigned numbers of n bytes (Redis's bundled `struct` library, in C).
+local function u(s, at, n) return (struct.unpack('>I' .. n, s, at)) end
+local function bytes(v, n) return struct.pack('>I' .. n, v) end
+-- A signed 48-bit time (codec::packed's put_time: two's complement).
+local function time48(s, at)
+  local v = u(s, at, 6)
+  if v >= 140737488355328 then v = v - 281474976710656 end
+  return v
+end
+-- A time a sender stated: signed 64-bit (exact in a Lua number below 2^53).
+local function time64(s, at) return (struct.unpack('>i8', s, at)) end
+local function time_bytes(v)
+  if v < 0 then v = v + 281474976710656 end
+  return bytes(v, 6)
+end
+local function bit(v, n) return math.floor(v / 2 ^ n) % 2 == 1 end
+-- An unsigned varint (7 bits a byte, low first), as codec::packed writes it.
+local function varint(v)
+  local out = ''
+  while v >= 128 do
+    out = out .. string.char(128 + v % 128)
+    v = math.floor(v / 128)
+  end
+  return out .. string.char(v)
+end
+
+-- The segment key of an entry pointer (3 bytes segment number, 2 bytes offset).
+local function segment(P, ptr) return P .. 'g:' .. u(ptr, 1, 3) end
+-- The first n bytes of the entry a pointer names.
+local function entry_head(P, ptr, n)
+  local off = u(ptr, 4, 2)
+  return redis.call('GETRANGE', segment(P, ptr), off, off + n - 1)
+end
+-- The whole entry a pointer names (its length is in bytes 2-3), nil if there is none.
+local function entry_at(P, ptr)
+  local head = entry_head(P, ptr, 3)
+  if #head < 3 then return nil end
+  local off = u(ptr, 4, 2)
+  return redis.call('GETRANGE', segment(P, ptr), off, off + u(head, 2, 2) - 1)
+end
+
+-- A hot record: { r rank, t decided, e expiry (temporary grants), id dedup id, ptr the
+-- current entry, newest the newest entry, n the history length, head_end the last byte of
+-- the current pointer }, or false if it is unreadable.
+local function parse_hot(hot)
+  local f = string.byte(hot, 1)
+  if not f or #hot < 29 then return false end
+  local cur = { r = f % 4, t = time48(hot, 2) }
+  local at = 8
+  if bit(f, 2) then
+    cur.e = time48(hot, 8)
+    at = 14
+  end
+  cur.id = string.sub(hot, at, at + 15)
+  cur.ptr = string.sub(hot, at + 16, at + 20)
+  cur.newest = cur.ptr
+  cur.head_end = at + 20
+  at = at + 21
+  if bit(f, 3) then
+    cur.newest = string.sub(hot, at, at + 4)
+    at = at + 5
+  end
+  cur.n = 0
+  local scale = 1
+  repeat
+    local b = string.byte(hot, at)
+    if not b then return false end
+    cur.n = cur.n + (b % 128) * scale
+    scale, at = scale * 128, at + 1
+  until b < 128
+  if #cur.newest ~= 5 then return false end
+  return cur
+end
+
+local function padded_to_chunk(s) return s .. string.rep('\0', CHUNK - #s) end
+
+-- A chunked sorted array of fixed-width records `<name>:<business>:<id>` of shard prefix P,
+-- with a directory ZSET `dir` (first key -> chunk id); chunk ids are given out by the meta
+-- hash's `n<business>`. Records sort by their leading `keyw` bytes, a number (`key`); an
+-- insert of a record already there, or a removal of one that is not, changes nothing.
+-- Returns the id of the chunk it edited and, if that chunk split, the new (right) chunk's id
+-- and its newest key. Chunk `lid`, if given, is the padded last chunk: `lused` bytes, then
+-- zeros to CHUNK; it is written back padded, and its new length returned last. A first chunk
+-- is padded if `lid` is false. (Padded in one SET: growing a string allocates twice what it
+-- needs.)
+local function sorted_edit(P, business, name, dir, width, keyw, rec, key, insert, lid, lused)
+  local M = P .. 'm'
+  local ks = string.format('%.0f', key)
+  local found = redis.call('ZREVRANGEBYSCORE', dir, ks, '-inf', 'LIMIT', 0, 1)[1]
+  if not found then found = redis.call('ZRANGE', dir, 0, 0)[1] end
+  if not found then
+    if not insert then return end
+    local id = redis.call('HINCRBY', M, 'n' .. business, 1)
+    redis.call('SET', P .. name .. ':' .. business .. ':' .. id,
+      lid == false and padded_to_chunk(rec) or rec)
+    redis.call('ZADD', dir, ks, id)
+    return tonumber(id)
+  end
+  local ck = P .. name .. ':' .. business .. ':' .. found
+  local chunk = redis.call('GET', ck) or ''
+  local padded = lid ~= nil and tonumber(found) == lid
+  if padded then chunk = string.sub(chunk, 1, lused) end
+  local n = #chunk / width
+  -- pos: how many records sort at or before `key` (a binary search).
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if u(chunk, mid * width + 1, keyw) <= key then lo = mid + 1 else hi = mid end
+  end
+  local pos = lo
+  local same = false
+  for i = pos, 1, -1 do
+    if u(chunk, (i - 1) * width + 1, keyw) ~= key then break end
+    if string.sub(chunk, (i - 1) * width + 1, i * width) == rec then
+      same, pos = true, i
+      break
+    end
+  end
+  if insert then
+    if same then return tonumber(found) end
+    chunk = string.sub(chunk, 1, pos * width) .. rec .. string.sub(chunk, pos * width + 1)
+    if pos == 0 then redis.call('ZADD', dir, ks, found) end
+    local split, newest
+    if #chunk > CHUNK then
+      local half = math.floor(#chunk / width / 2) * width
+      split = redis.call('HINCRBY', M, 'n' .. business, 1)
+      local right = string.sub(chunk, half + 1)
+      redis.call('ZADD', dir, string.format('%.0f', u(right, 1, keyw)), split)
+      newest = u(right, #right - width + 1, keyw)
+      chunk = string.sub(chunk, 1, half)
+      if padded then
+        -- The right half is the new last chunk; the left one is exact from now on.
+        redis.call('SET', P .. name .. ':' .. business .. ':' .. split, padded_to_chunk(right))
+        redis.call('SET', ck, chunk)
+        return tonumber(found), split, newest, #right
+      end
+      redis.call('SET', P .. name .. ':' .. business .. ':' .. split, right)
+    end
+    redis.call('SET', ck, padded and padded_to_chunk(chunk) or chunk)
+    return tonumber(found), split, newest, #chunk
+  elseif same then
+    chunk = string.sub(chunk, 1, (pos - 1) * width) .. string.sub(chunk, pos * width + 1)
+    if chunk == '' then
+      redis.call('DEL', ck)
+      redis.call('ZREM', dir, found)
+    else
+      redis.call('SET', ck, chunk)
+    end
+  end
+  return tonumber(found)
+end
+
+-- Whether `entry` is the delivery `d` (the twin of `domain::rules::redelivery`): nil if it
+-- is another delivery, 2 if it is this one and said the same (a duplicate), 3 if it is this
+-- one and said something else (a conflict). `d` = { msg: the message id as a packed text,
+-- src: "1" DoubleTick or "0", rank, stated (ms), stated_expiry (ms or nil) }: the delivery
+-- is (pair, sender, message id), what it said is its fingerprint's fields.
+local function same_delivery(entry, d)
+  local f = string.byte(entry, 1)
+  local at = 40 + (bit(f, 6) and 5 or 0)
+  local decided = time48(entry, at)
+  at = at + 6
+  local expires
+  if f % 4 == 0 then
+    expires = time48(entry, at)
+    at = at + 6
+  end
+  repeat
+    local b = string.byte(entry, at)
+    at = at + 1
+  until not b or b < 128
+  local stated, stated_expiry = decided, expires
+  if bit(f, 4) then
+    stated = time64(entry, at)
+    at = at + 8
+  end
+  if bit(f, 5) then
+    if string.byte(entry, at) == 0 then
+      stated_expiry = nil
+      at = at + 1
+    else
+      stated_expiry = time64(entry, at + 1)
+      at = at + 9
+    end
+  end
+  if string.sub(entry, at, at + #d.msg - 1) ~= d.msg then return nil end
+  if (bit(f, 3) and '1' or '0') ~= d.src then return nil end
+  if f % 4 == d.rank and stated == d.stated and stated_expiry == d.stated_expiry then
+    return 2
+  end
+  return 3
+end
+
+-- Looks for the delivery `d` (see same_delivery; d.tag: its dedup tag) among the entries of
+-- the pair whose hot record is `cur`: a walk of its newest WALK entries, or for a longer
+-- history its dedup hash `dedup`. Returns nil (not seen), 2 (duplicate) or 3 (conflict).
+local function find_delivery(P, dedup, cur, d)
+  if cur.n > WALK then
+    local ptrs = redis.call('HGET', dedup, d.tag) or ''
+    for i = 1, #ptrs, 5 do
+      local entry = entry_at(P, string.sub(ptrs, i, i + 4))
+      local seen = entry and same_delivery(entry, d)
+      if seen then return seen end
+    end
+    return nil
+  end
+  local ptr = cur.newest
+  for _ = 1, WALK do
+    local head = entry_head(P, ptr, 44)
+    if #head < 39 then return nil end
+    if string.sub(head, 4, 7) == d.tag then
+      local seen = same_delivery(entry_at(P, ptr), d)
+      if seen then return seen end
+    end
+    if not bit(string.byte(head, 1), 6) then return nil end
+    ptr = string.sub(head, 40, 44)
+  end
+  return nil
+end

@@ -1,0 +1,232 @@
+-- Layout v2 (docs/redis-layout-v2.md): records ONE decision for ONE pair, atomically:
+-- de-duplicate, arbitrate, append the entry to the shard's history segment, update the hot
+-- record, the lease (native expiry), the due index, the time indexes, the calling list, and
+-- publish the event. Called by `layout_v2.rs`; the formats are in codec/packed.rs.
+-- lib.lua (trimmed_by, next_event_id, now_ms) and v2_lib.lua are put in front of this source.
+--
+-- No shebang: like claim_expired.lua, it builds key names from the shard prefix (segments and
+-- index chunks are only known once read); every key shares the shard's hash tag (one slot).
+--
+-- KEYS[1]  the pair's hot-record bucket {prefix:sNN-k}:p:<n>
+-- ARGV[1]  shard prefix "{prefix:sNN-k}:"
+-- ARGV[2]  the bucket's number (2 bytes; the due-index member is the field, then this)
+-- ARGV[3]  the pair as a hash field (business and customer, 7 bytes each)
+-- ARGV[4]  the business's digits (index key names)
+-- ARGV[5]  the customer (7 bytes)
+-- ARGV[6]  the new decision's rank (0 temporary grant, 1 permanent grant, 2 denial)
+-- ARGV[7]  its decided time (ms)
+-- ARGV[8]  its expiry (ms; ignored unless a temporary grant)
+-- ARGV[9]  its dedup id (16 bytes; the first 4 are the entry's dedup tag)
+-- ARGV[10] the history length Rust chained to (decimal)
+-- ARGV[11] the chain tip Rust chained to (32 bytes; zeros for an empty history)
+-- ARGV[12] the entry's own hash if applied; ARGV[13] if stale (32 bytes each)
+-- ARGV[14] the entry as applied, without a back pointer (codec::packed::encode_entry)
+-- ARGV[15] the event's body "<business>:<customer>:<v1 decision body>"
+-- ARGV[16] event retention (ms)
+-- ARGV[17] event kind if applied: "g", "d", "e" (a temporary grant lapsed on arrival), or ""
+-- ARGV[18] the decision's fingerprint (8 bytes; the long-history dedup hash's value)
+-- ARGV[19] the delivery's message id as a packed text (codec::packed::put_text)
+-- ARGV[20] what the sender said: stated time (ms)
+-- ARGV[21] ... stated expiry (ms), or "" for none
+-- ARGV[22] the reply's paired message id ("" if none)
+-- ARGV[23] the pair's registrations hash (v1's `r:` key, full name)
+-- ARGV[24] the delivery's sender: "1" DoubleTick, "0" WhatsApp (entry flag bit 3)
+-- Returns 0 applied (no event), the event id (applied, event logged), 1 stale, 2 duplicate,
+-- 3 conflict (the same delivery said something else: nothing is written), {4, length, tip}
+-- the chain tip moved (nothing is written; the tip as it is).
+--
+-- The hot record (a field of the bucket hash): flags (bits 0-1 rank, bit 2 an expiry follows,
+-- bit 3 newest != current), decided (6 B), [expiry (6 B)], the current decision's dedup id
+-- (16 B), its entry's pointer, [the newest entry's pointer], the history length (varint).
+-- The shard's meta hash `m`, read with one HMGET and written with one HSET: `g` the open
+-- segment (number, write offset); `r<business>` the open bri chunk (number, used bytes);
+-- `e<business>` the last bei chunk (id, used bytes, its newest time); `n<business>` the last
+-- chunk id given out.
+
+
+local P = ARGV[1]
+local bucket = KEYS[1]
+local field = ARGV[3]
+local due_member = field .. ARGV[2]
+local business = ARGV[4]
+
+-- The hot record.
+-- (HGET answers `false`, not nil, for a missing field.)
+local hot = redis.call('HGET', bucket, field)
+local cur
+if hot then
+  cur = parse_hot(hot)
+  if not cur then return redis.error_reply('CORRUPT unreadable hot record') end
+end
+
+-- The chain tip first (as record.lua): a wrong guess is answered before anything else.
+local count = cur and cur.n or 0
+local tip = string.rep('\0', 32)
+local newest_head
+if cur then
+  local off = u(cur.newest, 4, 2)
+  newest_head = redis.call('GETRANGE', segment(P, cur.newest), off, off + 43)
+  if #newest_head < 44 then return redis.error_reply('CORRUPT unreadable history entry') end
+  tip = string.sub(newest_head, 8, 39)
+end
+if count ~= tonumber(ARGV[10]) or tip ~= ARGV[11] then return { 4, count, tip } end
+
+-- De-duplication by delivery (v2_lib.lua's find_delivery).
+local rank, t, e = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local tag = string.sub(ARGV[9], 1, 4)
+local dedup = P .. 'd:' .. field
+if cur then
+  local seen = find_delivery(P, dedup, cur, {
+    tag = tag, msg = ARGV[19], src = ARGV[24], rank = rank, stated = tonumber(ARGV[20]),
+    stated_expiry = ARGV[21] ~= '' and tonumber(ARGV[21]) or nil,
+  })
+  if seen then return seen end
+end
+
+-- Arbitrate: THE ORDERING RULE, the twin of `domain::rules::precedence` and record.lua's
+-- (later decided time, then higher rank, then larger dedup id; all equal: a duplicate).
+local applied = true
+if cur then
+  if t ~= cur.t then applied = t > cur.t
+  elseif rank ~= cur.r then applied = rank > cur.r
+  elseif ARGV[9] == cur.id then return 2
+  else applied = ARGV[9] > cur.id end
+end
+
+-- issue 13 (attribution): a reply to a registered request carries the registration's
+-- trailer (its sections, as in v1's body) at the end of its entry and its event.
+local trailer = ''
+if ARGV[22] ~= '' then
+  local reg = redis.call('HGET', ARGV[23], ARGV[22])
+  if reg then
+    local comma = string.find(reg, ',', 1, true)
+    if not comma then return redis.error_reply('CORRUPT unreadable consent request') end
+    trailer = string.sub(reg, comma + 1)
+  end
+end
+
+-- Append the entry to the shard's open segment.
+local M = P .. 'm'
+local meta = redis.call('HMGET', M, 'g', 'r' .. business, 'e' .. business)
+local gn, open, last = meta[1], meta[2], meta[3]
+local seg, off = 0, 0
+if gn then seg, off = u(gn, 1, 3), u(gn, 4, 2) end
+local packed = ARGV[14]
+local back = cur and cur.newest or ''
+local flags = string.byte(packed, 1) + (cur and 64 or 0) + (applied and 0 or 4)
+local length = #packed + #back + #trailer
+if length > SEGMENT then return redis.error_reply('ERR history entry too long') end
+local entry = string.char(flags) .. bytes(length, 2) .. string.sub(packed, 4, 7)
+  .. (applied and ARGV[12] or ARGV[13]) .. back .. string.sub(packed, 40) .. trailer
+if not gn or off + #entry > SEGMENT then
+  if gn then seg = seg + 1 end
+  off = 0
+  redis.call('SETRANGE', P .. 'g:' .. seg, SEGMENT - 1, '\0')
+end
+local ptr = bytes(seg, 3) .. bytes(off, 2)
+redis.call('SETRANGE', P .. 'g:' .. seg, off, entry)
+local meta_out = { 'g', bytes(seg, 3) .. bytes(off + #entry, 2) }
+
+-- A long history's dedup hash: filled with the WALK entries a walk covered when the next one
+-- is written, then kept up to date.
+if count >= WALK then
+  if count == WALK then
+    local p = cur.newest
+    for _ = 1, WALK do
+      local off0 = u(p, 4, 2)
+      local head = redis.call('GETRANGE', segment(P, p), off0, off0 + 43)
+      local k = string.sub(head, 4, 7)
+      redis.call('HSET', dedup, k, (redis.call('HGET', dedup, k) or '') .. p)
+      if not bit(string.byte(head, 1), 6) then break end
+      p = string.sub(head, 40, 44)
+    end
+  end
+  redis.call('HSET', dedup, tag, (redis.call('HGET', dedup, tag) or '') .. ptr)
+end
+
+-- The time indexes: arrival order (`bri`, appended), event time (`bei`, sorted; appended when
+-- it is the newest time, which it almost always is).
+local rn, rused = 0, 0
+if open then rn, rused = u(open, 1, 3), u(open, 4, 2) end
+if not open or rused + 5 > CHUNK then
+  if open then rn = rn + 1 end
+  rused = 0
+  redis.call('SETRANGE', P .. 'bri:' .. business .. ':' .. rn, CHUNK - 1, '\0')
+end
+redis.call('SETRANGE', P .. 'bri:' .. business .. ':' .. rn, rused, ptr)
+table.insert(meta_out, 'r' .. business)
+table.insert(meta_out, bytes(rn, 3) .. bytes(rused + 5, 2))
+
+local xe = P .. 'xe:' .. business
+local trec = bytes(t + 140737488355328, 6) .. ptr
+local tkey = t + 140737488355328
+local lid, lused, lkey
+if last then lid, lused, lkey = u(last, 1, 3), u(last, 4, 2), u(last, 6, 6) end
+if last and tkey >= lkey and lused + 11 <= CHUNK then
+  redis.call('SETRANGE', P .. 'bei:' .. business .. ':' .. lid, lused, trec)
+  lused, lkey = lused + 11, tkey
+else
+  local id, split, newest, len = sorted_edit(P, business, 'bei', xe, 11, 6, trec, tkey, true, lid or false,
+    lused)
+  if not last then
+    lid, lused, lkey = id, 11, tkey
+  elseif id == lid then
+    if split then lid, lkey = tonumber(split), newest end
+    lused = len
+  end
+end
+table.insert(meta_out, 'e' .. business)
+table.insert(meta_out, bytes(lid, 3) .. bytes(lused, 2) .. bytes(lkey, 6))
+redis.call('HSET', M, unpack(meta_out))
+
+if not applied then
+  -- The newest entry moved; the current decision did not.
+  local f = string.byte(hot, 1)
+  if not bit(f, 3) then f = f + 8 end
+  redis.call('HSET', bucket, field,
+    string.char(f) .. string.sub(hot, 2, cur.head_end) .. ptr .. varint(count + 1))
+  return 1
+end
+
+-- The hot record, the lease (native expiry), the due index, the calling list.
+local now = now_ms()
+redis.call('HSET', bucket, field, string.char(rank + (rank == 0 and 4 or 0)) .. time_bytes(t)
+  .. (rank == 0 and time_bytes(e) or '') .. ARGV[9] .. ptr .. varint(count + 1))
+local lease = P .. 't:' .. field
+local due = P .. 'due'
+if rank == 0 then
+  if e > now then
+    redis.call('SET', lease, '1', 'PXAT', string.format('%.0f', e))
+  else
+    redis.call('DEL', lease)
+  end
+  if ARGV[17] == 'e' then
+    -- Lapsed on arrival (by the caller's clock): its EXPIRED is published now, not swept.
+    redis.call('ZREM', due, due_member)
+  else
+    redis.call('ZADD', due, string.format('%.0f', e), due_member)
+  end
+elseif cur and cur.r == 0 then
+  redis.call('DEL', lease)
+  redis.call('ZREM', due, due_member)
+end
+-- issue 13 (calling lists): a grant is listed (the sweep's claim removes a lapsed one); a
+-- denial, or a grant lapsed on arrival, is not. A denial of a pair that had no decision, or a
+-- denial, has nothing to remove.
+local list = not (rank == 2 or ARGV[17] == 'e')
+if list or (cur and cur.r ~= 2) then
+  sorted_edit(P, business, 'li', P .. 'xl:' .. business, 7, 7, ARGV[5], u(ARGV[5], 1, 7), list)
+end
+
+if ARGV[17] ~= '' then
+  local min = now - tonumber(ARGV[16])
+  if min < 0 then min = 0 end
+  local minid = string.format('%.0f', min) .. '-0'
+  local stream = P .. 'e'
+  local gone = trimmed_by(stream, min, minid)
+  if gone then redis.call('SET', P .. 'trimmed', gone) end
+  local id = next_event_id(stream)
+  redis.call('XADD', stream, 'MINID', '=', minid, id, 'k', ARGV[17], 'd', ARGV[15] .. trailer)
+  return id
+end
+return 0
