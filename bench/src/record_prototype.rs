@@ -302,7 +302,7 @@ pub async fn run(
 
 /// Hot-record buckets per shard for `consents` (90% of them a pair's first decision), about
 /// 64 pairs a bucket.
-fn hot_buckets(consents: u64, shards: u64) -> u64 {
+pub(crate) fn hot_buckets(consents: u64, shards: u64) -> u64 {
     (consents * 9 / 10 / 64 / shards).max(1)
 }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use callgate::domain::{Choice, Decision, Evidence, Pair, PhoneNumber, Source};
-use callgate::store::redis::{KindUsage, RedisAddress, RedisConfig, RedisStore};
+use callgate::store::redis::{KindUsage, Layout, RedisAddress, RedisConfig, RedisStore, SHARDS};
 use callgate::store::{ConsentStore, RecordOutcome};
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -56,6 +56,14 @@ pub struct RedisMemoryArgs {
     /// Seed of the decision mix and of the sample.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The store's key layout: `v1` (the service's) or `v2` (docs/redis-layout-v2.md, being
+    /// built).
+    #[arg(long, default_value = "v1", value_parser = ["v1", "v2"])]
+    pub layout: String,
+    /// Layout v2's hot-record buckets per shard, a deployment's sizing (`RedisConfig::
+    /// hot_buckets`). Default: about 64 pairs a bucket for --consents (as the prototype).
+    #[arg(long)]
+    pub hot_buckets: Option<u32>,
 }
 
 /// Share of consents (out of 100) that are a second decision for an existing pair.
@@ -230,6 +238,15 @@ pub async fn run(
     let mut config = RedisConfig::new(a.redis_url.clone());
     config.prefix = a.prefix.clone();
     config.timeout = Duration::from_secs(10);
+    config.layout = if a.layout == "v2" {
+        Layout::V2
+    } else {
+        Layout::V1
+    };
+    config.hot_buckets = a
+        .hot_buckets
+        .unwrap_or_else(|| crate::record_prototype::hot_buckets(a.consents, SHARDS as u64) as u32);
+    let hot_buckets = config.hot_buckets;
     let redacted_url = config.redacted_url();
     let store = Arc::new(guarded_store(config, allow_remote).await?);
     // After connecting: the store's scripts are loaded and count as "before".
@@ -331,6 +348,8 @@ pub async fn run(
                 "list_max_listpack_size": list_size,
                 "hash_max_listpack_value": hash_value,
                 "prefix": a.prefix,
+                "layout": a.layout,
+                "hot_buckets": hot_buckets,
                 "consents": recorded,
                 "requested": a.consents,
                 "applied": tally[0],
@@ -351,9 +370,10 @@ pub async fn run(
 
     println!("command:   {command_line}");
     println!(
-        "redis:     {version} at {} (prefix {:?}; list-max-listpack-size {list_size}, \
-         hash-max-listpack-value {hash_value})",
-        redacted_url, a.prefix
+        "redis:     {version} at {} (prefix {:?}, layout {} with {hot_buckets} hot-record \
+         buckets a shard; list-max-listpack-size {list_size}, hash-max-listpack-value \
+         {hash_value})",
+        redacted_url, a.prefix, a.layout
     );
     let cut_short = if recorded < a.consents {
         format!(" (of {} asked: stopped by --duration)", a.consents)

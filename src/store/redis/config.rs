@@ -36,6 +36,10 @@ pub struct RedisConfig {
     pub health_interval: Duration,
     /// Events older than this are trimmed from the log.
     pub event_retention: Duration,
+    /// Layout v2: hot-record buckets per shard ([`keys::HOT_BUCKETS`](super::keys::HOT_BUCKETS)
+    /// by default). A layout constant like the shard count: sized once, at deployment, for
+    /// about 64 pairs a bucket; changing it later moves every pair's hot record.
+    pub hot_buckets: u32,
     /// The key layout written and read. [`Layout::V1`] is the only one the service uses; v2
     /// is being built (`docs/redis-layout-v2.md`) and is set only by tests.
     pub layout: Layout,
@@ -68,6 +72,7 @@ impl RedisConfig {
             health_interval: DEFAULT_REDIS_HEALTH_INTERVAL,
             event_retention: DEFAULT_EVENT_RETENTION,
             layout: Layout::V1,
+            hot_buckets: super::keys::HOT_BUCKETS,
         }
     }
 
@@ -102,6 +107,7 @@ impl fmt::Debug for RedisConfig {
             .field("health_interval", &self.health_interval)
             .field("event_retention", &self.event_retention)
             .field("layout", &self.layout)
+            .field("hot_buckets", &self.hot_buckets)
             .finish()
     }
 }

@@ -135,11 +135,12 @@ struct Sample {
     seed: u64,
     size: usize,
     /// Max-heap on the hash, so the largest kept hash is the one to drop.
-    kept: BinaryHeap<(u64, String)>,
+    /// Key names are bytes: layout v2's lease and dedup keys carry packed phone numbers.
+    kept: BinaryHeap<(u64, Vec<u8>)>,
 }
 
 impl Sample {
-    fn offer(&mut self, key: &str) {
+    fn offer(&mut self, key: &[u8]) {
         if self.size == 0 {
             return;
         }
@@ -147,10 +148,10 @@ impl Sample {
         (self.seed, key).hash(&mut h);
         let hash = h.finish();
         if self.kept.len() < self.size {
-            self.kept.push((hash, key.to_owned()));
+            self.kept.push((hash, key.to_vec()));
         } else if self.kept.peek().is_some_and(|(top, _)| hash < *top) {
             self.kept.pop();
-            self.kept.push((hash, key.to_owned()));
+            self.kept.push((hash, key.to_vec()));
         }
     }
 }
@@ -196,7 +197,7 @@ impl RedisStore {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
-            let (next, found): (u64, Vec<String>) = self.read_cmd(Route::Keyless, &scan).await?;
+            let (next, found): (u64, Vec<Vec<u8>>) = self.read_cmd(Route::Keyless, &scan).await?;
             for key in &found {
                 let Some(kind) = self.keys.kind_of(key) else {
                     continue;
@@ -220,7 +221,7 @@ impl RedisStore {
 
         let mut measured = BTreeMap::new();
         for (kind, (mut stats, kept)) in kinds {
-            let keys: Vec<String> = kept.kept.into_iter().map(|(_, key)| key).collect();
+            let keys: Vec<Vec<u8>> = kept.kept.into_iter().map(|(_, key)| key).collect();
             for chunk in keys.chunks(MEASURE_PIPELINE) {
                 let mut pipe = redis::pipe();
                 for key in chunk {
@@ -295,9 +296,9 @@ mod tests {
                 kept: BinaryHeap::new(),
             };
             for i in 0..1000 {
-                s.offer(&format!("k{i}"));
+                s.offer(format!("k{i}").as_bytes());
             }
-            let mut keys: Vec<String> = s.kept.into_iter().map(|(_, k)| k).collect();
+            let mut keys: Vec<Vec<u8>> = s.kept.into_iter().map(|(_, k)| k).collect();
             keys.sort();
             keys
         };

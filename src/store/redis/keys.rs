@@ -138,15 +138,16 @@ pub fn shard_of(pair: &Pair) -> usize {
     (fnv1a(member(pair).as_bytes()) as usize) % SHARDS
 }
 
-/// Layout v2: hot-record buckets per shard (`p:<n>`), a layout constant like [`SHARDS`]:
-/// about 64 pairs a bucket at 1.2 million pairs. Past 128 pairs a bucket still works, at
-/// about 40 bytes more a pair (Redis converts the hash from a listpack to a table).
-pub const HOT_BUCKETS: u64 = 1024;
+/// Layout v2: the default number of hot-record buckets per shard (`p:<n>`,
+/// [`RedisConfig::hot_buckets`](super::RedisConfig::hot_buckets)): about 64 pairs a bucket
+/// at 1.2 million pairs. Past 128 pairs a bucket still works, at about 40 bytes more a pair
+/// (Redis converts the hash from a listpack to a table); far fewer wastes a key's overhead.
+pub const HOT_BUCKETS: u32 = 1024;
 
-/// Layout v2: the hot-record bucket of a pair's field (`codec::packed::pair_field`) in its
-/// shard. The shard took the hash's low digits (`fnv1a % SHARDS`), so the bucket uses the rest.
-pub fn hot_bucket(field: &[u8; 14]) -> u16 {
-    (u64::from(fnv1a(field)) / SHARDS as u64 % HOT_BUCKETS) as u16
+/// Layout v2: the hot-record bucket, of `buckets` per shard, of a pair's field
+/// (`codec::packed::pair_field`). The twin of `v2_lib.lua`'s `hot_bucket`.
+pub fn hot_bucket(field: &[u8; 14], buckets: u32) -> u32 {
+    fnv1a(field) / SHARDS as u32 % buckets.max(1)
 }
 
 /// Builds key names under one prefix.
@@ -303,13 +304,15 @@ impl Keys {
 
     /// The kind of one of this prefix's keys: its name after the shard's hash tag, up to the
     /// next `:` (`c`, `x`, `h`, `e`, `due`, `trimmed`, `l`). `None` for any other key.
-    pub fn kind_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+    /// Key names are bytes: layout v2's lease (`t:`) and dedup (`d:`) keys end in a packed
+    /// pair; the kind itself is text.
+    pub fn kind_of<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
         let rest = self
             .shard_prefixes
             .iter()
-            .find_map(|shard| key.strip_prefix(shard.as_str()))?;
-        let kind = rest.split(':').next().unwrap_or(rest);
-        (!kind.is_empty()).then_some(kind)
+            .find_map(|shard| key.strip_prefix(shard.as_bytes()))?;
+        let kind = rest.split(|&b| b == b':').next().unwrap_or(rest);
+        std::str::from_utf8(kind).ok().filter(|k| !k.is_empty())
     }
 }
 
@@ -413,7 +416,7 @@ mod tests {
             (&k.due, "due"),
             (&k.trimmed, "trimmed"),
         ] {
-            assert_eq!(keys.kind_of(key), Some(kind), "{key}");
+            assert_eq!(keys.kind_of(key.as_bytes()), Some(kind), "{key}");
         }
         for foreign in [
             "plain",
@@ -425,7 +428,7 @@ mod tests {
             "{callgate-eu:s07}:c:1:2",
             "{other:s07}:c:1:2",
         ] {
-            assert_eq!(keys.kind_of(foreign), None, "{foreign}");
+            assert_eq!(keys.kind_of(foreign.as_bytes()), None, "{foreign}");
         }
         assert_eq!(keys.scan_pattern(), "{callgate:s*");
         assert_eq!(Keys::new("a*b[1]").scan_pattern(), "{a\\*b\\[1\\]:s*");
@@ -437,8 +440,8 @@ mod tests {
         let k = keys.webhook("wh_0123456789abcdef");
         assert_eq!(k.sub, "{callgate:wh:wh_0123456789abcdef}:sub");
         assert_eq!(key_slot(k.sub.as_bytes()), key_slot(k.lease.as_bytes()));
-        assert_eq!(keys.kind_of(&k.sub), None);
-        assert_eq!(keys.kind_of(&keys.webhook_index()), None);
+        assert_eq!(keys.kind_of(k.sub.as_bytes()), None);
+        assert_eq!(keys.kind_of(keys.webhook_index().as_bytes()), None);
     }
 
     #[test]

@@ -58,12 +58,6 @@ pub(super) fn decode_lapsed(
     })
 }
 
-/// A pair's hot-record bucket number and field.
-fn bucket_and_field(pair: &Pair) -> (u16, [u8; 14]) {
-    let field = packed::pair_field(pair);
-    (hot_bucket(&field), field)
-}
-
 /// The sender as the scripts compare it (an entry's flag bit 3): "1" DoubleTick, "0" WhatsApp.
 fn source_flag(d: &Decision) -> &'static str {
     if d.evidence.source == crate::domain::Source::DoubleTick {
@@ -87,6 +81,12 @@ fn strings(reply: Value, what: &str) -> Result<Vec<Vec<u8>>, StoreError> {
 }
 
 impl RedisStore {
+    /// A pair's hot-record bucket number and field.
+    fn bucket_and_field(&self, pair: &Pair) -> (u32, [u8; 14]) {
+        let field = packed::pair_field(pair);
+        (hot_bucket(&field, self.config.hot_buckets), field)
+    }
+
     /// Whether this store writes and reads layout v2.
     pub(super) fn v2(&self) -> bool {
         self.config.layout == Layout::V2
@@ -109,7 +109,7 @@ impl RedisStore {
         let d = decision;
         let shard = keys::shard_of(&d.pair);
         let prefix = self.keys.shard_prefix(shard);
-        let (bucket, field) = bucket_and_field(&d.pair);
+        let (bucket, field) = self.bucket_and_field(&d.pair);
         let as_applied = HistoryEntry {
             decision: d.clone(),
             outcome: HistoryOutcome::Applied,
@@ -127,7 +127,6 @@ impl RedisStore {
         let mut call = self.v2_record_script.prepare_invoke();
         call.key(format!("{prefix}p:{bucket}"))
             .arg(&prefix)
-            .arg(&bucket.to_be_bytes()[..])
             .arg(&field[..])
             .arg(d.pair.business.digits())
             .arg(&field[7..])
@@ -143,7 +142,6 @@ impl RedisStore {
             .arg(event_body)
             .arg(self.config.event_retention.as_millis() as u64)
             .arg(event)
-            .arg(&d.fingerprint()[..])
             .arg(message_id)
             .arg(d.evidence.stated_at.timestamp_millis())
             .arg(stated_expiry(d))
@@ -165,7 +163,7 @@ impl RedisStore {
         let mut call = self.v2_read_script.prepare_invoke();
         call.key(format!("{prefix}m")).arg(&prefix).arg(mode);
         for pair in pairs {
-            let (bucket, field) = bucket_and_field(pair);
+            let (bucket, field) = self.bucket_and_field(pair);
             call.arg(bucket).arg(&field[..]);
         }
         call
@@ -236,7 +234,7 @@ impl RedisStore {
                 call.key(format!("{prefix}m")).arg(&prefix).arg("d");
                 for &i in ix {
                     let d = &decisions[i];
-                    let (bucket, field) = bucket_and_field(&d.pair);
+                    let (bucket, field) = self.bucket_and_field(&d.pair);
                     let mut message_id = Vec::new();
                     packed::put_text(&mut message_id, &d.evidence.message_id);
                     call.arg(bucket)
@@ -375,7 +373,7 @@ impl RedisStore {
     ) -> Result<HistoryPage, StoreError> {
         let shard = keys::shard_of(pair);
         let prefix = self.keys.shard_prefix(shard);
-        let (bucket, field) = bucket_and_field(pair);
+        let (bucket, field) = self.bucket_and_field(pair);
         let mut call = self.v2_read_script.prepare_invoke();
         call.key(format!("{prefix}m"))
             .arg(&prefix)
@@ -430,7 +428,9 @@ impl RedisStore {
             .arg(now_ms)
             .arg(batch)
             .arg(self.keys.shard_prefix(shard))
-            .arg(self.config.event_retention.as_millis() as u64);
+            .arg(self.config.event_retention.as_millis() as u64)
+            .arg(SHARDS)
+            .arg(self.config.hot_buckets.max(1));
         call
     }
 

@@ -8,13 +8,14 @@
 -- pair's field then the entry's pointer): readers decode the entry, which never changes.
 -- The lapsed grant leaves its business's calling list.
 --
--- KEYS[1] due index    {p:sNN}:due  (score = expiry ms, member = field .. bucket (2 bytes))
+-- KEYS[1] due index    {p:sNN}:due  (score = expiry ms, member = the pair's field)
 -- KEYS[2] event stream {p:sNN}:e
 -- KEYS[3] trimmed mark {p:sNN}:trimmed
 -- ARGV[1] now (ms): claim grants with expiry <= now
 -- ARGV[2] at most this many members per call
 -- ARGV[3] the shard's key prefix
 -- ARGV[4] event retention (ms)
+-- ARGV[5] the number of shards; ARGV[6] of hot-record buckets per shard
 -- Returns { events published, members claimed }.
 local P = ARGV[3]
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
@@ -26,9 +27,10 @@ local published = 0
 for i = 1, #due, 2 do
   local member, score = due[i], due[i + 1]
   redis.call('ZREM', KEYS[1], member)
-  if #member ~= 16 then return redis.error_reply('CORRUPT due-index member') end
-  local field = string.sub(member, 1, 14)
-  local hot = redis.call('HGET', P .. 'p:' .. u(member, 15, 2), field)
+  if #member ~= 14 then return redis.error_reply('CORRUPT due-index member') end
+  local field = member
+  local bucket = hot_bucket(field, tonumber(ARGV[5]), tonumber(ARGV[6]))
+  local hot = redis.call('HGET', P .. 'p:' .. bucket, field)
   local cur
   if hot then
     cur = parse_hot(hot)

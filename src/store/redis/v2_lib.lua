@@ -25,7 +25,21 @@ local function time_bytes(v)
   if v < 0 then v = v + 281474976710656 end
   return bytes(v, 6)
 end
-local function bit(v, n) return math.floor(v / 2 ^ n) % 2 == 1 end
+-- 32-bit FNV-1a of a string, exact in Lua numbers (keys::fnv1a): h * 16777619 mod 2^32 is
+-- (h mod 2^8) * 2^24 + h * 403 mod 2^32, and `bit.bxor` answers a signed 32-bit number.
+local function fnv1a(s)
+  local h = 2166136261
+  for i = 1, #s do
+    h = bit.bxor(h, string.byte(s, i)) % 4294967296
+    h = ((h % 256) * 16777216 + h * 403) % 4294967296
+  end
+  return h
+end
+-- The hot-record bucket of a pair's field (keys::hot_bucket).
+local function hot_bucket(field, shards, buckets)
+  return math.floor(fnv1a(field) / shards) % buckets
+end
+local function has_bit(v, n) return math.floor(v / 2 ^ n) % 2 == 1 end
 -- An unsigned varint (7 bits a byte, low first), as codec::packed writes it.
 local function varint(v)
   local out = ''
@@ -59,7 +73,7 @@ local function parse_hot(hot)
   if not f or #hot < 29 then return false end
   local cur = { r = f % 4, t = time48(hot, 2) }
   local at = 8
-  if bit(f, 2) then
+  if has_bit(f, 2) then
     cur.e = time48(hot, 8)
     at = 14
   end
@@ -68,7 +82,7 @@ local function parse_hot(hot)
   cur.newest = cur.ptr
   cur.head_end = at + 20
   at = at + 21
-  if bit(f, 3) then
+  if has_bit(f, 3) then
     cur.newest = string.sub(hot, at, at + 4)
     at = at + 5
   end
@@ -169,7 +183,7 @@ end
 -- is (pair, sender, message id), what it said is its fingerprint's fields.
 local function same_delivery(entry, d)
   local f = string.byte(entry, 1)
-  local at = 40 + (bit(f, 6) and 5 or 0)
+  local at = 40 + (has_bit(f, 6) and 5 or 0)
   local decided = time48(entry, at)
   at = at + 6
   local expires
@@ -182,11 +196,11 @@ local function same_delivery(entry, d)
     at = at + 1
   until not b or b < 128
   local stated, stated_expiry = decided, expires
-  if bit(f, 4) then
+  if has_bit(f, 4) then
     stated = time64(entry, at)
     at = at + 8
   end
-  if bit(f, 5) then
+  if has_bit(f, 5) then
     if string.byte(entry, at) == 0 then
       stated_expiry = nil
       at = at + 1
@@ -196,7 +210,7 @@ local function same_delivery(entry, d)
     end
   end
   if string.sub(entry, at, at + #d.msg - 1) ~= d.msg then return nil end
-  if (bit(f, 3) and '1' or '0') ~= d.src then return nil end
+  if (has_bit(f, 3) and '1' or '0') ~= d.src then return nil end
   if f % 4 == d.rank and stated == d.stated and stated_expiry == d.stated_expiry then
     return 2
   end
@@ -224,7 +238,7 @@ local function find_delivery(P, dedup, cur, d)
       local seen = same_delivery(entry_at(P, ptr), d)
       if seen then return seen end
     end
-    if not bit(string.byte(head, 1), 6) then return nil end
+    if not has_bit(string.byte(head, 1), 6) then return nil end
     ptr = string.sub(head, 40, 44)
   end
   return nil

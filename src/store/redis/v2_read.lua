@@ -57,7 +57,7 @@ elseif mode == 'h' then
     end
     table.insert(back, entry)
     if #back > cur.n then return redis.error_reply('CORRUPT history longer than its count') end
-    ptr = bit(string.byte(entry, 1), 6) and string.sub(entry, 40, 44) or nil
+    ptr = has_bit(string.byte(entry, 1), 6) and string.sub(entry, 40, 44) or nil
   end
   for i = #back, 1, -1 do table.insert(out, back[i]) end
 elseif mode == 'd' then

@@ -9,28 +9,26 @@
 --
 -- KEYS[1]  the pair's hot-record bucket {prefix:sNN-k}:p:<n>
 -- ARGV[1]  shard prefix "{prefix:sNN-k}:"
--- ARGV[2]  the bucket's number (2 bytes; the due-index member is the field, then this)
--- ARGV[3]  the pair as a hash field (business and customer, 7 bytes each)
--- ARGV[4]  the business's digits (index key names)
--- ARGV[5]  the customer (7 bytes)
--- ARGV[6]  the new decision's rank (0 temporary grant, 1 permanent grant, 2 denial)
--- ARGV[7]  its decided time (ms)
--- ARGV[8]  its expiry (ms; ignored unless a temporary grant)
--- ARGV[9]  its dedup id (16 bytes; the first 4 are the entry's dedup tag)
--- ARGV[10] the history length Rust chained to (decimal)
--- ARGV[11] the chain tip Rust chained to (32 bytes; zeros for an empty history)
--- ARGV[12] the entry's own hash if applied; ARGV[13] if stale (32 bytes each)
--- ARGV[14] the entry as applied, without a back pointer (codec::packed::encode_entry)
--- ARGV[15] the event's body "<business>:<customer>:<v1 decision body>"
--- ARGV[16] event retention (ms)
--- ARGV[17] event kind if applied: "g", "d", "e" (a temporary grant lapsed on arrival), or ""
--- ARGV[18] the decision's fingerprint (8 bytes; the long-history dedup hash's value)
--- ARGV[19] the delivery's message id as a packed text (codec::packed::put_text)
--- ARGV[20] what the sender said: stated time (ms)
--- ARGV[21] ... stated expiry (ms), or "" for none
--- ARGV[22] the reply's paired message id ("" if none)
--- ARGV[23] the pair's registrations hash (v1's `r:` key, full name)
--- ARGV[24] the delivery's sender: "1" DoubleTick, "0" WhatsApp (entry flag bit 3)
+-- ARGV[2]  the pair as a hash field (business and customer, 7 bytes each)
+-- ARGV[3]  the business's digits (index key names)
+-- ARGV[4]  the customer (7 bytes)
+-- ARGV[5]  the new decision's rank (0 temporary grant, 1 permanent grant, 2 denial)
+-- ARGV[6]  its decided time (ms)
+-- ARGV[7]  its expiry (ms; ignored unless a temporary grant)
+-- ARGV[8]  its dedup id (16 bytes; the first 4 are the entry's dedup tag)
+-- ARGV[9]  the history length Rust chained to (decimal)
+-- ARGV[10] the chain tip Rust chained to (32 bytes; zeros for an empty history)
+-- ARGV[11] the entry's own hash if applied; ARGV[12] if stale (32 bytes each)
+-- ARGV[13] the entry as applied, without a back pointer (codec::packed::encode_entry)
+-- ARGV[14] the event's body "<business>:<customer>:<v1 decision body>"
+-- ARGV[15] event retention (ms)
+-- ARGV[16] event kind if applied: "g", "d", "e" (a temporary grant lapsed on arrival), or ""
+-- ARGV[17] the delivery's message id as a packed text (codec::packed::put_text)
+-- ARGV[18] what the sender said: stated time (ms)
+-- ARGV[19] ... stated expiry (ms), or "" for none
+-- ARGV[20] the reply's paired message id ("" if none)
+-- ARGV[21] the pair's registrations hash (v1's `r:` key, full name)
+-- ARGV[22] the delivery's sender: "1" DoubleTick, "0" WhatsApp (entry flag bit 3)
 -- Returns 0 applied (no event), the event id (applied, event logged), 1 stale, 2 duplicate,
 -- 3 conflict (the same delivery said something else: nothing is written), {4, length, tip}
 -- the chain tip moved (nothing is written; the tip as it is).
@@ -46,9 +44,8 @@
 
 local P = ARGV[1]
 local bucket = KEYS[1]
-local field = ARGV[3]
-local due_member = field .. ARGV[2]
-local business = ARGV[4]
+local field = ARGV[2]
+local business = ARGV[3]
 
 -- The hot record.
 -- (HGET answers `false`, not nil, for a missing field.)
@@ -69,16 +66,16 @@ if cur then
   if #newest_head < 44 then return redis.error_reply('CORRUPT unreadable history entry') end
   tip = string.sub(newest_head, 8, 39)
 end
-if count ~= tonumber(ARGV[10]) or tip ~= ARGV[11] then return { 4, count, tip } end
+if count ~= tonumber(ARGV[9]) or tip ~= ARGV[10] then return { 4, count, tip } end
 
 -- De-duplication by delivery (v2_lib.lua's find_delivery).
-local rank, t, e = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local tag = string.sub(ARGV[9], 1, 4)
+local rank, t, e = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local tag = string.sub(ARGV[8], 1, 4)
 local dedup = P .. 'd:' .. field
 if cur then
   local seen = find_delivery(P, dedup, cur, {
-    tag = tag, msg = ARGV[19], src = ARGV[24], rank = rank, stated = tonumber(ARGV[20]),
-    stated_expiry = ARGV[21] ~= '' and tonumber(ARGV[21]) or nil,
+    tag = tag, msg = ARGV[17], src = ARGV[22], rank = rank, stated = tonumber(ARGV[18]),
+    stated_expiry = ARGV[19] ~= '' and tonumber(ARGV[19]) or nil,
   })
   if seen then return seen end
 end
@@ -89,15 +86,15 @@ local applied = true
 if cur then
   if t ~= cur.t then applied = t > cur.t
   elseif rank ~= cur.r then applied = rank > cur.r
-  elseif ARGV[9] == cur.id then return 2
-  else applied = ARGV[9] > cur.id end
+  elseif ARGV[8] == cur.id then return 2
+  else applied = ARGV[8] > cur.id end
 end
 
 -- issue 13 (attribution): a reply to a registered request carries the registration's
 -- trailer (its sections, as in v1's body) at the end of its entry and its event.
 local trailer = ''
-if ARGV[22] ~= '' then
-  local reg = redis.call('HGET', ARGV[23], ARGV[22])
+if ARGV[20] ~= '' then
+  local reg = redis.call('HGET', ARGV[21], ARGV[20])
   if reg then
     local comma = string.find(reg, ',', 1, true)
     if not comma then return redis.error_reply('CORRUPT unreadable consent request') end
@@ -111,13 +108,13 @@ local meta = redis.call('HMGET', M, 'g', 'r' .. business, 'e' .. business)
 local gn, open, last = meta[1], meta[2], meta[3]
 local seg, off = 0, 0
 if gn then seg, off = u(gn, 1, 3), u(gn, 4, 2) end
-local packed = ARGV[14]
+local packed = ARGV[13]
 local back = cur and cur.newest or ''
 local flags = string.byte(packed, 1) + (cur and 64 or 0) + (applied and 0 or 4)
 local length = #packed + #back + #trailer
 if length > SEGMENT then return redis.error_reply('ERR history entry too long') end
 local entry = string.char(flags) .. bytes(length, 2) .. string.sub(packed, 4, 7)
-  .. (applied and ARGV[12] or ARGV[13]) .. back .. string.sub(packed, 40) .. trailer
+  .. (applied and ARGV[11] or ARGV[12]) .. back .. string.sub(packed, 40) .. trailer
 if not gn or off + #entry > SEGMENT then
   if gn then seg = seg + 1 end
   off = 0
@@ -137,7 +134,7 @@ if count >= WALK then
       local head = redis.call('GETRANGE', segment(P, p), off0, off0 + 43)
       local k = string.sub(head, 4, 7)
       redis.call('HSET', dedup, k, (redis.call('HGET', dedup, k) or '') .. p)
-      if not bit(string.byte(head, 1), 6) then break end
+      if not has_bit(string.byte(head, 1), 6) then break end
       p = string.sub(head, 40, 44)
     end
   end
@@ -182,7 +179,7 @@ redis.call('HSET', M, unpack(meta_out))
 if not applied then
   -- The newest entry moved; the current decision did not.
   local f = string.byte(hot, 1)
-  if not bit(f, 3) then f = f + 8 end
+  if not has_bit(f, 3) then f = f + 8 end
   redis.call('HSET', bucket, field,
     string.char(f) .. string.sub(hot, 2, cur.head_end) .. ptr .. varint(count + 1))
   return 1
@@ -191,7 +188,7 @@ end
 -- The hot record, the lease (native expiry), the due index, the calling list.
 local now = now_ms()
 redis.call('HSET', bucket, field, string.char(rank + (rank == 0 and 4 or 0)) .. time_bytes(t)
-  .. (rank == 0 and time_bytes(e) or '') .. ARGV[9] .. ptr .. varint(count + 1))
+  .. (rank == 0 and time_bytes(e) or '') .. ARGV[8] .. ptr .. varint(count + 1))
 local lease = P .. 't:' .. field
 local due = P .. 'due'
 if rank == 0 then
@@ -200,33 +197,33 @@ if rank == 0 then
   else
     redis.call('DEL', lease)
   end
-  if ARGV[17] == 'e' then
+  if ARGV[16] == 'e' then
     -- Lapsed on arrival (by the caller's clock): its EXPIRED is published now, not swept.
-    redis.call('ZREM', due, due_member)
+    redis.call('ZREM', due, field)
   else
-    redis.call('ZADD', due, string.format('%.0f', e), due_member)
+    redis.call('ZADD', due, string.format('%.0f', e), field)
   end
 elseif cur and cur.r == 0 then
   redis.call('DEL', lease)
-  redis.call('ZREM', due, due_member)
+  redis.call('ZREM', due, field)
 end
 -- issue 13 (calling lists): a grant is listed (the sweep's claim removes a lapsed one); a
 -- denial, or a grant lapsed on arrival, is not. A denial of a pair that had no decision, or a
 -- denial, has nothing to remove.
-local list = not (rank == 2 or ARGV[17] == 'e')
+local list = not (rank == 2 or ARGV[16] == 'e')
 if list or (cur and cur.r ~= 2) then
-  sorted_edit(P, business, 'li', P .. 'xl:' .. business, 7, 7, ARGV[5], u(ARGV[5], 1, 7), list)
+  sorted_edit(P, business, 'li', P .. 'xl:' .. business, 7, 7, ARGV[4], u(ARGV[4], 1, 7), list)
 end
 
-if ARGV[17] ~= '' then
-  local min = now - tonumber(ARGV[16])
+if ARGV[16] ~= '' then
+  local min = now - tonumber(ARGV[15])
   if min < 0 then min = 0 end
   local minid = string.format('%.0f', min) .. '-0'
   local stream = P .. 'e'
   local gone = trimmed_by(stream, min, minid)
   if gone then redis.call('SET', P .. 'trimmed', gone) end
   local id = next_event_id(stream)
-  redis.call('XADD', stream, 'MINID', '=', minid, id, 'k', ARGV[17], 'd', ARGV[15] .. trailer)
+  redis.call('XADD', stream, 'MINID', '=', minid, id, 'k', ARGV[16], 'd', ARGV[14] .. trailer)
   return id
 end
 return 0
