@@ -1912,8 +1912,7 @@ conformance!(
 /// keeps so far, on a real `redis-server`. Every test of the suite joins this list once the
 /// operations it needs are built for v2. Not yet (they refuse with `Unavailable` on v2):
 /// records pages (`issue14_records_list_…`, `issue14_concurrent_replicas_…`, which reads the
-/// records), calling-list pages (`issue13_calling_list_…`), registrations (the other
-/// `issue13_…` tests).
+/// records), registrations (the other `issue13_…` tests).
 macro_rules! conformance_v2 {
     ($($name:ident),* $(,)?) => {
         mod redis_layout_v2 {
@@ -1958,4 +1957,6 @@ conformance_v2!(
     issue14_every_entry_is_chained_to_the_one_before,
     issue17_webhook_records_round_trip_and_changes_are_versioned,
     issue17_webhook_lease_is_exclusive_and_fenced,
+    issue13_calling_list_holds_exactly_the_live_grants,
+    issue13_calling_list_pages_cover_each_pair_once,
 );

@@ -87,6 +87,9 @@ impl RedisStore {
         pos: &CallablePosition,
         n: usize,
     ) -> Result<Vec<PhoneNumber>, StoreError> {
+        if self.v2() {
+            return self.v2_calling_list_range(business, pos, n).await;
+        }
         let min = match &pos.after {
             None => "-".to_owned(),
             Some(c) => format!("({}", c.digits()),
@@ -122,6 +125,14 @@ impl RedisStore {
     ) -> Result<Vec<Option<crate::domain::Decision>>, StoreError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.v2() {
+            if pairs.iter().any(|p| super::keys::shard_of(p) != shard) {
+                return Err(StoreError::Corrupt(
+                    "calling-list index entry in another shard".into(),
+                ));
+            }
+            return self.v2_current_each(pairs).await.into_iter().collect();
         }
         let mut mget = redis::cmd("MGET");
         for pair in pairs {

@@ -275,6 +275,48 @@ impl RedisStore {
         Ok(())
     }
 
+    /// At most `n` customers of `business`'s calling list in `pos.shard`, after `pos.after`
+    /// (the `li` chunks, in order: one script call).
+    pub(super) async fn v2_calling_list_range(
+        &self,
+        business: &crate::domain::PhoneNumber,
+        pos: &crate::store::CallablePosition,
+        n: usize,
+    ) -> Result<Vec<crate::domain::PhoneNumber>, StoreError> {
+        let prefix = self.keys.shard_prefix(pos.shard);
+        let after = pos
+            .after
+            .as_ref()
+            .map(|c| packed::phone_bytes(c).to_vec())
+            .unwrap_or_default();
+        let mut call = self.v2_read_script.prepare_invoke();
+        call.key(format!("{prefix}m"))
+            .arg(&prefix)
+            .arg("l")
+            .arg(business.digits())
+            .arg(after)
+            .arg(n);
+        let reply = self
+            .v2_read_groups(vec![(pos.shard, call)])
+            .await
+            .pop()
+            .ok_or_else(|| corrupt_reply("layout v2 calling list"))??;
+        let customers = strings(reply, "layout v2 calling list")?;
+        if customers.len() > n {
+            return Err(corrupt_reply("layout v2 calling list"));
+        }
+        customers
+            .iter()
+            .map(|c| {
+                let c: [u8; 7] = c
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("calling-list index member".into()))?;
+                packed::phone_from_bytes(&c)
+            })
+            .collect()
+    }
+
     /// The chain tips (history length, newest hash) of `pairs`.
     pub(super) async fn v2_read_tips(&self, pairs: &[Pair]) -> Result<Vec<Tip>, StoreError> {
         let groups = Self::v2_by_shard(pairs);

@@ -1031,9 +1031,6 @@ impl ConsentStore for RedisStore {
         limit: usize,
         keep: callable::Keep<'_>,
     ) -> Result<CallablePage, StoreError> {
-        if self.v2() {
-            return Err(Self::v2_unbuilt("a calling-list page"));
-        }
         // Issue 13: see store/redis/callable.rs.
         self.read_callable_page(business, from, limit, keep).await
     }

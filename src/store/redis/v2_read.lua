@@ -12,6 +12,9 @@
 --       its newest entry ("" if it has none)
 --   "h" a history: ARGV[3] bucket number, ARGV[4] field; returns every entry, oldest first
 --   "p" entries: ARGV[3..] pointers (5 bytes); returns each entry
+--   "l" a calling list: ARGV[3] the business's digits, ARGV[4] the customer to start after
+--       (7 bytes, or "" for the start), ARGV[5] at most this many; returns customers (7 bytes
+--       each) in order, from the business's `li` chunks in their directory's order
 --   "d" deliveries seen: ARGV[3..] are groups of 8 (bucket number, field, dedup tag, message
 --       id as a packed text, sender "1"/"0", rank, stated ms, stated expiry ms or ""); returns
 --       per delivery 0 (not seen), 2 (seen, said the same) or 3 (seen, said something else)
@@ -70,6 +73,23 @@ elseif mode == 'd' then
       stated_expiry = ARGV[i + 7] ~= '' and tonumber(ARGV[i + 7]) or nil,
     })
     table.insert(out, seen or 0)
+  end
+elseif mode == 'l' then
+  local business, after, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local akey = after ~= '' and u(after, 1, 7) or -1
+  local dir = redis.call('ZRANGE', P .. 'xl:' .. business, 0, -1, 'WITHSCORES')
+  for i = 1, #dir, 2 do
+    -- A chunk holds keys from its own first key to the next chunk's first key.
+    local next_first = dir[i + 3] and tonumber(dir[i + 3])
+    if not next_first or next_first > akey then
+      local chunk = redis.call('GET', P .. 'li:' .. business .. ':' .. dir[i]) or ''
+      for at = 1, #chunk - 6, 7 do
+        if u(chunk, at, 7) > akey then
+          table.insert(out, string.sub(chunk, at, at + 6))
+          if #out >= n then return out end
+        end
+      end
+    end
   end
 elseif mode == 'p' then
   for i = 3, #ARGV do table.insert(out, entry_at(P, ARGV[i]) or '') end
