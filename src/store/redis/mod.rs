@@ -13,7 +13,14 @@
 //! (reading the sharded event log), `error` (redis-rs errors to `StoreError`), `reply` (reply
 //! shapes), `inspect` (memory report), `webhooks` (issue 17: outbound webhook subscriptions, their
 //! lease and fenced cursor, with the `webhook_*.lua` scripts), `callable` (issue 13: reading the
-//! calling lists' per-business index).
+//! calling lists' per-business index), `layout_v2` (below).
+//!
+//! # Layout v2 (in progress)
+//!
+//! Everything below describes layout v1, the service's. Layout v2 (`docs/redis-layout-v2.md`:
+//! packed history segments, hot-record buckets, leases, ≤ 300 bytes a consent) is being built
+//! in `layout_v2` and the `v2_*.lua` scripts; [`RedisConfig::layout`] selects it, and only
+//! tests and the bench do.
 //!
 //! # Key layout: sharded, cluster-ready
 //!

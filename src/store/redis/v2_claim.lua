@@ -19,9 +19,7 @@
 -- Returns { events published, members claimed }.
 local P = ARGV[3]
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-local min = now_ms() - tonumber(ARGV[4])
-if min < 0 then min = 0 end
-local minid = string.format('%.0f', min) .. '-0'
+local now, now_us = clock()
 
 local published = 0
 for i = 1, #due, 2 do
@@ -39,10 +37,7 @@ for i = 1, #due, 2 do
     end
   end
   if cur and cur.r == 0 and cur.e == tonumber(score) then
-    local gone = trimmed_by(KEYS[2], min, minid)
-    if gone then redis.call('SET', KEYS[3], gone) end
-    redis.call('XADD', KEYS[2], 'MINID', '=', minid, next_event_id(KEYS[2]), 'k', 'x', 'd',
-      field .. cur.ptr)
+    log_event(P, now, now_us, tonumber(ARGV[4]), 'x', field .. cur.ptr)
     published = published + 1
     local business = string.format('%.0f', u(field, 1, 7))
     sorted_edit(P, business, 'li', P .. 'xl:' .. business, 7, 7, string.sub(field, 8, 14),

@@ -243,3 +243,48 @@ local function find_delivery(P, dedup, cur, d)
   end
   return nil
 end
+
+-- Redis's clock: { ms, microsecond within the ms } from one TIME.
+local function clock()
+  local t = redis.call('TIME')
+  local us = tonumber(t[2])
+  return tonumber(t[1]) * 1000 + math.floor(us / 1000), us % 1000
+end
+
+-- Logs an event in shard P's stream at Redis's clock `ms`/`us` (clock()) and returns its id.
+-- Cheaper than lib.lua's next_event_id + trimmed_by on every call: the newest id is kept in
+-- the shard's meta hash (`i`), and trimming (with its trimmed mark, as in record.lua) runs at
+-- most every min(1 s, retention / 1000) (`k`: the last time it ran), so an event may outlive
+-- the retention by that much. Every v2 script that logs goes through here.
+local function log_event(P, ms, us, retention, kind, body)
+  local M = P .. 'm'
+  local stream = P .. 'e'
+  local meta = redis.call('HMGET', M, 'i', 'k')
+  local newest = meta[1]
+  if not newest then
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+    newest = last and last[1]
+  end
+  local seq = us
+  if newest then
+    local lms, lseq = string.match(newest, '^(%d+)%-(%d+)$')
+    lms, lseq = tonumber(lms), tonumber(lseq)
+    if ms < lms or (ms == lms and seq <= lseq) then ms, seq = lms, lseq + 1 end
+  end
+  local id = string.format('%.0f-%.0f', ms, seq)
+  local out = { 'i', id }
+  local every = math.min(1000, math.floor(retention / 1000))
+  if not meta[2] or ms - tonumber(meta[2]) >= every then
+    local min = ms - retention
+    if min < 0 then min = 0 end
+    local minid = string.format('%.0f', min) .. '-0'
+    local gone = trimmed_by(stream, min, minid)
+    if gone then redis.call('SET', P .. 'trimmed', gone) end
+    redis.call('XADD', stream, 'MINID', '=', minid, id, 'k', kind, 'd', body)
+    out[3], out[4] = 'k', string.format('%.0f', ms)
+  else
+    redis.call('XADD', stream, id, 'k', kind, 'd', body)
+  end
+  redis.call('HSET', M, unpack(out))
+  return id
+end

@@ -186,7 +186,7 @@ if not applied then
 end
 
 -- The hot record, the lease (native expiry), the due index, the calling list.
-local now = now_ms()
+local now, now_us = clock()
 redis.call('HSET', bucket, field, string.char(rank + (rank == 0 and 4 or 0)) .. time_bytes(t)
   .. (rank == 0 and time_bytes(e) or '') .. ARGV[8] .. ptr .. varint(count + 1))
 local lease = P .. 't:' .. field
@@ -216,14 +216,6 @@ if list or (cur and cur.r ~= 2) then
 end
 
 if ARGV[16] ~= '' then
-  local min = now - tonumber(ARGV[15])
-  if min < 0 then min = 0 end
-  local minid = string.format('%.0f', min) .. '-0'
-  local stream = P .. 'e'
-  local gone = trimmed_by(stream, min, minid)
-  if gone then redis.call('SET', P .. 'trimmed', gone) end
-  local id = next_event_id(stream)
-  redis.call('XADD', stream, 'MINID', '=', minid, id, 'k', ARGV[16], 'd', ARGV[14] .. trailer)
-  return id
+  return log_event(P, now, now_us, tonumber(ARGV[15]), ARGV[16], ARGV[14] .. trailer)
 end
 return 0
