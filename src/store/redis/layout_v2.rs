@@ -22,6 +22,9 @@ use super::{Layout, SHARDS};
 use crate::domain::{
     ChainLink, ConsentEvent, Decision, EventKind, GENESIS, HistoryEntry, HistoryOutcome, Pair,
 };
+use crate::store::records::{
+    self, RecordedDecision, RecordsPage, RecordsPosition, RecordsRange, TimeField,
+};
 use crate::store::{HistoryPage, LoggedEvent, StoreError, StreamId};
 
 use super::records_chain::{ChainPlan, Tip};
@@ -56,6 +59,16 @@ pub(super) fn decode_lapsed(
         pair: Pair::new(number(&payload[..7])?, number(&payload[7..14])?),
         pointer: payload[14..].try_into().map_err(|_| bad())?,
     })
+}
+
+/// The time (ms) of a records position's index key (`records::index_key`: 16 hex digits of
+/// the time with its sign bit flipped, first).
+fn position_time(key: &[u8]) -> Result<i64, StoreError> {
+    std::str::from_utf8(key.get(..16).unwrap_or_default())
+        .ok()
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .map(|t| (t ^ (1 << 63)) as i64)
+        .ok_or_else(|| StoreError::Corrupt("records position".into()))
 }
 
 /// The sender as the scripts compare it (an entry's flag bit 3): "1" DoubleTick, "0" WhatsApp.
@@ -147,7 +160,8 @@ impl RedisStore {
             .arg(stated_expiry(d))
             .arg(&d.evidence.paired_message_id)
             .arg(self.keys.requests(&d.pair).requests)
-            .arg(source_flag(d));
+            .arg(source_flag(d))
+            .arg(received_at.timestamp_millis());
         Ok(call)
     }
 
@@ -315,6 +329,107 @@ impl RedisStore {
                 packed::phone_from_bytes(&c)
             })
             .collect()
+    }
+
+    /// A records page on v2: from every shard (one script call each), the business's index
+    /// records from the page's start, with their entries, chain positions and previous hashes;
+    /// merged here in the index order (`records::index_key`).
+    pub(super) async fn v2_records_page(
+        &self,
+        range: &RecordsRange,
+        after: Option<&RecordsPosition>,
+        limit: usize,
+    ) -> Result<RecordsPage, StoreError> {
+        let limit = limit.max(1);
+        let (from, to) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+        if from >= to {
+            return Ok(RecordsPage {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let after_ms = after
+            .map(|p| position_time(p.key()))
+            .transpose()?
+            .map(|ms| ms.to_string())
+            .unwrap_or_default();
+        let (index, dir) = match range.by {
+            TimeField::Received => ("bri", "xr"),
+            TimeField::Event => ("bei", "xe"),
+        };
+        let calls = (0..SHARDS)
+            .map(|shard| {
+                let prefix = self.keys.shard_prefix(shard);
+                let mut call = self.v2_read_script.prepare_invoke();
+                call.key(format!("{prefix}m"))
+                    .arg(&prefix)
+                    .arg("r")
+                    .arg(range.business.digits())
+                    .arg(index)
+                    .arg(dir)
+                    .arg(from)
+                    .arg(to)
+                    .arg(&after_ms)
+                    .arg(limit + 1)
+                    .arg(SHARDS)
+                    .arg(self.config.hot_buckets.max(1));
+                (shard, call)
+            })
+            .collect();
+        let bad = || corrupt_reply("layout v2 records page");
+        let mut items: Vec<(Vec<u8>, RecordedDecision)> = Vec::new();
+        for reply in self.v2_read_groups(calls).await {
+            let Value::Array(values) = reply? else {
+                return Err(bad());
+            };
+            if values.len() % 4 != 0 {
+                return Err(bad());
+            }
+            for v in values.chunks(4) {
+                let ms: i64 = bytes_of(&v[0])
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(bad)?;
+                let entry = bytes_of(&v[1]).ok_or_else(bad)?;
+                let position: u64 = redis::from_redis_value(v[2].clone()).map_err(|_| bad())?;
+                let prev = match bytes_of(&v[3]).ok_or_else(bad)? {
+                    [] => GENESIS,
+                    h => h.try_into().map_err(|_| bad())?,
+                };
+                let (read, _) = packed::decode_entry_of(&range.business, entry)?;
+                let entry = read.entry;
+                if range.by.of(&entry).timestamp_millis() != ms {
+                    return Err(StoreError::Corrupt(
+                        "layout v2: an index record's time is not its entry's".into(),
+                    ));
+                }
+                let key = records::index_key(ms, &entry.decision.pair.customer, position);
+                if after.is_some_and(|p| key.as_slice() <= p.key()) {
+                    continue;
+                }
+                items.push((
+                    key,
+                    RecordedDecision {
+                        pair: entry.decision.pair.clone(),
+                        position,
+                        link: Some(ChainLink {
+                            position,
+                            prev,
+                            hash: read.hash,
+                        }),
+                        entry: Some(entry),
+                    },
+                ));
+            }
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let next =
+            (items.len() > limit).then(|| RecordsPosition::after_key(items[limit - 1].0.clone()));
+        items.truncate(limit);
+        Ok(RecordsPage {
+            items: items.into_iter().map(|(_, item)| item).collect(),
+            next,
+        })
     }
 
     /// The chain tips (history length, newest hash) of `pairs`.

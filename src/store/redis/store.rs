@@ -734,7 +734,7 @@ impl ConsentStore for RedisStore {
         limit: usize,
     ) -> Result<RecordsPage, StoreError> {
         if self.v2() {
-            return Err(Self::v2_unbuilt("a records page"));
+            return self.v2_records_page(range, after, limit).await;
         }
         self.records_page_impl(range, after, limit).await
     }

@@ -183,7 +183,7 @@ end
 -- is (pair, sender, message id), what it said is its fingerprint's fields.
 local function same_delivery(entry, d)
   local f = string.byte(entry, 1)
-  local at = 40 + (has_bit(f, 6) and 5 or 0)
+  local at = 40 + (has_bit(f, 6) and 5 or 0) + 7 -- after the back pointer and the customer
   local decided = time48(entry, at)
   at = at + 6
   local expires
@@ -287,4 +287,32 @@ local function log_event(P, ms, us, retention, kind, body)
   end
   redis.call('HSET', M, unpack(out))
   return id
+end
+
+-- A time as an index key: biased by 2^47 so that unsigned byte order is time order.
+local function time_key(ms) return ms + 140737488355328 end
+
+-- Adds (time `ms`, pointer `ptr`) to the business's time index `name` (a chunked sorted array
+-- of 11-byte records, directory `<dirname>:<business>`). `last` is the meta hash's note of its
+-- last chunk (id 3, used 2, newest key 6 bytes; false if none): when the record is the
+-- newest it is appended to that padded chunk, else inserted in order. Returns the new note.
+local function time_index_add(P, business, name, dirname, last, ms, ptr)
+  local key = time_key(ms)
+  local rec = bytes(key, 6) .. ptr
+  local lid, lused, lkey
+  if last then lid, lused, lkey = u(last, 1, 3), u(last, 4, 2), u(last, 6, 6) end
+  if last and key >= lkey and lused + 11 <= CHUNK then
+    redis.call('SETRANGE', P .. name .. ':' .. business .. ':' .. lid, lused, rec)
+    lused, lkey = lused + 11, key
+  else
+    local id, split, newest, len = sorted_edit(P, business, name, P .. dirname .. ':' .. business,
+      11, 6, rec, key, true, lid or false, lused)
+    if not last then
+      lid, lused, lkey = id, 11, key
+    elseif id == lid then
+      if split then lid, lkey = tonumber(split), newest end
+      lused = len
+    end
+  end
+  return bytes(lid, 3) .. bytes(lused, 2) .. bytes(lkey, 6)
 end

@@ -12,6 +12,14 @@
 --       its newest entry ("" if it has none)
 --   "h" a history: ARGV[3] bucket number, ARGV[4] field; returns every entry, oldest first
 --   "p" entries: ARGV[3..] pointers (5 bytes); returns each entry
+--   "r" a records page of one shard: ARGV[3] the business's digits, ARGV[4] the index ("bri"
+--       by received time, "bei" by event time), ARGV[5] its directory ("xr", "xe"), ARGV[6]
+--       from (ms, inclusive), ARGV[7] to (ms, exclusive), ARGV[8] the time of the position to
+--       start after (ms, or ""), ARGV[9] how many records past that time at least, ARGV[10]
+--       the shard count, ARGV[11] hot-record buckets a shard. Returns, per record in index
+--       order: its time (ms), its entry, its position in the pair's chain, and the hash of the
+--       entry before it ("" if none). Every record at the position's time is included, and
+--       every record at the last returned time, so the caller's finer order is complete.
 --   "l" a calling list: ARGV[3] the business's digits, ARGV[4] the customer to start after
 --       (7 bytes, or "" for the start), ARGV[5] at most this many; returns customers (7 bytes
 --       each) in order, from the business's `li` chunks in their directory's order
@@ -87,6 +95,59 @@ elseif mode == 'l' then
         if u(chunk, at, 7) > akey then
           table.insert(out, string.sub(chunk, at, at + 6))
           if #out >= n then return out end
+        end
+      end
+    end
+  end
+elseif mode == 'r' then
+  local business, name = ARGV[3], ARGV[4]
+  local from, to = time_key(tonumber(ARGV[6])), time_key(tonumber(ARGV[7]))
+  local after = ARGV[8] ~= '' and time_key(tonumber(ARGV[8])) or nil
+  local n = tonumber(ARGV[9])
+  local shards, buckets = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local start = from
+  if after and after > start then start = after end
+  local biz7 = bytes(tonumber(business), 7)
+  local dir = redis.call('ZRANGE', P .. ARGV[5] .. ':' .. business, 0, -1, 'WITHSCORES')
+  local counted, last_key = 0, nil
+  for i = 1, #dir, 2 do
+    local next_first = dir[i + 3] and tonumber(dir[i + 3])
+    if tonumber(dir[i + 1]) >= to then break end
+    if not next_first or next_first >= start then
+      local chunk = redis.call('GET', P .. name .. ':' .. business .. ':' .. dir[i]) or ''
+      for at = 1, #chunk - 10, 11 do
+        local key = u(chunk, at, 6)
+        if key >= to and key ~= 0 then return out end
+        if key >= start then
+          if counted >= n and key ~= last_key then return out end
+          local ptr = string.sub(chunk, at + 6, at + 10)
+          local entry = entry_at(P, ptr)
+          if not entry or #entry < 53 then
+            return redis.error_reply('CORRUPT unreadable history entry')
+          end
+          local back = has_bit(string.byte(entry, 1), 6)
+          local cat = back and 45 or 40
+          local field = biz7 .. string.sub(entry, cat, cat + 6)
+          local cur = hot_of(hot_bucket(field, shards, buckets), field)
+          if not cur then return redis.error_reply('CORRUPT indexed entry of no pair') end
+          if cur.err then return cur end
+          -- Its position: walk the pair's chain back from its newest entry.
+          local pos, p = cur.n - 1, cur.newest
+          while p ~= ptr do
+            local head = entry_head(P, p, 44)
+            if #head < 44 or not has_bit(string.byte(head, 1), 6) or pos <= 0 then
+              return redis.error_reply('CORRUPT indexed entry not in its pair\'s chain')
+            end
+            p, pos = string.sub(head, 40, 44), pos - 1
+          end
+          local prev = ''
+          if back then prev = string.sub(entry_head(P, string.sub(entry, 40, 44), 39), 8, 39) end
+          table.insert(out, string.format('%.0f', key - 140737488355328))
+          table.insert(out, entry)
+          table.insert(out, pos)
+          table.insert(out, prev)
+          if not after or key > after then counted = counted + 1 end
+          last_key = key
         end
       end
     end

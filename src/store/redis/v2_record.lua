@@ -29,6 +29,7 @@
 -- ARGV[20] the reply's paired message id ("" if none)
 -- ARGV[21] the pair's registrations hash (v1's `r:` key, full name)
 -- ARGV[22] the delivery's sender: "1" DoubleTick, "0" WhatsApp (entry flag bit 3)
+-- ARGV[23] received at (ms, the app's clock)
 -- Returns 0 applied (no event), the event id (applied, event logged), 1 stale, 2 duplicate,
 -- 3 conflict (the same delivery said something else: nothing is written), {4, length, tip}
 -- the chain tip moved (nothing is written; the tip as it is).
@@ -37,9 +38,9 @@
 -- bit 3 newest != current), decided (6 B), [expiry (6 B)], the current decision's dedup id
 -- (16 B), its entry's pointer, [the newest entry's pointer], the history length (varint).
 -- The shard's meta hash `m`, read with one HMGET and written with one HSET: `g` the open
--- segment (number, write offset); `r<business>` the open bri chunk (number, used bytes);
--- `e<business>` the last bei chunk (id, used bytes, its newest time); `n<business>` the last
--- chunk id given out.
+-- segment (number, write offset); `r<business>` and `e<business>` the last bri and bei chunk
+-- (id, used bytes, its newest time); `n<business>` the last chunk id given out; `i` the
+-- newest event id and `k` the last trim check (v2_lib.lua's log_event).
 
 
 local P = ARGV[1]
@@ -141,39 +142,13 @@ if count >= WALK then
   redis.call('HSET', dedup, tag, (redis.call('HGET', dedup, tag) or '') .. ptr)
 end
 
--- The time indexes: arrival order (`bri`, appended), event time (`bei`, sorted; appended when
--- it is the newest time, which it almost always is).
-local rn, rused = 0, 0
-if open then rn, rused = u(open, 1, 3), u(open, 4, 2) end
-if not open or rused + 5 > CHUNK then
-  if open then rn = rn + 1 end
-  rused = 0
-  redis.call('SETRANGE', P .. 'bri:' .. business .. ':' .. rn, CHUNK - 1, '\0')
-end
-redis.call('SETRANGE', P .. 'bri:' .. business .. ':' .. rn, rused, ptr)
+-- The time indexes, both sorted chunk arrays of (time, pointer): by received time (`bri`,
+-- the app's clock, passed in) and by event time (`bei`). A record is appended to the padded
+-- last chunk when its time is the newest, which it almost always is.
 table.insert(meta_out, 'r' .. business)
-table.insert(meta_out, bytes(rn, 3) .. bytes(rused + 5, 2))
-
-local xe = P .. 'xe:' .. business
-local trec = bytes(t + 140737488355328, 6) .. ptr
-local tkey = t + 140737488355328
-local lid, lused, lkey
-if last then lid, lused, lkey = u(last, 1, 3), u(last, 4, 2), u(last, 6, 6) end
-if last and tkey >= lkey and lused + 11 <= CHUNK then
-  redis.call('SETRANGE', P .. 'bei:' .. business .. ':' .. lid, lused, trec)
-  lused, lkey = lused + 11, tkey
-else
-  local id, split, newest, len = sorted_edit(P, business, 'bei', xe, 11, 6, trec, tkey, true, lid or false,
-    lused)
-  if not last then
-    lid, lused, lkey = id, 11, tkey
-  elseif id == lid then
-    if split then lid, lkey = tonumber(split), newest end
-    lused = len
-  end
-end
+table.insert(meta_out, time_index_add(P, business, 'bri', 'xr', open, tonumber(ARGV[23]), ptr))
 table.insert(meta_out, 'e' .. business)
-table.insert(meta_out, bytes(lid, 3) .. bytes(lused, 2) .. bytes(lkey, 6))
+table.insert(meta_out, time_index_add(P, business, 'bei', 'xe', last, t, ptr))
 redis.call('HSET', M, unpack(meta_out))
 
 if not applied then

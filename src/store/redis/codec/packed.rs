@@ -15,6 +15,8 @@
 //! dedup tag (4)   the first bytes of the decision's dedup id
 //! hash (32)       the entry's own chain hash (the previous one is the prior entry's own)
 //! [back pointer (5)]   the pair's previous entry
+//! customer (7)     the pair's customer (the business is in every key that leads here), so an
+//!                  index record (a pointer) names its pair
 //! decided (6)  [expires (6)]  arrival lag (zig-zag varint)  [stated (8)]  [stated expiry:
 //! 0, or 1 and 8 bytes]
 //! message id, paired id, response source, sender id   (packed texts)
@@ -291,6 +293,7 @@ pub fn encode_entry(
     if let Some(p) = previous {
         out.extend_from_slice(&p.encode()?);
     }
+    out.extend_from_slice(&phone_bytes(&d.pair.customer));
     put_time(&mut out, d.decided_at)?;
     if let Some(expires) = d.choice.expires_at() {
         put_time(&mut out, expires)?;
@@ -340,10 +343,23 @@ pub struct PackedEntry {
     pub previous: Option<Pointer>,
 }
 
-/// Decodes the entry at the start of `bytes` (the pair comes from where it was found).
-/// Returns it and its length. Anything malformed, or a dedup tag that is not the decision's
-/// own, is [`StoreError::Corrupt`].
+/// Decodes the entry at the start of `bytes`, which must be `pair`'s (where it was found
+/// says so). Returns it and its length. Anything malformed, another customer's entry, or a
+/// dedup tag that is not the decision's own, is [`StoreError::Corrupt`].
 pub fn decode_entry(pair: &Pair, bytes: &[u8]) -> Result<(PackedEntry, usize), StoreError> {
+    let (read, len) = decode_entry_of(&pair.business, bytes)?;
+    if read.entry.decision.pair != *pair {
+        return Err(corrupt("packed entry: another pair's"));
+    }
+    Ok((read, len))
+}
+
+/// Decodes the entry at the start of `bytes`, of one of `business`'s pairs (an index record
+/// led here); the customer is the entry's own.
+pub fn decode_entry_of(
+    business: &PhoneNumber,
+    bytes: &[u8],
+) -> Result<(PackedEntry, usize), StoreError> {
     let len = entry_len(bytes)
         .filter(|n| (ENTRY_HEAD_LEN..=bytes.len()).contains(n))
         .ok_or_else(|| corrupt("packed entry: truncated"))?;
@@ -363,6 +379,7 @@ pub fn decode_entry(pair: &Pair, bytes: &[u8]) -> Result<(PackedEntry, usize), S
     } else {
         None
     };
+    let customer = phone_from_bytes(&r.array::<7>()?)?;
     let decided_at = get_time(&mut r)?;
     let choice = get_choice(&mut r, flags)?;
     let zigzag = get_varint(&mut r)?;
@@ -398,7 +415,7 @@ pub fn decode_entry(pair: &Pair, bytes: &[u8]) -> Result<(PackedEntry, usize), S
         &mut registered_name,
     )?;
     let decision = Decision {
-        pair: pair.clone(),
+        pair: Pair::new(business.clone(), customer),
         choice,
         decided_at,
         evidence: Evidence {
