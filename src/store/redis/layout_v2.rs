@@ -579,7 +579,7 @@ impl RedisStore {
         batch: usize,
     ) -> redis::ScriptInvocation<'_> {
         let mut call = self.v2_claim_script.prepare_invoke();
-        call.key(self.keys.due(shard))
+        call.key(format!("{}xd", self.keys.shard_prefix(shard)))
             .key(&self.streams[shard])
             .key(&self.trimmed[shard])
             .arg(now_ms)

@@ -316,3 +316,11 @@ local function time_index_add(P, business, name, dirname, last, ms, ptr)
   end
   return bytes(lid, 3) .. bytes(lused, 2) .. bytes(lkey, 6)
 end
+
+-- The shard's due index: a chunked sorted array `dq::<id>` (directory `xd`) of 20-byte
+-- records, a temporary grant's expiry (as a time_key) then its pair's field. About 5 bytes a
+-- consent where a sorted set cost 23.
+local function due_edit(P, expiry, field, insert)
+  local key = time_key(expiry)
+  sorted_edit(P, '', 'dq', P .. 'xd', 20, 6, bytes(key, 6) .. field, key, insert)
+end

@@ -165,22 +165,19 @@ local now, now_us = clock()
 redis.call('HSET', bucket, field, string.char(rank + (rank == 0 and 4 or 0)) .. time_bytes(t)
   .. (rank == 0 and time_bytes(e) or '') .. ARGV[8] .. ptr .. varint(count + 1))
 local lease = P .. 't:' .. field
-local due = P .. 'due'
+-- The due index (v2_lib.lua's due_edit): the grant it held for this pair leaves it; a new
+-- temporary grant joins it, unless it lapsed on arrival (by the caller's clock: its EXPIRED
+-- is published now, not swept).
+if cur and cur.r == 0 then due_edit(P, cur.e, field, false) end
 if rank == 0 then
   if e > now then
     redis.call('SET', lease, '1', 'PXAT', string.format('%.0f', e))
   else
     redis.call('DEL', lease)
   end
-  if ARGV[16] == 'e' then
-    -- Lapsed on arrival (by the caller's clock): its EXPIRED is published now, not swept.
-    redis.call('ZREM', due, field)
-  else
-    redis.call('ZADD', due, string.format('%.0f', e), field)
-  end
+  if ARGV[16] ~= 'e' then due_edit(P, e, field, true) end
 elseif cur and cur.r == 0 then
   redis.call('DEL', lease)
-  redis.call('ZREM', due, field)
 end
 -- issue 13 (calling lists): a grant is listed (the sweep's claim removes a lapsed one); a
 -- denial, or a grant lapsed on arrival, is not. A denial of a pair that had no decision, or a
