@@ -26,6 +26,7 @@ mod metrics;
 mod outbound_webhooks;
 mod redaction;
 mod redis_faults;
+mod redis_layout_v2;
 mod redis_store;
 mod replicas;
 mod resume;

@@ -1,0 +1,209 @@
+//! What only Redis layout v2 (`docs/redis-layout-v2.md`, being built) must show beyond the
+//! conformance suite (`conformance::redis_layout_v2`): its packed structures at the sizes
+//! where they change shape. The due index and the calling lists are chunked sorted arrays
+//! that split past about 50 records; a pair's dedup walk gives way to a dedup hash past 32
+//! entries; hot-record buckets turn into hash tables past 128 pairs.
+
+use chrono::{DateTime, Duration, Utc};
+
+use callgate::domain::{
+    Choice, Decision, EventKind, Evidence, Pair, PhoneNumber, Source, to_millis_precision,
+};
+use callgate::store::redis::{Layout, RedisConfig, RedisStore};
+use callgate::store::{ConsentStore, Cursor, RecordOutcome, StoreError};
+
+use crate::redis_harness::RedisServer;
+
+fn pair(n: u32) -> Pair {
+    Pair::new(
+        PhoneNumber::parse("+14155550000").unwrap(),
+        PhoneNumber::parse(&format!("+4479{n:08}")).unwrap(),
+    )
+}
+
+fn decision(pair: &Pair, choice: Choice, decided_at: DateTime<Utc>, msg: &str) -> Decision {
+    Decision {
+        pair: pair.clone(),
+        choice,
+        decided_at,
+        evidence: Evidence {
+            source: Source::WhatsApp,
+            message_id: msg.to_owned(),
+            paired_message_id: String::new(),
+            response_source: "user_initiated".to_owned(),
+            sender_customer_id: String::new(),
+            body_sha256: [0xee; 32],
+            stated_at: decided_at,
+            stated_expires_at: choice.expires_at(),
+        },
+        attribution: None,
+        customer_name: None,
+    }
+}
+
+/// A v2 store with `buckets` hot-record buckets a shard.
+async fn v2_store(server: &RedisServer, buckets: u32) -> RedisStore {
+    let mut config = RedisConfig::new(server.url());
+    config.layout = Layout::V2;
+    config.hot_buckets = buckets;
+    config.timeout = std::time::Duration::from_secs(5);
+    RedisStore::connect(config).await.expect("connect")
+}
+
+/// Every event of the store's log, from the start.
+async fn all_events(store: &RedisStore) -> Vec<callgate::store::LoggedEvent> {
+    let mut cursor = Cursor::uniform(store.shards(), callgate::store::StreamId::ZERO);
+    let mut out = Vec::new();
+    loop {
+        let page = store
+            .read_events(&cursor, 500, std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        for e in &page {
+            cursor.advance(e.shard, e.id);
+        }
+        out.extend(page);
+    }
+}
+
+#[tokio::test]
+async fn many_lapses_across_split_due_chunks_are_each_claimed_once() {
+    let server = RedisServer::start();
+    // Two buckets a shard: 1,200 pairs overflow the hashes' listpack form too.
+    let store = v2_store(&server, 2).await;
+    let t = to_millis_precision(Utc::now());
+    let lapse_at = t + Duration::hours(1);
+    let n = 1200u32;
+    // Recorded out of expiry order, so records land in the middle of chunks and split them.
+    let grants: Vec<Decision> = (0..n)
+        .map(|i| {
+            let k = (i * 7919) % n;
+            decision(
+                &pair(i),
+                Choice::GrantTemporary {
+                    expires_at: lapse_at + Duration::milliseconds(i64::from(k)),
+                },
+                t,
+                &format!("grant-{i}"),
+            )
+        })
+        .collect();
+    for batch in grants.chunks(100) {
+        let out = store.record(batch, t).await.unwrap();
+        assert!(out.iter().all(|o| *o == RecordOutcome::Applied));
+    }
+    // Every tenth grant is superseded by a denial before it lapses: its due record leaves.
+    let denials: Vec<Decision> = (0..n)
+        .step_by(10)
+        .map(|i| {
+            decision(
+                &pair(i),
+                Choice::Deny,
+                t + Duration::seconds(1),
+                &format!("no-{i}"),
+            )
+        })
+        .collect();
+    store.record(&denials, t).await.unwrap();
+    let superseded = denials.len();
+
+    // Half the expiries are due at the first sweep, the rest at the second; none twice.
+    let first = store
+        .claim_expired(lapse_at + Duration::milliseconds(599))
+        .await
+        .unwrap();
+    let again = store
+        .claim_expired(lapse_at + Duration::milliseconds(599))
+        .await
+        .unwrap();
+    let second = store
+        .claim_expired(lapse_at + Duration::seconds(10))
+        .await
+        .unwrap();
+    let want_first = (0..n)
+        .filter(|i| i % 10 != 0 && (i * 7919) % n < 600)
+        .count();
+    assert_eq!(first, want_first);
+    assert_eq!(again, 0);
+    assert_eq!(first + second, n as usize - superseded);
+
+    let expired: Vec<_> = all_events(&store)
+        .await
+        .into_iter()
+        .filter(|e| e.event.kind == EventKind::Expired)
+        .collect();
+    assert_eq!(expired.len(), n as usize - superseded);
+    let mut customers: Vec<_> = expired
+        .iter()
+        .map(|e| e.event.decision.pair.clone())
+        .collect();
+    customers.sort_by(|a, b| a.customer.digits().cmp(b.customer.digits()));
+    customers.dedup();
+    assert_eq!(customers.len(), expired.len(), "a lapse announced twice");
+    // Each event carries the lapsed grant itself, read back from its entry.
+    for e in &expired {
+        let i: u32 = e.event.decision.evidence.message_id["grant-".len()..]
+            .parse()
+            .unwrap();
+        assert_ne!(i % 10, 0, "a superseded grant was announced");
+        assert_eq!(e.event.decision, grants[i as usize]);
+    }
+}
+
+#[tokio::test]
+async fn a_long_history_is_deduplicated_through_its_dedup_hash() {
+    let server = RedisServer::start();
+    let store = v2_store(&server, 4).await;
+    let p = pair(7);
+    let t = to_millis_precision(Utc::now()) - Duration::hours(1);
+    // 40 decisions: past the 32 a dedup walk reads.
+    let history: Vec<Decision> = (0..40)
+        .map(|i| {
+            let choice = if i % 2 == 0 {
+                Choice::GrantPermanent
+            } else {
+                Choice::Deny
+            };
+            decision(&p, choice, t + Duration::seconds(i), &format!("m{i}"))
+        })
+        .collect();
+    for d in &history {
+        let out = store.record(std::slice::from_ref(d), t).await.unwrap();
+        assert_eq!(out, vec![RecordOutcome::Applied]);
+    }
+    // The oldest, one in the middle, and the newest are each recognised however old.
+    for i in [0usize, 5, 31, 33, 39] {
+        let out = store
+            .record(std::slice::from_ref(&history[i]), t)
+            .await
+            .unwrap();
+        assert_eq!(out, vec![RecordOutcome::Duplicate], "decision {i}");
+    }
+    // The same delivery saying something else is a conflict, and stores nothing.
+    let mut other = history[1].clone();
+    other.choice = Choice::GrantPermanent;
+    match store.record(&[other], t).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let kept = store.history(&p).await.unwrap();
+    assert_eq!(kept.len(), 40);
+    for (entry, d) in kept.iter().zip(&history) {
+        assert_eq!(&entry.decision, d);
+    }
+    // A new delivery is still recorded after all of that.
+    let new = decision(
+        &p,
+        Choice::GrantPermanent,
+        t + Duration::seconds(100),
+        "m40",
+    );
+    assert_eq!(
+        store.record(&[new], t).await.unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    assert_eq!(store.history(&p).await.unwrap().len(), 41);
+}
