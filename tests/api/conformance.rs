@@ -1910,8 +1910,7 @@ conformance!(
 
 /// Redis layout v2 (`docs/redis-layout-v2.md`) is being built: these are the promises it
 /// keeps so far, on a real `redis-server`. Every test of the suite joins this list once the
-/// operations it needs are built for v2. Not yet (it refuses with `Unavailable` on v2):
-/// registrations (the `issue13_…` tests not listed).
+/// operations it needs are built for v2: all of them now.
 macro_rules! conformance_v2 {
     ($($name:ident),* $(,)?) => {
         mod redis_layout_v2 {
@@ -1960,4 +1959,9 @@ conformance_v2!(
     issue13_calling_list_pages_cover_each_pair_once,
     issue14_records_list_a_business_in_order_within_the_range,
     issue14_concurrent_replicas_keep_one_chain,
+    issue13_a_reply_to_a_registered_request_is_attributed,
+    issue13_a_reply_before_its_registration_is_attributed_when_it_lands,
+    issue13_the_budget_refuses_a_second_in_24_h_and_a_third_in_7_days,
+    issue13_racing_registrations_cannot_both_take_the_last_request,
+    issue13_no_reply_is_missed_when_replies_race_the_registration,
 );

@@ -19,13 +19,16 @@ use super::reply::bytes_of;
 use super::routing::Route;
 use super::store::{RedisStore, all};
 use super::{Layout, SHARDS};
+use crate::domain::ConsentRequest;
 use crate::domain::{
     ChainLink, ConsentEvent, Decision, EventKind, GENESIS, HistoryEntry, HistoryOutcome, Pair,
 };
 use crate::store::records::{
     self, RecordedDecision, RecordsPage, RecordsPosition, RecordsRange, TimeField,
 };
-use crate::store::{HistoryPage, LoggedEvent, StoreError, StreamId};
+use crate::store::{
+    HistoryPage, LoggedEvent, RegisterOutcome, RequestPolicy, StoreError, StreamId,
+};
 
 use super::records_chain::{ChainPlan, Tip};
 
@@ -103,13 +106,6 @@ impl RedisStore {
     /// Whether this store writes and reads layout v2.
     pub(super) fn v2(&self) -> bool {
         self.config.layout == Layout::V2
-    }
-
-    /// The refusal of an operation layout v2 does not have yet.
-    pub(super) fn v2_unbuilt(what: &str) -> StoreError {
-        StoreError::Unavailable(format!(
-            "{what} is not built for Redis layout v2 yet (docs/redis-layout-v2.md)"
-        ))
     }
 
     /// One `v2_record.lua` call: `decision`, chained as `plan` says.
@@ -430,6 +426,63 @@ impl RedisStore {
             items: items.into_iter().map(|(_, item)| item).collect(),
             next,
         })
+    }
+
+    /// One registration attempt on v2 (`v2_requests.lua`): reads the pair's history, finds
+    /// the replies recorded before the registration that answer it, and registers; `None`
+    /// when the history grew in between (the caller reads again).
+    pub(super) async fn v2_register_once(
+        &self,
+        request: &ConsentRequest,
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<Option<RegisterOutcome>, StoreError> {
+        let pair = &request.pair;
+        let shard = keys::shard_of(pair);
+        let history = self.v2_history_page(pair, 0, usize::MAX).await?;
+        let oldest = now - chrono::Duration::milliseconds(policy.retention_ms());
+        let (bucket, field) = self.bucket_and_field(pair);
+        let r = self.keys.requests(pair);
+        let mut call = self.v2_requests_script.prepare_invoke();
+        call.key(&r.requests)
+            .key(&r.sent)
+            .arg(&request.request_message_id)
+            .arg(codec::encode_request(request))
+            .arg(request.sent_at.timestamp_millis())
+            .arg(now.timestamp_millis())
+            .arg(policy.retention_ms())
+            .arg(super::requests::limits_arg(policy))
+            .arg(self.config.event_retention.as_millis() as u64)
+            .arg(self.keys.shard_prefix(shard))
+            .arg(bucket)
+            .arg(&field[..])
+            .arg(history.entries.len())
+            .arg(pair.business.digits());
+        for (position, entry) in history.entries.iter().enumerate() {
+            if entry.received_at >= oldest
+                && entry.decision.attribution.is_none()
+                && request.answered_by(&entry.decision)
+            {
+                let mut body = keys::member(pair).into_bytes();
+                body.push(b':');
+                body.extend_from_slice(&codec::encode_body(&entry.decision));
+                call.arg(position)
+                    .arg(&entry.decision.dedup_digest()[..4])
+                    .arg(body);
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&call);
+        self.wait_for_replicas(&mut pipe);
+        let mut replies: Vec<Value> = self.query_scripts(Route::Shard(shard), true, &pipe).await?;
+        self.replicas_reached(&mut replies, "the registration")?;
+        let reply: Vec<i64> = match replies.pop() {
+            Some(v) if replies.is_empty() => {
+                redis::from_redis_value(v).map_err(|_| corrupt_reply("layout v2 requests"))?
+            }
+            _ => return Err(corrupt_reply("layout v2 requests")),
+        };
+        Self::registered(&reply, now, policy)
     }
 
     /// The chain tips (history length, newest hash) of `pairs`.

@@ -223,6 +223,7 @@ const RECORD_LUA: &str = concat!(
 const REQUESTS_LUA: &str = concat!(
     "#!lua\n",
     include_str!("lib.lua"),
+    include_str!("requests_lib.lua"),
     include_str!("requests.lua")
 );
 /// `claim_expired.lua` with the shared helpers of `lib.lua` before it (no `#!lua`: see the
@@ -239,6 +240,12 @@ const V2_READ_LUA: &str = concat!(
     include_str!("lib.lua"),
     include_str!("v2_lib.lua"),
     include_str!("v2_read.lua")
+);
+const V2_REQUESTS_LUA: &str = concat!(
+    include_str!("lib.lua"),
+    include_str!("v2_lib.lua"),
+    include_str!("requests_lib.lua"),
+    include_str!("v2_requests.lua")
 );
 const V2_CLAIM_LUA: &str = concat!(
     include_str!("lib.lua"),

@@ -1,6 +1,7 @@
 -- issue 13 (attribution). Prepended when the script is built (store/redis/mod.rs): the
 -- `#!lua` line (every key declared), then lib.lua (b36, header, trimmed_by, next_event_id,
--- now_ms).
+-- now_ms) and requests_lib.lua (the checks and the store step, shared with layout v2's
+-- v2_requests.lua).
 -- Registers ONE consent request for ONE pair, atomically: purge registrations past their
 -- retention, refuse a retry with other fields, check the request budget, store, then
 -- attribute the replies recorded before it (found by RedisStore, which reads and decodes the
@@ -38,72 +39,18 @@ local now = tonumber(ARGV[4])
 local function hex_to_bytes(hex)
   return (string.gsub(hex, '%x%x', function(b) return string.char(tonumber(b, 16)) end))
 end
-local retention = tonumber(ARGV[5])
-local sent = tonumber(ARGV[3])
 
--- Purge registrations past their retention (the keys also expire as a whole, see below).
-local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. string.format('%.0f', now - retention))
-for _, id in ipairs(old) do
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('ZREM', KEYS[2], id)
-end
-
-local known = redis.call('HGET', KEYS[1], ARGV[1])
-if known then
-  if known == ARGV[2] then return { 1 } end
-  return { 2 }
-end
-
--- THE BUDGET RULE, the twin of `domain::attribution::fits` (src/domain/attribution.rs);
--- change both together: for every limit, no window of its length holding `at` may hold more
--- than `max` requests; a request at `e` shares a window with `at` when |at - e| < window.
-local function budget_fits(times, at, limits)
-  for _, l in ipairs(limits) do
-    local near, starts = {}, {}
-    for _, e in ipairs(times) do
-      if math.abs(e - at) < l.w then
-        near[#near + 1] = e
-        if e <= at then starts[#starts + 1] = e end
-      end
-    end
-    starts[#starts + 1] = at
-    for _, s in ipairs(starts) do
-      local inside = 0
-      for _, e in ipairs(near) do
-        if e >= s and e < s + l.w then inside = inside + 1 end
-      end
-      if inside + 1 > l.max then return false end
-    end
-  end
-  return true
-end
-
-local limits = {}
-for max, w in string.gmatch(ARGV[6], '(%d+):(%d+)') do
-  limits[#limits + 1] = { max = tonumber(max), w = tonumber(w) }
-end
-local logged = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-local times = {}
-for i = 2, #logged, 2 do times[#times + 1] = tonumber(logged[i]) end
-if not budget_fits(times, sent, limits) then
-  local out = { 3 }
-  for _, t in ipairs(times) do out[#out + 1] = t end
-  return out
-end
+-- Purge, retry check, budget (requests_lib.lua): an answer, or nil to go on.
+local refused = registration_checks(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), now,
+  tonumber(ARGV[5]), ARGV[6])
+if refused then return refused end
 
 if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[9]) then
   return { 4 }
 end
 
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], sent, ARGV[1])
--- Both keys live until the newest registration's retention ends (relative to the app's
--- clock, as the purge above).
-local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-local ttl = tonumber(newest[2]) + retention - now
-if ttl < 1 then ttl = 1 end
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', ttl))
-redis.call('PEXPIRE', KEYS[2], string.format('%.0f', ttl))
+store_registration(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), now,
+  tonumber(ARGV[5]))
 
 -- Replies recorded before this registration.
 local trailer = string.sub(ARGV[2], string.find(ARGV[2], ',', 1, true) + 1)

@@ -24,7 +24,7 @@ use crate::domain::{Budget, ConsentRequest, Pair};
 use crate::store::{RegisterOutcome, RequestPolicy, StoreError};
 
 /// The budget as `requests.lua` reads it: `<max>:<window ms>;...`.
-fn limits_arg(policy: &RequestPolicy) -> String {
+pub(super) fn limits_arg(policy: &RequestPolicy) -> String {
     policy
         .limits
         .iter()
@@ -66,6 +66,9 @@ impl RedisStore {
         now: DateTime<Utc>,
         policy: &RequestPolicy,
     ) -> Result<Option<RegisterOutcome>, StoreError> {
+        if self.v2() {
+            return self.v2_register_once(request, now, policy).await;
+        }
         let pair = &request.pair;
         let k = self.keys.pair(pair);
         let r = self.keys.requests(pair);
@@ -118,7 +121,17 @@ impl RedisStore {
             }
             _ => return Err(corrupt_reply("requests")),
         };
-        let outcome = match reply.as_slice() {
+        Self::registered(&reply, now, policy)
+    }
+
+    /// The outcome of a registration script's answer (`requests.lua`, `v2_requests.lua`);
+    /// `None`: the history grew since it was read.
+    pub(super) fn registered(
+        reply: &[i64],
+        now: DateTime<Utc>,
+        policy: &RequestPolicy,
+    ) -> Result<Option<RegisterOutcome>, StoreError> {
+        let outcome = match reply {
             [0, attributed, _announced] => RegisterOutcome::Registered {
                 attributed: usize::try_from(*attributed).unwrap_or(0),
             },

@@ -11,7 +11,7 @@ use super::connection::{self, BlockingPool, Lease, SharedConnection, Verdict};
 use super::error::{is_noscript, map_error};
 use super::{
     CLAIM_EXPIRED_LUA, RECORD_LUA, REQUESTS_LUA, RedisConfig, RedisStore, SHARDS, V2_CLAIM_LUA,
-    V2_READ_LUA, V2_RECORD_LUA,
+    V2_READ_LUA, V2_RECORD_LUA, V2_REQUESTS_LUA,
 };
 use crate::store::StoreError;
 
@@ -291,6 +291,7 @@ impl RedisStore {
                 V2_RECORD_LUA,
                 V2_READ_LUA,
                 V2_CLAIM_LUA,
+                V2_REQUESTS_LUA,
             ] {
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(source);
@@ -306,7 +307,8 @@ impl RedisStore {
             .load_script(&self.requests_script)
             .load_script(&self.v2_record_script)
             .load_script(&self.v2_read_script)
-            .load_script(&self.v2_claim_script);
+            .load_script(&self.v2_claim_script)
+            .load_script(&self.v2_requests_script);
         self.attempt_routed::<Vec<String>>(Route::Keyless, false, Call::Pipe(&pipe))
             .await?
             .map(drop)

@@ -54,6 +54,7 @@ pub struct RedisStore {
     pub(super) v2_record_script: Script,
     pub(super) v2_read_script: Script,
     pub(super) v2_claim_script: Script,
+    pub(super) v2_requests_script: Script,
 }
 
 impl fmt::Debug for RedisStore {
@@ -86,6 +87,7 @@ impl RedisStore {
             v2_record_script: Script::new(super::V2_RECORD_LUA),
             v2_read_script: Script::new(super::V2_READ_LUA),
             v2_claim_script: Script::new(super::V2_CLAIM_LUA),
+            v2_requests_script: Script::new(super::V2_REQUESTS_LUA),
             config,
         };
         store.ping().await?;
@@ -886,10 +888,6 @@ impl ConsentStore for RedisStore {
         now: DateTime<Utc>,
         policy: &RequestPolicy,
     ) -> Result<RegisterOutcome, StoreError> {
-        if self.v2() {
-            // requests.lua attributes replies recorded before the registration in v1's keys.
-            return Err(Self::v2_unbuilt("a consent request's registration"));
-        }
         self.register(request, now, policy).await
     }
 
