@@ -22,6 +22,8 @@ pub const ENV_REDIS_PREFIX: &str = "CALLGATE_REDIS_PREFIX";
 pub const ENV_REDIS_TIMEOUT_MS: &str = "CALLGATE_REDIS_TIMEOUT_MS";
 pub const ENV_REDIS_CLUSTER_NODES: &str = "CALLGATE_REDIS_CLUSTER_NODES";
 pub const ENV_REDIS_REPLICA_ACKS: &str = "CALLGATE_REDIS_REPLICA_ACKS";
+pub const ENV_REDIS_LAYOUT: &str = "CALLGATE_REDIS_LAYOUT";
+pub const ENV_REDIS_HOT_BUCKETS: &str = "CALLGATE_REDIS_HOT_BUCKETS";
 pub const ENV_REDIS_HEALTH_INTERVAL_MS: &str = "CALLGATE_REDIS_HEALTH_INTERVAL_MS";
 pub const ENV_TEMPORARY_GRANT_SECS: &str = "CALLGATE_TEMPORARY_GRANT_SECS";
 pub const ENV_MAX_CLOCK_SKEW_SECS: &str = "CALLGATE_MAX_CLOCK_SKEW_SECS";
@@ -218,6 +220,10 @@ pub struct Config {
     /// A write is acknowledged only once this many replicas hold it (`WAIT`); 0: once the
     /// master does.
     pub redis_replica_acks: u32,
+    /// `CALLGATE_REDIS_LAYOUT`: the Redis key layout (`docs/redis-layout-v2.md`).
+    pub redis_layout: crate::store::redis::Layout,
+    /// `CALLGATE_REDIS_HOT_BUCKETS`: layout v2's hot-record buckets a shard.
+    pub redis_hot_buckets: u32,
     /// How often the shared Redis connection is health-`PING`ed (a wedged one is replaced).
     pub redis_health_interval: Duration,
     /// Length of a temporary grant when the sender gives no expiry.
@@ -365,6 +371,33 @@ impl Config {
                 problem: "must be a whole number (0 or more)".into(),
             })?,
         };
+        let redis_layout = match raw(&None, ENV_REDIS_LAYOUT) {
+            None => crate::store::redis::Layout::V1,
+            Some((value, name)) => match value.trim() {
+                "v1" | "1" => crate::store::redis::Layout::V1,
+                "v2" | "2" => crate::store::redis::Layout::V2,
+                _ => {
+                    return Err(ConfigError {
+                        name,
+                        value: value.clone(),
+                        problem: "must be v1 or v2".into(),
+                    });
+                }
+            },
+        };
+        let redis_hot_buckets = match raw(&None, ENV_REDIS_HOT_BUCKETS) {
+            None => crate::store::redis::keys::HOT_BUCKETS,
+            Some((value, name)) => value
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=65_536).contains(n))
+                .ok_or_else(|| ConfigError {
+                    name,
+                    value: value.clone(),
+                    problem: "must be a whole number from 1 to 65536".into(),
+                })?,
+        };
         let http_max_connections = count(ENV_HTTP_MAX_CONNECTIONS, DEFAULT_HTTP_MAX_CONNECTIONS)?;
         let grpc_max_connections = count(ENV_GRPC_MAX_CONNECTIONS, DEFAULT_GRPC_MAX_CONNECTIONS)?;
         let grpc_max_streams_per_connection = count(
@@ -503,6 +536,8 @@ impl Config {
             redis_url,
             redis_cluster_nodes,
             redis_replica_acks,
+            redis_layout,
+            redis_hot_buckets,
             redis_prefix: raw(&None, ENV_REDIS_PREFIX)
                 .map_or_else(|| DEFAULT_REDIS_PREFIX.to_owned(), |(v, _)| v),
             redis_timeout: millis(ENV_REDIS_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT)?,
@@ -758,6 +793,9 @@ mod tests {
             (ENV_HTTP_MAX_CONNECTIONS, "many"),
             (ENV_REDIS_REPLICA_ACKS, "-1"),
             (ENV_REDIS_REPLICA_ACKS, "one"),
+            (ENV_REDIS_LAYOUT, "v3"),
+            (ENV_REDIS_HOT_BUCKETS, "0"),
+            (ENV_REDIS_HOT_BUCKETS, "100000"),
             (ENV_TLS_CERT, "cert.pem"),
             (ENV_TLS_KEY, "key.pem"),
             (ENV_TLS_CLIENT_CA, "ca.pem"),

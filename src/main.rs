@@ -350,6 +350,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 health_interval: config.redis_health_interval,
                 event_retention: config.event_retention,
                 replica_acks: config.redis_replica_acks,
+                layout: config.redis_layout,
+                hot_buckets: config.redis_hot_buckets,
                 ..redis
             };
             let target = redis.redacted_url();
@@ -363,6 +365,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 cluster,
                 replica_acks = config.redis_replica_acks,
                 prefix = %config.redis_prefix,
+                layout = ?config.redis_layout,
                 "using the Redis store"
             );
             Arc::new(store)

@@ -207,3 +207,46 @@ async fn a_long_history_is_deduplicated_through_its_dedup_hash() {
     );
     assert_eq!(store.history(&p).await.unwrap().len(), 41);
 }
+
+#[tokio::test]
+async fn a_store_is_read_only_in_the_layout_it_was_written_in() {
+    let server = RedisServer::start();
+    let config = |layout, buckets| {
+        let mut c = RedisConfig::new(server.url());
+        c.layout = layout;
+        c.hot_buckets = buckets;
+        c
+    };
+    let refused = |r: Result<RedisStore, StoreError>| match r {
+        Err(StoreError::Misconfigured(m)) => m,
+        Err(e) => panic!("expected Misconfigured, got {e}"),
+        Ok(_) => panic!("a store in another layout was accepted"),
+    };
+    // An empty store is marked by the first replica on v2; replicas configured otherwise are
+    // refused, whatever order they start in.
+    let v2 = RedisStore::connect(config(Layout::V2, 16)).await.unwrap();
+    let t = to_millis_precision(Utc::now());
+    v2.record(&[decision(&pair(1), Choice::GrantPermanent, t, "m")], t)
+        .await
+        .unwrap();
+    RedisStore::connect(config(Layout::V2, 16)).await.unwrap();
+    let m = refused(RedisStore::connect(config(Layout::V1, 16)).await);
+    assert!(
+        m.contains("layout 2:16") && m.contains("CALLGATE_REDIS_LAYOUT"),
+        "{m}"
+    );
+    refused(RedisStore::connect(config(Layout::V2, 17)).await);
+
+    // A store with v1 data (another prefix) is refused on v2, and kept on v1.
+    let mut v1 = config(Layout::V1, 16);
+    v1.prefix = "old".into();
+    let old = RedisStore::connect(v1.clone()).await.unwrap();
+    old.record(&[decision(&pair(1), Choice::GrantPermanent, t, "m")], t)
+        .await
+        .unwrap();
+    let mut on_v2 = v1.clone();
+    on_v2.layout = Layout::V2;
+    refused(RedisStore::connect(on_v2).await);
+    let again = RedisStore::connect(v1).await.unwrap();
+    assert!(again.current(&pair(1)).await.unwrap().is_some());
+}

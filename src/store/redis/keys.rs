@@ -346,6 +346,12 @@ impl Keys {
         }
     }
 
+    /// The store's layout marker, `{prefix}:layout` (its own slot): absent or `1` for layout
+    /// v1, `2:<hot buckets a shard>` for v2 (`layout_v2.rs`, `check_layout`).
+    pub fn layout(&self) -> String {
+        format!("{{{}}}:layout", self.prefix)
+    }
+
     pub fn webhook_index(&self) -> String {
         format!("{{{}:wh}}:ids", self.prefix)
     }

@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 use redis::Value;
 
 use super::codec::{self, packed};
-use super::error::corrupt_reply;
+use super::error::{corrupt_reply, map_error};
 use super::keys::{self, hot_bucket};
 use super::reply::bytes_of;
-use super::routing::Route;
+use super::routing::{Call, Route};
 use super::store::{RedisStore, all};
 use super::{Layout, SHARDS};
 use crate::domain::ConsentRequest;
@@ -97,6 +97,65 @@ fn strings(reply: Value, what: &str) -> Result<Vec<Vec<u8>>, StoreError> {
 }
 
 impl RedisStore {
+    /// Checks, at connect, that the store's data is in the configured layout, and marks an
+    /// empty store's layout the first time v2 is used: `{prefix}:layout` is `2:<hot buckets>`
+    /// for v2 and absent (or `1`) for v1. A store on v2 must not be read as v1 nor the other
+    /// way round, nor with other hot-record buckets: every pair would look unknown (no
+    /// consent: closed, but every answer lost). So a mismatch refuses to start.
+    pub(super) async fn check_layout(&self) -> Result<(), StoreError> {
+        let key = self.keys.layout();
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        let marked: Option<String> = self.read_cmd(Route::Keyless, &get).await?;
+        let want = match self.config.layout {
+            Layout::V1 => None,
+            Layout::V2 => Some(format!("2:{}", self.config.hot_buckets.max(1))),
+        };
+        let configured = want.clone().unwrap_or_else(|| "1".to_owned());
+        let refuse = |found: &str| {
+            StoreError::Misconfigured(format!(
+                "the Redis store under prefix {:?} holds layout {found}; this replica is \
+                 configured for layout {configured} (CALLGATE_REDIS_LAYOUT, \
+                 CALLGATE_REDIS_HOT_BUCKETS). Configure it like the store (there is no \
+                 migration between layouts yet)",
+                self.config.prefix,
+            ))
+        };
+        match (marked.as_deref(), want) {
+            (None | Some("1"), None) => Ok(()),
+            (Some(found), Some(want)) if found == want => Ok(()),
+            (Some(found), _) => Err(refuse(found)),
+            (None, Some(want)) => {
+                // Not marked: a v1 store, or an empty one. Any shard's event stream says v1
+                // data was written (it outlives its events: trimming keeps the key).
+                let streams = all(0..SHARDS, |s| {
+                    let mut exists = redis::cmd("EXISTS");
+                    exists.arg(&self.streams[s]);
+                    async move { self.read_cmd::<i64>(Route::Shard(s), &exists).await }
+                })
+                .await;
+                for found in streams {
+                    if found? > 0 {
+                        return Err(refuse("1 (unmarked, with data)"));
+                    }
+                }
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg(&want).arg("NX");
+                let _: Option<String> = self
+                    .attempt_routed(Route::Keyless, true, Call::Cmd(&set))
+                    .await?
+                    .map_err(|e| map_error(e, self.config.timeout))?;
+                // Another replica may have marked it first, maybe otherwise.
+                let marked: Option<String> = self.read_cmd(Route::Keyless, &get).await?;
+                match marked {
+                    Some(found) if found == want => Ok(()),
+                    Some(found) => Err(refuse(&found)),
+                    None => Err(corrupt_reply("SET layout")),
+                }
+            }
+        }
+    }
+
     /// A pair's hot-record bucket number and field.
     fn bucket_and_field(&self, pair: &Pair) -> (u32, [u8; 14]) {
         let field = packed::pair_field(pair);

@@ -92,6 +92,7 @@ impl RedisStore {
         };
         store.ping().await?;
         store.load_scripts().await?;
+        store.check_layout().await?;
         Ok(store)
     }
 
