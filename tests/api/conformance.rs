@@ -135,8 +135,14 @@ pub struct ClusterBackend {
 
 impl ClusterBackend {
     pub async fn start(cluster: &RedisCluster) -> Self {
+        Self::start_with(cluster, Layout::V1).await
+    }
+
+    /// A store writing `layout`, on the shared cluster, under a prefix of its own.
+    pub async fn start_with(cluster: &RedisCluster, layout: Layout) -> Self {
         let mut config = RedisConfig::cluster(cluster.nodes_env());
         config.timeout = STORE_TIMEOUT;
+        config.layout = layout;
         config.prefix = format!("conf{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
         let store = Arc::new(
             RedisStore::connect(config)
@@ -169,6 +175,7 @@ impl Backend for ClusterBackend {
         config.timeout = STORE_TIMEOUT;
         config.prefix = format!("retention{}", NEXT_PREFIX.fetch_add(1, Ordering::Relaxed));
         config.event_retention = retention;
+        config.layout = self.store.config().layout;
         Arc::new(RedisStore::connect(config).await.expect("connect"))
     }
 }
@@ -1862,6 +1869,19 @@ macro_rules! conformance {
                 $(
                     eprintln!("cluster conformance: {}", stringify!($name));
                     super::$name(&super::ClusterBackend::start(&cluster).await).await;
+                )*
+                // Layout v2 (docs/redis-layout-v2.md) on the same cluster: every key one
+                // script touches is in one slot there too.
+                $(
+                    eprintln!("cluster conformance, layout v2: {}", stringify!($name));
+                    super::$name(
+                        &super::ClusterBackend::start_with(
+                            &cluster,
+                            callgate::store::redis::Layout::V2,
+                        )
+                        .await,
+                    )
+                    .await;
                 )*
                 tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
             }
