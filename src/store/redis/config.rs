@@ -40,8 +40,8 @@ pub struct RedisConfig {
     /// by default). A layout constant like the shard count: sized once, at deployment, for
     /// about 64 pairs a bucket; changing it later moves every pair's hot record.
     pub hot_buckets: u32,
-    /// The key layout written and read. [`Layout::V1`] is the only one the service uses; v2
-    /// is being built (`docs/redis-layout-v2.md`) and is set only by tests.
+    /// The key layout written and read (`CALLGATE_REDIS_LAYOUT`). A store keeps the layout it
+    /// was first written in (`{prefix}:layout`); a replica configured otherwise is refused.
     pub layout: Layout,
 }
 
@@ -51,9 +51,9 @@ pub enum Layout {
     /// Per-pair keys: `c:`, `x:`, `h:`, `d:` (`keys.rs`).
     #[default]
     V1,
-    /// **In progress, not for production**: packed history segments, hot-record buckets and
-    /// leases (`layout_v2.rs`). Built so far: recording, checks, histories, expiry and events;
-    /// every other operation refuses with `Unavailable`.
+    /// Packed history segments, hot-record buckets, leases and chunked sorted indexes
+    /// (`layout_v2.rs`, `docs/redis-layout-v2.md`): about a quarter of v1's memory, more
+    /// Redis CPU per recorded decision. Opt-in; no migration from v1 yet.
     V2,
 }
 

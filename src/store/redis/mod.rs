@@ -15,12 +15,13 @@
 //! lease and fenced cursor, with the `webhook_*.lua` scripts), `callable` (issue 13: reading the
 //! calling lists' per-business index), `layout_v2` (below).
 //!
-//! # Layout v2 (in progress)
+//! # Layout v2 (opt-in)
 //!
-//! Everything below describes layout v1, the service's. Layout v2 (`docs/redis-layout-v2.md`:
-//! packed history segments, hot-record buckets, leases, ≤ 300 bytes a consent) is being built
-//! in `layout_v2` and the `v2_*.lua` scripts; [`RedisConfig::layout`] selects it, and only
-//! tests and the bench do.
+//! Everything below describes layout v1, the default. Layout v2 (`docs/redis-layout-v2.md`:
+//! packed history segments, hot-record buckets, leases, under 300 bytes a consent) is in
+//! `layout_v2` and the `v2_*.lua` scripts; [`RedisConfig::layout`] (`CALLGATE_REDIS_LAYOUT`)
+//! selects it, and the `{prefix}:layout` marker keeps each store in the layout it was first
+//! written in.
 //!
 //! # Key layout: sharded, cluster-ready
 //!
