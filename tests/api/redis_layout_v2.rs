@@ -250,3 +250,64 @@ async fn a_store_is_read_only_in_the_layout_it_was_written_in() {
     let again = RedisStore::connect(v1).await.unwrap();
     assert!(again.current(&pair(1)).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn unreadable_records_are_corrupt_never_no_consent() {
+    use callgate::store::redis::codec::packed::{HotRecord, pair_field};
+    use callgate::store::redis::keys::{Keys, hot_bucket, shard_of};
+    use redis::AsyncCommands;
+
+    let server = RedisServer::start();
+    let store = v2_store(&server, 4).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let t = to_millis_precision(Utc::now());
+    let p = pair(5);
+    store
+        .record(&[decision(&p, Choice::GrantPermanent, t, "perm")], t)
+        .await
+        .unwrap();
+    let prefix = Keys::new("callgate").shard_prefix(shard_of(&p));
+    let field = pair_field(&p);
+    let bucket = format!("{prefix}p:{}", hot_bucket(&field, 4));
+    let hot: Vec<u8> = conn.hget(&bucket, &field[..]).await.unwrap();
+    let at = HotRecord::decode(&hot).unwrap().current;
+    let segment = format!("{prefix}g:{}", at.segment);
+    let corrupt = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Corrupt(_)));
+
+    // A damaged entry (its customer byte): the check and the history fail, never "no consent"
+    // or another pair's decision.
+    let customer_at = isize::try_from(at.offset).unwrap() + 39 + 6;
+    let mut byte: Vec<u8> = conn
+        .getrange(&segment, customer_at, customer_at)
+        .await
+        .unwrap();
+    byte[0] ^= 0x55;
+    let _: () = conn
+        .setrange(&segment, customer_at, &byte[..])
+        .await
+        .unwrap();
+    assert!(corrupt(store.current(&p).await.map(|_| ())));
+    assert!(corrupt(
+        store.current_many(&[pair(6), p.clone()]).await.map(|_| ())
+    ));
+    assert!(corrupt(store.history(&p).await.map(|_| ())));
+    byte[0] ^= 0x55;
+    let _: () = conn
+        .setrange(&segment, customer_at, &byte[..])
+        .await
+        .unwrap();
+    assert!(store.current(&p).await.unwrap().is_some());
+
+    // An unreadable hot record: checks fail, and the record script refuses to arbitrate
+    // against it rather than overwrite it.
+    let _: () = conn.hset(&bucket, &field[..], "garbage").await.unwrap();
+    assert!(corrupt(store.current(&p).await.map(|_| ())));
+    let deny = decision(&p, Choice::Deny, t + Duration::seconds(1), "no");
+    assert!(corrupt(store.record(&[deny], t).await.map(|_| ())));
+
+    // A hot record pointing at an entry that is gone (its segment deleted).
+    let _: () = conn.hset(&bucket, &field[..], &hot[..]).await.unwrap();
+    let _: () = conn.del(&segment).await.unwrap();
+    assert!(corrupt(store.current(&p).await.map(|_| ())));
+}
