@@ -8,8 +8,6 @@
 -- ARGV[2] what to read:
 --   "c" current decisions: ARGV[3..] are pairs of (bucket number decimal, field); returns, per
 --       pair, the current decision's entry, or "" if the pair has none
---   "t" chain tips: the same arguments; returns, per pair, its history length and the hash of
---       its newest entry ("" if it has none)
 --   "h" a history: ARGV[3] bucket number, ARGV[4] field; returns every entry, oldest first
 --   "p" entries: ARGV[3..] pointers (5 bytes); returns each entry
 --   "r" a records page of one shard: ARGV[3] the business's digits, ARGV[4] the index ("bri"
@@ -38,23 +36,18 @@ local function hot_of(bucket, field)
 end
 
 local out = {}
-if mode == 'c' or mode == 't' then
+if mode == 'c' then
   for i = 3, #ARGV, 2 do
     local cur = hot_of(ARGV[i], ARGV[i + 1])
     if cur and cur.err then return cur end
-    if mode == 'c' then
-      local entry = ''
-      if cur then
-        entry = entry_at(P, cur.ptr)
-        if not entry or #entry < 44 then
-          return redis.error_reply('CORRUPT unreadable current entry')
-        end
+    local entry = ''
+    if cur then
+      entry = entry_at(P, cur.ptr)
+      if not entry or #entry < 44 then
+        return redis.error_reply('CORRUPT unreadable current entry')
       end
-      table.insert(out, entry)
-    else
-      table.insert(out, cur and cur.n or 0)
-      table.insert(out, cur and string.sub(entry_head(P, cur.newest, 39), 8, 39) or '')
     end
+    table.insert(out, entry)
   end
 elseif mode == 'h' then
   local cur = hot_of(ARGV[3], ARGV[4])
