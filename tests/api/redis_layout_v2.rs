@@ -311,3 +311,60 @@ async fn unreadable_records_are_corrupt_never_no_consent() {
     let _: () = conn.del(&segment).await.unwrap();
     assert!(corrupt(store.current(&p).await.map(|_| ())));
 }
+
+#[tokio::test]
+async fn records_pages_cover_many_decisions_of_few_instants_exactly_once() {
+    use callgate::store::redis::keys::shard_of;
+    use callgate::store::{RecordsPosition, RecordsRange, TimeField};
+
+    let server = RedisServer::start();
+    let store = v2_store(&server, 8).await;
+    // 1,200 decisions of one business in ONE shard at two instants, received at two: the
+    // time indexes hold runs of equal keys split over many chunks whose directory entries
+    // share a score (and whose ids pass 9, so their string order is not their number's).
+    let t = to_millis_precision(Utc::now()) - Duration::hours(1);
+    let pairs: Vec<Pair> = (0..200_000)
+        .map(pair)
+        .filter(|p| shard_of(p) == 3)
+        .take(1200)
+        .collect();
+    assert_eq!(pairs.len(), 1200);
+    let all: Vec<Decision> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let at = t + Duration::milliseconds(i64::from(i >= 600));
+            decision(p, Choice::GrantPermanent, at, &format!("same-{i}"))
+        })
+        .collect();
+    for batch in all.chunks(200) {
+        store.record(batch, batch[0].decided_at).await.unwrap();
+    }
+    for by in [TimeField::Event, TimeField::Received] {
+        let range = RecordsRange {
+            business: pairs[0].business.clone(),
+            by,
+            from: t - Duration::seconds(1),
+            to: t + Duration::seconds(1),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut after: Option<RecordsPosition> = None;
+        for _ in 0..1000 {
+            let page = store
+                .records_page(&range, after.as_ref(), 50)
+                .await
+                .unwrap();
+            for item in &page.items {
+                assert!(
+                    seen.insert(item.pair.customer.clone()),
+                    "{by:?}: listed twice"
+                );
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), pairs.len(), "{by:?}: every decision once");
+    }
+}

@@ -102,46 +102,66 @@ elseif mode == 'r' then
   if after and after > start then start = after end
   local biz7 = bytes(tonumber(business), 7)
   local dir = redis.call('ZRANGE', P .. ARGV[5] .. ':' .. business, 0, -1, 'WITHSCORES')
-  local counted, last_key = 0, nil
+  -- Chunks whose first keys are equal (a run of equal times split over several) come in the
+  -- directory in their ids' string order, not in key order; so the chunks of one first key
+  -- are read as a group, and its records sorted, before any is taken. A group can be skipped
+  -- when the next group starts before `start` (a chunk's keys are <= the next chunk's first).
+  local groups = {}
   for i = 1, #dir, 2 do
-    local next_first = dir[i + 3] and tonumber(dir[i + 3])
-    if tonumber(dir[i + 1]) >= to then break end
-    if not next_first or next_first >= start then
-      local chunk = redis.call('GET', P .. name .. ':' .. business .. ':' .. dir[i]) or ''
-      for at = 1, #chunk - 10, 11 do
-        local key = u(chunk, at, 6)
-        if key >= to and key ~= 0 then return out end
-        if key >= start then
-          if counted >= n and key ~= last_key then return out end
-          local ptr = string.sub(chunk, at + 6, at + 10)
-          local entry = entry_at(P, ptr)
-          if not entry or #entry < 53 then
-            return redis.error_reply('CORRUPT unreadable history entry')
+    local score = tonumber(dir[i + 1])
+    local g = groups[#groups]
+    if g and g.score == score then
+      table.insert(g.ids, dir[i])
+    else
+      table.insert(groups, { score = score, ids = { dir[i] } })
+    end
+  end
+  local counted, last_key = 0, nil
+  for gi, g in ipairs(groups) do
+    if g.score >= to then break end
+    local following = groups[gi + 1]
+    if not following or following.score >= start then
+      local recs = {}
+      for _, id in ipairs(g.ids) do
+        local chunk = redis.call('GET', P .. name .. ':' .. business .. ':' .. id) or ''
+        for at = 1, #chunk - 10, 11 do
+          local key = u(chunk, at, 6)
+          if key >= start and key < to then
+            table.insert(recs, { key, string.sub(chunk, at + 6, at + 10) })
           end
-          local back = has_bit(string.byte(entry, 1), 6)
-          local cat = back and 45 or 40
-          local field = biz7 .. string.sub(entry, cat, cat + 6)
-          local cur = hot_of(hot_bucket(field, shards, buckets), field)
-          if not cur then return redis.error_reply('CORRUPT indexed entry of no pair') end
-          if cur.err then return cur end
-          -- Its position: walk the pair's chain back from its newest entry.
-          local pos, p = cur.n - 1, cur.newest
-          while p ~= ptr do
-            local head = entry_head(P, p, 44)
-            if #head < 44 or not has_bit(string.byte(head, 1), 6) or pos <= 0 then
-              return redis.error_reply('CORRUPT indexed entry not in its pair\'s chain')
-            end
-            p, pos = string.sub(head, 40, 44), pos - 1
-          end
-          local prev = ''
-          if back then prev = string.sub(entry_head(P, string.sub(entry, 40, 44), 39), 8, 39) end
-          table.insert(out, string.format('%.0f', key - 140737488355328))
-          table.insert(out, entry)
-          table.insert(out, pos)
-          table.insert(out, prev)
-          if not after or key > after then counted = counted + 1 end
-          last_key = key
         end
+      end
+      if #g.ids > 1 then table.sort(recs, function(x, y) return x[1] < y[1] end) end
+      for _, r in ipairs(recs) do
+        local key, ptr = r[1], r[2]
+        if counted >= n and key ~= last_key then return out end
+        local entry = entry_at(P, ptr)
+        if not entry or #entry < 53 then
+          return redis.error_reply('CORRUPT unreadable history entry')
+        end
+        local back = has_bit(string.byte(entry, 1), 6)
+        local cat = back and 45 or 40
+        local field = biz7 .. string.sub(entry, cat, cat + 6)
+        local cur = hot_of(hot_bucket(field, shards, buckets), field)
+        if not cur then return redis.error_reply('CORRUPT indexed entry of no pair') end
+        if cur.err then return cur end
+        -- Its position: walk the pair's chain back from its newest entry.
+        local pos, p = cur.n - 1, cur.newest
+        while p ~= ptr do
+          local head = entry_head(P, p, 44)
+          if #head < 44 or not has_bit(string.byte(head, 1), 6) or pos <= 0 then
+            return redis.error_reply('CORRUPT indexed entry not in its pair\'s chain')
+          end
+          p, pos = string.sub(head, 40, 44), pos - 1
+        end
+        local prev = ''
+        if back then prev = string.sub(entry_head(P, string.sub(entry, 40, 44), 39), 8, 39) end
+        table.insert(out, string.format('%.0f', key - 140737488355328))
+        table.insert(out, entry)
+        table.insert(out, pos)
+        table.insert(out, prev)
+        if not after or key > after then counted = counted + 1 end
+        last_key = key
       end
     end
   end
