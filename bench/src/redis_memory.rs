@@ -139,7 +139,9 @@ impl Mix {
         let choice = match roll {
             0..50 => Choice::GrantPermanent,
             50..70 => Choice::GrantTemporary {
-                expires_at: self.start + chrono::Duration::days(7),
+                // A 7-day grant lapses 7 days after it was decided (distinct instants, as in
+                // life; one shared instant would make one run of equal due keys).
+                expires_at: decided_at + chrono::Duration::days(7),
             },
             _ => Choice::Deny,
         };

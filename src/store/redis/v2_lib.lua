@@ -147,8 +147,24 @@ local function sorted_edit(P, business, name, dir, width, keyw, rec, key, insert
     chunk = string.sub(chunk, 1, pos * width) .. rec .. string.sub(chunk, pos * width + 1)
     if pos == 0 then redis.call('ZADD', dir, ks, found) end
     local split, newest
+    -- A full chunk splits where the key changes, nearest its middle, so no two chunks share
+    -- a first key (the directory orders equal scores by id string, not by key). A chunk of
+    -- one key only does not split: it grows.
+    local half
     if #chunk > CHUNK then
-      local half = math.floor(#chunk / width / 2) * width
+      local count = #chunk / width
+      local mid = math.floor(count / 2)
+      for d = 0, count do
+        for _, c in ipairs({ mid - d, mid + d }) do
+          if not half and c >= 1 and c < count
+              and u(chunk, (c - 1) * width + 1, keyw) ~= u(chunk, c * width + 1, keyw) then
+            half = c * width
+          end
+        end
+        if half then break end
+      end
+    end
+    if half then
       split = redis.call('HINCRBY', M, 'n' .. business, 1)
       local right = string.sub(chunk, half + 1)
       redis.call('ZADD', dir, string.format('%.0f', u(right, 1, keyw)), split)
