@@ -197,6 +197,8 @@ async fn guarded_store(config: RedisConfig, allow_remote: bool) -> Result<RedisS
         RedisAddress::Unix(_) => {}
     }
     let redacted = config.redacted_url();
+    // Connecting a store on layout v2 marks an empty database's layout (one key).
+    let own_keys = u64::from(config.layout == Layout::V2);
     let store = RedisStore::connect(config)
         .await
         .map_err(store_error("cannot connect the store"))?;
@@ -205,7 +207,7 @@ async fn guarded_store(config: RedisConfig, allow_remote: bool) -> Result<RedisS
         .await
         .map_err(store_error("INFO memory / DBSIZE"))?
         .keys;
-    if size != 0 {
+    if size != own_keys {
         return Err(BenchError::Invalid(format!(
             "refusing to run: the database at {redacted} holds {size} keys (DBSIZE must be 0; use \
              a throwaway server, e.g. `redis-server --port 6390 --save '' --appendonly no`)"

@@ -1,4 +1,5 @@
-//! The two tools that measure `docs/redis-layout-v2.md` before it is built, against a real
+//! The tools that measure `docs/redis-layout-v2.md` (the floor, the record-script prototype,
+//! and `redis-memory` of the store on either layout), each against a real
 //! `redis-server` this test starts on a free loopback port: each must write its layout and,
 //! for the record-script prototype, pass its own checks of that layout (one hot record per
 //! pair, one lease per temporary grant, every consent indexed, every chunk sorted).
@@ -145,5 +146,39 @@ async fn every_floor_variant_writes_its_layout() {
         }
         let leases: &[&str] = if native_expiry { &["string"] } else { &[] };
         assert_eq!(redis.types_of("t").await, leases);
+    }
+}
+
+#[tokio::test]
+async fn redis_memory_measures_the_store_on_both_layouts() {
+    use callgate_bench::redis_memory::{self, RedisMemoryArgs};
+    let redis = Redis::start();
+    for layout in ["v1", "v2"] {
+        redis.flush().await;
+        let args = RedisMemoryArgs {
+            redis_url: redis.url(),
+            consents: 2_000,
+            batch_size: 100,
+            concurrency: 2,
+            sample: 50,
+            duration: 60.0,
+            prefix: "callgate".into(),
+            seed: 1,
+            layout: layout.into(),
+            hot_buckets: None,
+        };
+        assert_eq!(
+            redis_memory::run(args, false, true).await.unwrap(),
+            0,
+            "{layout}"
+        );
+        // The store wrote its own layout: v1's per-pair consent keys, or v2's hot records.
+        let (present, absent, kind): (&str, &str, &[&str]) = if layout == "v1" {
+            ("c", "p", &["string"])
+        } else {
+            ("p", "c", &["hash"])
+        };
+        assert_eq!(redis.types_of(present).await, kind, "{layout}");
+        assert!(redis.types_of(absent).await.is_empty(), "{layout}");
     }
 }
