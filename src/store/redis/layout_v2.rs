@@ -240,8 +240,9 @@ impl RedisStore {
     }
 
     /// Runs one read-script call per group (a shard and the indices of its items): on one
-    /// Redis all in one pipeline, on a cluster each shard by itself, at once. Returns each
-    /// group's reply, in order.
+    /// Redis all in one pipeline, on a cluster each shard by itself, at once, on the read
+    /// connections (with replica acks the write connection carries `WAIT`s, which a check must
+    /// not queue behind). Returns each group's reply, in order.
     async fn v2_read_groups(
         &self,
         calls: Vec<(usize, redis::ScriptInvocation<'_>)>,
@@ -251,7 +252,7 @@ impl RedisStore {
                 let mut pipe = redis::pipe();
                 pipe.invoke_script(call);
                 let mut replies: Vec<Value> = self
-                    .query_scripts(Route::Shard(*shard), true, &pipe)
+                    .query_scripts(Route::Shard(*shard), false, &pipe)
                     .await?;
                 replies.pop().ok_or_else(|| corrupt_reply("layout v2 read"))
             })
@@ -262,7 +263,7 @@ impl RedisStore {
             pipe.invoke_script(call);
         }
         match self
-            .query_scripts::<Vec<Value>>(Route::Keyless, true, &pipe)
+            .query_scripts::<Vec<Value>>(Route::Keyless, false, &pipe)
             .await
         {
             Ok(replies) if replies.len() == calls.len() => replies.into_iter().map(Ok).collect(),
