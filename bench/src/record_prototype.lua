@@ -1,7 +1,8 @@
 -- callgate-bench redis-record-prototype: what recording ONE decision costs Redis in the
--- packed layout of docs/redis-layout-v2.md. A measuring prototype, not the store's script:
--- the store's record.lua (src/store/redis/record.lua) is the one that records. lib.lua (the
--- store's helpers: trimmed_by, next_event_id, now_ms) is put in front of this source.
+-- packed layout of docs/redis-layout-v2.md, as first designed. A measuring prototype,
+-- superseded by the store on layout v2 (src/store/redis/v2_record.lua), kept for the figures
+-- taken with it. The store's lib.lua (trimmed_by, next_event_id, now_ms) and v2_lib.lua (the
+-- packed helpers and chunked sorted arrays) are put in front of this source.
 --
 -- No shebang: like claim_expired.lua, it builds its key names from the shard prefix; every
 -- key shares the shard's hash tag (one slot).
@@ -36,9 +37,7 @@
 --                li chunks: customers (7 B), sorted. Directories `xe`/`xl` (ZSET: each
 --                sorted chunk's first key → its id).
 
-local SEGMENT = 16368
-local CHUNK = 1008
-local WALK = 32
+-- SEGMENT, CHUNK, WALK, u, bytes, varint and sorted_edit come from the store's v2_lib.lua.
 
 local P = ARGV[1]
 local bucket = P .. ARGV[2]
@@ -46,8 +45,6 @@ local field = ARGV[3]
 local business = ARGV[4]
 
 -- Big-endian unsigned numbers of n bytes (Redis's bundled `struct` library, in C).
-local function u(s, at, n) return (struct.unpack('>I' .. n, s, at)) end
-local function bytes(v, n) return struct.pack('>I' .. n, v) end
 local function entry_key(ptr) return P .. 'g:' .. u(ptr, 1, 3) end
 
 -- The hot record, parsed.
@@ -77,14 +74,6 @@ if hot then
   until b < 128
 end
 local count = (cur and cur.n or 0) + 1
-local function varint(v)
-  local out = ''
-  while v >= 128 do
-    out = out .. string.char(128 + v % 128)
-    v = math.floor(v / 128)
-  end
-  return out .. string.char(v)
-end
 
 -- The chain tip, then de-duplication: a walk of the pair's newest entries.
 local tip = string.rep('\0', 32)
@@ -132,81 +121,7 @@ local ptr = bytes(seg, 3) .. bytes(off, 2)
 redis.call('SETRANGE', P .. 'g:' .. seg, off, entry)
 local meta_out = { 'g', bytes(seg, 3) .. bytes(off + #entry, 2) }
 
--- A chunked sorted array of fixed-width records, with a directory ZSET (first key → chunk
--- id). Records sort by their leading `keyw` bytes, a number (`key`); an insert of a record
--- already there, or a removal of one that is not, changes nothing. Returns the id of the
--- chunk it edited and, if that chunk split, the new (right) chunk's id and its newest key.
--- Chunk `lid`, if given, is the padded last chunk: `lused` bytes, then zeros to CHUNK; it is
--- written back padded, and its new length returned last. A first chunk is padded if `lid` is
--- false. (Padded in one SET: growing an existing string allocates twice what it needs.)
-local function padded_to_chunk(s) return s .. string.rep('\0', CHUNK - #s) end
-
-local function sorted_edit(name, dir, width, keyw, rec, key, insert, lid, lused)
-  local ks = string.format('%.0f', key) -- (tostring keeps 14 digits only)
-  local found = redis.call('ZREVRANGEBYSCORE', dir, ks, '-inf', 'LIMIT', 0, 1)[1]
-  if not found then found = redis.call('ZRANGE', dir, 0, 0)[1] end
-  if not found then
-    if not insert then return end
-    local id = redis.call('HINCRBY', M, 'n' .. business, 1)
-    redis.call('SET', P .. name .. ':' .. business .. ':' .. id,
-      lid == false and padded_to_chunk(rec) or rec)
-    redis.call('ZADD', dir, ks, id)
-    return tonumber(id)
-  end
-  local ck = P .. name .. ':' .. business .. ':' .. found
-  local chunk = redis.call('GET', ck) or ''
-  local padded = lid ~= nil and tonumber(found) == lid
-  if padded then chunk = string.sub(chunk, 1, lused) end
-  local n = #chunk / width
-  -- pos: how many records sort at or before `key` (a binary search: a chunk holds up to
-  -- ~140 records, and each probe is a struct.unpack).
-  local lo, hi = 0, n
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if u(chunk, mid * width + 1, keyw) <= key then lo = mid + 1 else hi = mid end
-  end
-  local pos = lo
-  local same = false
-  for i = pos, 1, -1 do
-    if u(chunk, (i - 1) * width + 1, keyw) ~= key then break end
-    if string.sub(chunk, (i - 1) * width + 1, i * width) == rec then
-      same, pos = true, i
-      break
-    end
-  end
-  if insert then
-    if same then return tonumber(found) end
-    chunk = string.sub(chunk, 1, pos * width) .. rec .. string.sub(chunk, pos * width + 1)
-    if pos == 0 then redis.call('ZADD', dir, ks, found) end
-    local split, newest
-    if #chunk > CHUNK then
-      local half = math.floor(#chunk / width / 2) * width
-      split = redis.call('HINCRBY', M, 'n' .. business, 1)
-      local right = string.sub(chunk, half + 1)
-      redis.call('SET', P .. name .. ':' .. business .. ':' .. split, right)
-      redis.call('ZADD', dir, string.format('%.0f', u(right, 1, keyw)), split)
-      newest = u(right, #right - width + 1, keyw)
-      chunk = string.sub(chunk, 1, half)
-      if padded then
-        -- The right half is the new last chunk; the left one is exact from now on.
-        redis.call('SET', P .. name .. ':' .. business .. ':' .. split, padded_to_chunk(right))
-        redis.call('SET', ck, chunk)
-        return tonumber(found), split, newest, #right
-      end
-    end
-    redis.call('SET', ck, padded and padded_to_chunk(chunk) or chunk)
-    return tonumber(found), split, newest, #chunk
-  elseif same then
-    chunk = string.sub(chunk, 1, (pos - 1) * width) .. string.sub(chunk, pos * width + 1)
-    if chunk == '' then
-      redis.call('DEL', ck)
-      redis.call('ZREM', dir, found)
-    else
-      redis.call('SET', ck, chunk)
-    end
-  end
-  return tonumber(found)
-end
+-- (sorted_edit, the chunked sorted arrays, is the store's: src/store/redis/v2_lib.lua.)
 
 -- The time indexes: arrival order (append), event time (sorted; appended when it is the
 -- newest time, which it almost always is).
@@ -230,7 +145,7 @@ if last and t >= lkey and lused + 11 <= CHUNK then
   redis.call('SETRANGE', P .. 'bei:' .. business .. ':' .. lid, lused, rec)
   lused, lkey = lused + 11, t
 else
-  local id, split, newest, len = sorted_edit('bei', xe, 11, 6, rec, t, true, lid or false, lused)
+  local id, split, newest, len = sorted_edit(P, business, 'bei', xe, 11, 6, rec, t, true, lid or false, lused)
   if not last then
     lid, lused, lkey = id, 11, t
   elseif id == lid then
@@ -269,7 +184,8 @@ end
 -- A denial for a pair with no decision or a denial is not listed: nothing to remove. (A
 -- grant's listing may have been removed by the expiry sweep, so a grant is always inserted.)
 if rank ~= 2 or (cur and cur.r ~= 2) then
-  sorted_edit('li', P .. 'xl:' .. business, 7, 7, ARGV[5], u(ARGV[5], 1, 7), rank ~= 2)
+  sorted_edit(P, business, 'li', P .. 'xl:' .. business, 7, 7, ARGV[5], u(ARGV[5], 1, 7),
+    rank ~= 2)
 end
 
 -- The event, as record.lua logs it.

@@ -39,6 +39,7 @@ use crate::redis_memory::Mix;
 /// prototype.
 const SCRIPT: &str = concat!(
     include_str!("../../src/store/redis/lib.lua"),
+    include_str!("../../src/store/redis/v2_lib.lua"),
     include_str!("record_prototype.lua")
 );
 
