@@ -49,14 +49,7 @@ for _, rec in ipairs(due) do
   local field = string.sub(rec, 7, 20)
   local score = u(rec, 1, 6) - 140737488355328
   local bucket = hot_bucket(field, tonumber(ARGV[5]), tonumber(ARGV[6]))
-  local hot = redis.call('HGET', P .. 'p:' .. bucket, field)
-  local cur
-  if hot then
-    cur = parse_hot(hot)
-    if not cur then
-      return redis.error_reply('CORRUPT unreadable hot record of a lapsed grant')
-    end
-  end
+  local _, cur = read_hot(P .. 'p:' .. bucket, field)
   if cur and cur.r == 0 and cur.e == score then
     log_event(P, now, now_us, tonumber(ARGV[4]), 'x', field .. cur.ptr)
     published = published + 1

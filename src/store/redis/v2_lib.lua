@@ -98,6 +98,17 @@ local function parse_hot(hot)
   return cur
 end
 
+-- The hot record of `field` in the bucket hash `bucket`: the value and its parse, or nil
+-- when the pair has none (HGET answers `false` then). An unreadable one ends the script with
+-- a CORRUPT error: never read as "no decision".
+local function read_hot(bucket, field)
+  local hot = redis.call('HGET', bucket, field)
+  if not hot then return nil end
+  local cur = parse_hot(hot)
+  if not cur then error({ err = 'CORRUPT unreadable hot record' }) end
+  return hot, cur
+end
+
 local function padded_to_chunk(s) return s .. string.rep('\0', CHUNK - #s) end
 
 -- A chunked sorted array of fixed-width records `<name>:<business>:<id>` of shard prefix P,

@@ -27,11 +27,9 @@
 local P = ARGV[1]
 local mode = ARGV[2]
 
+-- The parsed hot record of `field` in bucket number `bucket`, or nil (v2_lib.lua's read_hot).
 local function hot_of(bucket, field)
-  local hot = redis.call('HGET', P .. 'p:' .. bucket, field)
-  if not hot then return nil end
-  local cur = parse_hot(hot)
-  if not cur then return redis.error_reply('CORRUPT unreadable hot record') end
+  local _, cur = read_hot(P .. 'p:' .. bucket, field)
   return cur
 end
 
@@ -39,7 +37,6 @@ local out = {}
 if mode == 'c' then
   for i = 3, #ARGV, 2 do
     local cur = hot_of(ARGV[i], ARGV[i + 1])
-    if cur and cur.err then return cur end
     local entry = ''
     if cur then
       entry = entry_at(P, cur.ptr)
@@ -51,7 +48,6 @@ if mode == 'c' then
   end
 elseif mode == 'h' then
   local cur = hot_of(ARGV[3], ARGV[4])
-  if cur and cur.err then return cur end
   local ptr = cur and cur.newest
   local back = {}
   while ptr do
@@ -67,7 +63,6 @@ elseif mode == 'h' then
 elseif mode == 'd' then
   for i = 3, #ARGV, 8 do
     local cur = hot_of(ARGV[i], ARGV[i + 1])
-    if cur and cur.err then return cur end
     local seen = cur and find_delivery(P, P .. 'd:' .. ARGV[i + 1], cur, {
       tag = ARGV[i + 2], msg = ARGV[i + 3], src = ARGV[i + 4], rank = tonumber(ARGV[i + 5]),
       stated = tonumber(ARGV[i + 6]),
@@ -144,7 +139,6 @@ elseif mode == 'r' then
         local field = biz7 .. string.sub(entry, cat, cat + 6)
         local cur = hot_of(hot_bucket(field, shards, buckets), field)
         if not cur then return redis.error_reply('CORRUPT indexed entry of no pair') end
-        if cur.err then return cur end
         -- Its position: walk the pair's chain back from its newest entry.
         local pos, p = cur.n - 1, cur.newest
         while p ~= ptr do

@@ -49,13 +49,7 @@ local field = ARGV[2]
 local business = ARGV[3]
 
 -- The hot record.
--- (HGET answers `false`, not nil, for a missing field.)
-local hot = redis.call('HGET', bucket, field)
-local cur
-if hot then
-  cur = parse_hot(hot)
-  if not cur then return redis.error_reply('CORRUPT unreadable hot record') end
-end
+local hot, cur = read_hot(bucket, field)
 
 -- The chain tip first (as record.lua): a wrong guess is answered before anything else.
 local count = cur and cur.n or 0

@@ -28,12 +28,7 @@ local refused = registration_checks(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber
 if refused then return refused end
 
 local bucket, field, business = P .. 'p:' .. ARGV[9], ARGV[10], ARGV[12]
-local hot = redis.call('HGET', bucket, field)
-local cur
-if hot then
-  cur = parse_hot(hot)
-  if not cur then return redis.error_reply('CORRUPT unreadable hot record') end
-end
+local hot, cur = read_hot(bucket, field)
 local count = cur and cur.n or 0
 if count ~= tonumber(ARGV[11]) then return { 4 } end
 
