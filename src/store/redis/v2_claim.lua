@@ -40,7 +40,7 @@ while #due < limit do
     redis.call('ZREM', KEYS[1], first[1])
   else
     redis.call('SET', ck, chunk)
-    redis.call('ZADD', KEYS[1], string.format('%.0f', u(chunk, 1, 6)), first[1])
+    redis.call('ZADD', KEYS[1], dec(u(chunk, 1, 6)), first[1])
   end
 end
 
@@ -53,7 +53,7 @@ for _, rec in ipairs(due) do
   if cur and cur.r == 0 and cur.e == score then
     log_event(P, now, now_us, tonumber(ARGV[4]), 'x', field .. cur.ptr)
     published = published + 1
-    local business = string.format('%.0f', u(field, 1, 7))
+    local business = dec(u(field, 1, 7))
     sorted_edit(P, business, 'li', P .. 'xl:' .. business, 7, 7, string.sub(field, 8, 14),
       u(field, 8, 7), false)
   end

@@ -10,9 +10,16 @@ local CHUNK = 1008
 -- written (v2_record.lua), so recording never reads more than WALK entries.
 local WALK = 32
 
--- Big-endian unsigned numbers of n bytes (Redis's bundled `struct` library, in C).
-local function u(s, at, n) return (struct.unpack('>I' .. n, s, at)) end
-local function bytes(v, n) return struct.pack('>I' .. n, v) end
+-- Big-endian unsigned numbers of n bytes (Redis's bundled `struct` library, in C). The
+-- formats are made once: building '>I' .. n on each call formats n as a float.
+local UINT = { '>I1', '>I2', '>I3', '>I4', '>I5', '>I6', '>I7', '>I8' }
+local function u(s, at, n) return (struct.unpack(UINT[n], s, at)) end
+local function bytes(v, n) return struct.pack(UINT[n], v) end
+-- A whole number as decimal text, for key names and command arguments. A Lua number
+-- concatenated (`%.14g`) or passed to redis.call (`%.17g` in Redis 7.0) is formatted as a
+-- float, which costs over twice as much as `%d` (exact: Redis's Lua formats it as a 64-bit
+-- long).
+local function dec(v) return string.format('%d', v) end
 -- A signed 48-bit time (codec::packed's put_time: two's complement).
 local function time48(s, at)
   local v = u(s, at, 6)
@@ -51,18 +58,18 @@ local function varint(v)
 end
 
 -- The segment key of an entry pointer (3 bytes segment number, 2 bytes offset).
-local function segment(P, ptr) return P .. 'g:' .. u(ptr, 1, 3) end
+local function segment(P, ptr) return P .. 'g:' .. dec(u(ptr, 1, 3)) end
 -- The first n bytes of the entry a pointer names.
 local function entry_head(P, ptr, n)
   local off = u(ptr, 4, 2)
-  return redis.call('GETRANGE', segment(P, ptr), off, off + n - 1)
+  return redis.call('GETRANGE', segment(P, ptr), dec(off), dec(off + n - 1))
 end
 -- The whole entry a pointer names (its length is in bytes 2-3), nil if there is none.
 local function entry_at(P, ptr)
   local head = entry_head(P, ptr, 3)
   if #head < 3 then return nil end
   local off = u(ptr, 4, 2)
-  return redis.call('GETRANGE', segment(P, ptr), off, off + u(head, 2, 2) - 1)
+  return redis.call('GETRANGE', segment(P, ptr), dec(off), dec(off + u(head, 2, 2) - 1))
 end
 
 -- A hot record: { r rank, t decided, e expiry (temporary grants), id dedup id, ptr the
@@ -112,8 +119,8 @@ end
 local function padded_to_chunk(s) return s .. string.rep('\0', CHUNK - #s) end
 
 -- A chunked sorted array of fixed-width records `<name>:<business>:<id>` of shard prefix P,
--- with a directory ZSET `dir` (first key -> chunk id); chunk ids are given out by the meta
--- hash's `n<business>`. Records sort by their leading `keyw` bytes, a number (`key`); an
+-- with a directory ZSET `dir` (first key -> chunk id); chunk ids are given out by the
+-- business's notes hash `b:<business>`, field `n` (the due index's business is ''). Records sort by their leading `keyw` bytes, a number (`key`); an
 -- insert of a record already there, or a removal of one that is not, changes nothing.
 -- Returns the id of the chunk it edited and, if that chunk split, the new (right) chunk's id
 -- and its newest key. Chunk `lid`, if given, is the padded last chunk: `lused` bytes, then
@@ -121,14 +128,14 @@ local function padded_to_chunk(s) return s .. string.rep('\0', CHUNK - #s) end
 -- is padded if `lid` is false. (Padded in one SET: growing a string allocates twice what it
 -- needs.)
 local function sorted_edit(P, business, name, dir, width, keyw, rec, key, insert, lid, lused)
-  local M = P .. 'm'
-  local ks = string.format('%.0f', key)
-  local found = redis.call('ZREVRANGEBYSCORE', dir, ks, '-inf', 'LIMIT', 0, 1)[1]
-  if not found then found = redis.call('ZRANGE', dir, 0, 0)[1] end
+  local B = P .. 'b:' .. business
+  local ks = dec(key)
+  local found = redis.call('ZREVRANGEBYSCORE', dir, ks, '-inf', 'LIMIT', '0', '1')[1]
+  if not found then found = redis.call('ZRANGE', dir, '0', '0')[1] end
   if not found then
     if not insert then return end
-    local id = redis.call('HINCRBY', M, 'n' .. business, 1)
-    redis.call('SET', P .. name .. ':' .. business .. ':' .. id,
+    local id = redis.call('HINCRBY', B, 'n', '1')
+    redis.call('SET', P .. name .. ':' .. business .. ':' .. dec(id),
       lid == false and padded_to_chunk(rec) or rec)
     redis.call('ZADD', dir, ks, id)
     return tonumber(id)
@@ -176,18 +183,18 @@ local function sorted_edit(P, business, name, dir, width, keyw, rec, key, insert
       end
     end
     if half then
-      split = redis.call('HINCRBY', M, 'n' .. business, 1)
+      split = redis.call('HINCRBY', B, 'n', '1')
       local right = string.sub(chunk, half + 1)
-      redis.call('ZADD', dir, string.format('%.0f', u(right, 1, keyw)), split)
+      redis.call('ZADD', dir, dec(u(right, 1, keyw)), split)
       newest = u(right, #right - width + 1, keyw)
       chunk = string.sub(chunk, 1, half)
       if padded then
         -- The right half is the new last chunk; the left one is exact from now on.
-        redis.call('SET', P .. name .. ':' .. business .. ':' .. split, padded_to_chunk(right))
+        redis.call('SET', P .. name .. ':' .. business .. ':' .. dec(split), padded_to_chunk(right))
         redis.call('SET', ck, chunk)
         return tonumber(found), split, newest, #right
       end
-      redis.call('SET', P .. name .. ':' .. business .. ':' .. split, right)
+      redis.call('SET', P .. name .. ':' .. business .. ':' .. dec(split), right)
     end
     redis.call('SET', ck, padded and padded_to_chunk(chunk) or chunk)
     return tonumber(found), split, newest, #chunk
@@ -282,14 +289,21 @@ end
 -- Cheaper than lib.lua's next_event_id + trimmed_by on every call: the newest id is kept in
 -- the shard's meta hash (`i`), and trimming (with its trimmed mark, as in record.lua) runs at
 -- most every min(1 s, retention / 1000) (`k`: the last time it ran), so an event may outlive
--- the retention by that much. Every v2 script that logs goes through here.
-local function log_event(P, ms, us, retention, kind, body)
+-- the retention by that much. Every v2 script that logs goes through here. A caller that
+-- reads and writes the meta hash itself passes `meta` = { i = HMGET's `i`, k = its `k`,
+-- out = the fields it will HSET }: the event's fields are added to `out`, not written.
+local function log_event(P, ms, us, retention, kind, body, meta)
   local M = P .. 'm'
   local stream = P .. 'e'
-  local meta = redis.call('HMGET', M, 'i', 'k')
-  local newest = meta[1]
+  local newest, checked, out
+  if meta then
+    newest, checked, out = meta.i, meta.k, meta.out
+  else
+    local got = redis.call('HMGET', M, 'i', 'k')
+    newest, checked, out = got[1], got[2], {}
+  end
   if not newest then
-    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', '1')[1]
     newest = last and last[1]
   end
   local seq = us
@@ -298,21 +312,23 @@ local function log_event(P, ms, us, retention, kind, body)
     lms, lseq = tonumber(lms), tonumber(lseq)
     if ms < lms or (ms == lms and seq <= lseq) then ms, seq = lms, lseq + 1 end
   end
-  local id = string.format('%.0f-%.0f', ms, seq)
-  local out = { 'i', id }
+  local id = string.format('%d-%d', ms, seq)
+  table.insert(out, 'i')
+  table.insert(out, id)
   local every = math.min(1000, math.floor(retention / 1000))
-  if not meta[2] or ms - tonumber(meta[2]) >= every then
+  if not checked or ms - tonumber(checked) >= every then
     local min = ms - retention
     if min < 0 then min = 0 end
-    local minid = string.format('%.0f', min) .. '-0'
+    local minid = dec(min) .. '-0'
     local gone = trimmed_by(stream, min, minid)
     if gone then redis.call('SET', P .. 'trimmed', gone) end
     redis.call('XADD', stream, 'MINID', '=', minid, id, 'k', kind, 'd', body)
-    out[3], out[4] = 'k', string.format('%.0f', ms)
+    table.insert(out, 'k')
+    table.insert(out, dec(ms))
   else
     redis.call('XADD', stream, id, 'k', kind, 'd', body)
   end
-  redis.call('HSET', M, unpack(out))
+  if not meta then redis.call('HSET', M, unpack(out)) end
   return id
 end
 
@@ -329,7 +345,7 @@ local function time_index_add(P, business, name, dirname, last, ms, ptr)
   local lid, lused, lkey
   if last then lid, lused, lkey = u(last, 1, 3), u(last, 4, 2), u(last, 6, 6) end
   if last and key >= lkey and lused + 11 <= CHUNK then
-    redis.call('SETRANGE', P .. name .. ':' .. business .. ':' .. lid, lused, rec)
+    redis.call('SETRANGE', P .. name .. ':' .. business .. ':' .. dec(lid), dec(lused), rec)
     lused, lkey = lused + 11, key
   else
     local id, split, newest, len = sorted_edit(P, business, name, P .. dirname .. ':' .. business,

@@ -150,7 +150,7 @@ elseif mode == 'r' then
         end
         local prev = ''
         if back then prev = string.sub(entry_head(P, string.sub(entry, 40, 44), 39), 8, 39) end
-        table.insert(out, string.format('%.0f', key - 140737488355328))
+        table.insert(out, dec(key - 140737488355328))
         table.insert(out, entry)
         table.insert(out, pos)
         table.insert(out, prev)

@@ -38,9 +38,11 @@
 -- bit 3 newest != current), decided (6 B), [expiry (6 B)], the current decision's dedup id
 -- (16 B), its entry's pointer, [the newest entry's pointer], the history length (varint).
 -- The shard's meta hash `m`, read with one HMGET and written with one HSET: `g` the open
--- segment (number, write offset); `r<business>` and `e<business>` the last bri and bei chunk
--- (id, used bytes, its newest time); `n<business>` the last chunk id given out; `i` the
--- newest event id and `k` the last trim check (v2_lib.lua's log_event).
+-- segment (number, write offset), `i` the newest event id and `k` the last trim check
+-- (v2_lib.lua's log_event). The business's notes hash `b:<business>`, read with one HMGET
+-- and written with one HSET: `r` and `e` the last bri and bei chunk (id, used bytes, its
+-- newest time); its `n`, the last chunk id given out, is v2_lib.lua's sorted_edit's. (Kept
+-- apart so the shard's hash stays three fields however many businesses it holds.)
 
 
 local P = ARGV[1]
@@ -57,7 +59,7 @@ local tip = string.rep('\0', 32)
 local newest_head
 if cur then
   local off = u(cur.newest, 4, 2)
-  newest_head = redis.call('GETRANGE', segment(P, cur.newest), off, off + 43)
+  newest_head = redis.call('GETRANGE', segment(P, cur.newest), dec(off), dec(off + 43))
   if #newest_head < 44 then return redis.error_reply('CORRUPT unreadable history entry') end
   tip = string.sub(newest_head, 8, 39)
 end
@@ -99,8 +101,10 @@ end
 
 -- Append the entry to the shard's open segment.
 local M = P .. 'm'
-local meta = redis.call('HMGET', M, 'g', 'r' .. business, 'e' .. business)
-local gn, open, last = meta[1], meta[2], meta[3]
+local meta = redis.call('HMGET', M, 'g', 'i', 'k')
+local B = P .. 'b:' .. business
+local notes = redis.call('HMGET', B, 'r', 'e')
+local gn, open, last = meta[1], notes[1], notes[2]
 local seg, off = 0, 0
 if gn then seg, off = u(gn, 1, 3), u(gn, 4, 2) end
 local packed = ARGV[13]
@@ -113,10 +117,10 @@ local entry = string.char(flags) .. bytes(length, 2) .. string.sub(packed, 4, 7)
 if not gn or off + #entry > SEGMENT then
   if gn then seg = seg + 1 end
   off = 0
-  redis.call('SETRANGE', P .. 'g:' .. seg, SEGMENT - 1, '\0')
+  redis.call('SETRANGE', P .. 'g:' .. dec(seg), dec(SEGMENT - 1), '\0')
 end
 local ptr = bytes(seg, 3) .. bytes(off, 2)
-redis.call('SETRANGE', P .. 'g:' .. seg, off, entry)
+redis.call('SETRANGE', P .. 'g:' .. dec(seg), dec(off), entry)
 local meta_out = { 'g', bytes(seg, 3) .. bytes(off + #entry, 2) }
 
 -- A long history's dedup hash: filled with the WALK entries a walk covered when the next one
@@ -126,7 +130,7 @@ if count >= WALK then
     local p = cur.newest
     for _ = 1, WALK do
       local off0 = u(p, 4, 2)
-      local head = redis.call('GETRANGE', segment(P, p), off0, off0 + 43)
+      local head = redis.call('GETRANGE', segment(P, p), dec(off0), dec(off0 + 43))
       local k = string.sub(head, 4, 7)
       redis.call('HSET', dedup, k, (redis.call('HGET', dedup, k) or '') .. p)
       if not has_bit(string.byte(head, 1), 6) then break end
@@ -139,13 +143,12 @@ end
 -- The time indexes, both sorted chunk arrays of (time, pointer): by received time (`bri`,
 -- the app's clock, passed in) and by event time (`bei`). A record is appended to the padded
 -- last chunk when its time is the newest, which it almost always is.
-table.insert(meta_out, 'r' .. business)
-table.insert(meta_out, time_index_add(P, business, 'bri', 'xr', open, tonumber(ARGV[23]), ptr))
-table.insert(meta_out, 'e' .. business)
-table.insert(meta_out, time_index_add(P, business, 'bei', 'xe', last, t, ptr))
-redis.call('HSET', M, unpack(meta_out))
+redis.call('HSET', B,
+  'r', time_index_add(P, business, 'bri', 'xr', open, tonumber(ARGV[23]), ptr),
+  'e', time_index_add(P, business, 'bei', 'xe', last, t, ptr))
 
 if not applied then
+  redis.call('HSET', M, unpack(meta_out))
   -- The newest entry moved; the current decision did not.
   local f = string.byte(hot, 1)
   if not has_bit(f, 3) then f = f + 8 end
@@ -165,7 +168,7 @@ local lease = P .. 't:' .. field
 if cur and cur.r == 0 then due_edit(P, cur.e, field, false) end
 if rank == 0 then
   if e > now then
-    redis.call('SET', lease, '1', 'PXAT', string.format('%.0f', e))
+    redis.call('SET', lease, '1', 'PXAT', dec(e))
   else
     redis.call('DEL', lease)
   end
@@ -181,7 +184,10 @@ if list or (cur and cur.r ~= 2) then
   sorted_edit(P, business, 'li', P .. 'xl:' .. business, 7, 7, ARGV[4], u(ARGV[4], 1, 7), list)
 end
 
+local id = 0
 if ARGV[16] ~= '' then
-  return log_event(P, now, now_us, tonumber(ARGV[15]), ARGV[16], ARGV[14] .. trailer)
+  id = log_event(P, now, now_us, tonumber(ARGV[15]), ARGV[16], ARGV[14] .. trailer,
+    { i = meta[2], k = meta[3], out = meta_out })
 end
-return 0
+redis.call('HSET', M, unpack(meta_out))
+return id

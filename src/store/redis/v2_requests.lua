@@ -55,14 +55,14 @@ end
 local function index_move(name, dirname, key, old, new)
   local rec = bytes(key, 6) .. old
   local ids = redis.call('ZREVRANGEBYSCORE', P .. dirname .. ':' .. business,
-    string.format('%.0f', key), '-inf')
+    dec(key), '-inf')
   for _, id in ipairs(ids) do
     local ck = P .. name .. ':' .. business .. ':' .. id
     local chunk = redis.call('GET', ck) or ''
     local at = string.find(chunk, rec, 1, true)
     while at and (at - 1) % 11 ~= 0 do at = string.find(chunk, rec, at + 1, true) end
     if at then
-      redis.call('SETRANGE', ck, at - 1, bytes(key, 6) .. new)
+      redis.call('SETRANGE', ck, dec(at - 1), bytes(key, 6) .. new)
       return
     end
   end
@@ -90,15 +90,15 @@ for i = 13, #ARGV, 3 do
   if not gn or off + #moved > SEGMENT then
     if gn then seg = seg + 1 end
     off = 0
-    redis.call('SETRANGE', P .. 'g:' .. seg, SEGMENT - 1, '\0')
+    redis.call('SETRANGE', P .. 'g:' .. dec(seg), dec(SEGMENT - 1), '\0')
   end
   local new = bytes(seg, 3) .. bytes(off, 2)
-  redis.call('SETRANGE', P .. 'g:' .. seg, off, moved)
+  redis.call('SETRANGE', P .. 'g:' .. dec(seg), dec(off), moved)
   redis.call('HSET', M, 'g', bytes(seg, 3) .. bytes(off + #moved, 2))
   ptrs[pos] = new
   -- The next entry's back pointer (bytes 40-44 of it).
   local after = ptrs[pos + 1]
-  if after then redis.call('SETRANGE', segment(P, after), u(after, 4, 2) + 39, new) end
+  if after then redis.call('SETRANGE', segment(P, after), dec(u(after, 4, 2) + 39), new) end
   -- The time indexes: its decided time, and its received time (decided + the arrival lag).
   local f = string.byte(entry, 1)
   local at = 40 + (has_bit(f, 6) and 5 or 0) + 7
