@@ -372,15 +372,16 @@ impl Config {
             })?,
         };
         let redis_layout = match raw(&None, ENV_REDIS_LAYOUT) {
-            None => crate::store::redis::Layout::V1,
+            None => crate::store::redis::Layout::Auto,
             Some((value, name)) => match value.trim() {
+                "auto" => crate::store::redis::Layout::Auto,
                 "v1" | "1" => crate::store::redis::Layout::V1,
                 "v2" | "2" => crate::store::redis::Layout::V2,
                 _ => {
                     return Err(ConfigError {
                         name,
                         value: value.clone(),
-                        problem: "must be v1 or v2".into(),
+                        problem: "must be auto, v1 or v2".into(),
                     });
                 }
             },
@@ -629,6 +630,7 @@ mod tests {
         assert_eq!(c.max_clock_skew, Duration::from_secs(120));
         assert_eq!(c.redis_timeout, Duration::from_millis(250));
         assert_eq!(c.redis_health_interval, Duration::from_secs(1));
+        assert_eq!(c.redis_layout, crate::store::redis::Layout::Auto);
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.outbound.retry_for, Duration::from_secs(259_200));
         assert_eq!(c.outbound.allow, AllowList::default());
@@ -686,6 +688,7 @@ mod tests {
             (ENV_MAX_CLOCK_SKEW_SECS, "30"),
             (ENV_REDIS_TIMEOUT_MS, "100"),
             (ENV_REDIS_HEALTH_INTERVAL_MS, "400"),
+            (ENV_REDIS_LAYOUT, "v1"),
             (ENV_LOG_FORMAT, "json"),
             (ENV_WEBHOOK_TOKENS, "old-token, new-token,"),
             (ENV_WHATSAPP_APP_SECRET, "app-secret"),
@@ -701,6 +704,7 @@ mod tests {
         assert_eq!(c.max_clock_skew, Duration::from_secs(30));
         assert_eq!(c.redis_timeout, Duration::from_millis(100));
         assert_eq!(c.redis_health_interval, Duration::from_millis(400));
+        assert_eq!(c.redis_layout, crate::store::redis::Layout::V1);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.webhook_tokens.len(), 2);
         assert_eq!(c.webhook_tokens[1].expose(), "new-token");

@@ -365,7 +365,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 cluster,
                 replica_acks = config.redis_replica_acks,
                 prefix = %config.redis_prefix,
-                layout = ?config.redis_layout,
+                layout = ?store.config().layout,
                 "using the Redis store"
             );
             Arc::new(store)

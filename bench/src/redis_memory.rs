@@ -197,8 +197,8 @@ async fn guarded_store(config: RedisConfig, allow_remote: bool) -> Result<RedisS
         RedisAddress::Unix(_) => {}
     }
     let redacted = config.redacted_url();
-    // Connecting a store on layout v2 marks an empty database's layout (one key).
-    let own_keys = u64::from(config.layout == Layout::V2);
+    // Connecting a store marks an empty database's layout (one key).
+    let own_keys = 1;
     let store = RedisStore::connect(config)
         .await
         .map_err(store_error("cannot connect the store"))?;

@@ -476,11 +476,8 @@ async fn issue14_console_refuses_cross_site_and_tokenless_forms_and_scopes_keys(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue14_console_shows_where_a_chain_edited_in_redis_breaks() {
     let server = RedisServer::start();
-    let store: Arc<dyn ConsentStore> = Arc::new(
-        RedisStore::connect(RedisConfig::new(server.url()))
-            .await
-            .unwrap(),
-    );
+    let store: Arc<dyn ConsentStore> =
+        Arc::new(RedisStore::connect(server.v1_config()).await.unwrap());
     let clients = clients_file();
     let mut config = test_config();
     config.api_clients_file = Some(clients.path().to_owned());

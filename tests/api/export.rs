@@ -467,11 +467,8 @@ async fn lset(conn: &mut redis::aio::MultiplexedConnection, key: &str, i: i64, v
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue14_audit_verify_reports_edits_removals_and_reorders_made_in_redis() {
     let server = RedisServer::start();
-    let store: Arc<dyn ConsentStore> = Arc::new(
-        RedisStore::connect(RedisConfig::new(server.url()))
-            .await
-            .unwrap(),
-    );
+    let store: Arc<dyn ConsentStore> =
+        Arc::new(RedisStore::connect(server.v1_config()).await.unwrap());
     let t = to_millis_precision(Utc::now());
     // Four customers with three decisions each; customer 4 also has a pre-chain entry first
     // (as recorded before issue 14: no hash).
@@ -498,7 +495,11 @@ async fn issue14_audit_verify_reports_edits_removals_and_reorders_made_in_redis(
                 .unwrap();
         }
     }
-    let service = CallgateProcess::start(&[("CALLGATE_REDIS_URL", &server.url())]).unwrap();
+    let service = CallgateProcess::start(&[
+        ("CALLGATE_REDIS_URL", &server.url()),
+        ("CALLGATE_REDIS_LAYOUT", "v1"),
+    ])
+    .unwrap();
     let addr = service.grpc.to_string();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("export.ndjson");
@@ -638,9 +639,7 @@ async fn issue14_audit_verify_reports_edits_removals_and_reorders_made_in_redis(
 #[tokio::test]
 async fn issue14_pre_chain_entries_are_kept_and_the_chain_starts_after_them() {
     let server = RedisServer::start();
-    let store = RedisStore::connect(RedisConfig::new(server.url()))
-        .await
-        .unwrap();
+    let store = RedisStore::connect(server.v1_config()).await.unwrap();
     let t = to_millis_precision(Utc::now());
     let p = pair(9);
     let keys = Keys::new("callgate");

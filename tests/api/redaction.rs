@@ -37,6 +37,8 @@ async fn a_corrupt_stored_value_reaches_no_error_and_no_log_with_the_pairs_numbe
     let url = redis.url();
     let process = CallgateProcess::start(&[
         ("CALLGATE_REDIS_URL", url.as_str()),
+        // corrupt_every damages layout v1's keys.
+        ("CALLGATE_REDIS_LAYOUT", "v1"),
         ("CALLGATE_WEBHOOK_TOKENS", TOKEN),
         ("CALLGATE_EXPIRY_SWEEP_MS", "50"),
         // The damaged value must be read: no answer from issue 16's check cache.

@@ -161,6 +161,14 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A store config for this server on layout v1, for the tests that read or edit v1's
+    /// keys themselves (an empty store is written in v2 by default).
+    pub fn v1_config(&self) -> callgate::store::redis::RedisConfig {
+        let mut config = callgate::store::redis::RedisConfig::new(self.url());
+        config.layout = callgate::store::redis::Layout::V1;
+        config
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill(); // SIGKILL: no shutdown save, like a crash.

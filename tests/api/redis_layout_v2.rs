@@ -247,8 +247,61 @@ async fn a_store_is_read_only_in_the_layout_it_was_written_in() {
     let mut on_v2 = v1.clone();
     on_v2.layout = Layout::V2;
     refused(RedisStore::connect(on_v2).await);
-    let again = RedisStore::connect(v1).await.unwrap();
+    let again = RedisStore::connect(v1.clone()).await.unwrap();
     assert!(again.current(&pair(1)).await.unwrap().is_some());
+
+    // The default, Auto, takes the store's layout: v2 for the marked v2 store, v1 for the
+    // v1 store; and v1 for a v1 store written before the marker existed (marking it "1").
+    let mut auto = config(Layout::Auto, 16);
+    assert_eq!(
+        RedisStore::connect(auto.clone())
+            .await
+            .unwrap()
+            .config()
+            .layout,
+        Layout::V2
+    );
+    auto.prefix = "old".into();
+    let old_auto = RedisStore::connect(auto.clone()).await.unwrap();
+    assert_eq!(old_auto.config().layout, Layout::V1);
+    assert!(old_auto.current(&pair(1)).await.unwrap().is_some());
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let marker = |prefix: &str| format!("{{{prefix}}}:layout");
+    let _: () = redis::cmd("DEL")
+        .arg(marker("old"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let unmarked = RedisStore::connect(auto.clone()).await.unwrap();
+    assert_eq!(unmarked.config().layout, Layout::V1);
+    assert!(unmarked.current(&pair(1)).await.unwrap().is_some());
+    let mark: Option<String> = redis::cmd("GET")
+        .arg(marker("old"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(mark.as_deref(), Some("1"));
+    // ... and v2 for an empty store, which it marks, so that a v1 replica is then refused.
+    auto.prefix = "new".into();
+    let fresh = RedisStore::connect(auto).await.unwrap();
+    assert_eq!(fresh.config().layout, Layout::V2);
+    let mut v1_new = config(Layout::V1, 16);
+    v1_new.prefix = "new".into();
+    refused(RedisStore::connect(v1_new.clone()).await);
+    // An explicit v1 replica marks an empty store "1": an Auto one then follows it.
+    v1_new.prefix = "newer".into();
+    RedisStore::connect(v1_new).await.unwrap();
+    let mut auto_newer = config(Layout::Auto, 16);
+    auto_newer.prefix = "newer".into();
+    assert_eq!(
+        RedisStore::connect(auto_newer)
+            .await
+            .unwrap()
+            .config()
+            .layout,
+        Layout::V1
+    );
 }
 
 #[tokio::test]

@@ -40,20 +40,26 @@ pub struct RedisConfig {
     /// by default). A layout constant like the shard count: sized once, at deployment, for
     /// about 64 pairs a bucket; changing it later moves every pair's hot record.
     pub hot_buckets: u32,
-    /// The key layout written and read (`CALLGATE_REDIS_LAYOUT`). A store keeps the layout it
-    /// was first written in (`{prefix}:layout`); a replica configured otherwise is refused.
+    /// The key layout written and read (`CALLGATE_REDIS_LAYOUT`; [`Layout::Auto`] by default).
+    /// A store keeps the layout it was first written in (`{prefix}:layout`); a replica
+    /// configured otherwise is refused.
     pub layout: Layout,
 }
 
 /// The key layout of a store (`docs/redis-layout-v2.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
-    /// Per-pair keys: `c:`, `x:`, `h:`, `d:` (`keys.rs`).
+    /// The store's own layout (`{prefix}:layout`): v2 for an empty store (marked at the first
+    /// connect), v1 for a store written in v1 before the marker existed. After
+    /// [`RedisStore::connect`](super::RedisStore::connect) the store's config holds the
+    /// layout it chose, never `Auto`.
     #[default]
+    Auto,
+    /// Per-pair keys: `c:`, `x:`, `h:`, `d:` (`keys.rs`): about four times v2's memory.
     V1,
     /// Packed history segments, hot-record buckets, leases and chunked sorted indexes
-    /// (`layout_v2.rs`, `docs/redis-layout-v2.md`): about a quarter of v1's memory, more
-    /// Redis CPU per recorded decision. Opt-in; no migration from v1 yet.
+    /// (`layout_v2.rs`, `docs/redis-layout-v2.md`): about a quarter of v1's memory. No
+    /// migration from v1 yet.
     V2,
 }
 
@@ -71,7 +77,7 @@ impl RedisConfig {
             timeout: DEFAULT_REDIS_TIMEOUT,
             health_interval: DEFAULT_REDIS_HEALTH_INTERVAL,
             event_retention: DEFAULT_EVENT_RETENTION,
-            layout: Layout::V1,
+            layout: Layout::Auto,
             hot_buckets: super::keys::HOT_BUCKETS,
         }
     }

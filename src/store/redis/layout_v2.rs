@@ -99,21 +99,24 @@ fn strings(reply: Value, what: &str) -> Result<Vec<Vec<u8>>, StoreError> {
 }
 
 impl RedisStore {
-    /// Checks, at connect, that the store's data is in the configured layout, and marks an
-    /// empty store's layout the first time v2 is used: `{prefix}:layout` is `2:<hot buckets>`
-    /// for v2 and absent (or `1`) for v1. A store on v2 must not be read as v1 nor the other
-    /// way round, nor with other hot-record buckets: every pair would look unknown (no
-    /// consent: closed, but every answer lost). So a mismatch refuses to start.
-    pub(super) async fn check_layout(&self) -> Result<(), StoreError> {
+    /// Decides, at connect, the layout this replica reads and writes, and marks an empty
+    /// store's layout: `{prefix}:layout` is `2:<hot buckets>` for v2 and `1` (or absent, on a
+    /// store written before the marker) for v1. A store on v2 must not be read as v1 nor the
+    /// other way round, nor with other hot-record buckets: every pair would look unknown (no
+    /// consent: closed, but every answer lost). So a replica configured for another layout
+    /// than its store's refuses to start. [`Layout::Auto`] (the default) takes the store's:
+    /// the marker's, v1 for an unmarked store holding v1 data, and v2 for an empty one.
+    pub(super) async fn check_layout(&self) -> Result<Layout, StoreError> {
         let key = self.keys.layout();
         let mut get = redis::cmd("GET");
         get.arg(&key);
         let marked: Option<String> = self.read_cmd(Route::Keyless, &get).await?;
-        let want = match self.config.layout {
-            Layout::V1 => None,
-            Layout::V2 => Some(format!("2:{}", self.config.hot_buckets.max(1))),
+        let v2_mark = format!("2:{}", self.config.hot_buckets.max(1));
+        let configured = match self.config.layout {
+            Layout::Auto => format!("auto (v2 is {v2_mark})"),
+            Layout::V1 => "1".to_owned(),
+            Layout::V2 => v2_mark.clone(),
         };
-        let configured = want.clone().unwrap_or_else(|| "1".to_owned());
         let refuse = |found: &str| {
             StoreError::Misconfigured(format!(
                 "the Redis store under prefix {:?} holds layout {found}; this replica is \
@@ -123,38 +126,43 @@ impl RedisStore {
                 self.config.prefix,
             ))
         };
-        match (marked.as_deref(), want) {
-            (None | Some("1"), None) => Ok(()),
-            (Some(found), Some(want)) if found == want => Ok(()),
-            (Some(found), _) => Err(refuse(found)),
-            (None, Some(want)) => {
-                // Not marked: a v1 store, or an empty one. Any shard's event stream says v1
-                // data was written (it outlives its events: trimming keeps the key).
-                let streams = all(0..SHARDS, |s| {
-                    let mut exists = redis::cmd("EXISTS");
-                    exists.arg(&self.streams[s]);
-                    async move { self.read_cmd::<i64>(Route::Shard(s), &exists).await }
-                })
-                .await;
-                for found in streams {
-                    if found? > 0 {
-                        return Err(refuse("1 (unmarked, with data)"));
-                    }
-                }
-                let mut set = redis::cmd("SET");
-                set.arg(&key).arg(&want).arg("NX");
-                let _: Option<String> = self
-                    .attempt_routed(Route::Keyless, true, Call::Cmd(&set))
-                    .await?
-                    .map_err(|e| map_error(e, self.config.timeout))?;
-                // Another replica may have marked it first, maybe otherwise.
-                let marked: Option<String> = self.read_cmd(Route::Keyless, &get).await?;
-                match marked {
-                    Some(found) if found == want => Ok(()),
-                    Some(found) => Err(refuse(&found)),
-                    None => Err(corrupt_reply("SET layout")),
-                }
-            }
+        // The layout a marker names, if this replica may use it.
+        let accept = |found: &str| match (found, self.config.layout) {
+            ("1", Layout::V1 | Layout::Auto) => Ok(Layout::V1),
+            (f, Layout::V2 | Layout::Auto) if f == v2_mark => Ok(Layout::V2),
+            _ => Err(refuse(found)),
+        };
+        if let Some(found) = marked {
+            return accept(&found);
+        }
+        // Not marked: a v1 store written before the marker, or an empty one. Any shard's
+        // event stream says v1 data was written (it outlives its events: trimming keeps it).
+        let streams = all(0..SHARDS, |s| {
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(&self.streams[s]);
+            async move { self.read_cmd::<i64>(Route::Shard(s), &exists).await }
+        })
+        .await;
+        let mut v1_data = false;
+        for found in streams {
+            v1_data |= found? > 0;
+        }
+        let want = match (self.config.layout, v1_data) {
+            (Layout::V2, true) => return Err(refuse("1 (unmarked, with data)")),
+            (Layout::V2, false) | (Layout::Auto, false) => v2_mark.clone(),
+            (Layout::V1 | Layout::Auto, _) => "1".to_owned(),
+        };
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(&want).arg("NX");
+        let _: Option<String> = self
+            .attempt_routed(Route::Keyless, true, Call::Cmd(&set))
+            .await?
+            .map_err(|e| map_error(e, self.config.timeout))?;
+        // Another replica may have marked it first, maybe otherwise.
+        let marked: Option<String> = self.read_cmd(Route::Keyless, &get).await?;
+        match marked {
+            Some(found) => accept(&found),
+            None => Err(corrupt_reply("SET layout")),
         }
     }
 

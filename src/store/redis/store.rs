@@ -75,7 +75,7 @@ impl RedisStore {
             Self::connect_single(&config).await?
         };
         let keys = Keys::new(&config.prefix);
-        let store = RedisStore {
+        let mut store = RedisStore {
             streams: (0..SHARDS).map(|s| keys.stream(s)).collect(),
             trimmed: (0..SHARDS).map(|s| keys.trimmed(s)).collect(),
             keys,
@@ -92,7 +92,8 @@ impl RedisStore {
         };
         store.ping().await?;
         store.load_scripts().await?;
-        store.check_layout().await?;
+        // From here on `config.layout` is the layout in use, never `Auto`.
+        store.config.layout = store.check_layout().await?;
         Ok(store)
     }
 
