@@ -14,9 +14,9 @@ use callgate::domain::{
 };
 use callgate::export::{CSV_COLUMNS, ExportRow};
 use callgate::pb;
+use callgate::store::redis::RedisStore;
 use callgate::store::redis::codec;
 use callgate::store::redis::keys::Keys;
-use callgate::store::redis::{RedisConfig, RedisStore};
 use callgate::store::{ConsentStore, RecordsPosition, RecordsRange, TimeField};
 
 use crate::helpers::{API_KEY, memory_store, spawn_app_with, test_config};
