@@ -18,7 +18,7 @@
 #   CALLGATE_REDIS_CLUSTER_NODES     redis://h1:p,redis://h2:p (a cluster)   [unset; not with _URL]
 #   CALLGATE_REDIS_REPLICA_ACKS      replicas that must hold a write before 200 [0]
 #   CALLGATE_REDIS_PREFIX            prefix of every Redis key               [callgate]
-#   CALLGATE_REDIS_LAYOUT            Redis key layout, v1 or v2 (README)     [v1]
+#   CALLGATE_REDIS_LAYOUT            Redis key layout: auto, v1, v2 (README) [auto: the store's; v2 if empty]
 #   CALLGATE_REDIS_HOT_BUCKETS       layout v2: hot-record buckets a shard   [1024]
 #   CALLGATE_REDIS_TIMEOUT_MS        a slower Redis call fails closed        [250]
 #   CALLGATE_REDIS_HEALTH_INTERVAL_MS  PING period of the Redis connection   [1000]

@@ -88,6 +88,9 @@ done
 
 redis-server --port 6395 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes >/dev/null
 run "redis memory" redis-memory --redis-url redis://127.0.0.1:6395 --consents 200000
+# The same consents on layout v1 (a store written before v2 keeps it).
+redis-cli -p 6395 flushall >/dev/null
+run "redis memory, layout v1" redis-memory --layout v1 --redis-url redis://127.0.0.1:6395 --consents 200000
 # The same consents in the most compact layout known (not the store's): the memory floor.
 redis-cli -p 6395 flushall >/dev/null
 run "redis memory floor" redis-memory-floor --redis-url redis://127.0.0.1:6395 --consents 200000

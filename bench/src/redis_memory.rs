@@ -56,9 +56,9 @@ pub struct RedisMemoryArgs {
     /// Seed of the decision mix and of the sample.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// The store's key layout: `v1` (the service's) or `v2` (docs/redis-layout-v2.md, being
-    /// built).
-    #[arg(long, default_value = "v1", value_parser = ["v1", "v2"])]
+    /// The store's key layout: `v2` (the layout a new store is written in,
+    /// docs/redis-layout-v2.md) or `v1` (a store written before v2).
+    #[arg(long, default_value = "v2", value_parser = ["v1", "v2"])]
     pub layout: String,
     /// Layout v2's hot-record buckets per shard, a deployment's sizing (`RedisConfig::
     /// hot_buckets`). Default: about 64 pairs a bucket for --consents (as the prototype).

@@ -1,10 +1,11 @@
 //! Layout v2 (`docs/redis-layout-v2.md`): the store's operations on packed history segments,
 //! hot-record buckets, leases and chunked sorted indexes, about 290 bytes a consent where v1
-//! takes 1,150. Opt-in (`CALLGATE_REDIS_LAYOUT=v2`, [`Layout::V2`](super::Layout::V2)); v1
-//! stays the default until v2 records webhooks as fast (BENCHMARKS.md) and a migration
-//! exists. Every operation of the store trait is built and the whole conformance suite runs
-//! on it (`conformance::redis_layout_v2`, and on a cluster); [`RedisStore::check_layout`]
-//! keeps a store from being read in the other layout.
+//! takes 1,150, and records webhooks as fast (BENCHMARKS.md). Every new store is written in it
+//! ([`Layout::Auto`](super::Layout::Auto), the default, or `CALLGATE_REDIS_LAYOUT=v2`); a v1
+//! store stays v1 (no migration yet). Every operation of the store trait is built and the
+//! whole conformance suite runs on it (`conformance::redis_layout_v2`, and on a cluster);
+//! [`RedisStore::check_layout`] decides the layout at connect and keeps a store from being
+//! read in the other one.
 //!
 //! Scripts: `v2_record.lua`, `v2_read.lua` (every read that follows a pointer),
 //! `v2_claim.lua`, `v2_requests.lua` (registration and late attribution), sharing

@@ -15,13 +15,14 @@
 //! lease and fenced cursor, with the `webhook_*.lua` scripts), `callable` (issue 13: reading the
 //! calling lists' per-business index), `layout_v2` (below).
 //!
-//! # Layout v2 (opt-in)
+//! # Layout v2 (every new store)
 //!
-//! Everything below describes layout v1, the default. Layout v2 (`docs/redis-layout-v2.md`:
-//! packed history segments, hot-record buckets, leases, under 300 bytes a consent) is in
-//! `layout_v2` and the `v2_*.lua` scripts; [`RedisConfig::layout`] (`CALLGATE_REDIS_LAYOUT`)
-//! selects it, and the `{prefix}:layout` marker keeps each store in the layout it was first
-//! written in.
+//! Everything below describes layout v1, the layout of stores written before v2. Layout v2
+//! (`docs/redis-layout-v2.md`: packed history segments, hot-record buckets, leases, under 300
+//! bytes a consent) is in `layout_v2` and the `v2_*.lua` scripts. [`RedisConfig::layout`]
+//! (`CALLGATE_REDIS_LAYOUT`, `auto` by default) chooses: `auto` writes an empty store in v2
+//! and keeps any other store in its own layout; the `{prefix}:layout` marker keeps each store
+//! in the layout it was first written in.
 //!
 //! # Key layout: sharded, cluster-ready
 //!
