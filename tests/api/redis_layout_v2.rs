@@ -1,4 +1,4 @@
-//! What only Redis layout v2 (`docs/redis-layout-v2.md`, being built) must show beyond the
+//! What only Redis layout v2 (`docs/redis-layout-v2.md`, the layout of every new store) must show beyond the
 //! conformance suite (`conformance::redis_layout_v2`): its packed structures at the sizes
 //! where they change shape. The due index and the calling lists are chunked sorted arrays
 //! that split past about 50 records; a pair's dedup walk gives way to a dedup hash past 32
@@ -419,5 +419,76 @@ async fn records_pages_cover_many_decisions_of_few_instants_exactly_once() {
             }
         }
         assert_eq!(seen.len(), pairs.len(), "{by:?}: every decision once");
+    }
+}
+
+/// v2's chain tips, as v1's (`redis_store::recording_guesses_the_chain_tip_…`): a replica
+/// guesses the tip it last wrote (or an empty history), a wrong guess costs one refused script
+/// call, and once a replica meets returning customers it did not know it reads their tips first
+/// (an `HGET` of the hot record and a `GETRANGE` of the newest entry's hash, outside any
+/// script). That read must be exact: a wrong one would be refused too, and cost a second call.
+#[tokio::test]
+async fn a_chain_tip_read_outside_the_script_is_exact_and_a_wrong_guess_costs_one_call() {
+    use crate::redis_harness::{command_calls, reset_command_stats};
+
+    let server = RedisServer::start();
+    let (a, b) = (v2_store(&server, 16).await, v2_store(&server, 16).await);
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let p = pair(12);
+    let t = to_millis_precision(Utc::now());
+    // (replica, what it knows of the pair's tip), as in v1's test.
+    let steps = [
+        (&a, "empty"),
+        (&b, "nothing"),
+        (&b, "its own"),
+        (&a, "old"),
+        (&a, "its own"),
+    ];
+    let mut calls = Vec::new();
+    for (i, (store, _)) in steps.iter().enumerate() {
+        reset_command_stats(&mut conn).await;
+        let choice = if i % 2 == 0 {
+            Choice::GrantPermanent
+        } else {
+            Choice::Deny
+        };
+        let d = decision(
+            &p,
+            choice,
+            t + Duration::seconds(i as i64),
+            &format!("m{i}"),
+        );
+        assert_eq!(
+            store.record(&[d], t).await.unwrap(),
+            vec![RecordOutcome::Applied]
+        );
+        calls.push(command_calls(&mut conn, "evalsha").await);
+    }
+    assert_eq!(calls, vec![1, 2, 1, 2, 1]);
+    // b has since met a returning customer it did not know: for the next one it reads the tip
+    // first, and one script call records it.
+    let q = pair(13);
+    a.record(&[decision(&q, Choice::GrantPermanent, t, "q0")], t)
+        .await
+        .unwrap();
+    reset_command_stats(&mut conn).await;
+    let second = decision(&q, Choice::Deny, t + Duration::seconds(1), "q1");
+    assert_eq!(
+        b.record(&[second], t).await.unwrap(),
+        vec![RecordOutcome::Applied]
+    );
+    assert_eq!(command_calls(&mut conn, "evalsha").await, 1);
+    assert!(command_calls(&mut conn, "getrange").await >= 1);
+    // Both chains are whole.
+    for (pair, len) in [(&p, steps.len()), (&q, 2)] {
+        let page = a.history_page(pair, 0, 10).await.unwrap();
+        let links: Vec<_> = page.links.iter().map(|l| l.unwrap()).collect();
+        assert_eq!(links.len(), len);
+        assert_eq!(links[0].prev, callgate::domain::GENESIS);
+        for w in links.windows(2) {
+            assert_eq!(w[1].prev, w[0].hash);
+            assert_eq!(w[1].position, w[0].position + 1);
+        }
     }
 }

@@ -17,7 +17,7 @@ use callgate::store::{
 };
 
 use crate::conformance::{policy, request};
-use crate::redis_harness::{RedisOptions, RedisServer};
+use crate::redis_harness::{RedisOptions, RedisServer, command_calls, reset_command_stats};
 
 fn pair(n: u32) -> Pair {
     Pair::new(
@@ -55,29 +55,6 @@ async fn connect(server: &RedisServer) -> RedisStore {
     RedisStore::connect(server.v1_config())
         .await
         .expect("connect")
-}
-
-/// Calls of `command` since the last [`reset_command_stats`], from `INFO commandstats` (commands
-/// run inside scripts count too).
-async fn command_calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-async fn reset_command_stats(conn: &mut redis::aio::MultiplexedConnection) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(conn)
-        .await
-        .unwrap();
 }
 
 async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
