@@ -1,8 +1,9 @@
-//! What only Redis layout v2 (`docs/redis-layout-v2.md`, the layout of every new store) must show beyond the
-//! conformance suite (`conformance::redis_layout_v2`): its packed structures at the sizes
-//! where they change shape. The due index and the calling lists are chunked sorted arrays
-//! that split past about 50 records; a pair's dedup walk gives way to a dedup hash past 32
-//! entries; hot-record buckets turn into hash tables past 128 pairs.
+//! What only Redis layout v2 (`docs/redis-layout-v2.md`, the layout of every new store) must
+//! show beyond the conformance suite (`conformance::redis_layout_v2`): its packed structures
+//! at the sizes where they change shape. The due index and the calling lists are chunked
+//! sorted arrays that split past about 50 records; a pair's dedup walk gives way to a dedup
+//! hash past 32 entries; hot-record buckets turn into hash tables past 128 pairs. And the
+//! layout marker (with `auto`), damaged records, and the chain tip read outside the script.
 
 use chrono::{DateTime, Duration, Utc};
 
