@@ -493,3 +493,44 @@ async fn a_chain_tip_read_outside_the_script_is_exact_and_a_wrong_guess_costs_on
         }
     }
 }
+
+/// The first build of layout v2 kept each business's index notes and chunk-id counter in the
+/// shard's meta hash; this one keeps them in `b:<business>`, and would give out chunk ids that
+/// exist. A store in the old format is refused at connect, never overwritten.
+#[tokio::test]
+async fn a_store_of_the_first_v2_build_is_refused_not_overwritten() {
+    use callgate::store::redis::keys::{Keys, shard_of};
+
+    let server = RedisServer::start();
+    let store = v2_store(&server, 16).await;
+    let t = to_millis_precision(Utc::now());
+    let p = pair(3);
+    store
+        .record(&[decision(&p, Choice::GrantPermanent, t, "m")], t)
+        .await
+        .unwrap();
+    // This build's meta hash: the open segment, the newest event id, the last trim check.
+    let again = v2_store(&server, 16).await;
+    assert!(again.current(&p).await.unwrap().is_some());
+    // The old format's counter, as the first build wrote it.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let meta = format!("{}m", Keys::new("callgate").shard_prefix(shard_of(&p)));
+    let _: () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg("n14155550000")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for layout in [Layout::V2, Layout::Auto] {
+        let mut config = RedisConfig::new(server.url());
+        config.layout = layout;
+        config.hot_buckets = 16;
+        match RedisStore::connect(config).await {
+            Err(StoreError::Misconfigured(m)) => assert!(m.contains("earlier build"), "{m}"),
+            Err(e) => panic!("expected Misconfigured, got {e}"),
+            Ok(_) => panic!("{layout:?}: a store of the first v2 build was accepted"),
+        }
+    }
+}

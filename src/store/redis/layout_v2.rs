@@ -134,7 +134,11 @@ impl RedisStore {
             _ => Err(refuse(found)),
         };
         if let Some(found) = marked {
-            return accept(&found);
+            let layout = accept(&found)?;
+            if layout == Layout::V2 {
+                self.refuse_early_v2().await?;
+            }
+            return Ok(layout);
         }
         // Not marked: a v1 store written before the marker, or an empty one. Any shard's
         // event stream says v1 data was written (it outlives its events: trimming keeps it).
@@ -165,6 +169,31 @@ impl RedisStore {
             Some(found) => accept(&found),
             None => Err(corrupt_reply("SET layout")),
         }
+    }
+
+    /// Refuses a v2 store written by the first build of layout v2 (2026-11-25), which kept each
+    /// business's index notes and chunk-id counter in the shard's meta hash `m` (`r<business>`,
+    /// `e<business>`, `n<business>`); this build keeps them in `b:<business>` and would give
+    /// out chunk ids that exist, overwriting index chunks. `m` now holds only `g`, `i` and `k`.
+    async fn refuse_early_v2(&self) -> Result<(), StoreError> {
+        let fields = all(0..SHARDS, |s| {
+            let mut hkeys = redis::cmd("HKEYS");
+            hkeys.arg(format!("{}m", self.keys.shard_prefix(s)));
+            async move { self.read_cmd::<Vec<Vec<u8>>>(Route::Shard(s), &hkeys).await }
+        })
+        .await;
+        for found in fields {
+            if found?.iter().any(|f| !matches!(&f[..], b"g" | b"i" | b"k")) {
+                return Err(StoreError::Misconfigured(format!(
+                    "the Redis store under prefix {:?} was written by an earlier build of layout \
+                     v2 (per-business notes in the shards' meta hashes), which this build cannot \
+                     write without overwriting index chunks. Run the build that wrote it, or \
+                     start a new store",
+                    self.config.prefix,
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A pair's hot-record bucket number and field.
