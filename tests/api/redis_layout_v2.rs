@@ -3,7 +3,7 @@
 //! at the sizes where they change shape. The due index and the calling lists are chunked
 //! sorted arrays that split past about 50 records; a pair's dedup walk gives way to a dedup
 //! hash past 32 entries; hot-record buckets turn into hash tables past 128 pairs. And the
-//! layout marker (with `auto`), damaged records, and the chain tip read outside the script.
+//! layout marker (with `auto`), damaged records, and the chain tip read.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -426,10 +426,10 @@ async fn records_pages_cover_many_decisions_of_few_instants_exactly_once() {
 /// v2's chain tips, as v1's (`redis_store::recording_guesses_the_chain_tip_…`): a replica
 /// guesses the tip it last wrote (or an empty history), a wrong guess costs one refused script
 /// call, and once a replica meets returning customers it did not know it reads their tips first
-/// (an `HGET` of the hot record and a `GETRANGE` of the newest entry's hash, outside any
-/// script). That read must be exact: a wrong one would be refused too, and cost a second call.
+/// (one `v2_read.lua` call, mode `t`). That read must be exact: a wrong one would be refused
+/// by the record script, and cost a third call.
 #[tokio::test]
-async fn a_chain_tip_read_outside_the_script_is_exact_and_a_wrong_guess_costs_one_call() {
+async fn a_chain_tip_read_is_exact_and_a_wrong_guess_costs_one_call() {
     use crate::redis_harness::{command_calls, reset_command_stats};
 
     let server = RedisServer::start();
@@ -468,7 +468,7 @@ async fn a_chain_tip_read_outside_the_script_is_exact_and_a_wrong_guess_costs_on
     }
     assert_eq!(calls, vec![1, 2, 1, 2, 1]);
     // b has since met a returning customer it did not know: for the next one it reads the tip
-    // first, and one script call records it.
+    // first (one read-script call), and one record-script call records it.
     let q = pair(13);
     a.record(&[decision(&q, Choice::GrantPermanent, t, "q0")], t)
         .await
@@ -479,8 +479,7 @@ async fn a_chain_tip_read_outside_the_script_is_exact_and_a_wrong_guess_costs_on
         b.record(&[second], t).await.unwrap(),
         vec![RecordOutcome::Applied]
     );
-    assert_eq!(command_calls(&mut conn, "evalsha").await, 1);
-    assert!(command_calls(&mut conn, "getrange").await >= 1);
+    assert_eq!(command_calls(&mut conn, "evalsha").await, 2);
     // Both chains are whole.
     for (pair, len) in [(&p, steps.len()), (&q, 2)] {
         let page = a.history_page(pair, 0, 10).await.unwrap();

@@ -260,7 +260,8 @@ impl RedisStore {
         Ok(call)
     }
 
-    /// One `v2_read.lua` call of `mode` `c` (current entries) for `pairs`, all in `shard`.
+    /// One `v2_read.lua` call of `mode` `c` (current entries) or `t` (chain tips) for `pairs`,
+    /// all in `shard`.
     fn v2_pairs_call<'p>(
         &self,
         mode: &str,
@@ -584,105 +585,45 @@ impl RedisStore {
         Self::registered(&reply, now, policy)
     }
 
-    /// The chain tips (history length, newest hash) of `pairs`.
+    /// The chain tips (history length, newest hash) of `pairs`: one `v2_read.lua` call (mode
+    /// `t`) per shard, all in one round trip. Reading a tip takes the hot record, then the
+    /// newest entry's hash at the pointer it holds: as plain commands that is two round trips
+    /// (an `HGET`, then a `GETRANGE`). On a replica that did not write a pair last this read
+    /// comes before its webhook's script, and the second round trip cost more than the script
+    /// (ingestion on that replica 13,079 and 12,672/s with plain commands, 15,455 and 14,620/s
+    /// with the script, alternating runs, `bench/results/issue16-layouts-v1-v2.txt`).
     pub(super) async fn v2_read_tips(&self, pairs: &[Pair]) -> Result<Vec<Tip>, StoreError> {
-        // Two pipelined round trips of plain commands (an `HGET` of each hot record, then a
-        // `GETRANGE` of each newest entry's hash): a read script would cost Redis several
-        // times the CPU, and on a replica that did not write the pairs last this read comes
-        // before every recorded webhook.
         let groups = Self::v2_by_shard(pairs);
+        let calls = groups
+            .iter()
+            .map(|(shard, ix)| {
+                (
+                    *shard,
+                    self.v2_pairs_call("t", *shard, ix.iter().map(|&i| &pairs[i])),
+                )
+            })
+            .collect();
+        let replies = self.v2_read_groups(calls).await;
         let bad = || corrupt_reply("layout v2 chain tips");
-        let hots = self
-            .v2_plain_reads(&groups, |i| {
-                let (bucket, field) = self.bucket_and_field(&pairs[i]);
-                let prefix = self.keys.shard_prefix(keys::shard_of(&pairs[i]));
-                let mut cmd = redis::cmd("HGET");
-                cmd.arg(format!("{prefix}p:{bucket}")).arg(&field[..]);
-                Some(cmd)
-            })
-            .await?;
-        let newest: Vec<Option<(u64, packed::Pointer)>> = hots
-            .iter()
-            .map(|hot| match hot {
-                Value::Nil => Ok(None),
-                v => {
-                    let record = packed::HotRecord::decode(bytes_of(v).ok_or_else(bad)?)?;
-                    Ok(Some((record.count, record.newest)))
-                }
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let hashes = self
-            .v2_plain_reads(&groups, |i| {
-                let (_, at) = newest[i]?;
-                let prefix = self.keys.shard_prefix(keys::shard_of(&pairs[i]));
-                let from = usize::from(at.offset) + 7;
-                let mut cmd = redis::cmd("GETRANGE");
-                cmd.arg(format!("{prefix}g:{}", at.segment))
-                    .arg(from)
-                    .arg(from + 31);
-                Some(cmd)
-            })
-            .await?;
-        newest
-            .iter()
-            .zip(hashes)
-            .map(|(n, hash)| match n {
-                None => Ok((0, GENESIS)),
-                Some((count, _)) => {
-                    let hash = bytes_of(&hash)
+        let mut tips = vec![(0, GENESIS); pairs.len()];
+        for ((_, ix), reply) in groups.iter().zip(replies) {
+            let Value::Array(values) = reply? else {
+                return Err(bad());
+            };
+            if values.len() != 2 * ix.len() {
+                return Err(bad());
+            }
+            for (&i, v) in ix.iter().zip(values.chunks(2)) {
+                let count: u64 = redis::from_redis_value(v[0].clone()).map_err(|_| bad())?;
+                if count > 0 {
+                    let hash = bytes_of(&v[1])
                         .and_then(|h| h.try_into().ok())
                         .ok_or_else(bad)?;
-                    Ok((*count, hash))
-                }
-            })
-            .collect()
-    }
-
-    /// Runs the command `cmd(i)` gives for each item `i` of `groups` (shard, item indices),
-    /// pipelined: on one Redis in one pipeline, on a cluster one per shard, at once. Returns a
-    /// reply per item (`Nil` where `cmd` gave none), in item order.
-    async fn v2_plain_reads(
-        &self,
-        groups: &[(usize, Vec<usize>)],
-        cmd: impl Fn(usize) -> Option<redis::Cmd>,
-    ) -> Result<Vec<Value>, StoreError> {
-        let items = groups.iter().map(|(_, ix)| ix.len()).sum::<usize>();
-        let mut out = vec![Value::Nil; items];
-        // (route, the items asked, their pipeline): one for all on one Redis, one a shard on a
-        // cluster (each pipeline in one slot).
-        let mut sent: Vec<(Route, Vec<usize>, redis::Pipeline)> = Vec::new();
-        for (shard, ix) in groups {
-            if sent.is_empty() || self.is_cluster() {
-                let route = if self.is_cluster() {
-                    Route::Shard(*shard)
-                } else {
-                    Route::Keyless
-                };
-                sent.push((route, Vec::new(), redis::pipe()));
-            }
-            let (_, asked, pipe) = sent.last_mut().expect("pushed above");
-            for &i in ix {
-                if let Some(c) = cmd(i) {
-                    pipe.add_command(c);
-                    asked.push(i);
+                    tips[i] = (count, hash);
                 }
             }
         }
-        sent.retain(|(_, asked, _)| !asked.is_empty());
-        let replies = all(&sent, |(route, _, pipe)| {
-            self.read_pipe::<Vec<Value>>(*route, pipe)
-        })
-        .await;
-        for ((_, asked, _), reply) in sent.iter().zip(replies) {
-            let reply = reply?;
-            if reply.len() != asked.len() {
-                return Err(corrupt_reply("layout v2 read"));
-            }
-            for (&i, v) in asked.iter().zip(reply) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
+        Ok(tips)
     }
 
     /// Each pair's current decision, read from the entry its hot record points at: one script

@@ -8,6 +8,8 @@
 -- ARGV[2] what to read:
 --   "c" current decisions: ARGV[3..] are pairs of (bucket number decimal, field); returns, per
 --       pair, the current decision's entry, or "" if the pair has none
+--   "t" chain tips: ARGV[3..] are pairs of (bucket number decimal, field); returns, per pair,
+--       the history length and the newest entry's hash ("" if the pair has none)
 --   "h" a history: ARGV[3] bucket number, ARGV[4] field; returns every entry, oldest first
 --   "p" entries: ARGV[3..] pointers (5 bytes); returns each entry
 --   "r" a records page of one shard: ARGV[3] the business's digits, ARGV[4] the index ("bri"
@@ -45,6 +47,12 @@ if mode == 'c' then
       end
     end
     table.insert(out, entry)
+  end
+elseif mode == 't' then
+  for i = 3, #ARGV, 2 do
+    local cur = hot_of(ARGV[i], ARGV[i + 1])
+    table.insert(out, cur and cur.n or 0)
+    table.insert(out, cur and string.sub(entry_head(P, cur.newest, 39), 8, 39) or '')
   end
 elseif mode == 'h' then
   local cur = hot_of(ARGV[3], ARGV[4])
