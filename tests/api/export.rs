@@ -634,6 +634,113 @@ async fn issue14_audit_verify_reports_edits_removals_and_reorders_made_in_redis(
     assert!(service.terminate());
 }
 
+/// The same tamper evidence on layout v2, the layout of every new store: an entry edited in
+/// its history segment (its decided time moved by 1 ms: it still decodes) is reported as
+/// edited at its position, and the rest of the chain still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue14_audit_verify_reports_an_entry_edited_in_a_v2_segment() {
+    use callgate::store::redis::codec::packed::{HotRecord, pair_field};
+    use callgate::store::redis::keys::{hot_bucket, shard_of};
+
+    let server = RedisServer::start();
+    let store = RedisStore::connect(callgate::store::redis::RedisConfig::new(server.url()))
+        .await
+        .unwrap();
+    assert_eq!(store.config().layout, callgate::store::redis::Layout::V2);
+    let t = to_millis_precision(Utc::now());
+    for c in 1..=2 {
+        for i in 0..3 {
+            let d = decision(&pair(c), Choice::Deny, t + ms(i), &format!("wamid.{c}.{i}"));
+            store.record(&[d], t + ms(i)).await.unwrap();
+        }
+    }
+    let service = CallgateProcess::start(&[("CALLGATE_REDIS_URL", &server.url())]).unwrap();
+    let addr = service.grpc.to_string();
+    let verify_store = || {
+        callgate(&[
+            "audit",
+            "verify",
+            "--business",
+            BUSINESS,
+            "--addr",
+            &addr,
+            "--token",
+            API_KEY,
+        ])
+    };
+    let out = verify_store();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("OK: 2 pairs, 6 entries (0 pre-chain), 0 broken chains"),
+        "{}",
+        text(&out)
+    );
+
+    // Customer 1's entry 1: the hot record names entry 2, whose back pointer names entry 1.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let p = pair(1);
+    let prefix = Keys::new("callgate").shard_prefix(shard_of(&p));
+    let field = pair_field(&p);
+    let bucket = format!(
+        "{prefix}p:{}",
+        hot_bucket(&field, store.config().hot_buckets)
+    );
+    let hot: Vec<u8> = redis::cmd("HGET")
+        .arg(&bucket)
+        .arg(&field[..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let newest = HotRecord::decode(&hot).unwrap().newest;
+    let getrange = |key: String, from: usize, to: usize| {
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(key).arg(from).arg(to);
+        cmd
+    };
+    let back: Vec<u8> = getrange(
+        format!("{prefix}g:{}", newest.segment),
+        usize::from(newest.offset) + 39,
+        usize::from(newest.offset) + 43,
+    )
+    .query_async(&mut conn)
+    .await
+    .unwrap();
+    let segment = format!(
+        "{prefix}g:{}",
+        u32::from_be_bytes([0, back[0], back[1], back[2]])
+    );
+    // Entry 1 has a back pointer: its decided time (6 bytes) starts at byte 51.
+    let last = usize::from(u16::from_be_bytes([back[3], back[4]])) + 51 + 5;
+    let byte: Vec<u8> = getrange(segment.clone(), last, last)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let forged = if byte[0] == 255 { 254 } else { byte[0] + 1 };
+    let _: () = redis::cmd("SETRANGE")
+        .arg(&segment)
+        .arg(last)
+        .arg(&[forged][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let out = verify_store();
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{report}");
+    let line = format!(
+        "BROKEN business={BUSINESS} customer={} position=1: edited",
+        p.customer
+    );
+    assert!(report.contains(&line), "missing {line:?} in:\n{report}");
+    assert!(
+        !report.contains(&format!("customer={}", pair(2).customer)),
+        "{report}"
+    );
+    assert!(report.contains("1 broken chain"), "{report}");
+    assert!(service.terminate());
+}
+
 /// Decisions recorded after pre-chain entries chain from zeros; the history is otherwise
 /// untouched, and `HistoryEntry` equality still holds for every entry.
 #[tokio::test]
