@@ -278,6 +278,27 @@ impl RedisStore {
         call
     }
 
+    /// `v2_read.lua` in `mode` (`c` or `t`) for `pairs`: one call per shard, in one round
+    /// trip. Returns the groups (shard, indices into `pairs`) and each group's reply.
+    async fn v2_pairs_read(
+        &self,
+        mode: &str,
+        pairs: &[Pair],
+    ) -> (Vec<(usize, Vec<usize>)>, Vec<Result<Value, StoreError>>) {
+        let groups = Self::v2_by_shard(pairs);
+        let calls = groups
+            .iter()
+            .map(|(shard, ix)| {
+                (
+                    *shard,
+                    self.v2_pairs_call(mode, *shard, ix.iter().map(|&i| &pairs[i])),
+                )
+            })
+            .collect();
+        let replies = self.v2_read_groups(calls).await;
+        (groups, replies)
+    }
+
     /// Runs one read-script call per group (a shard and the indices of its items): on one
     /// Redis all in one pipeline, on a cluster each shard by itself, at once, on the read
     /// connections (with replica acks the write connection carries `WAIT`s, which a check must
@@ -592,17 +613,7 @@ impl RedisStore {
     /// (ingestion on that replica 13,079 and 12,672/s with plain commands, 15,455 and 14,620/s
     /// with the script, alternating runs, `bench/results/issue16-layouts-v1-v2.txt`).
     pub(super) async fn v2_read_tips(&self, pairs: &[Pair]) -> Result<Vec<Tip>, StoreError> {
-        let groups = Self::v2_by_shard(pairs);
-        let calls = groups
-            .iter()
-            .map(|(shard, ix)| {
-                (
-                    *shard,
-                    self.v2_pairs_call("t", *shard, ix.iter().map(|&i| &pairs[i])),
-                )
-            })
-            .collect();
-        let replies = self.v2_read_groups(calls).await;
+        let (groups, replies) = self.v2_pairs_read("t", pairs).await;
         let bad = || corrupt_reply("layout v2 chain tips");
         let mut tips = vec![(0, GENESIS); pairs.len()];
         for ((_, ix), reply) in groups.iter().zip(replies) {
@@ -631,17 +642,7 @@ impl RedisStore {
         &self,
         pairs: &[Pair],
     ) -> Vec<Result<Option<Decision>, StoreError>> {
-        let groups = Self::v2_by_shard(pairs);
-        let calls = groups
-            .iter()
-            .map(|(shard, ix)| {
-                (
-                    *shard,
-                    self.v2_pairs_call("c", *shard, ix.iter().map(|&i| &pairs[i])),
-                )
-            })
-            .collect();
-        let replies = self.v2_read_groups(calls).await;
+        let (groups, replies) = self.v2_pairs_read("c", pairs).await;
         let mut out: Vec<Result<Option<Decision>, StoreError>> =
             (0..pairs.len()).map(|_| Ok(None)).collect();
         for ((_, ix), reply) in groups.iter().zip(replies) {
