@@ -636,9 +636,10 @@ async fn issue14_audit_verify_reports_edits_removals_and_reorders_made_in_redis(
 
 /// The same tamper evidence on layout v2, the layout of every new store: an entry edited in
 /// its history segment (its decided time moved by 1 ms: it still decodes) is reported as
-/// edited at its position, and the rest of the chain still verifies.
+/// edited at its position while the other pair verifies; then an entry cut out of a chain (the
+/// next entry's back pointer edited to skip it) is reported gone, and its successor broken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue14_audit_verify_reports_an_entry_edited_in_a_v2_segment() {
+async fn issue14_audit_verify_reports_entries_edited_and_cut_out_in_v2_segments() {
     use callgate::store::redis::codec::packed::{HotRecord, pair_field};
     use callgate::store::redis::keys::{hot_bucket, shard_of};
 
@@ -738,6 +739,67 @@ async fn issue14_audit_verify_reports_an_entry_edited_in_a_v2_segment() {
         "{report}"
     );
     assert!(report.contains("1 broken chain"), "{report}");
+
+    // Customer 2's entry 1 cut out of the chain: entry 2's back pointer set to entry 1's.
+    let p2 = pair(2);
+    let prefix2 = Keys::new("callgate").shard_prefix(shard_of(&p2));
+    let field2 = pair_field(&p2);
+    let hot2: Vec<u8> = redis::cmd("HGET")
+        .arg(format!(
+            "{prefix2}p:{}",
+            hot_bucket(&field2, store.config().hot_buckets)
+        ))
+        .arg(&field2[..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let newest2 = HotRecord::decode(&hot2).unwrap().newest;
+    let newest2_segment = format!("{prefix2}g:{}", newest2.segment);
+    let back2: Vec<u8> = getrange(
+        newest2_segment.clone(),
+        usize::from(newest2.offset) + 39,
+        usize::from(newest2.offset) + 43,
+    )
+    .query_async(&mut conn)
+    .await
+    .unwrap();
+    let entry1 = usize::from(u16::from_be_bytes([back2[3], back2[4]]));
+    let back1: Vec<u8> = getrange(
+        format!(
+            "{prefix2}g:{}",
+            u32::from_be_bytes([0, back2[0], back2[1], back2[2]])
+        ),
+        entry1 + 39,
+        entry1 + 43,
+    )
+    .query_async(&mut conn)
+    .await
+    .unwrap();
+    let _: () = redis::cmd("SETRANGE")
+        .arg(&newest2_segment)
+        .arg(usize::from(newest2.offset) + 39)
+        .arg(&back1[..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The cut entry is reported gone where its own back chain puts it; its successor, now at
+    // position 1, does not match its hash there. (A v2 entry does not carry its position, so
+    // the audit cannot tell "recorded at position 2" as v1's does: it says edited.)
+    let out = verify_store();
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{report}");
+    let c2 = p2.customer.to_string();
+    for line in [
+        format!(
+            "BROKEN business={BUSINESS} customer={} position=1: edited",
+            p.customer
+        ),
+        format!("BROKEN business={BUSINESS} customer={c2} position=1: gone"),
+        format!("BROKEN business={BUSINESS} customer={c2} position=1: edited"),
+    ] {
+        assert!(report.contains(&line), "missing {line:?} in:\n{report}");
+    }
+    assert!(report.contains("2 broken chains"), "{report}");
     assert!(service.terminate());
 }
 

@@ -508,7 +508,12 @@ impl RedisStore {
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(bad)?;
                 let entry = bytes_of(&v[1]).ok_or_else(bad)?;
-                let position: u64 = redis::from_redis_value(v[2].clone()).map_err(|_| bad())?;
+                // Negative: the entry is no longer in its pair's chain (v2_read.lua), gone.
+                let answered: i64 = redis::from_redis_value(v[2].clone()).map_err(|_| bad())?;
+                let (position, gone) = match u64::try_from(answered) {
+                    Ok(position) => (position, false),
+                    Err(_) => ((-answered - 1) as u64, true),
+                };
                 let prev = match bytes_of(&v[3]).ok_or_else(bad)? {
                     [] => GENESIS,
                     h => h.try_into().map_err(|_| bad())?,
@@ -523,8 +528,14 @@ impl RedisStore {
                 if after.is_some_and(|p| key.as_slice() <= p.key()) {
                     continue;
                 }
-                items.push((
-                    key,
+                let item = if gone {
+                    RecordedDecision {
+                        pair: entry.decision.pair.clone(),
+                        position,
+                        entry: None,
+                        link: None,
+                    }
+                } else {
                     RecordedDecision {
                         pair: entry.decision.pair.clone(),
                         position,
@@ -534,8 +545,9 @@ impl RedisStore {
                             hash: read.hash,
                         }),
                         entry: Some(entry),
-                    },
-                ));
+                    }
+                };
+                items.push((key, item));
             }
         }
         items.sort_by(|a, b| a.0.cmp(&b.0));

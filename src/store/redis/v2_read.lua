@@ -147,14 +147,30 @@ elseif mode == 'r' then
         local field = biz7 .. string.sub(entry, cat, cat + 6)
         local cur = hot_of(hot_bucket(field, shards, buckets), field)
         if not cur then return redis.error_reply('CORRUPT indexed entry of no pair') end
-        -- Its position: walk the pair's chain back from its newest entry.
+        -- Its position: walk the pair's chain back from its newest entry. An entry the walk
+        -- does not meet was cut out of the chain in Redis (a back pointer edited): it is
+        -- answered as gone (its position negated, less one) at the position its own back
+        -- chain gives it, as v1 answers an index member its history no longer holds, so an
+        -- audit reports it instead of stopping.
         local pos, p = cur.n - 1, cur.newest
         while p ~= ptr do
           local head = entry_head(P, p, 44)
-          if #head < 44 or not has_bit(string.byte(head, 1), 6) or pos <= 0 then
-            return redis.error_reply('CORRUPT indexed entry not in its pair\'s chain')
+          if #head < 44 then return redis.error_reply('CORRUPT unreadable history entry') end
+          if not has_bit(string.byte(head, 1), 6) or pos <= 0 then
+            pos = nil
+            break
           end
           p, pos = string.sub(head, 40, 44), pos - 1
+        end
+        if not pos then
+          local steps, q = 0, entry
+          while has_bit(string.byte(q, 1), 6) do
+            if steps > cur.n then return redis.error_reply('CORRUPT history chain loops') end
+            q = entry_head(P, string.sub(q, 40, 44), 44)
+            if #q < 44 then return redis.error_reply('CORRUPT unreadable history entry') end
+            steps = steps + 1
+          end
+          pos = -steps - 1
         end
         local prev = ''
         if back then prev = string.sub(entry_head(P, string.sub(entry, 40, 44), 39), 8, 39) end
