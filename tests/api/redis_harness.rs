@@ -133,7 +133,14 @@ impl RedisServer {
                 return Err(format!("exited with {status}; log:\n{log}"));
             }
             if self.answers_ping() {
-                return Ok(());
+                // A port picked free can be bound by another test's server before ours binds
+                // it: that server answers PING while ours exits, and the test would run
+                // against a server that goes away when the other test ends.
+                if self.is_ours() {
+                    return Ok(());
+                }
+                self.kill();
+                return Err(format!("port {} answered by another server", self.port));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -151,6 +158,38 @@ impl RedisServer {
         s.write_all(b"PING\r\n").is_ok()
             && s.read(&mut buf)
                 .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    }
+
+    /// True when the server on this port is this harness's child (`INFO server`'s
+    /// `process_id`).
+    fn is_ours(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return false;
+        };
+        let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        if s.write_all(b"INFO server\r\n").is_err() {
+            return false;
+        }
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while seen.len() < 64 * 1024 {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+            let text = String::from_utf8_lossy(&seen);
+            // The whole `process_id:<pid>` line, once it has arrived.
+            if let Some(at) = text.find("process_id:") {
+                let line = &text[at + "process_id:".len()..];
+                if let Some(end) = line.find("\r\n") {
+                    return line[..end] == pid.to_string();
+                }
+            }
+        }
+        false
     }
 
     pub fn port(&self) -> u16 {
