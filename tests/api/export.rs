@@ -634,15 +634,62 @@ async fn issue14_audit_verify_reports_edits_removals_and_reorders_made_in_redis(
     assert!(service.terminate());
 }
 
+/// A v2 entry: its shard's key prefix and its 5-byte pointer (segment 3 B, offset 2 B).
+type V2Entry = (String, [u8; 5]);
+
+/// The newest entry of `pair` on a v2 store: the pointer its hot record holds.
+async fn v2_newest_entry(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pair: &Pair,
+    buckets: u32,
+) -> V2Entry {
+    use callgate::store::redis::codec::packed::{HotRecord, pair_field};
+    use callgate::store::redis::keys::{hot_bucket, shard_of};
+
+    let prefix = Keys::new("callgate").shard_prefix(shard_of(pair));
+    let field = pair_field(pair);
+    let hot: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("{prefix}p:{}", hot_bucket(&field, buckets)))
+        .arg(&field[..])
+        .query_async(conn)
+        .await
+        .unwrap();
+    let newest = HotRecord::decode(&hot).unwrap().newest;
+    let mut ptr = [0u8; 5];
+    ptr[..3].copy_from_slice(&newest.segment.to_be_bytes()[1..]);
+    ptr[3..].copy_from_slice(&newest.offset.to_be_bytes());
+    (prefix, ptr)
+}
+
+/// The segment key of a v2 entry, and the offset of its byte `at` in it.
+fn v2_segment_at((prefix, ptr): &V2Entry, at: usize) -> (String, usize) {
+    let segment = u32::from_be_bytes([0, ptr[0], ptr[1], ptr[2]]);
+    let offset = usize::from(u16::from_be_bytes([ptr[3], ptr[4]]));
+    (format!("{prefix}g:{segment}"), offset + at)
+}
+
+/// The entry a v2 entry's back pointer (bytes 39..44) names.
+async fn v2_back_pointer(conn: &mut redis::aio::MultiplexedConnection, entry: &V2Entry) -> V2Entry {
+    let (segment, at) = v2_segment_at(entry, 39);
+    let back: Vec<u8> = redis::cmd("GETRANGE")
+        .arg(segment)
+        .arg(at)
+        .arg(at + 4)
+        .query_async(conn)
+        .await
+        .unwrap();
+    (
+        entry.0.clone(),
+        back.try_into().expect("a 5-byte back pointer"),
+    )
+}
+
 /// The same tamper evidence on layout v2, the layout of every new store: an entry edited in
 /// its history segment (its decided time moved by 1 ms: it still decodes) is reported as
 /// edited at its position while the other pair verifies; then an entry cut out of a chain (the
 /// next entry's back pointer edited to skip it) is reported gone, and its successor broken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue14_audit_verify_reports_entries_edited_and_cut_out_in_v2_segments() {
-    use callgate::store::redis::codec::packed::{HotRecord, pair_field};
-    use callgate::store::redis::keys::{hot_bucket, shard_of};
-
     let server = RedisServer::start();
     let store = RedisStore::connect(callgate::store::redis::RedisConfig::new(server.url()))
         .await
@@ -680,47 +727,23 @@ async fn issue14_audit_verify_reports_entries_edited_and_cut_out_in_v2_segments(
     // Customer 1's entry 1: the hot record names entry 2, whose back pointer names entry 1.
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let buckets = store.config().hot_buckets;
     let p = pair(1);
-    let prefix = Keys::new("callgate").shard_prefix(shard_of(&p));
-    let field = pair_field(&p);
-    let bucket = format!(
-        "{prefix}p:{}",
-        hot_bucket(&field, store.config().hot_buckets)
-    );
-    let hot: Vec<u8> = redis::cmd("HGET")
-        .arg(&bucket)
-        .arg(&field[..])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let newest = HotRecord::decode(&hot).unwrap().newest;
-    let getrange = |key: String, from: usize, to: usize| {
-        let mut cmd = redis::cmd("GETRANGE");
-        cmd.arg(key).arg(from).arg(to);
-        cmd
-    };
-    let back: Vec<u8> = getrange(
-        format!("{prefix}g:{}", newest.segment),
-        usize::from(newest.offset) + 39,
-        usize::from(newest.offset) + 43,
-    )
-    .query_async(&mut conn)
-    .await
-    .unwrap();
-    let segment = format!(
-        "{prefix}g:{}",
-        u32::from_be_bytes([0, back[0], back[1], back[2]])
-    );
+    let newest = v2_newest_entry(&mut conn, &p, buckets).await;
+    let entry1 = v2_back_pointer(&mut conn, &newest).await;
     // Entry 1 has a back pointer: its decided time (6 bytes) starts at byte 51.
-    let last = usize::from(u16::from_be_bytes([back[3], back[4]])) + 51 + 5;
-    let byte: Vec<u8> = getrange(segment.clone(), last, last)
+    let (segment, at) = v2_segment_at(&entry1, 51 + 5);
+    let byte: Vec<u8> = redis::cmd("GETRANGE")
+        .arg(&segment)
+        .arg(at)
+        .arg(at)
         .query_async(&mut conn)
         .await
         .unwrap();
     let forged = if byte[0] == 255 { 254 } else { byte[0] + 1 };
     let _: () = redis::cmd("SETRANGE")
         .arg(&segment)
-        .arg(last)
+        .arg(at)
         .arg(&[forged][..])
         .query_async(&mut conn)
         .await
@@ -742,43 +765,14 @@ async fn issue14_audit_verify_reports_entries_edited_and_cut_out_in_v2_segments(
 
     // Customer 2's entry 1 cut out of the chain: entry 2's back pointer set to entry 1's.
     let p2 = pair(2);
-    let prefix2 = Keys::new("callgate").shard_prefix(shard_of(&p2));
-    let field2 = pair_field(&p2);
-    let hot2: Vec<u8> = redis::cmd("HGET")
-        .arg(format!(
-            "{prefix2}p:{}",
-            hot_bucket(&field2, store.config().hot_buckets)
-        ))
-        .arg(&field2[..])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let newest2 = HotRecord::decode(&hot2).unwrap().newest;
-    let newest2_segment = format!("{prefix2}g:{}", newest2.segment);
-    let back2: Vec<u8> = getrange(
-        newest2_segment.clone(),
-        usize::from(newest2.offset) + 39,
-        usize::from(newest2.offset) + 43,
-    )
-    .query_async(&mut conn)
-    .await
-    .unwrap();
-    let entry1 = usize::from(u16::from_be_bytes([back2[3], back2[4]]));
-    let back1: Vec<u8> = getrange(
-        format!(
-            "{prefix2}g:{}",
-            u32::from_be_bytes([0, back2[0], back2[1], back2[2]])
-        ),
-        entry1 + 39,
-        entry1 + 43,
-    )
-    .query_async(&mut conn)
-    .await
-    .unwrap();
+    let newest2 = v2_newest_entry(&mut conn, &p2, buckets).await;
+    let entry1 = v2_back_pointer(&mut conn, &newest2).await;
+    let entry0 = v2_back_pointer(&mut conn, &entry1).await;
+    let (segment, at) = v2_segment_at(&newest2, 39);
     let _: () = redis::cmd("SETRANGE")
-        .arg(&newest2_segment)
-        .arg(usize::from(newest2.offset) + 39)
-        .arg(&back1[..])
+        .arg(&segment)
+        .arg(at)
+        .arg(&entry0.1[..])
         .query_async(&mut conn)
         .await
         .unwrap();
